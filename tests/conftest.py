@@ -1,0 +1,86 @@
+"""Shared helpers for the pytest suite: the real `rk` command, throwaway workspaces, small data packages."""
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RK = Path(sys.executable).parent / "rk"
+
+
+def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
+    """Run the installed `rk` command; return the CompletedProcess (text output)."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([str(RK), *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check is not None:
+        assert proc.returncode == check, f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_resource(pkg_dir: Path, descriptor: dict, name: str, text: str | bytes) -> None:
+    """Write a resource's CSV and set its hash, bytes and row count in `descriptor`."""
+    path = pkg_dir / f"{name}.csv"
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    res = next(r for r in descriptor["resources"] if r["name"] == name)
+    res.update({"hash": f"sha256:{sha256(path)}", "bytes": path.stat().st_size,
+                "x-rows": max(0, path.read_bytes().count(b"\n") - 1)})
+
+
+def save(pkg_dir: Path, descriptor: dict) -> None:
+    (pkg_dir / "datapackage.yaml").write_text(yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True))
+
+
+INSTITUTIONS = "institution_id,name\nATK,Almaty College of Technology\nKITIG,College of Tourism\n"
+PEOPLE = ("person_id,institution_id,age,funding,gpa,enrolled,active\n"
+          "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
+          "P-002,KITIG,19,state_grant,2.75,2023-09-01,false\n"
+          "P-003,ATK,21,paid,,2022-09-01,\n")
+
+
+def mini_descriptor() -> dict:
+    return {
+        "name": "mini", "title": "Mini", "description": "A small package for tests.", "version": "1.0.0",
+        "licenses": [{"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/", "title": "CC0"}],
+        "resources": [
+            {"name": "institutions", "path": "institutions.csv", "format": "csv", "encoding": "utf-8",
+             "schema": {"fields": [
+                 {"name": "institution_id", "type": "string", "constraints": {"required": True, "pattern": "[A-Z]+"}},
+                 {"name": "name", "type": "string", "constraints": {"required": True}}],
+                 "primaryKey": ["institution_id"]}},
+            {"name": "people", "path": "people.csv", "format": "csv", "encoding": "utf-8",
+             "schema": {"fields": [
+                 {"name": "person_id", "type": "string", "constraints": {"required": True, "pattern": "P-[0-9]{3}"}},
+                 {"name": "institution_id", "type": "string", "constraints": {"required": True}},
+                 {"name": "age", "type": "integer", "constraints": {"required": True, "minimum": 14, "maximum": 80}},
+                 {"name": "funding", "type": "string", "constraints": {"enum": ["state_grant", "paid"]}},
+                 {"name": "gpa", "type": "number", "constraints": {"minimum": 0, "maximum": 4}},
+                 {"name": "enrolled", "type": "date"},
+                 {"name": "active", "type": "boolean"}],
+                 "primaryKey": ["person_id"],
+                 "foreignKeys": [{"fields": ["institution_id"],
+                                  "reference": {"resource": "institutions", "fields": ["institution_id"]}}]}},
+        ]}
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A throwaway workspace with one valid package `mini`; returns (root, descriptor, env)."""
+    root = tmp_path / "ws"
+    pkg = root / "datasets" / "mini"
+    pkg.mkdir(parents=True)
+    (root / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = .cache\n")
+    d = mini_descriptor()
+    write_resource(pkg, d, "institutions", INSTITUTIONS)
+    write_resource(pkg, d, "people", PEOPLE)
+    save(pkg, d)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    return root, d, env

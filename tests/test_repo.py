@@ -1,0 +1,41 @@
+"""The package is what nbdev-export makes of nbs/, and every notebook in nbs/ is clean."""
+import filecmp
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def copy_project(dest: Path) -> Path:
+    for name in ("pyproject.toml", "settings.ini"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("nbs", "research_kit"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return dest
+
+
+def tree_differences(a: Path, b: Path, pattern: str) -> list[str]:
+    files = {p.relative_to(a) for p in a.rglob(pattern) if "__pycache__" not in p.parts}
+    files |= {p.relative_to(b) for p in b.rglob(pattern) if "__pycache__" not in p.parts}
+    return sorted(str(f) for f in files
+                  if not ((a / f).exists() and (b / f).exists() and filecmp.cmp(a / f, b / f, shallow=False)))
+
+
+def test_package_in_sync_with_notebooks(tmp_path):
+    copy = copy_project(tmp_path)
+    proc = subprocess.run([str(BIN / "nbdev-export")], cwd=copy, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    diff = tree_differences(ROOT / "research_kit", copy / "research_kit", "*.py")
+    assert diff == [], f"research_kit/ is out of sync with nbs/; run nbdev-export. Differs: {diff}"
+
+
+def test_notebooks_are_clean(tmp_path):
+    copy = copy_project(tmp_path)
+    proc = subprocess.run([str(BIN / "nbdev-clean")], cwd=copy, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    diff = tree_differences(ROOT / "nbs", copy / "nbs", "*.ipynb")
+    assert diff == [], f"notebooks not clean; run nbdev-clean: {diff}"
