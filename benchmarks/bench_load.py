@@ -1,0 +1,94 @@
+"""Load performance, as ratios against baselines measured in the same run.
+
+- `students` scaled to 1,000,000 rows (generated with research_kit.data.demo):
+  cached `rk.load` vs `pandas.read_csv` of the same CSV (target <= 0.2), and
+  the first, validating load vs `pandas.read_csv` (target <= 3).
+- `python -c "import research_kit"` vs `python -c "pass"` (target: difference <= 0.15 s),
+  and `rk --help` wall time (target <= 0.6 s).
+
+Usage: python benchmarks/bench_load.py [--students N] [--repeat R]
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def wall(cmd, repeat):
+    return timed(lambda: subprocess.run(cmd, check=True, capture_output=True), repeat)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--students", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-"))
+    try:
+        (work / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = cache\n")
+        os.environ["RK_ROOT"] = str(work)
+        from research_kit.data.demo import generate
+        t0 = time.perf_counter()
+        generate(work / "datasets" / "consortium", students=args.students,
+                 resources=["institutions", "programs", "students"])
+        print(f"generated {args.students:,} students in {time.perf_counter() - t0:.1f} s")
+        csv = work / "datasets" / "consortium" / "students.csv"
+
+        import pandas as pd
+        from research_kit.data.load import load, wait_for_cache_writes
+        load("consortium", "institutions"), load("consortium", "programs")  # warm imports and the small tables
+        wait_for_cache_writes()
+
+        baseline = timed(lambda: pd.read_csv(csv), args.repeat)
+
+        def cold_load():
+            # the cache file is written on a background thread after load returns: not timed
+            wait_for_cache_writes()
+            for f in (work / "cache" / "data" / "consortium").glob("students-*.parquet"): f.unlink()
+            shutil.rmtree(work / "cache" / "hashes", ignore_errors=True)
+            t0 = time.perf_counter()
+            load("consortium", "students")
+            return time.perf_counter() - t0
+        first = statistics.median(cold_load() for _ in range(args.repeat))
+        wait_for_cache_writes()
+        cached = timed(lambda: load("consortium", "students"), max(args.repeat, 5))
+
+        py = sys.executable
+        rk = str(Path(py).parent / "rk")
+        bare = wall([py, "-c", "pass"], 10)
+        imp = wall([py, "-c", "import research_kit"], 10)
+        helptime = wall([rk, "--help"], 5)
+
+        rows = [
+            ("pandas.read_csv (baseline)", baseline, 1.0, ""),
+            ("rk.load, first (validating)", first, first / baseline, "target <= 3"),
+            ("rk.load, cached", cached, cached / baseline, "target <= 0.2"),
+        ]
+        print(f"\nstudents.csv: {args.students:,} rows, {csv.stat().st_size / 1e6:.0f} MB; median of {args.repeat}+ runs")
+        print(f"{'':32} {'seconds':>8} {'ratio':>7}")
+        for name, t, ratio, target in rows:
+            print(f"{name:32} {t:8.3f} {ratio:7.3f}  {target}")
+        print(f"\npython -c pass                   {bare:8.3f}")
+        print(f"python -c 'import research_kit'  {imp:8.3f}   difference {imp - bare:.3f} s (target <= 0.15)")
+        print(f"rk --help                        {helptime:8.3f}   (target <= 0.6 s wall)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
