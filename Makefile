@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,dask]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name research-kit --display-name "research_kit"
 	touch $@
 
 setup: $(STAMP)
