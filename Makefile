@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job on the bundled data: validate every data package, then print the catalog.
+## The main job on the bundled data: validate every data package, then run the `annual` batch
+## of reports (cached runs are skipped) and print the path of the index page.
 run: setup
 	$(BIN)/rk datasets validate
-	$(BIN)/rk datasets list
+	$(BIN)/rk batch annual
 
 ## Everything: the notebooks' own tests (nbdev-test), then the pytest suite.
 test: setup

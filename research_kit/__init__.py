@@ -9,14 +9,16 @@ Modules:
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/package.ipynb #8b4f8f42
+# %% ../nbs/package.ipynb #8a0287ee
 __version__ = "0.1.0"
 
-# %% ../nbs/package.ipynb #08e741fb
+# %% ../nbs/package.ipynb #dc88bda1
 _LAZY = {  # public name -> (module, attribute), imported on first use
     "load": ("research_kit.data.load", "load"),
     "catalog": ("research_kit.data.catalog", "catalog"),
     "settings": ("research_kit.settings", "load_settings"),
+    "record": ("research_kit.runner.record", "record"),
+    "records": ("research_kit.runner.record", "records"),
     "DataValidationError": ("research_kit.errors", "DataValidationError"),
     "RKError": ("research_kit.errors", "RKError"),
 }

@@ -84,3 +84,41 @@ def workspace(tmp_path):
     save(pkg, d)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
     return root, d, env
+
+
+def make_template(path: Path, params_source: str, *code_cells: str) -> Path:
+    """Write a report template: a parameters cell, then code cells; kernel research-kit."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"},
+        "language_info": {"name": "python"}})
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+                nbformat.v4.new_code_cell("from typing import Literal"),
+                nbformat.v4.new_code_cell(params_source, metadata={"tags": ["parameters"]}),
+                *[nbformat.v4.new_code_cell(c) for c in code_cells]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+TINY_PARAMS = 'n: int = 1  # a number\nlabel: str = "x"  # a label\nmode: Literal["a", "b"] = "a"  # a mode'
+TINY_CODE = ("import research_kit as rk\npeople = rk.load('mini', 'people')\n"
+             "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\nrk.record('mean_age', float(people.age.mean()))\n"
+             "print('people:', len(people))")
+
+
+@pytest.fixture
+def report_workspace(workspace):
+    """The `mini` workspace plus report templates and batches; returns (root, descriptor, env)."""
+    root, d, env = workspace
+    reports = root / "reports"
+    make_template(reports / "tiny.ipynb", TINY_PARAMS, TINY_CODE)
+    make_template(reports / "flaky.ipynb", "n: int = 1", "import research_kit as rk\nrk.record('n', n)",
+                  "if n == 2: raise ValueError(f'n must not be {n}')")
+    make_template(reports / "other.ipynb", "k: int = 0", "import research_kit as rk\nrk.record('k', k)")
+    (reports / "batches.yaml").write_text(
+        "small:\n"
+        "  - report: tiny\n    grid: {n: [1, 2], mode: [a, b]}\n"
+        "  - report: flaky\n    parameters: [{n: 1}, {n: 2}, {n: 3}]\n"
+        "  - report: other\n    parameters: [{k: 5}]\n")
+    return root, d, env
