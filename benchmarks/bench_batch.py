@@ -1,0 +1,98 @@
+"""Batch performance, as ratios against baselines measured in the same run.
+
+Baseline: a shell loop of plain `papermill` command-line calls over the same (template,
+parameters) list as the `annual` batch.
+- cold `rk batch annual`, warm engine, vs the loop (target <= 0.2)
+- cold `rk batch annual`, kernel engine, vs the loop (target <= 0.7)
+- re-running the unchanged batch vs the cold warm run (target <= 0.03)
+- warm-engine overhead for an empty template: per report (target: median <= 50 ms)
+
+Usage: python benchmarks/bench_batch.py [--workers N] [--empty N]
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def rk(*args, env):
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(BIN / "rk"), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode: raise SystemExit(f"rk {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return time.perf_counter() - t0
+
+
+def papermill_loop(runs, out: Path, env) -> float:
+    "The baseline: one plain papermill process per run, one after another, as a shell loop would."
+    t0 = time.perf_counter()
+    for i, run in enumerate(runs):
+        args = []
+        for name, value in run.parameters.items():  # -r passes text as is; -p lets papermill parse the rest
+            args += ["-r" if isinstance(value, str) else "-p", name, str(value)]
+        subprocess.run([str(BIN / "papermill"), str(run.template), str(out / f"{i}.ipynb"), "--no-progress-bar", *args],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def empty_overhead(workers, n, base_env) -> tuple[float, float]:
+    "Per-report cost of an empty template with the warm engine: (amortized wall, median execution)."
+    import json
+    import nbformat
+    tmp = Path(tempfile.mkdtemp(prefix="rk-empty-"))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("i: int = 0", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("i")]
+    nbformat.write(nb, tmp / "empty.ipynb")
+    (tmp / "batches.yaml").write_text(f"one:\n  - report: empty\n    parameters: [{{i: -1}}]\n"
+                                      f"many:\n  - report: empty\n    grid: {{i: {list(range(n))}}}\n")
+    env = {**base_env, "RK_WORKSPACE_REPORTS": str(tmp), "RK_WORKSPACE_BUILD": str(tmp / "_build")}
+    one = rk("batch", "one", "--workers", "1", env=env)
+    many = rk("batch", "many", "--workers", "1", env=env)
+    durations = [json.loads(p.read_text())["duration"] for p in (tmp / "_build" / "empty").glob("*/manifest.json")]
+    shutil.rmtree(tmp, ignore_errors=True)
+    return (many - one) / (n - 1), statistics.median(durations)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--empty", type=int, default=41, help="empty reports for the overhead figure")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    from research_kit.runner.batch import plan_batch
+    runs = plan_batch("annual", force=True)
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-batch-"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    base["RK_WORKSPACE_CACHE"] = str(work / "cache")
+    try:
+        rk("datasets", "validate", env=base)  # a warm data cache for every contender
+        loop = papermill_loop(runs, work, base)
+        warm = rk("batch", "annual", "--engine", "warm", "--workers", str(args.workers),
+                  env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")})
+        kernel = rk("batch", "annual", "--engine", "kernel", "--workers", str(args.workers),
+                    env={**base, "RK_WORKSPACE_BUILD": str(work / "kernel")})
+        rerun = rk("batch", "annual", "--engine", "warm", "--workers", str(args.workers),
+                   env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")})
+        amortized, median_exec = empty_overhead(args.workers, args.empty, base)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"annual batch: {len(runs)} reports, {args.workers} workers")
+    print(f"{'':44} {'seconds':>8} {'ratio':>7}")
+    print(f"{'papermill CLI loop (baseline)':44} {loop:8.2f} {1:7.3f}")
+    print(f"{'rk batch annual, warm engine (cold)':44} {warm:8.2f} {warm / loop:7.3f}  target <= 0.2 of the loop")
+    print(f"{'rk batch annual, kernel engine (cold)':44} {kernel:8.2f} {kernel / loop:7.3f}  target <= 0.7 of the loop")
+    print(f"{'rk batch annual, unchanged rerun':44} {rerun:8.2f} {rerun / warm:7.3f}  target <= 0.03 of the cold warm run")
+    print(f"\nempty template, warm engine, 1 worker: {amortized * 1000:.0f} ms per report all-in (outputs, HTML, manifest), "
+          f"median execution {median_exec * 1000:.0f} ms (target: median <= 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
