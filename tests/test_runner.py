@@ -131,6 +131,15 @@ def test_verify_finds_differences(report_workspace):
     assert proc.returncode == 1 and "record" in proc.stdout and "k" in proc.stdout
 
 
+def test_verify_a_batch(report_workspace):
+    root, _, env = report_workspace
+    proc = run_rk("verify", "--batch", "small", cwd=root, env=env)
+    assert proc.returncode == 1 and "no finished runs" in proc.stderr
+    run_rk("batch", "small", "--only", "other", cwd=root, env=env, check=0)
+    proc = run_rk("verify", "--batch", "small", cwd=root, env=env, check=0)
+    assert "verified 1 run" in proc.stdout
+
+
 def test_second_writer_is_refused_while_the_lock_is_held(report_workspace):
     import fcntl
     root, _, env = report_workspace
