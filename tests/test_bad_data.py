@@ -132,3 +132,18 @@ def test_many_failures_are_summarised(workspace):
     save(root.joinpath(*PKG), d)
     proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
     assert_failed_cleanly(proc, ["100 validation failures", "... and 80 more"], root)
+
+
+def test_restricted_resource_needs_its_owner(workspace):
+    root, d, env = workspace
+    d["resources"][1].update({"x-access": "restricted", "x-owner": "ATK"})
+    save(root.joinpath(*PKG), d)
+    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
+    assert_failed_cleanly(proc, ["mini/people is restricted to its owner ATK", "no institution", "RK_WORKSPACE_INSTITUTION"], root)
+    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+    assert_failed_cleanly(proc, ["restricted to its owner ATK", "name KITIG"], root)
+    run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "ATK"}, check=0)
+    d["resources"][1]["x-access"] = "secret"
+    save(root.joinpath(*PKG), d)
+    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
+    assert proc.returncode == 1 and "x-access 'secret'" in proc.stderr
