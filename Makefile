@@ -29,6 +29,22 @@ test: setup
 	$(BIN)/nbdev-test --n-workers 2
 	$(BIN)/python -m pytest
 
+## Git hooks for notebooks: nbdev's merge driver resolves notebook conflicts cell by cell, JupyterLab
+## cleans notebooks on save, and a pre-commit hook cleans staged notebooks (keeping the parameters
+## tag) and clears the outputs of report templates.
+hooks: setup
+	$(BIN)/nbdev-install-hooks
+	printf '%s\n' '#!/bin/sh' \
+	  '# clean staged notebooks before they are committed (nbdev-clean keeps the papermill parameters tag)' \
+	  'files=$$(git diff --cached --name-only --diff-filter=ACM -- "*.ipynb")' \
+	  '[ -z "$$files" ] && exit 0' \
+	  'for f in $$files; do' \
+	  '  case "$$f" in reports/*) $(abspath $(BIN))/jupyter nbconvert --log-level=WARN --clear-output --inplace "$$f" || exit 1;; esac' \
+	  '  $(abspath $(BIN))/nbdev-clean --fname "$$f" && git add "$$f" || exit 1' \
+	  'done' \
+	  > .git/hooks/pre-commit
+	chmod +x .git/hooks/pre-commit
+
 bench: setup
 	$(BIN)/python benchmarks/bench_load.py
 
