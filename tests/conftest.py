@@ -122,3 +122,52 @@ def report_workspace(workspace):
         "  - report: flaky\n    parameters: [{n: 1}, {n: 2}, {n: 3}]\n"
         "  - report: other\n    parameters: [{k: 5}]\n")
     return root, d, env
+
+
+# ---- the suite's tally: bad inputs tried, faults injected, runs checked, files lost or corrupted ----
+
+class Tally:
+    def __init__(self):
+        self.bad_inputs = self.faults = self.runs_checked = self.lost = 0
+
+    def line(self):
+        return (f"tally: {self.bad_inputs} bad inputs tried, {self.faults} faults injected, "
+                f"{self.runs_checked} runs checked, {self.lost} files lost or corrupted")
+
+
+TALLY = Tally()
+
+
+@pytest.fixture(scope="session")
+def tally():
+    return TALLY
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(TALLY.line())
+
+
+def check_build(build: Path, tally: Tally | None = None) -> dict:
+    """Every run folder under `build` is whole: its manifest parses, its notebook parses, and every
+    output's sha256 matches the manifest. Returns {report/slug: manifest}; counts what it finds."""
+    import json
+    import nbformat
+    runs = {}
+    for folder in sorted(p for p in build.glob("*/*") if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")):
+        problems = []
+        try:
+            m = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"manifest: {e}")
+            m = {}
+        for name, digest in m.get("outputs", {}).items():
+            if not (folder / name).is_file() or sha256(folder / name) != digest: problems.append(f"{name} differs from its manifest hash")
+        if (folder / "report.ipynb").is_file():
+            try: nbformat.validate(nbformat.read(folder / "report.ipynb", as_version=4))
+            except Exception as e: problems.append(f"report.ipynb: {e}")
+        if tally: tally.runs_checked += 1
+        if problems:
+            if tally: tally.lost += len(problems)
+            raise AssertionError(f"{folder}: " + "; ".join(problems))
+        runs[f"{folder.parent.name}/{folder.name}"] = m
+    return runs
