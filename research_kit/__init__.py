@@ -9,14 +9,14 @@ Modules:
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/package.ipynb #8a0287ee
+# %% ../nbs/package.ipynb #4c74b563
 __version__ = "0.1.0"
 
-# %% ../nbs/package.ipynb #dc88bda1
+# %% ../nbs/package.ipynb #338d14e6
 _LAZY = {  # public name -> (module, attribute), imported on first use
     "load": ("research_kit.data.load", "load"),
     "catalog": ("research_kit.data.catalog", "catalog"),
-    "settings": ("research_kit.settings", "load_settings"),
+    "config": ("research_kit.settings", "load_settings"),  # not `settings`: that is the submodule's name
     "record": ("research_kit.runner.record", "record"),
     "records": ("research_kit.runner.record", "records"),
     "DataValidationError": ("research_kit.errors", "DataValidationError"),

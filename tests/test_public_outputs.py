@@ -1,0 +1,170 @@
+"""Public reports disclose nothing: run each report template with `audience=public` through the real
+`rk run`, then scan what a reader of the run would see -- every text/plain and text/html output and
+every record of the executed notebook, and report.html -- for student pseudonyms and small counts.
+
+The scan is deliberately simple, and documented here so a template author knows the rules:
+
+- a **student identifier** is anything matching `S-[0-9A-F]{8}` (the consortium's pseudonyms);
+- a **table of counts** is a record holding a list of dicts, or an HTML `<table>`, and its **count
+  columns** are those named `n`, `count`, `events`, `students`, `enrolled`, `graduates`,
+  `n_reference`, or ending in `_n` / `_count`, or starting with `n_`;
+- a **small count** is a number in a count column with 0 < value < threshold (the workspace's
+  `privacy.threshold`, 10). Zero is allowed: `research_kit.analysis.privacy.suppress` publishes
+  zeros. Missing values (`<NA>`, `None`, `NaN`) are what suppression leaves and are fine.
+
+An HTML table's column names are taken from its header row with the most non-empty cells, and the
+cells of each body row (index `<th>` included) are matched to them by position; tables with
+multi-level column headers are outside this scan, so templates avoid them in displayed tables.
+The scan is shown to work by running it on a consortium-audience profile of a small institution,
+where it must find small counts.
+"""
+import json
+import os
+import re
+
+import nbformat
+import pytest
+from bs4 import BeautifulSoup
+
+from conftest import ROOT, run_rk
+
+THRESHOLD = 10
+PSEUDONYM = re.compile(r"S-[0-9A-F]{8}")
+COUNT_NAMES = {"n", "count", "events", "students", "enrolled", "graduates", "n_reference"}
+PUBLIC_RUNS = {  # report -> parameters; the small college and its sector table give small cells to protect
+    "institution_profile": ["institution=KITIG", "audience=public"],
+    "consortium_overview": ["audience=public"],
+    "internship_outcomes": ["institution=KITIG", "audience=public"],
+}
+CONSORTIUM_RUN = ("institution_profile", ["institution=KITIG", "audience=consortium"])
+
+
+def is_count_column(name) -> bool:
+    name = str(name).strip().lower()
+    return name in COUNT_NAMES or name.endswith(("_n", "_count")) or name.startswith("n_")
+
+
+def number(value):
+    "A cell as a float, or None for missing values and text."
+    if value is None or isinstance(value, bool): return None
+    if isinstance(value, (int, float)): return None if value != value else float(value)
+    try: return float(str(value).replace(",", "").strip())
+    except ValueError: return None
+
+
+class Scan:
+    "What a scan found, plus how much it looked at (so an empty result is not a vacuous one)."
+    def __init__(self):
+        self.identifiers, self.small_counts, self.count_cells, self.tables = [], [], 0, 0
+
+    def text(self, where, text):
+        self.identifiers += [(where, m) for m in PSEUDONYM.findall(text)]
+
+    def table(self, where, columns, rows):
+        self.tables += 1
+        for i, row in enumerate(rows):
+            for column, value in zip(columns, row):
+                if not is_count_column(column): continue
+                v = number(value)
+                if v is None: continue
+                self.count_cells += 1
+                if 0 < v < THRESHOLD: self.small_counts.append((where, i, column, v))
+
+    def html(self, where, html):
+        self.text(where, html)
+        for k, table in enumerate(BeautifulSoup(html, "html.parser").find_all("table")):
+            head = table.find("thead")
+            header_rows = head.find_all("tr") if head else table.find_all("tr")[:1]
+            if not header_rows: continue
+            columns = max(([c.get_text(strip=True) for c in r.find_all(["th", "td"])] for r in header_rows),
+                          key=lambda cells: sum(1 for c in cells if c))
+            body = table.find("tbody") or table
+            rows = [[c.get_text(strip=True) for c in r.find_all(["th", "td"])] for r in body.find_all("tr")]
+            rows = [r for r in rows if r and len(r) == len(columns) and r != columns]
+            self.table(f"{where} table {k}", columns, rows)
+
+
+def scan_run(folder) -> Scan:
+    "Scan an executed report.ipynb (outputs and records) and report.html in `folder`."
+    from research_kit.runner.record import MIMETYPE
+    scan = Scan()
+    nb = nbformat.read(folder / "report.ipynb", as_version=4)
+    for c, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            where = f"cell {c}"
+            if "text" in output: scan.text(where, output["text"])
+            data = output.get("data", {})
+            if "text/plain" in data: scan.text(where, data["text/plain"])
+            if "text/html" in data: scan.html(where, data["text/html"])
+            if MIMETYPE in data:
+                entry = data[MIMETYPE] if isinstance(data[MIMETYPE], dict) else json.loads(data[MIMETYPE])
+                value = entry["value"]
+                scan.text(f"record {entry['name']}", json.dumps(value))
+                if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+                    columns = list(dict.fromkeys(k for r in value for k in r))
+                    scan.table(f"record {entry['name']}", columns, [[r.get(k) for k in columns] for r in value])
+    scan.html("report.html", (folder / "report.html").read_text(encoding="utf-8"))
+    return scan
+
+
+def run(report, params, build):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")}, "RK_WORKSPACE_BUILD": str(build)}
+    args = [a for p in params for a in ("-p", p)]
+    run_rk("run", report, *args, "--force", cwd=ROOT, env=env, check=0)
+    [manifest] = [m for m in build.glob(f"{report}/*/manifest.json")
+                  if all(f"{p.split('=')[0]}={p.split('=')[1]}" in m.parent.name for p in params)]
+    assert json.loads(manifest.read_text())["status"] == "succeeded"
+    return manifest.parent
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    build = tmp_path_factory.mktemp("public-build")
+    out = {report: run(report, params, build) for report, params in PUBLIC_RUNS.items()}
+    out["consortium"] = run(*CONSORTIUM_RUN, build)
+    return out
+
+
+@pytest.mark.parametrize("report", sorted(PUBLIC_RUNS))
+def test_public_report_discloses_nothing(runs, report):
+    scan = scan_run(runs[report])
+    assert scan.identifiers == [], f"student identifiers in {report}: {scan.identifiers[:5]}"
+    assert scan.small_counts == [], f"counts below {THRESHOLD} in {report}: {scan.small_counts[:5]}"
+    assert scan.tables > 0 and scan.count_cells > 0, "the scan found no table of counts to check"
+
+
+def test_public_profile_did_suppress(runs):
+    "The KITIG profile has small cells: public shows them masked, and records no masked count."
+    from research_kit.runner.record import records
+    nb = nbformat.read(runs["institution_profile"] / "report.ipynb", as_version=4)
+    shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "<NA>" in shown
+    rec = records(runs["institution_profile"] / "report.ipynb")
+    assert rec["students"] == 473 and all(r["students"] is None or r["students"] >= THRESHOLD
+                                          for r in rec["enrolment_by_programme"])
+
+
+def test_scan_finds_small_counts_in_a_consortium_report(runs):
+    "The same scan on the unsuppressed profile of a small college finds small counts: it can see them."
+    scan = scan_run(runs["consortium"])
+    assert scan.small_counts, "the scan found no small count where there are some"
+    assert any(column.endswith("_n") for _, _, column, _ in scan.small_counts)
+    assert scan.identifiers == []  # consortium reports show no row-level data either
+
+
+def test_scan_detects_identifiers_and_small_counts_in_records(tmp_path):
+    "The scanner on a hand-made run: a pseudonym in text, a small count in a record table and in HTML."
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="student S-0A1B2C3D\n"),
+                    nbformat.v4.new_output("display_data", data={
+                        "application/vnd.research-kit.record+json": {"name": "t", "value": [{"group": "a", "n": 4}]},
+                        "text/plain": "t"})]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "report.ipynb")
+    (tmp_path / "report.html").write_text("<table><thead><tr><th></th><th>events</th><th>rate</th></tr></thead>"
+                                          "<tbody><tr><th>0</th><td>3</td><td>0.3</td></tr>"
+                                          "<tr><th>1</th><td>&lt;NA&gt;</td><td>0</td></tr></tbody></table>")
+    scan = scan_run(tmp_path)
+    assert [m for _, m in scan.identifiers] == ["S-0A1B2C3D"]
+    assert sorted((col, v) for _, _, col, v in scan.small_counts) == [("events", 3.0), ("n", 4.0)]
