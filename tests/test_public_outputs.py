@@ -35,6 +35,7 @@ PUBLIC_RUNS = {  # report -> parameters; the small college and its sector table 
     "institution_profile": ["institution=KITIG", "audience=public"],
     "consortium_overview": ["audience=public"],
     "internship_outcomes": ["institution=KITIG", "audience=public"],
+    "dropout_risk": ["institution=KITIG", "audience=public"],
 }
 CONSORTIUM_RUN = ("institution_profile", ["institution=KITIG", "audience=consortium"])
 

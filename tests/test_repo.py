@@ -1,4 +1,5 @@
-"""The package is what nbdev-export makes of nbs/, and every notebook in nbs/ is clean."""
+"""The package is what nbdev-export makes of nbs/; every notebook in nbs/ and reports/ is clean, and
+no report template carries executed outputs."""
 import filecmp
 import shutil
 import subprocess
@@ -13,8 +14,8 @@ BIN = Path(sys.executable).parent
 def copy_project(dest: Path) -> Path:
     for name in ("pyproject.toml", "settings.ini"):
         shutil.copy2(ROOT / name, dest / name)
-    for name in ("nbs", "research_kit"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    for name in ("nbs", "research_kit", "reports"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "_build"))
     return dest
 
 
@@ -39,3 +40,19 @@ def test_notebooks_are_clean(tmp_path):
     assert proc.returncode == 0, proc.stderr
     diff = tree_differences(ROOT / "nbs", copy / "nbs", "*.ipynb")
     assert diff == [], f"notebooks not clean; run nbdev-clean: {diff}"
+
+
+def test_report_templates_are_clean_and_unexecuted(tmp_path):
+    import json
+    copy = copy_project(tmp_path)
+    for nb in (copy / "reports").glob("*.ipynb"):
+        proc = subprocess.run([str(BIN / "nbdev-clean"), "--fname", str(nb)], cwd=copy, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    diff = tree_differences(ROOT / "reports", copy / "reports", "*.ipynb")
+    assert diff == [], f"report templates not clean; run nbdev-clean --fname reports/<name>.ipynb: {diff}"
+    for nb in sorted((ROOT / "reports").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        executed = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+        assert executed == [], f"{nb.name}: executed outputs committed in cells {executed}; clear them before committing"
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters'"
