@@ -39,6 +39,8 @@ DATA_FAULTS = [
 
 
 def assert_failed_cleanly(proc, fragments, root):
+    from conftest import TALLY
+    TALLY.bad_inputs += 1
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     for fragment in fragments:

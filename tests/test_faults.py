@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import make_template, run_rk
+from conftest import check_build, make_template, run_rk
 
 
 @pytest.fixture
@@ -29,8 +29,9 @@ def manifests(root):
 
 
 @pytest.mark.parametrize("engine", ["warm", "kernel"])
-def test_dead_worker_and_hang_fail_alone(faulty_workspace, engine):
+def test_dead_worker_and_hang_fail_alone(faulty_workspace, engine, tally):
     root, _, env = faulty_workspace
+    tally.faults += 2
     proc = run_rk("batch", "faults", "--engine", engine, "--workers", "2", cwd=root, env=env, timeout=900)
     assert proc.returncode == 1 and "2 reports failed" in proc.stderr, proc.stdout + proc.stderr
     m = manifests(root)
@@ -46,3 +47,32 @@ def test_dead_worker_and_hang_fail_alone(faulty_workspace, engine):
     assert "timeout" in (hang["error"]["type"] + hang["error"]["message"]).lower()
     index = (root / "reports" / "_build" / "index.html").read_text()
     assert index.count('data-status="failed"') == 2
+    check_build(root / "reports" / "_build", tally)
+
+
+@pytest.mark.parametrize("engine", ["warm", "kernel"])
+def test_memory_hog_fails_with_a_clear_reason(report_workspace, engine, tally):
+    root, _, env = report_workspace
+    make_template(root / "reports" / "hog.ipynb", "n: int = 0",
+                  "import research_kit as rk\nrk.record('n', n)",
+                  "if n == 1:\n    blocks = []\n    while True: blocks.append(bytearray(50 * 2**20))")
+    (root / "reports" / "batches.yaml").write_text("hog:\n  - report: hog\n    parameters: [{n: 0}, {n: 1}, {n: 2}]\n")
+    proc = run_rk("batch", "hog", "--engine", engine, "--workers", "2", cwd=root, env={**env, "RK_RUNNER_MEMORY": "1500"}, timeout=600)
+    tally.faults += 1
+    assert proc.returncode == 1 and "1 report failed" in proc.stderr, proc.stdout + proc.stderr
+    m = manifests(root)
+    assert m["hog/n=0"]["status"] == m["hog/n=2"]["status"] == "succeeded"
+    err = m["hog/n=1"]["error"]
+    assert m["hog/n=1"]["status"] == "failed" and err["type"] in ("MemoryError", "DeadKernelError", "WorkerDied"), err
+    if err["type"] == "MemoryError": assert "memory limit of 1500 MB" in err["message"]
+    check_build(root / "reports" / "_build", tally)
+
+
+def test_two_hundred_kernel_reports_without_spurious_failures(report_workspace, tally):
+    root, _, env = report_workspace
+    make_template(root / "reports" / "empty.ipynb", "i: int = 0", "i")
+    (root / "reports" / "batches.yaml").write_text(f"many:\n  - report: empty\n    grid: {{i: {list(range(200))}}}\n")
+    proc = run_rk("batch", "many", "--engine", "kernel", "--workers", "2", cwd=root, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = check_build(root / "reports" / "_build", tally)
+    assert len(runs) == 200 and all(m["status"] == "succeeded" and m["engine"] == "kernel" for m in runs.values())

@@ -70,8 +70,9 @@ def test_run_writes_outputs_and_manifest_then_caches(report_workspace):
     (["batch", "smal"], ["unknown batch 'smal'", "did you mean 'small'"]),
     (["params", "/etc/passwd"], ["invalid report name"]),
 ])
-def test_bad_run_requests_write_nothing(report_workspace, args, fragments):
+def test_bad_run_requests_write_nothing(report_workspace, args, fragments, tally):
     root, _, env = report_workspace
+    tally.bad_inputs += 1
     proc = run_rk(*args, cwd=root, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     for f in fragments: assert f in proc.stderr, proc.stderr
