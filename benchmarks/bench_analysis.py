@@ -1,0 +1,84 @@
+"""Analysis overhead, as ratios against the bare library calls they wrap, measured in the same run.
+
+On the consortium package generated at 1,000,000 students:
+- `rates(students, "state_grant", by=["institution_id", "program_id"])` vs the bare pandas groupby
+  plus statsmodels' proportion_confint on the counts (target ratio <= 1.3);
+- `effect(...)` with ten controls vs the bare statsmodels OLS fit (same formula, HC1) (target <= 1.3).
+
+Usage: python benchmarks/bench_analysis.py [--students N] [--repeat R]
+"""
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--students", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-analysis-"))
+    try:
+        (work / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = cache\n")
+        os.environ["RK_ROOT"] = str(work)
+        from research_kit.data.demo import generate
+        t0 = time.perf_counter()
+        generate(work / "datasets" / "consortium", students=args.students)
+        print(f"generated {args.students:,} students in {time.perf_counter() - t0:.1f} s")
+
+        import statsmodels.formula.api as smf
+        from statsmodels.stats.proportion import proportion_confint
+        from research_kit.data.load import load
+        from research_kit.analysis import effect, rates, student_features
+        tables = {r: load("consortium", r) for r in ("students", "terms", "internships", "outcomes", "programs")}
+        students = tables["students"].assign(state_grant=lambda d: d["funding"] == "state_grant")
+        features = student_features(tables["students"], tables["terms"], tables["internships"], tables["outcomes"],
+                                    programs=tables["programs"])
+        features = features[features["status"] != "enrolled"].assign(dropped=lambda d: d["dropped"].astype(float))
+
+        by = ["institution_id", "program_id"]
+        def bare_rates():
+            counts = students.groupby(by, observed=True)["state_grant"].agg(n="size", events="sum").reset_index()
+            counts["rate"] = counts["events"] / counts["n"]
+            counts["lower"], counts["upper"] = proportion_confint(counts["events"], counts["n"], alpha=0.05, method="wilson")
+            return counts
+        ours_rates = lambda: rates(students, "state_grant", by=by)
+        assert len(bare_rates()) == len(ours_rates())
+
+        controls = ["first_term_gpa", "first_term_attendance", "gpa", "attendance", "gender", "language",
+                    "entry_basis", "region", "institution_id", "field_of_study"]
+        table = effect(features, "dropped", "funding", controls=controls)
+        formula = table.attrs["formula"]
+        used = features.dropna(subset=["dropped", "funding", *controls])
+        bare_effect = lambda: smf.ols(formula, data=used).fit(cov_type="HC1")
+        ours_effect = lambda: effect(features, "dropped", "funding", controls=controls)
+
+        rows = []
+        for name, bare, ours in [("rates by institution x programme", bare_rates, ours_rates),
+                                 ("effect, ten controls (OLS, HC1)", bare_effect, ours_effect)]:
+            b, o = timed(bare, args.repeat), timed(ours, args.repeat)
+            rows.append((name, b, o))
+        print(f"\n{len(students):,} students; {len(used):,} rows in the effect model; median of {args.repeat} runs")
+        print(f"{'':36} {'bare (s)':>9} {'ours (s)':>9} {'ratio':>7}")
+        for name, b, o in rows:
+            print(f"{name:36} {b:9.3f} {o:9.3f} {o / b:7.3f}  target <= 1.3")
+        print(f"\neffect formula: {formula}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
