@@ -360,6 +360,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'research_kit.data.load._line_of': ('data/load.html#_line_of', 'research_kit/data/load.py'),
                                         'research_kit.data.load._load': ('data/load.html#_load', 'research_kit/data/load.py'),
                                         'research_kit.data.load._progress': ('data/load.html#_progress', 'research_kit/data/load.py'),
+                                        'research_kit.data.load._read_and_hash': ( 'data/load.html#_read_and_hash',
+                                                                                   'research_kit/data/load.py'),
                                         'research_kit.data.load._references': ('data/load.html#_references', 'research_kit/data/load.py'),
                                         'research_kit.data.load._validated': ('data/load.html#_validated', 'research_kit/data/load.py'),
                                         'research_kit.data.load._write_in_background': ( 'data/load.html#_write_in_background',

@@ -82,6 +82,16 @@ def test_wrong_encoding(workspace):
     assert_failed_cleanly(proc, ["people.csv:5", "not valid utf-8", "cp1251"], root)
 
 
+def test_file_changing_while_read(workspace):
+    # a file whose content never matches its size, like one still being written: /proc reports size 0
+    root, d, env = workspace
+    people = root.joinpath(*PKG) / "people.csv"
+    people.unlink()
+    people.symlink_to("/proc/self/status")
+    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
+    assert_failed_cleanly(proc, ["people.csv", "kept changing while it was read"], root)
+
+
 def test_missing_resource_file(workspace):
     root, d, env = workspace
     (root.joinpath(*PKG) / "people.csv").unlink()
