@@ -249,8 +249,7 @@ def _unique_failures(col, name, where) -> list:
 def parse_column(raw, f: dict, schema: dict, where: Where):
     """(typed Arrow column, failures of type, enum and single-column uniqueness) of one field. Enums become dictionary
     columns whose dictionary is the declared list; text that repeats a few values (codes) is dictionary-encoded too."""
-    import pyarrow.compute as pc
-    import pyarrow as pa
+    import pyarrow as pa, pyarrow.compute as pc
     name = f["name"]
     typed, bad = _typed(raw, f)
     if isinstance(typed, pa.Array): typed = pa.chunked_array([typed])
