@@ -95,9 +95,9 @@ class Settings:
     def __repr__(self): return f"Settings(root={str(self.root)!r})"
 
 # %% ../nbs/settings.ipynb #98b66000
-def _read_ini(path: Path) -> configparser.ConfigParser:
+def _read_ini(path: Path, text: str | None = None) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)
-    try: parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
+    try: parser.read_string(path.read_text(encoding="utf-8") if text is None else text, source=str(path))
     except (configparser.Error, UnicodeDecodeError) as e:
         raise SettingsError(f"{path}: cannot be read as an ini file: {e}") from None
     return parser
@@ -108,11 +108,20 @@ def _check(section, key, value, source):
     except ValueError: ok = False
     if not ok: raise SettingsError(f"{source}: [{section}] {key} = {value!r}; expected {expected}")
 
+_checked: dict[tuple, dict] = {}  # (settings.ini path, its text, RK_* variables) -> checked values
+
 def load_settings(start: str | Path | None = None) -> Settings:
     "Read settings.ini of the workspace containing `start` and apply RK_<SECTION>_<KEY> overrides."
     root = find_root(start)
     path = root / SETTINGS_FILE
-    parser = _read_ini(path)
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise SettingsError(f"{path}: cannot be read as an ini file: {e}") from None
+    key = (str(path), text, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_"))))
+    if key not in _checked: _checked[key] = _values(path, text)  # each version is parsed and checked once
+    return Settings(root, dict(_checked[key]))
+
+def _values(path: Path, text: str) -> dict:
+    parser = _read_ini(path, text)
     values = {(s, k): Setting(s, k, v, "default") for s, keys in DEFAULTS.items() for k, v in keys.items()}
     for section in parser.sections():
         if section not in DEFAULTS: raise UnknownNameError("settings section", section, DEFAULTS, where=str(path))
@@ -124,4 +133,4 @@ def load_settings(start: str | Path | None = None) -> Settings:
         env = f"RK_{section}_{key}".upper()
         if env in os.environ: values[section, key] = Setting(section, key, os.environ[env].strip(), env)
     for s in values.values(): _check(s.section, s.key, s.value, f"{path}" if s.source == SETTINGS_FILE else s.source)
-    return Settings(root, values)
+    return values

@@ -145,17 +145,14 @@ def package_names(root: str | None = None) -> list[str]:
     names = sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
     return [n for n in names if _NAME.fullmatch(n) and fs.exists(_join(path, n, DESCRIPTOR))]
 
-_parsed: dict[str, tuple] = {}  # local descriptor path -> (size, mtime, descriptor): parse each version once
+_parsed: dict[str, tuple] = {}  # local descriptor path -> (its text, the parsed descriptor): parse each version once
 
 def _read_descriptor(durl: str) -> dict:
-    if is_url(durl): return parse_descriptor(read_text(durl), durl)
-    import os
-    st = os.stat(durl)
-    stamp = (st.st_size, st.st_mtime_ns)
-    if durl not in _parsed or _parsed[durl][0] != stamp:
-        _parsed[durl] = (stamp, parse_descriptor(read_text(durl), durl))
-    import copy
-    return copy.deepcopy(_parsed[durl][1])  # callers may change their copy
+    import pickle
+    text = read_text(durl)  # reading a few kilobytes is cheap; parsing YAML is not
+    if is_url(durl): return parse_descriptor(text, durl)
+    if durl not in _parsed or _parsed[durl][0] != text: _parsed[durl] = (text, pickle.dumps(parse_descriptor(text, durl)))
+    return pickle.loads(_parsed[durl][1])  # a fresh copy: callers may change theirs
 
 def open_package(name: str, root: str | None = None) -> Package:
     "Read package `name`'s descriptor from the data root."
