@@ -17,7 +17,7 @@ from .runs import write_json_atomic
 # %% auto #0
 __all__ = ['PSEUDONYM', 'COUNT_COLUMNS', 'MANIFEST_FIELDS', 'iin_check_digit_ok', 'iin_candidates', 'mask', 'Finding',
            'AuditResult', 'is_count_column', 'count_value', 'html_tables', 'audit_run', 'audit_runs',
-           'mark_publishable']
+           'mark_publishable', 'audit_unless_current']
 
 # %% ../../nbs/runner/audit.ipynb #2b646632
 PSEUDONYM = r"\bS-[0-9A-F]{8}\b"  # the workspace's student codes, as `rk ingest` makes them
@@ -60,6 +60,7 @@ class AuditResult:
     findings: list[Finding] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     audience: str | None = None  # the run's `audience` parameter, None when it has none
+    threshold: int | None = None  # the small-count threshold the audit used
 
 # %% ../../nbs/runner/audit.ipynb #862a045c
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -280,7 +281,7 @@ def audit_run(folder, *, threshold: int, pseudonym_pattern: str = PSEUDONYM) -> 
     if (folder / "report.html").is_file():
         _scan_html((folder / "report.html").read_text(encoding="utf-8", errors="replace"), found, counts_threshold)
     if found.items: reasons.append(_summary(found.items))
-    return AuditResult(publishable=not reasons, findings=found.items, reasons=reasons, audience=audience)
+    return AuditResult(publishable=not reasons, findings=found.items, reasons=reasons, audience=audience, threshold=threshold)
 
 # %% ../../nbs/runner/audit.ipynb #36d710d3
 def _fake_run(folder, cells, *, audience="public", html="", status="succeeded", **manifest) -> Path:
@@ -308,11 +309,27 @@ def audit_runs(folders, *, threshold: int, pseudonym_pattern: str = PSEUDONYM) -
     "`audit_run` for each folder: {folder: AuditResult}, in the order given."
     return {Path(f): audit_run(f, threshold=threshold, pseudonym_pattern=pseudonym_pattern) for f in folders}
 
+def _outputs_stamp(folder: Path) -> list:
+    "[name, size, modification time] of each output a verdict is about."
+    stamps = []
+    for name in ("report.ipynb", "report.html"):
+        try: st = (folder / name).stat()
+        except OSError: continue
+        stamps.append([name, st.st_size, st.st_mtime_ns])
+    return stamps
+
 def mark_publishable(folder, result: AuditResult) -> dict:
-    "Write `result` into the run's manifest (`publishable`, `audit`, `audit_reasons`), atomically; return the manifest."
+    "Write `result` into the run's manifest (`publishable`, `audit`, `audit_reasons`, `audit_stamp`), atomically; return the manifest."
     folder = Path(folder)
     manifest = _read_manifest(folder)
     manifest.update(publishable=bool(result.publishable), audit=[asdict(f) for f in result.findings],
-                    audit_reasons=list(result.reasons))
+                    audit_reasons=list(result.reasons), audit_stamp=[result.threshold, _outputs_stamp(folder)])
     write_json_atomic(folder / "manifest.json", manifest)
     return manifest
+
+def audit_unless_current(folder, *, threshold: int) -> dict:
+    "The run's manifest with a verdict: the one it holds if the threshold and the outputs are unchanged since, else a new one."
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if "publishable" in manifest and manifest.get("audit_stamp") == [threshold, _outputs_stamp(folder)]: return manifest
+    return mark_publishable(folder, audit_run(folder, threshold=threshold))

@@ -78,7 +78,7 @@ def plan_batch(name: str, settings: Settings | None = None, *, force: bool = Fal
 def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, executor: str = "local",
              workers: int | None = None, scheduler: str | None = None, wait: bool = False, on_result=None):
     "Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run, manifest or None) pairs."
-    from research_kit.runner.audit import audit_run, mark_publishable
+    from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
     todo = [r for r in runs if not r.cached]
     with build_lock(settings.build_dir, wait=wait):
@@ -87,7 +87,7 @@ def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, 
                                                     workers=workers, scheduler=scheduler, on_result=on_result)) if todo else {}
         for r in runs:  # cached runs too: the threshold may have changed since they ran
             if (r.folder / "manifest.json").is_file():
-                manifest = mark_publishable(r.folder, audit_run(r.folder, threshold=settings.threshold))
+                manifest = audit_unless_current(r.folder, threshold=settings.threshold)
                 if r.name in done: done[r.name] = manifest
         build_index(settings.build_dir)
     return [(r, done.get(r.name)) for r in runs]
