@@ -85,8 +85,8 @@ class ParquetCache:
     def path(self, res: Resource, key: str) -> Path:
         return self.folder / res.package / f"{res.name}-{key[:24]}.parquet"
 
-    def read(self, res: Resource, key: str, columns=None):
-        "The cached table as a DataFrame, or None when there is none or it is damaged (then it is removed)."
+    def read(self, res: Resource, key: str, columns=None, as_table: bool = False):
+        "The cached table as a DataFrame (or Arrow table), or None when there is none or it is damaged (then it is removed)."
         path = self.path(res, key)
         if not path.exists(): return None
         import pyarrow.parquet as pq
@@ -95,7 +95,7 @@ class ParquetCache:
             meta = table.schema.metadata or {}
             if meta.get(b"research_kit.key") != key.encode(): raise ValueError("cache key does not match")
             if table.num_rows != int(meta[b"research_kit.rows"]): raise ValueError("row count does not match")
-            return to_frame(table, res.schema, private=True)
+            return table if as_table else to_frame(table, res.schema, private=True)
         except Exception as e:  # any damage means: rebuild from the source
             warnings.warn(f"cache file {path} is damaged ({type(e).__name__}: {e}); rebuilding it")
             path.unlink(missing_ok=True)
@@ -286,8 +286,9 @@ def load(package: str, resource: str | None = None, *, columns=None):
     "The resource as a typed DataFrame, verified against its hash and validated against its schema."
     return _load(package, resource, columns, record=True)
 
-def _load(package, resource, columns, record):
-    "`load`; `record=False` for the loads foreign-key checks make (only what a caller asked for is lineage)."
+def _load(package, resource, columns, record, as_table=False):
+    """`load`; `record=False` for the loads foreign-key checks make (only what a caller asked for is lineage);
+    `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached."""
     pkg = open_package(package)
     res = pkg.resource(resource)
     settings = load_settings()
@@ -301,7 +302,7 @@ def _load(package, resource, columns, record):
     sha = memo.get(res.url) if local else res.sha256
     if sha is not None:
         if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
-        df = cache.read(res, cache_key(sha, res.schema, _references(res, pkg, memo)), columns)
+        df = cache.read(res, cache_key(sha, res.schema, _references(res, pkg, memo)), columns, as_table)
         if df is not None:
             if record: lineage.record(res.package, res.name, sha)
             return df
@@ -310,6 +311,7 @@ def _load(package, resource, columns, record):
     if local: memo.put(res.url, sha)
     _write_in_background(cache, res, cache_key(sha, res.schema, _references(res, pkg, memo)), table)
     if record: lineage.record(res.package, res.name, sha)
+    if as_table: return table.select(columns) if columns else table
     return df[columns] if columns else df
 
 def _read_and_hash(url: str):

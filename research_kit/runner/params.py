@@ -180,9 +180,18 @@ def check_value(p: Param, value, where=None):
     return float(value) if p.type == "float" else value
 
 # %% ../../nbs/runner/params.ipynb #a0a034a2
+_known_institutions: dict[tuple, frozenset] = {}  # (data root, sha256 of institutions) -> codes
+
 def _institutions() -> set[str]:
-    from research_kit.data.load import load
-    return set(load("consortium", "institutions", columns=["institution_id"])["institution_id"].astype(str))
+    "The institution codes of the consortium package, loaded once per version of it (a batch checks many runs)."
+    from research_kit.data.load import _load, resource_sha256
+    from research_kit.data.schema import _as_large_text
+    from research_kit.settings import load_settings
+    key = (load_settings().data, resource_sha256("consortium", "institutions"))
+    if key not in _known_institutions:  # as an Arrow table: checking a batch's runs then needs no pandas
+        codes = _load("consortium", "institutions", ["institution_id"], record=True, as_table=True).column(0)
+        _known_institutions[key] = frozenset(map(str, _as_large_text(codes).to_pylist()))
+    return set(_known_institutions[key])
 
 def validate(params: dict[str, Param], given: dict, *, report: str = "report") -> dict:
     "The full, typed parameter set for a run: given values parsed and checked, defaults filled in."
