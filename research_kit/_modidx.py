@@ -388,6 +388,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'research_kit/data/schema.py'),
                                           'research_kit.data.schema._checks': ('data/schema.html#_checks', 'research_kit/data/schema.py'),
                                           'research_kit.data.schema._column': ('data/schema.html#_column', 'research_kit/data/schema.py'),
+                                          'research_kit.data.schema._column_keys': ( 'data/schema.html#_column_keys',
+                                                                                     'research_kit/data/schema.py'),
                                           'research_kit.data.schema._constraint_problem': ( 'data/schema.html#_constraint_problem',
                                                                                             'research_kit/data/schema.py'),
                                           'research_kit.data.schema._constraints': ( 'data/schema.html#_constraints',

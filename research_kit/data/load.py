@@ -195,14 +195,13 @@ def _key_values(target, fields):
 def _dangling_rows(col, keys):
     "Rows of `col` holding a value (not missing) that is not among `keys`; a dictionary column's values are looked up once each."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
+    if not pa.types.is_dictionary(col.type):  # one call: the set of keys is hashed once, not once per chunk
+        return np.flatnonzero(pc.and_(col.is_valid(), pc.invert(pc.is_in(col, value_set=keys.cast(col.type)))).to_numpy())
     masks = []
     for chunk in col.chunks:
-        if pa.types.is_dictionary(chunk.type):
-            unknown = pc.invert(pc.is_in(chunk.dictionary, value_set=keys.cast(chunk.dictionary.type)))
-            masks.append(pc.fill_null(pc.take(unknown, chunk.indices), False) if pc.any(unknown).as_py()
-                         else pa.array(np.zeros(len(chunk), dtype=bool)))
-        else:
-            masks.append(pc.and_(chunk.is_valid(), pc.invert(pc.is_in(chunk, value_set=keys.cast(chunk.type)))))
+        unknown = pc.invert(pc.is_in(chunk.dictionary, value_set=keys.cast(chunk.dictionary.type)))
+        masks.append(pc.fill_null(pc.take(unknown, chunk.indices), False) if pc.any(unknown).as_py()
+                     else pa.array(np.zeros(len(chunk), dtype=bool)))
     return np.flatnonzero(pa.chunked_array(masks, pa.bool_()).to_numpy())
 
 def _foreign_key_failures(table, res: Resource, where: Where) -> list:
