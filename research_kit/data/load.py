@@ -313,38 +313,32 @@ def _load(package, resource, columns, record, as_table=False):
     if as_table: return table.select(columns) if columns else table
     return df[columns] if columns else df
 
-def _read_and_hash(url: str):
-    """(content, sha256) of a local file or fsspec URL; None when a local file keeps changing while it is read.
-    A local file is read in blocks, each hashed on a second thread while the next is read (hashlib releases
-    the GIL), so reading and hashing take the time of one of them."""
-    if is_url(url):
-        data = read_bytes(url)
-        return data, hashlib.sha256(data).hexdigest()
-    from concurrent.futures import ThreadPoolExecutor
+def _read_whole(url: str):
+    "The bytes of a local file or fsspec URL; None when a local file keeps changing while it is read."
+    if is_url(url): return read_bytes(url)
     for attempt in range(3):
-        digest, block = hashlib.sha256(), 8 << 20
-        with open(url, "rb") as f, ThreadPoolExecutor(1) as pool:
+        with open(url, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            data, done = bytearray(size), 0
-            view, hashing = memoryview(data), None
-            while done < size and (n := f.readinto(view[done: done + block])):
-                if hashing: hashing.result()
-                hashing = pool.submit(digest.update, view[done: done + n])
-                done += n
-            if hashing: hashing.result()
-            if done == size and not f.read(1): return data, digest.hexdigest()
+            data = f.read()
+            if len(data) == size and not f.read(1): return data
     return None
 
 def _fetch_and_validate(res: Resource, bar):
     "(DataFrame, typed Arrow table, sha256) of a resource's file: read, hash-checked, validated."
     where = Where(res.package, res.name, res.file)
-    try: read = _read_and_hash(res.url)
+    try: data = _read_whole(res.url)
     except FileNotFoundError: _fail(where, f"the resource's file {res.url} does not exist")
-    if read is None: _fail(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
-    data, sha = read
-    if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
+    if data is None: _fail(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
     bar.update(1)
-    table, df = _validated(data, res)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while Arrow parses
+        hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        try: table, df = _validated(data, res)
+        except DataValidationError:  # a changed file is reported as that, before what changed in it
+            if res.sha256 and hashing.result() != res.sha256: _hash_mismatch(res, hashing.result())
+            raise
+        sha = hashing.result()
+    if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
     bar.update(1)
     return df, table, sha
 
