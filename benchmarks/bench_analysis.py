@@ -10,19 +10,11 @@ Usage: python benchmarks/bench_analysis.py [--students N] [--repeat R]
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-
-def timed(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import timed
 
 
 def main():

@@ -12,24 +12,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def timed(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def wall(cmd, repeat):
-    return timed(lambda: subprocess.run(cmd, check=True, capture_output=True), repeat)
+from timing import timed, wall
 
 
 def main():
