@@ -326,6 +326,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'research_kit.data.load.ParquetCache': ('data/load.html#parquetcache', 'research_kit/data/load.py'),
                                         'research_kit.data.load.ParquetCache.__init__': ( 'data/load.html#parquetcache.__init__',
                                                                                           'research_kit/data/load.py'),
+                                        'research_kit.data.load.ParquetCache.holds_any': ( 'data/load.html#parquetcache.holds_any',
+                                                                                           'research_kit/data/load.py'),
                                         'research_kit.data.load.ParquetCache.path': ( 'data/load.html#parquetcache.path',
                                                                                       'research_kit/data/load.py'),
                                         'research_kit.data.load.ParquetCache.read': ( 'data/load.html#parquetcache.read',

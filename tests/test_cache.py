@@ -57,3 +57,15 @@ def test_changed_data_is_validated_again(workspace):
     rows, _, _ = load_in_process(root, env)
     assert rows == 4
     assert len(cache_files(root)) == 1  # the superseded version was removed
+
+
+def test_touched_but_unchanged_file_finds_its_cache(workspace):
+    # a checkout or a copy gives the file a new modification time, not new content: no new validation
+    root, d, env = workspace
+    first = load_in_process(root, env)
+    [cached] = cache_files(root)
+    stamp = cached.stat().st_mtime_ns
+    csv = root / "datasets" / "mini" / "people.csv"
+    os.utime(csv, ns=(csv.stat().st_atime_ns, csv.stat().st_mtime_ns + 10**9))
+    assert load_in_process(root, env) == first
+    assert cache_files(root) == [cached] and cached.stat().st_mtime_ns == stamp  # read, not rebuilt

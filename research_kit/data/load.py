@@ -85,6 +85,10 @@ class ParquetCache:
     def path(self, res: Resource, key: str) -> Path:
         return self.folder / res.package / f"{res.name}-{key[:24]}.parquet"
 
+    def holds_any(self, res: Resource) -> bool:
+        "Whether some version of `res` is cached."
+        return any((self.folder / res.package).glob(f"{res.name}-*.parquet"))
+
     def read(self, res: Resource, key: str, columns=None, as_table: bool = False):
         "The cached table as a DataFrame (or Arrow table), or None when there is none or it is damaged (then it is removed)."
         path = self.path(res, key)
@@ -299,6 +303,8 @@ def _load(package, resource, columns, record, as_table=False):
     if local and not os.path.isfile(res.url):
         _fail(Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist")
     sha = memo.get(res.url) if local else res.sha256
+    if sha is None and local and cache.holds_any(res):
+        sha = memo.sha256(res.url)  # a file touched but unchanged (a checkout, a copy): hashing it finds its cache
     if sha is not None:
         if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
         df = cache.read(res, cache_key(sha, res.schema, _references(res, pkg, memo)), columns, as_table)
