@@ -371,6 +371,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'research_kit/data/load.py'),
                                         'research_kit.data.load.cache_key': ('data/load.html#cache_key', 'research_kit/data/load.py'),
                                         'research_kit.data.load.check_access': ('data/load.html#check_access', 'research_kit/data/load.py'),
+                                        'research_kit.data.load.column_values': ( 'data/load.html#column_values',
+                                                                                  'research_kit/data/load.py'),
                                         'research_kit.data.load.load': ('data/load.html#load', 'research_kit/data/load.py'),
                                         'research_kit.data.load.read_table': ('data/load.html#read_table', 'research_kit/data/load.py'),
                                         'research_kit.data.load.resource_sha256': ( 'data/load.html#resource_sha256',

@@ -95,10 +95,10 @@ class Settings:
     def __repr__(self): return f"Settings(root={str(self.root)!r})"
 
 # %% ../nbs/settings.ipynb #98b66000
-def _read_ini(path: Path, text: str | None = None) -> configparser.ConfigParser:
+def _read_ini(path: Path, text: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)
-    try: parser.read_string(path.read_text(encoding="utf-8") if text is None else text, source=str(path))
-    except (configparser.Error, UnicodeDecodeError) as e:
+    try: parser.read_string(text, source=str(path))
+    except configparser.Error as e:
         raise SettingsError(f"{path}: cannot be read as an ini file: {e}") from None
     return parser
 

@@ -11,11 +11,11 @@ from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, get_resource, open_package, read_bytes
 from .descriptor import atomic_path, sha256_file
-from .schema import Where, check_schema, csv_types, to_frame, validate_table, _as_list
+from .schema import Where, check_schema, csv_types, to_frame, validate_table, _as_large_text, _as_list
 
 # %% auto #0
 __all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
-           'check_access', 'load', 'validate', 'resource_sha256']
+           'check_access', 'load', 'column_values', 'validate', 'resource_sha256']
 
 # %% ../../nbs/data/load.ipynb #29ab58c2
 LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache entry is rebuilt
@@ -288,6 +288,15 @@ def _references(res: Resource, pkg, memo: HashMemo) -> list:
 def load(package: str, resource: str | None = None, *, columns=None):
     "The resource as a typed DataFrame, verified against its hash and validated against its schema."
     return _load(package, resource, columns, record=True)
+
+def column_values(package: str, resource: str, column: str) -> list:
+    "The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it is there."
+    import pyarrow as pa
+    col = _load(package, resource, [column], record=True, as_table=True).column(0)
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t): col = _as_large_text(col)
+    elif pa.types.is_dictionary(col.type): col = col.cast(t)
+    return col.to_pylist()
 
 def _load(package, resource, columns, record, as_table=False):
     """`load`; `record=False` for the loads foreign-key checks make (only what a caller asked for is lineage);

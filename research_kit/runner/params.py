@@ -184,13 +184,11 @@ _known_institutions: dict[tuple, frozenset] = {}  # (data root, sha256 of instit
 
 def _institutions() -> set[str]:
     "The institution codes of the consortium package, loaded once per version of it (a batch checks many runs)."
-    from research_kit.data.load import _load, resource_sha256
-    from research_kit.data.schema import _as_large_text
+    from research_kit.data.load import column_values, resource_sha256
     from research_kit.settings import load_settings
     key = (load_settings().data, resource_sha256("consortium", "institutions"))
-    if key not in _known_institutions:  # as an Arrow table: checking a batch's runs then needs no pandas
-        codes = _load("consortium", "institutions", ["institution_id"], record=True, as_table=True).column(0)
-        _known_institutions[key] = frozenset(map(str, _as_large_text(codes).to_pylist()))
+    if key not in _known_institutions:  # without pandas: planning a cached batch stays fast
+        _known_institutions[key] = frozenset(map(str, column_values("consortium", "institutions", "institution_id")))
     return set(_known_institutions[key])
 
 def validate(params: dict[str, Param], given: dict, *, report: str = "report") -> dict:
