@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, sha256
+from research_kit import identifiers
 from research_kit.data import ingest as ing
 from research_kit.data.descriptor import write_descriptor
 from research_kit.errors import DataValidationError, RKError, SettingsError
@@ -38,7 +39,7 @@ HEADER = ["ФИО", "ИИН", "Пол", "Язык", "Телефон", "Email", "
 def make_iin(yymmdd: str, century_sex: int, serial: int = 1) -> str:
     while True:
         first11 = f"{yymmdd}{century_sex}{serial:04d}"
-        check = ing.iin_check_digit(first11)
+        check = identifiers.iin_check_digit(first11)
         if check is not None:
             return first11 + str(check)
         serial += 1

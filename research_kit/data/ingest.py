@@ -4,63 +4,21 @@
 
 # %% ../../nbs/data/ingest.ipynb #49d438f1
 from __future__ import annotations
-import contextlib, csv, datetime, hashlib, hmac, io, os, re
+import contextlib, csv, datetime, hashlib, io, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from ..errors import DataValidationError, Failure, RKError, SettingsError, UnknownNameError
 
 # %% auto #0
-__all__ = ['KEY_ENV', 'MIN_KEY_LENGTH', 'PSEUDONYM_FIELD', 'INSTITUTION_FIELD', 'MODES', 'IngestError', 'iin_check_digit',
-           'iin_valid', 'key_from_env', 'pseudonym', 'read_export', 'Mapping', 'read_mapping', 'IngestResult', 'ingest']
+__all__ = ['PSEUDONYM_FIELD', 'INSTITUTION_FIELD', 'MODES', 'IngestError', 'read_export', 'Mapping', 'read_mapping',
+           'IngestResult', 'ingest']
 
 # %% ../../nbs/data/ingest.ipynb #350d6c49
 class IngestError(RKError):
     "An export, mapping or ingest request that cannot be used as it is; nothing was written."
 
 # %% ../../nbs/data/ingest.ipynb #b1c37298
-_CENTURY = {1: 1800, 2: 1800, 3: 1900, 4: 1900, 5: 2000, 6: 2000}
-_WEIGHTS = (tuple(range(1, 12)), (3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2))
-
-def iin_check_digit(first11: str) -> int | None:
-    "The 12th digit of an IIN that starts with these 11 digits, or None when no check digit exists."
-    digits = [int(c) for c in first11]
-    for weights in _WEIGHTS:
-        remainder = sum(d * w for d, w in zip(digits, weights)) % 11
-        if remainder != 10: return remainder
-    return None
-
-def _iin_problem(iin) -> str | None:
-    "Why `iin` is not a valid IIN, in words that never repeat the number, or None."
-    if not isinstance(iin, str) or not re.fullmatch(r"[0-9]{12}", iin): return "not 12 digits"
-    century = _CENTURY.get(int(iin[6]))
-    if century is None: return "7th digit (century and sex) not in 1-6"
-    try: datetime.date(century + int(iin[:2]), int(iin[2:4]), int(iin[4:6]))
-    except ValueError: return "birth date"
-    if iin_check_digit(iin[:11]) != int(iin[11]): return "check digit"
-    return None
-
-def iin_valid(iin: str) -> bool:
-    "True when `iin` is 12 digits with a real birth date, a century digit 1-6 and the right check digit."
-    return _iin_problem(iin) is None
-
-# %% ../../nbs/data/ingest.ipynb #6efe9811
-KEY_ENV, MIN_KEY_LENGTH = "RK_PSEUDONYM_KEY", 16
-
-def key_from_env() -> bytes:
-    "The consortium's shared pseudonym key from RK_PSEUDONYM_KEY (at least 16 characters)."
-    key = os.environ.get(KEY_ENV, "")
-    if not key.strip():
-        raise SettingsError(f"{KEY_ENV} is not set: set it to the consortium's shared pseudonym key "
-                            f"(at least {MIN_KEY_LENGTH} characters; every institution must use the same key)")
-    if len(key) < MIN_KEY_LENGTH:
-        raise SettingsError(f"{KEY_ENV} has {len(key)} characters; the shared pseudonym key needs at least {MIN_KEY_LENGTH}")
-    return key.encode("utf-8")
-
-def pseudonym(iin: str, key: bytes) -> str:
-    "The student code `S-XXXXXXXX` for an IIN: the first 8 hex digits of HMAC-SHA256(key, IIN), uppercased."
-    if not isinstance(key, bytes) or len(key) < MIN_KEY_LENGTH:
-        raise SettingsError(f"the pseudonym key must be bytes of length >= {MIN_KEY_LENGTH}")
-    return "S-" + hmac.new(key, str(iin).strip().encode("utf-8"), hashlib.sha256).hexdigest()[:8].upper()
+from ..identifiers import iin_problem, key_from_env, pseudonym
 
 # %% ../../nbs/data/ingest.ipynb #390bc399
 def _line_of_byte(data: bytes, at: int) -> int: return data.count(b"\n", 0, at) + 1
@@ -276,7 +234,7 @@ def _candidates(frame, plan: dict, m: Mapping, res, institution: str, key: bytes
     iins = frame[ident].map(_identifier, na_action=None)
     failures, codes, owner = [], {}, {}
     for line, iin in iins.items():
-        problem = "missing" if iin is None else _iin_problem(iin)
+        problem = "missing" if iin is None else iin_problem(iin)
         if problem:
             failures.append(Failure(where.package, where.resource, where.file, ident, line, None, f"invalid IIN ({problem})"))
             continue

@@ -26,14 +26,14 @@ COUNT_COLUMNS = ("n", "count", "events", "students", "enrolled", "graduates")  #
 # %% ../../nbs/runner/audit.ipynb #3e95c3b4
 def iin_check_digit_ok(s: str) -> bool:
     "Is `s` 12 digits whose last digit is the IIN check digit of the first 11? (the rule of `research_kit.data.ingest`)"
-    from research_kit.data.ingest import iin_check_digit
+    from research_kit.identifiers import iin_check_digit
     return len(s) == 12 and s.isdigit() and iin_check_digit(s[:11]) == int(s[11])
 
 # %% ../../nbs/runner/audit.ipynb #3c6cdfb5
 _TWELVE_DIGITS = re.compile(r"(?<!\d)\d{12}(?!\d)")
 def iin_candidates(text: str) -> list[str]:
     "The 12-digit numbers in `text` that are valid IINs (date, century digit and check digit), in order."
-    from research_kit.data.ingest import iin_valid  # one definition of a valid IIN, shared with ingest
+    from research_kit.identifiers import iin_valid  # one definition of a valid IIN, shared with ingest
     return [s for s in _TWELVE_DIGITS.findall(text) if iin_valid(s)]
 
 # %% ../../nbs/runner/audit.ipynb #3c8bdf52
