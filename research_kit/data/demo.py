@@ -18,7 +18,8 @@ from .descriptor import atomic_path, file_stats, write_descriptor
 from ..errors import RKError
 
 # %% auto #0
-__all__ = ['TRUTH', 'INSTITUTIONS', 'PROGRAMS', 'FIELDS', 'REGIONS', 'SECTORS', 'COHORTS', 'LAST_YEAR', 'RESOURCES', 'generate']
+__all__ = ['TRUTH', 'INSTITUTIONS', 'PROGRAMS', 'FIELDS', 'REGIONS', 'SECTORS', 'COHORTS', 'LAST_YEAR', 'OKED_SECTIONS',
+           'RESOURCES', 'generate']
 
 # %% ../../nbs/data/demo.ipynb #d97dabe5
 TRUTH = {
@@ -322,6 +323,172 @@ def _flags(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     "`true`/`false` where known, empty otherwise: the CSV spelling the descriptor declares."
     return np.where(known, np.where(values, "true", "false"), "")
 
+# %% ../../nbs/data/demo.ipynb #ef25493f
+def _l(kk: str, ru: str, en: str) -> dict:
+    return {"kk": kk, "ru": ru, "en": en}
+
+_INSTITUTION_LABELS = {
+    "METU": _l("METU", "METU", "METU"),
+    "METU-C": _l("METU колледжі", "Колледж METU", "METU College"),
+    "ATK": _l("Алматы технологиялық колледжі", "Алматинский технологический колледж", "Almaty College of Technology"),
+    "ASTK": _l("Алматы құрылыс-техникалық колледжі", "Алматинский строительно-технический колледж", "Almaty Construction and Technical College"),
+    "APC": _l("Алматы политехникалық колледжі", "Алматинский политехнический колледж", "Almaty Polytechnic College"),
+    "KITIG": _l("Туризм және қонақжайлылық индустриясы колледжі", "Колледж индустрии туризма и гостеприимства", "College of Tourism and Hospitality Industry"),
+}
+
+_PROGRAM_NAMES = {  # English name in PROGRAMS: (kk, ru)
+    "Civil Engineering": ("Азаматтық құрылыс", "Гражданское строительство"),
+    "Information Systems": ("Ақпараттық жүйелер", "Информационные системы"),
+    "Mechanical Engineering": ("Машина жасау", "Машиностроение"),
+    "Electrical Power Engineering": ("Электр энергетикасы", "Электроэнергетика"),
+    "Management": ("Менеджмент", "Менеджмент"),
+    "Vocational Education": ("Кәсіптік оқыту", "Профессиональное обучение"),
+    "Computer Engineering Technology": ("Есептеуіш техника және бағдарламалық қамтамасыз ету", "Вычислительная техника и программное обеспечение"),
+    "Accounting and Auditing": ("Есеп және аудит", "Учёт и аудит"),
+    "Welding Production": ("Дәнекерлеу ісі", "Сварочное дело"),
+    "Software Development": ("Бағдарламалық қамтамасыз етуді әзірлеу", "Разработка программного обеспечения"),
+    "Motor Vehicle Maintenance and Repair": ("Автомобиль көлігіне техникалық қызмет көрсету және жөндеу", "Техническое обслуживание и ремонт автомобильного транспорта"),
+    "Electrical Equipment Operation": ("Электр жабдықтарын пайдалану", "Эксплуатация электрооборудования"),
+    "Machine Building Technology": ("Машина жасау технологиясы", "Технология машиностроения"),
+    "Construction and Operation of Buildings": ("Ғимараттар мен құрылыстарды салу және пайдалану", "Строительство и эксплуатация зданий и сооружений"),
+    "Architectural Design": ("Сәулеттік жобалау", "Архитектурное проектирование"),
+    "Heat and Gas Supply Systems": ("Жылумен және газбен жабдықтау жүйелері", "Системы тепло- и газоснабжения"),
+    "Computer Networks": ("Компьютерлік желілер", "Компьютерные сети"),
+    "Electrical Engineering Technology": ("Электр техникасы", "Электротехника"),
+    "Metalworking and CNC Machining": ("Металл өңдеу және сандық бағдарламалық басқарылатын станоктар", "Металлообработка и станки с ЧПУ"),
+    "Road Construction": ("Автомобиль жолдарын салу", "Строительство автомобильных дорог"),
+    "Transport Logistics": ("Көлік логистикасы", "Транспортная логистика"),
+    "Tourism": ("Туризм", "Туризм"),
+    "Hotel Service": ("Қонақ үй қызметі", "Гостиничный сервис"),
+    "Catering Organisation": ("Тамақтандыруды ұйымдастыру", "Организация питания"),
+    "Event Management": ("Іс-шараларды ұйымдастыру", "Организация мероприятий"),
+}
+_PROGRAM_LABELS = {p[0]: _l(*_PROGRAM_NAMES[p[1]], p[1]) for p in PROGRAMS}
+
+OKED_SECTIONS = {
+    "A": _l("Ауыл, орман және балық шаруашылығы", "Сельское, лесное и рыбное хозяйство", "Agriculture, forestry and fishing"),
+    "B": _l("Тау-кен өндіру өнеркәсібі және карьерлерді қазу", "Горнодобывающая промышленность и разработка карьеров", "Mining and quarrying"),
+    "C": _l("Өңдеу өнеркәсібі", "Обрабатывающая промышленность", "Manufacturing"),
+    "D": _l("Электр энергиясымен, газбен, бумен, ыстық сумен және ауаны кондициялаумен жабдықтау", "Электроснабжение, подача газа, пара и воздушное кондиционирование", "Electricity, gas, steam and air conditioning supply"),
+    "E": _l("Сумен жабдықтау; кәріз жүйесі, қалдықтардың жиналуын және таратылуын бақылау", "Водоснабжение; водоотведение, сбор, обработка и удаление отходов, деятельность по ликвидации загрязнений", "Water supply; sewerage, waste management and remediation activities"),
+    "F": _l("Құрылыс", "Строительство", "Construction"),
+    "G": _l("Көтерме және бөлшек сауда; автомобильдер мен мотоциклдерді жөндеу", "Оптовая и розничная торговля; ремонт автомобилей и мотоциклов", "Wholesale and retail trade; repair of motor vehicles and motorcycles"),
+    "H": _l("Көлік және қоймалау", "Транспорт и складирование", "Transportation and storage"),
+    "I": _l("Тұру және тамақтану бойынша қызметтер", "Услуги по проживанию и питанию", "Accommodation and food service activities"),
+    "J": _l("Ақпарат және байланыс", "Информация и связь", "Information and communication"),
+    "K": _l("Қаржы және сақтандыру қызметі", "Финансовая и страховая деятельность", "Financial and insurance activities"),
+    "L": _l("Жылжымайтын мүлікпен операциялар", "Операции с недвижимым имуществом", "Real estate activities"),
+    "M": _l("Кәсіби, ғылыми және техникалық қызмет", "Профессиональная, научная и техническая деятельность", "Professional, scientific and technical activities"),
+    "N": _l("Әкімшілік және қосалқы қызмет көрсету саласындағы қызмет", "Деятельность в области административного и вспомогательного обслуживания", "Administrative and support service activities"),
+    "O": _l("Мемлекеттік басқару және қорғаныс; міндетті әлеуметтік қамсыздандыру", "Государственное управление и оборона; обязательное социальное обеспечение", "Public administration and defence; compulsory social security"),
+    "P": _l("Білім беру", "Образование", "Education"),
+    "Q": _l("Денсаулық сақтау және халықты әлеуметтік қамтамасыз ету", "Здравоохранение и социальное обслуживание населения", "Human health and social work activities"),
+    "R": _l("Өнер, ойын-сауық және демалыс", "Искусство, развлечения и отдых", "Arts, entertainment and recreation"),
+    "S": _l("Басқа да қызмет түрлерін ұсыну", "Предоставление прочих видов услуг", "Other service activities"),
+    "T": _l("Үй қызметшілерін жалдайтын және өз тұтынуы үшін тауарлар мен қызметтер өндіретін үй шаруашылықтарының қызметі", "Деятельность домашних хозяйств, нанимающих домашнюю прислугу и производящих товары и услуги для собственного потребления", "Activities of households as employers; undifferentiated goods- and services-producing activities of households for own use"),
+    "U": _l("Экстерриториялық ұйымдар мен органдардың қызметі", "Деятельность экстерриториальных организаций и органов", "Activities of extraterritorial organisations and bodies"),
+}
+
+_REGION_LABELS = {
+    "almaty_city": _l("Алматы қаласы", "город Алматы", "Almaty (city)"),
+    "astana_city": _l("Астана қаласы", "город Астана", "Astana (city)"),
+    "shymkent_city": _l("Шымкент қаласы", "город Шымкент", "Shymkent (city)"),
+    "abai": _l("Абай облысы", "область Абай", "Abai Region"),
+    "akmola": _l("Ақмола облысы", "Акмолинская область", "Akmola Region"),
+    "aktobe": _l("Ақтөбе облысы", "Актюбинская область", "Aktobe Region"),
+    "almaty_region": _l("Алматы облысы", "Алматинская область", "Almaty Region"),
+    "atyrau": _l("Атырау облысы", "Атырауская область", "Atyrau Region"),
+    "east_kazakhstan": _l("Шығыс Қазақстан облысы", "Восточно-Казахстанская область", "East Kazakhstan Region"),
+    "jambyl": _l("Жамбыл облысы", "Жамбылская область", "Jambyl Region"),
+    "jetisu": _l("Жетісу облысы", "область Жетісу", "Jetisu Region"),
+    "karaganda": _l("Қарағанды облысы", "Карагандинская область", "Karaganda Region"),
+    "kostanay": _l("Қостанай облысы", "Костанайская область", "Kostanay Region"),
+    "kyzylorda": _l("Қызылорда облысы", "Кызылординская область", "Kyzylorda Region"),
+    "mangystau": _l("Маңғыстау облысы", "Мангистауская область", "Mangystau Region"),
+    "north_kazakhstan": _l("Солтүстік Қазақстан облысы", "Северо-Казахстанская область", "North Kazakhstan Region"),
+    "pavlodar": _l("Павлодар облысы", "Павлодарская область", "Pavlodar Region"),
+    "turkistan": _l("Түркістан облысы", "Туркестанская область", "Turkistan Region"),
+    "ulytau": _l("Ұлытау облысы", "область Улытау", "Ulytau Region"),
+    "west_kazakhstan": _l("Батыс Қазақстан облысы", "Западно-Казахстанская область", "West Kazakhstan Region"),
+}
+
+# Every code of the string enums, by code (no code means two things across the package).
+_VALUE_LABELS = {
+    **_INSTITUTION_LABELS, **OKED_SECTIONS, **_REGION_LABELS,
+    "university": _l("Университет", "Университет", "University"),
+    "college": _l("Колледж", "Колледж", "College"),
+    "engineering": _l("Инженерия", "Инженерное дело", "Engineering"),
+    "construction": _l("Құрылыс", "Строительство", "Construction"),
+    "energy": _l("Энергетика", "Энергетика", "Energy"),
+    "transport": _l("Көлік", "Транспорт", "Transport"),
+    "it": _l("Ақпараттық технологиялар", "Информационные технологии", "Information technology"),
+    "business": _l("Бизнес және басқару", "Бизнес и управление", "Business and management"),
+    "tourism_hospitality": _l("Туризм және қонақжайлылық", "Туризм и гостеприимство", "Tourism and hospitality"),
+    "education": _l("Білім беру", "Образование", "Education"),
+    "design": _l("Дизайн және сәулет", "Дизайн и архитектура", "Design and architecture"),
+    "vocational": _l("Техникалық және кәсіптік білім", "Техническое и профессиональное образование", "Technical and vocational education"),
+    "bachelor": _l("Бакалавриат", "Бакалавриат", "Bachelor's degree"),
+    "kazakh": _l("Қазақ тілі", "Казахский язык", "Kazakh"),
+    "russian": _l("Орыс тілі", "Русский язык", "Russian"),
+    "female": _l("Әйел", "Женский", "Female"),
+    "male": _l("Ер", "Мужской", "Male"),
+    "grade_9": _l("9 сынып негізінде", "На базе 9 классов", "After grade 9"),
+    "grade_11": _l("11 сынып негізінде", "На базе 11 классов", "After grade 11"),
+    "state_grant": _l("Мемлекеттік грант", "Государственный грант", "State grant"),
+    "paid": _l("Ақылы оқу", "Платное обучение", "Fee-paying"),
+    "enrolled": _l("Оқып жатыр", "Обучается", "Enrolled"),
+    "graduated": _l("Бітірді", "Окончил(а)", "Graduated"),
+    "dropped": _l("Оқудан шықты", "Отчислен(а)", "Dropped out"),
+}
+
+_TITLE_LABELS = {  # English title: (kk, ru)
+    "Institution": ("Оқу орны", "Учебное заведение"),
+    "Name": ("Атауы", "Название"),
+    "Kind": ("Түрі", "Тип"),
+    "City": ("Қала", "Город"),
+    "Programme": ("Білім беру бағдарламасы", "Образовательная программа"),
+    "Field of study": ("Даярлау бағыты", "Направление подготовки"),
+    "Level": ("Білім деңгейі", "Уровень образования"),
+    "Language of instruction": ("Оқыту тілі", "Язык обучения"),
+    "Student": ("Студент", "Студент"),
+    "Cohort": ("Түскен жылы", "Год поступления"),
+    "Gender": ("Жынысы", "Пол"),
+    "Birth year": ("Туған жылы", "Год рождения"),
+    "Entry basis": ("Түсу негізі", "База поступления"),
+    "Funding": ("Қаржыландыру", "Финансирование"),
+    "First language": ("Ана тілі", "Родной язык"),
+    "Home region": ("Тұратын өңірі", "Регион проживания"),
+    "Term": ("Семестр", "Семестр"),
+    "Academic year": ("Оқу жылы", "Учебный год"),
+    "Term GPA": ("Семестрдегі орташа балл (GPA)", "Средний балл за семестр (GPA)"),
+    "Attendance": ("Сабаққа қатысу", "Посещаемость"),
+    "Credits earned": ("Жинаған кредиттері", "Набранные кредиты"),
+    "Internship": ("Өндірістік практика", "Производственная практика"),
+    "Sector": ("Экономика саласы", "Отрасль экономики"),
+    "Weeks": ("Апта саны", "Число недель"),
+    "Supervisor rating": ("Практика жетекшісінің бағасы", "Оценка руководителя практики"),
+    "Year": ("Жыл", "Год"),
+    "Status": ("Мәртебесі", "Статус"),
+    "Exit year": ("Оқудан шыққан жылы", "Год выпуска или отчисления"),
+    "Employed at 6 months": ("6 айдан кейін жұмысқа орналасқан", "Трудоустроен через 6 месяцев"),
+    "Employed in field": ("Мамандығы бойынша жұмыс істейді", "Работает по специальности"),
+    "Monthly wage (KZT)": ("Айлық жалақы (теңге)", "Ежемесячная заработная плата (тенге)"),
+    # resource and package titles
+    "Institutions": ("Оқу орындары", "Учебные заведения"),
+    "Programmes": ("Білім беру бағдарламалары", "Образовательные программы"),
+    "Students": ("Студенттер", "Студенты"),
+    "Terms": ("Семестрлер", "Семестры"),
+    "Internships": ("Өндірістік практикалар", "Производственные практики"),
+    "Outcomes": ("Оқу нәтижелері", "Итоги обучения"),
+    "Consortium students, internships and outcomes (SYNTHETIC)": (
+        "Консорциум студенттері, практикалары және оқу нәтижелері (СИНТЕТИКАЛЫҚ)",
+        "Студенты, практики и итоги обучения консорциума (СИНТЕТИЧЕСКИЕ)"),
+}
+
+def _title_labels(title: str) -> dict:
+    kk, ru = _TITLE_LABELS[title]
+    return _l(kk, ru, title)
+
 # %% ../../nbs/data/demo.ipynb #840b7355
 RESOURCES = ["institutions", "programs", "students", "terms", "internships", "outcomes"]
 
@@ -331,11 +498,16 @@ _PROGRAM_ID = {"required": True, "pattern": "^(METU|METU-C|ATK|ASTK|APC|KITIG)-[
 
 
 def _field(name: str, type_: str, title: str, description: str, **constraints) -> dict:
-    field = {"name": name, "type": type_, "title": title, "description": description}
+    field = {"name": name, "type": type_, "title": title, "description": description, "x-labels": _title_labels(title)}
     if type_ == "boolean":
         field |= {"trueValues": ["true"], "falseValues": ["false"]}
     if constraints:
         field["constraints"] = constraints
+    # fresh copies: YAML would write a mapping shared by two fields as an anchor and an alias
+    if name == "program_id":
+        field["x-value-labels"] = {code: dict(labels) for code, labels in _PROGRAM_LABELS.items()}
+    elif "enum" in constraints:
+        field["x-value-labels"] = {code: dict(_VALUE_LABELS[code]) for code in constraints["enum"]}
     return field
 
 
@@ -439,7 +611,8 @@ def _resource_descriptor(name: str, path: pathlib.Path, rows: int, present: list
     foreign = [fk for fk in spec.get("foreignKeys", []) if fk["reference"]["resource"] in present]
     if foreign:
         schema["foreignKeys"] = foreign
-    return {"name": name, "title": spec["title"], "description": spec["description"], "path": path.name,
+    return {"name": name, "title": spec["title"], "x-labels": _title_labels(spec["title"]),
+            "description": spec["description"], "path": path.name,
             "format": "csv", "mediatype": "text/csv", "encoding": "utf-8", **file_stats(path),
             "x-rows": rows, "x-access": "consortium", "schema": schema}
 
@@ -448,6 +621,7 @@ def _package_descriptor(seed: int, students: int, resources: list) -> dict:
     return {
         "name": "consortium",
         "title": "Consortium students, internships and outcomes (SYNTHETIC)",
+        "x-labels": _title_labels("Consortium students, internships and outcomes (SYNTHETIC)"),
         "description": (
             f"SYNTHETIC data: generated by research_kit.data.demo (seed {seed}, {students} students) for teaching, "
             "testing and benchmarking. No row describes a real person; all codes are random. It mimics the consortium "
