@@ -148,6 +148,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'research_kit.cli._progress': ('cli.html#_progress', 'research_kit/cli.py'),
                                   'research_kit.cli._run_and_report': ('cli.html#_run_and_report', 'research_kit/cli.py'),
                                   'research_kit.cli._short': ('cli.html#_short', 'research_kit/cli.py'),
+                                  'research_kit.cli._show_labels': ('cli.html#_show_labels', 'research_kit/cli.py'),
                                   'research_kit.cli._size': ('cli.html#_size', 'research_kit/cli.py'),
                                   'research_kit.cli._summary': ('cli.html#_summary', 'research_kit/cli.py'),
                                   'research_kit.cli._table': ('cli.html#_table', 'research_kit/cli.py'),

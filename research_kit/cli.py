@@ -61,11 +61,16 @@ def datasets_list():
                              for r in cat.itertuples()]))
 
 @datasets_app.command("show")
-def datasets_show(package: str = typer.Argument(..., help="package name")):
-    "A package's description, licence, sources and the fields of each resource."
+def datasets_show(package: str = typer.Argument(..., help="package name"),
+                  lang: Optional[str] = typer.Option(None, help="kk, ru or en: titles and code labels in this language")):
+    "A package's description, licence, sources and the fields of each resource; with --lang, their titles and code labels."
     from research_kit.data.catalog import open_package
+    if lang is not None:
+        from research_kit.i18n import check_lang
+        check_lang(lang, where="--lang")
     p = open_package(package)
     d, out = p.descriptor, _console()
+    if lang is not None: return _show_labels(p, lang, out)
     out.print(f"[bold]{d['name']}[/bold] {d.get('version', '')}: {d.get('title', '')}")
     out.print(str(d.get("description", "")).strip())
     for key in ("licenses", "sources"):
@@ -76,6 +81,18 @@ def datasets_show(package: str = typer.Argument(..., help="package name")):
                  f.get("description", f.get("title", ""))) for f in r.fields]
         out.print(_table(f"{r.name}: {r.file}, {r.descriptor.get('x-rows', '?')} rows, access {r.access}",
                          ["field", "type", "constraints", "description"], rows))
+
+def _show_labels(p, lang: str, out):
+    "The package's title, then each resource's fields with their titles and code labels in `lang` (descriptions are English)."
+    from rich.markup import escape  # descriptor text is data: a '[' in it is not markup
+    from research_kit.data.labels import field_title, value_labels
+    d = p.descriptor
+    out.print(f"[bold]{escape(d['name'])}[/bold] {escape(str(d.get('version', '')))}: {escape(field_title(d, lang))}")
+    for r in p.resources.values():
+        rows = [(escape(f["name"]), escape(field_title(f, lang)), escape(f.get("type", "string")),
+                 escape("; ".join(f"{code} = {label}" for code, label in value_labels(f, lang).items())))
+                for f in r.fields]
+        out.print(_table(escape(f"{r.name}: {field_title(r.descriptor, lang)}"), ["field", "title", "type", "labels"], rows))
 
 # %% ../nbs/cli.ipynb #aedbd097
 @datasets_app.command("validate")
