@@ -10,7 +10,8 @@ from .errors import RKError, UnknownNameError
 
 # %% auto #0
 __all__ = ['LANGUAGES', 'LOCALES', 'LANGUAGE_NAMES', 'DOMAIN', 'REPORT_TITLES', 'STATUSES', 'FOOTER', 'UnknownLanguage',
-           'check_lang', 'locale_name', 'locales_dir', 'catalog_path', 'read_catalog', 'N_', 'translate']
+           'check_lang', 'locale_name', 'locales_dir', 'catalog_path', 'read_catalog', 'N_', 'translate',
+           'language_cell_problems']
 
 # %% ../nbs/i18n.ipynb #184bd04b
 LANGUAGES = ("kk", "ru", "en")
@@ -105,3 +106,28 @@ FOOTER = {
     "suppressed": N_("Suppressed: fewer than {k}"),
     "suppressed_note": N_("Numbers below {k} are hidden to protect personal data."),
 }
+
+# %% ../nbs/i18n.ipynb #efe46fb6
+def _language_tags(cell) -> list[str]:
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return [t for t in tags if isinstance(t, str) and t.startswith("lang-")]
+
+def _group_problems(group: list) -> list[str]:
+    "One run of tagged cells: each language exactly once."
+    where = f"cells {group[0][0]}-{group[-1][0]}" if len(group) > 1 else f"cell {group[0][0]}"
+    langs = [tag[5:] for _, tags in group for tag in tags]
+    problems = [f"{where}: no {lang} version (tag lang-{lang})" for lang in LANGUAGES if lang not in langs]
+    problems += [f"{where}: {langs.count(lang)} {lang} versions, expected one" for lang in LANGUAGES if langs.count(lang) > 1]
+    return problems
+
+def language_cell_problems(cells) -> list[str]:
+    "Where a notebook's language-tagged markdown cells do not come as one kk, one ru and one en cell."
+    problems, group = [], []
+    for i, cell in enumerate(list(cells) + [{}]):  # a sentinel closes the last run
+        tags = _language_tags(cell) if cell.get("cell_type") == "markdown" else []
+        problems += [f"cell {i}: unknown language tag {t!r}; use lang-kk, lang-ru or lang-en" for t in tags if t[5:] not in LANGUAGES]
+        if len(tags) > 1: problems.append(f"cell {i}: several language tags {tags}; one cell, one language")
+        if tags: group.append((i, [t for t in tags if t[5:] in LANGUAGES][:1])); continue
+        if group: problems += _group_problems(group)
+        group = []
+    return problems
