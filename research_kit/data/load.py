@@ -15,7 +15,7 @@ from .schema import Where, check_schema, csv_types, to_frame, validate_table, _a
 
 # %% auto #0
 __all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
-           'check_access', 'load', 'column_values', 'validate', 'resource_sha256']
+           'check_access', 'load', 'column_values', 'Checked', 'validate', 'resource_sha256']
 
 # %% ../../nbs/data/load.ipynb #29ab58c2
 LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache entry is rebuilt
@@ -369,20 +369,36 @@ def _fetch_and_validate(res: Resource, bar):
     return df, table, sha
 
 # %% ../../nbs/data/load.ipynb #cfec925a
-def validate(package: str | None = None, resource: str | None = None) -> list[tuple[str, str, int | None, Exception | None]]:
-    "Load `resource` of `package`, or every resource of it, or of every package: (package, resource, rows, error or None)."
+from typing import NamedTuple
+
+class Checked(NamedTuple):
+    "One resource's outcome in `validate`: rows when valid, the error when not, or why it was skipped."
+    package: str
+    resource: str
+    rows: int | None
+    error: Exception | None
+    skipped: str | None = None
+
+def _restricted_to_another(res: Resource, institution: str) -> bool:
+    return res.access == "restricted" and bool(res.owner) and res.owner != institution
+
+def validate(package: str | None = None, resource: str | None = None) -> list[Checked]:
+    "Load `resource` of `package`, or every resource of it, or of every package, hashing every file: one `Checked` each."
     from research_kit.errors import RKError
     from research_kit.data.catalog import open_package, package_names
+    institution = load_settings().institution
     results = []
     for name in [package] if package else package_names():
         try:
             p = open_package(name)
             if resource is not None: p.resource(resource)
         except RKError as e:
-            results.append((name, resource or "", None, e)); continue
+            results.append(Checked(name, resource or "", None, e)); continue
         for r in [resource] if resource else p.resources:
-            try: results.append((name, r, len(_load(name, r, None, record=True, rehash=True)), None))
-            except RKError as e: results.append((name, r, None, e))
+            if resource is None and _restricted_to_another(p.resources[r], institution):
+                results.append(Checked(name, r, None, None, f"restricted to {p.resources[r].owner}")); continue
+            try: results.append(Checked(name, r, len(_load(name, r, None, record=True, rehash=True)), None))
+            except RKError as e: results.append(Checked(name, r, None, e))
     return results
 
 # %% ../../nbs/data/load.ipynb #40874a99
