@@ -175,7 +175,7 @@ def test_validate_skips_restricted_resources_of_others(workspace, level):
     for args in [(), ("mini",)]:
         proc = run_rk("datasets", "validate", *args, cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "mini/people skipped: restricted to ATK" in proc.stdout and proc.stderr == ""
+        assert "mini/people skipped: restricted to ATK" in proc.stdout and "error" not in proc.stderr
         assert not list((root / ".cache").rglob("people-*.parquet"))  # not read at all
     proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
     assert_failed_cleanly(proc, ["mini/people is restricted to its owner ATK", "name KITIG"], root)

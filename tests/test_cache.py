@@ -136,7 +136,7 @@ def test_validate_hashes_every_file(here):
     remembered = json.loads(entry.read_text())
     edit_in_place(csv)
     entry.write_text(json.dumps({**remembered, "stamp": HashMemo(root / ".cache").stamp(str(csv))}))
-    failed = {r: str(e) for p, r, n, e in validate("mini") if e is not None}
+    failed = {c.resource: str(c.error) for c in validate("mini") if c.error is not None}
     assert list(failed) == ["people"] and "hash: the file's sha256 differs" in failed["people"]
 
 
