@@ -76,8 +76,10 @@ def _data_root():
 def _packages_valid():
     from research_kit.data.load import validate
     results = validate()
-    bad = [f"{p}/{r}: {str(e).splitlines()[0]}" for p, r, n, e in results if e is not None]
-    return not bad, f"{len(results)} resources valid" if not bad else "; ".join(bad[:3])
+    bad = [f"{c.package}/{c.resource}: {str(c.error).splitlines()[0]}" for c in results if c.error is not None]
+    if bad: return False, "; ".join(bad[:3])
+    skipped = sum(1 for c in results if c.skipped)
+    return True, f"{len(results) - skipped} resources valid" + (f", {skipped} restricted to other institutions skipped" if skipped else "")
 
 def doctor(root: Path | None = None) -> list[Check]:
     "Every check of the workspace's environment, in order."

@@ -3,7 +3,7 @@ non-zero without a traceback; and nothing is cached for the invalid resource."""
 import pytest
 import yaml
 
-from conftest import PEOPLE, run_rk, save, write_resource
+from conftest import INSTITUTIONS, PEOPLE, run_rk, save, write_resource
 
 PKG = ("datasets", "mini")
 
@@ -159,3 +159,37 @@ def test_restricted_resource_needs_its_owner(workspace):
     save(root.joinpath(*PKG), d)
     proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
     assert proc.returncode == 1 and "x-access 'secret'" in proc.stderr
+
+
+@pytest.mark.parametrize("level", ["resource", "package"])
+def test_validate_skips_restricted_resources_of_others(workspace, level):
+    # `make run` runs `rk datasets validate` for every researcher: another institution's restricted
+    # resource is skipped with a note, not a failure; its owner validates it
+    root, d, env = workspace
+    if level == "resource":
+        d["resources"][1].update({"x-access": "restricted", "x-owner": "ATK"})
+    else:  # said once for the package: applies to every resource that does not set its own
+        d.update({"x-access": "restricted", "x-owner": "ATK"})
+        d["resources"][0]["x-access"] = "consortium"
+    save(root.joinpath(*PKG), d)
+    for args in [(), ("mini",)]:
+        proc = run_rk("datasets", "validate", *args, cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "mini/people skipped: restricted to ATK" in proc.stdout and "error" not in proc.stderr
+        assert not list((root / ".cache").rglob("people-*.parquet"))  # not read at all
+    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+    assert_failed_cleanly(proc, ["mini/people is restricted to its owner ATK", "name KITIG"], root)
+    proc = run_rk("datasets", "validate", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "ATK"}, check=0)
+    assert "skipped" not in proc.stdout and "3" in proc.stdout
+    proc = run_rk("doctor", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+    assert "1 resources valid, 1 restricted to other institutions skipped" in proc.stdout, proc.stdout
+
+
+def test_validate_still_fails_on_what_it_may_check(workspace):
+    root, d, env = workspace
+    d["resources"][1].update({"x-access": "restricted", "x-owner": "ATK"})
+    write_resource(root.joinpath(*PKG), d, "institutions", INSTITUTIONS.replace("ATK,", "atk,"))
+    save(root.joinpath(*PKG), d)
+    proc = run_rk("datasets", "validate", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+    assert proc.returncode == 1 and "institutions.csv:2" in proc.stderr and "pattern" in proc.stderr
+    assert "mini/people skipped: restricted to ATK" in proc.stdout

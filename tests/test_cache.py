@@ -1,8 +1,11 @@
 """The Parquet cache: a second load reads it and equals the first; a damaged cache file is detected
 and rebuilt, never returned; a changed file is validated again."""
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT, run_rk, save, sha256, write_resource
 
@@ -69,3 +72,77 @@ def test_touched_but_unchanged_file_finds_its_cache(workspace):
     os.utime(csv, ns=(csv.stat().st_atime_ns, csv.stat().st_mtime_ns + 10**9))
     assert load_in_process(root, env) == first
     assert cache_files(root) == [cached] and cached.stat().st_mtime_ns == stamp  # read, not rebuilt
+
+
+# ---- the hash memo never answers for a file that changed ----
+
+@pytest.fixture
+def here(workspace, monkeypatch):
+    """The `mini` workspace, loaded in this process; the hash memo remembers a file at once (no settling
+    time), so only its stamp can tell an edit."""
+    from research_kit.data.load import HashMemo
+    root, d, env = workspace
+    for var in [v for v in os.environ if v.startswith("RK_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("RK_ROOT", str(root))
+    monkeypatch.setattr(HashMemo, "settle_ns", 0, raising=False)
+    return root, d
+
+
+def load_people():
+    from research_kit.data.load import load, wait_for_cache_writes
+    df = load("mini", "people")
+    wait_for_cache_writes()
+    return df
+
+
+def edit_in_place(csv):
+    """Change one value without changing the size, then put the modification time back (`touch -r`)."""
+    st = csv.stat()
+    csv.write_text(csv.read_text().replace("P-001,ATK,17", "P-001,ATK,18", 1))
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (csv.stat().st_size, csv.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_same_size_edit_with_mtime_put_back_is_seen(here):
+    from research_kit.errors import DataValidationError
+    root, d = here
+    assert load_people().age.tolist() == [17, 19, 21]
+    assert load_people().age.tolist() == [17, 19, 21]  # from the cache, with the memo's hash
+    edit_in_place(root / "datasets" / "mini" / "people.csv")
+    with pytest.raises(DataValidationError, match="hash: the file's sha256 differs"):
+        load_people()
+
+
+def test_descriptor_updated_to_the_edited_file_loads_it(here):
+    # the reverse: the edit is published (new hash in the descriptor); no need to delete .cache
+    root, d = here
+    pkg = root / "datasets" / "mini"
+    assert load_people().age.tolist() == [17, 19, 21]
+    edit_in_place(pkg / "people.csv")
+    d["resources"][1]["hash"] = f"sha256:{sha256(pkg / 'people.csv')}"
+    save(pkg, d)
+    assert load_people().age.tolist() == [18, 19, 21]
+    assert (root / ".cache" / "hashes").is_dir()
+
+
+def test_validate_hashes_every_file(here):
+    # a file system whose stamps cannot be trusted (the memo says "unchanged"): validate still sees the edit
+    from research_kit.data.load import HashMemo, validate
+    root, d = here
+    csv = root / "datasets" / "mini" / "people.csv"
+    load_people()
+    [entry] = [e for e in (root / ".cache" / "hashes").glob("*.json") if json.loads(e.read_text())["stamp"][0] == str(csv)]
+    remembered = json.loads(entry.read_text())
+    edit_in_place(csv)
+    entry.write_text(json.dumps({**remembered, "stamp": HashMemo(root / ".cache").stamp(str(csv))}))
+    failed = {c.resource: str(c.error) for c in validate("mini") if c.error is not None}
+    assert list(failed) == ["people"] and "hash: the file's sha256 differs" in failed["people"]
+
+
+def test_rk_datasets_validate_sees_a_same_size_edit(workspace):
+    root, d, env = workspace
+    run_rk("datasets", "validate", "mini", cwd=root, env=env, check=0)
+    edit_in_place(root / "datasets" / "mini" / "people.csv")
+    proc = run_rk("datasets", "validate", "mini", cwd=root, env=env)
+    assert proc.returncode == 1 and "hash: the file's sha256 differs" in proc.stderr, proc.stdout + proc.stderr

@@ -1,16 +1,18 @@
 """`rk ingest` in process: a college's export becomes pseudonymous, validated rows of a consortium
 resource; raw IINs and names never reach any file; a failing ingest writes nothing."""
+import csv
+import io
 import shutil
 
 import openpyxl
 import pytest
 import yaml
 
-from conftest import ROOT, sha256
+from conftest import ROOT, run_rk, sha256
 from research_kit import identifiers
 from research_kit.data import ingest as ing
 from research_kit.data.descriptor import write_descriptor
-from research_kit.errors import DataValidationError, RKError, SettingsError
+from research_kit.errors import AccessDenied, DataValidationError, RKError, SettingsError
 
 KEY = "test-consortium-key-0123456789"
 MAPPING = """\
@@ -128,6 +130,26 @@ def load_students():
 
 # (a) raw identifiers never reach disk ------------------------------------------------------------
 
+def iin_forms(iin: str) -> set[bytes]:
+    """Every way an IIN may be written: whole, as a number cell stores it (leading zeros lost), split
+    into groups by spaces or dashes, and as the 64-bit integer a binary file (Parquet) would hold."""
+    forms = {iin[k:] for k in range(4) if set(iin[:k]) <= {"0"}}
+    forms |= {f"{iin[:6]}{sep}{iin[6:]}" for sep in (" ", "-")} | {" ".join((iin[:4], iin[4:8], iin[8:]))}
+    return {f.encode(enc) for f in forms for enc in ("utf-8", "utf-16-le")} | {int(iin).to_bytes(8, "little")}
+
+
+def assert_no_secrets(data: bytes, iins, names, where):
+    """`data` holds none of the IINs in any form (also as `find_iins` finds them in its text) and none of the names."""
+    needles = {n.encode(enc) for n in names for enc in ("utf-8", "cp1251", "utf-16-le")}
+    for iin in iins:
+        needles |= iin_forms(iin)
+    leaked = [n for n in needles if n in data]
+    assert not leaked, f"{where} holds a raw identifier or name"
+    for enc in ("utf-8", "utf-16-le"):
+        found = set(identifiers.find_iins(data.decode(enc, errors="ignore"), short_forms=True)) & set(iins)
+        assert not found, f"{where} holds an IIN"
+
+
 @pytest.mark.parametrize("kind", ["cp1251", "xlsx"])
 def test_no_raw_identifier_reaches_any_file(ws, tmp_path, kind):
     root, pkg, mapping = ws
@@ -139,19 +161,10 @@ def test_no_raw_identifier_reaches_any_file(ws, tmp_path, kind):
     key = KEY.encode()
     assert set(students.student_id) >= {ing.pseudonym(i, key) for i in IINS}
     assert (root / ".cache").is_dir() and any((root / ".cache").rglob("*.parquet"))
-    secrets = IINS + [rows[-1][1]] + NAMES + ["Нурланова Айжан", "a.nurlanova@example.kz"]
-    needles = set()
-    for s in secrets:
-        for enc in ("utf-8", "cp1251", "utf-16-le"):
-            needles.add(s.encode(enc))
-        if s.isdigit():
-            needles.add(s.lstrip("0").encode())  # the number as a spreadsheet stores it
     files = [p for p in [*root.rglob("*"), *export.parent.rglob("*")] if p.is_file() and p != export]
     assert result.report_path in files and any(p.suffix == ".yaml" for p in files)
     for p in files:
-        data = p.read_bytes()
-        leaked = [n for n in needles if n in data]
-        assert not leaked, f"{p} holds a raw identifier or name"
+        assert_no_secrets(p.read_bytes(), IINS + [rows[-1][1]], NAMES + ["Нурланова Айжан", "a.nurlanova@example.kz"], p)
 
 
 # (b) an invalid IIN: a clear error, nothing written -----------------------------------------------
@@ -187,7 +200,7 @@ def test_schema_failure_names_line_and_field(ws, tmp_path):
     with pytest.raises(DataValidationError) as e:
         run(export, mapping)
     msg = str(e.value)
-    assert "kitig_export.csv:4 column 'gender'" in msg and "'другой'" in msg and "enum" in msg
+    assert "kitig_export.csv:4 column 'gender': value <text of 6 characters, letters only>: enum" in msg and "другой" not in msg
     assert "kitig_export.csv:5 column 'program_id'" in msg and "foreign key" in msg
     assert all(i not in msg for i in IINS)
     assert snapshot(pkg) == before
@@ -204,9 +217,11 @@ def test_skip_invalid_writes_good_rows_and_a_report(ws, tmp_path):
     assert (result.rows_added, result.rows_replaced, result.rows_skipped) == (2, 0, 2)
     assert result.report_path == export.with_name("kitig_export.csv.skipped.csv")
     report = result.report_path.read_text(encoding="utf-8-sig")
-    assert report.splitlines()[0] == "line,field,reason,value"
-    assert "3,ИИН,invalid IIN (check digit),\n" in report and "5,gender,\"enum: not one of female, male\",другой" in report
-    assert wrong not in report and "Нурланова" not in report and all(i not in report for i in IINS)
+    assert list(csv.reader(io.StringIO(report))) == [
+        ["line", "field", "reason", "value (described)"],
+        ["3", "ИИН", "invalid IIN (check digit)", "text of 12 characters, digits only"],
+        ["5", "gender", "enum: not one of female, male", "text of 6 characters, letters only"]]
+    assert wrong not in report and "Нурланова" not in report and all(i not in report for i in IINS) and "другой" not in report
     ids = set(load_students().student_id)
     key = KEY.encode()
     assert {ing.pseudonym(GOOD[0][1], key), ing.pseudonym(GOOD[1][1], key)} <= ids
@@ -374,3 +389,113 @@ def test_rk_ingest_command(ws, tmp_path, monkeypatch, tally):
     proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1" in proc.stdout and snapshot(pkg) != before
+
+
+# values of the export are described, never echoed ------------------------------------------------
+
+SHIFTED_PARENT = make_iin("750321", 4, 17)  # not a student of the export: any IIN counts
+SHIFTED = [("Ким Алия", make_iin("050505", 6)), ("Ли Марат", make_iin("040404", 5)), ("Пак Ирина", make_iin("030303", 6))]
+
+
+def shifted_export(folder, kind="cp1251"):
+    """Good rows, plus: an 11-digit IIN (a number cell, leading zero lost) in the birth-year column, a
+    12-digit IIN split by a space in the programme column, and a full name in the gender column."""
+    (n1, i1), (n2, i2), (n3, i3) = SHIFTED
+    year_iin = student(n1, i1)
+    year_iin[8] = make_iin("060101", 5, 3).lstrip("0")
+    spaced = student(n2, i2, program=f"{SHIFTED_PARENT[:6]} {SHIFTED_PARENT[6:]}")
+    named = student(n3, i3, gender=n3)
+    return write_export(folder, GOOD + [year_iin, spaced, named], kind, name="shifted")
+
+
+def shifted_secrets():
+    iins = IINS + [i for _, i in SHIFTED] + [SHIFTED_PARENT, make_iin("060101", 5, 3)]
+    return iins, NAMES + [n for n, _ in SHIFTED]
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["refused", "skip-invalid"])
+def test_rk_ingest_never_echoes_a_value_of_the_export(ws, tmp_path, tally, skip):
+    root, pkg, mapping = ws
+    before = snapshot(pkg)
+    export = shifted_export(tmp_path / "exports")
+    args = ["ingest", export, "--package", "consortium", "--resource", "students", "--institution", "KITIG",
+            "--mapping", mapping] + (["--skip-invalid"] if skip else [])
+    proc = run_rk(*args, cwd=root, env={"RK_ROOT": str(root)})
+    tally.bad_inputs += 1
+    out = proc.stdout + proc.stderr
+    if skip:
+        assert proc.returncode == 0, out
+        assert "3 row(s) added" in out and "3 skipped" in out
+        report = export.with_name("shifted.csv.skipped.csv").read_text(encoding="utf-8-sig")
+        assert list(csv.reader(io.StringIO(report)))[1:] == [
+            ["5", "birth_year", "holds an IIN, which is never written: map this field from another column", "text of 11 characters, digits only"],
+            ["6", "program_id", "holds an IIN, which is never written: map this field from another column", "text of 13 characters, digits and spaces"],
+            ["7", "gender", "enum: not one of female, male", "text of 9 characters, letters and spaces"]]
+    else:
+        assert proc.returncode == 1 and "Traceback" not in out
+        for line, column, described in [(5, "birth_year", "text of 11 characters, digits only"),
+                                        (6, "program_id", "text of 13 characters, digits and spaces"),
+                                        (7, "gender", "text of 9 characters, letters and spaces")]:
+            assert f"shifted.csv:{line} column '{column}': value <{described}>" in proc.stderr, proc.stderr
+        assert snapshot(pkg) == before and sorted(export.parent.iterdir()) == [export]
+    iins, names = shifted_secrets()
+    assert_no_secrets(out.encode("utf-8"), iins, names, "the terminal")
+    load_students()  # the cache and the hash memo are files too
+    files = [p for p in [*root.rglob("*"), *export.parent.rglob("*")] if p.is_file() and p != export]
+    assert files
+    for p in files:
+        assert_no_secrets(p.read_bytes(), iins, names, p)
+
+
+def test_ingest_result_and_error_describe_values(ws, tmp_path):
+    # the Python API: the error's failures and the result's skipped rows carry descriptions, not values
+    root, pkg, mapping = ws
+    iins, names = shifted_secrets()
+    export = shifted_export(tmp_path / "exports", "xlsx")
+    with pytest.raises(DataValidationError) as e:
+        run(export, mapping)
+    assert_no_secrets(repr(e.value.failures).encode() + str(e.value.frame()).encode(), iins, names, "the error")
+    result = run(export, mapping, skip_invalid=True)
+    assert result.rows_skipped == 3
+    assert_no_secrets(repr(result).encode(), iins, names, "the result")
+
+
+def test_export_without_a_header_row_is_not_quoted(ws, tmp_path):
+    root, pkg, mapping = ws
+    export = tmp_path / "export" / "noheader.csv"
+    export.parent.mkdir()
+    export.write_bytes("\r\n".join(";".join(r) for r in GOOD).encode("cp1251"))
+    with pytest.raises(RKError) as e:
+        run(export, mapping)
+    assert "noheader.csv:1: column 2 of the first row holds an IIN" in str(e.value) and "header row" in str(e.value)
+    assert_no_secrets(str(e.value).encode(), IINS, NAMES, "the error")
+
+
+# access levels ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("level", ["resource", "package"])
+def test_ingest_into_a_restricted_resource_needs_its_owner(ws, tmp_path, monkeypatch, level):
+    root, pkg, mapping = ws
+    run(write_export(tmp_path / "export", GOOD[:1]), mapping)  # a KITIG student is there
+    descriptor = yaml.safe_load((pkg / "datapackage.yaml").read_text(encoding="utf-8"))
+    if level == "resource":
+        next(r for r in descriptor["resources"] if r["name"] == "students").update({"x-access": "restricted", "x-owner": "KITIG"})
+    else:
+        descriptor.update({"x-access": "restricted", "x-owner": "KITIG"})
+        for r in descriptor["resources"]:
+            r.pop("x-access", None)
+    write_descriptor(pkg / "datapackage.yaml", descriptor)
+    before = snapshot(pkg)
+    monkeypatch.setenv("RK_WORKSPACE_INSTITUTION", "ATK")
+    probe = write_export(tmp_path / "export", [student("Сейткали Дана", IINS[0], program="ATK-01")], name="atk")
+    for export in (probe, tmp_path / "export" / "no-such-export.csv"):  # refused before the export is even read
+        with pytest.raises(AccessDenied) as e:
+            run(export, mapping, institution="ATK")
+        assert "consortium/students is restricted to its owner KITIG" in str(e.value) and "already" not in str(e.value)
+    proc = run_rk("ingest", probe, "--package", "consortium", "--resource", "students", "--institution", "ATK",
+                  "--mapping", mapping, cwd=root, env={"RK_ROOT": str(root), "RK_WORKSPACE_INSTITUTION": "ATK"})
+    assert proc.returncode == 1 and "error: consortium/students is restricted to its owner KITIG" in proc.stderr
+    assert "already" not in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(pkg) == before
+    monkeypatch.setenv("RK_WORKSPACE_INSTITUTION", "KITIG")
+    assert run(write_export(tmp_path / "export", GOOD[1:]), mapping).rows_added == 2

@@ -88,6 +88,10 @@ class Resource:
     descriptor: dict
     url: str
     descriptor_url: str
+    package_descriptor: dict = field(default_factory=dict, repr=False)
+
+    def _own_or_package(self, key: str, default=None):
+        return self.descriptor.get(key, self.package_descriptor.get(key, default))
 
     @property
     def schema(self) -> dict: return self.descriptor["schema"]
@@ -105,9 +109,13 @@ class Resource:
             raise DescriptorError(f"{self.descriptor_url}: resource {self.name!r} hash must be 'sha256:<64 hex digits>', got {h!r}")
         return hexdigest
     @property
-    def access(self) -> str: return self.descriptor.get("x-access", "consortium")
+    def access(self) -> str:
+        "public, consortium (the default) or restricted: the resource's `x-access`, else its package's."
+        return self._own_or_package("x-access", "consortium")
     @property
-    def owner(self) -> str | None: return self.descriptor.get("x-owner")
+    def owner(self) -> str | None:
+        "The institution a restricted resource belongs to: the resource's `x-owner`, else its package's."
+        return self._own_or_package("x-owner")
     @property
     def encoding(self) -> str: return self.descriptor.get("encoding", "utf-8")
 
@@ -166,7 +174,7 @@ def open_package(name: str, root: str | None = None) -> Package:
         if not is_url(root) and os.path.isdir(url): raise DescriptorError(f"{url} has no {DESCRIPTOR}") from None
         raise UnknownNameError("package", name, package_names(root), where=root) from None
     except UnicodeDecodeError as e: raise DescriptorError(f"{durl}: not UTF-8 text ({e})") from None
-    resources = {r["name"]: Resource(name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl)
+    resources = {r["name"]: Resource(name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d)
                  for r in d["resources"]}
     return Package(name, url, d, resources)
 

@@ -10,15 +10,15 @@ from pathlib import Path
 from ..errors import DataValidationError, Failure, RKError, SettingsError, UnknownNameError
 
 # %% auto #0
-__all__ = ['PSEUDONYM_FIELD', 'INSTITUTION_FIELD', 'MODES', 'IngestError', 'read_export', 'Mapping', 'read_mapping',
-           'IngestResult', 'ingest']
+__all__ = ['PSEUDONYM_FIELD', 'INSTITUTION_FIELD', 'MODES', 'IngestError', 'read_export', 'Mapping', 'read_mapping', 'Described',
+           'describe_value', 'IngestResult', 'ingest']
 
 # %% ../../nbs/data/ingest.ipynb #350d6c49
 class IngestError(RKError):
     "An export, mapping or ingest request that cannot be used as it is; nothing was written."
 
 # %% ../../nbs/data/ingest.ipynb #b1c37298
-from ..identifiers import iin_problem, key_from_env, pseudonym
+from ..identifiers import find_iins, iin_problem, key_from_env, pseudonym
 
 # %% ../../nbs/data/ingest.ipynb #390bc399
 def _line_of_byte(data: bytes, at: int) -> int: return data.count(b"\n", 0, at) + 1
@@ -98,6 +98,10 @@ def _frame(rows, name: str):
         width = i
     header = header[:width]
     if "" in header: raise IngestError(f"{name}:{header_line}: column {header.index('') + 1} has values but no name")
+    named_by_iin = [i + 1 for i, h in enumerate(header) if find_iins(h, short_forms=True)]
+    if named_by_iin:  # a header that is a student's row: its cells must not be quoted as column names
+        raise IngestError(f"{name}:{header_line}: column {named_by_iin[0]} of the first row holds an IIN, not a column "
+                          "name; the export needs a header row")
     seen = {}
     for h in header:
         if _norm(h) in seen: raise IngestError(f"{name}:{header_line}: two columns are named {h!r}")
@@ -212,20 +216,72 @@ def _plan(columns, m: Mapping, res, export: str) -> dict[str, str]:
     return plan
 
 # %% ../../nbs/data/ingest.ipynb #07e8e863
+class Described(str):
+    "What a value looked like, in words; printed in angle brackets so it is never taken for the value."
+    def __repr__(self): return f"<{self}>"
+
+def _count(n: int, what: str) -> str: return f"{n} {what}{'' if n == 1 else 's'}"
+
+def _kinds(text: str) -> list[str]:
+    kinds = [("digits", str.isdigit), ("letters", str.isalpha), ("spaces", str.isspace)]
+    found = [k for k, test in kinds if any(test(c) for c in text)]
+    return found + (["other signs"] if any(not (c.isalnum() or c.isspace()) for c in text) else [])
+
+def _missing(value) -> bool:
+    try: return value is None or bool(value != value)  # None, NaN, NaT
+    except TypeError: return True  # pandas' NA refuses to be compared
+
+def describe_value(value) -> Described | None:
+    "The kind and length of `value` (text, number, date, several values), never the value; None stays None."
+    import numbers
+    if isinstance(value, Described): return value
+    if _missing(value): return None
+    if isinstance(value, tuple): return Described("several values: " + "; ".join(str(describe_value(v)) for v in value))
+    if isinstance(value, bool): return Described("a boolean")
+    if isinstance(value, numbers.Number):
+        text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)  # 2005.0 is Excel's 2005
+        digits = sum(c.isdigit() for c in text.split("e")[0])
+        return Described("a number without digits" if not digits else f"a number with {_count(digits, 'digit')}")
+    if isinstance(value, (datetime.date, datetime.time)): return Described(f"a {type(value).__name__}")
+    text = str(value)
+    if not text: return Described("empty text")
+    kinds = _kinds(text)
+    how = f"{kinds[0]} only" if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+    return Described(f"text of {_count(len(text), 'character')}, {how}")
+
+def _described(f: Failure) -> Failure:
+    "The failure with its value described; a CSV reader's message is left out, as it may quote a row."
+    rule = f.rule
+    if rule.startswith("cannot be read as CSV"): rule = "cannot be read as CSV (the reader's message is not shown: it may quote a row)"
+    return Failure(f.package, f.resource, f.file, f.column, f.line, describe_value(f.value), rule)
+
+# %% ../../nbs/data/ingest.ipynb #64005e92
 def _identifier(v) -> str | None:
     if v is None or v != v: return None
     v = str(v).strip()
     return v.zfill(12) if v.isdigit() and 9 <= len(v) < 12 else v
 
-def _refuse_leaks(rows, iins: set, export: str) -> None:
-    "Stop when a value of a column to be written contains an IIN of the export (a mapping mistake)."
-    for name in rows.columns:
-        if name == PSEUDONYM_FIELD: continue
-        for line, v in rows[name].dropna().items():
-            for run in re.findall(r"[0-9]{12,}", str(v)):
-                if any(run[i:i + 12] in iins for i in range(len(run) - 11)):
-                    raise IngestError(f"{export}:{line}: field {name!r} contains an IIN; map it from another column "
-                                      "(nothing was written)")
+def _short_forms(iins) -> set:
+    "Each IIN as written, and as a number cell stores it (one to three leading zeros lost)."
+    forms = set()
+    for iin in iins:
+        forms.update(iin[k:] for k in range(4) if set(iin[:k]) <= {"0"})
+    return forms
+
+def _holds_iin(value: str, forms: set) -> bool:
+    digits = re.sub(r"[^0-9]", "", value)
+    if len(digits) < 9: return False  # too few digits for any form of an IIN: most values, decided at once
+    if find_iins(value, short_forms=True): return True
+    # an IIN of the export inside other digits, or split by other signs
+    return any(digits[i:i + n] in forms for n in range(9, 13) for i in range(len(digits) - n + 1))
+
+def _iin_leaks(rows, iins, where) -> list[Failure]:
+    "A failure for each value of a column to be written that holds an IIN (a shifted column, a mapping mistake)."
+    forms = _short_forms(iins)
+    return [Failure(where.package, where.resource, where.file, name, line, describe_value(v),
+                    "holds an IIN, which is never written: map this field from another column")
+            for name in rows.columns if name != PSEUDONYM_FIELD
+            for line, v in rows[name].dropna().items() if _holds_iin(str(v), forms)]
 
 def _candidates(frame, plan: dict, m: Mapping, res, institution: str, key: bytes, where):
     "(DataFrame of the resource's fields as text, indexed by export line; failures of invalid IINs; IINs pseudonymized)."
@@ -236,7 +292,8 @@ def _candidates(frame, plan: dict, m: Mapping, res, institution: str, key: bytes
     for line, iin in iins.items():
         problem = "missing" if iin is None else iin_problem(iin)
         if problem:
-            failures.append(Failure(where.package, where.resource, where.file, ident, line, None, f"invalid IIN ({problem})"))
+            failures.append(Failure(where.package, where.resource, where.file, ident, line,
+                                    None if iin is None else describe_value(frame.at[line, ident]), f"invalid IIN ({problem})"))
             continue
         code = pseudonym(iin, key)
         if code in owner and owner[code][0] != iin:
@@ -257,8 +314,8 @@ def _candidates(frame, plan: dict, m: Mapping, res, institution: str, key: bytes
         if recode: col = [v if v is None or v != v else recode.get(_norm(v), v) for v in col]
         out[name] = col
     rows = pd.DataFrame(out, index=pd.Index(lines, name="line"), dtype="str")
-    _refuse_leaks(rows, {i for i, _ in owner.values()}, where.file)
-    return rows, failures, len(lines)
+    leaks = _iin_leaks(rows, [i for i, _ in owner.values()], where)
+    return rows.drop(index=sorted({f.line for f in leaks})), failures + leaks, len(lines)
 
 # %% ../../nbs/data/ingest.ipynb #3a230c7c
 def _csv_bytes(header: list, rows: list, encoding: str, delimiter: str = ",", newline: str = "\n") -> bytes:
@@ -272,9 +329,9 @@ def _row_text(rows, header) -> list[list[str]]:
     return [["" if v is None or v != v else str(v) for v in r] for r in rows[header].itertuples(index=False)]
 
 def _at_export(f: Failure, lines: list, first: int, where) -> Failure:
-    "The failure at the export's line (`first` = line of the first candidate row in the in-memory CSV)."
+    "The failure at the export's line (`first` = line of the first candidate row in the in-memory CSV), its value described."
     line = None if f is None or f.line is None or f.line < first else lines[f.line - first]
-    return Failure(where.package, where.resource, where.file, f.column, line, f.value, f.rule)
+    return _described(Failure(where.package, where.resource, where.file, f.column, line, f.value, f.rule))
 
 def _without_echoes(failures: list) -> list:
     "Drop 'required' failures of cells already reported as not of their type or enum (the bad value became missing)."
@@ -370,7 +427,7 @@ def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, 
                                     f"primary key: already in {res.file} (ingested before, or at another institution)")
                     found.append(f)
                 elif not duplicate_key(f):  # the other half of a duplicate is reported on the export's line
-                    hard.append(f)  # a problem of the rows already published: not this export's to skip
+                    hard.append(_described(f))  # a problem of the rows already published: not this export's to skip
             failures += found + hard
             if hard or not found: return None, new, lines, failures, True
             bad = {f.line for f in found}
@@ -409,13 +466,15 @@ def _write(res, existing: _Existing, data: bytes, rows: int) -> None:
     entry["x-rows"] = rows
     write_descriptor(res.descriptor_url, descriptor)
 
+_REPORT_HEADER = ["line", "field", "reason", "value (described)"]
+
 def _write_report(path: Path, failures: list) -> None:
-    "The skipped rows as CSV (line, field, reason, value), UTF-8 with BOM so Excel shows Cyrillic."
+    "The skipped rows as CSV (line, field, reason, what the value looked like), UTF-8 with BOM so Excel shows Cyrillic."
     from research_kit.data.descriptor import atomic_path
-    rows = sorted({(f.line, f.column or "", f.rule, "" if f.value is None else str(f.value)) for f in failures},
+    rows = sorted({(f.line, f.column or "", f.rule, "" if f.value is None else str(describe_value(f.value))) for f in failures},
                   key=lambda r: (r[0] or 0, r[1]))
     with atomic_path(path) as tmp:
-        tmp.write_bytes(_csv_bytes(["line", "field", "reason", "value"], rows, "utf-8-sig"))
+        tmp.write_bytes(_csv_bytes(_REPORT_HEADER, rows, "utf-8-sig"))
 
 # %% ../../nbs/data/ingest.ipynb #38379947
 MODES = ("append", "replace")
@@ -455,9 +514,10 @@ def _data_root(root):
 
 def _local_resource(package, resource, institution):
     from research_kit.data.catalog import get_resource
-    from research_kit.data.load import _load
-    from research_kit.settings import is_url
+    from research_kit.data.load import _load, check_access
+    from research_kit.settings import is_url, load_settings
     res = get_resource(package, resource)
+    check_access(res, load_settings().institution)  # before its rows are read, or anything is said about them
     if is_url(res.url) or is_url(res.descriptor_url):
         raise IngestError(f"{package}/{resource} is at {res.url}; ingest writes only to a local data root")
     ref = next((fk["reference"] for fk in res.schema.get("foreignKeys", []) if fk["fields"] in (INSTITUTION_FIELD, [INSTITUTION_FIELD])), None)

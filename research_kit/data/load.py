@@ -15,40 +15,49 @@ from .schema import Where, check_schema, csv_types, to_frame, validate_table, _a
 
 # %% auto #0
 __all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
-           'check_access', 'load', 'column_values', 'validate', 'resource_sha256']
+           'check_access', 'load', 'column_values', 'Checked', 'validate', 'resource_sha256']
 
 # %% ../../nbs/data/load.ipynb #29ab58c2
 LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache entry is rebuilt
 
 # %% ../../nbs/data/load.ipynb #0d23f0e4
 class HashMemo:
-    "Remembers the sha256 of local files per (path, size, mtime), in the cache folder."
-    def __init__(self, folder: Path): self.folder = folder / "hashes"
+    "Remembers the sha256 of local files per (path, inode, size, mtime, ctime), in the cache folder."
+    settle_ns = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
+
+    def __init__(self, folder: Path, trust: bool = True): self.folder, self.trust = folder / "hashes", trust
 
     def _entry(self, path: str) -> Path:
         return self.folder / (hashlib.sha1(os.path.abspath(path).encode()).hexdigest() + ".json")
 
-    def _stamp(self, path: str):
+    def stamp(self, path: str) -> list:
+        "What identifies this version of the file without reading it."
         st = os.stat(path)
-        return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+        return [os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
     def get(self, path: str) -> str | None:
+        "The remembered sha256 of the file as it is now, or None."
+        if not self.trust: return None
         try:
             entry = json.loads(self._entry(path).read_text())
-            return entry["sha256"] if entry["stamp"] == self._stamp(path) else None
+            return entry["sha256"] if entry["stamp"] == self.stamp(path) else None
         except (OSError, ValueError, KeyError): return None
 
-    def put(self, path: str, sha256: str) -> None:
+    def put(self, path: str, sha256: str, stamp: list) -> None:
+        "Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not changed since and has settled."
+        import time
+        if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns: return
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._entry(path)) as tmp:
-            tmp.write_text(json.dumps({"stamp": self._stamp(path), "sha256": sha256}))
+            tmp.write_text(json.dumps({"stamp": stamp, "sha256": sha256}))
 
     def sha256(self, path: str) -> str:
         "The file's sha256, from memory when the file is unchanged."
         known = self.get(path)
         if known is None:
+            stamp = self.stamp(path)
             known = sha256_file(path)
-            self.put(path, known)
+            self.put(path, known, stamp)
         return known
 
 # %% ../../nbs/data/load.ipynb #4408d5a5
@@ -298,9 +307,10 @@ def column_values(package: str, resource: str, column: str) -> list:
     elif pa.types.is_dictionary(col.type): col = col.cast(t)
     return col.to_pylist()
 
-def _load(package, resource, columns, record, as_table=False):
+def _load(package, resource, columns, record, as_table=False, rehash=False):
     """`load`; `record=False` for the loads foreign-key checks make (only what a caller asked for is lineage);
-    `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached."""
+    `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
+    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`)."""
     pkg = open_package(package)
     res = pkg.resource(resource)
     settings = load_settings()
@@ -308,7 +318,7 @@ def _load(package, resource, columns, record, as_table=False):
     check_schema(res.schema, res.descriptor_url)
     columns = _check_columns(res, columns)
     cache_dir = settings.cache_dir
-    cache, memo, local = ParquetCache(cache_dir), HashMemo(cache_dir), not is_url(res.url)
+    cache, memo, local = ParquetCache(cache_dir), HashMemo(cache_dir, trust=not rehash), not is_url(res.url)
     if local and not os.path.isfile(res.url):
         _fail(Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist")
     sha = memo.get(res.url) if local else res.sha256
@@ -320,9 +330,10 @@ def _load(package, resource, columns, record, as_table=False):
         if df is not None:
             if record: lineage.record(res.package, res.name, sha)
             return df
+    stamp = memo.stamp(res.url) if local else None  # before reading: a change while it is read is not remembered
     with _progress(f"{res.package}/{res.name}") as bar:
         df, table, sha = _fetch_and_validate(res, bar)
-    if local: memo.put(res.url, sha)
+    if local: memo.put(res.url, sha, stamp)
     _write_in_background(cache, res, cache_key(sha, res.schema, _references(res, pkg, memo)), table)
     if record: lineage.record(res.package, res.name, sha)
     if as_table: return table.select(columns) if columns else table
@@ -358,20 +369,36 @@ def _fetch_and_validate(res: Resource, bar):
     return df, table, sha
 
 # %% ../../nbs/data/load.ipynb #cfec925a
-def validate(package: str | None = None, resource: str | None = None) -> list[tuple[str, str, int | None, Exception | None]]:
-    "Load `resource` of `package`, or every resource of it, or of every package: (package, resource, rows, error or None)."
+from typing import NamedTuple
+
+class Checked(NamedTuple):
+    "One resource's outcome in `validate`: rows when valid, the error when not, or why it was skipped."
+    package: str
+    resource: str
+    rows: int | None
+    error: Exception | None
+    skipped: str | None = None
+
+def _restricted_to_another(res: Resource, institution: str) -> bool:
+    return res.access == "restricted" and bool(res.owner) and res.owner != institution
+
+def validate(package: str | None = None, resource: str | None = None) -> list[Checked]:
+    "Load `resource` of `package`, or every resource of it, or of every package, hashing every file: one `Checked` each."
     from research_kit.errors import RKError
     from research_kit.data.catalog import open_package, package_names
+    institution = load_settings().institution
     results = []
     for name in [package] if package else package_names():
         try:
             p = open_package(name)
             if resource is not None: p.resource(resource)
         except RKError as e:
-            results.append((name, resource or "", None, e)); continue
+            results.append(Checked(name, resource or "", None, e)); continue
         for r in [resource] if resource else p.resources:
-            try: results.append((name, r, len(load(name, r)), None))
-            except RKError as e: results.append((name, r, None, e))
+            if resource is None and _restricted_to_another(p.resources[r], institution):
+                results.append(Checked(name, r, None, None, f"restricted to {p.resources[r].owner}")); continue
+            try: results.append(Checked(name, r, len(_load(name, r, None, record=True, rehash=True)), None))
+            except RKError as e: results.append(Checked(name, r, None, e))
     return results
 
 # %% ../../nbs/data/load.ipynb #40874a99
