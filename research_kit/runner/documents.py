@@ -177,6 +177,13 @@ def find_chromium() -> str | None:
     "The path of a chromium (or Chrome) executable on PATH, or None."
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
+def _die_with_parent() -> None:
+    "In the child before exec: Linux kills it when the worker that started it dies, even by SIGKILL."
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass  # not Linux: the timeout still bounds it
+
 def _kill_group(proc) -> None:
     try: os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError): pass
@@ -193,7 +200,7 @@ def print_pdf(html_path, pdf_path, *, chromium: str | None = None, timeout: floa
                "--no-pdf-header-footer", "--print-to-pdf-no-header", f"--user-data-dir={profile}",
                f"--print-to-pdf={tmp}", html_path.as_uri()]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         try: out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc); proc.communicate()
