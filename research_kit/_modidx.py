@@ -589,6 +589,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._describe': ( 'runner/documents.html#_describe',
                                                                                             'research_kit/runner/documents.py'),
+                                               'research_kit.runner.documents._die_with_parent': ( 'runner/documents.html#_die_with_parent',
+                                                                                                   'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._kill_group': ( 'runner/documents.html#_kill_group',
                                                                                               'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._lang': ( 'runner/documents.html#_lang',
