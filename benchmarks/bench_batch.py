@@ -6,8 +6,11 @@ parameters) list as the `annual` batch.
 - cold `rk batch annual`, kernel engine, vs the loop (target <= 0.7)
 - re-running the unchanged batch vs the cold warm run (target <= 0.03)
 - warm-engine overhead for an empty template: per report (target: median <= 50 ms)
+- the run documents: cold `rk batch annual` (warm engine) writing the reader document report.html
+  next to notebook.html, vs the same batch writing notebook.html only (`[runner] reader = off`):
+  target <= 1.15; and with a PDF printed for every run (`[runner] pdf = on`), reported separately
 
-Usage: python benchmarks/bench_batch.py [--workers N] [--empty N]
+Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only]
 """
 import argparse
 import os
@@ -60,10 +63,34 @@ def empty_overhead(workers, n, base_env) -> tuple[float, float]:
     return (many - one) / (n - 1), statistics.median(durations)
 
 
+def documents_cost(workers, base) -> tuple[float, float, float, int]:
+    "Cold warm-engine `rk batch annual` wall times: notebook.html only, + reader documents, + PDFs; and the PDFs made."
+    import json
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-docs-"))
+    times = {}
+    try:
+        for name, reader, pdf in (("none", "off", "off"), ("reader", "on", "off"), ("pdf", "on", "on")):
+            env = {**base, "RK_WORKSPACE_BUILD": str(work / name), "RK_RUNNER_READER": reader, "RK_RUNNER_PDF": pdf}
+            times[name] = rk("batch", "annual", "--engine", "warm", "--workers", str(workers), env=env)
+        pdfs = sum(json.loads(p.read_text())["pdf"]["made"] for p in (work / "pdf").glob("*/*/manifest.json"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return times["none"], times["reader"], times["pdf"], pdfs
+
+def print_documents(workers, figures):
+    none, reader, pdf, pdfs = figures
+    print(f"\nrun documents, cold rk batch annual, warm engine, {workers} workers")
+    print(f"{'':44} {'seconds':>8} {'ratio':>7}")
+    print(f"{'notebook.html only (baseline)':44} {none:8.2f} {1:7.3f}")
+    print(f"{'+ reader documents (report.html)':44} {reader:8.2f} {reader / none:7.3f}  target <= 1.15 of the baseline")
+    print(f"{'+ reader documents and PDFs ([runner] pdf = on)':44} {pdf:8.2f} {pdf / none:7.3f}  "
+          f"{pdfs} PDFs, {(pdf - reader) / max(pdfs, 1) * workers:.2f} s each in a worker")
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--empty", type=int, default=41, help="empty reports for the overhead figure")
+    ap.add_argument("--documents-only", action="store_true", help="only the run documents' figures")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
@@ -72,6 +99,12 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="rk-bench-batch-"))
     base = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
     base["RK_WORKSPACE_CACHE"] = str(work / "cache")
+    if args.documents_only:
+        try:
+            rk("datasets", "validate", env=base)
+            print_documents(args.workers, documents_cost(args.workers, base))
+        finally: shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         rk("datasets", "validate", env=base)  # a warm data cache for every contender
         loop = papermill_loop(runs, work, base)
@@ -82,6 +115,7 @@ def main():
         rerun = rk("batch", "annual", "--engine", "warm", "--workers", str(args.workers),
                    env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")})
         amortized, median_exec = empty_overhead(args.workers, args.empty, base)
+        documents = documents_cost(args.workers, base)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"annual batch: {len(runs)} reports, {args.workers} workers")
@@ -92,6 +126,7 @@ def main():
     print(f"{'rk batch annual, unchanged rerun':44} {rerun:8.2f} {rerun / warm:7.3f}  target <= 0.03 of the cold warm run")
     print(f"\nempty template, warm engine, 1 worker: {amortized * 1000:.0f} ms per report all-in (outputs, HTML, manifest), "
           f"median execution {median_exec * 1000:.0f} ms (target: median <= 50 ms)")
+    print_documents(args.workers, documents)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def _summary(nb_path: Path) -> str:
 def _link(rel: Path) -> str: return "/".join(quote(p) for p in rel.parts)
 
 def _index_page(modules: list[tuple[Path, str]], reports: list[tuple[Path, str, list]]) -> str:
-    from research_kit.runner.engines import PAGE_CSS
+    from research_kit.runner.documents import PAGE_CSS
     mods = "".join(f'<li><a href="{_link(p)}">{html.escape(str(p.with_suffix("")))}</a> — {html.escape(s)}</li>' for p, s in modules)
     reps = "".join(f'<li><a href="{_link(p)}">{html.escape(p.stem)}</a> — {html.escape(s)}<br><code>'
                    + html.escape(", ".join(f"{q.name}: {q.describe_type()} = {q.default!r}" for q in ps)) + "</code></li>"
@@ -37,7 +37,7 @@ def _index_page(modules: list[tuple[Path, str]], reports: list[tuple[Path, str, 
 
 def build_docs(root: Path, out: Path) -> Path:
     "Render nbs/ and reports/ under `out` (replaced as a whole); return the index page's path."
-    from research_kit.runner.engines import write_html
+    from research_kit.runner.documents import write_html
     from research_kit.runner.params import template_parameters, RKError
     root, out = Path(root), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ def _non_negative_int(v): return int(v) >= 0
 DEFAULTS: dict[str, dict[str, str]] = {
     "workspace": {"data": "datasets", "cache": ".cache", "reports": "reports",
                   "build": "reports/_build", "institution": ""},
-    "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0"},
+    "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0", "reader": "on", "pdf": "auto"},
     "privacy": {"threshold": "10"},
 }
 
@@ -28,6 +28,8 @@ _CHECKS = {  # (section, key): (test, what was expected)
     ("runner", "workers"): (_non_negative_int, "a whole number >= 0 (0 = number of CPUs)"),
     ("runner", "timeout"): (_positive_int, "a whole number of seconds > 0"),
     ("runner", "memory"): (_non_negative_int, "a whole number of megabytes >= 0 (0 = no limit)"),
+    ("runner", "reader"): (lambda v: v in ("on", "off"), "on or off"),
+    ("runner", "pdf"): (lambda v: v in ("auto", "on", "off"), "auto (public runs, when chromium is installed), on or off"),
     ("privacy", "threshold"): (_positive_int, "a whole number > 0"),
 }
 
@@ -90,6 +92,10 @@ class Settings:
     def memory(self) -> int: return int(self.get("runner", "memory"))
     @property
     def threshold(self) -> int: return int(self.get("privacy", "threshold"))
+    @property
+    def reader(self) -> str: return self.get("runner", "reader")
+    @property
+    def pdf(self) -> str: return self.get("runner", "pdf")
 
     def table(self) -> list[Setting]: return list(self.values.values())
     def __repr__(self): return f"Settings(root={str(self.root)!r})"

@@ -38,13 +38,14 @@ def test_run_writes_outputs_and_manifest_then_caches(report_workspace):
     proc = run_rk("run", "tiny", "-p", "n=7", "-p", "label=007", cwd=root, env=env, check=0)
     slug = "label=007,mode=a,n=7"
     folder = build(root) / "tiny" / slug
-    assert {p.name for p in folder.iterdir()} == {"report.ipynb", "report.html", "manifest.json"}
+    assert {p.name for p in folder.iterdir()} == {"report.ipynb", "report.html", "notebook.html", "manifest.json"}
     m = manifest(root, "tiny", slug)
     assert m["status"] == "succeeded" and m["parameters"] == {"n": 7, "label": "007", "mode": "a"}
     assert m["records"] == {"n_people": 3, "n": 7, "label": "007", "mean_age": 19.0}  # label stays text
     assert [(i["package"], i["resource"]) for i in m["inputs"]] == [("mini", "people")]  # what the report loaded
     assert m["engine"] == "warm" and m["code"]["source_sha256"] and m["environment"]["packages_sha256"]
-    assert set(m["outputs"]) == {"report.ipynb", "report.html"} and len(m["template"]["sha256"]) == 64
+    assert set(m["outputs"]) == {"report.ipynb", "report.html", "notebook.html"} and len(m["template"]["sha256"]) == 64
+    assert m["pdf"]["made"] is False and "not a public run" in m["pdf"]["reason"]  # [runner] pdf = auto
     nb = nbformat.read(folder / "report.ipynb", as_version=4)
     nbformat.validate(nb)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)

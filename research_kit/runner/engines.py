@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'warm_shell', 'preload', 'WarmEngine',
-           'KernelEngine', 'register_engines', 'execute_report', 'write_html']
+__all__ = ['SEED_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'warm_shell', 'preload', 'WarmEngine', 'KernelEngine',
+           'register_engines', 'execute_report']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
@@ -159,9 +159,15 @@ def _run_papermill(task: dict, nb_path: Path) -> None:
             if attempt + 1 < attempts and _kernel_start_failed(e): continue
             raise
 
+def _document_context(task: dict, started, inputs: list, succeeded: bool) -> dict:
+    "What the run's documents say about it: `task['documents']` holds the settings and git state the runner passed."
+    return {**task.get("documents", {}), "report": Path(task["template"]).stem, "parameters": task["parameters"],
+            "engine": task["engine"], "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
+
 def execute_report(task: dict) -> dict:
     "Run one report task (template, parameters, engine, cwd, timeout, output_dir); return its result."
     from research_kit.data import lineage
+    from research_kit.runner.documents import write_documents
     from research_kit.runner.record import records
     out = Path(task["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -175,33 +181,13 @@ def execute_report(task: dict) -> dict:
     finally:
         os.environ.clear(); os.environ.update(saved_env)
     duration = time.perf_counter() - t0
+    documents = {}
     try:
         recs = records(nb_path) if nb_path.exists() else {}
-        if nb_path.exists(): write_html(nb_path, out / "report.html")
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
+        if nb_path.exists(): documents = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
         recs, inputs, error = {}, [], error or {"cell": None, "type": "OutputsLost", "message": f"the run's outputs could not be read back: {e}"}
     return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs,
-            "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"]}
-
-# %% ../../nbs/runner/engines.ipynb #8b4f9606
-PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-pre,code{font-family:ui-monospace,monospace;font-size:.9em}div.input_area pre,div.highlight pre{background:#f6f8fa;padding:.6em;overflow-x:auto}
-.prompt{display:none}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:right}
-.output_error pre,.output_stderr pre{background:#fdecea}.rk-record{background:#eef6ee;padding:.3em .6em;margin:.3em 0;border-left:3px solid #3a7}
-img{max-width:100%}"""
-
-_exporter: dict = {}
-
-def write_html(nb_path: Path, html_path: Path, title: str | None = None) -> None:
-    "Render a notebook as a self-contained HTML page."
-    import html, nbformat
-    from nbconvert import HTMLExporter
-    nb = nbformat.read(str(nb_path), as_version=4)
-    if "html" not in _exporter: _exporter["html"] = HTMLExporter(template_name="basic")  # compiles its templates once
-    body, _ = _exporter["html"].from_notebook_node(nb)
-    title = html.escape(title or Path(nb_path).parent.parent.name + " · " + Path(nb_path).parent.name)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n")
-    from research_kit.data.descriptor import atomic_path
-    with atomic_path(html_path) as tmp: tmp.write_text(page, encoding="utf-8")
+            "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"],
+            "documents": documents}

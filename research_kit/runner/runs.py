@@ -13,8 +13,9 @@ from ..data.descriptor import atomic_path, sha256_file
 from . import params as P
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'template_sha256', 'code_sha256', 'environment', 'git_state', 'run_key', 'Run', 'read_manifest',
-           'plan', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
+__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'code_sha256', 'environment', 'git_state', 'run_key', 'Run',
+           'read_manifest', 'plan', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
+           'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -133,6 +134,8 @@ def write_json_atomic(path: Path, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
+OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
+
 def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
     "Write the run's manifest and move its folder into place; return the manifest."
     tmp = Path(task["output_dir"])
@@ -141,7 +144,7 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
     if result["status"] == "succeeded" and not (tmp / "report.ipynb").is_file():
         result = {**result, "status": "failed", "error": {"cell": None, "type": "OutputsLost",
                   "message": "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"}}
-    outputs = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in ("report.ipynb", "report.html")}
+    outputs = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in OUTPUTS}
     manifest = {
         "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": result["status"],
         "engine": result["engine"], "started": result["started"], "duration": result["duration"],
@@ -150,16 +153,18 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
         "inputs": result["inputs"],
         "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
         "environment": environment(), "git": git, "outputs": outputs, "records": result["records"],
-        "error": result["error"]}
+        "error": result["error"], "pdf": result.get("documents", {}).get("pdf", {"made": False, "reason": "the run left no notebook"})}
     write_json_atomic(tmp / "manifest.json", manifest)
     _swap_into_place(tmp, run.folder)
     return manifest
 
 # %% ../../nbs/runner/runs.ipynb #45ae94d0
-def make_task(run: Run, settings: Settings, engine: str) -> dict:
+def make_task(run: Run, settings: Settings, engine: str, git: dict | None = None) -> dict:
+    "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
     tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
+    documents = {"reader": settings.reader, "pdf": settings.pdf, "threshold": settings.threshold, "data": settings.data, "git": git}
     return {"template": str(run.template), "parameters": run.parameters, "engine": engine, "cwd": str(settings.root),
-            "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name}
+            "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name, "documents": documents}
 
 def clean_stale(build_dir: Path) -> None:
     "Remove temporary folders a killed run left behind (only called while holding the build lock)."
@@ -177,7 +182,7 @@ def execute(runs: list[Run], settings: Settings, *, engine: str, executor: str =
     git = git_state(settings.root)
     by_name = {r.name: r for r in runs}
     done = []
-    for task, result in runner.run([make_task(r, settings, engine) for r in runs]):
+    for task, result in runner.run([make_task(r, settings, engine, git) for r in runs]):
         run = by_name[task["run"]]
         manifest = finish(run, task, result, git)
         done.append((run, manifest))

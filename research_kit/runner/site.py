@@ -12,7 +12,8 @@ from urllib.parse import quote
 from ..errors import RKError
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'Run', 'read_runs', 'format_number', 'format_started', 'key_records', 'render_index', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'Run', 'read_runs',
+           'format_number', 'format_started', 'key_records', 'facets', 'render_index', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
@@ -30,6 +31,19 @@ class Run:
     @property
     def status(self) -> str:
         return "unreadable" if self.problem else self.manifest["status"]
+
+    @property
+    def state(self) -> str:
+        "What a reader may do with the run: `publishable`, `audit-failed`, `internal`, `unaudited`, `failed` or `unreadable`."
+        if self.problem or self.status == "failed": return self.status
+        m = self.manifest
+        if _audience(m) != "public": return "internal"
+        if "publishable" not in m: return "unaudited"
+        return "publishable" if m["publishable"] is True else "audit-failed"
+
+def _audience(manifest: dict):
+    parameters = manifest.get("parameters")
+    return parameters.get("audience") if isinstance(parameters, dict) else None
 
 def _read_run(path: Path) -> Run:
     run = Run(report=path.parent.parent.name, slug=path.parent.name, folder=path.parent)
@@ -51,13 +65,13 @@ def read_runs(build_dir) -> list[Run]:
     return sorted((_read_run(p) for p in paths), key=lambda r: (r.report, r.slug))
 
 # %% ../../nbs/runner/site.ipynb #74de2e4d
-def _demo_manifest(report, slug, parameters, status="succeeded", records=None, error=None, publishable=True):
+def _demo_manifest(report, slug, parameters, status="succeeded", records=None, error=None, publishable=True, **audit):
     return {"report": report, "slug": slug, "parameters": parameters, "status": status, "engine": "warm",
             "started": "2026-11-26T07:31:42+00:00", "duration": 1.234, "cache_key": "0" * 64,
-            "records": records or {}, "error": error, "publishable": publishable}
+            "records": records or {}, "error": error, "publishable": publishable, **audit}
 
 def _demo_build(folder) -> Path:
-    "A build folder with four runs: two succeeded, one failed, one with a truncated manifest."
+    "A build folder with seven runs: internal, failed, unreadable, publishable, audit failed (two), and not yet audited."
     folder = Path(folder)
     runs = {
         ("star_replication", "controls=false,grade=k"): _demo_manifest(
@@ -71,6 +85,19 @@ def _demo_build(folder) -> Path:
             "college_distance", "region=west", {"region": "west"}, status="failed",
             error={"cell": 3, "type": "ValueError", "message": "no rows left after excluding region 'west'"}),
         ("college_distance", "region=all"): None,
+        ("institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024"): _demo_manifest(
+            "institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024",
+            {"institution": "KITIG", "year": 2024, "audience": "public", "lang": "kk"}, audit=[], audit_reasons=[],
+            audit_stamp=[10, []]),
+        ("institution_profile", "audience=public,institution=ATK,lang=ru,year=2024"): _demo_manifest(
+            "institution_profile", "audience=public,institution=ATK,lang=ru,year=2024",
+            {"institution": "ATK", "year": 2024, "audience": "public", "lang": "ru"}, publishable=False,
+            audit=[{"file": "report.html", "location": f"table 1 row {i}", "kind": "small_count",
+                    "detail": f"column 'n' = {i} (below 10)"} for i in range(1, 8)],
+            audit_reasons=["7 small counts found"], audit_stamp=[10, []]),
+        ("institution_profile", "audience=public,institution=APC,year=2024"): _demo_manifest(
+            "institution_profile", "audience=public,institution=APC,year=2024",
+            {"institution": "APC", "year": 2024, "audience": "public"}, publishable=None),
     }
     for (report, slug), manifest in runs.items():
         run = folder / report / slug
@@ -80,6 +107,8 @@ def _demo_build(folder) -> Path:
             (run / "manifest.json").write_text('{"report": "college_distance", "status": "succ')
             continue
         if manifest["status"] == "succeeded": (run / "report.html").write_text("<html></html>")
+        if manifest["parameters"].get("lang") == "kk": (run / "report.pdf").write_bytes(b"%PDF-1.4")
+        if manifest["publishable"] is None: del manifest["publishable"]  # not audited yet
         (run / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -117,11 +146,14 @@ def _href(*segments: str) -> str:
     "A relative URL from path segments; `./` keeps a name with ':' from reading as a scheme."
     return "./" + "/".join(quote(s, safe="=,") for s in segments)
 
+OUTPUT_LINKS = (  # (file, link class, label): the reader's document first, then the researcher's
+    ("report.html", "report-link", "document"), ("report.pdf", "pdf-link", "PDF"),
+    ("notebook.html", "notebook-link", "notebook"), ("report.ipynb", "ipynb-link", ".ipynb"),
+    ("manifest.json", "manifest-link", "manifest"))
+
 def _links(run: Run) -> str:
-    links = []
-    for name, cls, label in (("report.html", "report-link", "report"), ("report.ipynb", "notebook-link", "notebook")):
-        if (run.folder / name).is_file():
-            links.append(f'<a class="{cls}" href="{_e(_href(run.report, run.slug, name))}">{label}</a>')
+    links = [f'<a class="{cls}" href="{_e(_href(run.report, run.slug, name))}">{label}</a>'
+             for name, cls, label in OUTPUT_LINKS if (run.folder / name).is_file()]
     return " ".join(links) or '<span class="missing">no outputs</span>'
 
 def _error(error) -> str:
@@ -131,17 +163,48 @@ def _error(error) -> str:
     return (f'<div class="error">{where}<span class="error-type">{_e(_plain(error.get("type", "Error")))}</span>: '
             f'<span class="error-message">{_e(_plain(error.get("message", "")))}</span></div>')
 
-def _status(run: Run) -> str:
-    if run.problem:
+STATE_LABELS = {"publishable": "publishable", "audit-failed": "audit failed", "internal": "internal",
+                "unaudited": "not audited", "failed": "run failed", "unreadable": "unreadable manifest"}
+MAX_FINDINGS = 5  # findings listed per run; the manifest has them all
+
+def _audit_threshold(m: dict):
+    stamp = m.get("audit_stamp")
+    return m.get("audit_threshold") or (stamp[0] if isinstance(stamp, list) and stamp else None)
+
+def _findings(m: dict) -> str:
+    findings = m.get("audit") if isinstance(m.get("audit"), list) else []
+    items = "".join(f'<li class="finding">{_e(_plain(f.get("file", "")))} {_e(_plain(f.get("location", "")))}: '
+                    f'{_e(_plain(f.get("kind", "")))} {_e(_plain(f.get("detail", "")))}</li>'
+                    for f in findings[:MAX_FINDINGS] if isinstance(f, dict))
+    more = f'<li class="more">and {len(findings) - MAX_FINDINGS} more (see the manifest)</li>' if len(findings) > MAX_FINDINGS else ""
+    return f'<ul class="findings">{items}{more}</ul>' if items else ""
+
+def _reason(run: Run) -> str:
+    "Why the run is in its state, in words (HTML)."
+    state, m = run.state, run.manifest
+    if state == "unreadable":
         path = f"{run.report}/{run.slug}/manifest.json"  # relative to the build folder, like the links
-        return (f'<span class="status-label">unreadable manifest</span>'
-                f'<div class="error"><code class="manifest-path">{_e(path)}</code>: '
+        return (f'<div class="error"><code class="manifest-path">{_e(path)}</code>: '
                 f'<span class="error-message">{_e(run.problem)}</span></div>')
-    m = run.manifest
-    out = f'<span class="status-label">{_e(run.status)}</span>'
-    if m.get("publishable", True) is False: out += ' <span class="not-publishable">not publishable</span>'
-    if run.status == "failed": out += _error(m.get("error"))
-    return out
+    if state == "failed": return _error(m.get("error"))
+    if state == "internal":
+        audience = _audience(m)
+        said = ("consortium audience: not for publication" if audience == "consortium" else
+                "no audience parameter: for the consortium only" if audience is None else
+                f"audience {_plain(audience)}: not for publication")
+        return f'<div class="reason">{_e(said)}</div>'
+    if state == "unaudited": return '<div class="reason">public audience, not audited yet (rk audit)</div>'
+    threshold = _audit_threshold(m)
+    if state == "publishable":
+        said = "public audience, passed the disclosure audit" + (f" (threshold {_plain(threshold)})" if threshold else "")
+        return f'<div class="reason">{_e(said)}</div>'
+    reasons = m.get("audit_reasons") if isinstance(m.get("audit_reasons"), list) else []
+    said = "public audience, failed the disclosure audit" + (f": {'; '.join(map(_plain, reasons))}" if reasons else "")
+    return f'<div class="reason">{_e(said)}</div>{_findings(m)}'
+
+def _state(run: Run) -> str:
+    badge = ' <span class="not-publishable">not publishable</span>' if run.manifest.get("publishable", True) is False else ""
+    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_reason(run)}'
 
 def _parameters(parameters) -> str:
     if not isinstance(parameters, dict): return _e(_plain(parameters))
@@ -151,50 +214,70 @@ def _duration(duration) -> str:
     if isinstance(duration, bool) or not isinstance(duration, (int, float)): return ""
     return f"{duration:.1f}"
 
-def _row(run: Run) -> str:
-    m = run.manifest
+FACETS = ("report", "institution", "lang", "state")  # what the index filters by
+
+def facets(run: Run) -> dict[str, str]:
+    "The run's value for each filter of the index: report, institution, language (its `lang` parameter), state."
+    parameters = run.manifest.get("parameters") if isinstance(run.manifest.get("parameters"), dict) else {}
+    return {"report": run.report, "institution": _plain(parameters.get("institution", "")),
+            "lang": _plain(parameters.get("lang", "")), "state": run.state}
+
+def _row(run: Run, classes: str = "") -> str:
+    m, f = run.manifest, facets(run)
     publishable = ' data-publishable="false"' if m.get("publishable", True) is False else ""
     records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = '
                       f'<span class="record-value">{_e(v)}</span></div>' for k, v in key_records(m.get("records")))
     cells = [("report", f'{_e(run.report)}<div class="slug">{_e(run.slug)}</div>'),
+             ("institution", _e(f["institution"])),
+             ("lang", _e(f["lang"])),
              ("parameters", _parameters(m.get("parameters", {}))),
-             ("status", _status(run)),
+             ("state", _state(run)),
              ("engine", _e(_plain(m.get("engine", "")))),
              ("duration", _duration(m.get("duration"))),
              ("started", _e(format_started(m["started"])) if m.get("started") else ""),
              ("records", records),
              ("links", _links(run))]
     tds = "".join(f'<td class="{name}">{content}</td>' for name, content in cells)
-    return (f'<tr class="run status-{_e(run.status)}" data-status="{_e(run.status)}" '
-            f'data-report="{_e(run.report)}" data-slug="{_e(run.slug)}"{publishable}>{tds}</tr>')
+    return (f'<tr class="run status-{_e(run.status)} state-{_e(run.state)}{classes}" data-status="{_e(run.status)}" '
+            f'data-state="{_e(run.state)}" data-report="{_e(run.report)}" data-slug="{_e(run.slug)}"{publishable} '
+            f'data-institution="{_e(f["institution"])}" data-lang="{_e(f["lang"])}">{tds}</tr>')
 
-def _safe_row(run: Run) -> str:
+def _safe_row(run: Run, classes: str = "") -> str:
     "A row, or an unreadable row when the manifest holds something the renderer did not expect."
-    try: return _row(run)
+    try: return _row(run, classes)
     except Exception as e:  # one odd manifest must not take the whole page down
-        return _row(Run(run.report, run.slug, run.folder, problem=f"cannot show manifest: {type(e).__name__}: {e}"))
+        return _row(Run(run.report, run.slug, run.folder, problem=f"cannot show manifest: {type(e).__name__}: {e}"), classes)
 
-# %% ../../nbs/runner/site.ipynb #49d1338e
+# %% ../../nbs/runner/site.ipynb #af663c20
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem;color:#1d1d1f}
 h1{font-size:1.4rem;margin:0 0 .3rem}
 .summary{color:#444;margin:0 0 1rem}
 .summary .n-succeeded{color:#1a7f37}.summary .n-failed{color:#b42318}.summary .n-unreadable{color:#9a6700}
+.filters{display:flex;flex-wrap:wrap;gap:.5rem 1.5rem;margin:0 0 1rem;padding:0;border:0}
+.filters fieldset{border:1px solid #ddd;border-radius:4px;padding:.2rem .6rem .4rem;margin:0}
+.filters legend{font-weight:600;font-size:.9em;padding:0 .2rem}.filters label{white-space:nowrap;margin-right:.6rem;font-size:.9em}
+.table-wrap{overflow-x:auto}
 table.runs{border-collapse:collapse;width:100%}
 .runs th,.runs td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
 .runs th{background:#f4f4f5;position:sticky;top:0}
 .slug{color:#666;font-size:.85em;word-break:break-all}
 .param{display:inline-block;background:#f1f1f3;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-family:ui-monospace,monospace;font-size:.9em}
-.status-label{font-weight:600;border-radius:3px;padding:.05rem .4rem;white-space:nowrap}
-tr.status-succeeded .status-label{background:#dafbe1;color:#1a7f37}
-tr.status-failed .status-label{background:#ffebe9;color:#b42318}
-tr.status-unreadable .status-label{background:#fff8c5;color:#9a6700}
-tr.status-failed,tr.status-unreadable{background:#fffafa}
 .not-publishable{font-size:.85em;border:1px solid #9a6700;color:#9a6700;border-radius:3px;padding:0 .3rem;white-space:nowrap}
+.state-label{font-weight:600;border-radius:3px;padding:.05rem .4rem;white-space:nowrap}
+tr.state-publishable .state-label{background:#dafbe1;color:#1a7f37}
+tr.state-audit-failed .state-label{background:#ffebe9;color:#b42318;outline:1px solid #b42318}
+tr.state-internal .state-label{background:#ddf4ff;color:#0550ae}
+tr.state-unaudited .state-label{background:#fff8c5;color:#9a6700}
+tr.state-failed .state-label{background:#ffebe9;color:#b42318}
+tr.state-unreadable .state-label{background:#fff8c5;color:#9a6700}
+tr.state-failed,tr.state-unreadable,tr.state-audit-failed{background:#fffafa}
+.reason{margin-top:.3rem;font-size:.85em;color:#444;max-width:32rem}
+.findings{margin:.2rem 0 0 1rem;padding:0;font-size:.8em;color:#b42318;max-width:32rem}
 .error{margin-top:.3rem;font-size:.85em;max-width:32rem;white-space:pre-wrap;word-break:break-word}
 .error-type{font-weight:600}
 .duration{text-align:right;font-variant-numeric:tabular-nums}
-.started{white-space:nowrap}
+.started,.links a{white-space:nowrap}.links a{margin-right:.3rem}
 .record{font-size:.9em;white-space:nowrap}.record-name{color:#555}.record-value{font-family:ui-monospace,monospace}
 .missing{color:#888}
 .empty{color:#666;font-style:italic}
@@ -207,33 +290,68 @@ def _summary(runs: list[Run], generated: datetime) -> str:
              f'<span class="n-succeeded">{counts["succeeded"]} succeeded</span>',
              f'<span class="n-failed">{counts["failed"]} failed</span>']
     if counts["unreadable"]: parts.append(f'<span class="n-unreadable">{counts["unreadable"]} unreadable</span>')
+    states = {s: sum(r.state == s for r in runs) for s in ("publishable", "audit-failed", "internal")}
+    parts += [f'<span class="n-{s}">{n} {STATE_LABELS[s]}</span>' for s, n in states.items() if n]
     stamp = generated.astimezone(timezone.utc)
     parts.append(f'generated <time datetime="{stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}">{stamp.strftime("%Y-%m-%d %H:%M")} UTC</time>')
     return f'<p class="summary" {attrs}>{" · ".join(parts)}</p>'
 
-_COLUMNS = ("report", "parameters", "status", "engine", "duration (s)", "started (UTC)", "key records", "outputs")
+FACET_NAMES = {"report": "report", "institution": "institution", "lang": "language", "state": "state"}
 
-def render_index(runs: list[Run], generated: datetime | None = None) -> str:
-    "The index page for `runs` as one self-contained HTML document."
+def _facet_values(runs: list[Run]) -> dict[str, list[str]]:
+    "For each facet, its values in the runs (states in their fixed order), when there are at least two to choose between."
+    seen = {f: set() for f in FACETS}
+    for r in runs:
+        for f, v in facets(r).items():
+            if v: seen[f].add(v)
+    ordered = {f: [s for s in STATE_LABELS if s in v] if f == "state" else sorted(v) for f, v in seen.items()}
+    return {f: v for f, v in ordered.items() if len(v) > 1}
+
+def _filters(runs: list[Run], values: dict[str, list[str]]) -> tuple[str, str]:
+    "(the filter form, its CSS): radio buttons per facet; a checked one hides the rows without that value, no script needed."
+    groups, rules = [], []
+    for f, vs in values.items():
+        counts = [sum(facets(r)[f] == v for r in runs) for v in vs]
+        shown = [STATE_LABELS[v] if f == "state" else v for v in vs]
+        radios = [f'<label><input type="radio" name="f-{f}" id="f-{f}-all" checked> all</label>']
+        radios += [f'<label><input type="radio" name="f-{f}" id="f-{f}-{i}" value="{_e(v)}"> {_e(label)} ({n})</label>'
+                   for i, (v, label, n) in enumerate(zip(vs, shown, counts))]
+        groups.append(f'<fieldset class="filter" data-facet="{f}"><legend>{FACET_NAMES[f]}</legend>{"".join(radios)}</fieldset>')
+        rules += [f"body:has(#f-{f}-{i}:checked) tr.run:not(.f-{f}-{i}){{display:none}}" for i in range(len(vs))]
+    form = f'<form class="filters">{"".join(groups)}</form>\n' if groups else ""
+    return form, "\n".join(rules)
+
+def _facet_classes(run: Run, values: dict[str, list[str]]) -> str:
+    try: f = facets(run)
+    except Exception: return ""  # the row itself will say what is wrong with the manifest
+    return "".join(f" f-{k}-{vs.index(f[k])}" for k, vs in values.items() if f[k] in vs)
+
+_COLUMNS = ("report", "institution", "language", "parameters", "state", "engine", "duration (s)", "started (UTC)",
+            "key records", "outputs")
+
+def render_index(runs: list[Run], generated: datetime | None = None, *, lang: str = "en") -> str:
+    "The index page for `runs` as one self-contained HTML document, in language `lang` (its `<html lang>`)."
     generated = generated or datetime.now(timezone.utc)
     head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
-    body = "\n".join(_safe_row(r) for r in runs)
+    values = _facet_values(runs)
+    form, rules = _filters(runs, values)
+    body = "\n".join(_safe_row(r, _facet_classes(r, values)) for r in runs)
     empty = '<p class="empty">No runs yet.</p>\n' if not runs else ""
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    return (f"<!DOCTYPE html>\n<html lang=\"{_e(lang)}\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>Report runs</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
-            f"{_summary(runs, generated)}\n{empty}"
-            f'<table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n'
+            f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
+            f"{_summary(runs, generated)}\n{form}{empty}"
+            f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
             "</body>\n</html>\n")
 
 def _write_atomic(path: Path, text: str) -> None:
     from research_kit.data.descriptor import atomic_path
     with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
 
-def build_index(build_dir) -> Path:
+def build_index(build_dir, *, lang: str = "en") -> Path:
     "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
     build_dir = Path(build_dir)
     if not build_dir.is_dir(): raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
-    _write_atomic(index, render_index(read_runs(build_dir)))
+    _write_atomic(index, render_index(read_runs(build_dir), lang=lang))
     return index
