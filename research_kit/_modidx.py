@@ -434,6 +434,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'research_kit.data.load.resource_sha256': ( 'data/load.html#resource_sha256',
                                                                                     'research_kit/data/load.py'),
                                         'research_kit.data.load.validate': ('data/load.html#validate', 'research_kit/data/load.py'),
+                                        'research_kit.data.load.validate_bytes': ( 'data/load.html#validate_bytes',
+                                                                                   'research_kit/data/load.py'),
                                         'research_kit.data.load.wait_for_cache_writes': ( 'data/load.html#wait_for_cache_writes',
                                                                                           'research_kit/data/load.py')},
             'research_kit.data.schema': { 'research_kit.data.schema.Where': ('data/schema.html#where', 'research_kit/data/schema.py'),
