@@ -156,6 +156,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'research_kit.cli.batch': ('cli.html#batch', 'research_kit/cli.py'),
                                   'research_kit.cli.config': ('cli.html#config', 'research_kit/cli.py'),
                                   'research_kit.cli.datasets_list': ('cli.html#datasets_list', 'research_kit/cli.py'),
+                                  'research_kit.cli.datasets_new': ('cli.html#datasets_new', 'research_kit/cli.py'),
+                                  'research_kit.cli.datasets_rehash': ('cli.html#datasets_rehash', 'research_kit/cli.py'),
                                   'research_kit.cli.datasets_show': ('cli.html#datasets_show', 'research_kit/cli.py'),
                                   'research_kit.cli.datasets_validate': ('cli.html#datasets_validate', 'research_kit/cli.py'),
                                   'research_kit.cli.demo': ('cli.html#demo', 'research_kit/cli.py'),
