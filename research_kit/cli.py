@@ -10,8 +10,9 @@ import typer
 from .errors import RKError
 
 # %% auto #0
-__all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'config', 'datasets_list', 'datasets_show', 'datasets_validate', 'demo',
-           'params', 'run', 'batch', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
+__all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'config', 'datasets_list', 'datasets_show', 'datasets_validate', 'datasets_new',
+           'datasets_rehash', 'demo', 'params', 'run', 'batch', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs',
+           'main']
 
 # %% ../nbs/cli.ipynb #f921d409
 app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
@@ -109,6 +110,28 @@ def datasets_validate(package: Optional[str] = typer.Argument(None, help="packag
     failed = [c.error for c in results if c.error is not None]
     for e in failed: _console(stderr=True).print(f"error: {e}", markup=False)
     if failed: raise typer.Exit(1)
+
+# %% ../nbs/cli.ipynb #1eb77937
+@datasets_app.command("new")
+def datasets_new(name: str = typer.Argument(..., help="name of the new package (lowercase letters, digits, '.', '_' or '-')"),
+                 source: str = typer.Option(..., "--from", help="the CSV file to make the package from"),
+                 title: Optional[str] = typer.Option(None, help="the package's title")):
+    "Make a data package from a CSV file: inferred schema, hash, bytes, rows, and a checklist of what to fill in."
+    from rich.markup import escape  # names and fields come from the researcher's file: a '[' in them is not markup
+    from research_kit.data.authoring import new_package
+    made = new_package(name, source, title=title)
+    out = _console()
+    out.print(f"created {escape(str(made.folder))}: {made.rows} rows, {len(made.fields)} fields")
+    out.print(_table(None, ["field", "type"], [(escape(n), t) for n, t in made.fields]))
+    out.print(f"still to do (the list `x-todo` in {escape(str(made.folder / 'datapackage.yaml'))}; delete it when done):")
+    for item in made.todo: out.print(f"  - {escape(item)}")
+
+@datasets_app.command("rehash")
+def datasets_rehash(package: str = typer.Argument(..., help="package name"),
+                    resource: Optional[str] = typer.Argument(None, help="resource name (default: every resource whose file changed)")):
+    "After an intentional edit of a data file: validate it, then record its new hash, bytes and rows, and say what changed."
+    from research_kit.data.authoring import rehash
+    for result in rehash(package, resource): _console().print(str(result), markup=False)
 
 # %% ../nbs/cli.ipynb #6b76364b
 @app.command()

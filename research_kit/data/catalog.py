@@ -146,7 +146,7 @@ def package_names(root: str | None = None) -> list[str]:
     if not is_url(root):
         import os
         if not os.path.isdir(root): raise DescriptorError(f"data root {root} is not a folder")
-        return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, DESCRIPTOR)))
+        return sorted(n for n in os.listdir(root) if not n.startswith(".") and os.path.isfile(os.path.join(root, n, DESCRIPTOR)))
     fs, path = _fs(root)
     try: entries = fs.ls(path, detail=False)
     except (OSError, ValueError) as e: raise DescriptorError(f"data root {root} cannot be listed: {e}") from None

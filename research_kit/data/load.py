@@ -15,7 +15,7 @@ from .schema import Where, check_schema, csv_types, to_frame, validate_table, _a
 
 # %% auto #0
 __all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
-           'check_access', 'load', 'column_values', 'Checked', 'validate', 'resource_sha256']
+           'validate_bytes', 'check_access', 'load', 'column_values', 'Checked', 'validate', 'resource_sha256']
 
 # %% ../../nbs/data/load.ipynb #29ab58c2
 LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache entry is rebuilt
@@ -250,6 +250,12 @@ def _validated(data: bytes, res: Resource):
         described = [f for f in failures if f is not None]
         raise DataValidationError(sorted(described, key=lambda f: (f.line or 0, f.column or "")), total=len(failures))
     return table, df
+
+# %% ../../nbs/data/load.ipynb #67bc3309
+def validate_bytes(data: bytes, res: Resource):
+    "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and foreign keys (not its hash)."
+    check_schema(res.schema, res.descriptor_url)
+    return _validated(data, res)
 
 # %% ../../nbs/data/load.ipynb #f514632c
 ACCESS_LEVELS = ("public", "consortium", "restricted")
