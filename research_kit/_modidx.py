@@ -804,6 +804,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'research_kit.settings.Settings.table': ('settings.html#settings.table', 'research_kit/settings.py'),
                                        'research_kit.settings.Settings.threshold': ( 'settings.html#settings.threshold',
                                                                                      'research_kit/settings.py'),
+                                       'research_kit.settings.Settings.threshold_policy': ( 'settings.html#settings.threshold_policy',
+                                                                                            'research_kit/settings.py'),
                                        'research_kit.settings.Settings.timeout': ( 'settings.html#settings.timeout',
                                                                                    'research_kit/settings.py'),
                                        'research_kit.settings.Settings.workers': ( 'settings.html#settings.workers',
