@@ -66,7 +66,7 @@ def _demo_build(folder) -> Path:
                      "p_value": 0.0000123456, "n": 5786, "extra": 1}),
         ("star_replication", "controls=true,grade=<i>"): _demo_manifest(
             "star_replication", "controls=true,grade=<i>",
-            {"grade": "<script>alert(1)</script>", "controls": True}, publishable=False),
+            {"grade": "<script>alert(1)</script>", "controls": True}, publishable=False) | {"audit_threshold": 1, "threshold_policy": 10},
         ("college_distance", "region=west"): _demo_manifest(
             "college_distance", "region=west", {"region": "west"}, status="failed",
             error={"cell": 3, "type": "ValueError", "message": "no rows left after excluding region 'west'"}),
@@ -131,6 +131,13 @@ def _error(error) -> str:
     return (f'<div class="error">{where}<span class="error-type">{_e(_plain(error.get("type", "Error")))}</span>: '
             f'<span class="error-message">{_e(_plain(error.get("message", "")))}</span></div>')
 
+def _threshold(m: dict) -> str:
+    "The threshold an audited run was audited with, and the policy when the threshold was below it."
+    k, policy = m.get("audit_threshold"), m.get("threshold_policy")
+    if "publishable" not in m or not isinstance(k, int): return ""
+    below = f", policy {_e(_plain(policy))}" if isinstance(policy, int) and policy > k else ""
+    return f' <span class="audit-threshold">threshold {k}{below}</span>'
+
 def _status(run: Run) -> str:
     if run.problem:
         path = f"{run.report}/{run.slug}/manifest.json"  # relative to the build folder, like the links
@@ -140,6 +147,7 @@ def _status(run: Run) -> str:
     m = run.manifest
     out = f'<span class="status-label">{_e(run.status)}</span>'
     if m.get("publishable", True) is False: out += ' <span class="not-publishable">not publishable</span>'
+    out += _threshold(m)
     if run.status == "failed": out += _error(m.get("error"))
     return out
 
@@ -190,6 +198,7 @@ tr.status-succeeded .status-label{background:#dafbe1;color:#1a7f37}
 tr.status-failed .status-label{background:#ffebe9;color:#b42318}
 tr.status-unreadable .status-label{background:#fff8c5;color:#9a6700}
 tr.status-failed,tr.status-unreadable{background:#fffafa}
+.audit-threshold{font-size:.85em;color:#555;white-space:nowrap}
 .not-publishable{font-size:.85em;border:1px solid #9a6700;color:#9a6700;border-radius:3px;padding:0 .3rem;white-space:nowrap}
 .error{margin-top:.3rem;font-size:.85em;max-width:32rem;white-space:pre-wrap;word-break:break-word}
 .error-type{font-weight:600}
