@@ -110,17 +110,18 @@ def _record_payload(output: dict):
         except ValueError: return None
     return entry if isinstance(entry, dict) and "name" in entry else None
 
-def _whole_numbers(value, where: str = ""):
-    "(where, number) for each whole number in a record value: ints, whole floats beyond ±1, numbers in strings."
+def _whole_numbers(value, where: str = "", strings: bool = True):
+    "(where, number) for each whole number in a record value: ints, whole floats beyond ±1, and numbers in strings (`strings`)."
     if isinstance(value, bool) or value is None: return
     if isinstance(value, int): yield where, value
     elif isinstance(value, float):
         if math.isfinite(value) and value.is_integer() and abs(value) > 1: yield where, int(value)
-    elif isinstance(value, str): yield from ((where, n) for n in integers(value))
+    elif isinstance(value, str):
+        if strings: yield from ((where, n) for n in integers(value))
     elif isinstance(value, dict):
-        for k, v in value.items(): yield from _whole_numbers(v, f"{where} {k!r}".strip())
+        for k, v in value.items(): yield from _whole_numbers(v, f"{where} {k!r}".strip(), strings)
     elif isinstance(value, list):
-        for i, v in enumerate(value, 1): yield from _whole_numbers(v, f"{where} item {i}".strip())
+        for i, v in enumerate(value, 1): yield from _whole_numbers(v, f"{where} item {i}".strip(), strings)
 
 def _vetting_problem(output: dict, threshold: int) -> tuple[str, str] | None:
     "(kind, detail) when an output carries a vetted mark that does not hold; None when it holds."
@@ -168,8 +169,8 @@ def _check_record(payload: dict, output: dict, where: str, found: _Findings, thr
     if _is_vetted(output):
         if problem := _vetting_problem(output, threshold): found.add(file, location, *problem); return
         k = output["metadata"][VETTED]["threshold"]
-        for at, n in _whole_numbers(value):
-            if isinstance(n, int) and 0 < n < k: found.add(file, location, "small_count", f"{at or 'value'} = {n} (below {k})"); return
+        for at, n in _whole_numbers(value, strings=False):  # labels such as a programme code are not counts
+            if 0 < n < k: found.add(file, location, "small_count", f"{at or 'value'} = {n} (below {k})"); return
         return
     numbers = list(_whole_numbers(value))
     if numbers:

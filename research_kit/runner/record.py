@@ -44,8 +44,11 @@ def _suppressed_at(value) -> int | None:
     return suppressed_at(value)
 
 def _is_int(v) -> bool:
+    "A whole number: an integer, or a whole float beyond ±1 (a count stored as float; rates and flags stay within ±1)."
     import numbers
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if isinstance(v, bool): return False
+    if isinstance(v, numbers.Integral): return True
+    return isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer() and abs(v) > 1
 
 def _small_cells(value, k: int):
     "(where, count) for each whole number in a table, Series, list or dict that is above 0 and below `k`."
@@ -140,11 +143,11 @@ def show(x) -> None:
     elif hasattr(x, "savefig"): data = _figure_data(x)
     elif hasattr(x, "to_frame") or hasattr(x, "columns"):
         at = _suppressed_at(x)
-        if at is None:
-            raise RKError("rk.show: this table was not made by suppress; pass its counts through "
+        if at is None and next(_small_cells(x, math.inf), None) is not None:
+            raise RKError("rk.show: this table holds whole numbers and was not made by suppress; pass its counts through "
                           "research_kit.analysis.privacy.suppress with the workspace's threshold first")
-        if at < k: raise RKError(f"rk.show: this table was suppressed with k={at}, below the workspace's threshold {k}")
-        _check_vetted_counts(x, at, "rk.show")
+        if at is not None and at < k: raise RKError(f"rk.show: this table was suppressed with k={at}, below the workspace's threshold {k}")
+        _check_vetted_counts(x, at or k, "rk.show")
         data = _table_data(x)
     else: raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a suppressed table, a figure or a text")
     if _shell() is None: print(data["text/plain"]); return
