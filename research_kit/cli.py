@@ -299,7 +299,7 @@ def audit(run_dir: Optional[str] = typer.Argument(None, help="a run folder under
         if not folders: raise RKError(f"batch {batch!r} has no finished runs to audit; run it first")
     else: folders = [Path(run_dir).resolve()]
     with build_lock(s.build_dir, wait=wait):
-        results = audit_runs(folders, threshold=s.threshold)
+        results = audit_runs(folders, threshold=s.threshold, policy=s.threshold_policy)
         for folder, r in results.items(): mark_publishable(folder, r)
         build_index(s.build_dir)
     out = _console()

@@ -63,8 +63,8 @@ def is_url(path: str) -> bool:
 
 class Settings:
     "The effective settings of one workspace."
-    def __init__(self, root: Path, values: dict[tuple[str, str], Setting]):
-        self.root, self.values = root, values
+    def __init__(self, root: Path, values: dict[tuple[str, str], Setting], policy: dict | None = None):
+        self.root, self.values, self.policy = root, values, values if policy is None else policy
 
     def get(self, section: str, key: str) -> str: return self.values[section, key].value
     def _path(self, key) -> Path: return (self.root / self.get("workspace", key)).resolve()
@@ -96,6 +96,10 @@ class Settings:
     def reader(self) -> str: return self.get("runner", "reader")
     @property
     def pdf(self) -> str: return self.get("runner", "pdf")
+    @property
+    def threshold_policy(self) -> int:
+        "The threshold the workspace's settings.ini commits to (or the default), whatever overrides it."
+        return int(self.policy["privacy", "threshold"].value)
 
     def table(self) -> list[Setting]: return list(self.values.values())
     def __repr__(self): return f"Settings(root={str(self.root)!r})"
@@ -114,7 +118,7 @@ def _check(section, key, value, source):
     except ValueError: ok = False
     if not ok: raise SettingsError(f"{source}: [{section}] {key} = {value!r}; expected {expected}")
 
-_checked: dict[tuple, dict] = {}  # (settings.ini path, its text, RK_* variables) -> checked values
+_checked: dict[tuple, tuple] = {}  # (settings.ini path, its text, RK_* variables) -> checked values, policy
 
 def load_settings(start: str | Path | None = None) -> Settings:
     "Read settings.ini of the workspace containing `start` and apply RK_<SECTION>_<KEY> overrides."
@@ -124,7 +128,8 @@ def load_settings(start: str | Path | None = None) -> Settings:
     except UnicodeDecodeError as e: raise SettingsError(f"{path}: cannot be read as an ini file: {e}") from None
     key = (str(path), text, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_"))))
     if key not in _checked: _checked[key] = _values(path, text)  # each version is parsed and checked once
-    return Settings(root, dict(_checked[key]))
+    values, policy = _checked[key]
+    return Settings(root, dict(values), dict(policy))
 
 def _values(path: Path, text: str) -> dict:
     parser = _read_ini(path, text)
@@ -135,8 +140,9 @@ def _values(path: Path, text: str) -> dict:
             if key not in DEFAULTS[section]:
                 raise UnknownNameError("setting", key, DEFAULTS[section], where=f"{path} [{section}]")
             values[section, key] = Setting(section, key, value.strip(), SETTINGS_FILE)
+    policy = dict(values)  # the workspace's own file: what later layers override but the audit holds to
     for (section, key) in list(values):
         env = f"RK_{section}_{key}".upper()
         if env in os.environ: values[section, key] = Setting(section, key, os.environ[env].strip(), env)
     for s in values.values(): _check(s.section, s.key, s.value, f"{path}" if s.source == SETTINGS_FILE else s.source)
-    return values
+    return values, policy

@@ -4,7 +4,8 @@ every record of the executed notebook, and report.html -- for student pseudonyms
 
 The scan is deliberately simple, and documented here so a template author knows the rules:
 
-- a **student identifier** is anything matching `S-[0-9A-F]{8}` (the consortium's pseudonyms);
+- a **student identifier** is a pseudonym `S-XXXXXXXX` in any case and across separators, or a valid
+  IIN whole or in groups (`research_kit.identifiers.find_pseudonyms` / `find_iins`);
 - a **table of counts** is a record holding a list of dicts, or an HTML `<table>`, and its **count
   columns** are those named `n`, `count`, `events`, `students`, `enrolled`, `graduates`,
   `n_reference`, or ending in `_n` / `_count`, or starting with `n_`;
@@ -17,6 +18,11 @@ cells of each body row (index `<th>` included) are matched to them by position; 
 multi-level column headers are outside this scan, so templates avoid them in displayed tables.
 The scan is shown to work by running it on a consortium-audience profile of a small institution,
 where it must find small counts.
+
+Independently of this scan, the whole `public` batch of reports/batches.yaml runs through the real
+`rk batch public`: every run must pass the disclosure audit (`publishable`, no finding, audited with
+the workspace's threshold), and every table, figure and number-bearing output of a public run must
+carry the vetted mark of `rk.show` / `rk.record`.
 """
 import json
 import os
@@ -29,7 +35,6 @@ from bs4 import BeautifulSoup
 from conftest import ROOT, run_rk
 
 THRESHOLD = 10
-PSEUDONYM = re.compile(r"S-[0-9A-F]{8}")
 COUNT_NAMES = {"n", "count", "events", "students", "enrolled", "graduates", "n_reference"}
 PUBLIC_RUNS = {  # report -> parameters; the small college and its sector table give small cells to protect
     "institution_profile": ["institution=KITIG", "audience=public"],
@@ -59,7 +64,8 @@ class Scan:
         self.identifiers, self.small_counts, self.count_cells, self.tables = [], [], 0, 0
 
     def text(self, where, text):
-        self.identifiers += [(where, m) for m in PSEUDONYM.findall(text)]
+        from research_kit.identifiers import find_iins, find_pseudonyms
+        self.identifiers += [(where, m) for m in find_pseudonyms(text) + find_iins(text)]
 
     def table(self, where, columns, rows):
         self.tables += 1
@@ -108,22 +114,79 @@ def scan_run(folder) -> Scan:
     return scan
 
 
+def build_env(build):
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")}, "RK_WORKSPACE_BUILD": str(build)}
+
+
+def find(report, params, build):
+    "The run folder of `report` with `params` in `build`, or None."
+    found = [m.parent for m in build.glob(f"{report}/*/manifest.json")
+             if all(p in m.parent.name.split(",") for p in params)]
+    return found[0] if found else None
+
+
 def run(report, params, build):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")}, "RK_WORKSPACE_BUILD": str(build)}
     args = [a for p in params for a in ("-p", p)]
-    run_rk("run", report, *args, "--force", cwd=ROOT, env=env, check=0)
-    [manifest] = [m for m in build.glob(f"{report}/*/manifest.json")
-                  if all(f"{p.split('=')[0]}={p.split('=')[1]}" in m.parent.name for p in params)]
-    assert json.loads(manifest.read_text())["status"] == "succeeded"
-    return manifest.parent
+    run_rk("run", report, *args, "--force", cwd=ROOT, env=build_env(build), check=0)
+    folder = find(report, params, build)
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "succeeded"
+    return folder
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def public_batch(tmp_path_factory):
+    "The real `rk batch public` into a fresh build folder: (process, build folder)."
     build = tmp_path_factory.mktemp("public-build")
-    out = {report: run(report, params, build) for report, params in PUBLIC_RUNS.items()}
+    return run_rk("batch", "public", cwd=ROOT, env=build_env(build)), build
+
+
+@pytest.fixture(scope="module")
+def runs(public_batch):
+    _, build = public_batch
+    out = {report: find(report, params, build) or run(report, params, build) for report, params in PUBLIC_RUNS.items()}
     out["consortium"] = run(*CONSORTIUM_RUN, build)
     return out
+
+
+def test_the_public_batch_passes_the_audit(public_batch):
+    "Every run of `rk batch public` succeeds and is publishable, audited with the workspace's threshold."
+    from research_kit.runner.batch import plan_batch
+    from research_kit.settings import load_settings
+    proc, build = public_batch
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    planned = plan_batch("public", load_settings(ROOT))
+    manifests = {r.name: json.loads((build / r.report / r.slug / "manifest.json").read_text()) for r in planned}
+    assert len(manifests) == len(planned) >= 9
+    for name, m in manifests.items():
+        assert m["status"] == "succeeded" and m["parameters"]["audience"] == "public", name
+        assert m["publishable"] is True and m["audit"] == [] and m["audit_reasons"] == [], (name, m["audit"])
+        assert m["audit_threshold"] == m["threshold_policy"] == THRESHOLD, name
+    index = (build / "index.html").read_text()
+    assert "not publishable" not in index and index.count(f"threshold {THRESHOLD}") >= len(planned)
+
+
+def test_public_outputs_with_numbers_are_vetted(public_batch):
+    "In every public run, each table, figure and number-bearing output carries rk.show's or rk.record's mark."
+    from research_kit.runner.record import VETTED, integers, output_digest
+    _, build = public_batch
+    checked = 0
+    for folder in sorted(p.parent for p in build.glob("*/*/manifest.json")):
+        if "audience=public" not in folder.name: continue
+        nb = nbformat.read(folder / "report.ipynb", as_version=4)
+        for c, cell in enumerate(nb.cells):
+            for output in cell.get("outputs", []):
+                if output["output_type"] == "stream":
+                    assert not integers(output["text"]), (folder.name, c, output["text"][:200])
+                if output["output_type"] not in ("display_data", "execute_result"): continue
+                data = output["data"]
+                carries = any(k.startswith("image/") for k in data) or "<table" in data.get("text/html", "") or any(
+                    integers(v) for k, v in data.items() if k.startswith("text/") and isinstance(v, str))
+                if not carries: continue
+                mark = output.get("metadata", {}).get(VETTED)
+                assert mark and mark["vetted"] is True and mark["threshold"] >= THRESHOLD, (folder.name, c, list(data))
+                assert mark["sha256"] == output_digest(data), (folder.name, c)
+                checked += 1
+    assert checked > 30, "no vetted output was checked"
 
 
 @pytest.mark.parametrize("report", sorted(PUBLIC_RUNS))

@@ -8,10 +8,11 @@ from ..errors import UnknownNameError
 from .stats import AnalysisError, _names, _check_columns
 
 # %% auto #0
-__all__ = ['RATE_COLUMNS', 'suppress']
+__all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'suppress', 'SuppressedCount', 'suppress_count', 'suppressed_at']
 
 # %% ../../nbs/analysis/privacy.ipynb #3514ff74
 RATE_COLUMNS = ("rate", "lower", "upper", "share")
+SUPPRESSED = "research_kit.suppressed"  # key in DataFrame.attrs: the threshold a table was suppressed with
 
 def _check_threshold(k) -> int:
     from numbers import Integral  # numpy integers too
@@ -92,4 +93,32 @@ def suppress(table, count_columns, k: int, *, rate_columns=None, total_row=None,
         whole = (shown[col].dropna() % 1 == 0).all()
         shown[col] = shown[col].astype("Int64" if whole else "Float64").mask(flags[col])
     for col in rates: shown[col] = shown[col].astype("Float64").mask(flags[col])
+    shown.attrs[SUPPRESSED] = k
     return shown, flags[[c for c in table.columns if c in flags.columns]]
+
+# %% ../../nbs/analysis/privacy.ipynb #56a2b40d
+from dataclasses import dataclass
+
+@dataclass(frozen=True)
+class SuppressedCount:
+    "A count as it may be published: `value` is None when the count was below `k`."
+    value: int | None
+    k: int
+
+def suppress_count(count, k: int) -> SuppressedCount:
+    "One count, masked (None) when 0 < count < k; missing stays missing."
+    import pandas as pd
+    k = _check_threshold(k)
+    if isinstance(count, SuppressedCount): count = count.value
+    if count is None or pd.isna(count): return SuppressedCount(None, k)
+    if isinstance(count, bool) or float(count) % 1 != 0 or count < 0:
+        raise AnalysisError(f"count={count!r}: expected a whole number >= 0")
+    count = int(count)
+    return SuppressedCount(None if 0 < count < k else count, k)
+
+def suppressed_at(obj) -> int | None:
+    "The threshold `obj` (a table or Series from `suppress`, or a `SuppressedCount`) was suppressed with, else None."
+    if isinstance(obj, SuppressedCount): return obj.k
+    attrs = getattr(obj, "attrs", None)
+    k = attrs.get(SUPPRESSED) if isinstance(attrs, dict) else None
+    return k if isinstance(k, int) and not isinstance(k, bool) else None

@@ -87,7 +87,7 @@ def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, 
                                                     workers=workers, scheduler=scheduler, on_result=on_result)) if todo else {}
         for r in runs:  # cached runs too: the threshold may have changed since they ran
             if (r.folder / "manifest.json").is_file():
-                manifest = audit_unless_current(r.folder, threshold=settings.threshold)
+                manifest = audit_unless_current(r.folder, threshold=settings.threshold, policy=settings.threshold_policy)
                 if r.name in done: done[r.name] = manifest
         build_index(settings.build_dir)
     return [(r, done.get(r.name)) for r in runs]

@@ -8,10 +8,11 @@ import html, json, math, re
 from ..errors import RKError
 
 # %% auto #0
-__all__ = ['MIMETYPE', 'MAX_ROWS', 'to_json_value', 'record', 'records']
+__all__ = ['MIMETYPE', 'VETTED', 'MAX_ROWS', 'to_json_value', 'integers', 'output_digest', 'record', 'show', 'records']
 
 # %% ../../nbs/runner/record.ipynb #5ce4bb5e
 MIMETYPE = "application/vnd.research-kit.record+json"
+VETTED = "research_kit"  # output metadata key: {"vetted": true, "threshold": k, "sha256": ...}
 MAX_ROWS = 1000  # a record is a key figure or a small table, not a dataset
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 
@@ -31,6 +32,56 @@ def to_json_value(value, name: str = "value"):
     if hasattr(value, "isoformat"): return value.isoformat()
     raise RKError(f"record {name!r}: cannot store a {type(value).__name__}; use a number, string, list, dict or small DataFrame")
 
+# %% ../../nbs/runner/record.ipynb #e83d7a39
+_INTEGER = re.compile(r"(?<![\w.])\d+(?:[,\u00a0\u202f]\d{3})*(?!\w|[.,]\d)")
+
+def integers(text: str) -> list[int]:
+    "The whole numbers written in `text` (not digits inside words, not decimals), in order."
+    return [int(re.sub(r"\D", "", m.group())) for m in _INTEGER.finditer(str(text))]
+
+def _suppressed_at(value) -> int | None:
+    from research_kit.analysis.privacy import suppressed_at
+    return suppressed_at(value)
+
+def _is_int(v) -> bool:
+    "A whole number: an integer, or a whole float beyond ±1 (a count stored as float; rates and flags stay within ±1)."
+    import numbers
+    if isinstance(v, bool): return False
+    if isinstance(v, numbers.Integral): return True
+    return isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer() and abs(v) > 1
+
+def _small_cells(value, k: int):
+    "(where, count) for each whole number in a table, Series, list or dict that is above 0 and below `k`."
+    if hasattr(value, "columns"):  # a DataFrame: by column and row label
+        for column in value.columns:
+            for row, v in value[column].items():
+                if _is_int(v) and 0 < v < k: yield f"column {str(column)!r} row {row!r}", int(v)
+    elif hasattr(value, "items") and hasattr(value, "dtype"):  # a Series
+        for row, v in value.items():
+            if _is_int(v) and 0 < v < k: yield f"row {row!r}", int(v)
+    elif isinstance(value, dict):
+        for key, v in value.items(): yield from ((f"{key!r} {w}".strip(), c) for w, c in _small_cells(v, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value): yield from ((f"item {i} {w}".strip(), c) for w, c in _small_cells(v, k))
+    elif _is_int(value) and 0 < value < k: yield "", int(value)
+
+def _check_vetted_counts(value, k: int, what: str) -> None:
+    for where, count in _small_cells(value, k):
+        raise RKError(f"{what}: {where + ' ' if where else ''}holds {count}, below the threshold {k} it was suppressed with; "
+                      "a column added after suppress is not suppressed: suppress the finished table")
+
+def output_digest(data: dict) -> str:
+    "sha256 of an output's data (every mimetype; text given as a list of lines is joined first)."
+    import hashlib
+    plain = {k: "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in data.items()}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+def _display(data: dict, k: int | None) -> None:
+    "Display `data`; when `k` is given, with the vetted mark in its metadata."
+    from IPython.display import display
+    metadata = {VETTED: {"vetted": True, "threshold": k, "sha256": output_digest(data)}} if k is not None else None
+    display(data, raw=True, metadata=metadata)
+
 # %% ../../nbs/runner/record.ipynb #7589fa89
 def _html(name, value) -> str:
     if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
@@ -41,21 +92,66 @@ def _html(name, value) -> str:
     return (f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b> = '
             f'<code>{html.escape(json.dumps(value, ensure_ascii=False))}</code></div>')
 
-def record(name: str, value) -> None:
-    "Store `value` under `name` in the running notebook (and show it)."
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RKError(f"record name {name!r} must start with a letter and use letters, digits, '_', '.' or '-'")
-    value = to_json_value(value, name)
-    text = f"{name} = {json.dumps(value, ensure_ascii=False)}"
+def _shell():
     try:
         from IPython import get_ipython
-        shell = get_ipython()
-    except ImportError: shell = None
-    if shell is None:  # a plain script: just show it
+        return get_ipython()
+    except ImportError: return None
+
+def record(name: str, value) -> None:
+    "Store `value` under `name` in the running notebook (and show it); a suppressed table or count is marked as vetted."
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RKError(f"record name {name!r} must start with a letter and use letters, digits, '_', '.' or '-'")
+    k = _suppressed_at(value)
+    if k is not None:
+        value = getattr(value, "value", value)  # a SuppressedCount: its (possibly masked) count
+        _check_vetted_counts(value, k, f"record {name!r}")
+    value = to_json_value(value, name)
+    text = f"{name} = {json.dumps(value, ensure_ascii=False)}"
+    if _shell() is None:  # a plain script: just show it
         print(text)
         return
-    from IPython.display import display
-    display({MIMETYPE: {"name": name, "value": value}, "text/plain": text, "text/html": _html(name, value)}, raw=True)
+    data = {MIMETYPE: {"name": name, "value": value}, "text/plain": text, "text/html": _html(name, value)}
+    _display(data, k)
+
+# %% ../../nbs/runner/record.ipynb #24cacf4b
+def _workspace_threshold() -> int:
+    from research_kit.settings import load_settings
+    s = load_settings()
+    return max(s.threshold, s.threshold_policy)
+
+def _table_data(table) -> dict:
+    frame = table.to_frame() if not hasattr(table, "columns") else table
+    return {"text/plain": repr(table), "text/html": frame._repr_html_() or frame.to_html()}
+
+def _figure_data(fig) -> dict:
+    import base64, io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": "<figure>"}
+
+def show(x) -> None:
+    "Display a suppressed table, a figure or a text in a public report, marked as vetted; refuse anything that is not safe to publish."
+    k = _workspace_threshold()
+    if isinstance(x, str):
+        if small := [n for n in integers(x) if 0 < n < k]:
+            raise RKError(f"rk.show: the text holds {small[0]}, below the privacy threshold {k}; "
+                          "a count must go through suppress, and other numbers below it cannot be told from counts")
+        data = {"text/markdown": x, "text/plain": x}
+    elif hasattr(x, "savefig"): data = _figure_data(x)
+    elif hasattr(x, "to_frame") or hasattr(x, "columns"):
+        at = _suppressed_at(x)
+        if at is None and next(_small_cells(x, math.inf), None) is not None:
+            raise RKError("rk.show: this table holds whole numbers and was not made by suppress; pass its counts through "
+                          "research_kit.analysis.privacy.suppress with the workspace's threshold first")
+        if at is not None and at < k: raise RKError(f"rk.show: this table was suppressed with k={at}, below the workspace's threshold {k}")
+        _check_vetted_counts(x, at or k, "rk.show")
+        data = _table_data(x)
+    else: raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a suppressed table, a figure or a text")
+    if _shell() is None: print(data["text/plain"]); return
+    _display(data, k)
 
 # %% ../../nbs/runner/record.ipynb #85112adc
 def records(notebook) -> dict:

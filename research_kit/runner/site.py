@@ -80,7 +80,7 @@ def _demo_build(folder) -> Path:
                      "p_value": 0.0000123456, "n": 5786, "extra": 1}),
         ("star_replication", "controls=true,grade=<i>"): _demo_manifest(
             "star_replication", "controls=true,grade=<i>",
-            {"grade": "<script>alert(1)</script>", "controls": True}, publishable=False),
+            {"grade": "<script>alert(1)</script>", "controls": True}, publishable=False) | {"audit_threshold": 1, "threshold_policy": 10},
         ("college_distance", "region=west"): _demo_manifest(
             "college_distance", "region=west", {"region": "west"}, status="failed",
             error={"cell": 3, "type": "ValueError", "message": "no rows left after excluding region 'west'"}),
@@ -88,13 +88,13 @@ def _demo_build(folder) -> Path:
         ("institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024"): _demo_manifest(
             "institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024",
             {"institution": "KITIG", "year": 2024, "audience": "public", "lang": "kk"}, audit=[], audit_reasons=[],
-            audit_stamp=[10, []]),
+            audit_stamp=[10, []], audit_threshold=10, threshold_policy=10),
         ("institution_profile", "audience=public,institution=ATK,lang=ru,year=2024"): _demo_manifest(
             "institution_profile", "audience=public,institution=ATK,lang=ru,year=2024",
             {"institution": "ATK", "year": 2024, "audience": "public", "lang": "ru"}, publishable=False,
             audit=[{"file": "report.html", "location": f"table 1 row {i}", "kind": "small_count",
                     "detail": f"column 'n' = {i} (below 10)"} for i in range(1, 8)],
-            audit_reasons=["7 small counts found"], audit_stamp=[10, []]),
+            audit_reasons=["7 small counts found"], audit_stamp=[10, []], audit_threshold=10, threshold_policy=10),
         ("institution_profile", "audience=public,institution=APC,year=2024"): _demo_manifest(
             "institution_profile", "audience=public,institution=APC,year=2024",
             {"institution": "APC", "year": 2024, "audience": "public"}, publishable=None),
@@ -167,9 +167,12 @@ STATE_LABELS = {"publishable": "publishable", "audit-failed": "audit failed", "i
                 "unaudited": "not audited", "failed": "run failed", "unreadable": "unreadable manifest"}
 MAX_FINDINGS = 5  # findings listed per run; the manifest has them all
 
-def _audit_threshold(m: dict):
-    stamp = m.get("audit_stamp")
-    return m.get("audit_threshold") or (stamp[0] if isinstance(stamp, list) and stamp else None)
+def _threshold(m: dict) -> str:
+    "The threshold an audited run was audited with, and the policy when the threshold was below it."
+    k, policy = m.get("audit_threshold"), m.get("threshold_policy")
+    if "publishable" not in m or not isinstance(k, int): return ""
+    below = f", policy {_e(_plain(policy))}" if isinstance(policy, int) and policy > k else ""
+    return f' <span class="audit-threshold">threshold {k}{below}</span>'
 
 def _findings(m: dict) -> str:
     findings = m.get("audit") if isinstance(m.get("audit"), list) else []
@@ -194,9 +197,8 @@ def _reason(run: Run) -> str:
                 f"audience {_plain(audience)}: not for publication")
         return f'<div class="reason">{_e(said)}</div>'
     if state == "unaudited": return '<div class="reason">public audience, not audited yet (rk audit)</div>'
-    threshold = _audit_threshold(m)
     if state == "publishable":
-        said = "public audience, passed the disclosure audit" + (f" (threshold {_plain(threshold)})" if threshold else "")
+        said = "public audience, passed the disclosure audit"
         return f'<div class="reason">{_e(said)}</div>'
     reasons = m.get("audit_reasons") if isinstance(m.get("audit_reasons"), list) else []
     said = "public audience, failed the disclosure audit" + (f": {'; '.join(map(_plain, reasons))}" if reasons else "")
@@ -204,7 +206,7 @@ def _reason(run: Run) -> str:
 
 def _state(run: Run) -> str:
     badge = ' <span class="not-publishable">not publishable</span>' if run.manifest.get("publishable", True) is False else ""
-    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_reason(run)}'
+    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(run.manifest)}{_reason(run)}'
 
 def _parameters(parameters) -> str:
     if not isinstance(parameters, dict): return _e(_plain(parameters))
@@ -263,6 +265,7 @@ table.runs{border-collapse:collapse;width:100%}
 .runs th{background:#f4f4f5;position:sticky;top:0}
 .slug{color:#666;font-size:.85em;word-break:break-all}
 .param{display:inline-block;background:#f1f1f3;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-family:ui-monospace,monospace;font-size:.9em}
+.audit-threshold{font-size:.85em;color:#555;white-space:nowrap}
 .not-publishable{font-size:.85em;border:1px solid #9a6700;color:#9a6700;border-radius:3px;padding:0 .3rem;white-space:nowrap}
 .state-label{font-weight:600;border-radius:3px;padding:.05rem .4rem;white-space:nowrap}
 tr.state-publishable .state-label{background:#dafbe1;color:#1a7f37}
