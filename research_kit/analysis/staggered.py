@@ -120,10 +120,13 @@ def _cells(data):
             control = (g_of > max(t, g)) & ~np.isnan(change)
             if not treated.any() or not control.any(): continue
             m1, m0 = change[treated].mean(), change[control].mean()
+            n1, n0 = treated.sum(), control.sum()
+            if n1 < 2 or n0 < 2: continue  # a mean of one unit has no variance to estimate
+            # scaled by sqrt(n / (n - 1)): the variance of one cell is then the unbiased two-sample (Welch) one
             influence = np.zeros(len(g_of))
-            influence[treated] = (change[treated] - m1) / treated.sum()
-            influence[control] = -(change[control] - m0) / control.sum()
-            cells.append((g, t, m1 - m0, int(treated.sum()), int(control.sum()), influence))
+            influence[treated] = (change[treated] - m1) / np.sqrt(n1 * (n1 - 1))
+            influence[control] = -(change[control] - m0) / np.sqrt(n0 * (n0 - 1))
+            cells.append((g, t, m1 - m0, int(n1), int(n0), influence))
     return cells, wide.index
 
 
@@ -134,7 +137,9 @@ def _cluster_se(influence, data, units):
     g = cluster.max() + 1
     if g < 2: raise AnalysisError("cluster-robust errors need at least two clusters")
     sums = np.column_stack([np.bincount(cluster, weights=row, minlength=g) for row in np.atleast_2d(influence)])
-    return np.sqrt(g / (g - 1) * (sums ** 2).sum(axis=0)), g
+    # units are their own clusters unless a coarser cluster was asked for; then the usual G/(G-1)
+    factor = 1.0 if g == len(units) else g / (g - 1)
+    return np.sqrt(factor * (sums ** 2).sum(axis=0)), g
 
 
 def att_gt(df, outcome: str, unit: str, time: str, first_treated: str, *, cluster: str | None = None, ci: float = 0.95):
