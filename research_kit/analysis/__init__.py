@@ -8,7 +8,8 @@ __all__ = []
 # %% ../../nbs/analysis/api.ipynb #14986204
 _LAZY = {name: f"research_kit.analysis.{module}" for module, names in {
     "stats": ["rates", "compare", "effect"], "flows": ["cohort_flow"], "features": ["student_features"],
-    "models": ["risk_model", "evaluate"], "privacy": ["suppress"],
+    "models": ["risk_model", "evaluate"], "privacy": ["suppress"], "staggered": ["did", "event_study", "att_gt"],
+    "indicators": ["demand", "medians", "college_graduates", "outreach_panel"],
     "plots": ["plot_rates", "plot_funnel", "plot_calibration", "plot_coefficients"]}.items() for name in names}
 
 def __getattr__(name):

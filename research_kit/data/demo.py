@@ -18,8 +18,9 @@ from .descriptor import atomic_path, file_stats, write_descriptor
 from ..errors import RKError
 
 # %% auto #0
-__all__ = ['TRUTH', 'INSTITUTIONS', 'PROGRAMS', 'FIELDS', 'REGIONS', 'SECTORS', 'COHORTS', 'LAST_YEAR', 'OKED_SECTIONS',
-           'RESOURCES', 'generate']
+__all__ = ['TRUTH', 'INSTITUTIONS', 'PROGRAMS', 'FIELDS', 'REGIONS', 'SECTORS', 'COHORTS', 'LAST_YEAR', 'JOINT_PROGRAMS',
+           'EVENT_TYPES', 'FUNDING_SOURCES', 'OUTPUT_TYPES', 'STAFF_POSITIONS', 'PARTICIPANT_ROLES', 'VISIT_PURPOSES',
+           'OKED_SECTIONS', 'RESOURCES', 'generate']
 
 # %% ../../nbs/data/demo.ipynb #d97dabe5
 TRUTH = {
@@ -56,6 +57,46 @@ TRUTH = {
         "business": 0.0, "tourism_hospitality": -0.05, "education": -0.1, "design": 0.0,
     },
     "wage_log_sd": 0.35,
+    "joint_enrolment_log_odds_intercept": -0.4,
+    "joint_enrolment_log_odds_per_gpa_point": 2.5,
+    "pathway_continue_intercept": 0.1,
+    "pathway_continue_per_gpa_point": 0.12,
+    "pathway_continue_joint_effect": 0.15,
+    "pathway_continue_institution_shift": {"METU-C": 0.05, "ATK": 0.0, "ASTK": 0.02, "APC": 0.0, "KITIG": -0.03},
+    "credits_recognised_intercept": 30,
+    "credits_recognised_joint_effect": 30,
+    "credits_recognised_per_gpa_point": 8,
+    "credits_recognised_sd": 6,
+    "pathway_confounding": (
+        "The joint track selects students by first-year GPA, and GPA raises both continuation at METU and the "
+        "credits recognised. The naive differences between joint-track and other college graduates are therefore "
+        "biased upward; adjust for gpa (mean term GPA) and institution_id."
+    ),
+    "metu_gpa_intercept": 0.9,
+    "metu_gpa_per_college_gpa_point": 0.6,
+    "metu_gpa_joint_effect": 0.15,
+    "metu_gpa_sd": 0.35,
+    "metu_completion_log_odds_intercept": -5.0,
+    "metu_completion_log_odds_per_gpa_point": 2.5,
+    "applications_years": [2016, 2024],
+    "outreach_rollout": {
+        "2018": ["METU-C-03", "ATK-02", "ASTK-01", "APC-03"],
+        "2019": ["METU-01", "ATK-04", "ASTK-04", "APC-02", "KITIG-01"],
+        "2020": ["METU-03", "METU-C-01", "ATK-03", "APC-01", "KITIG-02"],
+        "2021": ["METU-04", "ASTK-02", "APC-04", "KITIG-03"],
+        "2022": ["ATK-01", "ASTK-03", "APC-05"],
+    },
+    "outreach_effect_pct": {"2018": 25, "2019": 20, "2020": 15, "2021": 10, "2022": 5},
+    "outreach_field_wide_effect": 0.0,
+    "applications_trend_log_per_year": -0.03,
+    "applications_noise_log_sd": 0.08,
+    "applicants_per_place_by_field": {
+        "engineering": 2.2, "construction": 2.2, "energy": 2.4, "transport": 2.0, "it": 3.5,
+        "business": 2.8, "tourism_hospitality": 2.0, "education": 1.9, "design": 2.6,
+    },
+    "research_outputs_per_project_year": {"publication": 0.8, "patent": 0.05, "curriculum_change": 0.3, "prototype": 0.15},
+    "research_outputs_log_per_log_amount": 0.3,
+    "research_outputs_amount_reference_kzt": 30000000,
 }
 
 # %% ../../nbs/data/demo.ipynb #18269c36
@@ -69,6 +110,30 @@ def _check_employment_bounds(truth: dict) -> None:
     assert low < lowest and highest < high, (lowest, highest)
 
 _check_employment_bounds(TRUTH)
+
+# %% ../../nbs/data/demo.ipynb #210ceb5d
+def _outreach_truth(truth: dict) -> dict:
+    "The planted outreach effects on the log scale, per roll-out cohort and averaged over treated programme-years."
+    import math
+    last = truth["applications_years"][1]
+    effect = {g: math.log(1 + pct / 100) for g, pct in truth["outreach_effect_pct"].items()}
+    # every treated programme-year counts once: a cohort weighs its programmes times its years after the first event
+    weights = {g: len(truth["outreach_rollout"][g]) * (last - int(g)) for g in effect}
+    att = sum(weights[g] * effect[g] for g in effect) / sum(weights.values())
+    return {"outreach_effect_log": effect, "outreach_att_log": att}
+
+TRUTH.update(_outreach_truth(TRUTH))
+
+
+def _check_pathway_bounds(truth: dict) -> None:
+    "The continuation probability must stay inside 0-1 for every GPA in 0-4, so the linear model holds exactly."
+    shifts = truth["pathway_continue_institution_shift"].values()
+    lowest = truth["pathway_continue_intercept"] + min(shifts)
+    highest = (truth["pathway_continue_intercept"] + 4 * truth["pathway_continue_per_gpa_point"]
+               + truth["pathway_continue_joint_effect"] + max(shifts))
+    assert 0 < lowest and highest < 1, (lowest, highest)
+
+_check_pathway_bounds(TRUTH)
 
 # %% ../../nbs/data/demo.ipynb #ea87008a
 INSTITUTIONS = [
@@ -131,6 +196,32 @@ SECTORS = list("ABCDEFGHIJKLMNOPQRSTU")
 COHORTS = range(2019, 2025)
 # The data describe the consortium after the 2024/2025 academic year.
 LAST_YEAR = 2025
+
+# %% ../../nbs/data/demo.ipynb #bc40748b
+JOINT_PROGRAMS = [
+    # college programme, METU programme, first academic year of the joint track (its second-year students join)
+    ("METU-C-01", "METU-02", 2019),
+    ("METU-C-03", "METU-03", 2020),
+    ("ATK-01", "METU-02", 2021),
+    ("ATK-03", "METU-04", 2020),
+    ("ASTK-01", "METU-01", 2019),
+    ("APC-02", "METU-04", 2022),
+    ("APC-04", "METU-01", 2021),
+    ("KITIG-04", "METU-05", 2022),
+]
+
+# The METU programme a college graduate of each field usually continues in.
+_METU_PROGRAM_FOR_FIELD = {
+    "construction": "METU-01", "it": "METU-02", "engineering": "METU-03", "energy": "METU-04", "business": "METU-05",
+    "education": "METU-06", "transport": "METU-03", "tourism_hospitality": "METU-05", "design": "METU-01",
+}
+
+EVENT_TYPES = ["career_day", "open_day", "school_visit", "profession_week"]
+FUNDING_SOURCES = ["ministry_grant", "programme_targeted", "industry", "international", "own_funds"]
+OUTPUT_TYPES = ["publication", "patent", "curriculum_change", "prototype"]
+STAFF_POSITIONS = ["professor", "associate_professor", "lecturer", "teacher", "industrial_training_master"]
+PARTICIPANT_ROLES = ["principal_investigator", "researcher", "student_researcher"]
+VISIT_PURPOSES = ["teaching", "research", "training", "curriculum_development", "internship_supervision"]
 
 # %% ../../nbs/data/demo.ipynb #1e081bc2
 def _rng(seed: int, step: int) -> np.random.Generator:
@@ -323,6 +414,281 @@ def _flags(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     "`true`/`false` where known, empty otherwise: the CSV spelling the descriptor declares."
     return np.where(known, np.where(values, "true", "false"), "")
 
+# %% ../../nbs/data/demo.ipynb #81cbdaf3
+def _joint_programs() -> pd.DataFrame:
+    return pd.DataFrame(JOINT_PROGRAMS, columns=["program_id", "metu_program_id", "start_year"])
+
+
+def _mean_gpa(sim: dict) -> np.ndarray:
+    "Each student's mean term GPA over the terms attended (as in outcomes)."
+    last = sim["last_term"]
+    return (sim["gpa"] * (np.arange(1, 9)[None, :] <= last[:, None])).sum(axis=1) / last
+
+
+def _simulate_joint_enrolments(seed: int, students: pd.DataFrame, sim: dict) -> pd.DataFrame:
+    "Second-year students of joint programmes selected for the joint track by their first-year GPA."
+    rng = _rng(seed, 5)
+    t = TRUTH
+    start = pd.Series({c: y for c, _, y in JOINT_PROGRAMS}, dtype=float).reindex(students["program_id"]).to_numpy()
+    year = students["cohort"].to_numpy() + 1
+    # in the programme when its joint track runs, back for term 3, and that year is in the data
+    eligible = (year >= np.nan_to_num(start, nan=np.inf)) & (sim["last_term"] >= 3) & (year < LAST_YEAR)
+    first_year_gpa = sim["gpa"][:, :2].mean(axis=1)
+    chosen = eligible & (rng.random(len(students)) < _logistic(
+        t["joint_enrolment_log_odds_intercept"] + t["joint_enrolment_log_odds_per_gpa_point"] * (first_year_gpa - 2.9)))
+    return pd.DataFrame({"student_id": students["student_id"].to_numpy()[chosen],
+                         "program_id": students["program_id"].to_numpy()[chosen], "year": year[chosen]})
+
+
+def _simulate_pathways(seed: int, students: pd.DataFrame, sim: dict, joint: pd.DataFrame) -> pd.DataFrame:
+    "College graduates who continue at METU: programme, year, credits recognised, first year there."
+    rng = _rng(seed, 6)
+    n, t = len(students), TRUTH
+    u, z = rng.random((4, n)), rng.standard_normal((2, n))
+    institution = students["institution_id"].to_numpy()
+    gpa = _mean_gpa(sim)
+    is_joint = students["student_id"].isin(joint["student_id"]).to_numpy()
+    p_continue = (t["pathway_continue_intercept"] + t["pathway_continue_per_gpa_point"] * gpa
+                  + t["pathway_continue_joint_effect"] * is_joint
+                  + pd.Series(t["pathway_continue_institution_shift"]).reindex(institution).fillna(0.0).to_numpy())
+    go = sim["graduated"] & (institution != "METU") & (u[0] < p_continue)
+    year = students["cohort"].to_numpy() + sim["last_term"] // 2  # the year they graduate
+    metu = np.array([p[0] for p in PROGRAMS if p[0].rsplit("-", 1)[0] == "METU"])
+    usual = pd.Series(_METU_PROGRAM_FOR_FIELD).reindex(students["_field"]).to_numpy()
+    target = np.where(is_joint | (u[1] < 0.85), usual, metu[np.floor(u[2] * len(metu)).astype(np.intp)])
+    credits = (t["credits_recognised_intercept"] + t["credits_recognised_joint_effect"] * is_joint
+               + t["credits_recognised_per_gpa_point"] * (gpa - 3) + t["credits_recognised_sd"] * z[0])
+    metu_gpa = np.clip(np.round(t["metu_gpa_intercept"] + t["metu_gpa_per_college_gpa_point"] * gpa
+                                + t["metu_gpa_joint_effect"] * is_joint + t["metu_gpa_sd"] * z[1], 2), 0, 4)
+    completed = u[3] < _logistic(t["metu_completion_log_odds_intercept"] + t["metu_completion_log_odds_per_gpa_point"] * metu_gpa)
+    first_year_over = year < LAST_YEAR  # entered in September of `year`; the data end with 2024/2025
+    first_year_gpa = pd.array(metu_gpa, dtype="Float64")
+    first_year_gpa[~first_year_over] = pd.NA
+    return pd.DataFrame({
+        "student_id": students["student_id"].to_numpy(),
+        "metu_program_id": target,
+        "year": year,
+        "credits_recognised": np.clip(np.round(credits), 0, 120).astype(np.int64),
+        "first_year_gpa": first_year_gpa,
+        "first_year_completed": _flags(completed, first_year_over),
+    })[go].reset_index(drop=True)
+
+# %% ../../nbs/data/demo.ipynb #b8303a74
+def _capacity(n: int) -> pd.Series:
+    "Expected admitted students per programme and year, the same split as the students' simulation."
+    programs = _programs()
+    share = pd.Series({i[0]: i[4] for i in INSTITUTIONS}).reindex(programs["institution_id"]).to_numpy()
+    per_inst = programs.groupby("institution_id")["program_id"].transform("size").to_numpy()
+    return pd.Series(n * share / per_inst / len(COHORTS), index=programs["program_id"].to_numpy())
+
+
+def _first_events() -> pd.Series:
+    "The year of each programme's first targeted event (NaN: never targeted)."
+    first = {p: int(g) for g, ps in TRUTH["outreach_rollout"].items() for p in ps}
+    return pd.Series(first, dtype=float).reindex([p[0] for p in PROGRAMS])
+
+
+def _simulate_applications(seed: int, students: pd.DataFrame, n: int) -> pd.DataFrame:
+    rng = _rng(seed, 7)
+    t = TRUTH
+    first, last = t["applications_years"]
+    years = np.arange(first, last + 1)
+    programs = _programs()
+    ids = programs["program_id"].to_numpy()
+    capacity = _capacity(n).to_numpy()
+    grid = np.broadcast_to(years, (len(ids), len(years))).astype(np.int64)
+    counts = students.groupby(["program_id", "cohort"]).size()
+    known = counts.reindex(pd.MultiIndex.from_product([ids, years])).to_numpy().reshape(grid.shape)
+    drawn = rng.poisson(np.broadcast_to(capacity[:, None], grid.shape))
+    admitted = np.where(np.isin(grid, np.array(COHORTS)), np.nan_to_num(known), drawn).astype(np.int64)
+    places = np.maximum(1, admitted + np.round(admitted * rng.uniform(0.02, 0.15, grid.shape)).astype(np.int64))
+    first_event = _first_events().to_numpy()
+    effect = pd.Series({float(g): e for g, e in t["outreach_effect_log"].items()}).reindex(first_event).fillna(0.0).to_numpy()
+    treated = grid > np.nan_to_num(first_event, nan=np.inf)[:, None]
+    demand = pd.Series(t["applicants_per_place_by_field"]).reindex(programs["field_of_study"]).to_numpy()
+    log_mean = (np.log(capacity * demand)[:, None] + t["applications_trend_log_per_year"] * (grid - first)
+                + treated * effect[:, None] + t["applications_noise_log_sd"] * rng.standard_normal(grid.shape))
+    applicants = np.maximum(admitted, rng.poisson(np.exp(log_mean)))
+    return pd.DataFrame({"program_id": np.repeat(ids, len(years)), "year": grid.ravel(),
+                         "applicants": applicants.ravel(), "places": places.ravel(), "admitted": admitted.ravel()})
+
+
+def _event_dates(rng, years: np.ndarray) -> np.ndarray:
+    "A school-term day in each of `years` (February-May or October-November)."
+    month = rng.choice(np.array([2, 3, 4, 5, 10, 11]), size=len(years))
+    day = rng.integers(1, 29, len(years))
+    return pd.to_datetime(pd.DataFrame({"year": years, "month": month, "day": day})).dt.strftime("%Y-%m-%d").to_numpy()
+
+
+def _simulate_outreach_events(seed: int, n: int) -> pd.DataFrame:
+    rng = _rng(seed, 8)
+    t, scale = TRUTH, n / 20_000
+    first, last = t["applications_years"]
+    programs = _programs().set_index("program_id")
+    first_event = _first_events().dropna().astype(int)
+    # programme-targeted: every year from the first event on, at least one event
+    pairs = [(p, y) for p, g in first_event.items() for y in range(g, last + 1)]
+    per_pair = 1 + rng.poisson(1.5 * scale, len(pairs))
+    program = np.repeat([p for p, _ in pairs], per_pair)
+    year = np.repeat([y for _, y in pairs], per_pair)
+    # field-wide events: no programme, organised by one of the colleges
+    colleges = np.array([i[0] for i in INSTITUTIONS if i[2] == "college"])
+    wide = np.array([(f, y) for f in FIELDS for y in range(first, last + 1)], dtype=object)
+    per_wide = rng.poisson(0.3 * scale, len(wide))
+    wide_field, wide_year = np.repeat(wide[:, 0], per_wide).astype(str), np.repeat(wide[:, 1], per_wide).astype(np.int64)
+    institution = np.concatenate([programs["institution_id"].reindex(program).to_numpy(),
+                                  colleges[rng.integers(0, len(colleges), len(wide_year))]])
+    field = np.concatenate([programs["field_of_study"].reindex(program).to_numpy(), wide_field])
+    year = np.concatenate([year, wide_year])
+    m = len(year)
+    kind = rng.choice(np.array(EVENT_TYPES), size=m, p=[0.3, 0.25, 0.3, 0.15])
+    schools = np.select([kind == "school_visit", kind == "career_day", kind == "open_day"],
+                        [1, 2 + rng.poisson(4, m), 1 + rng.poisson(6, m)], 5 + rng.poisson(10, m))
+    events = pd.DataFrame({
+        "event_id": _codes("E-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
+        "type": kind,
+        "institution_id": institution,
+        "program_id": np.concatenate([program, np.full(len(wide_year), None)]),
+        "field_of_study": field,
+        "date": _event_dates(rng, year),
+        "schools_reached": schools,
+        "pupils_reached": schools * (15 + rng.poisson(25, m)),
+    })
+    return events.sort_values(["date", "event_id"], ignore_index=True)
+
+# %% ../../nbs/data/demo.ipynb #9e31da55
+_TOPICS = {
+    "engineering": ["Additive manufacturing of spare parts", "Predictive maintenance of machine tools", "Automated control of weld quality"],
+    "construction": ["Energy-efficient building envelopes", "Seismic retrofitting of school buildings", "Recycled aggregates in concrete"],
+    "energy": ["Smart metering in district heating", "Solar power for rural schools", "Losses in low-voltage networks"],
+    "transport": ["Route planning for urban freight", "Maintenance of electric buses", "Road safety near colleges"],
+    "it": ["Learning analytics for vocational students", "Cybersecurity training ranges", "An open data platform for employers"],
+    "business": ["Accounting for small firms in the digital economy", "Work-based learning contracts", "Entrepreneurship education"],
+    "tourism_hospitality": ["Service quality in Almaty hotels", "Ethno-tourism routes in the Almaty region", "Food safety in school catering"],
+    "education": ["Dual training in technical colleges", "Teacher internships in industry", "Career guidance for school pupils"],
+    "design": ["Accessible design of public spaces", "BIM in architectural education", "Traditional ornament in modern design"],
+}
+_TITLE_ENDINGS = ["a pilot study", "a joint study of METU and the colleges", "from prototype to practice", "evidence from Almaty"]
+_FUNDING_MEDIAN_KZT = {"ministry_grant": 30e6, "programme_targeted": 150e6, "industry": 12e6, "international": 45e6, "own_funds": 3e6}
+_COLLEGES = [i[0] for i in INSTITUTIONS if i[2] == "college"]
+
+
+def _partners(rng, home: np.ndarray, to_metu: float) -> np.ndarray:
+    "For each institution in `home`, another one: a college for METU; METU (with chance `to_metu`) or another college for a college."
+    colleges = np.array(_COLLEGES)
+    u, k, j = rng.random(len(home)), rng.integers(0, len(colleges), len(home)), rng.integers(0, len(colleges) - 1, len(home))
+    position = pd.Series(range(len(colleges)), index=colleges).reindex(home).fillna(-1).to_numpy().astype(np.intp)
+    other_college = colleges[(position + 1 + j) % len(colleges)]
+    return np.where(home == "METU", colleges[k], np.where(u < to_metu, "METU", other_college))
+
+
+def _simulate_staff(seed: int, n: int) -> pd.DataFrame:
+    rng = _rng(seed, 9)
+    m = max(2 * len(INSTITUTIONS), round(n / 20))
+    inst_ids = np.array([i[0] for i in INSTITUTIONS])
+    # at least one member of staff everywhere, however small the package
+    inst = np.concatenate([np.arange(len(INSTITUTIONS)), rng.choice(len(INSTITUTIONS), size=m - len(INSTITUTIONS), p=[i[4] for i in INSTITUTIONS])])
+    university = np.array([i[2] == "university" for i in INSTITUTIONS])[inst]
+    academic = rng.choice(np.array(STAFF_POSITIONS[:3]), size=m, p=[0.15, 0.25, 0.6])
+    college = rng.choice(np.array(STAFF_POSITIONS[3:]), size=m, p=[0.8, 0.2])
+    programs = _programs()
+    fields = programs.groupby("institution_id")["field_of_study"].agg(lambda s: sorted(set(s)))
+    pick = rng.random(m)
+    field = [fields[i][int(u * len(fields[i]))] for i, u in zip(inst_ids[inst], pick)]
+    order = rng.permutation(m)  # staff codes are sorted, so shuffle who gets which
+    return pd.DataFrame({"staff_id": _random_codes(rng, "T-", m), "institution_id": inst_ids[inst][order],
+                         "position": np.where(university, academic, college)[order], "field_of_study": np.array(field)[order]})
+
+
+def _simulate_projects(seed: int, n: int) -> pd.DataFrame:
+    rng = _rng(seed, 10)
+    m = max(3, round(n / 250))
+    lead = np.where(rng.random(m) < 0.5, "METU", np.array(_COLLEGES)[rng.integers(0, len(_COLLEGES), m)])
+    partner = _partners(rng, lead, to_metu=0.7)
+    field = np.array(FIELDS)[rng.integers(0, len(FIELDS), m)]
+    start_year, start_month, months = rng.integers(2019, LAST_YEAR + 1, m), rng.integers(1, 13, m), rng.integers(12, 37, m)
+    end = start_year * 12 + start_month - 1 + months
+    funding = rng.choice(np.array(FUNDING_SOURCES), size=m, p=[0.35, 0.1, 0.25, 0.1, 0.2])
+    amount = np.round(pd.Series(_FUNDING_MEDIAN_KZT).reindex(funding).to_numpy() * np.exp(0.5 * rng.standard_normal(m)) / 1000) * 1000
+    topic, ending = rng.integers(0, 3, m), rng.integers(0, len(_TITLE_ENDINGS), m)
+    ends = pd.to_datetime(pd.DataFrame({"year": end // 12, "month": end % 12 + 1, "day": 1})) - pd.Timedelta(days=1)
+    return pd.DataFrame({
+        "project_id": _random_codes(rng, "R-", m),
+        "title": [f"{_TOPICS[f][k]}: {_TITLE_ENDINGS[e]}" for f, k, e in zip(field, topic, ending)],
+        "lead_institution_id": lead,
+        "partner_institution_id": partner,
+        "field_of_study": field,
+        "start_date": pd.to_datetime(pd.DataFrame({"year": start_year, "month": start_month, "day": 1})).dt.strftime("%Y-%m-%d"),
+        "end_date": ends.dt.strftime("%Y-%m-%d"),
+        "funding_source": funding,
+        "amount_kzt": amount.astype(np.int64),
+    })
+
+
+def _simulate_participants(seed: int, projects: pd.DataFrame, staff: pd.DataFrame, students: pd.DataFrame) -> pd.DataFrame:
+    "Per project: its principal investigator and researchers from both institutions, and up to three students."
+    rng = _rng(seed, 11)
+    staff_of = staff.groupby("institution_id")["staff_id"].agg(list)
+    students_of = students.groupby(["institution_id", "cohort"])["student_id"].agg(list)
+    rows = []
+    for p in projects.itertuples():
+        lead, partner = staff_of[p.lead_institution_id], staff_of[p.partner_institution_id]
+        pi = lead[rng.integers(len(lead))]
+        rows.append((p.project_id, pi, "staff", p.lead_institution_id, "principal_investigator"))
+        for inst, pool, k in [(p.lead_institution_id, [s for s in lead if s != pi], rng.integers(0, 3)),
+                              (p.partner_institution_id, partner, rng.integers(1, 4))]:
+            for who in rng.choice(np.array(pool, dtype=object), size=min(k, len(pool)), replace=False) if pool else []:
+                rows.append((p.project_id, who, "staff", inst, "researcher"))
+        # students studying when the project starts, of the lead institution
+        cohort = min(max(int(p.start_date[:4]) - int(rng.integers(0, 3)), min(COHORTS)), max(COHORTS))
+        pool = students_of.get((p.lead_institution_id, cohort), [])
+        for who in rng.choice(np.array(pool, dtype=object), size=min(int(rng.integers(0, 4)), len(pool)), replace=False) if pool else []:
+            rows.append((p.project_id, who, "student", p.lead_institution_id, "student_researcher"))
+    return pd.DataFrame(rows, columns=["project_id", "person_id", "kind", "institution_id", "role"])
+
+
+def _simulate_outputs(seed: int, projects: pd.DataFrame) -> pd.DataFrame:
+    "Outputs of each type per project and year it ran (up to the last year of the data), at the planted rates."
+    rng = _rng(seed, 12)
+    t = TRUTH
+    start = projects["start_date"].str[:4].astype(int).to_numpy()
+    stop = np.minimum(projects["end_date"].str[:4].astype(int).to_numpy(), LAST_YEAR)
+    years = stop - start + 1
+    project = np.repeat(np.arange(len(projects)), years)
+    year = np.repeat(start, years) + np.concatenate([np.arange(k) for k in years]) if len(projects) else np.array([], dtype=np.int64)
+    size = (projects["amount_kzt"].to_numpy() / t["research_outputs_amount_reference_kzt"]) ** t["research_outputs_log_per_log_amount"]
+    rates = np.array([t["research_outputs_per_project_year"][k] for k in OUTPUT_TYPES])
+    counts = rng.poisson(size[project][:, None] * rates[None, :])
+    row, kind = np.nonzero(counts)
+    row, kind = np.repeat(row, counts[row, kind]), np.repeat(kind, counts[row, kind])
+    return pd.DataFrame({
+        "output_id": _codes("O-", rng.choice(2**32, size=len(row), replace=False).astype(np.uint64)),
+        "project_id": projects["project_id"].to_numpy()[project[row]],
+        "type": np.array(OUTPUT_TYPES)[kind],
+        "year": year[row],
+    })
+
+
+def _simulate_visits(seed: int, n: int, staff: pd.DataFrame) -> pd.DataFrame:
+    rng = _rng(seed, 13)
+    m = max(5, round(n / 100))
+    who = rng.integers(0, len(staff), m)
+    home = staff["institution_id"].to_numpy()[who]
+    host = _partners(rng, home, to_metu=0.6)
+    from_metu = rng.choice(np.array(VISIT_PURPOSES), size=m, p=[0.35, 0.15, 0.05, 0.3, 0.15])
+    from_college = rng.choice(np.array(VISIT_PURPOSES), size=m, p=[0.1, 0.2, 0.4, 0.2, 0.1])
+    year = rng.integers(2019, LAST_YEAR + 1, m)
+    visits = pd.DataFrame({
+        "visit_id": _codes("V-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
+        "staff_id": staff["staff_id"].to_numpy()[who],
+        "from_institution_id": home,
+        "to_institution_id": host,
+        "purpose": np.where(home == "METU", from_metu, from_college),
+        "start_date": _event_dates(rng, year),
+        "weeks": np.minimum(rng.geometric(0.35, m), 26),
+    })
+    return visits.sort_values(["start_date", "visit_id"], ignore_index=True)
+
 # %% ../../nbs/data/demo.ipynb #ef25493f
 def _l(kk: str, ru: str, en: str) -> dict:
     return {"kk": kk, "ru": ru, "en": en}
@@ -439,6 +805,34 @@ _VALUE_LABELS = {
     "enrolled": _l("Оқып жатыр", "Обучается", "Enrolled"),
     "graduated": _l("Бітірді", "Окончил(а)", "Graduated"),
     "dropped": _l("Оқудан шықты", "Отчислен(а)", "Dropped out"),
+    "career_day": _l("Мансап күні", "День карьеры", "Career day"),
+    "open_day": _l("Ашық есік күні", "День открытых дверей", "Open day"),
+    "school_visit": _l("Мектепке бару", "Выезд в школу", "School visit"),
+    "profession_week": _l("Мамандық апталығы", "Неделя профессии", "Profession week"),
+    "ministry_grant": _l("Ғылым және жоғары білім министрлігінің гранты", "Грант Министерства науки и высшего образования", "Ministry grant"),
+    "programme_targeted": _l("Бағдарламалық-нысаналы қаржыландыру", "Программно-целевое финансирование", "Programme-targeted funding"),
+    "industry": _l("Өнеркәсіптік серіктес", "Промышленный партнёр", "Industry partner"),
+    "international": _l("Халықаралық қор", "Международный фонд", "International funder"),
+    "own_funds": _l("Өз қаражаты", "Собственные средства", "Own funds"),
+    "publication": _l("Жарияланым", "Публикация", "Publication"),
+    "patent": _l("Патент", "Патент", "Patent"),
+    "curriculum_change": _l("Оқу бағдарламасының өзгерісі", "Изменение учебной программы", "Curriculum change"),
+    "prototype": _l("Прототип", "Прототип", "Prototype"),
+    "professor": _l("Профессор", "Профессор", "Professor"),
+    "associate_professor": _l("Қауымдастырылған профессор", "Ассоциированный профессор", "Associate professor"),
+    "lecturer": _l("Оқытушы", "Преподаватель", "Lecturer"),
+    "teacher": _l("Колледж оқытушысы", "Преподаватель колледжа", "College teacher"),
+    "industrial_training_master": _l("Өндірістік оқыту шебері", "Мастер производственного обучения", "Master of industrial training"),
+    "staff": _l("Қызметкер", "Сотрудник", "Staff"),
+    "student": _l("Студент", "Студент", "Student"),
+    "principal_investigator": _l("Ғылыми жетекші", "Научный руководитель", "Principal investigator"),
+    "researcher": _l("Зерттеуші", "Исследователь", "Researcher"),
+    "student_researcher": _l("Студент-зерттеуші", "Студент-исследователь", "Student researcher"),
+    "teaching": _l("Сабақ беру", "Преподавание", "Teaching"),
+    "research": _l("Зерттеу", "Исследования", "Research"),
+    "training": _l("Біліктілікті арттыру", "Повышение квалификации", "Training"),
+    "curriculum_development": _l("Оқу бағдарламаларын әзірлеу", "Разработка учебных программ", "Curriculum development"),
+    "internship_supervision": _l("Практикаға жетекшілік ету", "Руководство практикой", "Internship supervision"),
 }
 
 _TITLE_LABELS = {  # English title: (kk, ru)
@@ -473,6 +867,40 @@ _TITLE_LABELS = {  # English title: (kk, ru)
     "Employed at 6 months": ("6 айдан кейін жұмысқа орналасқан", "Трудоустроен через 6 месяцев"),
     "Employed in field": ("Мамандығы бойынша жұмыс істейді", "Работает по специальности"),
     "Monthly wage (KZT)": ("Айлық жалақы (теңге)", "Ежемесячная заработная плата (тенге)"),
+    "METU programme": ("METU бағдарламасы", "Программа METU"),
+    "Start year": ("Басталған жылы", "Год начала"),
+    "Entry year": ("METU-ға түскен жылы", "Год поступления в METU"),
+    "Credits recognised": ("Қайта есептелген кредиттер", "Перезачтённые кредиты"),
+    "First-year GPA at METU": ("METU-дағы бірінші курстың орташа балы (GPA)", "Средний балл (GPA) за первый курс в METU"),
+    "First year completed": ("Бірінші курсты аяқтады", "Первый курс завершён"),
+    "Admission year": ("Қабылдау жылы", "Год приёма"),
+    "Applicants": ("Өтініш берушілер", "Подано заявлений"),
+    "Places": ("Орындар саны", "Количество мест"),
+    "Admitted": ("Қабылданғандар", "Зачислено"),
+    "Event": ("Іс-шара", "Мероприятие"),
+    "Event type": ("Іс-шара түрі", "Тип мероприятия"),
+    "Date": ("Күні", "Дата"),
+    "Schools reached": ("Қамтылған мектептер", "Охвачено школ"),
+    "Pupils reached": ("Қамтылған оқушылар", "Охвачено школьников"),
+    "Staff member": ("Қызметкер", "Сотрудник"),
+    "Position": ("Лауазымы", "Должность"),
+    "Project": ("Жоба", "Проект"),
+    "Title": ("Тақырыбы", "Название"),
+    "Lead institution": ("Жетекші оқу орны", "Ведущее учреждение"),
+    "Partner institution": ("Серіктес оқу орны", "Учреждение-партнёр"),
+    "Start date": ("Басталу күні", "Дата начала"),
+    "End date": ("Аяқталу күні", "Дата окончания"),
+    "Funding source": ("Қаржыландыру көзі", "Источник финансирования"),
+    "Amount (KZT)": ("Сомасы (теңге)", "Сумма (тенге)"),
+    "Participant": ("Қатысушы", "Участник"),
+    "Participant kind": ("Қатысушы санаты", "Категория участника"),
+    "Role": ("Рөлі", "Роль"),
+    "Output": ("Нәтиже", "Результат"),
+    "Output type": ("Нәтиже түрі", "Тип результата"),
+    "Visit": ("Сапар", "Визит"),
+    "From institution": ("Жіберуші оқу орны", "Направляющее учреждение"),
+    "Host institution": ("Қабылдаушы оқу орны", "Принимающее учреждение"),
+    "Purpose": ("Мақсаты", "Цель"),
     # resource and package titles
     "Institutions": ("Оқу орындары", "Учебные заведения"),
     "Programmes": ("Білім беру бағдарламалары", "Образовательные программы"),
@@ -480,9 +908,19 @@ _TITLE_LABELS = {  # English title: (kk, ru)
     "Terms": ("Семестрлер", "Семестры"),
     "Internships": ("Өндірістік практикалар", "Производственные практики"),
     "Outcomes": ("Оқу нәтижелері", "Итоги обучения"),
-    "Consortium students, internships and outcomes (SYNTHETIC)": (
-        "Консорциум студенттері, практикалары және оқу нәтижелері (СИНТЕТИКАЛЫҚ)",
-        "Студенты, практики и итоги обучения консорциума (СИНТЕТИЧЕСКИЕ)"),
+    "Joint programmes": ("Бірлескен бағдарламалар", "Совместные программы"),
+    "Joint-track students": ("Бірлескен бағдарлама студенттері", "Студенты совместных программ"),
+    "Pathways to METU": ("METU-да оқуын жалғастырғандар", "Продолжение обучения в METU"),
+    "Applications": ("Түсу өтініштері", "Заявления абитуриентов"),
+    "Outreach events": ("Кәсіптік бағдар беру іс-шаралары", "Профориентационные мероприятия"),
+    "Staff": ("Қызметкерлер", "Сотрудники"),
+    "Joint research projects": ("Бірлескен зерттеу жобалары", "Совместные исследовательские проекты"),
+    "Project participants": ("Жоба қатысушылары", "Участники проектов"),
+    "Research outputs": ("Зерттеу нәтижелері", "Результаты исследований"),
+    "Staff visits": ("Қызметкерлердің сапарлары", "Визиты сотрудников"),
+    "Consortium of METU and its partner colleges (SYNTHETIC)": (
+        "METU мен серіктес колледждер консорциумы (СИНТЕТИКАЛЫҚ)",
+        "Консорциум METU и колледжей-партнёров (СИНТЕТИЧЕСКИЕ)"),
 }
 
 def _title_labels(title: str) -> dict:
@@ -490,11 +928,14 @@ def _title_labels(title: str) -> dict:
     return _l(kk, ru, title)
 
 # %% ../../nbs/data/demo.ipynb #840b7355
-RESOURCES = ["institutions", "programs", "students", "terms", "internships", "outcomes"]
+RESOURCES = ["institutions", "programs", "students", "terms", "internships", "outcomes",
+             "joint_programs", "joint_enrolments", "pathways", "applications", "outreach_events",
+             "staff", "projects", "project_participants", "research_outputs", "staff_visits"]
 
 _INSTITUTION_IDS = [i[0] for i in INSTITUTIONS]
 _STUDENT_ID = {"required": True, "pattern": "^S-[0-9A-F]{8}$"}
 _PROGRAM_ID = {"required": True, "pattern": "^(METU|METU-C|ATK|ASTK|APC|KITIG)-[0-9]{2}$"}
+_STAFF_ID = {"required": True, "pattern": "^T-[0-9A-F]{8}$"}
 
 
 def _field(name: str, type_: str, title: str, description: str, **constraints) -> dict:
@@ -504,15 +945,15 @@ def _field(name: str, type_: str, title: str, description: str, **constraints) -
     if constraints:
         field["constraints"] = constraints
     # fresh copies: YAML would write a mapping shared by two fields as an anchor and an alias
-    if name == "program_id":
+    if name.endswith("program_id"):
         field["x-value-labels"] = {code: dict(labels) for code, labels in _PROGRAM_LABELS.items()}
     elif "enum" in constraints:
         field["x-value-labels"] = {code: dict(_VALUE_LABELS[code]) for code in constraints["enum"]}
     return field
 
 
-def _references(field: str, resource: str) -> dict:
-    return {"fields": [field], "reference": {"resource": resource, "fields": [field]}}
+def _references(field: str, resource: str, target: str | None = None) -> dict:
+    return {"fields": [field], "reference": {"resource": resource, "fields": [target or field]}}
 
 # %% ../../nbs/data/demo.ipynb #80f93353
 _SCHEMAS = {
@@ -601,6 +1042,142 @@ _SCHEMAS = {
         "primaryKey": ["student_id"],
         "foreignKeys": [_references("student_id", "students")],
     },
+    "joint_programs": {
+        "title": "Joint programmes",
+        "description": "College programmes run jointly with a METU programme, and the first academic year of their joint track.",
+        "fields": [
+            _field("program_id", "string", "Programme", "The college programme.", unique=True, **_PROGRAM_ID),
+            _field("metu_program_id", "string", "METU programme", "The METU programme it is run with.", **_PROGRAM_ID),
+            _field("start_year", "year", "Start year", "First academic year (starting in September) of the joint track.", required=True, minimum=2015, maximum=LAST_YEAR),
+        ],
+        "primaryKey": ["program_id"],
+        "foreignKeys": [_references("program_id", "programs"), _references("metu_program_id", "programs", "program_id")],
+    },
+    "joint_enrolments": {
+        "title": "Joint-track students",
+        "description": "One row per college student selected for the joint track of a joint programme, at the start of the second year.",
+        "fields": [
+            _field("student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID),
+            _field("program_id", "string", "Programme", "The joint programme.", **_PROGRAM_ID),
+            _field("year", "year", "Year", "Calendar year the joint track began for the student (September).", required=True, minimum=2015, maximum=LAST_YEAR),
+        ],
+        "primaryKey": ["student_id"],
+        "foreignKeys": [_references("student_id", "students"), _references("program_id", "joint_programs")],
+    },
+    "pathways": {
+        "title": "Pathways to METU",
+        "description": "One row per college graduate who continued at METU: programme, year, credits recognised and the first year there.",
+        "fields": [
+            _field("student_id", "string", "Student", "Pseudonymous code of the college graduate.", unique=True, **_STUDENT_ID),
+            _field("metu_program_id", "string", "METU programme", "The METU programme entered.", **_PROGRAM_ID),
+            _field("year", "year", "Entry year", "Calendar year of entry to METU (September); the year of graduation from college.", required=True, minimum=2019, maximum=LAST_YEAR),
+            _field("credits_recognised", "integer", "Credits recognised", "Credits of the college programme recognised towards the METU degree.", required=True, minimum=0, maximum=120),
+            _field("first_year_gpa", "number", "First-year GPA at METU", "GPA of the first year at METU (0-4, 2 decimals); empty if the first year ends after 2024/2025.", minimum=0, maximum=4),
+            _field("first_year_completed", "boolean", "First year completed", "Completed the first year at METU; empty if it ends after 2024/2025."),
+        ],
+        "primaryKey": ["student_id"],
+        "foreignKeys": [_references("student_id", "students"), _references("metu_program_id", "programs", "program_id")],
+    },
+    "applications": {
+        "title": "Applications",
+        "description": "Admission campaigns per programme and year: applicants, places and students admitted.",
+        "fields": [
+            _field("program_id", "string", "Programme", "Programme applied to.", **_PROGRAM_ID),
+            _field("year", "year", "Admission year", "Calendar year of the admission campaign (studies start in September).", required=True, minimum=2016, maximum=LAST_YEAR),
+            _field("applicants", "integer", "Applicants", "Applications received.", required=True, minimum=0),
+            _field("places", "integer", "Places", "Places offered (state grant and fee-paying).", required=True, minimum=1),
+            _field("admitted", "integer", "Admitted", "Students admitted; for 2019-2024 the cohort in students.", required=True, minimum=0),
+        ],
+        "primaryKey": ["program_id", "year"],
+        "foreignKeys": [_references("program_id", "programs")],
+    },
+    "outreach_events": {
+        "title": "Outreach events",
+        "description": "Events that present working professions to school pupils: the programme targeted (empty for a field-wide event), date and reach.",
+        "fields": [
+            _field("event_id", "string", "Event", "Pseudonymous event code.", required=True, unique=True, pattern="^E-[0-9A-F]{8}$"),
+            _field("type", "string", "Event type", "Career day, open day, school visit or profession week.", required=True, enum=EVENT_TYPES),
+            _field("institution_id", "string", "Institution", "Institution that organised the event.", required=True, enum=_INSTITUTION_IDS),
+            _field("program_id", "string", "Programme", "Programme presented; empty when the event presents a whole field.", pattern=_PROGRAM_ID["pattern"]),
+            _field("field_of_study", "string", "Field of study", "Field presented.", required=True, enum=FIELDS),
+            _field("date", "date", "Date", "Date of the event (the first day of a profession week).", required=True),
+            _field("schools_reached", "integer", "Schools reached", "Schools whose pupils took part.", required=True, minimum=0),
+            _field("pupils_reached", "integer", "Pupils reached", "Pupils who took part.", required=True, minimum=0),
+        ],
+        "primaryKey": ["event_id"],
+        "foreignKeys": [_references("institution_id", "institutions"), _references("program_id", "programs")],
+    },
+    "staff": {
+        "title": "Staff",
+        "description": "Academic staff and teachers (pseudonymous codes only).",
+        "fields": [
+            _field("staff_id", "string", "Staff member", "Pseudonymous staff code.", unique=True, **_STAFF_ID),
+            _field("institution_id", "string", "Institution", "Employing institution.", required=True, enum=_INSTITUTION_IDS),
+            _field("position", "string", "Position", "Academic position at METU, teaching position at a college.", required=True, enum=STAFF_POSITIONS),
+            _field("field_of_study", "string", "Field of study", "Field the staff member teaches in.", required=True, enum=FIELDS),
+        ],
+        "primaryKey": ["staff_id"],
+        "foreignKeys": [_references("institution_id", "institutions")],
+    },
+    "projects": {
+        "title": "Joint research projects",
+        "description": "Research and innovation projects led by one consortium institution with another as partner.",
+        "fields": [
+            _field("project_id", "string", "Project", "Project code.", required=True, unique=True, pattern="^R-[0-9A-F]{8}$"),
+            _field("title", "string", "Title", "Project title in English.", required=True),
+            _field("lead_institution_id", "string", "Lead institution", "Institution leading the project.", required=True, enum=_INSTITUTION_IDS),
+            _field("partner_institution_id", "string", "Partner institution", "Main partner institution.", required=True, enum=_INSTITUTION_IDS),
+            _field("field_of_study", "string", "Field of study", "Field of the project.", required=True, enum=FIELDS),
+            _field("start_date", "date", "Start date", "Start of the project.", required=True),
+            _field("end_date", "date", "End date", "Planned end of the project (may be after 2025).", required=True),
+            _field("funding_source", "string", "Funding source", "Who funds the project.", required=True, enum=FUNDING_SOURCES),
+            _field("amount_kzt", "integer", "Amount (KZT)", "Total funding in tenge, rounded to 1,000.", required=True, minimum=0),
+        ],
+        "primaryKey": ["project_id"],
+        "foreignKeys": [_references("lead_institution_id", "institutions", "institution_id"),
+                        _references("partner_institution_id", "institutions", "institution_id")],
+    },
+    "project_participants": {
+        "title": "Project participants",
+        "description": "Staff and students taking part in each project (staff codes T-..., student codes S-...).",
+        "fields": [
+            _field("project_id", "string", "Project", "Project code.", required=True, pattern="^R-[0-9A-F]{8}$"),
+            _field("person_id", "string", "Participant", "Pseudonymous code: a staff code (T-...) or a student code (S-...).", required=True, pattern="^[ST]-[0-9A-F]{8}$"),
+            _field("kind", "string", "Participant kind", "staff or student.", required=True, enum=["staff", "student"]),
+            _field("institution_id", "string", "Institution", "The participant's institution.", required=True, enum=_INSTITUTION_IDS),
+            _field("role", "string", "Role", "Role in the project.", required=True, enum=PARTICIPANT_ROLES),
+        ],
+        "primaryKey": ["project_id", "person_id"],
+        "foreignKeys": [_references("project_id", "projects"), _references("institution_id", "institutions")],
+    },
+    "research_outputs": {
+        "title": "Research outputs",
+        "description": "Outputs of the joint projects by year: publications, patents, curriculum changes, prototypes.",
+        "fields": [
+            _field("output_id", "string", "Output", "Output code.", required=True, unique=True, pattern="^O-[0-9A-F]{8}$"),
+            _field("project_id", "string", "Project", "Project code.", required=True, pattern="^R-[0-9A-F]{8}$"),
+            _field("type", "string", "Output type", "Kind of output.", required=True, enum=OUTPUT_TYPES),
+            _field("year", "year", "Year", "Calendar year of the output.", required=True, minimum=2019, maximum=LAST_YEAR),
+        ],
+        "primaryKey": ["output_id"],
+        "foreignKeys": [_references("project_id", "projects")],
+    },
+    "staff_visits": {
+        "title": "Staff visits",
+        "description": "Staff exchange: visits of staff members to another consortium institution.",
+        "fields": [
+            _field("visit_id", "string", "Visit", "Visit code.", required=True, unique=True, pattern="^V-[0-9A-F]{8}$"),
+            _field("staff_id", "string", "Staff member", "Pseudonymous staff code of the visitor.", **_STAFF_ID),
+            _field("from_institution_id", "string", "From institution", "The visitor's own institution.", required=True, enum=_INSTITUTION_IDS),
+            _field("to_institution_id", "string", "Host institution", "Institution visited.", required=True, enum=_INSTITUTION_IDS),
+            _field("purpose", "string", "Purpose", "Purpose of the visit.", required=True, enum=VISIT_PURPOSES),
+            _field("start_date", "date", "Start date", "First day of the visit.", required=True),
+            _field("weeks", "integer", "Weeks", "Length of the visit in weeks.", required=True, minimum=1, maximum=52),
+        ],
+        "primaryKey": ["visit_id"],
+        "foreignKeys": [_references("staff_id", "staff"), _references("from_institution_id", "institutions", "institution_id"),
+                        _references("to_institution_id", "institutions", "institution_id")],
+    },
 }
 
 # %% ../../nbs/data/demo.ipynb #d628c389
@@ -617,16 +1194,21 @@ def _resource_descriptor(name: str, path: pathlib.Path, rows: int, present: list
             "x-rows": rows, "x-access": "consortium", "schema": schema}
 
 
+_PACKAGE_TITLE = "Consortium of METU and its partner colleges (SYNTHETIC)"
+
+
 def _package_descriptor(seed: int, students: int, resources: list) -> dict:
     return {
         "name": "consortium",
-        "title": "Consortium students, internships and outcomes (SYNTHETIC)",
-        "x-labels": _title_labels("Consortium students, internships and outcomes (SYNTHETIC)"),
+        "title": _PACKAGE_TITLE,
+        "x-labels": _title_labels(_PACKAGE_TITLE),
         "description": (
             f"SYNTHETIC data: generated by research_kit.data.demo (seed {seed}, {students} students) for teaching, "
             "testing and benchmarking. No row describes a real person; all codes are random. It mimics the consortium "
             "of METU and its partner colleges (institutions, programmes, students admitted 2019-2024, terms, internships, "
-            "outcomes after the 2024/2025 academic year) and has known effects planted in it: see x-ground-truth."
+            "outcomes after the 2024/2025 academic year) and its four lines of work: joint programmes and pathways to METU, "
+            "applications and outreach events (working professions), joint research projects with their participants and "
+            "outputs, and staff visits. It has known effects planted in it: see x-ground-truth."
         ),
         "version": "1.0.0",
         "licenses": [{"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/",
@@ -656,19 +1238,40 @@ def _check_count(name: str, value, smallest: int) -> None:
         raise RKError(f"generate: {name} must be a whole number >= {smallest}, got {value!r}")
 
 
+_NEEDS_STUDENTS = {"students", "terms", "internships", "outcomes", "joint_enrolments", "pathways", "applications", "project_participants"}
+_NEEDS_TERMS = {"terms", "internships", "outcomes", "joint_enrolments", "pathways"}
+_NEEDS_STAFF = {"staff", "project_participants", "staff_visits"}
+_NEEDS_PROJECTS = {"projects", "project_participants", "research_outputs"}
+
+
 def _simulate(seed: int, n: int, names: list) -> dict:
     "The tables for `names`, simulating only the steps they need."
-    tables = {"institutions": _institutions(), "programs": _programs()}
-    if not set(names) & {"students", "terms", "internships", "outcomes"}:
-        return tables
-    students = _simulate_students(seed, n)
-    tables["students"] = students.loc[:, [c for c in students.columns if not c.startswith("_")]]
-    if set(names) & {"terms", "internships", "outcomes"}:
+    wanted = set(names)
+    tables = {"institutions": _institutions(), "programs": _programs(), "joint_programs": _joint_programs()}
+    if wanted & _NEEDS_STUDENTS:
+        students = _simulate_students(seed, n)
+        tables["students"] = students.loc[:, [c for c in students.columns if not c.startswith("_")]]
+    if wanted & _NEEDS_TERMS:
         sim = _simulate_terms(seed, students)
         if "terms" in names:
             tables["terms"] = _terms_table(students, sim)
         tables["internships"] = _simulate_internships(seed, students, sim)
         tables["outcomes"] = _simulate_outcomes(seed, students, sim, tables["internships"])
+        tables["joint_enrolments"] = _simulate_joint_enrolments(seed, students, sim)
+        tables["pathways"] = _simulate_pathways(seed, students, sim, tables["joint_enrolments"])
+    if "applications" in wanted:
+        tables["applications"] = _simulate_applications(seed, students, n)
+    if "outreach_events" in wanted:
+        tables["outreach_events"] = _simulate_outreach_events(seed, n)
+    if wanted & _NEEDS_STAFF:
+        tables["staff"] = _simulate_staff(seed, n)
+    if wanted & _NEEDS_PROJECTS:
+        tables["projects"] = _simulate_projects(seed, n)
+        tables["research_outputs"] = _simulate_outputs(seed, tables["projects"])
+    if "project_participants" in wanted:
+        tables["project_participants"] = _simulate_participants(seed, tables["projects"], tables["staff"], students)
+    if "staff_visits" in wanted:
+        tables["staff_visits"] = _simulate_visits(seed, n, tables["staff"])
     return tables
 
 
