@@ -102,7 +102,10 @@ SCHEMA = {"fields": [
     {"name": "x", "type": "number", "constraints": {"required": True, "minimum": -1, "maximum": 1}},
     {"name": "d", "type": "date", "constraints": {"minimum": "2020-01-01", "maximum": "2024-12-31"}},
     {"name": "b", "type": "boolean", "constraints": {"required": True}},
-    {"name": "e", "type": "string", "constraints": {"enum": ["lo", "hi"]}}],
+    {"name": "e", "type": "string", "constraints": {"enum": ["lo", "hi"]}},
+    # bounds on an enum and on a boolean: the screen once decided these differently from pandera
+    {"name": "lvl", "type": "integer", "constraints": {"enum": [1, 2, 3], "maximum": 2}},
+    {"name": "ok", "type": "boolean", "constraints": {"minimum": 1}}],
     "primaryKey": ["id", "n"]}
 
 cells = {
@@ -113,6 +116,8 @@ cells = {
     "d": st.sampled_from(["2021-03-01", "2019-12-31", "2025-01-01", "2024-02-30", None]),
     "b": st.sampled_from(["true", "false", "yes", None]),
     "e": st.sampled_from(["lo", "hi", "mid", None]),
+    "lvl": st.sampled_from(["1", "2", "3", None]),
+    "ok": st.sampled_from(["true", "false", None]),
 }
 
 
