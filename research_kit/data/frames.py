@@ -16,13 +16,14 @@ def _writable(a):
     return a if a.flags.writeable else a.copy()
 
 def _numpy(col, private: bool):
-    """A numeric or datetime column as a writable numpy array (missing: NaN, NaT). A `private` column (nobody else
-    holds its table) with one chunk and no missing values lends its memory instead of being copied."""
+    """A numeric or datetime column as a writable numpy array (missing: NaN, NaT). A `private` column (nobody
+    else holds its table) with one chunk and no missing values lends its memory instead of being copied."""
     import numpy as np
     if private and col.num_chunks == 1 and not col.null_count:
         chunk = col.chunks[0]
         view, data = chunk.to_numpy(), chunk.buffers()[1]
-        if data.is_mutable: return np.frombuffer(data, dtype=view.dtype)[chunk.offset: chunk.offset + len(chunk)]
+        if data.is_mutable:
+            return np.frombuffer(data, dtype=view.dtype)[chunk.offset: chunk.offset + len(chunk)]
     return _writable(col.to_numpy())
 
 # %% ../../nbs/data/frames.ipynb #d91666c1
@@ -32,7 +33,8 @@ def as_large_text(col, # a text column: string, large_string, dictionary of text
     import numpy as np, pyarrow as pa
     chunks = []
     for c in col.chunks:
-        if pa.types.is_fixed_size_binary(c.type) and not c.null_count:  # the cache's form of fixed-width text: no copy
+        # the cache's form of fixed-width text, read without a copy
+        if pa.types.is_fixed_size_binary(c.type) and not c.null_count:
             n, w = len(c), c.type.byte_width
             offsets = pa.py_buffer(np.arange(0, (n + 1) * w, w, dtype=np.int64))
             c = pa.LargeStringArray.from_buffers(n, offsets, c.buffers()[1].slice(c.offset * w, n * w))
@@ -44,7 +46,8 @@ def _categorical(col, dtype):
     "An enum column (dictionary = the declared categories) as a pandas Categorical, built from its codes."
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
     declared = list(dtype.categories)
-    if not (pa.types.is_dictionary(col.type) and all(c.dictionary.to_pylist() == declared for c in col.chunks)):
+    as_declared = all(c.dictionary.to_pylist() == declared for c in col.chunks)
+    if not (pa.types.is_dictionary(col.type) and as_declared):
         return pd.Categorical(to_pandas(col, None), dtype=dtype)
     codes = pa.chunked_array([c.indices for c in col.chunks], col.type.index_type)
     if codes.null_count: codes = pc.fill_null(codes, -1)
@@ -62,13 +65,15 @@ def to_pandas(col, # a typed Arrow column (array or chunked)
     t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
     if isinstance(dtype, pd.CategoricalDtype): return _categorical(col, dtype)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t):
-        return pd.array(as_large_text(col), dtype=dtype if dtype is not None else pd.StringDtype(na_value=np.nan))
+        text = dtype if dtype is not None else pd.StringDtype(na_value=np.nan)
+        return pd.array(as_large_text(col), dtype=text)
     if pa.types.is_dictionary(col.type): col = col.cast(t)
-    if pa.types.is_integer(t) and (dtype == "Int64" or col.null_count):  # a missing required value is reported
+    if pa.types.is_integer(t) and (dtype == "Int64" or col.null_count):  # so a missing value is reported
         return pd.arrays.IntegerArray(_writable(pc.fill_null(col, 0).to_numpy()).astype(np.int64, copy=False),
                                       _writable(col.is_null().to_numpy()))
     if pa.types.is_boolean(t):
-        return pd.arrays.BooleanArray(_writable(pc.fill_null(col, False).to_numpy()), _writable(col.is_null().to_numpy()))
+        values = _writable(pc.fill_null(col, False).to_numpy())
+        return pd.arrays.BooleanArray(values, _writable(col.is_null().to_numpy()))
     return _numpy(col, private)  # int64, float64, datetime64[us]
 
 def to_frame(table, # a typed Arrow table (parsed, or read from the cache)

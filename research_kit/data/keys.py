@@ -15,13 +15,15 @@ _MIX = 0x9E3779B97F4A7C15
 def fixed_width_keys(col, # a text column (Arrow, one or more chunks)
                     ):
     """One uint64 per value when every value of a text column is 1-16 bytes long and all the same length
-    (codes, pseudonyms), else None. Equal values get equal keys; up to 8 bytes, unequal values never share one."""
+    (codes, pseudonyms), else None. Equal values get equal keys; up to 8 bytes, unequal values never share
+    one."""
     import numpy as np, pyarrow as pa
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) or col.null_count: return None
     width, keys = None, []
     for chunk in col.chunks:
         if not len(chunk): continue
-        offsets = np.frombuffer(chunk.buffers()[1], np.int64 if pa.types.is_large_string(col.type) else np.int32)
+        large = pa.types.is_large_string(col.type)
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64 if large else np.int32)
         offsets = offsets[chunk.offset: chunk.offset + len(chunk) + 1]
         width = width or int(offsets[1] - offsets[0])
         if not 1 <= width <= 16 or (np.diff(offsets) != width).any(): return None
@@ -39,7 +41,8 @@ def has_duplicates(col, # a column (Arrow, one or more chunks); missing values a
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
     col = col.drop_null()
     if len(col) < 2: return False
-    keys = col.to_numpy() if pa.types.is_integer(col.type) or pa.types.is_temporal(col.type) else fixed_width_keys(col)
+    numbers = pa.types.is_integer(col.type) or pa.types.is_temporal(col.type)
+    keys = col.to_numpy() if numbers else fixed_width_keys(col)
     if keys is not None:
         keys = np.sort(keys)
         if not (keys[1:] == keys[:-1]).any(): return False

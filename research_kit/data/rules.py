@@ -80,7 +80,8 @@ class Rule:
         "The pandera Check of the rule: `breaks` asked about the pandas column."
         import pandera.pandas as pa
         limit = self.limit(f)
-        return pa.Check(lambda s: self._holds(s, limit), error=f"{self.constraint} {constraints(f)[self.constraint]}")
+        error = f"{self.constraint} {constraints(f)[self.constraint]}"
+        return pa.Check(lambda s: self._holds(s, limit), error=error)
 
     def _holds(self, s, limit):
         "Which values of the pandas Series `s` keep the rule (missing values do)."
@@ -106,7 +107,7 @@ def is_missing(col, # a column (Arrow)
 
 # %% ../../nbs/data/rules.ipynb #ebc8bdec
 def _distinct_values(col):
-    "The values a value rule must look at: a dictionary column's dictionary (each distinct value once), else all."
+    "The values a rule must look at: a dictionary column's dictionary (each distinct value once), else all."
     import pyarrow as pa
     if not pa.types.is_dictionary(col.type): return col
     return pa.chunked_array([c.dictionary for c in col.chunks], col.type.value_type)
@@ -115,7 +116,7 @@ def may_fail(col, # a typed column (Arrow)
              f: dict, # its field
              schema: dict, # the Table Schema holding it
             ) -> bool:
-    "Whether the column may break one of the field's rules: required, minimum, maximum, pattern, minLength, maxLength."
+    "Whether the column may break one of the field's rules (required and the value rules)."
     if is_required(f, schema) and is_missing(col): return True
     rules = rules_of(f)
     values = _distinct_values(col) if rules else None
@@ -124,7 +125,7 @@ def may_fail(col, # a typed column (Arrow)
 def suspects(table, # a typed Arrow table
              schema: dict, # its Table Schema
             ) -> tuple[list[str], bool]:
-    "(columns that may break a rule, whether a primary key of several columns may repeat) of a typed Arrow table."
+    "(columns that may break a rule, whether a primary key of several columns may repeat)."
     fields = [f for f in schema["fields"] if f["name"] in table.column_names]
     flagged = each(lambda f: may_fail(table.column(f["name"]), f, schema), fields)
     return [f["name"] for f, m in zip(fields, flagged) if m], key_may_repeat(table, schema)
@@ -134,12 +135,12 @@ def constraint_schema(schema: dict, # a Table Schema
                       columns=None, # check these columns only (None: all)
                       key: bool = True, # check a primary key of several columns
                      ):
-    "The pandera DataFrameSchema for required, minimum, maximum, pattern, lengths and a multi-column primary key."
+    "The pandera DataFrameSchema of required, the value rules and a primary key of several columns."
     import pandera.pandas as pa
     pk = primary_key(schema)
-    cols = {f["name"]: pa.Column(None, checks=[r.check(f) for r in rules_of(f)], nullable=not is_required(f, schema),
-                                 required=True)
-            for f in schema["fields"] if columns is None or f["name"] in columns}
+    def column(f):
+        return pa.Column(None, checks=[r.check(f) for r in rules_of(f)], nullable=not is_required(f, schema))
+    cols = {f["name"]: column(f) for f in schema["fields"] if columns is None or f["name"] in columns}
     return pa.DataFrameSchema(cols, unique=pk if len(pk) > 1 and key else None, strict=False)
 
 # %% ../../nbs/data/rules.ipynb #66c026f2
@@ -150,7 +151,8 @@ def _key_failures(cases, df, schema, where) -> list:
     "One failure per row of a repeated primary key, naming the whole key."
     pk = primary_key(schema)
     rows = sorted(set(cases["index"]))
-    return [where.failure(", ".join(pk), i, tuple(df.loc[i, pk]), _RULES["multiple_fields_uniqueness"]) for i in rows]
+    rule = _RULES["multiple_fields_uniqueness"]
+    return [where.failure(", ".join(pk), i, tuple(df.loc[i, pk]), rule) for i in rows]
 
 def check(df, # a DataFrame as made by `data.frames.to_frame`
           schema: dict, # its Table Schema
@@ -167,7 +169,8 @@ def check(df, # a DataFrame as made by `data.frames.to_frame`
         cases = e.failure_cases
     multi = cases["check"] == "multiple_fields_uniqueness"
     failures = _key_failures(cases[multi], df, schema, where) if multi.any() else []
-    for column, rule, value, idx in cases.loc[~multi, ["column", "check", "failure_case", "index"]].itertuples(index=False):
+    others = cases.loc[~multi, ["column", "check", "failure_case", "index"]]
+    for column, rule, value, idx in others.itertuples(index=False):
         row = None if idx is None or idx != idx else idx
         failures.append(where.failure(column, row, value, _RULES.get(rule, rule)))
     return sorted(failures, key=lambda f: (f.line or 0, f.column or ""))

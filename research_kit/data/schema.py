@@ -50,7 +50,8 @@ def _constraint_problem(name: str, value, typ: str) -> str | None:
             try: __import__("pandas").Timestamp(value)
             except (ValueError, TypeError): return "must be a date"
         elif not number(value): return "must be a number"
-    if name in ("minLength", "maxLength") and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if name in ("minLength", "maxLength") and (not whole or value < 0):
         return "must be a whole number >= 0"
     if name == "pattern":
         try: re.compile(str(value))
@@ -59,15 +60,16 @@ def _constraint_problem(name: str, value, typ: str) -> str | None:
 
 def _check_field(f, where: str) -> str:
     "The field's name, after checking its type and constraints."
-    if not isinstance(f, dict) or "name" not in f: raise DescriptorError(f"{where}: a field has no name: {f!r}")
+    if not isinstance(f, dict) or "name" not in f:
+        raise DescriptorError(f"{where}: a field has no name: {f!r}")
     name, typ = f["name"], f.get("type", "string")
-    if typ not in TYPES:
-        raise DescriptorError(f"{where}: field {name!r} has type {typ!r}; supported types: {', '.join(TYPES)}")
+    at = f"{where}: field {name!r}"
+    if typ not in TYPES: raise DescriptorError(f"{at} has type {typ!r}; supported types: {', '.join(TYPES)}")
     declared = f.get("constraints") or {}
-    if not isinstance(declared, dict): raise DescriptorError(f"{where}: field {name!r}: constraints must be a mapping")
+    if not isinstance(declared, dict): raise DescriptorError(f"{at}: constraints must be a mapping")
     for c, value in declared.items():
         if c not in CONSTRAINTS:
-            raise DescriptorError(f"{where}: field {name!r} has constraint {c!r}; supported: {', '.join(CONSTRAINTS)}")
+            raise DescriptorError(f"{at} has constraint {c!r}; supported: {', '.join(CONSTRAINTS)}")
         problem = _constraint_problem(c, value, typ)
         if problem: raise DescriptorError(f"{where}: field {name!r} constraint {c}: {value!r} {problem}")
     return name

@@ -22,7 +22,7 @@ os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none
 def each(fn, # called with each item, on one of the pool's threads
          items, # the items (an iterable)
         ) -> list:
-    "`[fn(x) for x in items]`, computed on one thread per core (serially when called from one of those threads)."
+    "`[fn(x) for x in items]`, on one thread per core (serially when called from one of those threads)."
     items = list(items)
     if len(items) < 2 or threading.current_thread().name.startswith(_PREFIX): return [fn(x) for x in items]
     return list(_pool().map(fn, items))

@@ -49,7 +49,8 @@ def parse_column(raw, # one column as read by the CSV reader (Arrow)
         typed, bad = enum_column(typed, f)
         failures += _bad_rows(bad, raw, name, _enum_rule(f), where)
     elif f.get("type", "string") == "string" and _few_distinct(typed):
-        typed = pc.dictionary_encode(typed)  # checks look at each distinct value once; the cache stores it compactly
+        # checks look at each distinct value once; the cache stores it compactly
+        typed = pc.dictionary_encode(typed)
     if constraints(f).get("unique") or primary_key(schema) == [name]:
         failures += unique_failures(typed, name, where)
     return typed, failures
@@ -80,12 +81,14 @@ def validate_table(table, # a table as read by the CSV reader (Arrow)
     "(typed Arrow table, DataFrame, every failure) of a table as read from a CSV."
     import pandas as pd, pyarrow as pa
     names, want = [f["name"] for f in schema["fields"]], dtypes(schema)
-    done = each(lambda f: _column(table.column(f["name"]), f, schema, where, want[f["name"]]), schema["fields"])
+    def one(f): return _column(table.column(f["name"]), f, schema, where, want[f["name"]])
+    done = each(one, schema["fields"])
     typed = pa.table(dict(zip(names, (d[0] for d in done))))
     df = pd.DataFrame(dict(zip(names, (d[3] for d in done))), copy=False)
     failures = [x for d in done for x in d[1]]
     columns, key = [n for n, d in zip(names, done) if d[2]], key_may_repeat(typed, schema)
     if columns or key:
-        reported = {(f.line, f.column) for f in failures if f is not None}  # a bad value, then missing: one failure
+        # a value not of its type is then missing too: report it once
+        reported = {(f.line, f.column) for f in failures if f is not None}
         failures += [f for f in check(df, schema, where, columns, key) if (f.line, f.column) not in reported]
     return typed, df, failures
