@@ -446,6 +446,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'research_kit.data.rules._below': ('data/rules.html#_below', 'research_kit/data/rules.py'),
                                          'research_kit.data.rules._distinct_values': ( 'data/rules.html#_distinct_values',
                                                                                        'research_kit/data/rules.py'),
+                                         'research_kit.data.rules._extremes': ('data/rules.html#_extremes', 'research_kit/data/rules.py'),
                                          'research_kit.data.rules._key_failures': ( 'data/rules.html#_key_failures',
                                                                                     'research_kit/data/rules.py'),
                                          'research_kit.data.rules._longer': ('data/rules.html#_longer', 'research_kit/data/rules.py'),

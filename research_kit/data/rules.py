@@ -29,6 +29,12 @@ def _text(values):
         raise TypeError(f"{values.type} values are not text")
     return values
 
+def _extremes(values):
+    "The smallest and the largest of `values` (NaN counts only when there is nothing else)."
+    import pyarrow as pa, pyarrow.compute as pc
+    values = _plain(values)
+    return pa.array([v.as_py() for v in pc.min_max(values).values()], type=values.type)
+
 def _below(values, limit):
     import pyarrow.compute as pc
     return pc.less(_plain(values), limit)
@@ -57,6 +63,7 @@ class Rule:
     constraint: str  # its name in a field's `constraints`
     breaks: Callable  # (Arrow values, limit) -> Arrow booleans: true where a value breaks the rule
     as_text: bool = False  # pandera hands `breaks` the column as text
+    ordered: bool = False  # whether a value breaks the rule depends only on its place in the order of values
 
     def limit(self, f: dict, # a field with this rule
              ):
@@ -72,7 +79,9 @@ class Rule:
               ) -> bool:
         "Whether some of `values` may break the rule (also when the rule cannot decide it in Arrow)."
         import pyarrow as pa, pyarrow.compute as pc
-        try: return bool(pc.any(self.breaks(values, self.limit(f))).as_py())
+        try:
+            if self.ordered: values = _extremes(values)
+            return bool(pc.any(self.breaks(values, self.limit(f))).as_py())
         except (pa.ArrowException, TypeError, ValueError): return True
 
     def check(self, f: dict, # a field with this rule
@@ -90,7 +99,8 @@ class Rule:
         ok = pc.fill_null(pc.invert(self.breaks(values, limit)), True)
         return pd.Series(ok.to_numpy(zero_copy_only=False), index=s.index)
 
-RULES = (Rule("minimum", _below), Rule("maximum", _above), Rule("pattern", _unmatched, as_text=True),
+RULES = (Rule("minimum", _below, ordered=True), Rule("maximum", _above, ordered=True),
+         Rule("pattern", _unmatched, as_text=True),
          Rule("minLength", _shorter), Rule("maxLength", _longer))
 
 def rules_of(f: dict, # a field of a Table Schema
