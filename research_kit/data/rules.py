@@ -154,14 +154,15 @@ def constraint_schema(schema: dict, # a Table Schema
     return pa.DataFrameSchema(cols, unique=pk if len(pk) > 1 and key else None, strict=False)
 
 # %% ../../nbs/data/rules.ipynb #66c026f2
-_RULES = {"not_nullable": "required: value is missing",
-          "multiple_fields_uniqueness": "primary key: combination occurs more than once"}
+_PANDERA_WORDS = {  # pandera's names of its own checks, as a reader says them
+    "not_nullable": "required: value is missing",
+    "multiple_fields_uniqueness": "primary key: combination occurs more than once"}
 
 def _key_failures(cases, df, schema, where) -> list:
     "One failure per row of a repeated primary key, naming the whole key."
     pk = primary_key(schema)
     rows = sorted(set(cases["index"]))
-    rule = _RULES["multiple_fields_uniqueness"]
+    rule = _PANDERA_WORDS["multiple_fields_uniqueness"]
     return [where.failure(", ".join(pk), i, tuple(df.loc[i, pk]), rule) for i in rows]
 
 def check(df, # a DataFrame as made by `data.frames.to_frame`
@@ -182,5 +183,5 @@ def check(df, # a DataFrame as made by `data.frames.to_frame`
     others = cases.loc[~multi, ["column", "check", "failure_case", "index"]]
     for column, rule, value, idx in others.itertuples(index=False):
         row = None if idx is None or idx != idx else idx
-        failures.append(where.failure(column, row, value, _RULES.get(rule, rule)))
+        failures.append(where.failure(column, row, value, _PANDERA_WORDS.get(rule, rule)))
     return sorted(failures, key=lambda f: (f.line or 0, f.column or ""))
