@@ -8,7 +8,7 @@ from .schema import Where, constraints, primary_key
 from .types import dtypes, enum_column, typed_column
 from .keys import key_may_repeat, unique_failures
 from .rules import check, may_fail
-from .frames import to_frame, to_pandas
+from .frames import to_pandas
 from .threads import each
 
 # %% auto #0
