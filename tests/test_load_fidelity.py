@@ -12,7 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import run_rk, save, write_resource
-from research_kit.data import schema as S
+from research_kit.data.frames import to_frame
+from research_kit.data.keys import fixed_width_keys, has_duplicates
+from research_kit.data.rules import check
+from research_kit.data.schema import Where
+from research_kit.data.types import dtypes
+from research_kit.data.validate import parse, validate_table
 from research_kit.data.demo import generate
 
 STUDENTS = 3000
@@ -31,7 +36,7 @@ def reference_frame(path, schema) -> pd.DataFrame:
     """The resource read by pandas alone, then cast to the declared dtypes."""
     raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     out = {}
-    for f, (name, want) in zip(schema["fields"], S.dtypes(schema).items()):
+    for f, (name, want) in zip(schema["fields"], dtypes(schema).items()):
         col, typ = raw[name], f.get("type", "string")
         if isinstance(want, pd.CategoricalDtype):
             col = col.astype(int) if typ in ("integer", "year") else col
@@ -97,7 +102,10 @@ SCHEMA = {"fields": [
     {"name": "x", "type": "number", "constraints": {"required": True, "minimum": -1, "maximum": 1}},
     {"name": "d", "type": "date", "constraints": {"minimum": "2020-01-01", "maximum": "2024-12-31"}},
     {"name": "b", "type": "boolean", "constraints": {"required": True}},
-    {"name": "e", "type": "string", "constraints": {"enum": ["lo", "hi"]}}],
+    {"name": "e", "type": "string", "constraints": {"enum": ["lo", "hi"]}},
+    # bounds on an enum and on a boolean: the screen once decided these differently from pandera
+    {"name": "lvl", "type": "integer", "constraints": {"enum": [1, 2, 3], "maximum": 2}},
+    {"name": "ok", "type": "boolean", "constraints": {"minimum": 1}}],
     "primaryKey": ["id", "n"]}
 
 cells = {
@@ -108,6 +116,8 @@ cells = {
     "d": st.sampled_from(["2021-03-01", "2019-12-31", "2025-01-01", "2024-02-30", None]),
     "b": st.sampled_from(["true", "false", "yes", None]),
     "e": st.sampled_from(["lo", "hi", "mid", None]),
+    "lvl": st.sampled_from(["1", "2", "3", None]),
+    "ok": st.sampled_from(["true", "false", None]),
 }
 
 
@@ -123,19 +133,19 @@ def test_screen_then_pandera_equals_pandera_on_everything(rows, chunks):
     batches = [pa.table({n: pa.array([r[n] for r in rows[i:i + per]], pa.string()) for n in names})
                for i in range(0, len(rows), per)] or [pa.table({n: pa.array([], pa.string()) for n in names})]
     text = pa.concat_tables(batches)
-    where = S.Where("p", "r", "r.csv")
+    where = Where("p", "r", "r.csv")
 
-    typed, expected = S.parse(text, SCHEMA, where)
-    df_reference = S.to_frame(typed, SCHEMA)
+    typed, expected = parse(text, SCHEMA, where)
+    df_reference = to_frame(typed, SCHEMA)
     reported = {(f.line, f.column) for f in expected if f is not None}
-    expected += [f for f in S.check(df_reference, SCHEMA, where) if (f.line, f.column) not in reported]
+    expected += [f for f in check(df_reference, SCHEMA, where) if (f.line, f.column) not in reported]
 
-    typed2, df, actual = S.validate_table(text, SCHEMA, where)
+    typed2, df, actual = validate_table(text, SCHEMA, where)
     assert described(actual) == described(expected)
     pd.testing.assert_frame_equal(df, df_reference)
     # to_frame agrees with pandas' own conversion of the same Arrow table
     via_pandas = typed2.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
-    for name, want in S.dtypes(SCHEMA).items():
+    for name, want in dtypes(SCHEMA).items():
         col = via_pandas[name]
         if isinstance(want, pd.CategoricalDtype): col = col.astype(object).astype(want)
         elif want == "int64" and col.hasnans: want = "Int64"
@@ -149,14 +159,14 @@ def test_screen_then_pandera_equals_pandera_on_everything(rows, chunks):
 def test_duplicate_detection_equals_set(values, typ):
     present = [v for v in values if v is not None]
     arr = pa.chunked_array([pa.array(values[:len(values) // 2], typ), pa.array(values[len(values) // 2:], typ)])
-    assert S._has_duplicates(arr) == (len(set(present)) < len(present))
+    assert has_duplicates(arr) == (len(set(present)) < len(present))
 
 
 def test_fixed_width_keys_differ_after_eight_bytes():
     # nine-byte values equal in their first eight bytes: keys may collide, the answer must not
     values = pa.chunked_array([pa.array([f"ABCDEFGH{c}" for c in "0123456789"])])
-    assert not S._has_duplicates(values)
-    assert S._has_duplicates(pa.chunked_array([pa.array(["ABCDEFGH1", "ABCDEFGH2", "ABCDEFGH1"])]))
+    assert not has_duplicates(values)
+    assert has_duplicates(pa.chunked_array([pa.array(["ABCDEFGH1", "ABCDEFGH2", "ABCDEFGH1"])]))
 
 
 def test_colliding_keys_are_checked_exactly():
@@ -172,9 +182,9 @@ def test_colliding_keys_are_checked_exactly():
             first, second = (bytes(x[i]) + bytes(y[i]) for x, y in ((a0, a1), (b0, b1)))
             break
     values = pa.chunked_array([pa.array([first.decode(), second.decode()])])
-    keys = S._fixed_width_keys(values)
+    keys = fixed_width_keys(values)
     assert first != second and keys[0] == keys[1]
-    assert not S._has_duplicates(values)
+    assert not has_duplicates(values)
 
 
 # ---- failures in dictionary-encoded text keep their line numbers ----

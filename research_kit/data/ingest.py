@@ -209,7 +209,7 @@ def _plan(columns, m: Mapping, res, export: str) -> dict[str, str]:
         plan[f] = header[n]
     for f in (PSEUDONYM_FIELD, INSTITUTION_FIELD):
         if f in m.constants: raise IngestError(f"{where}: {f!r} cannot be a constant; it is set by the ingest")
-    from research_kit.data.schema import _required
+    from research_kit.data.schema import is_required as _required
     missing = [f["name"] for f in res.fields if _required(f, res.schema) and f["name"] not in plan
                and f["name"] not in m.constants and f["name"] not in (PSEUDONYM_FIELD, INSTITUTION_FIELD)]
     if missing: raise IngestError(f"{where}: required field(s) {', '.join(map(repr, missing))} get no column or constant")
@@ -440,7 +440,7 @@ def _check_referrers(res, removed: set) -> None:
     if not removed: return
     from research_kit.data.catalog import open_package
     from research_kit.data.load import _load
-    from research_kit.data.schema import _as_list
+    from research_kit.data.schema import as_list as _as_list
     for other in open_package(res.package).resources.values():
         for fk in other.schema.get("foreignKeys", []):
             if other.name == res.name or fk["reference"].get("resource") != res.name: continue

@@ -11,7 +11,10 @@ from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, get_resource, open_package, read_bytes
 from .descriptor import atomic_path, sha256_file
-from .schema import Where, check_schema, csv_types, to_frame, validate_table, _as_large_text, _as_list
+from .schema import Where, check_schema, as_list as _as_list
+from .types import csv_types
+from .frames import to_frame, as_large_text as _as_large_text
+from .validate import validate_table
 
 # %% auto #0
 __all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
