@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'warm_shell', 'preload', 'WarmEngine',
-           'KernelEngine', 'register_engines', 'execute_report', 'write_html']
+__all__ = ['SEED_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'WorkerSpent', 'warm_shell', 'preload',
+           'WarmEngine', 'KernelEngine', 'register_engines', 'execute_report', 'write_html']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
@@ -21,6 +21,7 @@ RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS")  # 
 class _WarmState:
     "The shell of this worker process and the state every report starts from."
     shell = None
+    spent = False  # a timed-out cell still occupies the shell: this process can run no further report
     def capture(self):
         import matplotlib
         self.rc = matplotlib.rcParams.copy()
@@ -47,8 +48,12 @@ class _WarmState:
 
 _state = _WarmState()
 
+class WorkerSpent(RuntimeError):
+    "This process's shell is still running a cell that timed out: the process must be replaced."
+
 def warm_shell():
     "This process's shell, created (and the heavy libraries imported) on first use."
+    if _state.spent: raise WorkerSpent("this worker is still running an earlier report's cell that timed out; restart the worker")
     if _state.shell is None:
         import matplotlib
         matplotlib.use("module://matplotlib_inline.backend_inline")
@@ -70,6 +75,16 @@ def _papermill_engine_base():
     from papermill.engines import Engine
     return Engine
 
+def _shell_is_free(shell) -> bool:
+    "Can the shell's event loop run code? Not while a cell that timed out still blocks it (a cancel cannot stop `time.sleep`)."
+    import asyncio, concurrent.futures
+    probe = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), shell.loop)
+    try: probe.result(timeout=2)
+    except concurrent.futures.TimeoutError:
+        probe.cancel()
+        return False
+    return True
+
 class WarmEngine(_papermill_engine_base()):
     "papermill engine that runs cells in this process's warm IPython shell."
     @classmethod
@@ -84,6 +99,7 @@ class WarmEngine(_papermill_engine_base()):
                 outputs = shell.run(cell.source, timeout=execution_timeout)
                 cell.outputs = [nbformat.from_dict(o) for o in outputs]
                 cell.execution_count = shell.execution_count - 1
+                if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
                 if shell.exc is not None:
                     nb_man.cell_exception(cell, index)
                     break
@@ -182,7 +198,8 @@ def execute_report(task: dict) -> dict:
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
         recs, inputs, error = {}, [], error or {"cell": None, "type": "OutputsLost", "message": f"the run's outputs could not be read back: {e}"}
     return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs,
-            "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"]}
+            "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"],
+            "worker_spent": _state.spent}
 
 # %% ../../nbs/runner/engines.ipynb #8b4f9606
 PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
