@@ -602,6 +602,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                'research_kit/runner/engines.py'),
                                              'research_kit.runner.engines._error': ( 'runner/engines.html#_error',
                                                                                      'research_kit/runner/engines.py'),
+                                             'research_kit.runner.engines._exit_error': ( 'runner/engines.html#_exit_error',
+                                                                                          'research_kit/runner/engines.py'),
                                              'research_kit.runner.engines._kernel_start_failed': ( 'runner/engines.html#_kernel_start_failed',
                                                                                                    'research_kit/runner/engines.py'),
                                              'research_kit.runner.engines._nbclient_engine': ( 'runner/engines.html#_nbclient_engine',

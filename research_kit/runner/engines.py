@@ -9,11 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'WorkerSpent', 'warm_shell', 'preload',
-           'WarmEngine', 'KernelEngine', 'register_engines', 'execute_report', 'write_html']
+__all__ = ['SEED_CODE', 'EXIT_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'WorkerSpent', 'warm_shell',
+           'preload', 'WarmEngine', 'KernelEngine', 'register_engines', 'execute_report', 'write_html']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
+# IPython's exit() and quit() ask the shell to exit: in a kernel that ends it after the cell (the
+# report goes on), the warm shell cannot. Both raise SystemExit instead, like sys.exit().
+EXIT_CODE = "def _rk_exit(*args, **kwargs): raise SystemExit()\nget_ipython().ask_exit = _rk_exit\ndel _rk_exit"
 ENGINES = {"warm": "rk-warm", "kernel": "rk-kernel"}  # research_kit name -> papermill engine name
 RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS")  # environment a report runs with
 
@@ -44,7 +47,7 @@ class _WarmState:
         sys.path[:] = self.path
         warnings.filters[:] = self.filters
         os.chdir(cwd)
-        self.shell.run(SEED_CODE)
+        self.shell.run(SEED_CODE + "\n" + EXIT_CODE)
 
 _state = _WarmState()
 
@@ -111,7 +114,7 @@ def _seeded_client():
     from papermill.clientwrap import PapermillNotebookClient
     class SeededClient(PapermillNotebookClient):
         def papermill_execute_cells(self):
-            self.wait_for_reply(self.kc.execute(SEED_CODE, silent=True, store_history=False))
+            self.wait_for_reply(self.kc.execute(SEED_CODE + "\n" + EXIT_CODE, silent=True, store_history=False))
             super().papermill_execute_cells()
     return SeededClient
 
@@ -175,6 +178,20 @@ def _run_papermill(task: dict, nb_path: Path) -> None:
             if attempt + 1 < attempts and _kernel_start_failed(e): continue
             raise
 
+def _exit_error(nb_path: Path) -> dict | None:
+    "The error of a report that called exit (sys.exit, exit(), quit(), raise SystemExit), whatever its code; else None."
+    import nbformat
+    # papermill counts sys.exit(0) as success, though the cells after it never ran
+    cells = [c for c in nbformat.read(str(nb_path), as_version=4).cells
+             if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    for index, cell in enumerate(cells):
+        for o in cell.get("outputs", []):
+            if o.output_type == "error" and o.ename == "SystemExit":
+                code = "" if o.evalue in ("", "None") else f" with code {o.evalue}" if o.evalue.lstrip("-").isdigit() else f" ({o.evalue})"
+                return {"cell": index, "type": "SystemExit",
+                        "message": f"the report called exit{code} in cell {index}; the cells after it did not run"}
+    return None
+
 def execute_report(task: dict) -> dict:
     "Run one report task (template, parameters, engine, cwd, timeout, output_dir); return its result."
     from research_kit.data import lineage
@@ -193,6 +210,7 @@ def execute_report(task: dict) -> dict:
     duration = time.perf_counter() - t0
     try:
         recs = records(nb_path) if nb_path.exists() else {}
+        if nb_path.exists(): error = _exit_error(nb_path) or error
         if nb_path.exists(): write_html(nb_path, out / "report.html")
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
