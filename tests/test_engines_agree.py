@@ -77,3 +77,97 @@ def test_a_report_that_exits_early_fails_and_is_not_cached(report_workspace, eng
     dry = run_rk("batch", "exits", "--dry-run", cwd=root, env=env, check=0).stdout
     assert "cached" not in dry and dry.count("│ run") == len(EXITS), dry  # a failed run is never a cache hit
     check_build(build(root), tally)
+
+
+# ---- state one report leaves in a warm worker --------------------------------------------------------
+
+POLLUTE = """import builtins, locale, os, sys, time, warnings
+import numpy as np, pandas as pd, matplotlib, matplotlib.pyplot as plt
+pd.set_option("display.precision", 1)
+pd.set_option("display.max_rows", 3)
+np.set_printoptions(precision=2)
+np.seterr(all="raise")
+matplotlib.rcParams["figure.figsize"] = (1.0, 1.0)
+plt.style.use("ggplot")
+fig = plt.figure()
+with np.errstate(all="ignore"):
+    np.mean([])  # fills numpy's registry of warnings already shown
+warnings.simplefilter("ignore")
+warnings.showwarning = lambda *args, **kwargs: None
+os.chdir("/")
+os.environ["RK_LEAKED"] = "1"
+os.environ["TZ"] = "Asia/Almaty"
+time.tzset()
+locale.setlocale(locale.LC_NUMERIC, "C.utf8")
+builtins.leaked = 1
+sys.path.insert(0, "/leaked")
+sys.setrecursionlimit(12345)
+"""
+
+PROBE_STATE = """import builtins, locale, os, sys, time, warnings
+import numpy as np, pandas as pd, matplotlib, matplotlib.pyplot as plt
+import research_kit as rk
+rk.record("open_figures", len(plt.get_fignums()))
+rk.record("figsize", list(matplotlib.rcParams["figure.figsize"]))
+rk.record("axes_facecolor", str(matplotlib.rcParams["axes.facecolor"]))
+rk.record("precision", pd.get_option("display.precision"))
+rk.record("max_rows", pd.get_option("display.max_rows"))
+rk.record("np_array", str(np.array([1 / 3])))
+rk.record("np_err", np.geterr())
+rk.record("cwd_is_root", os.path.isfile("settings.ini"))
+rk.record("env", os.environ.get("RK_LEAKED"))
+rk.record("tz", list(time.tzname))
+rk.record("numeric_locale", locale.setlocale(locale.LC_NUMERIC))
+rk.record("builtins", hasattr(builtins, "leaked"))
+rk.record("sys_path", "/leaked" in sys.path)
+rk.record("recursion", sys.getrecursionlimit())
+rk.record("showwarning", warnings.showwarning.__module__)
+"""
+
+PROBE_WARNINGS = """shown = []
+saved = warnings.showwarning
+warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+np.mean([])  # a library's warning: shown once per location unless the registry was reset
+warnings.showwarning = saved
+rk.record("warnings_shown", shown)
+"""
+
+PROBE_PRINT = "print(pd.DataFrame({'x': [1.23456, 2.5, 3.75, 4.125]}))\nprint(np.array([1 / 3, 2 / 3]))"
+
+
+def probe_outputs(root):
+    from research_kit.runner.verify import text_outputs
+    folder = build(root) / "probe" / "n=0"
+    m = json.loads((folder / "manifest.json").read_text())
+    return m["status"], m["error"], m["records"], text_outputs(folder / "report.ipynb")
+
+
+def test_a_report_sees_the_same_state_after_another_on_one_warm_worker_as_in_a_kernel(report_workspace):
+    root, _, env = report_workspace
+    make_template(root / "reports" / "pollute.ipynb", "n: int = 0", POLLUTE)
+    make_template(root / "reports" / "probe.ipynb", "n: int = 0", PROBE_STATE, PROBE_WARNINGS, PROBE_PRINT)
+    (root / "reports" / "batches.yaml").write_text(
+        "pair:\n  - report: pollute\n    parameters: [{n: 0}]\n  - report: probe\n    parameters: [{n: 0}]\n")
+    run_rk("run", "probe", "--engine", "kernel", cwd=root, env=env, check=0)
+    kernel = probe_outputs(root)
+    run_rk("run", "probe", "--engine", "warm", "--force", cwd=root, env=env, check=0)
+    alone = probe_outputs(root)
+    run_rk("batch", "pair", "--engine", "warm", "--workers", "1", "--force", cwd=root, env=env, check=0)  # one worker: pollute, then probe
+    after = probe_outputs(root)
+    assert alone == kernel
+    assert after == alone
+    assert "Mean of empty slice" in kernel[2]["warnings_shown"] and kernel[2]["precision"] == 6
+
+
+def test_numpy_options_set_in_one_cell_hold_in_the_next_in_both_engines(report_workspace):
+    "NumPy keeps print options and error handling in context variables: the warm engine lost them between cells."
+    root, _, env = report_workspace
+    make_template(root / "reports" / "probe.ipynb", "n: int = 0",
+                  "import numpy as np, research_kit as rk\nnp.set_printoptions(precision=2)\nnp.seterr(divide='raise')",
+                  "rk.record('np_array', str(np.array([1 / 3])))\nrk.record('divide', np.geterr()['divide'])\nprint(np.array([2 / 3]))")
+    results = {}
+    for engine in ("warm", "kernel"):
+        run_rk("run", "probe", "--engine", engine, "--force", cwd=root, env=env, check=0)
+        results[engine] = probe_outputs(root)
+    assert results["warm"] == results["kernel"]
+    assert results["warm"][2] == {"np_array": "[0.33]", "divide": "raise"}

@@ -21,33 +21,87 @@ ENGINES = {"warm": "rk-warm", "kernel": "rk-kernel"}  # research_kit name -> pap
 RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS")  # environment a report runs with
 
 # %% ../../nbs/runner/engines.ipynb #70e9ab3d
+def _pandas_options(node=None, prefix="") -> dict:
+    "Every pandas option and its value (public names only: walking `pd.options`)."
+    import pandas as pd
+    out = {}
+    for name in dir(node if node is not None else pd.options):
+        value = getattr(node if node is not None else pd.options, name)
+        if type(value).__name__ == "DictWrapper": out.update(_pandas_options(value, f"{prefix}{name}."))
+        else: out[prefix + name] = value
+    return out
+
 class _WarmState:
     "The shell of this worker process and the state every report starts from."
     shell = None
     spent = False  # a timed-out cell still occupies the shell: this process can run no further report
+    context = None  # the report's context variables, carried from cell to cell
+
     def capture(self):
-        import matplotlib
+        import builtins, locale, matplotlib, numpy as np
         self.rc = matplotlib.rcParams.copy()
         self.env, self.path, self.filters = dict(os.environ), list(sys.path), list(warnings.filters)
+        self.show, self.format = warnings.showwarning, warnings.formatwarning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecated options warn when read
+            self.pandas = _pandas_options()
+        self.np_print, self.np_err, self.np_errcall = np.get_printoptions(), np.geterr(), np.geterrcall()
+        self.locale, self.recursion = locale.setlocale(locale.LC_ALL), sys.getrecursionlimit()
+        self.builtins = dict(vars(builtins))
 
     def reset(self, cwd):
-        import matplotlib, matplotlib.pyplot as plt
+        import contextvars
+        self._reset_libraries()
+        self._reset_namespace()
+        self._reset_process(cwd)
+        self.context = contextvars.copy_context()
+        self.run(SEED_CODE + "\n" + EXIT_CODE)
+
+    def run(self, code, timeout=None):
+        "Run `code` in the shell, in this report's context variables (numpy's print options and error state are some)."
+        return self.context.run(self.shell.run, code, timeout=timeout)
+
+    def keep_context(self):
+        "After each cell, in the cell's own asyncio task: keep its context variables for the next cell."
+        import contextvars
+        self.context = contextvars.copy_context()
+
+    def _reset_libraries(self):
+        import matplotlib, matplotlib.pyplot as plt, numpy as np, pandas as pd
         plt.close("all")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             matplotlib.rcParams.update(self.rc)
+            for key, value in self.pandas.items():
+                if pd.get_option(key) != value: pd.set_option(key, value)  # setting all 75 takes 0.4 s
+        np.set_printoptions(**self.np_print)
+        np.seterr(**self.np_err); np.seterrcall(self.np_errcall)
+
+    def _reset_namespace(self):
         # IPython's reset ends with a full gc.collect(): 0.2 s on a heap holding pandas, statsmodels
         # and scikit-learn, for every report. The generational collector frees the old namespace anyway.
-        import gc
+        import builtins, gc
         collect, gc.collect = gc.collect, lambda *args: 0
         try: self.shell.reset(new_session=True)
         finally: gc.collect = collect
+        for name in set(vars(builtins)) - set(self.builtins): delattr(builtins, name)
+        for name, value in self.builtins.items():
+            if vars(builtins).get(name) is not value: setattr(builtins, name, value)
+
+    def _reset_process(self, cwd):
+        import locale
         run_env = {k: os.environ[k] for k in RUN_ENV if k in os.environ}  # set for this report by execute_report
         os.environ.clear(); os.environ.update({**self.env, **run_env})
+        time.tzset()  # TZ may have changed
+        locale.setlocale(locale.LC_ALL, self.locale)
         sys.path[:] = self.path
+        sys.setrecursionlimit(self.recursion)
+        # resetwarnings() also invalidates every module's registry of warnings already shown once,
+        # so a library warning shows in this report even if the last report saw it
+        warnings.resetwarnings()
         warnings.filters[:] = self.filters
+        warnings.showwarning, warnings.formatwarning = self.show, self.format
         os.chdir(cwd)
-        self.shell.run(SEED_CODE + "\n" + EXIT_CODE)
 
 _state = _WarmState()
 
@@ -62,6 +116,7 @@ def warm_shell():
         matplotlib.use("module://matplotlib_inline.backend_inline")
         from execnb.shell import CaptureShell
         _state.shell = CaptureShell(mpl_format="png")
+        _state.shell.events.register("post_execute", _state.keep_context)
         preload()
         _state.capture()
     return _state.shell
@@ -99,7 +154,7 @@ class WarmEngine(_papermill_engine_base()):
             nb_man.cell_start(cell, index)
             try:
                 if cell.cell_type != "code": continue
-                outputs = shell.run(cell.source, timeout=execution_timeout)
+                outputs = _state.run(cell.source, timeout=execution_timeout)
                 cell.outputs = [nbformat.from_dict(o) for o in outputs]
                 cell.execution_count = shell.execution_count - 1
                 if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
