@@ -171,3 +171,40 @@ def test_numpy_options_set_in_one_cell_hold_in_the_next_in_both_engines(report_w
         results[engine] = probe_outputs(root)
     assert results["warm"] == results["kernel"]
     assert results["warm"][2] == {"np_array": "[0.33]", "divide": "raise"}
+
+
+# ---- processes a report starts ---------------------------------------------------------------------
+
+CHILDREN = """import subprocess
+subprocess.Popen(["sleep", "{mark}1"])                                   # a child
+subprocess.Popen("sleep {mark}2 &", shell=True)                         # a grandchild whose parent exits at once
+subprocess.Popen(["sleep", "{mark}3"], start_new_session=True)          # a child in a session of its own
+"""
+
+
+def sleepers(mark):
+    import psutil
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(arg.startswith(mark) for arg in (p.info["cmdline"] or [])): found.append(p)
+    return found
+
+
+@pytest.mark.parametrize("engine", ["warm", "kernel"])
+def test_processes_a_report_started_end_with_it(report_workspace, engine, tally):
+    root, _, env = report_workspace
+    mark = f"600.{abs(hash((str(root), engine))) % 10**6:06d}"  # this test's sleeps, and no one else's
+    make_template(root / "reports" / "spawn.ipynb", "n: int = 0", "import research_kit as rk\nrk.record('n', n)",
+                  CHILDREN.format(mark=mark))
+    tally.faults += 1
+    proc = subprocess.Popen([str(RK), "run", "spawn", "--engine", engine], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=120)  # returns only once no process holds rk's output pipes
+    finally:
+        if proc.poll() is None: proc.kill()
+        leftover = sleepers(mark)
+        for p in leftover: p.kill()
+    assert proc.returncode == 0, out + err
+    assert leftover == [], [p.info["cmdline"] for p in leftover]
+    assert manifest(root, "spawn", "n=0")["status"] == "succeeded"

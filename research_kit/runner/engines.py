@@ -10,7 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['SEED_CODE', 'EXIT_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'WorkerSpent', 'warm_shell',
-           'preload', 'WarmEngine', 'KernelEngine', 'register_engines', 'execute_report', 'write_html']
+           'preload', 'WarmEngine', 'KernelEngine', 'register_engines', 'adopt_orphans', 'descendants',
+           'end_descendants', 'execute_report', 'write_html']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
@@ -208,6 +209,32 @@ def register_engines():
     papermill_engines.register(ENGINES["kernel"], KernelEngine)
     _registered = True
 
+# %% ../../nbs/runner/engines.ipynb #a94e88cc
+def adopt_orphans() -> bool:
+    "Make this process the parent of its descendants' orphans (Linux), so they can be found and ended; True if it is."
+    if not sys.platform.startswith("linux"): return False
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    try: return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError): return False
+
+def descendants(pid: int | None = None) -> set[int]:
+    "The process ids of every process descended from `pid` (default: this process)."
+    import psutil
+    try: return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess: return set()
+
+def end_descendants(pid: int | None = None, keep: set[int] = frozenset()) -> list[int]:
+    "Kill every process descended from `pid` (default: this process) except those in `keep`; the ids of those killed."
+    import psutil
+    try: victims = [p for p in psutil.Process(pid).children(recursive=True) if p.pid not in keep]
+    except psutil.NoSuchProcess: return []
+    for p in victims:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(victims, timeout=5)  # reaps those that are our own children
+    return [p.pid for p in victims]
+
 # %% ../../nbs/runner/engines.ipynb #de5a12fd
 def _error(e) -> dict:
     from papermill.exceptions import PapermillExecutionError
@@ -257,11 +284,14 @@ def execute_report(task: dict) -> dict:
     saved_env = dict(os.environ)
     os.environ.update({"RK_LINEAGE_FILE": str(lineage_path), "PYTHONHASHSEED": "0", "RK_PROGRESS": "0",
                        "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+    adopt_orphans()
+    before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
     try: _run_papermill(task, nb_path)
     except Exception as e: error = _error(e)
     finally:
         os.environ.clear(); os.environ.update(saved_env)
+        end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
     try:
         recs = records(nb_path) if nb_path.exists() else {}

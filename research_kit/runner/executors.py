@@ -59,6 +59,8 @@ class _Worker:
         self.task, self.deadline, self.ready = None, None, False
 
     def kill(self):
+        from research_kit.runner.engines import end_descendants
+        end_descendants(self.proc.pid)  # first: once the worker is gone, its children can no longer be found
         self.proc.kill()
         self.proc.join(5)
 
