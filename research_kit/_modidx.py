@@ -752,6 +752,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'research_kit.runner.runs.read_manifest': ( 'runner/runs.html#read_manifest',
                                                                                       'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs.run_key': ('runner/runs.html#run_key', 'research_kit/runner/runs.py'),
+                                          'research_kit.runner.runs.still_cached': ( 'runner/runs.html#still_cached',
+                                                                                     'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs.template_sha256': ( 'runner/runs.html#template_sha256',
                                                                                         'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs.write_json_atomic': ( 'runner/runs.html#write_json_atomic',

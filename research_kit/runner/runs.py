@@ -14,7 +14,8 @@ from . import params as P
 
 # %% auto #0
 __all__ = ['KEY_PACKAGES', 'template_sha256', 'code_sha256', 'environment', 'git_state', 'run_key', 'Run', 'read_manifest',
-           'plan', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
+           'plan', 'still_cached', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
+           'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -89,6 +90,7 @@ class Run:
     folder: Path
     template_hash: str
     cached: bool = False
+    forced: bool = False  # --force: run even if cached
 
     @property
     def name(self) -> str: return f"{self.report}/{self.slug}"
@@ -115,7 +117,11 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
     th = template_sha256(template)
-    return Run(report, template, parameters, slug, folder, th, cached=not force and _cached(folder, th, parameters))
+    return Run(report, template, parameters, slug, folder, th, cached=not force and _cached(folder, th, parameters), forced=force)
+
+def still_cached(run: Run) -> bool:
+    "Decide again whether a planned run is cached: another rk process may have finished it since it was planned."
+    return not run.forced and _cached(run.folder, run.template_hash, run.parameters)
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 def _swap_into_place(tmp: Path, final: Path) -> None:
