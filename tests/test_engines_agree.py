@@ -208,3 +208,65 @@ def test_processes_a_report_started_end_with_it(report_workspace, engine, tally)
     assert proc.returncode == 0, out + err
     assert leftover == [], [p.info["cmdline"] for p in leftover]
     assert manifest(root, "spawn", "n=0")["status"] == "succeeded"
+
+
+# ---- HTML a report displays ------------------------------------------------------------------------
+
+SHOW_HTML = """import pandas as pd
+from IPython.display import HTML, SVG, Javascript, Markdown, display
+display(HTML("<script>window.__rk_xss = 1</script><b onclick='window.__rk_xss = 2'>bold</b>"
+             "<iframe src='javascript:window.__rk_xss = 3'></iframe><table><tr><td>cell-html</td></tr></table>"))
+display(pd.DataFrame({"a": [1.5, 2.5]}).style.set_caption(caption).highlight_max(color="yellow"))
+display(Markdown("<img src=x onerror='window.__rk_xss = 4'> markdown-output"))
+display(Javascript("window.__rk_xss = 5"))
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>window.__rk_xss = 6</script><circle r="5"/></svg>'))
+"""
+
+
+class Elements:
+    "Every start tag of an HTML page, with its attributes."
+    def __init__(self, text):
+        from html.parser import HTMLParser
+        self.tags = []
+        parser = HTMLParser()
+        parser.handle_starttag = lambda tag, attrs: self.tags.append((tag, dict(attrs)))
+        parser.feed(text)
+
+
+def test_html_a_report_displays_is_sanitized_in_report_html(report_workspace, tally):
+    import nbformat
+    root, _, env = report_workspace
+    path = make_template(root / "reports" / "xss.ipynb", 'caption: str = "c"', SHOW_HTML)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell('<a href="javascript:window.__rk_xss = 7">md-link</a> <b onmouseover="x()">md-bold</b>'))
+    nbformat.write(nb, path)
+    tally.bad_inputs += 1
+    run_rk("run", "xss", "-p", "caption=<img src=x onerror=window.__rk_xss=8>Caption-text", cwd=root, env=env, check=0)
+    [page] = (build(root) / "xss").glob("*/report.html")  # (the code and the title show the payloads as escaped text)
+    text = page.read_text()
+    tags = Elements(text).tags
+    assert not [t for t, _ in tags if t in ("script", "iframe", "svg", "object", "embed")], sorted({t for t, _ in tags})
+    assert not [(t, a) for t, attrs in tags for a in attrs if a.lower().startswith("on")]
+    assert not [(t, v) for t, attrs in tags for v in attrs.values() if v and "javascript:" in v.lower()]
+    tables = [attrs for t, attrs in tags if t == "table"]
+    assert any(a.get("id", "").startswith("T_") for a in tables), tables  # the Styler's table, its id kept for its <style>
+    assert "cell-html" in text and "Caption-text" in text and "markdown-output" in text and "md-link" in text and "md-bold" in text
+    assert "background-color: yellow" in text  # the Styler's own <style> block
+    assert any(t == "img" and a.get("src", "").startswith("data:image/svg+xml;base64,") for t, a in tags)  # the SVG, as an image
+
+    import os
+    if not os.path.exists("/usr/bin/chromium"): return
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page()
+            tab.goto(page.as_uri())
+            tab.mouse.move(1, 1)
+            for selector in ("b", "a"):
+                for element in tab.query_selector_all(selector): element.hover()
+            tab.wait_for_timeout(300)
+            assert tab.evaluate("window.__rk_xss") is None
+            assert tab.locator("table").count() >= 2
+        finally:
+            browser.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['SEED_CODE', 'EXIT_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'PAGE_CSS', 'WorkerSpent', 'warm_shell',
            'preload', 'WarmEngine', 'KernelEngine', 'register_engines', 'adopt_orphans', 'descendants',
-           'end_descendants', 'execute_report', 'write_html']
+           'end_descendants', 'execute_report', 'sanitize_html', 'write_html']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
@@ -313,13 +313,45 @@ img{max-width:100%}"""
 
 _exporter: dict = {}
 
+def _safe_attribute(tag: str, attribute: str, value: str) -> str | None:
+    "data: URLs only as images: a data:text/html link is a page of its own."
+    if value.strip().lower().startswith("data:") and not (tag == "img" and attribute == "src"
+                                                          and value.strip().lower().startswith("data:image/")):
+        return None
+    return value
+
+def sanitize_html(fragment: str) -> str:
+    "`fragment` with every script, event handler, javascript: URL, frame and form removed; text, tables, images and styles kept."
+    import nh3
+    tags = (nh3.ALLOWED_TAGS | {"style", "tfoot", "section", "main", "label"}) - {"area", "map"}
+    attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+    attributes["*"] = {"class", "id", "style", "title", "lang", "dir"}
+    attributes["img"] = attributes.get("img", set()) | {"src", "alt", "width", "height"}
+    attributes["a"] = attributes.get("a", set()) | {"href", "title", "name"}
+    return nh3.clean(fragment, tags=tags, attributes=attributes, attribute_filter=_safe_attribute,
+                     clean_content_tags={"script", "iframe", "object", "embed", "noscript", "template", "svg", "math", "textarea", "select"},
+                     url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer", strip_comments=True)
+
+def _svg_as_images(nb) -> None:
+    "An SVG output becomes an <img> of itself: inline SVG may carry scripts, an image's never run."
+    import base64
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            if "image/svg+xml" in data and "text/html" not in data:
+                svg = data.pop("image/svg+xml")
+                svg = "".join(svg) if isinstance(svg, list) else svg
+                data["text/html"] = f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">'
+
 def write_html(nb_path: Path, html_path: Path, title: str | None = None) -> None:
-    "Render a notebook as a self-contained HTML page."
+    "Render a notebook as a self-contained HTML page, its displayed HTML sanitized."
     import html, nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(str(nb_path), as_version=4)
+    _svg_as_images(nb)
     if "html" not in _exporter: _exporter["html"] = HTMLExporter(template_name="basic")  # compiles its templates once
     body, _ = _exporter["html"].from_notebook_node(nb)
+    body = sanitize_html(body)
     title = html.escape(title or Path(nb_path).parent.parent.name + " · " + Path(nb_path).parent.name)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n")
