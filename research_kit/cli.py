@@ -188,9 +188,11 @@ def _summary(results, settings):
 
 def _progress(total: int, cached: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    console = _console(stderr=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("failed {task.fields[failed]} · cached {task.fields[cached]}"), TimeRemainingColumn(),
-                   console=_console(stderr=True), transient=False)
+                   console=console, transient=False,
+                   disable=not console.is_terminal)  # a bar in a log or a pipe is noise before the error line
     task = bar.add_task("reports", total=total, completed=cached, failed=0, cached=cached)
     failed = [0]
     def update(run, manifest):

@@ -76,3 +76,22 @@ def test_two_hundred_kernel_reports_without_spurious_failures(report_workspace, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = check_build(root / "reports" / "_build", tally)
     assert len(runs) == 200 and all(m["status"] == "succeeded" and m["engine"] == "kernel" for m in runs.values())
+
+
+@pytest.mark.parametrize("engine", ["warm", "kernel"])
+def test_a_report_after_a_timed_out_one_on_the_same_worker_succeeds(report_workspace, engine, tally):
+    """A warm cell that timed out may still be running (a blocking call cannot be cancelled): the
+    worker must not hand its next report to that busy shell, where it would wait and be failed in turn."""
+    root, _, env = report_workspace
+    make_template(root / "reports" / "hang.ipynb", "n: int = 0", "import time, research_kit as rk\nrk.record('n', n)",
+                  "if n == 1: time.sleep(600)")
+    (root / "reports" / "batches.yaml").write_text(
+        "after:\n  - report: hang\n    parameters: [{n: 1}]\n  - report: other\n    parameters: [{k: 1}, {k: 2}]\n")
+    tally.faults += 1
+    proc = run_rk("batch", "after", "--engine", engine, "--workers", "1", cwd=root, env={**env, "RK_RUNNER_TIMEOUT": "3"}, timeout=600)
+    assert proc.returncode == 1 and "1 report failed" in proc.stderr, proc.stdout + proc.stderr
+    m = manifests(root)
+    assert m["hang/n=1"]["status"] == "failed" and "timeout" in (m["hang/n=1"]["error"]["type"] + m["hang/n=1"]["error"]["message"]).lower()
+    assert m["other/k=1"]["status"] == m["other/k=2"]["status"] == "succeeded", (m["other/k=1"]["error"], m["other/k=2"]["error"])
+    assert m["other/k=1"]["records"] == {"k": 1} and m["other/k=2"]["records"] == {"k": 2}
+    check_build(root / "reports" / "_build", tally)

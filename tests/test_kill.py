@@ -98,3 +98,22 @@ def test_two_batches_at_once(slow_workspace, tally):
     waited = run_rk("batch", "many", "--wait", cwd=root, env=env, check=0)  # waits, then finds everything cached
     runs = check_build(build, tally)
     assert len(runs) == N_RUNS and all(m["status"] == "succeeded" for m in runs.values())
+
+
+def test_a_waiting_batch_plans_after_the_running_one_finished(slow_workspace, tally):
+    """`rk batch --wait` started while the same batch runs: once it gets the lock it finds every
+    report cached, rather than rerun what the first batch ran while it waited."""
+    root, env = slow_workspace
+    build = root / "reports" / "_build"
+    first = start_batch(root, env)
+    deadline = time.time() + 60
+    while not (build / ".lock").exists() and time.time() < deadline: time.sleep(0.05)
+    second = subprocess.Popen([str(RK), "batch", "many", "--wait"], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tally.faults += 1
+    assert first.wait(300) == 0
+    ran_first = {k: m["started"] for k, m in check_build(build, tally).items()}
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, out + err
+    assert {k: m["started"] for k, m in check_build(build, tally).items()} == ran_first  # nothing ran twice
+    assert len(ran_first) == N_RUNS and out.count("cached") == N_RUNS, out

@@ -152,3 +152,39 @@ def test_second_writer_is_refused_while_the_lock_is_held(report_workspace):
         proc = run_rk("run", "other", cwd=root, env=env)
     assert proc.returncode == 1 and "is writing" in proc.stderr and "--wait" in proc.stderr
     assert not (build(root) / "other").exists()
+
+
+def edit_template(path, index, source):
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[index].source = source
+    nbformat.write(nb, path)
+
+
+def test_verify_after_the_template_gained_a_parameter(report_workspace, tally):
+    """The re-run uses the run's own parameters and the new one's default, says so, and compares
+    against the run's own folder (whose name the new parameter would change)."""
+    root, _, env = report_workspace
+    run_rk("run", "other", "-p", "k=3", cwd=root, env=env, check=0)
+    edit_template(root / "reports" / "other.ipynb", 2, "k: int = 0\nbins: int = 10  # a new parameter")
+    tally.bad_inputs += 1
+    proc = run_rk("verify", build(root) / "other" / "k=3", cwd=root, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "the template changed since this run" in out and "cell 3 edited" in out, proc.stdout
+    assert "bins" in out and "10 (its default)" in out, proc.stdout
+    assert "record" not in out and "output" not in out, proc.stdout  # same records and outputs as the run
+
+
+def test_verify_says_which_template_cells_changed(report_workspace):
+    root, _, env = report_workspace
+    run_rk("run", "other", "-p", "k=3", cwd=root, env=env, check=0)
+    edit_template(root / "reports" / "other.ipynb", 3, "import research_kit as rk\nrk.record('k', k + 1)")
+    nb = nbformat.read(root / "reports" / "other.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('a new cell')"))
+    nbformat.write(nb, root / "reports" / "other.ipynb")
+    proc = run_rk("verify", build(root) / "other" / "k=3", cwd=root, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "the template changed since this run" in out and "cell 4 edited" in out and "cell 5 added" in out, proc.stdout
+    assert "record" in out and "k" in out, proc.stdout  # and the difference it explains
+    assert out.index("the template changed") < out.index("record")

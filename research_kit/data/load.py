@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/load.ipynb #f96f9af7
 from __future__ import annotations
-import hashlib, json, os, warnings
+import hashlib, json, os, sys, warnings
 from pathlib import Path
 from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
@@ -18,7 +18,8 @@ from .validate import validate_table
 
 # %% auto #0
 __all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
-           'validate_bytes', 'check_access', 'load', 'column_values', 'Checked', 'validate', 'resource_sha256']
+           'validate_bytes', 'check_access', 'show_progress', 'load', 'column_values', 'Checked', 'validate',
+           'resource_sha256']
 
 # %% ../../nbs/data/load.ipynb #29ab58c2
 LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache entry is rebuilt
@@ -274,6 +275,34 @@ def check_access(res: Resource, institution: str) -> None:
         raise AccessDenied(f"{res.package}/{res.name} is restricted to its owner {res.owner}; your settings name "
                            f"{institution or 'no institution'} ([workspace] institution in settings.ini, or RK_WORKSPACE_INSTITUTION)")
 
+# %% ../../nbs/data/load.ipynb #8d1cf611
+def _in_jupyter_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and type(ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
+
+def show_progress(stream=None) -> bool:
+    "Should a load show a progress bar on `stream` (default: stderr)? Only for a terminal or a JupyterLab widget."
+    if os.environ.get("RK_PROGRESS", "1") == "0": return False
+    if stream is None and _in_jupyter_kernel():
+        import importlib.util
+        return importlib.util.find_spec("ipywidgets") is not None  # a widget, not text on stderr
+    stream = stream if stream is not None else sys.stderr
+    try: return bool(stream.isatty())
+    except (AttributeError, ValueError): return False  # no isatty, or a closed stream
+
+class _NoBar:
+    def update(self, n=1): pass
+    def __enter__(self): return self
+    def __exit__(self, *exc): pass
+
+def _progress(name: str):
+    "A progress bar that appears only if the load takes more than a second, where someone watches it."
+    if not show_progress(): return _NoBar()
+    if _in_jupyter_kernel(): from tqdm.notebook import tqdm
+    else: from tqdm.std import tqdm
+    # leave=False: the bar is erased when the load ends, also when it ends in an error
+    return tqdm(total=2, desc=f"loading {name}", delay=1.0, leave=False, unit="step")
+
 # %% ../../nbs/data/load.ipynb #4c9f28bf
 def _check_columns(res: Resource, columns):
     if columns is None: return None
@@ -286,17 +315,6 @@ def _check_columns(res: Resource, columns):
 def _hash_mismatch(res: Resource, actual: str):
     _fail(Where(res.package, res.name, res.file), f"hash: the file's sha256 differs from the descriptor's "
           f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)", value=f"sha256:{actual}")
-
-class _NoBar:
-    def update(self, n=1): pass
-    def __enter__(self): return self
-    def __exit__(self, *exc): pass
-
-def _progress(name: str):
-    "A progress bar that appears only if the load takes more than a second (tqdm.auto: JupyterLab or terminal)."
-    if os.environ.get("RK_PROGRESS", "1") == "0": return _NoBar()  # report runs: outputs must not depend on timing
-    from tqdm.auto import tqdm
-    return tqdm(total=2, desc=f"loading {name}", delay=1.0, leave=False, unit="step")
 
 def _references(res: Resource, pkg, memo: HashMemo) -> list:
     "(resource, current sha256) of every other resource of package `pkg` a foreign key of `res` points to."

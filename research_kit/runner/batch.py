@@ -8,7 +8,7 @@ import fnmatch, itertools
 from pathlib import Path
 from ..errors import RKError, UnknownNameError
 from ..settings import Settings, load_settings
-from .runs import Run, build_lock, clean_stale, execute, plan
+from .runs import Run, build_lock, clean_stale, execute, plan, still_cached
 
 # %% auto #0
 __all__ = ['BATCHES_FILE', 'MAX_RUNS', 'BatchError', 'load_batches', 'expand', 'plan_batch', 'run_runs', 'unpublishable',
@@ -80,8 +80,10 @@ def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, 
     "Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run, manifest or None) pairs."
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
-    todo = [r for r in runs if not r.cached]
     with build_lock(settings.build_dir, wait=wait):
+        # what is cached is decided only now: the rk process we waited for may have run these same reports
+        for r in runs: r.cached = still_cached(r)
+        todo = [r for r in runs if not r.cached]
         clean_stale(settings.build_dir)
         done = dict((r.name, m) for r, m in execute(todo, settings, engine=engine or settings.engine, executor=executor,
                                                     workers=workers, scheduler=scheduler, on_result=on_result)) if todo else {}

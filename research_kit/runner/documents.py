@@ -12,7 +12,7 @@ from ..errors import RKError
 __all__ = ['WORDS', 'PARAMETER_WORDS', 'LEAD_PARAMETERS', 'TITLE_SKIP', 'LANGUAGES', 'READER_CSS', 'PARAMETER_TAGS', 'PAGE_CSS',
            'CHROMIUM_NAMES', 'PDF_MODES', 'document_title', 'first_heading', 'provenance', 'template_dir',
            'write_reader', 'write_notebook_html', 'write_html', 'PdfError', 'find_chromium', 'print_pdf', 'pdf_wanted',
-           'write_documents']
+           'sanitize_html', 'sanitize_outputs', 'write_documents']
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
@@ -164,6 +164,7 @@ def write_html(nb_path, html_path, title: str | None = None) -> None:
     "Render the notebook file `nb_path` with its code as a self-contained page."
     import nbformat
     nb = nbformat.read(str(nb_path), as_version=4)
+    sanitize_outputs(nb)
     write_notebook_html(nb, html_path, title or Path(nb_path).parent.parent.name + " · " + Path(nb_path).parent.name)
 
 # %% ../../nbs/runner/documents.ipynb #786c4f7a
@@ -223,6 +224,45 @@ def pdf_wanted(mode: str, *, audience: str | None, succeeded: bool = True, chrom
     return True, None
 
 # %% ../../nbs/runner/documents.ipynb #9bbb85a2
+def _safe_attribute(tag: str, attribute: str, value: str) -> str | None:
+    "data: URLs only as images: a data:text/html link is a page of its own."
+    if value.strip().lower().startswith("data:") and not (tag == "img" and attribute == "src"
+                                                          and value.strip().lower().startswith("data:image/")):
+        return None
+    return value
+
+def sanitize_html(fragment: str) -> str:
+    "`fragment` with every script, event handler, javascript: URL, frame and form removed; text, tables, images and styles kept."
+    import nh3
+    tags = (nh3.ALLOWED_TAGS | {"style", "tfoot", "section", "main", "label"}) - {"area", "map"}
+    attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+    attributes["*"] = {"class", "id", "style", "title", "lang", "dir"}
+    attributes["img"] = attributes.get("img", set()) | {"src", "alt", "width", "height"}
+    attributes["a"] = attributes.get("a", set()) | {"href", "title", "name"}
+    return nh3.clean(fragment, tags=tags, attributes=attributes, attribute_filter=_safe_attribute,
+                     clean_content_tags={"script", "iframe", "object", "embed", "noscript", "template", "svg", "math",
+                                         "textarea", "select"},
+                     url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer", strip_comments=True)
+
+_SCRIPT_TYPES = ("application/javascript", "text/javascript", "application/vnd.jupyter.widget-view+json")
+
+def sanitize_outputs(nb) -> None:
+    "Make every output of `nb` safe to show: HTML and markdown sanitized, SVG as an image, scripts dropped."
+    import base64
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            for kind in _SCRIPT_TYPES: data.pop(kind, None)
+            if "image/svg+xml" in data:
+                svg = data.pop("image/svg+xml")
+                svg = "".join(svg) if isinstance(svg, list) else svg
+                data.setdefault("text/html", f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">')
+            for kind in ("text/html", "text/markdown"):
+                if kind in data:
+                    text = "".join(data[kind]) if isinstance(data[kind], list) else data[kind]
+                    data[kind] = sanitize_html(text)
+
+# %% ../../nbs/runner/documents.ipynb #f7768801
 def _lang(parameters: dict) -> str:
     lang = parameters.get("lang")
     return lang if isinstance(lang, str) and re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?", lang) else "en"
@@ -232,6 +272,7 @@ def write_documents(nb_path, out, context: dict | None = None, *, label=None, wo
     import nbformat
     c, out = context or {}, Path(out)
     nb = nbformat.read(str(nb_path), as_version=4)
+    sanitize_outputs(nb)
     report, parameters = c.get("report") or Path(nb_path).parent.name, dict(c.get("parameters") or {})
     title = document_title(first_heading(nb, report), parameters, label=label, words=words)
     write_notebook_html(nb, out / "notebook.html", title)

@@ -9,51 +9,115 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'warm_shell', 'preload', 'WarmEngine', 'KernelEngine',
-           'register_engines', 'execute_report']
+__all__ = ['SEED_CODE', 'EXIT_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'WorkerSpent', 'warm_shell', 'preload',
+           'WarmEngine', 'KernelEngine', 'register_engines', 'adopt_orphans', 'descendants', 'end_descendants',
+           'execute_report']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
+# IPython's exit() and quit() ask the shell to exit: in a kernel that ends it after the cell (the
+# report goes on), the warm shell cannot. Both raise SystemExit instead, like sys.exit().
+EXIT_CODE = "def _rk_exit(*args, **kwargs): raise SystemExit()\nget_ipython().ask_exit = _rk_exit\ndel _rk_exit"
 ENGINES = {"warm": "rk-warm", "kernel": "rk-kernel"}  # research_kit name -> papermill engine name
 RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS")  # environment a report runs with
 
 # %% ../../nbs/runner/engines.ipynb #70e9ab3d
+def _pandas_options(node=None, prefix="") -> dict:
+    "Every pandas option and its value (public names only: walking `pd.options`)."
+    import pandas as pd
+    out = {}
+    for name in dir(node if node is not None else pd.options):
+        value = getattr(node if node is not None else pd.options, name)
+        if type(value).__name__ == "DictWrapper": out.update(_pandas_options(value, f"{prefix}{name}."))
+        else: out[prefix + name] = value
+    return out
+
 class _WarmState:
     "The shell of this worker process and the state every report starts from."
     shell = None
+    spent = False  # a timed-out cell still occupies the shell: this process can run no further report
+    context = None  # the report's context variables, carried from cell to cell
+
     def capture(self):
-        import matplotlib
+        import builtins, locale, matplotlib, numpy as np
         self.rc = matplotlib.rcParams.copy()
         self.env, self.path, self.filters = dict(os.environ), list(sys.path), list(warnings.filters)
+        self.show, self.format = warnings.showwarning, warnings.formatwarning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecated options warn when read
+            self.pandas = _pandas_options()
+        self.np_print, self.np_err, self.np_errcall = np.get_printoptions(), np.geterr(), np.geterrcall()
+        self.locale, self.recursion = locale.setlocale(locale.LC_ALL), sys.getrecursionlimit()
+        self.builtins = dict(vars(builtins))
 
     def reset(self, cwd):
-        import matplotlib, matplotlib.pyplot as plt
+        import contextvars
+        self._reset_libraries()
+        self._reset_namespace()
+        self._reset_process(cwd)
+        self.context = contextvars.copy_context()
+        self.run(SEED_CODE + "\n" + EXIT_CODE)
+
+    def run(self, code, timeout=None):
+        "Run `code` in the shell, in this report's context variables (numpy's print options and error state are some)."
+        return self.context.run(self.shell.run, code, timeout=timeout)
+
+    def keep_context(self):
+        "After each cell, in the cell's own asyncio task: keep its context variables for the next cell."
+        import contextvars
+        self.context = contextvars.copy_context()
+
+    def _reset_libraries(self):
+        import matplotlib, matplotlib.pyplot as plt, numpy as np, pandas as pd
         plt.close("all")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             matplotlib.rcParams.update(self.rc)
+            for key, value in self.pandas.items():
+                if pd.get_option(key) != value: pd.set_option(key, value)  # setting all 75 takes 0.4 s
+        np.set_printoptions(**self.np_print)
+        np.seterr(**self.np_err); np.seterrcall(self.np_errcall)
+
+    def _reset_namespace(self):
         # IPython's reset ends with a full gc.collect(): 0.2 s on a heap holding pandas, statsmodels
         # and scikit-learn, for every report. The generational collector frees the old namespace anyway.
-        import gc
+        import builtins, gc
         collect, gc.collect = gc.collect, lambda *args: 0
         try: self.shell.reset(new_session=True)
         finally: gc.collect = collect
+        for name in set(vars(builtins)) - set(self.builtins): delattr(builtins, name)
+        for name, value in self.builtins.items():
+            if vars(builtins).get(name) is not value: setattr(builtins, name, value)
+
+    def _reset_process(self, cwd):
+        import locale
         run_env = {k: os.environ[k] for k in RUN_ENV if k in os.environ}  # set for this report by execute_report
         os.environ.clear(); os.environ.update({**self.env, **run_env})
+        time.tzset()  # TZ may have changed
+        locale.setlocale(locale.LC_ALL, self.locale)
         sys.path[:] = self.path
+        sys.setrecursionlimit(self.recursion)
+        # resetwarnings() also invalidates every module's registry of warnings already shown once,
+        # so a library warning shows in this report even if the last report saw it
+        warnings.resetwarnings()
         warnings.filters[:] = self.filters
+        warnings.showwarning, warnings.formatwarning = self.show, self.format
         os.chdir(cwd)
-        self.shell.run(SEED_CODE)
 
 _state = _WarmState()
 
+class WorkerSpent(RuntimeError):
+    "This process's shell is still running a cell that timed out: the process must be replaced."
+
 def warm_shell():
     "This process's shell, created (and the heavy libraries imported) on first use."
+    if _state.spent: raise WorkerSpent("this worker is still running an earlier report's cell that timed out; restart the worker")
     if _state.shell is None:
         import matplotlib
         matplotlib.use("module://matplotlib_inline.backend_inline")
         from execnb.shell import CaptureShell
         _state.shell = CaptureShell(mpl_format="png")
+        _state.shell.events.register("post_execute", _state.keep_context)
         preload()
         _state.capture()
     return _state.shell
@@ -70,6 +134,16 @@ def _papermill_engine_base():
     from papermill.engines import Engine
     return Engine
 
+def _shell_is_free(shell) -> bool:
+    "Can the shell's event loop run code? Not while a cell that timed out still blocks it (a cancel cannot stop `time.sleep`)."
+    import asyncio, concurrent.futures
+    probe = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), shell.loop)
+    try: probe.result(timeout=2)
+    except concurrent.futures.TimeoutError:
+        probe.cancel()
+        return False
+    return True
+
 class WarmEngine(_papermill_engine_base()):
     "papermill engine that runs cells in this process's warm IPython shell."
     @classmethod
@@ -81,9 +155,10 @@ class WarmEngine(_papermill_engine_base()):
             nb_man.cell_start(cell, index)
             try:
                 if cell.cell_type != "code": continue
-                outputs = shell.run(cell.source, timeout=execution_timeout)
+                outputs = _state.run(cell.source, timeout=execution_timeout)
                 cell.outputs = [nbformat.from_dict(o) for o in outputs]
                 cell.execution_count = shell.execution_count - 1
+                if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
                 if shell.exc is not None:
                     nb_man.cell_exception(cell, index)
                     break
@@ -95,7 +170,7 @@ def _seeded_client():
     from papermill.clientwrap import PapermillNotebookClient
     class SeededClient(PapermillNotebookClient):
         def papermill_execute_cells(self):
-            self.wait_for_reply(self.kc.execute(SEED_CODE, silent=True, store_history=False))
+            self.wait_for_reply(self.kc.execute(SEED_CODE + "\n" + EXIT_CODE, silent=True, store_history=False))
             super().papermill_execute_cells()
     return SeededClient
 
@@ -134,6 +209,32 @@ def register_engines():
     papermill_engines.register(ENGINES["kernel"], KernelEngine)
     _registered = True
 
+# %% ../../nbs/runner/engines.ipynb #a94e88cc
+def adopt_orphans() -> bool:
+    "Make this process the parent of its descendants' orphans (Linux), so they can be found and ended; True if it is."
+    if not sys.platform.startswith("linux"): return False
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    try: return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError): return False
+
+def descendants(pid: int | None = None) -> set[int]:
+    "The process ids of every process descended from `pid` (default: this process)."
+    import psutil
+    try: return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess: return set()
+
+def end_descendants(pid: int | None = None, keep: set[int] = frozenset()) -> list[int]:
+    "Kill every process descended from `pid` (default: this process) except those in `keep`; the ids of those killed."
+    import psutil
+    try: victims = [p for p in psutil.Process(pid).children(recursive=True) if p.pid not in keep]
+    except psutil.NoSuchProcess: return []
+    for p in victims:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(victims, timeout=5)  # reaps those that are our own children
+    return [p.pid for p in victims]
+
 # %% ../../nbs/runner/engines.ipynb #de5a12fd
 def _error(e) -> dict:
     from papermill.exceptions import PapermillExecutionError
@@ -164,6 +265,20 @@ def _document_context(task: dict, started, inputs: list, succeeded: bool) -> dic
     return {**task.get("documents", {}), "report": Path(task["template"]).stem, "parameters": task["parameters"],
             "engine": task["engine"], "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
 
+def _exit_error(nb_path: Path) -> dict | None:
+    "The error of a report that called exit (sys.exit, exit(), quit(), raise SystemExit), whatever its code; else None."
+    import nbformat
+    # papermill counts sys.exit(0) as success, though the cells after it never ran
+    cells = [c for c in nbformat.read(str(nb_path), as_version=4).cells
+             if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    for index, cell in enumerate(cells):
+        for o in cell.get("outputs", []):
+            if o.output_type == "error" and o.ename == "SystemExit":
+                code = "" if o.evalue in ("", "None") else f" with code {o.evalue}" if o.evalue.lstrip("-").isdigit() else f" ({o.evalue})"
+                return {"cell": index, "type": "SystemExit",
+                        "message": f"the report called exit{code} in cell {index}; the cells after it did not run"}
+    return None
+
 def execute_report(task: dict) -> dict:
     "Run one report task (template, parameters, engine, cwd, timeout, output_dir); return its result."
     from research_kit.data import lineage
@@ -175,19 +290,23 @@ def execute_report(task: dict) -> dict:
     saved_env = dict(os.environ)
     os.environ.update({"RK_LINEAGE_FILE": str(lineage_path), "PYTHONHASHSEED": "0", "RK_PROGRESS": "0",
                        "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+    adopt_orphans()
+    before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
     try: _run_papermill(task, nb_path)
     except Exception as e: error = _error(e)
     finally:
         os.environ.clear(); os.environ.update(saved_env)
+        end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
     documents = {}
     try:
         recs = records(nb_path) if nb_path.exists() else {}
+        if nb_path.exists(): error = _exit_error(nb_path) or error
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
         if nb_path.exists(): documents = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
         recs, inputs, error = {}, [], error or {"cell": None, "type": "OutputsLost", "message": f"the run's outputs could not be read back: {e}"}
     return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs,
             "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"],
-            "documents": documents}
+            "documents": documents, "worker_spent": _state.spent}

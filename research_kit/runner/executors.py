@@ -37,6 +37,7 @@ def _worker_main(conn, preload_engine: str, memory: int = 0) -> None:
         except Exception as e:  # never let one report take the worker down
             result = _failed(task, type(e).__name__, f"the report could not be run: {e}")
         conn.send(result)
+        if result.get("worker_spent"): return  # the parent replaces this worker
 
 def _failed(task: dict, kind: str, message: str) -> dict:
     from datetime import datetime, timezone
@@ -58,6 +59,8 @@ class _Worker:
         self.task, self.deadline, self.ready = None, None, False
 
     def kill(self):
+        from research_kit.runner.engines import end_descendants
+        end_descendants(self.proc.pid)  # first: once the worker is gone, its children can no longer be found
         self.proc.kill()
         self.proc.join(5)
 
@@ -93,10 +96,13 @@ class LocalExecutor:
                         if message == "ready": w.ready = True
                         elif message is not None:
                             outcome, w.task = (w.task, self._explain(message)), None
+                            # a worker whose shell still runs a timed-out cell would hold its next report
+                            # until that report's own deadline: replace it now, before it is given one
+                            if message.pop("worker_spent", False): self._replace(pool, i, ctx, engine, "Spent")
                         else: outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
                     elif w.proc.sentinel in ready or not w.proc.is_alive():
                         outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
-                    elif w.task and time.monotonic() > w.deadline:
+                    elif w.task and time.monotonic() > w.deadline and not w.conn.poll():  # a result that just came is not a timeout
                         outcome = self._replace(pool, i, ctx, engine, "Timeout")
                     if outcome and outcome[0] is not None: yield outcome
         finally:

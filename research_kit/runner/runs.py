@@ -13,15 +13,20 @@ from ..data.descriptor import atomic_path, sha256_file
 from . import params as P
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'code_sha256', 'environment', 'git_state', 'run_key', 'Run',
-           'read_manifest', 'plan', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
-           'build_lock']
+__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_sha256', 'environment', 'git_state', 'run_key',
+           'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic', 'finish', 'make_task', 'clean_stale',
+           'execute', 'BuildLocked', 'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
     "sha256 of a template's cell types and sources only: outputs and metadata do not count."
     blob = json.dumps([[c["cell_type"], c["source"]] for c in P.read_cells(path)], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+def cell_sha256s(path: str | Path) -> list[str]:
+    "sha256 of each cell's type and source, in order: which cells changed, when the template did."
+    return [hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
+            for c in P.read_cells(path)]
 
 _memo: dict = {}
 
@@ -90,6 +95,8 @@ class Run:
     folder: Path
     template_hash: str
     cached: bool = False
+    forced: bool = False  # --force: run even if cached
+    cells: tuple = ()  # sha256 of each template cell when planned
 
     @property
     def name(self) -> str: return f"{self.report}/{self.slug}"
@@ -116,7 +123,12 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
     th = template_sha256(template)
-    return Run(report, template, parameters, slug, folder, th, cached=not force and _cached(folder, th, parameters))
+    return Run(report, template, parameters, slug, folder, th, cached=not force and _cached(folder, th, parameters), forced=force,
+               cells=tuple(cell_sha256s(template)))
+
+def still_cached(run: Run) -> bool:
+    "Decide again whether a planned run is cached: another rk process may have finished it since it was planned."
+    return not run.forced and _cached(run.folder, run.template_hash, run.parameters)
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -149,7 +161,7 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
         "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": result["status"],
         "engine": result["engine"], "started": result["started"], "duration": result["duration"],
         "cache_key": run_key(run.template_hash, run.parameters, result["inputs"]),
-        "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash},
+        "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash, "cells": list(run.cells)},
         "inputs": result["inputs"],
         "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
         "environment": environment(), "git": git, "outputs": outputs, "records": result["records"],

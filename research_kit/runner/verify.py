@@ -10,17 +10,19 @@ from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
 from .record import MIMETYPE, records
-from .runs import Run, plan, read_manifest
+from . import params as P
+from .runs import Run, cell_sha256s, plan, read_manifest, template_sha256
 
 # %% auto #0
-__all__ = ['REL_TOL', 'Difference', 'same', 'text_outputs', 'compare', 'run_of', 'verify_runs']
+__all__ = ['REL_TOL', 'Difference', 'same', 'text_outputs', 'compare', 'template_changes', 'rerun_parameters', 'run_of',
+           'verify_runs']
 
 # %% ../../nbs/runner/verify.ipynb #e991d288
 @dataclass(frozen=True)
 class Difference:
     "One difference between a run and its re-run."
     run: str
-    kind: str      # record | output | status
+    kind: str      # template | parameter | status | record | output
     name: str
     expected: object
     actual: object
@@ -66,13 +68,44 @@ def compare(name: str, expected_nb: Path, expected_records: dict, actual_nb: Pat
     return diffs
 
 # %% ../../nbs/runner/verify.ipynb #a99ba1db
-def run_of(folder: Path, settings: Settings) -> tuple[Run, dict]:
-    "The planned re-run of the finished run in `folder`, and its manifest."
+def template_changes(name: str, manifest: dict, template: Path) -> list[Difference]:
+    "How the template changed since the run: a first line saying so, then each cell added, removed or edited."
+    import difflib
+    then = manifest.get("template", {})
+    if then.get("sha256") == template_sha256(template): return []
+    diffs = [Difference(name, "template", "the template changed since this run", then.get("sha256", "?")[:12], template_sha256(template)[:12])]
+    if "cells" not in then:
+        return diffs + [Difference(name, "template", "which cells: unknown", "(the run records no cell hashes)", "")]
+    old, new = then["cells"], cell_sha256s(template)
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if op == "equal": continue
+        for k in range(max(i2 - i1, j2 - j1)):  # cells numbered from 1, as a reader counts them
+            if k < i2 - i1 and k < j2 - j1: diffs.append(Difference(name, "template", f"cell {j1 + k + 1} edited", f"cell {i1 + k + 1}", f"cell {j1 + k + 1}"))
+            elif k < i2 - i1: diffs.append(Difference(name, "template", f"cell {i1 + k + 1} removed", f"cell {i1 + k + 1}", "-"))
+            else: diffs.append(Difference(name, "template", f"cell {j1 + k + 1} added", "-", f"cell {j1 + k + 1}"))
+    return diffs
+
+def rerun_parameters(name: str, recorded: dict, declared: dict) -> tuple[dict, list[Difference]]:
+    "The run's recorded parameters that the template still declares, and a difference for each one gained or lost."
+    diffs = [Difference(name, "parameter", p, "(not a parameter then)", f"{declared[p].default!r} (its default)")
+             for p in declared if p not in recorded]
+    diffs += [Difference(name, "parameter", p, repr(v), "(no longer a parameter: left out)") for p, v in recorded.items() if p not in declared]
+    return {p: v for p, v in recorded.items() if p in declared}, diffs
+
+def run_of(folder: Path, settings: Settings) -> tuple[Run, dict, list[Difference]]:
+    "The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and how the template changed."
     folder = Path(folder)
     m = read_manifest(folder)
     if m is None: raise RKError(f"{folder} holds no readable manifest.json: is it a run folder under the build folder?")
     if not (folder / "report.ipynb").is_file(): raise RKError(f"{folder} has no report.ipynb to compare with")
-    return plan(m["report"], m["parameters"], settings, force=True), m
+    if not isinstance(m.get("report"), str) or not isinstance(m.get("parameters"), dict):
+        raise RKError(f"{folder / 'manifest.json'}: no 'report' name and 'parameters' mapping to re-run")
+    name = f"{folder.parent.name}/{folder.name}"
+    template = P.find_template(m["report"], settings.reports_dir)
+    given, notes = rerun_parameters(name, m["parameters"], P.template_parameters(template))
+    run = plan(m["report"], given, settings, force=True)
+    run.folder = folder  # the run's own outputs, whatever folder its parameters would name today
+    return run, m, template_changes(name, m, template) + notes
 
 def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine: str | None = None,
                 workers: int | None = None) -> list[Difference]:
@@ -80,19 +113,20 @@ def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine
     from research_kit.runner.executors import LocalExecutor
     s = settings or load_settings()
     planned = [run_of(f, s) for f in folders]
-    diffs, tmp = [], Path(tempfile.mkdtemp(prefix="rk-verify-"))
+    diffs, tmp = [d for _, _, notes in planned for d in notes], Path(tempfile.mkdtemp(prefix="rk-verify-"))
     tasks = [{"template": str(r.template), "parameters": r.parameters, "engine": engine or m.get("engine", s.engine),
               "cwd": str(s.root), "timeout": s.timeout, "output_dir": str(tmp / str(i)), "run": i}
-             for i, (r, m) in enumerate(planned)]
+             for i, (r, m, _) in enumerate(planned)]
     by_engine = {}
     for t in tasks: by_engine.setdefault(t["engine"], []).append(t)
     for group in by_engine.values():
         for task, result in LocalExecutor(workers or s.workers, memory=s.memory).run(group):
-            run, m = planned[task["run"]]
+            run, m, _ = planned[task["run"]]
+            name = f"{run.folder.parent.name}/{run.folder.name}"
             if result["status"] != m.get("status"):
-                diffs.append(Difference(run.name, "status", "status", m.get("status"), result["status"]))
+                diffs.append(Difference(name, "status", "status", m.get("status"), result["status"]))
             if (Path(task["output_dir"]) / "report.ipynb").is_file():
-                diffs += compare(run.name, run.folder / "report.ipynb", m.get("records", {}), Path(task["output_dir"]) / "report.ipynb")
+                diffs += compare(name, run.folder / "report.ipynb", m.get("records", {}), Path(task["output_dir"]) / "report.ipynb")
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)
     return diffs
