@@ -12,7 +12,7 @@ from .errors import RKError
 # %% auto #0
 __all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'config', 'datasets_list', 'datasets_show',
            'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'push', 'pull',
-           'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
+           'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
 
 # %% ../nbs/cli.ipynb #f921d409
 app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
@@ -324,6 +324,22 @@ def pull(batch: Optional[str] = typer.Option(None, "--batch", help="pull the run
         _console(stderr=True).print(f"error: {len(refused)} shared run{'s' if len(refused) != 1 else ''} refused; "
                                     "`rk batch` runs them here")
         raise typer.Exit(1)
+
+@app.command()
+def site(public: Optional[str] = typer.Option(None, "--public", help="write a static site of the publishable runs only to this folder"),
+         out: Optional[str] = typer.Option(None, help="where the consortium index goes (default: next to the build folder, _share/)"),
+         institution: Optional[str] = typer.Option(None, help="only runs made by this institution"),
+         report: Optional[str] = typer.Option(None, help="only runs of this report"),
+         status: Optional[str] = typer.Option(None, help="only runs in this state: publishable, internal, audit-failed, ..."),):
+    "An index of every run in the shared run store, across institutions; with --public, a static site of the publishable ones."
+    from research_kit.settings import load_settings
+    from research_kit.runner.store import build_site
+    s = load_settings()
+    if public and out: raise RKError("give --public DIR or --out DIR, not both")
+    folder = public or out or str(s.build_dir.parent / "_share")
+    index, n = build_site(folder, s, public=bool(public), institution=institution, report=report, state=status)
+    what = "publishable runs" if public else "runs"
+    _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
 
 keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")

@@ -65,10 +65,13 @@ def s3(endpoint):
                              use_listings_cache=False, client_kwargs={"region_name": "us-east-1"})
 
 
-@pytest.fixture(params=["folder", "s3"])
+BOTH_STORES = pytest.mark.parametrize("store", ["folder", "s3"], indirect=True)
+
+
+@pytest.fixture
 def store(request, tmp_path):
-    """(share URL, env for rk, an fsspec file system and root to inspect the store with)."""
-    if request.param == "folder":
+    """(share URL, env for rk, an fsspec file system and root to inspect the store with): a folder unless the test asks for s3."""
+    if getattr(request, "param", "folder") == "folder":
         import fsspec
         folder = tmp_path / "shared-drive" / "runs-store"
         folder.mkdir(parents=True)
@@ -124,6 +127,7 @@ def whole_runs(fs, root) -> dict:
     return runs
 
 
+@BOTH_STORES
 def test_b_restores_every_run_a_pushed_without_executing_one(pair, tmp_path):
     a, b, env, fs, root = pair
     run_rk("batch", "shared", cwd=a, env=env, check=0)
@@ -157,6 +161,7 @@ def test_no_share_runs_locally(pair, tmp_path):
     assert "restored" not in out.stdout and marker.read_text() == "probe n=1\n"
 
 
+@BOTH_STORES
 def test_changed_output_is_refused_and_run_locally(pair, tmp_path, tally):
     a, b, env, fs, root = pair
     run_rk("batch", "shared", "--only", "probe", cwd=a, env=env, check=0)
@@ -206,6 +211,7 @@ def test_interrupted_pushes_leave_only_whole_runs(pair, tally):
     assert "4 restored" in out.stdout
 
 
+@BOTH_STORES
 def test_concurrent_pushes_of_one_batch_leave_one_whole_copy_each(pair):
     a, b, env, fs, root = pair
     run_rk("batch", "shared", cwd=a, env=env, check=0)
@@ -302,3 +308,42 @@ def test_keys_new_mistakes(one_run, tally):
     tally.bad_inputs += 3
     assert oct((tmp_path / "home" / "METU.key").stat().st_mode & 0o777) == "0o600"
     assert (root / "keys" / "METU.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+# ---- the consortium index, and the public site ----
+
+def test_consortium_index_and_public_site(pair, tmp_path, tally):
+    a, b, env, fs, root = pair
+    make_template(a / "reports" / "pub.ipynb", 'audience: Literal["consortium", "public"] = "consortium"',
+                  "import research_kit as rk\nrk.record('rate', 0.31)\nprint('done')")
+    with open(a / "reports" / "batches.yaml", "a") as f: f.write("site:\n  - report: pub\n    grid: {audience: [public, consortium]}\n")
+    a_env = {**env, "RK_WORKSPACE_RESEARCHER": "Aigul Sadykova", "RK_RUNNER_PDF": "off"}
+    run_rk("batch", "site", cwd=a, env=a_env, check=0)
+    run_rk("batch", "shared", "--only", "probe", cwd=a, env=a_env, check=0)
+    run_rk("push", cwd=a, env=a_env, check=0)
+    run_rk("batch", "shared", "--only", "other", "--no-share", cwd=b, env=env, check=0)
+    run_rk("push", cwd=b, env=env, check=0)
+
+    out = run_rk("site", cwd=a, env=env, check=0)
+    assert "6 runs from" in out.stdout
+    page = (a / "reports" / "_share" / "index.html").read_text()
+    assert "run by METU · Aigul Sadykova" in page and "run by KITIG" in page and 'data-facet="run_by"' in page
+    assert page.count('class="notebook-link"') == 6
+    only = run_rk("site", "--institution", "KITIG", cwd=a, env=env, check=0)
+    assert "1 runs from" in only.stdout and "probe" not in (a / "reports" / "_share" / "index.html").read_text()
+
+    public = tmp_path / "public-site"
+    out = run_rk("site", "--public", public, cwd=a, env=env, check=0)
+    assert "1 publishable runs" in out.stdout
+    files = sorted(str(p.relative_to(public)) for p in public.rglob("*") if p.is_file())
+    assert files[:2] == [".rk-site", "index.html"] and all(f.endswith("/report.html") for f in files[2:]) and len(files) == 3
+    for p in public.rglob("*"):
+        if p.is_file():
+            text = p.read_text(errors="replace")
+            for internal in ("audience=consortium", "probe", "Aigul", "notebook.html", "manifest.json", "report.ipynb", "other"):
+                assert internal not in text, f"{internal!r} in {p}"
+    run_rk("site", "--public", public, cwd=a, env=env, check=0)  # its own folder is replaced
+    (tmp_path / "elsewhere").mkdir(); (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    out = run_rk("site", "--public", tmp_path / "elsewhere", cwd=a, env=env, check=1)
+    tally.bad_inputs += 1
+    assert "exists and was not made by rk site" in out.stderr and (tmp_path / "elsewhere" / "notes.txt").exists()

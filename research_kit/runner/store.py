@@ -16,8 +16,8 @@ from .runs import (OUTPUTS, Run, code_sha256, environment, read_manifest, run_ke
                                       swap_into_place, write_json_atomic)
 
 # %% auto #0
-__all__ = ['MANIFEST', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share', 'reaching',
-           'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull']
+__all__ = ['MANIFEST', 'SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share',
+           'reaching', 'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
 
 # %% ../../nbs/runner/store.ipynb #25bc253d
 class ShareError(RKError):
@@ -247,3 +247,65 @@ def pull(runs: list[Run], settings: Settings | None = None, *, wait: bool = Fals
         results = restore(todo, s)
         build_index(s.build_dir)
     return results
+
+# %% ../../nbs/runner/store.ipynb #ca39fbba
+SITE_MARK = ".rk-site"  # marks a folder build_site made, so it may replace it
+
+def _site_runs(share: Share, keys_dir: Path):
+    "(lookup, key, payload or None, problem or None) for every run in the store."
+    for lookup, key in share.manifests():
+        envelope = share.read_envelope(lookup, key)
+        try:
+            payload = verify(envelope, keys_dir)
+            m = payload["manifest"]
+            if m.get("cache_key") != key or payload.get("institution") != envelope["institution"]:
+                raise SigningError("the signed manifest does not describe the run stored under its key")
+            yield lookup, key, payload, None
+        except (SigningError, KeyError, TypeError) as e: yield lookup, key, None, f"refused: {e}"
+
+def _site_row(share: Share, lookup, key, payload, problem, folder: Path, public: bool):
+    "The index's Run for one stored run, with its files copied into `folder` (None when it is left out)."
+    from research_kit.runner import site
+    if payload is None: return site.Run("(refused)", key[:12], folder, problem=problem)
+    m = dict(payload["manifest"], shared={"institution": payload["institution"], "pushed": payload["pushed"]}
+             | ({} if public else {"researcher": payload["researcher"]}))
+    run = site.Run(m["report"], f"{m['slug']}@{key[:12]}", folder / m["report"] / f"{m['slug']}@{key[:12]}", manifest=m)
+    if public and run.state != "publishable": return None
+    run.folder.mkdir(parents=True)
+    wanted = ("report.html", "report.pdf") if public else OUTPUTS
+    for name, digest in m["outputs"].items():
+        if name not in wanted: continue
+        data = share.fs.cat_file(share.blob_path(lookup, key, digest, name))
+        if hashlib.sha256(data).hexdigest() != digest:
+            return None if public else site.Run(run.report, run.slug, run.folder, problem=f"refused: {name} was changed in the store")
+        (run.folder / name).write_bytes(data)
+    if not public: write_json_atomic(run.folder / "manifest.json", m)
+    return run
+
+def _matches(run, institution, report, state) -> bool:
+    if run.problem: return not (institution or report or state)
+    return ((not institution or (run.manifest.get("shared") or {}).get("institution") == institution)
+            and (not report or run.report == report) and (not state or state in (run.state, run.status)))
+
+def build_site(out: Path, settings: Settings | None = None, *, public: bool = False, institution: str | None = None,
+               report: str | None = None, state: str | None = None) -> tuple[Path, int]:
+    "Write the consortium index of the store (or, `public`, the static site of its publishable runs) to `out`: (index path, runs)."
+    import shutil
+    from research_kit.runner.site import render_index
+    s = settings or load_settings()
+    share, out = open_share(s), Path(out).resolve()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SITE_MARK).exists())):
+        raise ShareError(f"{out} exists and was not made by rk site; give a new or empty folder")
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        def rows():
+            made = (_site_row(share, *entry, tmp, public) for entry in _site_runs(share, s.root / KEYS_DIR))
+            return [r for r in made if r is not None and _matches(r, institution, report, state)]
+        runs = sorted(reaching(share, rows), key=lambda r: (r.report, r.slug))
+        (tmp / "index.html").write_text(render_index(runs), encoding="utf-8")
+        (tmp / SITE_MARK).write_text("made by rk site; replaced as a whole by the next one\n")
+        if out.exists() and not any(out.iterdir()): out.rmdir()
+        swap_into_place(tmp, out)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return out / "index.html", len(runs)
