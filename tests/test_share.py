@@ -62,7 +62,7 @@ def moto_endpoint():
 def s3(endpoint):
     import s3fs
     return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, skip_instance_cache=True,
-                             use_listings_cache=False, client_kwargs={"region_name": "us-east-1"})
+                             use_listings_cache=False)
 
 
 BOTH_STORES = pytest.mark.parametrize("store", ["folder", "s3"], indirect=True)
