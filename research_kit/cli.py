@@ -10,9 +10,9 @@ import typer
 from .errors import RKError
 
 # %% auto #0
-__all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'config', 'datasets_list', 'datasets_show', 'datasets_validate', 'datasets_new',
-           'datasets_rehash', 'demo', 'params', 'run', 'batch', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs',
-           'main']
+__all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'config', 'datasets_list', 'datasets_show',
+           'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'push', 'pull',
+           'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
 
 # %% ../nbs/cli.ipynb #f921d409
 app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
@@ -172,10 +172,15 @@ def _summary(results, settings):
     rows, failed = [], 0
     for run, m in results:
         if m is None: rows.append((run.report, run.slug, "cached", "", "")); continue
+        if m.get("shared"):  # restored from the shared store in this batch, not executed here
+            from research_kit.runner.store import restored_line
+            rows.append((run.report, run.slug, "restored", "", restored_line(m))); continue
         failed += m["status"] != "succeeded"
         detail = (f"cell {m['error']['cell']}: {m['error']['type']}: {m['error']['message'][:80]}" if m["error"]
                   else ", ".join(f"{k}={_short(v)}" for k, v in list(m["records"].items())[:3] if not isinstance(v, (list, dict))))
         rows.append((run.report, run.slug, m["status"], f"{m['duration']:.1f}s", detail))
+    from rich.markup import escape  # parameters, records and messages are data: a '[' in them is not markup
+    rows = [tuple(escape(str(v)) for v in row) for row in rows]
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
@@ -200,6 +205,13 @@ def _progress(total: int, cached: int):
         bar.update(task, advance=1, failed=failed[0])
     return bar, update
 
+def _share_notes():
+    "A callback for run_runs' `on_share`, and the list of refusals it collects to print after the progress bar."
+    notes = []
+    def note(run, manifest, refused):
+        if refused: notes.append(refused if run is None else f"{refused}; ran it here instead")
+    return note, notes
+
 def _run_and_report(runs, settings, dry_run=False, **options):
     from research_kit.runner.batch import run_runs
     if dry_run:
@@ -207,22 +219,27 @@ def _run_and_report(runs, settings, dry_run=False, **options):
                                 [(r.report, r.slug, "cached" if r.cached else "run") for r in runs]))
         return
     bar, update = _progress(len(runs), sum(r.cached for r in runs))
-    with bar: results = run_runs(runs, settings, on_result=update, **options)
+    on_share, notes = _share_notes()
+    with bar: results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)
+    for n in notes: _console(stderr=True).print(f"warning: {n}", markup=False)
     _summary(results, settings)
 
 ENGINE_HELP = "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
+SHARE_HELP = "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
 
 @app.command()
 def run(report: str = typer.Argument(..., help="report template name"),
         param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
         engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
         force: bool = typer.Option(False, help="run even if an identical successful run exists"),
-        wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
+        wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
+        share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
     "Run one report."
     from research_kit.settings import load_settings
     from research_kit.runner.runs import plan
     s = load_settings()
-    _run_and_report([plan(report, _given(param), s, force=force)], s, engine=engine, workers=1, wait=wait)
+    _run_and_report([plan(report, _given(param), s, force=force)], s, engine=engine, workers=1, wait=wait,
+                    share=share and not force)
 
 @app.command()
 def batch(name: str = typer.Argument(..., help="batch name in reports/batches.yaml"),
@@ -234,13 +251,111 @@ def batch(name: str = typer.Argument(..., help="batch name in reports/batches.ya
           only: Optional[str] = typer.Option(None, help="only runs whose report or report/parameters match this glob"),
           dry_run: bool = typer.Option(False, "--dry-run", help="list what would run and what is cached"),
           max_runs: int = typer.Option(1000, min=1, help="refuse batches with more runs than this"),
-          wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
+          wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
+          share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
     "Run a named batch of reports."
     from research_kit.settings import load_settings
     from research_kit.runner.batch import plan_batch
     s = load_settings()
     runs = plan_batch(name, s, force=force, only=only, max_runs=max_runs)
-    _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=executor, workers=workers, scheduler=scheduler, wait=wait)
+    _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=executor, workers=workers, scheduler=scheduler, wait=wait,
+                    share=share and not force)
+
+# %% ../nbs/cli.ipynb #114b8ad5
+def _run_folders(settings, run_dir, batch) -> list:
+    "The finished run folders a command acts on: one folder, a batch's, or every one in the build folder."
+    from pathlib import Path
+    if run_dir and batch: raise RKError("give a run folder or --batch NAME, not both")
+    if run_dir:
+        folder = Path(run_dir).resolve()
+        if not (folder / "manifest.json").is_file():
+            raise RKError(f"{folder} holds no manifest.json; give a run folder such as reports/_build/REPORT/PARAMETERS")
+        return [folder]
+    if batch:
+        from research_kit.runner.batch import plan_batch
+        return [r.folder for r in plan_batch(batch, settings) if (r.folder / "manifest.json").is_file()]
+    return sorted(p.parent for p in settings.build_dir.glob("*/*/manifest.json")
+                  if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith("."))
+
+@app.command()
+def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (default: every run in the build folder)"),
+         batch: Optional[str] = typer.Option(None, "--batch", help="push the finished runs of this batch")):
+    "Publish successful runs to the shared run store, signed in your institution's name."
+    from rich.markup import escape
+    from research_kit.settings import load_settings
+    from research_kit.runner.store import push as push_runs
+    s = load_settings()
+    folders = _run_folders(s, run_dir, batch)
+    if not folders: raise RKError(f"no finished runs to push{f' in batch {batch!r}' if batch else ''}; run them first")
+    results = push_runs(folders, s)
+    _console().print(_table(f"pushed to {escape(s.share)}", ["run", "outcome", "why"],
+                            [(escape(r.run), r.outcome, escape(r.reason)) for r in results]))
+    counts = {o: sum(r.outcome == o for r in results) for o in ("pushed", "present", "skipped")}
+    _console().print(f"{counts['pushed']} pushed, {counts['present']} already in the share, {counts['skipped']} skipped")
+    for r in results:
+        if r.outcome == "skipped": _console(stderr=True).print(f"skipped {r.run}: {r.reason}", markup=False)
+
+def _all_runs(settings, batch):
+    "The planned runs of `batch`, or of every batch (each run once)."
+    from research_kit.runner.batch import load_batches, plan_batch
+    names = [batch] if batch else list(load_batches(settings.reports_dir))
+    runs = {}
+    for name in names:
+        for r in plan_batch(name, settings): runs.setdefault(r.name, r)
+    return list(runs.values())
+
+@app.command()
+def pull(batch: Optional[str] = typer.Option(None, "--batch", help="pull the runs of this batch (default: every batch)"),
+         wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
+    "Restore from the shared run store the runs your templates, parameters, data, code and environment would make."
+    from rich.markup import escape
+    from research_kit.settings import load_settings
+    from research_kit.runner.store import pull as pull_runs, restored_line
+    s = load_settings()
+    runs = _all_runs(s, batch)
+    results = pull_runs(runs, s, wait=wait)
+    rows = [(escape(r.run.name), escape(restored_line(r.manifest)) if r.manifest else "refused" if r.refused else "not in the share")
+            for r in results]
+    _console().print(_table(f"pulled from {escape(s.share)}", ["run", "outcome"], rows))
+    restored = sum(1 for r in results if r.manifest)
+    _console().print(f"{restored} restored, {len(runs) - len(results)} already here, "
+                     f"{sum(1 for r in results if not r.manifest and not r.refused)} not in the share")
+    refused = [r for r in results if r.refused]
+    for r in refused: _console(stderr=True).print(f"refused: {r.refused}", markup=False)
+    if refused:
+        _console(stderr=True).print(f"error: {len(refused)} shared run{'s' if len(refused) != 1 else ''} refused; "
+                                    "`rk batch` runs them here")
+        raise typer.Exit(1)
+
+@app.command()
+def site(public: Optional[str] = typer.Option(None, "--public", help="write a static site of the publishable runs only to this folder"),
+         out: Optional[str] = typer.Option(None, help="where the consortium index goes (default: next to the build folder, _share/)"),
+         institution: Optional[str] = typer.Option(None, help="only runs made by this institution"),
+         report: Optional[str] = typer.Option(None, help="only runs of this report"),
+         status: Optional[str] = typer.Option(None, help="only runs in this state: publishable, internal, audit-failed, ..."),):
+    "An index of every run in the shared run store, across institutions; with --public, a static site of the publishable ones."
+    from research_kit.settings import load_settings
+    from research_kit.runner.store import build_site
+    s = load_settings()
+    if public and out: raise RKError("give --public DIR or --out DIR, not both")
+    folder = public or out or str(s.build_dir.parent / "_share")
+    index, n = build_site(folder, s, public=bool(public), institution=institution, report=report, state=status)
+    what = "publishable runs" if public else "runs"
+    _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
+
+keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+@keys_app.command("new")
+def keys_new():
+    "Make your institution's signing key pair: private key in your own configuration, public key in keys/."
+    from research_kit.settings import load_settings
+    from research_kit.signing import KEYS_DIR, new_keys
+    s = load_settings()
+    private, public = new_keys(s.institution, s.signing_key, s.root / KEYS_DIR, workspace=s.root)
+    out = _console()
+    out.print(f"private key: {private} (yours alone: never copy it into the workspace or share it)", markup=False)
+    out.print(f"public key: {public} (commit it, so every workspace can check the runs you push)", markup=False)
 
 # %% ../nbs/cli.ipynb #a8e5035f
 @app.command()

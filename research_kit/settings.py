@@ -18,7 +18,9 @@ def _non_negative_int(v): return int(v) >= 0
 
 DEFAULTS: dict[str, dict[str, str]] = {
     "workspace": {"data": "datasets", "cache": ".cache", "reports": "reports",
-                  "build": "reports/_build", "institution": ""},
+                  "build": "reports/_build", "institution": "",
+                  # the consortium's shared run store (rk push / pull), and who signs what is pushed to it
+                  "share": "", "share_owner": "", "researcher": "", "signing_key": ""},
     "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0", "reader": "on", "pdf": "auto"},
     "privacy": {"threshold": "10"},
 }
@@ -82,6 +84,27 @@ class Settings:
     def build_dir(self) -> Path: return self._path("build")
     @property
     def institution(self) -> str: return self.get("workspace", "institution").strip()
+    @property
+    def share(self) -> str:
+        "The shared run store: an fsspec URL as given, an absolute local path, or '' (off)."
+        v = self.get("workspace", "share").strip()
+        return v.rstrip("/") if not v or is_url(v) else str((self.root / v).resolve())
+    @property
+    def share_owner(self) -> str:
+        "The institution whose own store the share is ('' for a consortium-wide store)."
+        return self.get("workspace", "share_owner").strip()
+    @property
+    def researcher(self) -> str:
+        "Who signs pushed runs: the setting, else the login name."
+        import getpass
+        return self.get("workspace", "researcher").strip() or getpass.getuser()
+    @property
+    def signing_key(self) -> Path:
+        "The researcher's private signing key: the setting, else <config>/research_kit/keys/<institution>.key (outside the workspace)."
+        v = self.get("workspace", "signing_key").strip()
+        if v: return Path(v).expanduser().resolve()
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return (config / "research_kit" / "keys" / f"{self.institution or 'unknown'}.key").resolve()
     @property
     def engine(self) -> str: return self.get("runner", "engine")
     @property

@@ -75,8 +75,23 @@ def plan_batch(name: str, settings: Settings | None = None, *, force: bool = Fal
     return runs
 
 # %% ../../nbs/runner/batch.ipynb #a933e8d5
+def _restore_from_share(todo: list[Run], settings: Settings, on_result=None, on_share=None) -> dict:
+    "{name: manifest} of the runs the shared store held and that were restored instead of executed."
+    from research_kit.runner.store import ShareError, restore
+    restored = {}
+    def note(r):
+        if r.manifest:
+            restored[r.run.name] = r.manifest
+            if on_result: on_result(r.run, r.manifest)
+        if on_share and (r.manifest or r.refused): on_share(r.run, r.manifest, r.refused)
+    try: restore(todo, settings, on_result=note)
+    except ShareError as e:  # an unreachable store must not stop the batch: what it did not give runs here
+        if on_share: on_share(None, None, f"{e}; running the rest locally")
+    return restored
+
 def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, executor: str = "local",
-             workers: int | None = None, scheduler: str | None = None, wait: bool = False, on_result=None):
+             workers: int | None = None, scheduler: str | None = None, wait: bool = False, on_result=None,
+             share: bool = True, on_share=None):
     "Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run, manifest or None) pairs."
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
@@ -85,8 +100,12 @@ def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, 
         for r in runs: r.cached = still_cached(r)
         todo = [r for r in runs if not r.cached]
         clean_stale(settings.build_dir)
+        # the shared store first (`[workspace] share`): a run another institution already made is restored, not repeated
+        restored = _restore_from_share(todo, settings, on_result, on_share) if share and settings.share and todo else {}
+        todo = [r for r in todo if r.name not in restored]
         done = dict((r.name, m) for r, m in execute(todo, settings, engine=engine or settings.engine, executor=executor,
                                                     workers=workers, scheduler=scheduler, on_result=on_result)) if todo else {}
+        done.update(restored)
         for r in runs:  # cached runs too: the threshold may have changed since they ran
             if (r.folder / "manifest.json").is_file():
                 manifest = audit_unless_current(r.folder, threshold=settings.threshold, policy=settings.threshold_policy)

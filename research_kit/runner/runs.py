@@ -13,9 +13,9 @@ from ..data.descriptor import atomic_path, sha256_file
 from . import params as P
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_sha256', 'environment', 'git_state', 'run_key',
-           'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic', 'finish', 'make_task', 'clean_stale',
-           'execute', 'BuildLocked', 'build_lock']
+__all__ = ['KEY_PACKAGES', 'swap_into_place', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_sha256', 'environment',
+           'git_state', 'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic', 'finish',
+           'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -140,6 +140,8 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         os.rename(final, old)
     os.rename(tmp, final)
     if old: shutil.rmtree(old, ignore_errors=True)
+
+swap_into_place = _swap_into_place  # public for the shared run store, which restores runs the same way
 
 def write_json_atomic(path: Path, data) -> None:
     "Write JSON via a temporary file and a rename: never half-written under its name."

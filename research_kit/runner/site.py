@@ -216,13 +216,21 @@ def _duration(duration) -> str:
     if isinstance(duration, bool) or not isinstance(duration, (int, float)): return ""
     return f"{duration:.1f}"
 
-FACETS = ("report", "institution", "lang", "state")  # what the index filters by
+FACETS = ("report", "institution", "lang", "state", "run_by")  # what the index filters by
 
 def facets(run: Run) -> dict[str, str]:
     "The run's value for each filter of the index: report, institution, language (its `lang` parameter), state."
     parameters = run.manifest.get("parameters") if isinstance(run.manifest.get("parameters"), dict) else {}
+    shared = run.manifest.get("shared") if isinstance(run.manifest.get("shared"), dict) else {}
     return {"report": run.report, "institution": _plain(parameters.get("institution", "")),
-            "lang": _plain(parameters.get("lang", "")), "state": run.state}
+            "lang": _plain(parameters.get("lang", "")), "state": run.state, "run_by": _plain(shared.get("institution", ""))}
+
+def _run_by(m: dict) -> str:
+    "Who made a run that came from the consortium's shared store (`research_kit.runner.store`)."
+    shared = m.get("shared")
+    if not isinstance(shared, dict): return ""
+    who = " · ".join(_e(_plain(shared[k])) for k in ("institution", "researcher") if shared.get(k))
+    return f'<div class="run-by">run by {who}</div>'
 
 def _row(run: Run, classes: str = "") -> str:
     m, f = run.manifest, facets(run)
@@ -236,7 +244,7 @@ def _row(run: Run, classes: str = "") -> str:
              ("state", _state(run)),
              ("engine", _e(_plain(m.get("engine", "")))),
              ("duration", _duration(m.get("duration"))),
-             ("started", _e(format_started(m["started"])) if m.get("started") else ""),
+             ("started", (_e(format_started(m["started"])) if m.get("started") else "") + _run_by(m)),
              ("records", records),
              ("links", _links(run))]
     tds = "".join(f'<td class="{name}">{content}</td>' for name, content in cells)
@@ -281,6 +289,7 @@ tr.state-failed,tr.state-unreadable,tr.state-audit-failed{background:#fffafa}
 .error-type{font-weight:600}
 .duration{text-align:right;font-variant-numeric:tabular-nums}
 .started,.links a{white-space:nowrap}.links a{margin-right:.3rem}
+.run-by{font-size:.85em;color:#555}
 .record{font-size:.9em;white-space:nowrap}.record-name{color:#555}.record-value{font-family:ui-monospace,monospace}
 .missing{color:#888}
 .empty{color:#666;font-style:italic}
@@ -299,7 +308,7 @@ def _summary(runs: list[Run], generated: datetime) -> str:
     parts.append(f'generated <time datetime="{stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}">{stamp.strftime("%Y-%m-%d %H:%M")} UTC</time>')
     return f'<p class="summary" {attrs}>{" · ".join(parts)}</p>'
 
-FACET_NAMES = {"report": "report", "institution": "institution", "lang": "language", "state": "state"}
+FACET_NAMES = {"report": "report", "institution": "institution", "lang": "language", "state": "state", "run_by": "run by"}
 
 def _facet_values(runs: list[Run]) -> dict[str, list[str]]:
     "For each facet, its values in the runs (states in their fixed order), when there are at least two to choose between."
