@@ -316,7 +316,7 @@ BATCH_CASES = [
     ("grid-empty-list", "b:\n  - report: tiny\n    grid: {n: []}\n", [], ["entry 1", "non-empty list"]),
     ("entry-without-report", "b:\n  - report: tiny\n    grid: {n: [1]}\n  - grid: {n: [1]}\n", [],
      ["batch 'b', entry 2", "needs a 'report'"]),
-    ("unknown-key", "b:\n  - report: tiny\n    grids: {n: [1]}\n", [], ["entry 1", "unknown key(s) grids"]),
+    ("unknown-key", "b:\n  - report: tiny\n    grids: {n: [1]}\n", [], ["entry 1", "unknown key(s) 'grids'"]),
     ("grid-and-parameters", "b:\n  - report: tiny\n    grid: {n: [1]}\n    parameters: [{n: 1}]\n", [], ["not both"]),
     ("grid-too-large", "b:\n  - report: tiny\n    grid: {n: [1,2,3,4,5,6,7,8,9,10,11]}\n", ["--max-runs", "10"],
      ["entry 1", "the grid has 11 runs, more than --max-runs 10"]),
@@ -326,6 +326,15 @@ BATCH_CASES = [
      ["batches.yaml: batch 'b', entry 2", "unknown parameter 'kk'", "report 'other'", "did you mean 'k'"]),
     ("bad-value", "b:\n  - report: tiny\n    grid: {mode: [a, c]}\n", [], ["batch 'b', entry 1", "mode='c'", "one of a, b"]),
     ("unknown-report", "b:\n  - report: ../tiny\n    grid: {n: [1]}\n", [], ["batch 'b', entry 1", "invalid report name"]),
+    # formerly: the full text of a billion-laughs value filled the memory (a message quoting it, a cache key)
+    ("alias-bomb", "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+     + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+     + "b2:\n  - report: *i\n    grid: {n: [1]}\n", [], ["batches.yaml: line", "YAML aliases expand to more than"]),
+    ("large-value-quoted", "a: &a [" + ", ".join(["x" * 50] * 9) + "]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nb2:\n  - report: *c\n    grid: {n: [1]}\n", ["--max-runs", "5"],
+     ["batch 'b2', entry 1", "invalid report name [[[", "…"]),
+    ("keys-of-other-types", "1: []\nb: [{report: tiny, 2: x}]\n", [], ["entry 1", "unknown key(s) 2; use report"]),
+    ("unknown-batch-among-keys-of-other-types", "1: []\nc: []\n", [], ["unknown batch 'b'"]),
 ]
 
 
@@ -335,9 +344,10 @@ def test_bad_batches_file(report_workspace, case, text, extra, fragments, tally)
     (root / "reports" / "batches.yaml").write_text(text)
     before = tree(root, skip=(".cache",))
     tally.bad_inputs += 1
-    proc = run_rk("batch", "b", *extra, cwd=root, env=env)
+    proc = run_rk("batch", "b2" if "b2:" in text else "b", *extra, cwd=root, env=env)
     # a YAML parser error carries its own multi-line location snippet after the first line
     assert_one_clear_error(proc, *fragments, lines=None if case == "malformed-yaml" else 1)
+    assert len(proc.stderr) < 1000, proc.stderr[:2000]  # every value a message quotes is cut short
     assert not (root / "reports" / "_build").exists()
     assert tree(root, skip=(".cache",)) == before
 
