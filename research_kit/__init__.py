@@ -19,6 +19,7 @@ _LAZY = {  # public name -> (module, attribute), imported on first use
     "config": ("research_kit.settings", "load_settings"),  # not `settings`: that is the submodule's name
     "record": ("research_kit.runner.record", "record"),
     "records": ("research_kit.runner.record", "records"),
+    "check_parameters": ("research_kit.runner.params", "check_parameters"),
     "DataValidationError": ("research_kit.errors", "DataValidationError"),
     "RKError": ("research_kit.errors", "RKError"),
 }
