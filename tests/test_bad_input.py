@@ -497,3 +497,109 @@ def test_formerly_constraint_of_the_wrong_shape(workspace, tally):
     d["resources"][1]["schema"]["fields"][2]["constraints"]["enum"] = "paid"
     save(root.joinpath(*PKG), d)
     validate_fails(root, env, "datapackage.yaml", "'age'", "enum", tally=tally)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. settings out of range, data roots that cannot be read: one line naming the setting or URL
+
+def _s3fs_installed():
+    import importlib.util
+    return importlib.util.find_spec("s3fs") is not None
+
+
+SETTING_CASES = [  # variable, value, command, fragments
+    ("RK_RUNNER_TIMEOUT", "10000000000", ["config"], ["RK_RUNNER_TIMEOUT", "'10000000000'", "from 1 to 604800 (a week)"]),
+    ("RK_RUNNER_TIMEOUT", "0", ["run", "tiny"], ["RK_RUNNER_TIMEOUT", "from 1 to 604800"]),
+    ("RK_RUNNER_MEMORY", "99999999999999", ["run", "tiny"], ["RK_RUNNER_MEMORY", "'99999999999999'", "(1 TB)"]),
+    ("RK_RUNNER_WORKERS", "100000", ["batch", "small"], ["RK_RUNNER_WORKERS", "from 0 to 1024"]),
+    ("RK_WORKSPACE_DATA", "http://127.0.0.1:9/datasets", ["datasets", "validate"], ["http://127.0.0.1:9/datasets", "cannot be read"]),
+    ("RK_WORKSPACE_DATA", "http://127.0.0.1:9/datasets", ["datasets", "show", "mini"], ["http://127.0.0.1:9/datasets/mini", "cannot be read"]),
+    ("RK_WORKSPACE_DATA", "http://127.0.0.1:9/datasets", ["datasets", "list"], ["http://127.0.0.1:9/datasets", "cannot be read"]),
+    ("RK_WORKSPACE_DATA", "foo://x", ["datasets", "validate"], ["RK_WORKSPACE_DATA", "'foo://x'", "unknown protocol 'foo'"]),
+    pytest.param("RK_WORKSPACE_DATA", "s3://bucket/datasets", ["datasets", "show", "mini"], ["RK_WORKSPACE_DATA", "s3fs"],
+                 marks=pytest.mark.skipif(_s3fs_installed(), reason="s3fs is installed")),
+    ("RK_WORKSPACE_BUILD", ".", ["run", "tiny"], ["RK_WORKSPACE_BUILD", "the workspace or a folder above it"]),
+    ("RK_WORKSPACE_BUILD", "datasets", ["batch", "small"], ["RK_WORKSPACE_BUILD", "datasets/ folder"]),
+    ("RK_WORKSPACE_CACHE", "..", ["datasets", "validate"], ["RK_WORKSPACE_CACHE", "the workspace or a folder above it"]),
+]
+
+
+@pytest.mark.parametrize("variable,value,command,fragments", SETTING_CASES,
+                         ids=[f"{c[0] if isinstance(c, tuple) else c.values[0]}-{i}" for i, c in enumerate(SETTING_CASES)])
+def test_bad_setting_or_data_root(report_workspace, variable, value, command, fragments, tally):
+    root, _, env = report_workspace
+    tally.bad_inputs += 1
+    before = tree(root, skip=(".cache",))
+    proc = run_rk(*command, cwd=root, env={**env, variable: value}, timeout=120)
+    assert_one_clear_error(proc, *fragments)
+    assert tree(root, skip=(".cache",)) == before
+
+
+def test_institution_setting_is_checked_with_did_you_mean(tally):
+    from conftest import ROOT
+    tally.bad_inputs += 1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    proc = run_rk("config", cwd=ROOT, env={**env, "RK_WORKSPACE_INSTITUTION": "KITG"})
+    assert_one_clear_error(proc, "unknown institution 'KITG'", "RK_WORKSPACE_INSTITUTION", "did you mean 'KITIG'")
+    run_rk("config", cwd=ROOT, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"}, check=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. square brackets in anything a user wrote print as written (Rich markup is never read)
+
+MARKUP = "[/x] [a-z]+ [bold]"
+
+
+def test_square_brackets_print_as_written(report_workspace, tally):
+    from conftest import make_template
+    root, d, env = report_workspace
+    tally.bad_inputs += 5
+    make_template(root / "reports" / "brackets.ipynb", f'text: str = "{MARKUP}"  # help {MARKUP}',
+                  "import research_kit as rk\nrk.record('value', text)")
+    d["description"] = f"described {MARKUP}"
+    d["licenses"][0].update(name=f"CC0 {MARKUP}", title=f"CC0 {MARKUP}")
+    d["resources"][1]["schema"]["fields"][0]["description"] = f"field {MARKUP}"
+    save(root / "datasets" / "mini", d)
+    checks = [(["params", "brackets"], [f"help {MARKUP}", repr(MARKUP)]),
+              (["run", "brackets"], [f"value={MARKUP}"[:40]]),
+              (["datasets", "show", "mini"], [f"described {MARKUP}", f"field {MARKUP}", "pattern=[A-Z]+", f"CC0 {MARKUP}"]),
+              (["datasets", "list"], [f"CC0 {MARKUP}"]),
+              (["config"], [f"cache{MARKUP}"])]
+    for command, fragments in checks:
+        proc = run_rk(*command, cwd=root, env={**env, "RK_WORKSPACE_CACHE": f"cache{MARKUP}"})
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (command, proc.stderr[-2000:])
+        for f in fragments: assert f in proc.stdout, (command, f, proc.stdout)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. a template named by its path; a run never replaces a folder it did not write
+
+def test_template_path_works_where_a_name_does(report_workspace):
+    root, _, env = report_workspace
+    for given in ("reports/tiny.ipynb", str(root / "reports" / "tiny.ipynb")):
+        proc = run_rk("params", given, cwd=root, env=env, check=0)
+        assert "parameters of tiny" in proc.stdout and "a number" in proc.stdout
+    proc = run_rk("params", "tiny.ipynb", cwd=root / "reports", env=env, check=0)
+    run_rk("run", "reports/tiny.ipynb", "-p", "n=3", cwd=root, env=env, check=0)
+    assert (root / "reports" / "_build" / "tiny" / "label=x,mode=a,n=3" / "manifest.json").is_file()
+
+
+def test_template_path_outside_the_reports_folder_is_refused(report_workspace, tmp_path, tally):
+    import shutil
+    root, _, env = report_workspace
+    tally.bad_inputs += 1
+    shutil.copy(root / "reports" / "tiny.ipynb", tmp_path / "tiny.ipynb")
+    proc = run_rk("params", str(tmp_path / "tiny.ipynb"), cwd=root, env=env)
+    assert_one_clear_error(proc, "is not a template of this workspace", str(root / "reports"))
+
+
+def test_run_never_replaces_a_folder_it_did_not_write(report_workspace, tally):
+    root, _, env = report_workspace
+    tally.bad_inputs += 1
+    folder = root / "reports" / "_build" / "tiny" / "label=x,mode=a,n=1"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("my own notes")
+    proc = run_rk("run", "tiny", cwd=root, env=env)
+    assert proc.returncode == 1 and "is not a run folder" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (folder / "notes.txt").read_text() == "my own notes" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]

@@ -11,8 +11,8 @@ from ..errors import RKError, UnknownNameError, quoted
 
 # %% auto #0
 __all__ = ['ParameterError', 'TemplateError', 'template_names', 'find_template', 'Param', 'parameters_cell', 'parse_parameters',
-           'read_cells', 'template_parameters', 'parse_value', 'check_value', 'validate', 'declared_parameters',
-           'check_parameters', 'slug']
+           'read_cells', 'template_parameters', 'parse_value', 'check_value', 'validate', 'check_institution_setting',
+           'declared_parameters', 'check_parameters', 'slug']
 
 # %% ../../nbs/runner/params.ipynb #17942979
 class ParameterError(RKError):
@@ -219,6 +219,19 @@ def validate(params: dict[str, Param], given: dict, *, report: str | None = None
             for v in values:
                 if v not in known: raise UnknownNameError("institution", v, known, where=f"parameter {name}{of}")
     return out
+
+# %% ../../nbs/runner/params.ipynb #1acd4ae8
+def check_institution_setting(settings=None) -> None:
+    "Refuse a `[workspace] institution` that the consortium package's institutions table does not list."
+    from research_kit.settings import load_settings, SETTINGS_FILE
+    s = settings or load_settings()
+    if not s.institution: return
+    try: known = _institutions()
+    except UnknownNameError: return  # a workspace without the consortium package has nothing to check against
+    if s.institution not in known:
+        source = s.values["workspace", "institution"].source
+        where = s.root / SETTINGS_FILE if source == SETTINGS_FILE else source
+        raise UnknownNameError("institution", s.institution, known, where=f"[workspace] institution ({where})")
 
 # %% ../../nbs/runner/params.ipynb #0180825e
 def _annotation_text(annotation) -> str:
