@@ -525,7 +525,7 @@ SETTING_CASES = [  # variable, value, command, fragments
 
 
 @pytest.mark.parametrize("variable,value,command,fragments", SETTING_CASES,
-                         ids=[f"{c[0] if isinstance(c, tuple) else c.values[0]}-{i}" for i, c in enumerate(SETTING_CASES)])
+                         ids=[f"{v[0]}-{'-'.join(v[2])}" for v in (getattr(c, "values", c) for c in SETTING_CASES)])
 def test_bad_setting_or_data_root(report_workspace, variable, value, command, fragments, tally):
     root, _, env = report_workspace
     tally.bad_inputs += 1
