@@ -248,7 +248,9 @@ def data_root(tmp_path_factory):
 
 def names():
     return st.one_of(st.sampled_from(REFUSED_NAMES + ["tiny", "TINY", "mini", "sub", "outside", "../outside", "sub/x",
-                                                      "mini.", "a..b", "a-b_c", "x" * 100, "x" * 101]),
+                                                      "mini.", "a..b", "a-b_c", "x" * 100, "x" * 101,
+                                                      "tiny.ipynb", "../tiny.ipynb", "sub/../tiny.ipynb", ".ipynb",
+                                                      "/etc/passwd.ipynb", "x" * 300 + ".ipynb"]),
                      st.text(max_size=120), st.from_regex(r"\A[a-z0-9./_-]{1,30}\Z"))
 
 
@@ -259,12 +261,13 @@ def test_report_names_are_safe_or_refused(reports_dir, name, tally):
     try:
         path = P.find_template(name, reports_dir)
     except TemplateError as e:
-        assert "invalid report name" in str(e)
+        assert "invalid report name" in str(e) or "is not a template of this workspace" in str(e)
         return
     except UnknownNameError as e:
-        assert "unknown report" in str(e) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", name)
+        stem = Path(name).stem if name.endswith(".ipynb") else name  # a template may be given by its path
+        assert "unknown report" in str(e) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", stem)
         return
-    assert name == "tiny" and path == reports_dir / "tiny.ipynb" and path.resolve().parent == reports_dir.resolve()
+    assert path.resolve() == (reports_dir / "tiny.ipynb").resolve() and name in ("tiny", str(reports_dir / "tiny.ipynb"))
 
 
 @settings(max_examples=200, deadline=None)
