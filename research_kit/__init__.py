@@ -20,6 +20,7 @@ _LAZY = {  # public name -> (module, attribute), imported on first use
     "record": ("research_kit.runner.record", "record"),
     "records": ("research_kit.runner.record", "records"),
     "show": ("research_kit.runner.record", "show"),
+    "check_parameters": ("research_kit.runner.params", "check_parameters"),
     "DataValidationError": ("research_kit.errors", "DataValidationError"),
     "RKError": ("research_kit.errors", "RKError"),
 }

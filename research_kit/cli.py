@@ -25,7 +25,9 @@ def _console(stderr=False):
     from rich.console import Console
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else int(os.environ.get("COLUMNS", 160))  # logs and pipes: don't squeeze tables
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+    # no markup: what rk prints is mostly the user's own text (help comments, descriptions, patterns
+    # such as `[a-z]+`, recorded values), and Rich would read its square brackets as style tags
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
 
 def _table(title, columns, rows):
     from rich.table import Table
@@ -39,7 +41,9 @@ def _table(title, columns, rows):
 def config():
     "Print the effective settings and where each value came from."
     from research_kit.settings import load_settings
+    from research_kit.runner.params import check_institution_setting
     s = load_settings()
+    check_institution_setting(s)
     _console().print(f"workspace: {s.root}")
     _console().print(_table(None, ["section", "key", "value", "source"],
                             [(v.section, v.key, v.value, v.source) for v in s.table()]))
@@ -72,7 +76,8 @@ def datasets_show(package: str = typer.Argument(..., help="package name"),
     p = open_package(package)
     d, out = p.descriptor, _console()
     if lang is not None: return _show_labels(p, lang, out)
-    out.print(f"[bold]{d['name']}[/bold] {d.get('version', '')}: {d.get('title', '')}")
+    from rich.text import Text
+    out.print(Text.assemble((str(d["name"]), "bold"), f" {d.get('version', '')}: {d.get('title', '')}"))
     out.print(str(d.get("description", "")).strip())
     for key in ("licenses", "sources"):
         for item in d.get(key, []): out.print(f"{key[:-1]}: {item.get('title') or item.get('name')} {item.get('path', '')}")
@@ -145,12 +150,13 @@ def demo(seed: int = typer.Option(2024, help="random seed"),
 
 # %% ../nbs/cli.ipynb #fa40d129
 @app.command()
-def params(report: str = typer.Argument(..., help="report template name (a notebook in reports/)")):
+def params(report: str = typer.Argument(..., help="report template name, or its path (a notebook in reports/)")):
     "Show a report template's parameters."
     from research_kit.settings import load_settings
     from research_kit.runner.params import find_template, template_parameters
-    ps = template_parameters(find_template(report, load_settings().reports_dir))
-    _console().print(_table(f"parameters of {report}", ["name", "type", "default", "choices", "help"],
+    template = find_template(report, load_settings().reports_dir)
+    ps = template_parameters(template)
+    _console().print(_table(f"parameters of {template.stem}", ["name", "type", "default", "choices", "help"],
                             [(p.name, p.type, repr(p.default), ", ".join(map(str, p.choices or ())), p.help) for p in ps.values()]))
 
 # %% ../nbs/cli.ipynb #bd81e632
@@ -228,7 +234,7 @@ ENGINE_HELP = "warm (long-lived workers) or kernel (a fresh Jupyter kernel per r
 SHARE_HELP = "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
 
 @app.command()
-def run(report: str = typer.Argument(..., help="report template name"),
+def run(report: str = typer.Argument(..., help="report template name, or its path"),
         param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
         engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
         force: bool = typer.Option(False, help="run even if an identical successful run exists"),

@@ -4,12 +4,12 @@
 
 # %% ../nbs/docs.ipynb #0edd26bb
 from __future__ import annotations
-import html, json, tempfile
+import html, json, os, tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 # %% auto #0
-__all__ = ['build_docs']
+__all__ = ['MARKER', 'PROTECTED', 'docs_folder', 'build_docs']
 
 # %% ../nbs/docs.ipynb #d01a23ce
 def _summary(nb_path: Path) -> str:
@@ -35,28 +35,74 @@ def _index_page(modules: list[tuple[Path, str]], reports: list[tuple[Path, str, 
             f"<h2>Library modules</h2><ul class=\"modules\">{mods}</ul><h2>Report templates</h2><ul class=\"reports\">{reps}</ul>"
             "</body></html>\n")
 
-def build_docs(root: Path, out: Path) -> Path:
-    "Render nbs/ and reports/ under `out` (replaced as a whole); return the index page's path."
+def _render(nb: Path, html_path: Path, title: str) -> None:
     from research_kit.runner.documents import write_html
+    from research_kit.errors import RKError
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    try: write_html(nb, html_path, title=title)
+    except Exception as e:  # a notebook nbformat/nbconvert cannot read: name it instead of a traceback
+        raise RKError(f"{nb}: cannot be rendered ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+def _write_pages(root: Path, tmp: Path) -> None:
+    "Every page and the index, under the temporary folder `tmp`."
     from research_kit.runner.params import template_parameters, RKError
-    root, out = Path(root), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".docs-", dir=out.parent))
     modules, reports = [], []
     for nb in sorted((root / "nbs").rglob("*.ipynb")):
         if ".ipynb_checkpoints" in nb.parts: continue
         rel = Path("nbs") / nb.relative_to(root / "nbs").with_suffix(".html")
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        write_html(nb, tmp / rel, title=str(nb.relative_to(root / "nbs").with_suffix("")))
+        _render(nb, tmp / rel, str(nb.relative_to(root / "nbs").with_suffix("")))
         modules.append((rel, _summary(nb)))
     for nb in sorted((root / "reports").glob("*.ipynb")):
         rel = Path("reports") / nb.with_suffix(".html").name
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        write_html(nb, tmp / rel, title=f"report template: {nb.stem}")
+        _render(nb, tmp / rel, f"report template: {nb.stem}")
         try: ps = list(template_parameters(nb).values())
         except RKError: ps = []
         reports.append((rel, _summary(nb), ps))
     (tmp / "index.html").write_text(_index_page(modules, reports), encoding="utf-8")
-    from research_kit.runner.runs import _swap_into_place
-    _swap_into_place(tmp, out)
+    (tmp / MARKER).write_text("written by rk docs; rk docs replaces this folder as a whole\n", encoding="utf-8")
+
+# %% ../nbs/docs.ipynb #5e17f271
+MARKER = ".rk-docs"
+PROTECTED = (".git", "datasets", "reports", "nbs", "research_kit", "tests")
+
+def docs_folder(root: Path, out: Path) -> Path:
+    "`out` as an absolute path if `rk docs` may (re)write it, else RKError saying why."
+    from research_kit.errors import RKError
+    root, out = Path(root).resolve(), Path(out).resolve()
+    if out == root or out in root.parents:
+        raise RKError(f"--out {out}: that is the workspace or a folder above it; choose a new folder such as {root / '_docs'}")
+    for name in PROTECTED:
+        if out == root / name or root / name in out.parents:
+            raise RKError(f"--out {out}: rk docs never writes into the workspace's {name}/; choose a new folder such as {root / '_docs'}")
+    if out.exists() and not (out.is_dir() and (out / MARKER).is_file()):
+        raise RKError(f"--out {out} already exists and was not written by rk docs (it has no {MARKER} file); "
+                      "choose a new folder, or remove this one yourself")
+    return out
+
+def _first_missing(folder: Path) -> Path | None:
+    "The outermost folder of `folder`'s path that does not exist yet (what creating it would add)."
+    missing = None
+    for f in [folder, *folder.parents]:
+        if f.exists(): break
+        missing = f
+    return missing
+
+def build_docs(root: Path, out: Path) -> Path:
+    "Render nbs/ and reports/ into `out` (a new folder, or one rk docs wrote: replaced as a whole); return the index page's path."
+    import shutil, uuid
+    root, out = Path(root), docs_folder(root, out)
+    made = _first_missing(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".docs-", dir=out.parent))
+    old = out.with_name(f".old-docs-{out.name}-{uuid.uuid4().hex[:8]}") if out.exists() else None
+    try:
+        _write_pages(root, tmp)
+        if old: os.rename(out, old)  # it holds the marker: docs_folder checked
+        os.rename(tmp, out)
+    except BaseException:
+        if old and old.exists() and not out.exists(): os.rename(old, out)  # put the previous docs back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made: shutil.rmtree(made, ignore_errors=True)
+        raise
+    if old: shutil.rmtree(old, ignore_errors=True)
     return out / "index.html"

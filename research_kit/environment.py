@@ -81,6 +81,13 @@ def _packages_valid():
     skipped = sum(1 for c in results if c.skipped)
     return True, f"{len(results) - skipped} resources valid" + (f", {skipped} restricted to other institutions skipped" if skipped else "")
 
+def _institution():
+    from research_kit.runner.params import check_institution_setting
+    from research_kit.settings import load_settings
+    check_institution_setting()
+    code = load_settings().institution
+    return True, code or "none set (restricted resources stay closed)"
+
 def doctor(root: Path | None = None) -> list[Check]:
     "Every check of the workspace's environment, in order."
     from research_kit.settings import load_settings
@@ -93,7 +100,10 @@ def doctor(root: Path | None = None) -> list[Check]:
     if checks[-1].ok: checks.append(_check("kernel imports research_kit", _importable_in_kernel, "run `make setup` to install the workspace into .venv"))
     checks.append(_check("package in sync with nbs/", lambda: package_in_sync(root), "run `nbdev-export` and commit research_kit/"))
     checks.append(_check("data root reachable", _data_root, "check [workspace] data in settings.ini or RK_WORKSPACE_DATA"))
-    if checks[-1].ok: checks.append(_check("data packages valid", _packages_valid, "run `rk datasets validate` for the full list of failures"))
+    if checks[-1].ok:
+        checks.append(_check("data packages valid", _packages_valid, "run `rk datasets validate` for the full list of failures"))
+        checks.append(_check("institution", _institution, "set [workspace] institution in settings.ini, or RK_WORKSPACE_INSTITUTION, "
+                             "to a code of consortium/institutions"))
     return checks
 
 # %% ../nbs/environment.ipynb #fb047e45

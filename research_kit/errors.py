@@ -4,11 +4,12 @@
 
 # %% ../nbs/errors.ipynb #b217d4c2
 from __future__ import annotations
-import difflib
+import difflib, reprlib
 from dataclasses import dataclass, asdict
 
 # %% auto #0
-__all__ = ['RKError', 'SettingsError', 'DescriptorError', 'AccessDenied', 'UnknownNameError', 'Failure', 'DataValidationError']
+__all__ = ['QUOTE_LIMIT', 'RKError', 'SettingsError', 'DescriptorError', 'AccessDenied', 'quoted', 'UnknownNameError', 'Failure',
+           'DataValidationError']
 
 # %% ../nbs/errors.ipynb #4ec3f5a0
 class RKError(Exception):
@@ -23,15 +24,28 @@ class DescriptorError(RKError):
 class AccessDenied(RKError):
     "A restricted resource was requested by a researcher whose settings do not name its owner."
 
+# %% ../nbs/errors.ipynb #f60965f3
+QUOTE_LIMIT = 200
+
+_bounded = reprlib.Repr()
+_bounded.maxstring = _bounded.maxother = QUOTE_LIMIT + 2  # long enough to cut below with a visible ellipsis
+_bounded.maxlist = _bounded.maxtuple = _bounded.maxdict = _bounded.maxset = 6
+_bounded.maxlevel = 3
+
+def quoted(value, limit: int = QUOTE_LIMIT) -> str:
+    "`repr(value)` for a message: at most `limit` characters, cut with `…`, never expensive to build."
+    text = _bounded.repr(value) if not isinstance(value, str) else repr(value[:limit + 1])
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
 # %% ../nbs/errors.ipynb #828ae207
 class UnknownNameError(RKError, KeyError):
     "A name (package, resource, column, report, ...) that does not exist, with close matches."
     def __init__(self, kind: str, name: str, choices, where: str = ""):
-        self.kind, self.name, self.choices = kind, name, sorted(choices)
-        close = difflib.get_close_matches(str(name), self.choices, n=3, cutoff=0.5)
-        msg = f"unknown {kind} {name!r}" + (f" in {where}" if where else "")
-        if close: msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
-        elif self.choices: msg += f"; choose from: {', '.join(self.choices[:20])}"
+        self.kind, self.name, self.choices = kind, name, sorted(choices, key=str)  # a YAML file may mix keys of any type
+        close = difflib.get_close_matches(name, [str(c) for c in self.choices], n=3, cutoff=0.5) if isinstance(name, str) and len(name) <= QUOTE_LIMIT else []
+        msg = f"unknown {kind} {quoted(name)}" + (f" in {where}" if where else "")
+        if close: msg += f"; did you mean {' or '.join(quoted(c) for c in close)}?"
+        elif self.choices: msg += f"; choose from: {', '.join(str(c)[:QUOTE_LIMIT] for c in self.choices[:20])}"
         super().__init__(msg)
 
     def __str__(self): return self.args[0]  # KeyError would otherwise quote the message
@@ -50,8 +64,8 @@ class Failure:
 
     def describe(self) -> str:
         where = f"{self.file}" + (f":{self.line}" if self.line is not None else "")
-        col = f" column {self.column!r}" if self.column else ""
-        val = "" if self.value is None else f" value {self.value!r}:"
+        col = f" column {quoted(self.column)}" if self.column else ""
+        val = "" if self.value is None else f" value {quoted(self.value)}:"
         return f"{where}{col}:{val} {self.rule}"
 
 # %% ../nbs/errors.ipynb #d9bbc1e1

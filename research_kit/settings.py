@@ -7,14 +7,18 @@ from __future__ import annotations
 import configparser, os
 from dataclasses import dataclass
 from pathlib import Path
-from .errors import SettingsError, UnknownNameError
+from .errors import SettingsError, UnknownNameError, quoted
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'SETTINGS_FILE', 'find_root', 'Setting', 'is_url', 'Settings', 'load_settings']
+__all__ = ['WEEK', 'MAX_MEMORY_MB', 'DEFAULTS', 'SETTINGS_FILE', 'OWN_FOLDERS', 'find_root', 'Setting', 'is_url', 'Settings',
+           'load_settings']
 
 # %% ../nbs/settings.ipynb #e5d48712
-def _positive_int(v): return int(v) > 0
-def _non_negative_int(v): return int(v) >= 0
+WEEK = 7 * 24 * 3600
+MAX_MEMORY_MB = 1024 * 1024  # 1 TB
+
+def _between(low, high): return lambda v: low <= int(v) <= high
+def _memory(v): return int(v) == 0 or 64 <= int(v) <= MAX_MEMORY_MB
 
 DEFAULTS: dict[str, dict[str, str]] = {
     "workspace": {"data": "datasets", "cache": ".cache", "reports": "reports",
@@ -27,12 +31,12 @@ DEFAULTS: dict[str, dict[str, str]] = {
 
 _CHECKS = {  # (section, key): (test, what was expected)
     ("runner", "engine"): (lambda v: v in ("warm", "kernel"), "warm or kernel"),
-    ("runner", "workers"): (_non_negative_int, "a whole number >= 0 (0 = number of CPUs)"),
-    ("runner", "timeout"): (_positive_int, "a whole number of seconds > 0"),
-    ("runner", "memory"): (_non_negative_int, "a whole number of megabytes >= 0 (0 = no limit)"),
+    ("runner", "workers"): (_between(0, 1024), "a whole number from 0 to 1024 (0 = number of CPUs)"),
+    ("runner", "timeout"): (_between(1, WEEK), f"a whole number of seconds from 1 to {WEEK} (a week)"),
+    ("runner", "memory"): (_memory, f"0 (no limit) or a whole number of megabytes from 64 to {MAX_MEMORY_MB} (1 TB)"),
     ("runner", "reader"): (lambda v: v in ("on", "off"), "on or off"),
     ("runner", "pdf"): (lambda v: v in ("auto", "on", "off"), "auto (public runs, when chromium is installed), on or off"),
-    ("privacy", "threshold"): (_positive_int, "a whole number > 0"),
+    ("privacy", "threshold"): (_between(1, 1_000_000), "a whole number from 1 to 1000000"),
 }
 
 # %% ../nbs/settings.ipynb #d77fd8f0
@@ -139,7 +143,37 @@ def _check(section, key, value, source):
     test, expected = _CHECKS.get((section, key), (None, None))
     try: ok = test is None or test(value)
     except ValueError: ok = False
-    if not ok: raise SettingsError(f"{source}: [{section}] {key} = {value!r}; expected {expected}")
+    if not ok: raise SettingsError(f"{source}: [{section}] {key} = {quoted(value)}; expected {expected}")
+
+def _url_problem(url: str) -> str | None:
+    "Why the data root URL `url` cannot be read from this machine (unknown protocol, missing package), or None."
+    import fsspec
+    protocol = url.split("://", 1)[0]
+    try: fsspec.get_filesystem_class(protocol)
+    except ValueError: return (f"unknown protocol {quoted(protocol)}; expected a local folder or a URL fsspec can read "
+                               "(https://, s3://, gs://, file://, ...)")
+    except ImportError as e: return f"reading {protocol}:// needs a package that is not installed: {e}"
+    return None
+
+OWN_FOLDERS = (".git", "datasets", "nbs", "reports")  # the workspace's own work
+
+def _folder_problem(root: Path, value: str) -> str | None:
+    "Why `value` cannot be a folder rk writes into and replaces parts of (build, cache), or None."
+    folder = (root / value).resolve()
+    if folder == root or folder in root.parents: return "that is the workspace or a folder above it"
+    if folder in [root / name for name in OWN_FOLDERS]: return f"that is the workspace's {folder.name}/ folder"
+    return None
+
+def _check_places(root: Path, values: dict, where) -> None:
+    "The data root can be read; build and cache folders are folders of their own."
+    data = values["workspace", "data"]
+    problem = is_url(data.value) and _url_problem(data.value)
+    if problem: raise SettingsError(f"{where(data)}: [workspace] data = {quoted(data.value)}: {problem}")
+    for key, example in (("build", "reports/_build"), ("cache", ".cache")):
+        s = values["workspace", key]
+        problem = _folder_problem(root, s.value)
+        if problem: raise SettingsError(f"{where(s)}: [workspace] {key} = {quoted(s.value)}: {problem}; "
+                                        f"rk replaces what it writes there, so give it a folder of its own such as {example}")
 
 _checked: dict[tuple, tuple] = {}  # (settings.ini path, its text, RK_* variables) -> checked values, policy
 
@@ -167,5 +201,7 @@ def _values(path: Path, text: str) -> dict:
     for (section, key) in list(values):
         env = f"RK_{section}_{key}".upper()
         if env in os.environ: values[section, key] = Setting(section, key, os.environ[env].strip(), env)
-    for s in values.values(): _check(s.section, s.key, s.value, f"{path}" if s.source == SETTINGS_FILE else s.source)
+    where = lambda s: f"{path}" if s.source == SETTINGS_FILE else s.source
+    for s in values.values(): _check(s.section, s.key, s.value, where(s))
+    _check_places(path.parent, values, where)
     return values, policy

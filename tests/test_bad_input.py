@@ -248,7 +248,9 @@ def data_root(tmp_path_factory):
 
 def names():
     return st.one_of(st.sampled_from(REFUSED_NAMES + ["tiny", "TINY", "mini", "sub", "outside", "../outside", "sub/x",
-                                                      "mini.", "a..b", "a-b_c", "x" * 100, "x" * 101]),
+                                                      "mini.", "a..b", "a-b_c", "x" * 100, "x" * 101,
+                                                      "tiny.ipynb", "../tiny.ipynb", "sub/../tiny.ipynb", ".ipynb",
+                                                      "/etc/passwd.ipynb", "x" * 300 + ".ipynb"]),
                      st.text(max_size=120), st.from_regex(r"\A[a-z0-9./_-]{1,30}\Z"))
 
 
@@ -259,12 +261,13 @@ def test_report_names_are_safe_or_refused(reports_dir, name, tally):
     try:
         path = P.find_template(name, reports_dir)
     except TemplateError as e:
-        assert "invalid report name" in str(e)
+        assert "invalid report name" in str(e) or "is not a template of this workspace" in str(e)
         return
     except UnknownNameError as e:
-        assert "unknown report" in str(e) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", name)
+        stem = Path(name).stem if name.endswith(".ipynb") else name  # a template may be given by its path
+        assert "unknown report" in str(e) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", stem)
         return
-    assert name == "tiny" and path == reports_dir / "tiny.ipynb" and path.resolve().parent == reports_dir.resolve()
+    assert path.resolve() == (reports_dir / "tiny.ipynb").resolve() and name in ("tiny", str(reports_dir / "tiny.ipynb"))
 
 
 @settings(max_examples=200, deadline=None)
@@ -316,7 +319,7 @@ BATCH_CASES = [
     ("grid-empty-list", "b:\n  - report: tiny\n    grid: {n: []}\n", [], ["entry 1", "non-empty list"]),
     ("entry-without-report", "b:\n  - report: tiny\n    grid: {n: [1]}\n  - grid: {n: [1]}\n", [],
      ["batch 'b', entry 2", "needs a 'report'"]),
-    ("unknown-key", "b:\n  - report: tiny\n    grids: {n: [1]}\n", [], ["entry 1", "unknown key(s) grids"]),
+    ("unknown-key", "b:\n  - report: tiny\n    grids: {n: [1]}\n", [], ["entry 1", "unknown key(s) 'grids'"]),
     ("grid-and-parameters", "b:\n  - report: tiny\n    grid: {n: [1]}\n    parameters: [{n: 1}]\n", [], ["not both"]),
     ("grid-too-large", "b:\n  - report: tiny\n    grid: {n: [1,2,3,4,5,6,7,8,9,10,11]}\n", ["--max-runs", "10"],
      ["entry 1", "the grid has 11 runs, more than --max-runs 10"]),
@@ -326,6 +329,15 @@ BATCH_CASES = [
      ["batches.yaml: batch 'b', entry 2", "unknown parameter 'kk'", "report 'other'", "did you mean 'k'"]),
     ("bad-value", "b:\n  - report: tiny\n    grid: {mode: [a, c]}\n", [], ["batch 'b', entry 1", "mode='c'", "one of a, b"]),
     ("unknown-report", "b:\n  - report: ../tiny\n    grid: {n: [1]}\n", [], ["batch 'b', entry 1", "invalid report name"]),
+    # formerly: the full text of a billion-laughs value filled the memory (a message quoting it, a cache key)
+    ("alias-bomb", "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+     + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+     + "b2:\n  - report: *i\n    grid: {n: [1]}\n", [], ["batches.yaml: line", "YAML aliases expand to more than"]),
+    ("large-value-quoted", "a: &a [" + ", ".join(["x" * 50] * 9) + "]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nb2:\n  - report: *c\n    grid: {n: [1]}\n", ["--max-runs", "5"],
+     ["batch 'b2', entry 1", "invalid report name [[[", "…"]),
+    ("keys-of-other-types", "1: []\nb: [{report: tiny, 2: x}]\n", [], ["entry 1", "unknown key(s) 2; use report"]),
+    ("unknown-batch-among-keys-of-other-types", "1: []\nc: []\n", [], ["unknown batch 'b'"]),
 ]
 
 
@@ -335,9 +347,10 @@ def test_bad_batches_file(report_workspace, case, text, extra, fragments, tally)
     (root / "reports" / "batches.yaml").write_text(text)
     before = tree(root, skip=(".cache",))
     tally.bad_inputs += 1
-    proc = run_rk("batch", "b", *extra, cwd=root, env=env)
+    proc = run_rk("batch", "b2" if "b2:" in text else "b", *extra, cwd=root, env=env)
     # a YAML parser error carries its own multi-line location snippet after the first line
     assert_one_clear_error(proc, *fragments, lines=None if case == "malformed-yaml" else 1)
+    assert len(proc.stderr) < 1000, proc.stderr[:2000]  # every value a message quotes is cut short
     assert not (root / "reports" / "_build").exists()
     assert tree(root, skip=(".cache",)) == before
 
@@ -487,3 +500,109 @@ def test_formerly_constraint_of_the_wrong_shape(workspace, tally):
     d["resources"][1]["schema"]["fields"][2]["constraints"]["enum"] = "paid"
     save(root.joinpath(*PKG), d)
     validate_fails(root, env, "datapackage.yaml", "'age'", "enum", tally=tally)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. settings out of range, data roots that cannot be read: one line naming the setting or URL
+
+def _s3fs_installed():
+    import importlib.util
+    return importlib.util.find_spec("s3fs") is not None
+
+
+SETTING_CASES = [  # variable, value, command, fragments
+    ("RK_RUNNER_TIMEOUT", "10000000000", ["config"], ["RK_RUNNER_TIMEOUT", "'10000000000'", "from 1 to 604800 (a week)"]),
+    ("RK_RUNNER_TIMEOUT", "0", ["run", "tiny"], ["RK_RUNNER_TIMEOUT", "from 1 to 604800"]),
+    ("RK_RUNNER_MEMORY", "99999999999999", ["run", "tiny"], ["RK_RUNNER_MEMORY", "'99999999999999'", "(1 TB)"]),
+    ("RK_RUNNER_WORKERS", "100000", ["batch", "small"], ["RK_RUNNER_WORKERS", "from 0 to 1024"]),
+    ("RK_WORKSPACE_DATA", "http://127.0.0.1:9/datasets", ["datasets", "validate"], ["http://127.0.0.1:9/datasets", "cannot be read"]),
+    ("RK_WORKSPACE_DATA", "http://127.0.0.1:9/datasets", ["datasets", "show", "mini"], ["http://127.0.0.1:9/datasets/mini", "cannot be read"]),
+    ("RK_WORKSPACE_DATA", "http://127.0.0.1:9/datasets", ["datasets", "list"], ["http://127.0.0.1:9/datasets", "cannot be read"]),
+    ("RK_WORKSPACE_DATA", "foo://x", ["datasets", "validate"], ["RK_WORKSPACE_DATA", "'foo://x'", "unknown protocol 'foo'"]),
+    pytest.param("RK_WORKSPACE_DATA", "s3://bucket/datasets", ["datasets", "show", "mini"], ["RK_WORKSPACE_DATA", "s3fs"],
+                 marks=pytest.mark.skipif(_s3fs_installed(), reason="s3fs is installed")),
+    ("RK_WORKSPACE_BUILD", ".", ["run", "tiny"], ["RK_WORKSPACE_BUILD", "the workspace or a folder above it"]),
+    ("RK_WORKSPACE_BUILD", "datasets", ["batch", "small"], ["RK_WORKSPACE_BUILD", "datasets/ folder"]),
+    ("RK_WORKSPACE_CACHE", "..", ["datasets", "validate"], ["RK_WORKSPACE_CACHE", "the workspace or a folder above it"]),
+]
+
+
+@pytest.mark.parametrize("variable,value,command,fragments", SETTING_CASES,
+                         ids=[f"{v[0]}-{'-'.join(v[2])}" for v in (getattr(c, "values", c) for c in SETTING_CASES)])
+def test_bad_setting_or_data_root(report_workspace, variable, value, command, fragments, tally):
+    root, _, env = report_workspace
+    tally.bad_inputs += 1
+    before = tree(root, skip=(".cache",))
+    proc = run_rk(*command, cwd=root, env={**env, variable: value}, timeout=120)
+    assert_one_clear_error(proc, *fragments)
+    assert tree(root, skip=(".cache",)) == before
+
+
+def test_institution_setting_is_checked_with_did_you_mean(tally):
+    from conftest import ROOT
+    tally.bad_inputs += 1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    proc = run_rk("config", cwd=ROOT, env={**env, "RK_WORKSPACE_INSTITUTION": "KITG"})
+    assert_one_clear_error(proc, "unknown institution 'KITG'", "RK_WORKSPACE_INSTITUTION", "did you mean 'KITIG'")
+    run_rk("config", cwd=ROOT, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"}, check=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. square brackets in anything a user wrote print as written (Rich markup is never read)
+
+MARKUP = "[/x] [a-z]+ [bold]"
+
+
+def test_square_brackets_print_as_written(report_workspace, tally):
+    from conftest import make_template
+    root, d, env = report_workspace
+    tally.bad_inputs += 5
+    make_template(root / "reports" / "brackets.ipynb", f'text: str = "{MARKUP}"  # help {MARKUP}',
+                  "import research_kit as rk\nrk.record('value', text)")
+    d["description"] = f"described {MARKUP}"
+    d["licenses"][0].update(name=f"CC0 {MARKUP}", title=f"CC0 {MARKUP}")
+    d["resources"][1]["schema"]["fields"][0]["description"] = f"field {MARKUP}"
+    save(root / "datasets" / "mini", d)
+    checks = [(["params", "brackets"], [f"help {MARKUP}", repr(MARKUP)]),
+              (["run", "brackets"], [f"value={MARKUP}"[:40]]),
+              (["datasets", "show", "mini"], [f"described {MARKUP}", f"field {MARKUP}", "pattern=[A-Z]+", f"CC0 {MARKUP}"]),
+              (["datasets", "list"], [f"CC0 {MARKUP}"]),
+              (["config"], [f"cache{MARKUP}"])]
+    for command, fragments in checks:
+        proc = run_rk(*command, cwd=root, env={**env, "RK_WORKSPACE_CACHE": f"cache{MARKUP}"})
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (command, proc.stderr[-2000:])
+        for f in fragments: assert f in proc.stdout, (command, f, proc.stdout)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. a template named by its path; a run never replaces a folder it did not write
+
+def test_template_path_works_where_a_name_does(report_workspace):
+    root, _, env = report_workspace
+    for given in ("reports/tiny.ipynb", str(root / "reports" / "tiny.ipynb")):
+        proc = run_rk("params", given, cwd=root, env=env, check=0)
+        assert "parameters of tiny" in proc.stdout and "a number" in proc.stdout
+    proc = run_rk("params", "tiny.ipynb", cwd=root / "reports", env=env, check=0)
+    run_rk("run", "reports/tiny.ipynb", "-p", "n=3", cwd=root, env=env, check=0)
+    assert (root / "reports" / "_build" / "tiny" / "label=x,mode=a,n=3" / "manifest.json").is_file()
+
+
+def test_template_path_outside_the_reports_folder_is_refused(report_workspace, tmp_path, tally):
+    import shutil
+    root, _, env = report_workspace
+    tally.bad_inputs += 1
+    shutil.copy(root / "reports" / "tiny.ipynb", tmp_path / "tiny.ipynb")
+    proc = run_rk("params", str(tmp_path / "tiny.ipynb"), cwd=root, env=env)
+    assert_one_clear_error(proc, "is not a template of this workspace", str(root / "reports"))
+
+
+def test_run_never_replaces_a_folder_it_did_not_write(report_workspace, tally):
+    root, _, env = report_workspace
+    tally.bad_inputs += 1
+    folder = root / "reports" / "_build" / "tiny" / "label=x,mode=a,n=1"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("my own notes")
+    proc = run_rk("run", "tiny", cwd=root, env=env)
+    assert proc.returncode == 1 and "is not a run folder" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (folder / "notes.txt").read_text() == "my own notes" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]

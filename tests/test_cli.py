@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, RK, run_rk
 
 
@@ -53,3 +55,55 @@ def test_demo_writes_a_valid_package(tmp_path):
     proc = run_rk("datasets", "validate", "consortium", env=clean_env(RK_WORKSPACE_DATA=str(tmp_path / "data"),
                                                                       RK_WORKSPACE_CACHE=str(tmp_path / "cache")), check=0)
     assert "FAILED" not in proc.stdout and "students" in proc.stdout
+
+
+# ---- rk docs never deletes a folder it did not write ----
+
+def docs_workspace(tmp_path):
+    """A small workspace with the folders rk docs must never touch, each holding a file."""
+    import nbformat
+    root = tmp_path / "ws"
+    for folder in (".git", "datasets", "reports", "nbs", "notes"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "keep.txt").write_text("uncommitted work")
+    (root / "settings.ini").write_text("[workspace]\ndata = datasets\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# m\n\n> A module.")])
+    nbformat.write(nb, root / "nbs" / "m.ipynb")
+    return root
+
+
+def files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("out", [".", "..", "reports", "datasets", ".git", "nbs", "nbs/sub", "notes", "settings.ini"])
+def test_docs_refuses_a_folder_it_did_not_write(tmp_path, out, tally):
+    from test_bad_input import assert_one_clear_error
+    tally.bad_inputs += 1
+    root = docs_workspace(tmp_path)
+    before = files(tmp_path)
+    proc = run_rk("docs", "--out", out, cwd=root, env=clean_env())
+    assert_one_clear_error(proc, "--out", str((root / out).resolve()))
+    assert files(tmp_path) == before  # nothing deleted, nothing left behind
+
+
+def test_docs_writes_a_new_folder_and_replaces_only_its_own(tmp_path):
+    root = docs_workspace(tmp_path)
+    before = files(root)
+    run_rk("docs", "--out", "site/docs", cwd=root, env=clean_env(), check=0)
+    assert (root / "site" / "docs" / "index.html").is_file() and (root / "site" / "docs" / ".rk-docs").is_file()
+    (root / "site" / "docs" / "stale.html").write_text("old page")
+    run_rk("docs", "--out", "site/docs", cwd=root, env=clean_env(), check=0)
+    assert not (root / "site" / "docs" / "stale.html").exists()
+    assert [f for f in files(root) if not f.startswith("site")] == before
+
+
+def test_docs_failure_leaves_nothing_behind(tmp_path, tally):
+    from test_bad_input import assert_one_clear_error
+    tally.bad_inputs += 1
+    root = docs_workspace(tmp_path)
+    (root / "nbs" / "broken.ipynb").write_text("{not json")
+    before = files(tmp_path)
+    proc = run_rk("docs", "--out", "new/docs", cwd=root, env=clean_env())
+    assert_one_clear_error(proc, "broken.ipynb", "cannot be rendered")
+    assert files(tmp_path) == before

@@ -65,3 +65,51 @@ def test_published_figures(both_engines):
     assert round(star["intercept"], 2) == 918.04 and star["n"] == 5786
     rouse = runs["college_distance/controls=false,region=non_west"]["records"]
     assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (-0.073, 0.013, 3796)
+
+
+# ---- plain papermill validates the values it injects, with rk run's rules ----
+
+def test_every_template_checks_its_parameters_right_after_the_parameters_cell():
+    for report in TEMPLATES:
+        cells = json.loads((ROOT / "reports" / f"{report}.ipynb").read_text())["cells"]
+        i = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+        assert "rk.check_parameters(globals())" in "".join(cells[i + 1]["source"]), report
+
+
+def papermill_run(report, tmp_path, parameters):
+    import papermill
+    return papermill.execute_notebook(str(ROOT / "reports" / f"{report}.ipynb"), str(tmp_path / "out.ipynb"),
+                                      parameters=parameters, kernel_name="research-kit", cwd=str(ROOT),
+                                      progress_bar=False)
+
+
+BAD_VALUES = [  # report, parameters as papermill injects them, error type, message
+    ("institution_profile", {"institution": "XYZ"}, "UnknownNameError", "unknown institution 'XYZ' in parameter institution"),
+    ("institution_profile", {"year": "abc"}, "ParameterError", "parameter year='abc': expected a whole number"),
+    ("internship_outcomes", {"institution": "KITG"}, "UnknownNameError", "did you mean 'KITIG'"),
+    ("consortium_overview", {"audience": "press"}, "ParameterError", "parameter audience='press': expected one of consortium, public"),
+    ("dropout_risk", {"seed": 1.5}, "ParameterError", "parameter seed='1.5': expected a whole number"),
+    ("star_replication", {"grade": 5}, "ParameterError", "parameter grade='5': expected one of k, 1, 2, 3"),
+    ("college_distance", {"controls": "maybe"}, "ParameterError", "parameter controls='maybe': expected true or false"),
+]
+
+
+@pytest.mark.parametrize("report,parameters,ename,message", BAD_VALUES, ids=[f"{c[0]}-{next(iter(c[1]))}" for c in BAD_VALUES])
+def test_plain_papermill_refuses_bad_values_like_rk_run(report, parameters, ename, message, tmp_path, tally):
+    from papermill.exceptions import PapermillExecutionError
+    tally.bad_inputs += 1
+    with pytest.raises(PapermillExecutionError) as caught:
+        papermill_run(report, tmp_path, parameters)
+    assert caught.value.ename == ename and message in caught.value.evalue, (caught.value.ename, caught.value.evalue)
+    assert caught.value.exec_count <= 4  # stopped in the check, right after the parameters
+    name, value = next(iter(parameters.items()))
+    proc = run_rk("run", report, "-p", f"{name}={value}", env=clean_env())
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr  # the same message as rk run's
+
+
+def test_plain_papermill_types_good_values_by_declaration(tmp_path):
+    from research_kit.runner.record import records
+    papermill_run("star_replication", tmp_path, {"grade": 1})  # `-p grade 1` injects a number
+    assert records(tmp_path / "out.ipynb")["n"] > 0
+    nb = papermill_run("consortium_overview", tmp_path, {"year": "2023"})  # `-r year 2023` injects text
+    assert records(tmp_path / "out.ipynb")

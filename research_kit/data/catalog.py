@@ -6,12 +6,13 @@
 from __future__ import annotations
 import re
 from dataclasses import dataclass, field
-from ..errors import DescriptorError, UnknownNameError
+from ..errors import DescriptorError, UnknownNameError, quoted
 from ..settings import is_url, load_settings
 
 # %% auto #0
-__all__ = ['DESCRIPTOR', 'check_name', 'read_text', 'read_bytes', 'one_line', 'parse_descriptor', 'Resource', 'Package',
-           'data_root', 'package_names', 'open_package', 'get_resource', 'catalog']
+__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'check_name', 'read_text', 'read_bytes', 'one_line', 'load_yaml',
+           'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package', 'get_resource',
+           'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -20,29 +21,42 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 def check_name(kind: str, name: str) -> str:
     "Refuse names that could escape a folder or are not Data Package names (lowercase, digits, `._-`)."
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or len(name) > 100:
-        raise DescriptorError(f"invalid {kind} name {name[:120]!r}: use at most 100 lowercase letters, digits, '.', '_' or '-'")
+        raise DescriptorError(f"invalid {kind} name {quoted(name, 120)}: use at most 100 lowercase letters, digits, '.', '_' or '-'")
     return name
 
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
+ROOT_HINT = "the data root is [workspace] data in settings.ini, or RK_WORKSPACE_DATA"
+
 def _fs(url: str):
     import fsspec
-    return fsspec.core.url_to_fs(url)
+    try: return fsspec.core.url_to_fs(url)
+    except ImportError as e: raise DescriptorError(f"{quoted(url)}: reading it needs a package that is not installed: {e}") from None
+    except ValueError as e:
+        raise DescriptorError(f"{quoted(url)}: not a URL fsspec can read ({e}); expected https://, s3://, gs://, file://, ...") from None
+
+def _remote(url: str, read):
+    "`read(fs, path)` on the file system of `url`; a failure to reach it is a DescriptorError naming the URL."
+    fs, path = _fs(url)
+    try: return read(fs, path)
+    except FileNotFoundError: raise
+    except Exception as e:  # network stacks (aiohttp, botocore, ...) raise their own types, not OSError
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise DescriptorError(f"{url} cannot be read ({type(e).__name__}: {detail[:200]}); "
+                              f"check the address and the network ({ROOT_HINT})") from None
 
 def read_text(url: str) -> str:
     "The text of a local file or fsspec URL."
     if not is_url(url):
         with open(url, encoding="utf-8") as f: return f.read()
-    fs, path = _fs(url)
-    return fs.cat_file(path).decode("utf-8")
+    return _remote(url, lambda fs, path: fs.cat_file(path)).decode("utf-8")
 
 def read_bytes(url: str) -> bytes:
     "The bytes of a local file or fsspec URL."
     if not is_url(url):
         with open(url, "rb") as f: return f.read()
-    fs, path = _fs(url)
-    return fs.cat_file(path)
+    return _remote(url, lambda fs, path: fs.cat_file(path))
 
 # %% ../../nbs/data/catalog.ipynb #7239f2c3
 def one_line(error) -> str:
@@ -51,11 +65,37 @@ def one_line(error) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
-def _yaml_load(text: str, where: str):
+MAX_YAML_NODES = 1_000_000
+
+def _expanded_size(yaml, text: str, loader) -> tuple[int, int]:
+    "(number of nodes once every alias is written out in full, line where that passed MAX_YAML_NODES or 0)."
+    sizes, open_, total = {}, [], 0  # anchor -> expanded size; [anchor, size] of each open collection
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            open_.append([event.anchor, 1]); continue
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, size = open_.pop()
+        elif isinstance(event, yaml.AliasEvent): anchor, size = None, sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent): anchor, size = event.anchor, 1
+        else: continue
+        if anchor: sizes[anchor] = size
+        if open_: open_[-1][1] += size
+        else: total += size
+        if total + sum(s for _, s in open_) > MAX_YAML_NODES: return MAX_YAML_NODES + 1, event.start_mark.line + 1
+    return total, 0
+
+def load_yaml(text: str, where: str, error=DescriptorError):
+    "YAML `text` (from `where`) as Python data; malformed YAML, or aliases that expand beyond MAX_YAML_NODES, raise `error`."
     import yaml
-    try: return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        if "&" in text:  # an alias needs an anchor (&name): only then can the data be larger than its text
+            size, line = _expanded_size(yaml, text, loader)
+            if line: raise error(f"{where}: line {line}: YAML aliases expand to more than {MAX_YAML_NODES} values; "
+                                 "write the values out instead of nesting aliases")
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as e:
-        raise DescriptorError(f"{where}: malformed YAML: {one_line(e)}") from None
+        raise error(f"{where}: malformed YAML: {one_line(e)}") from None
 
 def _check_resource(d, where: str, i: int):
     if not isinstance(d, dict): raise DescriptorError(f"{where}: resources[{i}] is not a mapping")
@@ -64,14 +104,14 @@ def _check_resource(d, where: str, i: int):
     check_name("resource", d["name"])
     path = d["path"]
     if not isinstance(path, str) or (not is_url(path) and (path.startswith(("/", "\\")) or ".." in path.split("/"))):
-        raise DescriptorError(f"{where}: resource {d['name']!r} path {path!r} must be relative, inside the package, or a URL")
+        raise DescriptorError(f"{where}: resource {quoted(d['name'])} path {quoted(path)} must be relative, inside the package, or a URL")
     fields = d["schema"].get("fields") if isinstance(d["schema"], dict) else None
     if not isinstance(fields, list) or not fields:
         raise DescriptorError(f"{where}: resource {d['name']!r} schema has no fields")
 
 def parse_descriptor(text: str, where: str) -> dict:
     "A descriptor's YAML as a dict, after checking the structure research_kit relies on."
-    d = _yaml_load(text, where)
+    d = load_yaml(text, where)
     if not isinstance(d, dict): raise DescriptorError(f"{where}: a descriptor must be a mapping, got {type(d).__name__}")
     if "name" not in d: raise DescriptorError(f"{where}: no 'name'")
     if not isinstance(d.get("resources"), list) or not d["resources"]:
@@ -106,7 +146,7 @@ class Resource:
         if h is None: return None
         algo, _, hexdigest = str(h).partition(":")
         if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
-            raise DescriptorError(f"{self.descriptor_url}: resource {self.name!r} hash must be 'sha256:<64 hex digits>', got {h!r}")
+            raise DescriptorError(f"{self.descriptor_url}: resource {self.name!r} hash must be 'sha256:<64 hex digits>', got {quoted(h)}")
         return hexdigest
     @property
     def access(self) -> str:
@@ -147,11 +187,12 @@ def package_names(root: str | None = None) -> list[str]:
         import os
         if not os.path.isdir(root): raise DescriptorError(f"data root {root} is not a folder")
         return sorted(n for n in os.listdir(root) if not n.startswith(".") and os.path.isfile(os.path.join(root, n, DESCRIPTOR)))
-    fs, path = _fs(root)
-    try: entries = fs.ls(path, detail=False)
-    except (OSError, ValueError) as e: raise DescriptorError(f"data root {root} cannot be listed: {e}") from None
-    names = sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
-    return [n for n in names if _NAME.fullmatch(n) and fs.exists(_join(path, n, DESCRIPTOR))]
+    def names(fs, path):
+        entries = fs.ls(path, detail=False)
+        found = sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
+        return [n for n in found if _NAME.fullmatch(n) and fs.exists(_join(path, n, DESCRIPTOR))]
+    try: return _remote(root, names)
+    except FileNotFoundError: raise DescriptorError(f"data root {root} does not exist ({ROOT_HINT})") from None
 
 _parsed: dict[str, tuple] = {}  # local descriptor path -> (its text, the parsed descriptor): parse each version once
 

@@ -57,15 +57,14 @@ def write_descriptor(path, descriptor: dict) -> pathlib.Path:
 
 def read_descriptor(path) -> dict:
     "The descriptor at `path` as a dict."
-    import yaml
+    from research_kit.data.catalog import load_yaml  # malformed YAML and alias bombs: one error naming the file
 
     path = pathlib.Path(path)
     try:
-        descriptor = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RKError(f"{path}: no such descriptor file") from None
-    except yaml.YAMLError as e:
-        raise RKError(f"{path}: not valid YAML ({e})") from None
+    descriptor = load_yaml(text, str(path))
     if not isinstance(descriptor, dict):
         raise RKError(f"{path}: expected a YAML mapping (name, resources, ...), got {type(descriptor).__name__}")
     return descriptor

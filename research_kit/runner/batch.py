@@ -6,7 +6,7 @@
 from __future__ import annotations
 import fnmatch, itertools
 from pathlib import Path
-from ..errors import RKError, UnknownNameError
+from ..errors import RKError, UnknownNameError, quoted
 from ..settings import Settings, load_settings
 from .runs import Run, build_lock, clean_stale, execute, plan, still_cached
 
@@ -23,13 +23,10 @@ class BatchError(RKError):
 
 def load_batches(reports_dir: Path) -> dict:
     "The batches defined in `reports_dir/batches.yaml`."
-    import yaml
+    from research_kit.data.catalog import load_yaml
     path = Path(reports_dir) / BATCHES_FILE
     if not path.is_file(): raise BatchError(f"{path} does not exist; define batches there")
-    try: batches = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        from research_kit.data.catalog import one_line
-        raise BatchError(f"{path}: malformed YAML: {one_line(e)}") from None
+    batches = load_yaml(path.read_text(encoding="utf-8"), str(path), error=BatchError)
     if not isinstance(batches, dict) or not all(isinstance(v, list) for v in batches.values()):
         raise BatchError(f"{path}: expected a mapping of batch names to lists of entries")
     return batches
@@ -40,7 +37,7 @@ def expand(entry, where: str, max_runs: int = MAX_RUNS) -> list[dict]:
     if not isinstance(entry, dict) or "report" not in entry:
         raise BatchError(f"{where}: each entry needs a 'report' and a 'grid' or 'parameters'")
     unknown = set(entry) - {"report", "grid", "parameters"}
-    if unknown: raise BatchError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; use report, grid or parameters")
+    if unknown: raise BatchError(f"{where}: unknown key(s) {', '.join(sorted(map(quoted, unknown)))}; use report, grid or parameters")
     if "grid" in entry and "parameters" in entry: raise BatchError(f"{where}: give either 'grid' or 'parameters', not both")
     if "parameters" in entry:
         sets = entry["parameters"]

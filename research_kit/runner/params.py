@@ -7,11 +7,12 @@ from __future__ import annotations
 import ast, io, json, re, tokenize
 from dataclasses import dataclass
 from pathlib import Path
-from ..errors import RKError, UnknownNameError
+from ..errors import RKError, UnknownNameError, quoted
 
 # %% auto #0
 __all__ = ['ParameterError', 'TemplateError', 'template_names', 'find_template', 'Param', 'parameters_cell', 'parse_parameters',
-           'read_cells', 'template_parameters', 'parse_value', 'check_value', 'validate', 'slug']
+           'read_cells', 'template_parameters', 'parse_value', 'check_value', 'validate', 'check_institution_setting',
+           'declared_parameters', 'check_parameters', 'slug']
 
 # %% ../../nbs/runner/params.ipynb #17942979
 class ParameterError(RKError):
@@ -27,11 +28,23 @@ def template_names(reports_dir: Path) -> list[str]:
     "The report templates in `reports_dir` (every notebook there)."
     return sorted(p.stem for p in Path(reports_dir).glob("*.ipynb"))
 
+def _template_path(text: str, reports_dir: Path) -> Path:
+    "The template a path names, if it is a notebook directly in `reports_dir`."
+    path = Path(text).expanduser().resolve()
+    if path.parent != Path(reports_dir).resolve():
+        raise TemplateError(f"{quoted(text)} is not a template of this workspace: templates are the notebooks in {reports_dir}")
+    if not _REPORT_NAME.fullmatch(path.stem):
+        raise TemplateError(f"invalid report name {quoted(path.stem)} (from {quoted(text)}): use letters, digits, '_' or '-'")
+    return path
+
 def find_template(name: str, reports_dir: Path) -> Path:
-    "The path of report template `name`, or a clear error with close matches."
-    if not isinstance(name, str) or not _REPORT_NAME.fullmatch(name):
-        raise TemplateError(f"invalid report name {name!r}: use letters, digits, '_' or '-'")
-    path = Path(reports_dir) / f"{name}.ipynb"
+    "The path of report template `name` (a report name, or the path of a template), or a clear error with close matches."
+    if isinstance(name, str) and name.endswith(".ipynb") and "\x00" not in name:
+        path = _template_path(name, reports_dir)
+        name = path.stem
+    elif not isinstance(name, str) or not _REPORT_NAME.fullmatch(name):
+        raise TemplateError(f"invalid report name {quoted(name)}: use letters, digits, '_' or '-', or give the template's path")
+    else: path = Path(reports_dir) / f"{name}.ipynb"
     if not path.is_file(): raise UnknownNameError("report", name, template_names(reports_dir), where=str(reports_dir))
     return path
 
@@ -95,7 +108,7 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, P
         typ, choices = _annotation(node.annotation, line)
         try: default = ast.literal_eval(node.value)
         except (ValueError, TypeError, SyntaxError, RecursionError):
-            raise TemplateError(f"{line}: the default of {node.target.id!r} must be a literal value") from None
+            raise TemplateError(f"{line}: the default of {quoted(node.target.id)} must be a literal value") from None
         p = Param(node.target.id, typ, default, choices, comments.get(node.lineno, ""))
         try: default = check_value(p, default, where=f"{line}: default")  # e.g. `f: float = 1` -> 1.0
         except ParameterError as e: raise TemplateError(str(e)) from None
@@ -130,7 +143,7 @@ _INT = re.compile(r"^[+-]?[0-9]+$")
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 def _fail(p: Param, value, expected: str, where=None):
-    raise ParameterError(f"{where or 'parameter'} {p.name}={value!r}: expected {expected}")
+    raise ParameterError(f"{where or 'parameter'} {p.name}={quoted(value)}: expected {expected}")
 
 def _is_text(v) -> bool:
     "A str that can be written anywhere: no NUL byte, and valid Unicode (no stray surrogates from undecodable bytes)."
@@ -191,10 +204,11 @@ def _institutions() -> set[str]:
         _known_institutions[key] = frozenset(map(str, column_values("consortium", "institutions", "institution_id")))
     return set(_known_institutions[key])
 
-def validate(params: dict[str, Param], given: dict, *, report: str = "report") -> dict:
+def validate(params: dict[str, Param], given: dict, *, report: str | None = None) -> dict:
     "The full, typed parameter set for a run: given values parsed and checked, defaults filled in."
+    of = f" of report {quoted(report)}" if report else ""
     for name in given:
-        if name not in params: raise UnknownNameError("parameter", name, params, where=f"report {report!r}")
+        if name not in params: raise UnknownNameError("parameter", name, params, where=f"report {quoted(report)}" if report else "")
     out = {}
     for name, p in params.items():
         out[name] = parse_value(p, given[name]) if name in given else p.default
@@ -203,8 +217,52 @@ def validate(params: dict[str, Param], given: dict, *, report: str = "report") -
             values = out[name] if isinstance(out[name], list) else [out[name]]
             known = _institutions() | {"all"}
             for v in values:
-                if v not in known: raise UnknownNameError("institution", v, known, where=f"parameter {name} of report {report!r}")
+                if v not in known: raise UnknownNameError("institution", v, known, where=f"parameter {name}{of}")
     return out
+
+# %% ../../nbs/runner/params.ipynb #1acd4ae8
+def check_institution_setting(settings=None) -> None:
+    "Refuse a `[workspace] institution` that the consortium package's institutions table does not list."
+    from research_kit.settings import load_settings, SETTINGS_FILE
+    s = settings or load_settings()
+    if not s.institution: return
+    try: known = _institutions()
+    except UnknownNameError: return  # a workspace without the consortium package has nothing to check against
+    if s.institution not in known:
+        source = s.values["workspace", "institution"].source
+        where = s.root / SETTINGS_FILE if source == SETTINGS_FILE else source
+        raise UnknownNameError("institution", s.institution, known, where=f"[workspace] institution ({where})")
+
+# %% ../../nbs/runner/params.ipynb #0180825e
+def _annotation_text(annotation) -> str:
+    "Source text of an evaluated annotation (`int`, `typing.Literal['a', 'b']`, `list[str]`), or the string itself."
+    if isinstance(annotation, str): return annotation  # `from __future__ import annotations` keeps them as text
+    if isinstance(annotation, type): return annotation.__name__
+    return repr(annotation)
+
+def declared_parameters(namespace: dict) -> dict[str, Param]:
+    "The parameters a template's parameters cell declared, from the annotations it left in `namespace`."
+    params = {}
+    for name, annotation in dict(namespace.get("__annotations__") or {}).items():
+        where = f"parameter {name}"
+        try: node = ast.parse(_annotation_text(annotation), mode="eval").body
+        except SyntaxError: raise TemplateError(f"{where}: unsupported type {quoted(annotation)}") from None
+        typ, choices = _annotation(node, where)
+        params[name] = Param(name, typ, None, choices)
+    if not params:
+        raise TemplateError("no declared parameters: call check_parameters(globals()) after the cell tagged 'parameters'")
+    return params
+
+def _as_typed_text(value):
+    "A number papermill's `-p` guessed from text, given back as that text (`rk run` parses text by the declared type)."
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+def check_parameters(namespace: dict) -> None:
+    "Check and type the parameters in a template's `namespace` (its `globals()`) with `rk run`'s rules; write them back."
+    # returns nothing: as the last line of a template's cell, a value would be shown in every report
+    params = declared_parameters(namespace)
+    given = {name: _as_typed_text(namespace[name]) for name in params if name in namespace}
+    namespace.update(validate(params, given))
 
 # %% ../../nbs/runner/params.ipynb #94d0ada2
 def _encode(value) -> str:

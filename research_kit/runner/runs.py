@@ -118,6 +118,7 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     "Validate `report` and its parameters `given` (text or typed values) and decide whether it is cached."
     s = settings or load_settings()
     template = P.find_template(report, s.reports_dir)
+    report = template.stem  # the template may have been named by its path
     declared = P.template_parameters(template)
     parameters = P.validate(declared, dict(given or {}), report=report)
     slug = P.slug(parameters)
@@ -135,6 +136,10 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     "Rename the finished temporary folder to its final name, replacing an older run."
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
+    if final.exists() and not (final.is_dir() and (final / "manifest.json").is_file()):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RKError(f"{final} exists and is not a run folder (it has no manifest.json); "
+                      "rk replaces only runs it wrote: move it away and run again")
     if final.exists():
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
