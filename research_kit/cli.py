@@ -90,15 +90,15 @@ def datasets_show(package: str = typer.Argument(..., help="package name"),
 
 def _show_labels(p, lang: str, out):
     "The package's title, then each resource's fields with their titles and code labels in `lang` (descriptions are English)."
-    from rich.markup import escape  # descriptor text is data: a '[' in it is not markup
     from research_kit.data.labels import field_title, value_labels
     d = p.descriptor
-    out.print(f"[bold]{escape(d['name'])}[/bold] {escape(str(d.get('version', '')))}: {escape(field_title(d, lang))}")
+    from rich.text import Text  # the console reads no markup: style by Text, never by [bold] tags
+    out.print(Text.assemble((str(d["name"]), "bold"), f" {d.get('version', '')}: {field_title(d, lang)}"))
     for r in p.resources.values():
-        rows = [(escape(f["name"]), escape(field_title(f, lang)), escape(f.get("type", "string")),
-                 escape("; ".join(f"{code} = {label}" for code, label in value_labels(f, lang).items())))
+        rows = [(f["name"], field_title(f, lang), f.get("type", "string"),
+                 "; ".join(f"{code} = {label}" for code, label in value_labels(f, lang).items()))
                 for f in r.fields]
-        out.print(_table(escape(f"{r.name}: {field_title(r.descriptor, lang)}"), ["field", "title", "type", "labels"], rows))
+        out.print(_table(f"{r.name}: {field_title(r.descriptor, lang)}", ["field", "title", "type", "labels"], rows))
 
 # %% ../nbs/cli.ipynb #aedbd097
 @datasets_app.command("validate")
@@ -122,14 +122,13 @@ def datasets_new(name: str = typer.Argument(..., help="name of the new package (
                  source: str = typer.Option(..., "--from", help="the CSV file to make the package from"),
                  title: Optional[str] = typer.Option(None, help="the package's title")):
     "Make a data package from a CSV file: inferred schema, hash, bytes, rows, and a checklist of what to fill in."
-    from rich.markup import escape  # names and fields come from the researcher's file: a '[' in them is not markup
     from research_kit.data.authoring import new_package
     made = new_package(name, source, title=title)
     out = _console()
-    out.print(f"created {escape(str(made.folder))}: {made.rows} rows, {len(made.fields)} fields")
-    out.print(_table(None, ["field", "type"], [(escape(n), t) for n, t in made.fields]))
-    out.print(f"still to do (the list `x-todo` in {escape(str(made.folder / 'datapackage.yaml'))}; delete it when done):")
-    for item in made.todo: out.print(f"  - {escape(item)}")
+    out.print(f"created {str(made.folder)}: {made.rows} rows, {len(made.fields)} fields")
+    out.print(_table(None, ["field", "type"], [(n, t) for n, t in made.fields]))
+    out.print(f"still to do (the list `x-todo` in {str(made.folder / 'datapackage.yaml')}; delete it when done):")
+    for item in made.todo: out.print(f"  - {item}")
 
 @datasets_app.command("rehash")
 def datasets_rehash(package: str = typer.Argument(..., help="package name"),
@@ -185,8 +184,6 @@ def _summary(results, settings):
         detail = (f"cell {m['error']['cell']}: {m['error']['type']}: {m['error']['message'][:80]}" if m["error"]
                   else ", ".join(f"{k}={_short(v)}" for k, v in list(m["records"].items())[:3] if not isinstance(v, (list, dict))))
         rows.append((run.report, run.slug, m["status"], f"{m['duration']:.1f}s", detail))
-    from rich.markup import escape  # parameters, records and messages are data: a '[' in them is not markup
-    rows = [tuple(escape(str(v)) for v in row) for row in rows]
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
@@ -287,15 +284,14 @@ def _run_folders(settings, run_dir, batch) -> list:
 def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (default: every run in the build folder)"),
          batch: Optional[str] = typer.Option(None, "--batch", help="push the finished runs of this batch")):
     "Publish successful runs to the shared run store, signed in your institution's name."
-    from rich.markup import escape
     from research_kit.settings import load_settings
     from research_kit.runner.store import push as push_runs
     s = load_settings()
     folders = _run_folders(s, run_dir, batch)
     if not folders: raise RKError(f"no finished runs to push{f' in batch {batch!r}' if batch else ''}; run them first")
     results = push_runs(folders, s)
-    _console().print(_table(f"pushed to {escape(s.share)}", ["run", "outcome", "why"],
-                            [(escape(r.run), r.outcome, escape(r.reason)) for r in results]))
+    _console().print(_table(f"pushed to {s.share}", ["run", "outcome", "why"],
+                            [(r.run, r.outcome, r.reason) for r in results]))
     counts = {o: sum(r.outcome == o for r in results) for o in ("pushed", "present", "skipped")}
     _console().print(f"{counts['pushed']} pushed, {counts['present']} already in the share, {counts['skipped']} skipped")
     for r in results:
@@ -314,15 +310,14 @@ def _all_runs(settings, batch):
 def pull(batch: Optional[str] = typer.Option(None, "--batch", help="pull the runs of this batch (default: every batch)"),
          wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
     "Restore from the shared run store the runs your templates, parameters, data, code and environment would make."
-    from rich.markup import escape
     from research_kit.settings import load_settings
     from research_kit.runner.store import pull as pull_runs, restored_line
     s = load_settings()
     runs = _all_runs(s, batch)
     results = pull_runs(runs, s, wait=wait)
-    rows = [(escape(r.run.name), escape(restored_line(r.manifest)) if r.manifest else "refused" if r.refused else "not in the share")
+    rows = [(r.run.name, restored_line(r.manifest) if r.manifest else "refused" if r.refused else "not in the share")
             for r in results]
-    _console().print(_table(f"pulled from {escape(s.share)}", ["run", "outcome"], rows))
+    _console().print(_table(f"pulled from {s.share}", ["run", "outcome"], rows))
     restored = sum(1 for r in results if r.manifest)
     _console().print(f"{restored} restored, {len(runs) - len(results)} already here, "
                      f"{sum(1 for r in results if not r.manifest and not r.refused)} not in the share")
