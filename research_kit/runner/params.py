@@ -197,11 +197,15 @@ _known_institutions: dict[tuple, frozenset] = {}  # (data root, sha256 of instit
 
 def _institutions() -> set[str]:
     "The institution codes of the consortium package, loaded once per version of it (a batch checks many runs)."
+    from research_kit.data import lineage
     from research_kit.data.load import column_values, resource_sha256
     from research_kit.settings import load_settings
-    key = (load_settings().data, resource_sha256("consortium", "institutions"))
+    sha = resource_sha256("consortium", "institutions")
+    key = (load_settings().data, sha)
     if key not in _known_institutions:  # without pandas: planning a cached batch stays fast
         _known_institutions[key] = frozenset(map(str, column_values("consortium", "institutions", "institution_id")))
+    # a check inside a report read the table too, remembered or not: the same inputs under every engine
+    lineage.record("consortium", "institutions", sha)
     return set(_known_institutions[key])
 
 def validate(params: dict[str, Param], given: dict, *, report: str | None = None) -> dict:
