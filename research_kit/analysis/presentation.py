@@ -147,6 +147,8 @@ HEADERS = {
     "n_reference": N_("Number in the reference group"),
     "p_adjusted": N_("Adjusted p-value"),
     "effect_size": N_("Effect size"),
+    "enrolment_by_programme": N_("Enrolment by programme"),
+    "overview": N_("Overview"),
 }
 
 MEASURES = {  # the rates the consortium's reports compare
