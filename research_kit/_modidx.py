@@ -59,6 +59,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'research_kit/analysis/plots.py'),
                                              'research_kit.analysis.plots._floats': ( 'analysis/plots.html#_floats',
                                                                                       'research_kit/analysis/plots.py'),
+                                             'research_kit.analysis.plots._height': ( 'analysis/plots.html#_height',
+                                                                                      'research_kit/analysis/plots.py'),
                                              'research_kit.analysis.plots._labels': ( 'analysis/plots.html#_labels',
                                                                                       'research_kit/analysis/plots.py'),
                                              'research_kit.analysis.plots.plot_calibration': ( 'analysis/plots.html#plot_calibration',

@@ -41,8 +41,14 @@ def _errors(est, lower, upper):
 def _labels(table, label, lang: str = "en", labels: dict | None = None) -> list[str]:
     cols = _names(label)
     _check_columns(table, cols)
+    import textwrap
     named = apply_labels(table[cols], {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})})
-    return [" · ".join(str(v) for v in row) for row in named.itertuples(index=False)]
+    # long names (a college's full name in Kazakh) are wrapped, so the axes keep their room
+    return [textwrap.fill(" · ".join(str(v) for v in row), 42) for row in named.itertuples(index=False)]
+
+def _height(labels: list[str]) -> float:
+    "Figure height for one row per label, each as tall as its lines."
+    return sum(0.2 + 0.17 * label.count("\n") + 0.15 for label in labels) + 1.3
 
 def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labels: dict | None = None):
     "Points at `rate` with bars from `lower` to `upper`, one per row, labelled by the `label` column(s)."
@@ -53,7 +59,7 @@ def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labe
     rate, lower, upper = (_floats(table[c]) for c in ("rate", "lower", "upper"))
     y = np.arange(len(table))[::-1]
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(0.35 * len(table) + 1.3)
+        fig, ax = _figure(_height(labels), 7.2)
         ax.errorbar(rate, y, xerr=_errors(rate, lower, upper), fmt="o", color=COLOR)
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
