@@ -9,9 +9,9 @@ from pathlib import Path
 from .errors import RKError, UnknownNameError
 
 # %% auto #0
-__all__ = ['LANGUAGES', 'LOCALES', 'LANGUAGE_NAMES', 'DOMAIN', 'REPORT_TITLES', 'STATUSES', 'FOOTER', 'UnknownLanguage',
-           'check_lang', 'locale_name', 'locales_dir', 'catalog_path', 'read_catalog', 'N_', 'translate',
-           'language_cell_problems']
+__all__ = ['LANGUAGES', 'LOCALES', 'LANGUAGE_NAMES', 'DOMAIN', 'REPORT_TITLES', 'STATUSES', 'FOOTER', 'TEMPLATE_MESSAGES',
+           'UnknownLanguage', 'check_lang', 'locale_name', 'locales_dir', 'catalog_path', 'read_catalog', 'N_',
+           'translate', 'language_cell_problems']
 
 # %% ../nbs/i18n.ipynb #184bd04b
 LANGUAGES = ("kk", "ru", "en")
@@ -106,6 +106,26 @@ FOOTER = {
     "suppressed": N_("Suppressed: fewer than {k}"),
     "suppressed_note": N_("Numbers below {k} are hidden to protect personal data."),
 }
+
+# %% ../nbs/i18n.ipynb #c8c67d3c
+TEMPLATE_MESSAGES = (
+    N_("{name}, cohort {year}"),
+    N_("Finished cohorts: {cohorts}"),
+    N_("Consortium"),
+    N_("All institutions"),
+    N_("{name} against the consortium"),
+    N_("{name}: from enrolment to a job"),
+    N_("Employed at six months, by sector of the first internship"),
+    N_("Employed at six months: adjusted model"),
+    N_("No internship"),
+    N_("The consortium's institutions"),
+    N_("Graduates: {who}"),
+    N_("Naive difference {naive}; adjusted {adjusted} (interval, 95%: {lower} to {upper})"),
+    N_("Calibration plot not shown: its bins hold fewer than {k} students"),
+    N_("{n} students with a known outcome"),
+    N_("Calibration"),
+    N_("Risk band"),
+)
 
 # %% ../nbs/i18n.ipynb #efe46fb6
 def _language_tags(cell) -> list[str]:

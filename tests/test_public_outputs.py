@@ -8,7 +8,10 @@ The scan is deliberately simple, and documented here so a template author knows 
   IIN whole or in groups (`research_kit.identifiers.find_pseudonyms` / `find_iins`);
 - a **table of counts** is a record holding a list of dicts, or an HTML `<table>`, and its **count
   columns** are those named `n`, `count`, `events`, `students`, `enrolled`, `graduates`,
-  `n_reference`, or ending in `_n` / `_count`, or starting with `n_`;
+  `n_reference`, or ending in `_n` / `_count`, or starting with `n_` -- or headed by the reader's
+  word for one of these (`research_kit.analysis.presentation.header` in kk, ru, en), or by a
+  gender and a language of study, as the profile's enrolment table is; numbers are read as
+  readers see them (`1 200`, `1,200`), and `<10` is a masked cell;
 - a **small count** is a number in a count column with 0 < value < threshold (the workspace's
   `privacy.threshold`, 10). Zero is allowed: `research_kit.analysis.privacy.suppress` publishes
   zeros. Missing values (`<NA>`, `None`, `NaN`) are what suppression leaves and are fine.
@@ -36,6 +39,21 @@ from conftest import ROOT, run_rk
 
 THRESHOLD = 10
 COUNT_NAMES = {"n", "count", "events", "students", "enrolled", "graduates", "n_reference"}
+
+
+def reader_count_headers() -> set:
+    "The headers readers see over count columns, in every language."
+    from research_kit.analysis.presentation import header
+    from research_kit.data.labels import package_labels
+    out = set()
+    for lang in ("kk", "ru", "en"):
+        out |= {header(c, lang).lower() for c in [*COUNT_NAMES, "total"]}
+        names = package_labels("consortium", lang)
+        out |= {f"{g}, {l}".lower() for g in names["gender"].values() for l in names["language"].values()}
+    return out
+
+
+READER_COUNT_HEADERS = reader_count_headers()
 PUBLIC_RUNS = {  # report -> parameters; the small college and its sector table give small cells to protect
     "institution_profile": ["institution=KITIG", "audience=public"],
     "consortium_overview": ["audience=public"],
@@ -47,14 +65,15 @@ CONSORTIUM_RUN = ("institution_profile", ["institution=KITIG", "audience=consort
 
 def is_count_column(name) -> bool:
     name = str(name).strip().lower()
-    return name in COUNT_NAMES or name.endswith(("_n", "_count")) or name.startswith("n_")
+    return (name in COUNT_NAMES or name in READER_COUNT_HEADERS or name.endswith(("_n", "_count"))
+            or name.startswith("n_"))
 
 
 def number(value):
     "A cell as a float, or None for missing values and text."
     if value is None or isinstance(value, bool): return None
     if isinstance(value, (int, float)): return None if value != value else float(value)
-    try: return float(str(value).replace(",", "").strip())
+    try: return float(re.sub(r"[,\s\u00a0\u202f]", "", str(value)))
     except ValueError: return None
 
 
@@ -202,7 +221,7 @@ def test_public_profile_did_suppress(runs):
     from research_kit.runner.record import records
     nb = nbformat.read(runs["institution_profile"] / "report.ipynb", as_version=4)
     shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "<NA>" in shown
+    assert "<10" in shown and "<NA>" not in shown  # masked cells, shown as readers see them
     rec = records(runs["institution_profile"] / "report.ipynb")
     assert rec["students"] == 473 and all(r["students"] is None or r["students"] >= THRESHOLD
                                           for r in rec["enrolment_by_programme"])
@@ -212,7 +231,7 @@ def test_scan_finds_small_counts_in_a_consortium_report(runs):
     "The same scan on the unsuppressed profile of a small college finds small counts: it can see them."
     scan = scan_run(runs["consortium"])
     assert scan.small_counts, "the scan found no small count where there are some"
-    assert any(column.endswith("_n") for _, _, column, _ in scan.small_counts)
+    assert any(column.lower() in READER_COUNT_HEADERS for _, _, column, _ in scan.small_counts)
     assert scan.identifiers == []  # consortium reports show no row-level data either
 
 

@@ -59,11 +59,11 @@ def test_engines_record_identical_values(both_engines):
 
 def test_published_figures(both_engines):
     runs = both_engines["warm"]
-    star = runs["star_replication/controls=false,grade=k"]["records"]
+    star = runs["star_replication/controls=false,grade=k,lang=en"]["records"]
     assert (round(star["small_class_effect"], 2), round(star["small_class_se"], 2)) == (13.90, 2.45)
     assert (round(star["aide_effect"], 2), round(star["aide_se"], 2)) == (0.31, 2.27)
     assert round(star["intercept"], 2) == 918.04 and star["n"] == 5786
-    rouse = runs["college_distance/controls=false,region=non_west"]["records"]
+    rouse = runs["college_distance/controls=false,lang=en,region=non_west"]["records"]
     assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (-0.073, 0.013, 3796)
 
 

@@ -4,7 +4,9 @@
 
 # %% ../../nbs/analysis/plots.ipynb #ae514bd2
 from __future__ import annotations
+from ..i18n import N_, check_lang, translate
 from .stats import AnalysisError, _names, _check_columns
+from .presentation import apply_labels, measure_labels, stage_labels
 
 # %% auto #0
 __all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_calibration', 'plot_coefficients']
@@ -14,6 +16,8 @@ STYLE = {
     "figure.dpi": 100, "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "axes.labelsize": 10,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linestyle": "-", "lines.markersize": 6, "errorbar.capsize": 3,
+    # DejaVu Sans (matplotlib's own) draws Kazakh and Russian letters: ә ғ қ ң ө ұ ү һ і
+    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Noto Sans", "Liberation Sans"],
 }
 COLOR, REFERENCE = "#1f5a96", "#888888"
 
@@ -34,33 +38,42 @@ def _errors(est, lower, upper):
     return np.vstack([est - lower, upper - est])
 
 # %% ../../nbs/analysis/plots.ipynb #e7b09682
-def _labels(table, label) -> list[str]:
+def _labels(table, label, lang: str = "en", labels: dict | None = None) -> list[str]:
     cols = _names(label)
     _check_columns(table, cols)
-    return [" · ".join(str(v) for v in row) for row in table[cols].itertuples(index=False)]
+    import textwrap
+    named = apply_labels(table[cols], {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})})
+    # long names (a college's full name in Kazakh) are wrapped, so the axes keep their room
+    return [textwrap.fill(" · ".join(str(v) for v in row), 42) for row in named.itertuples(index=False)]
 
-def plot_rates(table, label, *, title: str | None = None):
+def _height(labels: list[str]) -> float:
+    "Figure height for one row per label, each as tall as its lines."
+    return sum(0.2 + 0.17 * label.count("\n") + 0.15 for label in labels) + 1.3
+
+def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labels: dict | None = None):
     "Points at `rate` with bars from `lower` to `upper`, one per row, labelled by the `label` column(s)."
     import numpy as np, matplotlib
+    lang = check_lang(lang)
     _check_columns(table, ["rate", "lower", "upper"])
-    labels = _labels(table, label)
+    labels = _labels(table, label, lang, labels)
     rate, lower, upper = (_floats(table[c]) for c in ("rate", "lower", "upper"))
     y = np.arange(len(table))[::-1]
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(0.35 * len(table) + 1.3)
+        fig, ax = _figure(_height(labels), 7.2)
         ax.errorbar(rate, y, xerr=_errors(rate, lower, upper), fmt="o", color=COLOR)
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("rate (95% interval)" if "n" not in table else "rate (interval)")
+        ax.set_xlabel(translate(N_("rate (interval, 95%)"), lang))
         if title: ax.set_title(title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #eaa579bc
 _FLOW_COLUMNS = ("cohort", "stage", "n", "rate", "lower", "upper", "conditional_rate")
 
-def plot_funnel(flow, *, title: str | None = None):
+def plot_funnel(flow, *, title: str | None = None, lang: str = "en"):
     "Horizontal bars: the share of each cohort's enrolled students reaching each stage, with intervals."
     import numpy as np, matplotlib
+    lang = check_lang(lang)
     _check_columns(flow, list(_FLOW_COLUMNS))
     for col in flow.columns:
         if col not in _FLOW_COLUMNS and flow[col].nunique(dropna=False) > 1:
@@ -79,37 +92,40 @@ def plot_funnel(flow, *, title: str | None = None):
             rate = _floats(part["rate"])
             ax.barh(y, rate, height=height * 0.9, color=colors[k], label=str(cohort),
                     xerr=_errors(rate, _floats(part["lower"]), _floats(part["upper"])), ecolor=REFERENCE)
-        ax.set_yticks(np.arange(len(stages))[::-1], [str(s).replace("_", " ") for s in stages])
+        names = stage_labels(lang)
+        ax.set_yticks(np.arange(len(stages))[::-1], [names.get(str(s), str(s).replace("_", " ")) for s in stages])
         ax.set_xlim(0, 1)
-        ax.set_xlabel("share of enrolled students")
+        ax.set_xlabel(translate(N_("share of enrolled students"), lang))
         ax.grid(axis="y", visible=False)
-        if len(cohorts) > 1: ax.legend(title="cohort", fontsize=8, loc="lower right")
+        if len(cohorts) > 1: ax.legend(title=translate(N_("Cohort"), lang), fontsize=8, loc="lower right")
         if title: ax.set_title(title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #97ae36aa
-def plot_calibration(calibration, *, title: str | None = None):
+def plot_calibration(calibration, *, title: str | None = None, lang: str = "en"):
     "Observed rate against mean predicted probability per bin, with interval bars and the diagonal."
     import numpy as np, matplotlib
+    lang = check_lang(lang)
     _check_columns(calibration, ["mean_predicted", "observed_rate"])
     x, y = _floats(calibration["mean_predicted"]), _floats(calibration["observed_rate"])
     has_ci = "lower" in calibration and "upper" in calibration
     yerr = _errors(y, _floats(calibration["lower"]), _floats(calibration["upper"])) if has_ci else None
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(4.6, 4.8)
-        ax.plot([0, 1], [0, 1], color=REFERENCE, lw=1, ls="--", label="perfect calibration")
-        ax.errorbar(x, y, yerr=yerr, fmt="o", color=COLOR, label="observed")
+        ax.plot([0, 1], [0, 1], color=REFERENCE, lw=1, ls="--", label=translate(N_("perfect calibration"), lang))
+        ax.errorbar(x, y, yerr=yerr, fmt="o", color=COLOR, label=translate(N_("observed"), lang))
         ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.set_aspect("equal")
-        ax.set_xlabel("mean predicted probability"); ax.set_ylabel("observed rate")
+        ax.set_xlabel(translate(N_("mean predicted probability"), lang)); ax.set_ylabel(translate(N_("observed rate"), lang))
         ax.legend(loc="upper left", fontsize=8)
         if title: ax.set_title(title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #a882e75b
-def plot_coefficients(effects, *, terms=None, title: str | None = None):
+def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: str = "en", labels: dict | None = None):
     "Points at each term's `estimate` with bars from `lower` to `upper`, and a reference line at zero."
     import numpy as np, matplotlib
     from research_kit.errors import UnknownNameError
+    lang = check_lang(lang)
     _check_columns(effects, ["term", "estimate", "lower", "upper"])
     if terms is None: rows = effects[effects["term"] != "Intercept"]
     else:
@@ -123,7 +139,7 @@ def plot_coefficients(effects, *, terms=None, title: str | None = None):
         fig, ax = _figure(0.35 * len(rows) + 1.3)
         ax.axvline(0, color=REFERENCE, lw=1, ls="--")
         ax.errorbar(est, y, xerr=_errors(est, lower, upper), fmt="o", color=COLOR)
-        ax.set_yticks(y, [str(t) for t in rows["term"]])
-        ax.set_xlabel("estimate (interval)")
+        ax.set_yticks(y, _labels(rows, "term", lang, labels))
+        ax.set_xlabel(translate(N_("estimate (interval, 95%)"), lang))
         if title: ax.set_title(title)
     return fig

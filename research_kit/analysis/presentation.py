@@ -9,8 +9,9 @@ from ..i18n import N_, check_lang, locale_name, translate
 from .stats import AnalysisError
 
 # %% auto #0
-__all__ = ['MISSING', 'RATE_SUFFIXES', 'HEADERS', 'STAGES', 'is_missing', 'format_number', 'format_count', 'format_percent',
-           'format_rate_interval', 'format_date', 'format_figure', 'stage_labels', 'header', 'apply_labels']
+__all__ = ['MISSING', 'RATE_SUFFIXES', 'HEADERS', 'MEASURES', 'STAGES', 'RATE_COLUMNS', 'INTERVAL', 'YEAR_COLUMNS', 'is_missing',
+           'format_number', 'format_count', 'format_percent', 'format_rate_interval', 'format_date', 'format_figure',
+           'stage_labels', 'measure_labels', 'header', 'apply_labels', 'present', 'present_html']
 
 # %% ../../nbs/analysis/presentation.ipynb #fd1e0d63
 MISSING = "—"
@@ -136,6 +137,25 @@ HEADERS = {
     "sector": N_("Sector"),
     "region": N_("Home region"),
     "stage": N_("Stage"),
+    "group": N_("Group"),
+    "measure": N_("Measure"),
+    "name": N_("Name"),
+    "students": N_("Students"),
+    "conditional_rate": N_("Share of the previous stage"),
+    "had_internship": N_("Internship"),
+    "first_sector": N_("Sector of the first internship"),
+    "n_reference": N_("Number in the reference group"),
+    "p_adjusted": N_("Adjusted p-value"),
+    "effect_size": N_("Effect size"),
+    "enrolment_by_programme": N_("Enrolment by programme"),
+    "overview": N_("Overview"),
+}
+
+MEASURES = {  # the rates the consortium's reports compare
+    "retention": N_("Retention"),
+    "graduation": N_("Graduation"),
+    "employment": N_("Employment at 6 months"),
+    "internship": N_("Internship participation"),
 }
 
 STAGES = {  # research_kit.analysis.flows.STAGES
@@ -151,10 +171,18 @@ def stage_labels(lang: str) -> dict:
     lang = check_lang(lang)
     return {stage: translate(message, lang) for stage, message in STAGES.items()}
 
-def header(column: str, lang: str) -> str:
-    "The header a reader sees for `column`, in language `lang`."
+def measure_labels(lang: str) -> dict:
+    "The names of the compared rates (retention, graduation, ...) in language `lang`."
     lang = check_lang(lang)
-    return translate(HEADERS[column], lang) if column in HEADERS else str(column)
+    return {measure: translate(message, lang) for measure, message in MEASURES.items()}
+
+def header(column: str, lang: str) -> str:
+    "The header a reader sees for `column`, in language `lang` (`retention_rate`: the measure's name)."
+    lang = check_lang(lang)
+    if column in HEADERS: return translate(HEADERS[column], lang)
+    measure = str(column).removesuffix("_rate")
+    if measure in MEASURES: return translate(MEASURES[measure], lang)
+    return str(column)
 
 def apply_labels(table, labels: dict):
     "A copy of `table` whose columns named in `labels` show labels instead of codes."
@@ -164,3 +192,93 @@ def apply_labels(table, labels: dict):
             values = out[column].astype("object")
             out[column] = values.map(lambda v: mapping.get(v, v) if isinstance(v, str) else v)
     return out
+
+# %% ../../nbs/analysis/presentation.ipynb #4009fdca
+RATE_COLUMNS = ("rate", "lower", "upper", "share", "conditional_rate")
+INTERVAL = N_("{header} (interval, 95%)")
+
+def _is_rate(column) -> bool:
+    name = str(column)
+    return name in RATE_COLUMNS or name.endswith(("_rate", "_share", "_lower", "_upper"))
+
+def _interval_groups(columns) -> list[tuple[str, str, str]]:
+    "(rate, lower, upper) column triples: `rate, lower, upper` and `x_rate, x_lower, x_upper`."
+    names = [str(c) for c in columns]
+    groups = [("rate", "lower", "upper")] if {"rate", "lower", "upper"} <= set(names) else []
+    for c in names:
+        if c.endswith("_rate") and {f"{c[:-5]}_lower", f"{c[:-5]}_upper"} <= set(names):
+            groups.append((c, f"{c[:-5]}_lower", f"{c[:-5]}_upper"))
+    return groups
+
+def _format_float(x, lang: str) -> str:
+    "Three significant digits, at most four decimals."
+    if is_missing(x): return MISSING
+    rounded = _round_significant(float(x))
+    return format_number(rounded, lang, digits=min(4, max(0, -rounded.as_tuple().exponent)))
+
+def _format_p(p, lang: str) -> str:
+    if is_missing(p): return MISSING
+    return "<" + format_number(0.001, lang, digits=3) if p < 0.001 else format_number(p, lang, digits=3)
+
+def _is_count_column(s) -> bool:
+    from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
+    if is_bool_dtype(s.dtype) or not is_numeric_dtype(s.dtype): return False
+    if is_integer_dtype(s.dtype): return True
+    values = s.dropna()
+    return len(values) > 0 and bool((values % 1 == 0).all())
+
+YEAR_COLUMNS = ("year", "cohort")  # written as they are: 2024, not 2 024
+
+def _format_column(s, name: str, lang: str, k: int | None):
+    "A column as the texts a reader sees, and whether a masked count was among them."
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    yes, no = translate(N_("yes"), lang), translate(N_("no"), lang)
+    if name in YEAR_COLUMNS or name.endswith("_year"): return [MISSING if is_missing(v) else str(v) for v in s], False
+    if _is_rate(name) and is_numeric_dtype(s.dtype): return [format_percent(v, lang) for v in s], False
+    if name.startswith("p_") or name == "p_value": return [_format_p(v, lang) for v in s], False
+    if is_bool_dtype(s.dtype): return [MISSING if is_missing(v) else yes if v else no for v in s], False
+    if _is_count_column(s):
+        masked = k is not None and bool(s.isna().any())
+        return [(f"<{k}" if k is not None else MISSING) if is_missing(v) else format_count(v, lang) for v in s], masked
+    if is_numeric_dtype(s.dtype): return [_format_float(v, lang) for v in s], False
+    return [MISSING if is_missing(v) else (yes if v is True else no if v is False else str(v)) for v in s], False
+
+def _reset_index(frame):
+    import pandas as pd
+    if isinstance(frame.index, pd.RangeIndex) and not any(frame.index.names): return frame
+    return frame.reset_index()
+
+def present(table, lang: str, *, labels: dict | None = None, threshold: int | None = None, headers: dict | None = None):
+    "`table` as a reader sees it: a DataFrame of text with translated headers; `attrs['footnote']` explains masked cells."
+    import pandas as pd
+    from research_kit.analysis.privacy import suppressed_at
+    lang = check_lang(lang)
+    k = threshold if threshold is not None else suppressed_at(table)
+    frame = _reset_index(table.to_frame() if isinstance(table, pd.Series) else table)
+    frame = apply_labels(frame, {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})})
+    out, masked = {}, False
+    groups = {rate: (lower, upper) for rate, lower, upper in _interval_groups(frame.columns)}
+    inside = {c for pair in groups.values() for c in pair}
+    for column in frame.columns:
+        name = str(column)
+        if name in inside: continue
+        title = (headers or {}).get(name) or header(name, lang)
+        if name in groups:
+            lower, upper = groups[name]
+            out[translate(INTERVAL, lang, header=title)] = [format_rate_interval(r, lo, up, lang) for r, lo, up
+                                                            in zip(frame[name], frame[lower], frame[upper])]
+            continue
+        out[title], hid = _format_column(frame[column], name, lang, k)
+        masked = masked or hid
+    shown = pd.DataFrame(out, dtype=object)
+    shown.attrs = {"footnote": translate(N_("Numbers below {k} are hidden to protect personal data."), lang, k=k)
+                   if masked else ""}
+    return shown
+
+def present_html(table, lang: str, **options) -> str:
+    "`present(table, lang, ...)` as an HTML table (no index) followed by its footnote."
+    import html
+    shown = present(table, lang, **options)
+    body = shown.to_html(index=False, classes="rk-table", border=0)
+    note = shown.attrs.get("footnote")
+    return body + (f'<p class="rk-footnote">{html.escape(note)}</p>' if note else "")

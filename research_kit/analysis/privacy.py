@@ -8,8 +8,9 @@ from ..errors import UnknownNameError
 from .stats import AnalysisError, _names, _check_columns
 
 # %% auto #0
-__all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'OBJECTIVES', 'feasible_intervals', 'check_protection', 'suppress', 'SuppressedCount',
-           'suppress_count', 'suppressed_at']
+__all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'OBJECTIVES', 'AUDIENCES', 'feasible_intervals', 'check_protection', 'suppress',
+           'SuppressedCount', 'suppress_count', 'suppressed_at', 'check_audience', 'counts_table', 'rates_table',
+           'count_value']
 
 # %% ../../nbs/analysis/privacy.ipynb #3514ff74
 RATE_COLUMNS = ("rate", "lower", "upper", "share")
@@ -412,3 +413,29 @@ def suppressed_at(obj) -> int | None:
     attrs = getattr(obj, "attrs", None)
     k = attrs.get(SUPPRESSED) if isinstance(attrs, dict) else None
     return k if isinstance(k, int) and not isinstance(k, bool) else None
+
+# %% ../../nbs/analysis/privacy.ipynb #bf938594
+AUDIENCES = ("consortium", "public")
+
+def check_audience(audience) -> str:
+    "`audience` if it is consortium or public; otherwise `UnknownNameError` naming the choices."
+    if audience in AUDIENCES: return audience
+    raise UnknownNameError("audience", str(audience), AUDIENCES)
+
+def counts_table(table, counts, k: int, *, audience: str, **totals):
+    "A table of counts as this audience may see it: `suppress`'s shown table when public, else `table`."
+    if check_audience(audience) == "consortium": return table
+    return suppress(table, counts, k, **totals)[0]
+
+def rates_table(table, k: int, *, audience: str):
+    "A `rates()` table as this audience may see it: `n`, `events` and the non-events protected together when public."
+    if check_audience(audience) == "consortium": return table
+    _check_columns(table, ["n", "events"])
+    parts = table.assign(non_events=table["n"] - table["events"])
+    return suppress(parts, ["events", "non_events"], k, total_column="n")[0].drop(columns="non_events")
+
+def count_value(n, k: int, *, audience: str):
+    "One count as this audience may see it: a `SuppressedCount` when public, else an int (None when missing)."
+    import pandas as pd
+    if check_audience(audience) == "public": return suppress_count(n, k)
+    return None if n is None or pd.isna(n) else int(n)

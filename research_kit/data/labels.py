@@ -9,7 +9,7 @@ from ..i18n import LANGUAGES, check_lang
 from .catalog import get_resource
 
 # %% auto #0
-__all__ = ['field_title', 'value_labels', 'labels', 'title', 'resource_labels', 'label_problems']
+__all__ = ['field_title', 'value_labels', 'labels', 'title', 'resource_labels', 'package_labels', 'label_problems']
 
 # %% ../../nbs/data/labels.ipynb #aa5b4248
 def _in(labels, lang: str) -> str | None:
@@ -48,6 +48,15 @@ def resource_labels(package: str, resource: str | None, lang: str, root: str | N
     lang = check_lang(lang)
     out = {f["name"]: value_labels(f, lang) for f in get_resource(package, resource, root).fields}
     return {name: mapping for name, mapping in out.items() if mapping}
+
+def package_labels(package: str, lang: str, root: str | None = None) -> dict[str, dict[str, str]]:
+    "Every labelled field of every resource of a package, field → code → label in `lang` (a field named alike in two resources: their labels merged)."
+    from research_kit.data.catalog import open_package
+    lang = check_lang(lang)
+    out: dict[str, dict[str, str]] = {}
+    for resource in open_package(package, root).resources:
+        for name, mapping in resource_labels(package, resource, lang, root).items(): out.setdefault(name, {}).update(mapping)
+    return out
 
 # %% ../../nbs/data/labels.ipynb #11606280
 def _missing_languages(labels) -> list[str]:

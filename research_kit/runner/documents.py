@@ -7,32 +7,55 @@ from __future__ import annotations
 import html, os, re, shutil, signal, subprocess, tempfile, time
 from pathlib import Path
 from ..errors import RKError
+from ..i18n import N_, REPORT_TITLES, translate
 
 # %% auto #0
-__all__ = ['WORDS', 'PARAMETER_WORDS', 'LEAD_PARAMETERS', 'TITLE_SKIP', 'LANGUAGES', 'READER_CSS', 'PARAMETER_TAGS', 'PAGE_CSS',
-           'CHROMIUM_NAMES', 'PDF_MODES', 'document_title', 'first_heading', 'provenance', 'template_dir',
+__all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'TITLE_SKIP', 'LANGUAGES', 'READER_CSS',
+           'PARAMETER_TAGS', 'PAGE_CSS', 'CHROMIUM_NAMES', 'PDF_MODES', 'reader_words', 'parameter_words',
+           'parameter_labels', 'document_title', 'first_heading', 'provenance', 'template_dir', 'present_records',
            'write_reader', 'write_notebook_html', 'write_html', 'PdfError', 'find_chromium', 'print_pdf', 'pdf_wanted',
            'sanitize_html', 'sanitize_outputs', 'write_documents']
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
-    "index": "All reports", "provenance": "About this document", "data": "Data", "version": "version",
-    "software": "Software", "commit": "commit", "uncommitted": "with uncommitted changes", "run": "Run",
-    "engine": "engine", "disclosure": "Disclosure control",
-    "threshold": "Counts below {threshold} are not shown, nor any count from which they could be worked out.",
-    "yes": "{name}", "no": "without {name}", "other": "{name} {value}",
+    "index": N_("All reports"), "provenance": N_("About this document"), "data": N_("Data"), "version": N_("version"),
+    "software": N_("Software"), "commit": N_("commit"), "uncommitted": N_("with uncommitted changes"), "run": N_("Run"),
+    "engine": N_("engine"), "disclosure": N_("Disclosure control"),
+    "threshold": N_("Counts below {threshold} are not shown, nor any count from which they could be worked out."),
+    "yes": "{name}", "no": N_("without {name}"), "other": "{name} {value}",
 }
 PARAMETER_WORDS = {
-    "year": "cohort {value}",
-    "audience": {"public": "public version", "consortium": "for the consortium"},
-    "institution": {"all": "all institutions"},
-    "grade": {"k": "kindergarten", "1": "grade 1", "2": "grade 2", "3": "grade 3"},
-    "region": {"non_west": "outside the West", "all": "all regions", "west": "the West"},
-    "model": {"logistic": "logistic model", "gradient_boosting": "gradient boosting"},
+    "year": N_("cohort {value}"),
+    "audience": {"public": N_("public version"), "consortium": N_("for the consortium")},
+    "institution": {"all": N_("all institutions")},
+    "grade": {"k": N_("kindergarten"), "1": N_("grade 1"), "2": N_("grade 2"), "3": N_("grade 3")},
+    "region": {"non_west": N_("outside the West"), "all": N_("all regions"), "west": N_("the West")},
+    "model": {"logistic": N_("logistic model"), "gradient_boosting": N_("gradient boosting")},
+    "controls": {"True": N_("with controls"), "False": N_("without controls")},
 }
+PARAMETER_FIELDS = {"institution": ("consortium", "institution_id")}  # parameters whose values are a package's codes
 LEAD_PARAMETERS = ("institution",)  # named before the report's title: "KITIG — Institution profile"
 TITLE_SKIP = ("lang",)  # the document's language is not part of its title
 LANGUAGES = ("kk", "ru", "en")
+
+def reader_words(lang: str) -> dict:
+    "`WORDS` in language `lang` (kk, ru or en)."
+    return {key: translate(message, lang) for key, message in WORDS.items()}  # unmarked formats stay as they are
+
+def parameter_words(lang: str) -> dict:
+    "`PARAMETER_WORDS` in language `lang`."
+    return {name: {v: translate(m, lang) for v, m in spelled.items()} if isinstance(spelled, dict) else translate(spelled, lang)
+            for name, spelled in PARAMETER_WORDS.items()}
+
+def parameter_labels(lang: str, data_root: str | None = None):
+    "`label(name, value)` for `document_title`: the name of a code (an institution) in `lang`, None when unknown."
+    def label(name, value):
+        if name not in PARAMETER_FIELDS: return None
+        from research_kit.data.labels import package_labels
+        package, field = PARAMETER_FIELDS[name]
+        try: return package_labels(package, lang, data_root).get(field, {}).get(str(value))
+        except (RKError, OSError, ValueError): return None  # a workspace without the package: the code is shown
+    return label
 
 # %% ../../nbs/runner/documents.ipynb #da25292d
 def _describe(name: str, value, label, words: dict, parameter_words: dict) -> str:
@@ -57,10 +80,11 @@ def document_title(heading: str, parameters: dict, *, label=None, words: dict | 
     return ", ".join([title, *said.values()])
 
 # %% ../../nbs/runner/documents.ipynb #16e3b039
-def first_heading(nb, fallback: str = "Report") -> str:
-    "The text of the first level-1 markdown heading in notebook `nb`, or `fallback`."
+def first_heading(nb, fallback: str = "Report", lang: str | None = None) -> str:
+    "The text of the first level-1 markdown heading in notebook `nb` (of the cells for `lang`, when given), or `fallback`."
+    others = {f"lang-{l}" for l in LANGUAGES if l != lang} if lang else set()
     for cell in nb.cells:
-        if cell.cell_type != "markdown": continue
+        if cell.cell_type != "markdown" or others & set(cell.get("metadata", {}).get("tags", [])): continue
         for line in cell.source.splitlines():
             m = re.match(r"#\s+(.+?)\s*#*\s*$", line)
             if m: return re.sub(r"[`*_]", "", m.group(1)).strip()
@@ -133,13 +157,38 @@ def _write_text(path: Path, text: str) -> None:
     from research_kit.data.descriptor import atomic_path
     with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
 
+def _figure_html(name: str, value, lang: str, labels: dict | None) -> str | None:
+    "A recorded key figure as a reader sees it: its name in words, the value formatted (None: leave the output as it is)."
+    import pandas as pd
+    from research_kit.analysis.presentation import format_figure, header, present_html
+    title = html.escape(header(name, lang))
+    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(pd.DataFrame(value), lang, labels=labels)}</div>'
+    if isinstance(value, (dict, list)): return None
+    return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>: {html.escape(format_figure(value, lang, name=name))}</div>'
+
+def present_records(nb, lang: str, labels: dict | None = None):
+    "A copy of `nb` whose `rk.record` outputs show their key figures formatted for readers in `lang` (the data keeps full precision)."
+    import copy
+    from research_kit.runner.record import MIMETYPE
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            entry = output.get("data", {}).get(MIMETYPE)
+            if isinstance(entry, dict) and "name" in entry:
+                shown = _figure_html(str(entry["name"]), entry.get("value"), lang, labels)
+                if shown is not None: output["data"]["text/html"] = shown
+    return nb
+
 def write_reader(nb, html_path, *, title: str, lang: str = "en", provenance: dict | None = None,
-                 words: dict | None = None, index_href: str = "../../index.html") -> None:
-    "Render the executed notebook `nb` as the reader document at `html_path`."
+                 words: dict | None = None, index_href: str = "../../index.html", labels: dict | None = None) -> None:
+    "Render the executed notebook `nb` as the reader document at `html_path`, in language `lang`."
     exporter, tags = _reader_exporter()
     other_languages = {f"lang-{l}" for l in LANGUAGES if l != lang}
     tags.remove_cell_tags = {*PARAMETER_TAGS, "remove-cell", *other_languages}
-    rk = {"title": title, "lang": lang, "css": READER_CSS, "words": {**WORDS, **(words or {})},
+    if lang in LANGUAGES: nb = present_records(nb, lang, labels)
+    rk = {"title": title, "lang": lang, "css": READER_CSS,
+          "words": {**(reader_words(lang) if lang in LANGUAGES else WORDS), **(words or {})},
           "provenance": provenance or globals()["provenance"](), "index_href": index_href}
     page, _ = exporter.from_notebook_node(nb, resources={"rk": rk})
     _write_text(Path(html_path), page)
@@ -265,7 +314,17 @@ def sanitize_outputs(nb) -> None:
 # %% ../../nbs/runner/documents.ipynb #f7768801
 def _lang(parameters: dict) -> str:
     lang = parameters.get("lang")
-    return lang if isinstance(lang, str) and re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?", lang) else "en"
+    return lang if lang in LANGUAGES else "en"
+
+def _heading(nb, report: str, lang: str) -> str:
+    "The report's title in `lang`: from the catalogs for a shipped report, else the template's own heading."
+    return translate(REPORT_TITLES[report], lang) if report in REPORT_TITLES else first_heading(nb, report, lang)
+
+def _code_labels(lang: str, data_root: str | None) -> dict | None:
+    "Labels of the consortium's codes in `lang`, for the key figures (None in a workspace without that package)."
+    from research_kit.data.labels import package_labels
+    try: return package_labels("consortium", lang, data_root)
+    except (RKError, OSError, ValueError): return None
 
 def write_documents(nb_path, out, context: dict | None = None, *, label=None, words: dict | None = None) -> dict:
     "Write a run's `notebook.html`, `report.html` and (when wanted) `report.pdf` into `out`; return `{'pdf': ...}`."
@@ -274,13 +333,17 @@ def write_documents(nb_path, out, context: dict | None = None, *, label=None, wo
     nb = nbformat.read(str(nb_path), as_version=4)
     sanitize_outputs(nb)
     report, parameters = c.get("report") or Path(nb_path).parent.name, dict(c.get("parameters") or {})
-    title = document_title(first_heading(nb, report), parameters, label=label, words=words)
+    lang = _lang(parameters)
+    label = label or parameter_labels(lang, c.get("data"))
+    title = document_title(_heading(nb, report, lang), parameters, label=label, words={**reader_words(lang), **(words or {})},
+                           parameter_words=parameter_words(lang))
     write_notebook_html(nb, out / "notebook.html", title)
     if c.get("reader", "on") == "off": return {"pdf": {"made": False, "reason": "[runner] reader = off"}}
     audience = parameters.get("audience")
     facts = provenance(inputs=c.get("inputs", ()), engine=c.get("engine", ""), started=c.get("started", ""), git=c.get("git"),
                        audience=audience, threshold=c.get("threshold"), data_root=c.get("data"))
-    write_reader(nb, out / "report.html", title=title, lang=_lang(parameters), provenance=facts, words=words)
+    write_reader(nb, out / "report.html", title=title, lang=lang, provenance=facts, words=words,
+                 labels=_code_labels(lang, c.get("data")))
     chromium = find_chromium()
     wanted, why_not = pdf_wanted(c.get("pdf", "auto"), audience=audience, succeeded=c.get("succeeded", True), chromium=chromium)
     if not wanted: return {"pdf": {"made": False, "reason": why_not}}

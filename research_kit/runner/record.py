@@ -132,15 +132,12 @@ def _figure_data(fig) -> dict:
     plt.close(fig)
     return {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": "<figure>"}
 
-def show(x) -> None:
-    "Display a suppressed table, a figure or a text in a public report, marked as vetted; refuse anything that is not safe to publish."
-    k = _workspace_threshold()
+def _check_public(x, k: int) -> None:
+    "Refuse what a public report may not show: small numbers in text, tables not made by suppress, other objects."
     if isinstance(x, str):
         if small := [n for n in integers(x) if 0 < n < k]:
             raise RKError(f"rk.show: the text holds {small[0]}, below the privacy threshold {k}; "
                           "a count must go through suppress, and other numbers below it cannot be told from counts")
-        data = {"text/markdown": x, "text/plain": x}
-    elif hasattr(x, "savefig"): data = _figure_data(x)
     elif hasattr(x, "to_frame") or hasattr(x, "columns"):
         at = _suppressed_at(x)
         if at is None and next(_small_cells(x, math.inf), None) is not None:
@@ -148,8 +145,30 @@ def show(x) -> None:
                           "research_kit.analysis.privacy.suppress with the workspace's threshold first")
         if at is not None and at < k: raise RKError(f"rk.show: this table was suppressed with k={at}, below the workspace's threshold {k}")
         _check_vetted_counts(x, at or k, "rk.show")
-        data = _table_data(x)
-    else: raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a suppressed table, a figure or a text")
+    elif not hasattr(x, "savefig"):
+        raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a suppressed table, a figure or a text")
+
+def _reader_table_data(table, lang: str, labels, headers) -> dict:
+    from research_kit.analysis.presentation import present, present_html
+    shown = present(table, lang, labels=labels, headers=headers)
+    note = shown.attrs.get("footnote")
+    text = shown.to_string(index=False) + (f"\n{note}" if note else "")
+    return {"text/plain": text, "text/html": present_html(table, lang, labels=labels, headers=headers)}
+
+def _output_data(x, lang, labels, headers) -> dict:
+    if isinstance(x, str): return {"text/markdown": x, "text/plain": x}
+    if hasattr(x, "savefig"): return _figure_data(x)
+    if hasattr(x, "to_frame") or hasattr(x, "columns"):
+        return _table_data(x) if lang is None else _reader_table_data(x, lang, labels, headers)
+    raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a table, a figure or a text")
+
+def show(x, *, lang: str | None = None, labels: dict | None = None, audience: str = "public", headers: dict | None = None) -> None:
+    "Display a table, figure or text as a reader sees it (in `lang`); in a public report only what is safe, marked as vetted."
+    from research_kit.analysis.privacy import check_audience
+    public = check_audience(audience) == "public"
+    k = _workspace_threshold() if public else None
+    if public: _check_public(x, k)
+    data = _output_data(x, lang, labels, headers)
     if _shell() is None: print(data["text/plain"]); return
     _display(data, k)
 

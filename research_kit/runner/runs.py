@@ -13,9 +13,9 @@ from ..data.descriptor import atomic_path, sha256_file
 from . import params as P
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'swap_into_place', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_sha256', 'environment',
-           'git_state', 'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic', 'finish',
-           'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
+__all__ = ['KEY_PACKAGES', 'swap_into_place', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256',
+           'environment', 'git_state', 'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic',
+           'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -30,16 +30,23 @@ def cell_sha256s(path: str | Path) -> list[str]:
 
 _memo: dict = {}
 
+def code_files() -> list[Path]:
+    "What a run's code is: research_kit's source files, its document templates, and the message catalogs (a translation changes the documents)."
+    from research_kit.i18n import locales_dir
+    import research_kit
+    root = Path(research_kit.__file__).parent
+    files = [p for p in root.rglob("*.py") if p.name != "_modidx.py"] + [p for p in (root / "templates").rglob("*") if p.is_file()]
+    return sorted(files) + sorted(locales_dir().glob("*/LC_MESSAGES/*.po"))
+
+def _files_sha256(files) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        h.update("/".join(p.parts[-3:]).encode()); h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
+    return h.hexdigest()
+
 def code_sha256() -> str:
-    "sha256 of research_kit's own source files (the generated package)."
-    if "code" not in _memo:
-        import research_kit
-        root = Path(research_kit.__file__).parent
-        h = hashlib.sha256()
-        for p in sorted(root.rglob("*.py")):
-            if p.name == "_modidx.py": continue
-            h.update(str(p.relative_to(root)).encode()); h.update(p.read_bytes())
-        _memo["code"] = h.hexdigest()
+    "sha256 of `code_files()`: part of every run's cache key."
+    if "code" not in _memo: _memo["code"] = _files_sha256(code_files())
     return _memo["code"]
 
 KEY_PACKAGES = ("pandas", "numpy", "pyarrow", "scipy", "statsmodels", "scikit-learn", "matplotlib", "pandera",
