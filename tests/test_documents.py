@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, check_build, run_rk
 from test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the shared browser fixture)
 
+KITIG_KK = "Туризм және қонақжайлылық индустриясы колледжі"  # KITIG's name in Kazakh, from the consortium's labels
 KAZAKH_WORD = "бітірушілерге"  # "for school leavers": ә, і and ү are letters Russian does not have
 PARAMS = ('institution: str = "ATK"  # institution code\nyear: int = 2024  # cohort year\n'
           'audience: Literal["consortium", "public"] = "consortium"  # who may read it\n'
@@ -74,7 +75,8 @@ def test_reader_document_has_no_code_and_says_where_it_came_from(browser, docs_r
     check_build(build)  # every output's sha256 matches the manifest
     page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
     page.goto((folder / "report.html").as_uri())
-    assert page.title() == "KITIG — Institution profile, cohort 2024, public version, without leak"
+    # the title in the run's language, the institution by its name from the descriptor's labels
+    assert page.title() == f"{KITIG_KK} — Institution profile, 2024 жылы түскендер, жариялауға арналған нұсқа, leak жоқ"
     assert page.locator("html").get_attribute("lang") == "kk"
     text = page.locator("body").inner_text()
     for gone in ("helper_function_of_the_template", "institution: str", 'institution = "KITIG"', "rk.load",
@@ -87,9 +89,9 @@ def test_reader_document_has_no_code_and_says_where_it_came_from(browser, docs_r
     assert page.locator(".rk-record[data-name='students']").count() == 1
     footer = page.locator("footer.rk-provenance").inner_text()
     [data] = m["inputs"]
-    assert data["package"] in footer and "version 1.0.0" in footer and data["sha256"][:12] in footer
+    assert data["package"] in footer and "нұсқа 1.0.0" in footer and data["sha256"][:12] in footer  # in Kazakh: "version"
     assert "research_kit " + m["code"]["research_kit"] in footer and m["started"][:10] in footer and "warm" in footer
-    assert "Counts below 10 are not shown" in footer  # the threshold in force for a public run
+    assert "10 шегінен аз сандар" in footer  # the threshold in force for a public run: "counts below 10 ..."
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # nothing wider than the phone
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "reader-document-phone.png"), full_page=True)
@@ -110,7 +112,7 @@ def test_pdf_carries_the_kazakh_letters(docs_run):
     assert m["pdf"]["made"] is True, m["pdf"]
     text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(folder / "report.pdf"), "-"], capture_output=True, text=True, check=True).stdout
     assert KAZAKH_WORD in text and "ә ғ қ ң ө ұ ү һ і" in text
-    assert "helper_function_of_the_template" not in text and "KITIG — Institution profile" in text
+    assert "helper_function_of_the_template" not in text and f"{KITIG_KK} — Institution profile" in text
     fonts = subprocess.run(["pdffonts", str(folder / "report.pdf")], capture_output=True, text=True, check=True).stdout
     assert all(" yes yes " in line for line in fonts.splitlines()[2:]), fonts  # every font embedded, as a subset
 
@@ -166,5 +168,5 @@ def test_index_shows_publishable_audit_failed_and_internal_apart(browser, worksp
     page.screenshot(path=str(ARTIFACTS / "index-states.png"), full_page=True)
     page.locator("tr.run[data-state=publishable] a.report-link").click()
     page.wait_for_load_state()
-    assert page.url.endswith("/report.html") and page.title().startswith("KITIG — Institution profile")
+    assert page.url.endswith("/report.html") and page.title().startswith(f"{KITIG_KK} — Institution profile")
     page.close()
