@@ -34,7 +34,7 @@ _bounded.maxlevel = 3
 
 def quoted(value, limit: int = QUOTE_LIMIT) -> str:
     "`repr(value)` for a message: at most `limit` characters, cut with `…`, never expensive to build."
-    text = _bounded.repr(value) if not isinstance(value, str) else repr(value[:limit + 1])
+    text = repr(value[:limit + 1]) if type(value) is str else _bounded.repr(value)  # a str subclass keeps its own repr
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 # %% ../nbs/errors.ipynb #828ae207

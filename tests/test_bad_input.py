@@ -614,6 +614,6 @@ def test_run_never_replaces_a_folder_it_did_not_write(report_workspace, tally):
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("my own notes")
     proc = run_rk("run", "tiny", cwd=root, env=env)
-    assert proc.returncode == 1 and "is not a run folder" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "was not written by rk (it has no manifest.json)" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert (folder / "notes.txt").read_text() == "my own notes" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]

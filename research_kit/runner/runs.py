@@ -139,14 +139,14 @@ def still_cached(run: Run) -> bool:
     return not run.forced and _cached(run.folder, run.template_hash, run.parameters)
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    "Rename the finished temporary folder to its final name, replacing an older run."
+def _swap_into_place(tmp: Path, final: Path, *, mark: str = "manifest.json") -> None:
+    "Rename the finished temporary folder to its final name, replacing an older one that holds `mark` (what rk wrote there)."
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
-    if final.exists() and not (final.is_dir() and (final / "manifest.json").is_file()):
+    if final.exists() and not (final.is_dir() and (final / mark).is_file()):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RKError(f"{final} exists and is not a run folder (it has no manifest.json); "
-                      "rk replaces only runs it wrote: move it away and run again")
+        raise RKError(f"{final} exists and was not written by rk (it has no {mark}); "
+                      "rk replaces only folders it wrote: move it away and run again")
     if final.exists():
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)

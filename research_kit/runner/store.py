@@ -306,6 +306,6 @@ def build_site(out: Path, settings: Settings | None = None, *, public: bool = Fa
         (tmp / "index.html").write_text(render_index(runs), encoding="utf-8")
         (tmp / SITE_MARK).write_text("made by rk site; replaced as a whole by the next one\n")
         if out.exists() and not any(out.iterdir()): out.rmdir()
-        swap_into_place(tmp, out)
+        swap_into_place(tmp, out, mark=SITE_MARK)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out / "index.html", len(runs)
