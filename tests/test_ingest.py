@@ -303,6 +303,24 @@ def test_mapping_mistakes_are_named(ws, tmp_path):
             run(export, {**base, **change})
 
 
+
+def test_mapping_file_with_an_alias_bomb_or_bad_yaml_is_named(ws, tmp_path, tally):
+    """A mapping file goes through the workspace's one YAML reader: aliases that expand without end are
+    refused before they are built, malformed YAML names the file; nothing is written either way."""
+    root, pkg, mapping = ws
+    export = write_export(tmp_path / "export", GOOD)
+    before = {p: p.read_bytes() for p in pkg.iterdir()}
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    for text, expected in [(bomb, "aliases expand"), ("identifier: [ИИН\n", "malformed YAML")]:
+        tally.bad_inputs += 1
+        bad = tmp_path / "bad-mapping.yaml"
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(RKError, match=expected) as e:
+            run(export, bad)
+        assert str(bad) in str(e.value) and len(str(e.value)) < 1000
+    assert {p: p.read_bytes() for p in pkg.iterdir()} == before
+
 # (h) one student, one code, at every institution ------------------------------------------------
 
 def test_same_iin_same_code_and_one_row_per_student(ws, tmp_path):

@@ -154,12 +154,13 @@ def read_mapping(mapping) -> Mapping:
     if isinstance(mapping, Mapping): return mapping
     where = "mapping"
     if not isinstance(mapping, dict):
-        import yaml
+        from research_kit.data.catalog import load_yaml  # one YAML reader: aliases capped, errors named
         path = Path(mapping)
         where = str(path)
-        try: mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try: text = path.read_text(encoding="utf-8")
         except FileNotFoundError: raise IngestError(f"{path}: no such mapping file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e: raise IngestError(f"{path}: not a YAML mapping file ({e})") from None
+        except UnicodeDecodeError as e: raise IngestError(f"{path}: not a YAML mapping file ({e})") from None
+        mapping = load_yaml(text, where, error=IngestError)
         if not isinstance(mapping, dict): raise IngestError(f"{path}: expected a YAML mapping with keys {', '.join(_MAPPING_KEYS)}")
     for k in mapping:
         if k not in _MAPPING_KEYS: raise UnknownNameError("mapping key", k, _MAPPING_KEYS, where=where)
