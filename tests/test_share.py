@@ -243,6 +243,25 @@ def test_run_reading_restricted_data_is_pushed_only_to_its_owners_store(pair, ta
     assert "3 pushed, 1 already in the share, 0 skipped" in out.stdout
 
 
+def test_public_run_that_passed_the_audit_is_pushed_though_it_read_restricted_data(pair, tally):
+    """The other way a run of restricted data may be shared: it is public and its disclosure audit passed."""
+    import yaml
+    a, b, env, fs, root = pair
+    descriptor = a / "datasets" / "mini" / "datapackage.yaml"
+    d = yaml.safe_load(descriptor.read_text())
+    next(r for r in d["resources"] if r["name"] == "people").update({"x-access": "restricted", "x-owner": "METU"})
+    descriptor.write_text(yaml.safe_dump(d, sort_keys=False))
+    make_template(a / "reports" / "headcount.ipynb",
+                  'audience: Literal["consortium", "public"] = "public"  # who may read it',
+                  "import research_kit as rk\nfrom research_kit.analysis.privacy import suppress_count\n"
+                  "people = rk.load('mini', 'people')\nrk.record('people', suppress_count(len(people), 10))")
+    for audience in ("public", "consortium"):
+        run_rk("run", "headcount", "-p", f"audience={audience}", "--no-share", cwd=a, env=env, check=0)
+    tally.bad_inputs += 1
+    out = run_rk("push", cwd=a, env=env, check=0)
+    assert "skipped headcount/audience=consortium: it read mini/people (restricted to METU)" in out.stderr, out.stderr
+    assert "headcount/audience=public" not in out.stderr, out.stderr  # public and publishable: pushed
+
 def test_failed_runs_are_not_pushed(pair):
     a, b, env, fs, root = pair
     run_rk("batch", "flaky", cwd=a, env=env, check=1)

@@ -430,9 +430,17 @@ def counts_table(table, counts, k: int, *, audience: str, **totals):
 def rates_table(table, k: int, *, audience: str):
     "A `rates()` table as this audience may see it: `n`, `events` and the non-events protected together when public."
     if check_audience(audience) == "consortium": return table
+    import pandas as pd
     _check_columns(table, ["n", "events"])
     parts = table.assign(non_events=table["n"] - table["events"])
-    return suppress(parts, ["events", "non_events"], k, total_column="n")[0].drop(columns="non_events")
+    # Each row is its own group, protected on its own: the optimizing search over the whole table, which
+    # also assumes every column total is known, took minutes for a 130-row table -- too slow for a batch.
+    rows = [suppress(parts.iloc[[i]], ["events", "non_events"], k, total_column="n")[0] for i in range(len(parts))]
+    shown = pd.concat(rows) if rows else suppress(parts, ["events", "non_events"], k, total_column="n")[0]
+    proofs = [r.attrs.get("protection", {}) for r in rows]
+    shown.attrs = {SUPPRESSED: k, "protection": {**(proofs[0] if proofs else {}), "rows_protected_separately": True,
+                                                 "cells": [c for p in proofs for c in p.get("cells", [])]}}
+    return shown.drop(columns="non_events")
 
 def count_value(n, k: int, *, audience: str):
     "One count as this audience may see it: a `SuppressedCount` when public, else an int (None when missing)."
