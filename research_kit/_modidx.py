@@ -951,6 +951,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                    'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._safe_attribute': ( 'runner/documents.html#_safe_attribute',
                                                                                                   'research_kit/runner/documents.py'),
+                                               'research_kit.runner.documents._safe_exporter': ( 'runner/documents.html#_safe_exporter',
+                                                                                                 'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._write_text': ( 'runner/documents.html#_write_text',
                                                                                               'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.document_title': ( 'runner/documents.html#document_title',

@@ -12,9 +12,9 @@ from ..i18n import N_, REPORT_TITLES, translate
 # %% auto #0
 __all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'TITLE_SKIP', 'LANGUAGES', 'READER_CSS',
            'PARAMETER_TAGS', 'PAGE_CSS', 'CHROMIUM_NAMES', 'PDF_MODES', 'reader_words', 'parameter_words',
-           'parameter_labels', 'document_title', 'first_heading', 'provenance', 'template_dir', 'present_records',
-           'write_reader', 'write_notebook_html', 'write_html', 'PdfError', 'find_chromium', 'print_pdf', 'pdf_wanted',
-           'sanitize_html', 'sanitize_outputs', 'write_documents']
+           'parameter_labels', 'document_title', 'first_heading', 'provenance', 'sanitize_html', 'sanitize_outputs',
+           'template_dir', 'present_records', 'write_reader', 'write_notebook_html', 'write_html', 'PdfError',
+           'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents']
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
@@ -109,6 +109,56 @@ def provenance(*, inputs=(), engine: str = "", started: str = "", git: dict | No
             "started": started, "date": started[:10], "engine": engine,
             "threshold": threshold if audience == "public" else None}
 
+# %% ../../nbs/runner/documents.ipynb #9bbb85a2
+def _safe_attribute(tag: str, attribute: str, value: str) -> str | None:
+    "data: URLs only as images: a data:text/html link is a page of its own."
+    if value.strip().lower().startswith("data:") and not (tag == "img" and attribute == "src"
+                                                          and value.strip().lower().startswith("data:image/")):
+        return None
+    return value
+
+def sanitize_html(fragment: str) -> str:
+    "`fragment` with every script, event handler, javascript: URL, frame and form removed; text, tables, images and styles kept."
+    import nh3
+    tags = (nh3.ALLOWED_TAGS | {"style", "tfoot", "section", "main", "label"}) - {"area", "map"}
+    attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+    attributes["*"] = {"class", "id", "style", "title", "lang", "dir"}
+    attributes["img"] = attributes.get("img", set()) | {"src", "alt", "width", "height"}
+    attributes["a"] = attributes.get("a", set()) | {"href", "title", "name"}
+    return nh3.clean(fragment, tags=tags, attributes=attributes, attribute_filter=_safe_attribute,
+                     clean_content_tags={"script", "iframe", "object", "embed", "noscript", "template", "svg", "math",
+                                         "textarea", "select"},
+                     url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer", strip_comments=True)
+
+_SCRIPT_TYPES = ("application/javascript", "text/javascript", "application/vnd.jupyter.widget-view+json")
+
+def sanitize_outputs(nb) -> None:
+    "Make every output of `nb` safe to show: HTML and markdown sanitized, SVG as an image, scripts dropped."
+    import base64
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            for kind in _SCRIPT_TYPES: data.pop(kind, None)
+            if "image/svg+xml" in data:
+                svg = data.pop("image/svg+xml")
+                svg = "".join(svg) if isinstance(svg, list) else svg
+                data.setdefault("text/html", f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">')
+            for kind in ("text/html", "text/markdown"):
+                if kind in data:
+                    text = "".join(data[kind]) if isinstance(data[kind], list) else data[kind]
+                    data[kind] = sanitize_html(text)
+
+
+
+def _safe_exporter(**options):
+    "An nbconvert HTMLExporter whose rendered markdown cells pass through `sanitize_html` too."
+    import jinja2
+    from nbconvert import HTMLExporter
+    class SafeHTMLExporter(HTMLExporter):
+        @jinja2.pass_context  # as nbconvert's own filter: Jinja hands it the cell's context
+        def markdown2html(self, context, source): return sanitize_html(super().markdown2html(context, source))
+    return SafeHTMLExporter(**options)
+
 # %% ../../nbs/runner/documents.ipynb #4685507e
 READER_CSS = """@page{size:A4;margin:16mm 15mm 18mm}
 html{-webkit-text-size-adjust:100%}
@@ -146,7 +196,7 @@ def _reader_exporter():
     if "reader" not in _exporters:
         from nbconvert import HTMLExporter
         from nbconvert.preprocessors import TagRemovePreprocessor
-        exporter = HTMLExporter(template_name="reader", extra_template_basedirs=[str(template_dir())],
+        exporter = _safe_exporter(template_name="reader", extra_template_basedirs=[str(template_dir())],
                                 exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
         tags = TagRemovePreprocessor(enabled=True)
         exporter.register_preprocessor(tags, enabled=True)
@@ -203,8 +253,7 @@ img{max-width:100%}"""
 def write_notebook_html(nb, html_path, title: str) -> None:
     "Render the notebook `nb` with its code as a self-contained page at `html_path`."
     if "basic" not in _exporters:
-        from nbconvert import HTMLExporter
-        _exporters["basic"] = HTMLExporter(template_name="basic")
+        _exporters["basic"] = _safe_exporter(template_name="basic")
     body, _ = _exporters["basic"].from_notebook_node(nb)
     _write_text(Path(html_path), f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                                  f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n")
@@ -271,45 +320,6 @@ def pdf_wanted(mode: str, *, audience: str | None, succeeded: bool = True, chrom
     if mode == "auto" and audience != "public": return False, "not a public run ([runner] pdf = auto prints public runs only)"
     if not chromium: return False, f"no chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH)"
     return True, None
-
-# %% ../../nbs/runner/documents.ipynb #9bbb85a2
-def _safe_attribute(tag: str, attribute: str, value: str) -> str | None:
-    "data: URLs only as images: a data:text/html link is a page of its own."
-    if value.strip().lower().startswith("data:") and not (tag == "img" and attribute == "src"
-                                                          and value.strip().lower().startswith("data:image/")):
-        return None
-    return value
-
-def sanitize_html(fragment: str) -> str:
-    "`fragment` with every script, event handler, javascript: URL, frame and form removed; text, tables, images and styles kept."
-    import nh3
-    tags = (nh3.ALLOWED_TAGS | {"style", "tfoot", "section", "main", "label"}) - {"area", "map"}
-    attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
-    attributes["*"] = {"class", "id", "style", "title", "lang", "dir"}
-    attributes["img"] = attributes.get("img", set()) | {"src", "alt", "width", "height"}
-    attributes["a"] = attributes.get("a", set()) | {"href", "title", "name"}
-    return nh3.clean(fragment, tags=tags, attributes=attributes, attribute_filter=_safe_attribute,
-                     clean_content_tags={"script", "iframe", "object", "embed", "noscript", "template", "svg", "math",
-                                         "textarea", "select"},
-                     url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer", strip_comments=True)
-
-_SCRIPT_TYPES = ("application/javascript", "text/javascript", "application/vnd.jupyter.widget-view+json")
-
-def sanitize_outputs(nb) -> None:
-    "Make every output of `nb` safe to show: HTML and markdown sanitized, SVG as an image, scripts dropped."
-    import base64
-    for cell in nb.cells:
-        for o in cell.get("outputs", []):
-            data = o.get("data", {})
-            for kind in _SCRIPT_TYPES: data.pop(kind, None)
-            if "image/svg+xml" in data:
-                svg = data.pop("image/svg+xml")
-                svg = "".join(svg) if isinstance(svg, list) else svg
-                data.setdefault("text/html", f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">')
-            for kind in ("text/html", "text/markdown"):
-                if kind in data:
-                    text = "".join(data[kind]) if isinstance(data[kind], list) else data[kind]
-                    data[kind] = sanitize_html(text)
 
 # %% ../../nbs/runner/documents.ipynb #f7768801
 def _lang(parameters: dict) -> str:
