@@ -226,13 +226,18 @@ def test_concurrent_pushes_of_one_batch_leave_one_whole_copy_each(pair):
 
 # ---- who may push what ----
 
-def test_run_reading_restricted_data_is_pushed_only_to_its_owners_store(pair, tally):
+def restrict_people_to_metu(workspace: Path) -> None:
+    "Mark the mini package's `people` as restricted to METU in `workspace`."
     import yaml
-    a, b, env, fs, root = pair
-    descriptor = a / "datasets" / "mini" / "datapackage.yaml"
+    descriptor = workspace / "datasets" / "mini" / "datapackage.yaml"
     d = yaml.safe_load(descriptor.read_text())
     next(r for r in d["resources"] if r["name"] == "people").update({"x-access": "restricted", "x-owner": "METU"})
     descriptor.write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+def test_run_reading_restricted_data_is_pushed_only_to_its_owners_store(pair, tally):
+    a, b, env, fs, root = pair
+    restrict_people_to_metu(a)
     run_rk("batch", "shared", cwd=a, env=env, check=0)
     out = run_rk("push", cwd=a, env=env, check=0)
     assert "1 pushed, 0 already in the share, 3 skipped" in out.stdout  # `other` reads nothing restricted
@@ -245,12 +250,8 @@ def test_run_reading_restricted_data_is_pushed_only_to_its_owners_store(pair, ta
 
 def test_public_run_that_passed_the_audit_is_pushed_though_it_read_restricted_data(pair, tally):
     """The other way a run of restricted data may be shared: it is public and its disclosure audit passed."""
-    import yaml
     a, b, env, fs, root = pair
-    descriptor = a / "datasets" / "mini" / "datapackage.yaml"
-    d = yaml.safe_load(descriptor.read_text())
-    next(r for r in d["resources"] if r["name"] == "people").update({"x-access": "restricted", "x-owner": "METU"})
-    descriptor.write_text(yaml.safe_dump(d, sort_keys=False))
+    restrict_people_to_metu(a)
     make_template(a / "reports" / "headcount.ipynb",
                   'audience: Literal["consortium", "public"] = "public"  # who may read it',
                   "import research_kit as rk\nfrom research_kit.analysis.privacy import suppress_count\n"
