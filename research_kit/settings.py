@@ -10,8 +10,8 @@ from pathlib import Path
 from .errors import SettingsError, UnknownNameError, quoted
 
 # %% auto #0
-__all__ = ['WEEK', 'MAX_MEMORY_MB', 'DEFAULTS', 'SETTINGS_FILE', 'OWN_FOLDERS', 'find_root', 'Setting', 'is_url', 'Settings',
-           'load_settings']
+__all__ = ['WEEK', 'MAX_MEMORY_MB', 'DEFAULTS', 'SETTINGS_FILE', 'POLICY', 'OWN_FOLDERS', 'find_root', 'on_read', 'Setting',
+           'is_url', 'Settings', 'load_settings']
 
 # %% ../nbs/settings.ipynb #e5d48712
 WEEK = 7 * 24 * 3600
@@ -25,7 +25,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
                   "build": "reports/_build", "institution": "",
                   # the consortium's shared run store (rk push / pull), and who signs what is pushed to it
                   "share": "", "share_owner": "", "researcher": "", "signing_key": ""},
-    "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0", "reader": "on", "pdf": "auto"},
+    "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0", "reader": "on", "pdf": "auto",
+               "discovery": "on"},
     "privacy": {"threshold": "10"},
 }
 
@@ -36,6 +37,7 @@ _CHECKS = {  # (section, key): (test, what was expected)
     ("runner", "memory"): (_memory, f"0 (no limit) or a whole number of megabytes from 64 to {MAX_MEMORY_MB} (1 TB)"),
     ("runner", "reader"): (lambda v: v in ("on", "off"), "on or off"),
     ("runner", "pdf"): (lambda v: v in ("auto", "on", "off"), "auto (public runs, when chromium is installed), on or off"),
+    ("runner", "discovery"): (lambda v: v in ("on", "off"), "on (discover the files and settings each run reads) or off"),
     ("privacy", "threshold"): (_between(1, 1_000_000), "a whole number from 1 to 1000000"),
 }
 
@@ -56,6 +58,14 @@ def find_root(start: str | Path | None = None) -> Path:
                         "run inside a research_kit workspace or set RK_ROOT")
 
 # %% ../nbs/settings.ipynb #6909bed4
+_read_hook = None  # told of every setting read while a run is being recorded (research_kit.runner.reads)
+POLICY = " (policy)"  # the name's suffix for a value as the workspace's settings.ini commits to it
+
+def on_read(hook) -> None:
+    "Call `hook(name, value)` for every setting read from now on; `None` stops it."
+    global _read_hook
+    _read_hook = hook
+
 @dataclass(frozen=True)
 class Setting:
     section: str
@@ -72,7 +82,16 @@ class Settings:
     def __init__(self, root: Path, values: dict[tuple[str, str], Setting], policy: dict | None = None):
         self.root, self.values, self.policy = root, values, values if policy is None else policy
 
-    def get(self, section: str, key: str) -> str: return self.values[section, key].value
+    def get(self, section: str, key: str) -> str:
+        value = self.values[section, key].value
+        if _read_hook: _read_hook(f"{section}.{key}", value)
+        return value
+
+    def lookup(self, name: str) -> str | None:
+        "The value of the setting `name` (as `on_read` names it), without telling the hook; None if there is none."
+        values = self.policy if name.endswith(POLICY) else self.values
+        section, _, key = name.removesuffix(POLICY).partition(".")
+        return values[section, key].value if (section, key) in values else None
     def _path(self, key) -> Path: return (self.root / self.get("workspace", key)).resolve()
 
     @property
@@ -124,9 +143,13 @@ class Settings:
     @property
     def pdf(self) -> str: return self.get("runner", "pdf")
     @property
+    def discovery(self) -> str: return self.get("runner", "discovery")
+    @property
     def threshold_policy(self) -> int:
         "The threshold the workspace's settings.ini commits to (or the default), whatever overrides it."
-        return int(self.policy["privacy", "threshold"].value)
+        value = self.policy["privacy", "threshold"].value
+        if _read_hook: _read_hook("privacy.threshold" + POLICY, value)
+        return int(value)
 
     def table(self) -> list[Setting]: return list(self.values.values())
     def __repr__(self): return f"Settings(root={str(self.root)!r})"
