@@ -7,19 +7,22 @@ from __future__ import annotations
 import os, sys, tempfile, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from . import reads
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'EXIT_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'WorkerSpent', 'warm_shell', 'preload',
-           'WarmEngine', 'KernelEngine', 'register_engines', 'adopt_orphans', 'descendants', 'end_descendants',
-           'execute_report']
+__all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'WorkerSpent', 'warm_shell',
+           'preload', 'WarmEngine', 'KernelEngine', 'register_engines', 'adopt_orphans', 'descendants',
+           'end_descendants', 'execute_report']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
 # IPython's exit() and quit() ask the shell to exit: in a kernel that ends it after the cell (the
 # report goes on), the warm shell cannot. Both raise SystemExit instead, like sys.exit().
 EXIT_CODE = "def _rk_exit(*args, **kwargs): raise SystemExit()\nget_ipython().ask_exit = _rk_exit\ndel _rk_exit"
+# Both engines run this before the first cell: seeds, exit, and the discovery of what the run reads.
+SETUP_CODE = "\n".join([SEED_CODE, EXIT_CODE, reads.START_CODE])
 ENGINES = {"warm": "rk-warm", "kernel": "rk-kernel"}  # research_kit name -> papermill engine name
-RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS")  # environment a report runs with
+RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS", reads.READS_ENV)  # environment a report runs with
 
 # %% ../../nbs/runner/engines.ipynb #70e9ab3d
 def _pandas_options(node=None, prefix="") -> dict:
@@ -56,7 +59,7 @@ class _WarmState:
         self._reset_namespace()
         self._reset_process(cwd)
         self.context = contextvars.copy_context()
-        self.run(SEED_CODE + "\n" + EXIT_CODE)
+        self.run(SETUP_CODE)
 
     def run(self, code, timeout=None):
         "Run `code` in the shell, in this report's context variables (numpy's print options and error state are some)."
@@ -170,7 +173,7 @@ def _seeded_client():
     from papermill.clientwrap import PapermillNotebookClient
     class SeededClient(PapermillNotebookClient):
         def papermill_execute_cells(self):
-            self.wait_for_reply(self.kc.execute(SEED_CODE + "\n" + EXIT_CODE, silent=True, store_history=False))
+            self.wait_for_reply(self.kc.execute(SETUP_CODE, silent=True, store_history=False))
             super().papermill_execute_cells()
     return SeededClient
 
@@ -289,24 +292,26 @@ def execute_report(task: dict) -> dict:
     nb_path, lineage_path = out / "report.ipynb", out / "lineage.jsonl"
     saved_env = dict(os.environ)
     os.environ.update({"RK_LINEAGE_FILE": str(lineage_path), "PYTHONHASHSEED": "0", "RK_PROGRESS": "0",
-                       "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+                       "MPLBACKEND": "module://matplotlib_inline.backend_inline", **reads.run_environment(task)})
     adopt_orphans()
     before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
     try: _run_papermill(task, nb_path)
     except Exception as e: error = _error(e)
     finally:
+        reads.stop()  # a warm worker recorded in this process
         os.environ.clear(); os.environ.update(saved_env)
         end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
-    documents = {}
+    documents, discovered = {}, {}
     try:
         recs = records(nb_path) if nb_path.exists() else {}
         if nb_path.exists(): error = _exit_error(nb_path) or error
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
+        discovered = reads.collect(task, inputs)
         if nb_path.exists(): documents = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
         recs, inputs, error = {}, [], error or {"cell": None, "type": "OutputsLost", "message": f"the run's outputs could not be read back: {e}"}
-    return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs,
+    return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs, **discovered,
             "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"],
             "documents": documents, "worker_spent": _state.spent}
