@@ -94,7 +94,7 @@ def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, 
     from research_kit.runner.site import build_index
     with build_lock(settings.build_dir, wait=wait):
         # what is cached is decided only now: the rk process we waited for may have run these same reports
-        for r in runs: r.cached = still_cached(r)
+        for r in runs: r.cached = still_cached(r, settings)
         todo = [r for r in runs if not r.cached]
         clean_stale(settings.build_dir)
         # the shared store first (`[workspace] share`): a run another institution already made is restored, not repeated

@@ -14,8 +14,9 @@ from . import params as P
 
 # %% auto #0
 __all__ = ['KEY_PACKAGES', 'swap_into_place', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256',
-           'environment', 'git_state', 'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic',
-           'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
+           'environment', 'git_state', 'run_key', 'Run', 'read_manifest', 'current_key', 'stale_reasons', 'plan',
+           'still_cached', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
+           'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -83,13 +84,14 @@ def git_state(root: Path) -> dict:
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
 
-def run_key(template_hash: str, parameters: dict, inputs: list[dict]) -> str:
-    "The cache key: template cell sources, validated parameters, code, environment, and data hashes."
-    blob = json.dumps({"template": template_hash, "parameters": parameters, "code": code_sha256(),
-                       "environment": environment()["packages_sha256"],
-                       "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs)},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def run_key(template_hash: str, parameters: dict, inputs: list[dict], files: list[dict] = (), settings: dict | None = None) -> str:
+    "The cache key: template cell sources, validated parameters, code, environment, data hashes, and the files and settings the run read."
+    key = {"template": template_hash, "parameters": parameters, "code": code_sha256(), "environment": environment()["packages_sha256"],
+           "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs)}
+    # (`research_kit.runner.reads`) only when there are any, so a run that read neither keeps the key it had
+    if files: key["files"] = sorted((f["root"], f["path"], f["sha256"] or "") for f in files)
+    if settings: key["settings"] = sorted(settings.items())
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../../nbs/runner/runs.ipynb #fd5cc97c
 @dataclass
@@ -104,6 +106,7 @@ class Run:
     cached: bool = False
     forced: bool = False  # --force: run even if cached
     cells: tuple = ()  # sha256 of each template cell when planned
+    why: tuple = ()  # why it runs: what changed since its earlier run, or why that run cannot be used
 
     @property
     def name(self) -> str: return f"{self.report}/{self.slug}"
@@ -114,12 +117,21 @@ def read_manifest(folder: Path) -> dict | None:
     except (OSError, ValueError): return None
     return m if isinstance(m, dict) else None
 
-def _cached(folder: Path, template_hash: str, parameters: dict) -> bool:
-    from research_kit.data.load import resource_sha256
-    m = read_manifest(folder)
-    if not m or m.get("status") != "succeeded" or not (folder / "report.ipynb").is_file(): return False
-    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.get("inputs", [])]
-    return m.get("cache_key") == run_key(template_hash, parameters, inputs)
+def current_key(run: Run, m: dict, settings: Settings | None = None) -> str:
+    "The cache key `run` has now, given what its earlier run (manifest `m`) read: data, files and settings as they are now."
+    from research_kit.runner.reads import current
+    return run_key(run.template_hash, run.parameters, *current(m, settings or load_settings()))
+
+def stale_reasons(run: Run, settings: Settings | None = None) -> list[str]:
+    "Why `run` cannot be served from its folder's earlier run; [] when it can."
+    from research_kit.runner.reads import changes
+    m = read_manifest(run.folder)
+    if not m: return ["no earlier run"]
+    if m.get("status") != "succeeded" or not (run.folder / "report.ipynb").is_file(): return ["its earlier run did not succeed"]
+    if m.get("unkeyed"): return [f"not keyed: {u}" for u in m["unkeyed"]]
+    s = settings or load_settings()
+    if m.get("cache_key") == current_key(run, m, s): return []
+    return changes(run, m, s) or ["its cache key differs"]
 
 def plan(report: str, given: dict | None = None, settings: Settings | None = None, *, force: bool = False) -> Run:
     "Validate `report` and its parameters `given` (text or typed values) and decide whether it is cached."
@@ -130,13 +142,14 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     parameters = P.validate(declared, dict(given or {}), report=report)
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
-    th = template_sha256(template)
-    return Run(report, template, parameters, slug, folder, th, cached=not force and _cached(folder, th, parameters), forced=force,
-               cells=tuple(cell_sha256s(template)))
+    run = Run(report, template, parameters, slug, folder, template_sha256(template), forced=force, cells=tuple(cell_sha256s(template)))
+    run.cached = still_cached(run, s)
+    return run
 
-def still_cached(run: Run) -> bool:
-    "Decide again whether a planned run is cached: another rk process may have finished it since it was planned."
-    return not run.forced and _cached(run.folder, run.template_hash, run.parameters)
+def still_cached(run: Run, settings: Settings | None = None) -> bool:
+    "Decide again whether a planned run is cached (and why not): another rk process may have finished it since it was planned."
+    run.why = ("--force",) if run.forced else tuple(stale_reasons(run, settings))
+    return not run.why
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 def _swap_into_place(tmp: Path, final: Path, *, mark: str = "manifest.json") -> None:
@@ -166,7 +179,7 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
     "Write the run's manifest and move its folder into place; return the manifest."
     tmp = Path(task["output_dir"])
     tmp.mkdir(parents=True, exist_ok=True)  # again: the build folder may have been deleted meanwhile
-    (tmp / "lineage.jsonl").unlink(missing_ok=True)
+    for log in ("lineage.jsonl", "reads.jsonl"): (tmp / log).unlink(missing_ok=True)  # left by a run whose worker died
     if result["status"] == "succeeded" and not (tmp / "report.ipynb").is_file():
         result = {**result, "status": "failed", "error": {"cell": None, "type": "OutputsLost",
                   "message": "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"}}
@@ -174,9 +187,10 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
     manifest = {
         "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": result["status"],
         "engine": result["engine"], "started": result["started"], "duration": result["duration"],
-        "cache_key": run_key(run.template_hash, run.parameters, result["inputs"]),
+        "cache_key": run_key(run.template_hash, run.parameters, result["inputs"], result.get("files", ()), result.get("settings")),
         "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash, "cells": list(run.cells)},
-        "inputs": result["inputs"],
+        "inputs": result["inputs"], "files": result.get("files", []), "settings": result.get("settings", {}),
+        "unkeyed": result.get("unkeyed", []),
         "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
         "environment": environment(), "git": git, "outputs": outputs, "records": result["records"],
         "error": result["error"], "pdf": result.get("documents", {}).get("pdf", {"made": False, "reason": "the run left no notebook"})}
@@ -188,9 +202,11 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
 def make_task(run: Run, settings: Settings, engine: str, git: dict | None = None) -> dict:
     "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
     tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
+    from research_kit.runner.reads import discovery_config
     documents = {"reader": settings.reader, "pdf": settings.pdf, "threshold": settings.threshold, "data": settings.data, "git": git}
     return {"template": str(run.template), "parameters": run.parameters, "engine": engine, "cwd": str(settings.root),
-            "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name, "documents": documents}
+            "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name, "documents": documents,
+            "reads": discovery_config(settings)}
 
 def clean_stale(build_dir: Path) -> None:
     "Remove temporary folders a killed run left behind (only called while holding the build lock)."

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
 from ..signing import KEYS_DIR, SigningError, load_private_key, sign, verify
-from .runs import (OUTPUTS, Run, code_sha256, environment, read_manifest, run_key,
+from .runs import (OUTPUTS, Run, code_sha256, current_key, environment, read_manifest, run_key,
                                       swap_into_place, write_json_atomic)
 
 # %% auto #0
@@ -177,13 +177,12 @@ class Restored:
 
 def _matching(run: Run, envelope: dict, key: str, keys_dir: Path) -> dict | None:
     "The signed payload when it is this run with this workspace's data; SigningError when it is forged."
-    from research_kit.data.load import resource_sha256
     payload = verify(envelope, keys_dir)
     m = payload.get("manifest") if isinstance(payload, dict) else None
     if not isinstance(m, dict) or payload.get("institution") != envelope["institution"] or m.get("cache_key") != key:
         raise SigningError("the signed manifest does not describe the run stored under its key")
-    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.get("inputs", [])]
-    return payload if m.get("status") == "succeeded" and run_key(run.template_hash, run.parameters, inputs) == key else None
+    # what it read, as this workspace has it now; a run that read something no key covers is run here
+    return payload if m.get("status") == "succeeded" and not m.get("unkeyed") and current_key(run, m) == key else None
 
 def _copy_in(share: Share, run: Run, lookup: str, key: str, payload: dict) -> dict:
     "Download the run's files into a temporary folder, check each hash, and swap it into place."
