@@ -341,7 +341,9 @@ def _load(package, resource, columns, record, as_table=False, rehash=False):
     pkg = open_package(package)
     res = pkg.resource(resource)
     settings = load_settings()
-    check_access(res, settings.institution)
+    # who reads matters only for restricted data: read the setting only then, so that only runs which
+    # read restricted data are keyed on it (a run's cache key holds the settings it read)
+    check_access(res, settings.institution if res.access == "restricted" else "")
     check_schema(res.schema, res.descriptor_url)
     columns = _check_columns(res, columns)
     cache_dir = settings.cache_dir
