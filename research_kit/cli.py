@@ -185,6 +185,10 @@ def _summary(results, settings):
                   else ", ".join(f"{k}={_short(v)}" for k, v in list(m["records"].items())[:3] if not isinstance(v, (list, dict))))
         rows.append((run.report, run.slug, m["status"], f"{m['duration']:.1f}s", detail))
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
+    for run, m in results:  # a run that read what no cache key covers is never reused silently
+        unkeyed = [w.removeprefix("not keyed: ") for w in run.why if w.startswith("not keyed: ")]
+        if m is not None and not m.get("shared") and unkeyed:
+            _console().print(f"ran again: {run.name}: {'; '.join(unkeyed)}", markup=False)
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
     blocked = unpublishable(results)
@@ -218,8 +222,8 @@ def _share_notes():
 def _run_and_report(runs, settings, dry_run=False, **options):
     from research_kit.runner.batch import run_runs
     if dry_run:
-        _console().print(_table("dry run", ["report", "parameters", "will"],
-                                [(r.report, r.slug, "cached" if r.cached else "run") for r in runs]))
+        _console().print(_table("dry run", ["report", "parameters", "will", "why"],
+                                [(r.report, r.slug, "cached" if r.cached else "run", "" if r.cached else "; ".join(r.why)) for r in runs]))
         return
     bar, update = _progress(len(runs), sum(r.cached for r in runs))
     on_share, notes = _share_notes()
@@ -252,7 +256,7 @@ def batch(name: str = typer.Argument(..., help="batch name in reports/batches.ya
           scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, with --executor dask"),
           force: bool = typer.Option(False, help="rerun cached reports too"),
           only: Optional[str] = typer.Option(None, help="only runs whose report or report/parameters match this glob"),
-          dry_run: bool = typer.Option(False, "--dry-run", help="list what would run and what is cached"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="list what would run and why, and what is cached"),
           max_runs: int = typer.Option(1000, min=1, help="refuse batches with more runs than this"),
           wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
           share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
