@@ -1,0 +1,231 @@
+"""A cached run is never stale: the files a report opens (plain pandas, helper modules next to the
+templates) and the settings it reads are discovered while it runs and key its cache; what no key
+covers is never reused; `rk batch --dry-run` says what changed."""
+import json
+
+import pytest
+
+from conftest import make_template, run_rk, save
+
+WIDE = {"COLUMNS": "400"}  # the dry run's reasons on one line each
+
+
+def manifests(root) -> dict:
+    return {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+            for p in (root / "reports" / "_build").glob("*/*/manifest.json")}
+
+
+def dry_run(root, env, batch) -> dict:
+    "{report/parameters: (will, why)} from `rk batch --dry-run`."
+    out = run_rk("batch", batch, "--dry-run", cwd=root, env={**env, **WIDE}, check=0).stdout
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 5]
+    return {f"{r[0]}/{r[1]}": (r[2], r[3]) for r in rows if r[0] != "report"}
+
+
+def rk_batch(root, env, batch, *args, check=0):
+    return run_rk("batch", batch, "--workers", "1", *args, cwd=root, env={**env, **WIDE}, check=check)
+
+
+def started(root) -> dict:
+    return {k: m["started"] + m["cache_key"] for k, m in manifests(root).items()}
+
+
+# ---- files: read with plain pandas, imported from reports/ -----------------------------------------
+
+@pytest.fixture
+def lookup_workspace(report_workspace):
+    """Templates that read lookup/extra.csv with pandas and import reports/helpers.py (twice, so a warm
+    worker imports it in a second report after a first one did)."""
+    root, d, env = report_workspace
+    (root / "lookup").mkdir()
+    (root / "lookup" / "extra.csv").write_text("x\n1\n2\n")
+    (root / "reports" / "helpers.py").write_text("def scale(n):\n    return 2 * n\n")
+    make_template(root / "reports" / "extra.ipynb", "n: int = 1",
+                  "import pandas as pd\nimport research_kit as rk\nrk.record('total', int(pd.read_csv('lookup/extra.csv')['x'].sum()))")
+    make_template(root / "reports" / "helped.ipynb", "n: int = 1",
+                  "import sys\nsys.path.insert(0, 'reports')\nimport helpers\nimport research_kit as rk\nrk.record('scaled', helpers.scale(n))")
+    (root / "reports" / "batches.yaml").write_text(
+        "lookups:\n  - report: extra\n    parameters: [{n: 1}]\n  - report: helped\n    parameters: [{n: 1}, {n: 2}]\n")
+    return root, env
+
+
+@pytest.mark.parametrize("engine", ["warm", "kernel"])
+def test_a_changed_file_or_helper_reruns_the_runs_that_read_it(lookup_workspace, engine):
+    root, env = lookup_workspace
+    env = {**env, "RK_RUNNER_ENGINE": engine}
+    rk_batch(root, env, "lookups")
+    first = manifests(root)
+    assert first["extra/n=1"]["records"]["total"] == 3 and first["helped/n=2"]["records"]["scaled"] == 4
+    assert first["extra/n=1"]["files"] == [{"root": "workspace", "path": "lookup/extra.csv", "sha256": first["extra/n=1"]["files"][0]["sha256"]}]
+    for n in (1, 2):  # the second report in the same warm worker imported the helper afresh, and was seen to
+        assert [f["path"] for f in first[f"helped/n={n}"]["files"]] == ["reports/helpers.py"], first[f"helped/n={n}"]["files"]
+    assert all(m["unkeyed"] == [] and m["engine"] == engine for m in first.values())
+    assert {k: w for k, (w, _) in dry_run(root, env, "lookups").items()} == dict.fromkeys(first, "cached")  # unchanged: cached
+
+    (root / "lookup" / "extra.csv").write_text("x\n1\n2\n7\n")
+    assert dry_run(root, env, "lookups") == {"extra/n=1": ("run", "file lookup/extra.csv changed"),
+                                             "helped/n=1": ("cached", ""), "helped/n=2": ("cached", "")}
+    before = started(root)
+    rk_batch(root, env, "lookups")
+    after = manifests(root)
+    assert after["extra/n=1"]["records"]["total"] == 10  # the new figures, not the old ones
+    assert started(root)["helped/n=1"] == before["helped/n=1"] and started(root)["helped/n=2"] == before["helped/n=2"]
+
+    (root / "reports" / "helpers.py").write_text("def scale(n):\n    return 3 * n\n")
+    extra_run = started(root)["extra/n=1"]
+    dry = dry_run(root, env, "lookups")
+    assert dry["helped/n=1"] == dry["helped/n=2"] == ("run", "file reports/helpers.py changed") and dry["extra/n=1"][0] == "cached"
+    rk_batch(root, env, "lookups")
+    assert [manifests(root)[f"helped/n={n}"]["records"]["scaled"] for n in (1, 2)] == [3, 6]
+    assert started(root)["extra/n=1"] == extra_run and manifests(root)["extra/n=1"]["records"]["total"] == 10
+    assert {k: w for k, (w, _) in dry_run(root, env, "lookups").items()} == dict.fromkeys(first, "cached")
+
+
+def test_a_file_read_then_removed_or_a_missing_file_created_reruns(lookup_workspace):
+    root, env = lookup_workspace
+    make_template(root / "reports" / "optional.ipynb", "n: int = 1",
+                  "import research_kit as rk\ntry: text = open('lookup/optional.csv').read()\nexcept FileNotFoundError: text = ''\n"
+                  "rk.record('text', text)")
+    (root / "reports" / "batches.yaml").write_text("opt:\n  - report: optional\n    parameters: [{n: 1}]\n")
+    rk_batch(root, env, "opt")
+    assert manifests(root)["optional/n=1"]["files"] == [{"root": "workspace", "path": "lookup/optional.csv", "sha256": None}]
+    assert dry_run(root, env, "opt")["optional/n=1"][0] == "cached"
+    (root / "lookup" / "optional.csv").write_text("now here")
+    assert dry_run(root, env, "opt")["optional/n=1"] == ("run", "file lookup/optional.csv appeared")
+    rk_batch(root, env, "opt")
+    assert manifests(root)["optional/n=1"]["records"]["text"] == "now here"
+    (root / "lookup" / "optional.csv").unlink()
+    assert dry_run(root, env, "opt")["optional/n=1"] == ("run", "file lookup/optional.csv is gone")
+
+
+# ---- settings: the privacy threshold, the researcher's institution --------------------------------
+
+PRIVACY_PARAMS = 'audience: Literal["consortium", "public"] = "consortium"  # who reads it\nn: int = 1  # a number'
+PRIVACY_CODE = ("import research_kit as rk\nfrom research_kit.analysis.privacy import count_value\n"
+                "from research_kit.settings import load_settings\npeople = rk.load('mini', 'people')\n"
+                "k = load_settings().threshold if audience == 'public' else None  # only where it applies\n"
+                "rk.record('people', count_value(len(people), k, audience=audience))")
+WITH_THRESHOLD = "[workspace]\ndata = datasets\ncache = .cache\n[privacy]\nthreshold = {}\n"
+
+
+def test_raising_the_threshold_reruns_exactly_the_public_runs(report_workspace):
+    root, d, env = report_workspace
+    make_template(root / "reports" / "audiences.ipynb", PRIVACY_PARAMS, PRIVACY_CODE)
+    (root / "reports" / "batches.yaml").write_text("both:\n  - report: audiences\n    grid: {audience: [consortium, public], n: [1, 2]}\n")
+    (root / "settings.ini").write_text(WITH_THRESHOLD.format(2))
+    rk_batch(root, env, "both")
+    first = manifests(root)
+    public = sorted(k for k in first if "audience=public" in k)
+    assert len(first) == 4 and len(public) == 2 and all(m["records"]["people"] == 3 for m in first.values())
+    assert all(first[k]["settings"] == {"privacy.threshold": "2"} for k in public)
+    assert all(first[k]["settings"] == {} for k in first if k not in public)  # a consortium run never read it
+    before = started(root)
+
+    (root / "settings.ini").write_text(WITH_THRESHOLD.format(5))
+    dry = dry_run(root, env, "both")
+    assert {k: v for k, v in dry.items() if v[0] == "run"} == dict.fromkeys(public, ("run", "setting privacy.threshold: '2' -> '5'"))
+    rk_batch(root, env, "both")
+    after, now = manifests(root), started(root)
+    assert sorted(k for k in now if now[k] != before[k]) == public  # exactly the public runs ran again
+    assert [after[k]["records"]["people"] for k in public] == [None, None]  # 3 people, now below the threshold
+    # the same through the environment: RK_PRIVACY_THRESHOLD is the same setting
+    assert sorted(k for k, v in dry_run(root, {**env, "RK_PRIVACY_THRESHOLD": "40"}, "both").items() if v[0] == "run") == public
+
+
+def test_changing_the_institution_reruns_exactly_the_runs_that_read_restricted_data(report_workspace):
+    # kernel engine: the settings are discovered in a kernel too
+    root, d, env = report_workspace
+    d["resources"][1].update({"x-access": "restricted", "x-owner": "ATK"})  # people
+    save(root / "datasets" / "mini", d)
+    make_template(root / "reports" / "names.ipynb", "n: int = 1",
+                  "import research_kit as rk\nrk.record('institutions', len(rk.load('mini', 'institutions')))")
+    (root / "reports" / "batches.yaml").write_text(
+        "mixed:\n  - report: tiny\n    parameters: [{n: 1}]\n  - report: names\n    parameters: [{n: 1}]\n")
+    ini = "[workspace]\ndata = datasets\ncache = .cache\ninstitution = {}\n[runner]\nengine = kernel\n"
+    (root / "settings.ini").write_text(ini.format("ATK"))
+    rk_batch(root, env, "mixed")
+    first = manifests(root)
+    assert first["tiny/label=x,mode=a,n=1"]["settings"] == {"workspace.institution": "ATK"}
+    assert first["names/n=1"]["settings"] == {} and first["names/n=1"]["engine"] == "kernel"
+    (root / "settings.ini").write_text(ini.format("KITIG"))
+    assert dry_run(root, env, "mixed") == {"tiny/label=x,mode=a,n=1": ("run", "setting workspace.institution: 'ATK' -> 'KITIG'"),
+                                           "names/n=1": ("cached", "")}
+    proc = rk_batch(root, env, "mixed", check=1)
+    m = manifests(root)["tiny/label=x,mode=a,n=1"]
+    # before, KITIG was shown ATK's restricted run from the cache; now it runs, and may not read the data
+    assert m["status"] == "failed" and m["error"]["type"] == "AccessDenied" and "restricted to its owner ATK" in m["error"]["message"]
+    assert manifests(root)["names/n=1"]["started"] == first["names/n=1"]["started"] and "1 report failed" in proc.stderr
+
+
+# ---- what no key covers ---------------------------------------------------------------------------
+
+def test_a_run_no_key_covers_is_never_reused_and_the_summary_says_why(report_workspace):
+    root, d, env = report_workspace
+    make_template(root / "reports" / "clock.ipynb", "n: int = 1",
+                  "import datetime\nimport research_kit as rk\nrk.record('year', datetime.date.today().year)")
+    make_template(root / "reports" / "network.ipynb", "n: int = 1",
+                  "import socket\nimport research_kit as rk\n"
+                  "try: socket.create_connection(('127.0.0.1', 9), timeout=1).close()\nexcept OSError: pass\nrk.record('n', n)")
+    (root / "reports" / "batches.yaml").write_text(
+        "unkeyed:\n  - report: clock\n    parameters: [{n: 1}]\n  - report: network\n    parameters: [{n: 1}]\n"
+        "  - report: other\n    parameters: [{k: 1}]\n")
+    rk_batch(root, env, "unkeyed")
+    first = manifests(root)
+    assert first["clock/n=1"]["unkeyed"] == ["template cell 4 reads the current date or time"]
+    assert first["network/n=1"]["unkeyed"] == ["it connected to 127.0.0.1:9, outside the data root: what it read there is not keyed"]
+    assert first["other/k=1"]["unkeyed"] == []
+    dry = dry_run(root, env, "unkeyed")
+    assert dry == {"clock/n=1": ("run", "not keyed: template cell 4 reads the current date or time"),
+                   "network/n=1": ("run", f"not keyed: {first['network/n=1']['unkeyed'][0]}"), "other/k=1": ("cached", "")}
+    out = rk_batch(root, env, "unkeyed").stdout
+    assert "ran again: clock/n=1: template cell 4 reads the current date or time" in out, out
+    assert "ran again: network/n=1: it connected to 127.0.0.1:9" in out and "ran again: other" not in out
+    assert manifests(root)["other/k=1"]["started"] == first["other/k=1"]["started"]
+
+
+def test_with_discovery_off_every_run_runs_again(report_workspace):
+    root, d, env = report_workspace
+    off = {**env, "RK_RUNNER_DISCOVERY": "off"}
+    (root / "reports" / "batches.yaml").write_text("one:\n  - report: other\n    parameters: [{k: 1}]\n")
+    rk_batch(root, off, "one")
+    assert manifests(root)["other/k=1"]["files"] == [] and manifests(root)["other/k=1"]["unkeyed"]
+    why = "not keyed: the files and settings it read were not discovered ([runner] discovery = off)"
+    assert dry_run(root, env, "one") == {"other/k=1": ("run", why)}  # turned on again: still not reused
+
+
+def test_a_bad_discovery_setting_is_one_error_line(report_workspace, tally):
+    root, d, env = report_workspace
+    (root / "settings.ini").write_text("[runner]\ndiscovery = sometimes\n")
+    proc = run_rk("batch", "small", "--dry-run", cwd=root, env=env)
+    tally.bad_inputs += 1
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {root / 'settings.ini'}: [runner] discovery = 'sometimes'; expected on (discover the files and settings each run reads) or off"]
+
+
+# ---- the dry run names every kind of change --------------------------------------------------------
+
+def test_the_dry_run_names_template_cells_data_code_and_environment(report_workspace):
+    root, d, env = report_workspace
+    (root / "reports" / "batches.yaml").write_text("two:\n  - report: tiny\n    parameters: [{n: 1}]\n"
+                                                   "  - report: other\n    parameters: [{k: 1}]\n")
+    rk_batch(root, env, "two")
+    import nbformat
+    other = root / "reports" / "other.ipynb"
+    nb = nbformat.read(other, as_version=4)
+    nb.cells[3].source += "\nrk.record('twice', 2 * k)"
+    nbformat.write(nb, other)
+    people = root / "datasets" / "mini" / "people.csv"
+    people.write_text(people.read_text() + "P-004,ATK,30,paid,1.5,2021-09-01,true\n")
+    d["resources"][1]["hash"] = "sha256:" + __import__("hashlib").sha256(people.read_bytes()).hexdigest()
+    save(root / "datasets" / "mini", d)
+    dry = dry_run(root, env, "two")
+    assert dry["other/k=1"] == ("run", "template cell 4 edited")
+    assert dry["tiny/label=x,mode=a,n=1"] == ("run", "data mini/people changed; file mini/datapackage.yaml changed"), dry
+    # research_kit's code and the environment cannot change under a test: an earlier run made with others
+    path = root / "reports" / "_build" / "other" / "k=1" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["code"]["source_sha256"], m["environment"]["packages_sha256"] = "0" * 64, "1" * 64
+    path.write_text(json.dumps(m))
+    assert dry_run(root, env, "two")["other/k=1"] == (
+        "run", "template cell 4 edited; research_kit code changed; environment changed (installed packages)")
