@@ -1132,6 +1132,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'research_kit/runner/reads.py'),
                                            'research_kit.runner.reads.Recorder.__init__': ( 'runner/reads.html#recorder.__init__',
                                                                                             'research_kit/runner/reads.py'),
+                                           'research_kit.runner.reads.Recorder.by_the_loader': ( 'runner/reads.html#recorder.by_the_loader',
+                                                                                                 'research_kit/runner/reads.py'),
                                            'research_kit.runner.reads.Recorder.close': ( 'runner/reads.html#recorder.close',
                                                                                          'research_kit/runner/reads.py'),
                                            'research_kit.runner.reads.Recorder.connected': ( 'runner/reads.html#recorder.connected',

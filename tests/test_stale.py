@@ -98,6 +98,17 @@ def test_a_file_read_then_removed_or_a_missing_file_created_reruns(lookup_worksp
     assert dry_run(root, env, "opt")["optional/n=1"] == ("run", "file lookup/optional.csv is gone")
 
 
+def test_what_a_run_read_does_not_depend_on_the_data_cache(report_workspace):
+    # the loader reads a data file (and the files its foreign keys point to) only when its cache
+    # misses: two runs, one on a cold cache and one on a warm one, read the same and share a store
+    root, d, env = report_workspace
+    (root / "reports" / "batches.yaml").write_text("two:\n  - report: tiny\n    parameters: [{n: 1}, {n: 2}]\n")
+    rk_batch(root, env, "two")
+    cold, warm = manifests(root).values()
+    assert cold["files"] == warm["files"] == [{"root": "data", "path": "mini/datapackage.yaml", "sha256": cold["files"][0]["sha256"]}]
+    assert cold["inputs"] == warm["inputs"]
+
+
 # ---- settings: the privacy threshold, the researcher's institution --------------------------------
 
 PRIVACY_PARAMS = 'audience: Literal["consortium", "public"] = "consortium"  # who reads it\nn: int = 1  # a number'

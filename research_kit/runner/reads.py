@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, os, re, sys
 from pathlib import Path
+import research_kit
 from .. import settings as _settings
 
 # %% auto #0
@@ -35,7 +36,6 @@ def _host_addresses(url: str) -> list[str]:
 
 def discovery_config(settings) -> dict | None:
     "What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts; None when `[runner] discovery = off`."
-    import research_kit
     from research_kit.i18n import locales_dir
     if settings.discovery == "off": return None
     url = _settings.is_url(settings.data)
@@ -52,11 +52,15 @@ def run_environment(task: dict) -> dict:
     return {READS_ENV: json.dumps({**config, "log": os.path.join(out, LOG), "skip": [*config["skip"], out, task["template"]]})}
 
 # %% ../../nbs/runner/reads.ipynb #8e329df9
+_environment: list[str] = []
+
 def _environment_dirs() -> list[str]:
     "The folders of this Python and its installed packages: keyed by the environment hash."
-    import site, sysconfig
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), *site.getsitepackages()}
-    return [d for d in dirs if d]
+    if not _environment:
+        import site, sysconfig
+        dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), *site.getsitepackages()}
+        _environment.extend(d for d in dirs if d)
+    return _environment
 
 def _under(path: str, folders: tuple) -> bool:
     return any(path == f or path.startswith(f + os.sep) for f in folders)
@@ -65,12 +69,16 @@ class Recorder:
     "The reads of one run: files opened under the roots, settings read, and what no key covers, appended to its log."
     def __init__(self, config: dict):
         import tempfile
-        self.roots = tuple(r for r in (config.get("data"), config["workspace"]) if r)
+        roots = [r for r in (config.get("data"), config["workspace"]) if r]
         skip = [*config["skip"], *_environment_dirs(), tempfile.gettempdir()]
         # a folder that holds a root (the temporary folder holding a test's workspace) leaves nothing out
-        self.skip = tuple(s for s in skip if not any(_under(r, (s,)) for r in self.roots))
+        skip = [s for s in skip if not any(_under(r, (s,)) for r in roots)]
+        # prefixes for str.startswith, which tests them all in one call: every path a run opens comes here
+        self.roots, self.skip, self.skip_exactly = tuple(r + os.sep for r in roots), tuple(s + os.sep for s in skip), frozenset(skip)
         self.hosts = set(config.get("hosts", ()))
         self.seen, self.values, self.told = set(), {}, set()
+        self.modules = set(sys.modules)  # what was imported before the run
+        self.loader = os.path.join(os.path.dirname(research_kit.__file__), "data", "load.py")
         self.fd = os.open(config["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.note(started=os.getpid())
 
@@ -79,15 +87,22 @@ class Recorder:
 
     def wanted(self, path: str) -> bool:
         "Is the absolute `path` an input this discovery records?"
-        return _under(path, self.roots) and not _under(path, self.skip)
+        return path.startswith(self.roots) and not path.startswith(self.skip) and path not in self.skip_exactly
+
+    def by_the_loader(self) -> bool:
+        "Is the file being opened by the data loader, or by what it called?"
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename != self.loader: frame = frame.f_back
+        return frame is not None
 
     def opened(self, path, flags: int) -> None:
         if isinstance(path, int) or flags & getattr(os, "O_DIRECTORY", 0): return
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if (path, writing) in self.seen: return
-        self.seen.add((path, writing))
         name = os.fsdecode(path)
         full = os.path.normpath(name if os.path.isabs(name) else os.path.join(os.getcwd(), name))
+        if self.wanted(full) and not writing and self.by_the_loader(): return  # not remembered: the report may read it too
+        self.seen.add((path, writing))
         if not self.wanted(full): return
         if not writing and full.endswith(".pyc") and f"{os.sep}__pycache__{os.sep}" in full:
             from importlib.util import source_from_cache
@@ -125,16 +140,15 @@ def _audit(event: str, args: tuple) -> None:
 
 # %% ../../nbs/runner/reads.ipynb #0e5b938b
 def _forget_workspace_modules(recorder: Recorder) -> None:
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and recorder.wanted(os.path.abspath(path)): del sys.modules[name]
+    for name in set(sys.modules) - recorder.modules:
+        path = getattr(sys.modules[name], "__dict__", {}).get("__file__")  # not getattr: a lazy module would import on it
+        if isinstance(path, str) and recorder.wanted(path if os.path.isabs(path) else os.path.abspath(path)): del sys.modules[name]
 
 def start(config: dict) -> None:
     "Record the reads of the run `config` describes (see `run_environment`) until `stop`."
     global _recorder, _installed
     stop()
     recorder = Recorder(config)
-    _forget_workspace_modules(recorder)
     if not _installed:
         sys.addaudithook(_audit)
         _installed = True
@@ -151,7 +165,9 @@ def stop() -> None:
     global _recorder
     recorder, _recorder = _recorder, None
     _settings.on_read(None)
-    if recorder: recorder.close()
+    if recorder:
+        _forget_workspace_modules(recorder)
+        recorder.close()
 
 # %% ../../nbs/runner/reads.ipynb #49c630c8
 NOT_KEYED = {
@@ -213,21 +229,19 @@ def _code_of(task: dict, read: list[str]) -> list[str]:
             found += not_keyed(Path(path).read_text(encoding="utf-8", errors="replace"), os.path.basename(path))
     return found
 
-def collect(task: dict, inputs: list[dict]) -> dict:
-    "The run's `files` (with sha256), `settings` (with values) and `unkeyed`, from its log; `inputs` are its data inputs."
+def collect(task: dict, inputs: list[dict] = ()) -> dict:
+    "The run's `files` (with sha256), `settings` (with values) and `unkeyed`, from its log; `inputs`: the data it loaded."
     config = task.get("reads")
     if config is None:
         return {"files": [], "settings": {}, "unkeyed": ["the files and settings it read were not discovered ([runner] discovery = off)"]}
     path = Path(task["output_dir"]) / LOG
     log = read_log(path)
     path.unlink(missing_ok=True)
-    sha256, data = _hasher(config.get("cache")), {i["sha256"] for i in inputs}
-    files = []
-    for p in log["read"]:
-        if p in log["written"] or os.path.isdir(p): continue
-        digest = sha256(p)
-        if digest is None or digest not in data:  # a data file rk.load read is keyed as a data input
-            files.append({**_named(p, config), "sha256": digest})
+    from research_kit.data.catalog import DESCRIPTOR
+    sha256 = _hasher(config.get("cache"))
+    descriptors = [os.path.join(config["data"], p, DESCRIPTOR) for p in dict.fromkeys(i["package"] for i in inputs)] if config.get("data") else []
+    read = list(dict.fromkeys(log["read"] + descriptors))  # a loaded package's schema and labels shape what the run saw
+    files = [{**_named(p, config), "sha256": sha256(p)} for p in read if p not in log["written"] and not os.path.isdir(p)]
     unkeyed = log["unkeyed"] + _code_of(task, log["read"])
     if not log["started"]: unkeyed.append("the files and settings it read could not be discovered (the recording did not start)")
     return {"files": sorted(files, key=lambda f: (f["root"], f["path"])), "settings": dict(sorted(log["settings"].items())),
