@@ -9,8 +9,11 @@ parameters) list as the `annual` batch.
 - the run documents: cold `rk batch annual` (warm engine) writing the reader document report.html
   next to notebook.html, vs the same batch writing notebook.html only (`[runner] reader = off`):
   target <= 1.15; and with a PDF printed for every run (`[runner] pdf = on`), reported separately
+- the discovery of what each run reads (files, settings; `research_kit.runner.reads`): cold
+  `rk batch annual` (warm engine) with `[runner] discovery = on` vs the same batch with it off,
+  alternating, medians of --repeat pairs: target <= 1.05
 
-Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only]
+Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only] [--discovery-only] [--repeat N]
 """
 import argparse
 import os
@@ -86,11 +89,40 @@ def print_documents(workers, figures):
     print(f"{'+ reader documents and PDFs ([runner] pdf = on)':44} {pdf:8.2f} {pdf / none:7.3f}  "
           f"{pdfs} PDFs, {(pdf - reader) / max(pdfs, 1) * workers:.2f} s each in a worker")
 
+def discovery_cost(workers, base, repeat) -> dict:
+    "Cold warm-engine `rk batch annual` with the discovery of reads off and on, alternating: {mode: [(wall, summed durations)]}."
+    import json
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-reads-"))
+    times = {"off": [], "on": []}
+    try:
+        for i in range(repeat):
+            for mode in ("off", "on"):
+                build = work / f"{mode}-{i}"
+                wall = rk("batch", "annual", "--engine", "warm", "--workers", str(workers),
+                          env={**base, "RK_WORKSPACE_BUILD": str(build), "RK_RUNNER_DISCOVERY": mode})
+                durations = sum(json.loads(p.read_text())["duration"] for p in build.glob("*/*/manifest.json"))
+                times[mode].append((wall, durations))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return times
+
+def print_discovery(workers, times):
+    off, on = (statistics.median(w for w, _ in times[m]) for m in ("off", "on"))
+    off_d, on_d = (statistics.median(d for _, d in times[m]) for m in ("off", "on"))
+    print(f"\ndiscovery of what runs read, cold rk batch annual, warm engine, {workers} workers, median of {len(times['on'])}")
+    print(f"{'':44} {'seconds':>8} {'ratio':>7}")
+    print(f"{'discovery off (baseline)':44} {off:8.2f} {1:7.3f}")
+    print(f"{'discovery on':44} {on:8.2f} {on / off:7.3f}  target <= 1.05 of the baseline")
+    print(f"{'  the reports alone (their summed durations)':44} {on_d:8.2f} {on_d / off_d:7.3f}  (off: {off_d:.2f} s)")
+    print("  each pair:", ", ".join(f"{b[0] / a[0]:.3f}" for a, b in zip(times["off"], times["on"])))
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--empty", type=int, default=41, help="empty reports for the overhead figure")
     ap.add_argument("--documents-only", action="store_true", help="only the run documents' figures")
+    ap.add_argument("--discovery-only", action="store_true", help="only the discovery's figure")
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of batches for the discovery's figure")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
@@ -105,6 +137,12 @@ def main():
             print_documents(args.workers, documents_cost(args.workers, base))
         finally: shutil.rmtree(work, ignore_errors=True)
         return
+    if args.discovery_only:
+        try:
+            rk("datasets", "validate", env=base)
+            print_discovery(args.workers, discovery_cost(args.workers, base, args.repeat))
+        finally: shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         rk("datasets", "validate", env=base)  # a warm data cache for every contender
         loop = papermill_loop(runs, work, base)
@@ -116,6 +154,7 @@ def main():
                    env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")})
         amortized, median_exec = empty_overhead(args.workers, args.empty, base)
         documents = documents_cost(args.workers, base)
+        discovery = discovery_cost(args.workers, base, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"annual batch: {len(runs)} reports, {args.workers} workers")
@@ -127,6 +166,7 @@ def main():
     print(f"\nempty template, warm engine, 1 worker: {amortized * 1000:.0f} ms per report all-in (outputs, HTML, manifest), "
           f"median execution {median_exec * 1000:.0f} ms (target: median <= 50 ms)")
     print_documents(args.workers, documents)
+    print_discovery(args.workers, discovery)
 
 
 if __name__ == "__main__":
