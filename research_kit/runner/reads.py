@@ -101,9 +101,10 @@ class Recorder:
         if (path, writing) in self.seen: return
         name = os.fsdecode(path)
         full = os.path.normpath(name if os.path.isabs(name) else os.path.join(os.getcwd(), name))
-        if self.wanted(full) and not writing and self.by_the_loader(): return  # not remembered: the report may read it too
+        wanted = self.wanted(full)
+        if wanted and not writing and self.by_the_loader(): return  # not remembered: the report may read the file itself too
         self.seen.add((path, writing))
-        if not self.wanted(full): return
+        if not wanted: return
         if not writing and full.endswith(".pyc") and f"{os.sep}__pycache__{os.sep}" in full:
             from importlib.util import source_from_cache
             try: full = source_from_cache(full)  # the module's source is what the run depends on
@@ -111,6 +112,7 @@ class Recorder:
         self.note(**{"written" if writing else "read": full})
 
     def connected(self, host, port) -> None:
+        if not host: return  # an address to listen on, not a host to read from
         host = host.decode() if isinstance(host, bytes) else str(host)
         if host in self.hosts or (host, port) in self.told: return
         self.told.add((host, port))
@@ -133,7 +135,9 @@ def _audit(event: str, args: tuple) -> None:
     try:
         if event == "open": recorder.opened(args[0], args[2] or 0)
         elif event == "socket.connect":
-            if isinstance(args[1], tuple): recorder.connected(*args[1][:2])  # not AF_UNIX: a path on this machine
+            # not AF_UNIX (a path on this machine); with a remote data root, whose addresses may change from one
+            # lookup to the next, the names looked up tell where a run connects
+            if isinstance(args[1], tuple) and not recorder.hosts: recorder.connected(*args[1][:2])
         elif event == "socket.getaddrinfo": recorder.connected(args[0], args[1])
         elif event == "sqlite3.connect" and args[0] not in ("", ":memory:"): recorder.opened(args[0], 0)
     except Exception: pass  # an exception here would fail the report's own call
@@ -219,9 +223,12 @@ def _named(path: str, bases: dict) -> dict:
 
 def _code_of(task: dict, read: list[str]) -> list[str]:
     "What the run's code does that no key covers: the template's code cells and the workspace modules it read."
+    from research_kit.errors import RKError
     from research_kit.runner.params import read_cells
+    try: cells = read_cells(task["template"])
+    except RKError: cells = []  # the template went away during the run: the next plan says so
     found, n = [], 0
-    for cell in read_cells(task["template"]):
+    for cell in cells:
         n += 1
         if cell["cell_type"] == "code": found += not_keyed(cell["source"], f"template cell {n}")
     for path in read:
