@@ -88,7 +88,7 @@ def run_key(template_hash: str, parameters: dict, inputs: list[dict], files: lis
     "The cache key: template cell sources, validated parameters, code, environment, data hashes, and the files and settings the run read."
     key = {"template": template_hash, "parameters": parameters, "code": code_sha256(), "environment": environment()["packages_sha256"],
            "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs)}
-    # (`research_kit.runner.reads`) only when there are any, so a run that read neither keeps the key it had
+    # the files and settings it read (`research_kit.runner.reads`) enter only when there are any: a run that read neither keeps its key
     if files: key["files"] = sorted((f["root"], f["path"], f["sha256"] or "") for f in files)
     if settings: key["settings"] = sorted(settings.items())
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
@@ -201,8 +201,8 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
 # %% ../../nbs/runner/runs.ipynb #45ae94d0
 def make_task(run: Run, settings: Settings, engine: str, git: dict | None = None) -> dict:
     "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
-    tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
     from research_kit.runner.reads import discovery_config
+    tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
     documents = {"reader": settings.reader, "pdf": settings.pdf, "threshold": settings.threshold, "data": settings.data, "git": git}
     return {"template": str(run.template), "parameters": run.parameters, "engine": engine, "cwd": str(settings.root),
             "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name, "documents": documents,
