@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runner/audit.ipynb #a22f760c
 from __future__ import annotations
-import hashlib, json, math, re
+import json, math, re
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import RKError
 from ..identifiers import find_iins, find_pseudonyms
 from .record import MIMETYPE, VETTED, integers, output_digest
-from .runs import write_json_atomic
+from ..files import sha256_file, write_json_atomic
 
 # %% auto #0
 __all__ = ['AUDIT_RULES', 'KINDS', 'MANIFEST_FIELDS', 'mask', 'Finding', 'AuditResult', 'audit_run', 'audit_runs',
@@ -204,7 +204,7 @@ def _check_written(folder: Path, manifest: dict, found: _Findings) -> None:
     for name in ("report.ipynb", "report.html"):
         path = folder / name
         if not path.is_file(): continue
-        if outputs.get(name) != hashlib.sha256(path.read_bytes()).hexdigest():
+        if outputs.get(name) != sha256_file(path):
             found.add(name, "file", "altered", "not the file the run wrote (its sha256 differs from the manifest's outputs)")
 
 MANIFEST_FIELDS = ("slug", "parameters", "records", "error")  # what the index page shows
@@ -270,7 +270,7 @@ def _fake_run(folder, cells, *, audience="public", html="", status="succeeded", 
     nbformat.write(nbformat.v4.new_notebook(cells=cells), folder / "report.ipynb")
     (folder / "report.html").write_text(f"<!DOCTYPE html><html><body>{html}</body></html>", encoding="utf-8")
     parameters = {"audience": audience} if audience is not None else {}
-    outputs = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("report.ipynb", "report.html")}
+    outputs = {name: sha256_file(folder / name) for name in ("report.ipynb", "report.html")}
     (folder / "manifest.json").write_text(json.dumps({"report": folder.parent.name, "slug": folder.name, "status": status,
                                                       "parameters": parameters, "records": {}, "error": None,
                                                       "outputs": outputs, **manifest}))

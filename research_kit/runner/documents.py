@@ -7,6 +7,7 @@ from __future__ import annotations
 import html, os, re, shutil, signal, subprocess, tempfile, time
 from pathlib import Path
 from ..errors import RKError
+from ..files import write_text_atomic
 from ..i18n import N_, REPORT_TITLES, translate
 
 # %% auto #0
@@ -203,10 +204,6 @@ def _reader_exporter():
         _exporters["reader"] = (exporter, tags)
     return _exporters["reader"]
 
-def _write_text(path: Path, text: str) -> None:
-    from research_kit.data.descriptor import atomic_path
-    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
-
 def _figure_html(name: str, value, lang: str, labels: dict | None) -> str | None:
     "A recorded key figure as a reader sees it: its name in words, the value formatted (None: leave the output as it is)."
     import pandas as pd
@@ -241,7 +238,7 @@ def write_reader(nb, html_path, *, title: str, lang: str = "en", provenance: dic
           "words": {**(reader_words(lang) if lang in LANGUAGES else WORDS), **(words or {})},
           "provenance": provenance or globals()["provenance"](), "index_href": index_href}
     page, _ = exporter.from_notebook_node(nb, resources={"rk": rk})
-    _write_text(Path(html_path), page)
+    write_text_atomic(Path(html_path), page)
 
 # %% ../../nbs/runner/documents.ipynb #6f75c148
 PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -255,7 +252,7 @@ def write_notebook_html(nb, html_path, title: str) -> None:
     if "basic" not in _exporters:
         _exporters["basic"] = _safe_exporter(template_name="basic")
     body, _ = _exporters["basic"].from_notebook_node(nb)
-    _write_text(Path(html_path), f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    write_text_atomic(Path(html_path), f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                                  f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 def write_html(nb_path, html_path, title: str | None = None) -> None:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
-from ..data.descriptor import atomic_path, sha256_file
+from ..files import sha256_file, swap_into_place, write_json_atomic
 from . import params as P
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'swap_into_place', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256',
-           'environment', 'git_state', 'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'write_json_atomic',
-           'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked', 'build_lock']
+__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'environment', 'git_state',
+           'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale', 'execute',
+           'BuildLocked', 'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -139,27 +139,6 @@ def still_cached(run: Run) -> bool:
     return not run.forced and _cached(run.folder, run.template_hash, run.parameters)
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
-def _swap_into_place(tmp: Path, final: Path, *, mark: str = "manifest.json") -> None:
-    "Rename the finished temporary folder to its final name, replacing an older one that holds `mark` (what rk wrote there)."
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final.exists() and not (final.is_dir() and (final / mark).is_file()):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RKError(f"{final} exists and was not written by rk (it has no {mark}); "
-                      "rk replaces only folders it wrote: move it away and run again")
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old: shutil.rmtree(old, ignore_errors=True)
-
-swap_into_place = _swap_into_place  # public for the shared run store, which restores runs the same way
-
-def write_json_atomic(path: Path, data) -> None:
-    "Write JSON via a temporary file and a rename: never half-written under its name."
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-
 OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
 
 def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
@@ -181,7 +160,7 @@ def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
         "environment": environment(), "git": git, "outputs": outputs, "records": result["records"],
         "error": result["error"], "pdf": result.get("documents", {}).get("pdf", {"made": False, "reason": "the run left no notebook"})}
     write_json_atomic(tmp / "manifest.json", manifest)
-    _swap_into_place(tmp, run.folder)
+    swap_into_place(tmp, run.folder)
     return manifest
 
 # %% ../../nbs/runner/runs.ipynb #45ae94d0

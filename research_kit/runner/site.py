@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
+from ..files import write_text_atomic
 
 # %% auto #0
 __all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'Run', 'read_runs',
@@ -356,14 +357,10 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
             f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
             "</body>\n</html>\n")
 
-def _write_atomic(path: Path, text: str) -> None:
-    from research_kit.data.descriptor import atomic_path
-    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
-
 def build_index(build_dir, *, lang: str = "en") -> Path:
     "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
     build_dir = Path(build_dir)
     if not build_dir.is_dir(): raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
-    _write_atomic(index, render_index(read_runs(build_dir), lang=lang))
+    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang))
     return index

@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
+from ..files import sha256_file, swap_into_place, write_json_atomic
 from ..signing import KEYS_DIR, SigningError, load_private_key, sign, verify
-from .runs import (OUTPUTS, Run, code_sha256, environment, read_manifest, run_key,
-                                      swap_into_place, write_json_atomic)
+from .runs import OUTPUTS, Run, code_sha256, environment, read_manifest, run_key
 
 # %% auto #0
 __all__ = ['MANIFEST', 'SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share',
@@ -125,7 +125,6 @@ class Pushed:
     reason: str = ""
 
 def _local_problem(folder: Path, m: dict | None) -> str | None:
-    from research_kit.data.descriptor import sha256_file
     if m is None: return "it has no readable manifest"
     if m.get("status") != "succeeded": return f"it {m.get('status', 'did not finish')}: only successful runs are shared"
     for name, digest in (m.get("outputs") or {}).items():
