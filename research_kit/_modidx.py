@@ -843,6 +843,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'research_kit/identifiers.py'),
                                           'research_kit.identifiers.pseudonym': ( 'identifiers.html#pseudonym',
                                                                                   'research_kit/identifiers.py')},
+            'research_kit.lazy': {'research_kit.lazy.lazy_exports': ('lazy.html#lazy_exports', 'research_kit/lazy.py')},
             'research_kit.runner.audit': { 'research_kit.runner.audit.AuditResult': ( 'runner/audit.html#auditresult',
                                                                                       'research_kit/runner/audit.py'),
                                            'research_kit.runner.audit.Finding': ( 'runner/audit.html#finding',
