@@ -177,19 +177,19 @@ def _summary(results, settings):
     rows, failed = [], 0
     for run, m in results:
         if m is None: rows.append((run.report, run.slug, "cached", "", "")); continue
-        if m.get("shared"):  # restored from the shared store in this batch, not executed here
+        if m.shared:  # restored from the shared store in this batch, not executed here
             from research_kit.runner.store import restored_line
             rows.append((run.report, run.slug, "restored", "", restored_line(m))); continue
-        failed += m["status"] != "succeeded"
-        detail = (f"cell {m['error']['cell']}: {m['error']['type']}: {m['error']['message'][:80]}" if m["error"]
-                  else ", ".join(f"{k}={_short(v)}" for k, v in list(m["records"].items())[:3] if not isinstance(v, (list, dict))))
-        rows.append((run.report, run.slug, m["status"], f"{m['duration']:.1f}s", detail))
+        failed += m.status != "succeeded"
+        detail = (f"cell {m.error['cell']}: {m.error['type']}: {m.error['message'][:80]}" if m.error
+                  else ", ".join(f"{k}={_short(v)}" for k, v in list(m.records.items())[:3] if not isinstance(v, (list, dict))))
+        rows.append((run.report, run.slug, m.status, f"{m.duration:.1f}s", detail))
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
     blocked = unpublishable(results)
     for run, m in blocked:
-        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.get('audit_reasons', []))}", markup=False)
+        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}", markup=False)
     if failed: _console(stderr=True).print(f"error: {failed} report{'s' if failed != 1 else ''} failed")
     if blocked: _console(stderr=True).print(f"error: {len(blocked)} public report{'s' if len(blocked) != 1 else ''} failed the disclosure audit")
     if failed or blocked: raise typer.Exit(1)
@@ -204,7 +204,7 @@ def _progress(total: int, cached: int):
     task = bar.add_task("reports", total=total, completed=cached, failed=0, cached=cached)
     failed = [0]
     def update(run, manifest):
-        failed[0] += manifest["status"] != "succeeded"
+        failed[0] += manifest.status != "succeeded"
         bar.update(task, advance=1, failed=failed[0])
     return bar, update
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os, sys, tempfile, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from .manifest import Outcome, RunFailure, Task
 
 # %% auto #0
 __all__ = ['SEED_CODE', 'EXIT_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'WorkerSpent', 'warm_shell', 'preload',
@@ -236,36 +237,36 @@ def end_descendants(pid: int | None = None, keep: set[int] = frozenset()) -> lis
     return [p.pid for p in victims]
 
 # %% ../../nbs/runner/engines.ipynb #de5a12fd
-def _error(e) -> dict:
+def _failure(e: Exception) -> RunFailure:
     from papermill.exceptions import PapermillExecutionError
-    if isinstance(e, PapermillExecutionError):
-        return {"cell": e.cell_index, "type": e.ename, "message": str(e.evalue)[:2000]}
-    return {"cell": None, "type": type(e).__name__, "message": str(e)[:2000]}
+    if isinstance(e, PapermillExecutionError): return RunFailure(e.ename, str(e.evalue)[:2000], e.cell_index)
+    return RunFailure(type(e).__name__, str(e)[:2000])
 
-def _run_papermill(task: dict, nb_path: Path) -> None:
+def _run_papermill(task: Task, nb_path: Path) -> None:
     import logging, papermill
     register_engines()
     # parameters are validated before a run (runner.params); papermill's guess at the declared
     # names cannot read Literal[...] annotations and would warn about "unknown" parameters
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    attempts = 1 + (KERNEL_START_RETRIES if task["engine"] == "kernel" else 0)
+    attempts = 1 + (KERNEL_START_RETRIES if task.engine == "kernel" else 0)
     for attempt in range(attempts):
         try:
             papermill.execute_notebook(
-                task["template"], str(nb_path), parameters=task["parameters"], engine_name=ENGINES[task["engine"]],
-                cwd=task["cwd"], progress_bar=False, request_save_on_cell_execute=task["engine"] == "kernel",
-                execution_timeout=task.get("timeout"), start_timeout=60)
+                task.template, str(nb_path), parameters=task.parameters, engine_name=ENGINES[task.engine],
+                cwd=task.cwd, progress_bar=False, request_save_on_cell_execute=task.engine == "kernel",
+                execution_timeout=task.timeout, start_timeout=60)
             return
         except Exception as e:
             if attempt + 1 < attempts and _kernel_start_failed(e): continue
             raise
 
-def _document_context(task: dict, started, inputs: list, succeeded: bool) -> dict:
-    "What the run's documents say about it: `task['documents']` holds the settings and git state the runner passed."
-    return {**task.get("documents", {}), "report": Path(task["template"]).stem, "parameters": task["parameters"],
-            "engine": task["engine"], "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
+def _document_context(task: Task, started, inputs: list, succeeded: bool) -> dict:
+    "What the run's documents say about it: the settings and git state the task carries, and how the run went."
+    return {"reader": task.reader, "pdf": task.pdf, "threshold": task.threshold, "data": task.data, "git": task.git,
+            "report": task.report, "parameters": task.parameters, "engine": task.engine,
+            "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
 
-def _exit_error(nb_path: Path) -> dict | None:
+def _exit_error(nb_path: Path) -> RunFailure | None:
     "The error of a report that called exit (sys.exit, exit(), quit(), raise SystemExit), whatever its code; else None."
     import nbformat
     # papermill counts sys.exit(0) as success, though the cells after it never ran
@@ -275,16 +276,17 @@ def _exit_error(nb_path: Path) -> dict | None:
         for o in cell.get("outputs", []):
             if o.output_type == "error" and o.ename == "SystemExit":
                 code = "" if o.evalue in ("", "None") else f" with code {o.evalue}" if o.evalue.lstrip("-").isdigit() else f" ({o.evalue})"
-                return {"cell": index, "type": "SystemExit",
-                        "message": f"the report called exit{code} in cell {index}; the cells after it did not run"}
+                return RunFailure("SystemExit", f"the report called exit{code} in cell {index}; the cells after it did not run", index)
     return None
 
-def execute_report(task: dict) -> dict:
-    "Run one report task (template, parameters, engine, cwd, timeout, output_dir); return its result."
+def execute_report(
+    task: Task,  # what to run, where, and what its documents show
+) -> Outcome:
+    "Run one report task into its `output_dir` and write its documents; return what became of it (never raises for a failing report)."
     from research_kit.data import lineage
     from research_kit.runner.documents import write_documents
     from research_kit.runner.record import records
-    out = Path(task["output_dir"])
+    out = Path(task.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nb_path, lineage_path = out / "report.ipynb", out / "lineage.jsonl"
     saved_env = dict(os.environ)
@@ -294,19 +296,18 @@ def execute_report(task: dict) -> dict:
     before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
     try: _run_papermill(task, nb_path)
-    except Exception as e: error = _error(e)
+    except Exception as e: error = _failure(e)
     finally:
         os.environ.clear(); os.environ.update(saved_env)
         end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
-    documents = {}
+    pdf = None
     try:
         recs = records(nb_path) if nb_path.exists() else {}
         if nb_path.exists(): error = _exit_error(nb_path) or error
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
-        if nb_path.exists(): documents = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))
+        if nb_path.exists(): pdf = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))["pdf"]
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
-        recs, inputs, error = {}, [], error or {"cell": None, "type": "OutputsLost", "message": f"the run's outputs could not be read back: {e}"}
-    return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs,
-            "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"],
-            "documents": documents, "worker_spent": _state.spent}
+        recs, inputs, error = {}, [], error or RunFailure("OutputsLost", f"the run's outputs could not be read back: {e}")
+    return Outcome("failed" if error else "succeeded", task.engine, started.isoformat(timespec="seconds"), round(duration, 3),
+                   error, recs, inputs, pdf, worker_spent=_state.spent)

@@ -5,17 +5,18 @@
 # %% ../../nbs/runner/runs.ipynb #fcc31af9
 from __future__ import annotations
 import hashlib, json, os, shutil, subprocess, sys, uuid
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
-from ..files import sha256_file, swap_into_place, write_json_atomic
+from ..files import sha256_file, swap_into_place
 from . import params as P
+from .manifest import Manifest, ManifestError, Outcome, Run, RunFailure, Task, read_manifest, write_manifest
 
 # %% auto #0
 __all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'environment', 'git_state',
-           'run_key', 'Run', 'read_manifest', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale', 'execute',
-           'BuildLocked', 'build_lock']
+           'run_key', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
+           'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -92,34 +93,13 @@ def run_key(template_hash: str, parameters: dict, inputs: list[dict]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 # %% ../../nbs/runner/runs.ipynb #fd5cc97c
-@dataclass
-class Run:
-    "A planned run: report, template, validated parameters, output folder, and cache state."
-    report: str
-    template: Path
-    parameters: dict
-    slug: str
-    folder: Path
-    template_hash: str
-    cached: bool = False
-    forced: bool = False  # --force: run even if cached
-    cells: tuple = ()  # sha256 of each template cell when planned
-
-    @property
-    def name(self) -> str: return f"{self.report}/{self.slug}"
-
-def read_manifest(folder: Path) -> dict | None:
-    "A run folder's manifest, or None if missing or unreadable (e.g. truncated)."
-    try: m = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError): return None
-    return m if isinstance(m, dict) else None
-
 def _cached(folder: Path, template_hash: str, parameters: dict) -> bool:
     from research_kit.data.load import resource_sha256
-    m = read_manifest(folder)
-    if not m or m.get("status") != "succeeded" or not (folder / "report.ipynb").is_file(): return False
-    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.get("inputs", [])]
-    return m.get("cache_key") == run_key(template_hash, parameters, inputs)
+    try: m = read_manifest(folder)
+    except ManifestError: return False  # never run, or a manifest damaged since: run it
+    if m.status != "succeeded" or not (folder / "report.ipynb").is_file(): return False
+    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.inputs]
+    return m.cache_key == run_key(template_hash, parameters, inputs)
 
 def plan(report: str, given: dict | None = None, settings: Settings | None = None, *, force: bool = False) -> Run:
     "Validate `report` and its parameters `given` (text or typed values) and decide whether it is cached."
@@ -131,8 +111,8 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
     th = template_sha256(template)
-    return Run(report, template, parameters, slug, folder, th, cached=not force and _cached(folder, th, parameters), forced=force,
-               cells=tuple(cell_sha256s(template)))
+    return Run(report, slug, folder, parameters, template=template, template_hash=th, cells=tuple(cell_sha256s(template)),
+               cached=not force and _cached(folder, th, parameters), forced=force)
 
 def still_cached(run: Run) -> bool:
     "Decide again whether a planned run is cached: another rk process may have finished it since it was planned."
@@ -141,35 +121,48 @@ def still_cached(run: Run) -> bool:
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
 
-def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
+def finish(
+    run: Run,  # the planned run
+    task: Task,  # the task it was given to a worker as
+    outcome: Outcome,  # what the worker reported
+    git: dict,  # the workspace's git state (`git_state`)
+) -> Manifest:
     "Write the run's manifest and move its folder into place; return the manifest."
-    tmp = Path(task["output_dir"])
+    tmp = Path(task.output_dir)
     tmp.mkdir(parents=True, exist_ok=True)  # again: the build folder may have been deleted meanwhile
     (tmp / "lineage.jsonl").unlink(missing_ok=True)
-    if result["status"] == "succeeded" and not (tmp / "report.ipynb").is_file():
-        result = {**result, "status": "failed", "error": {"cell": None, "type": "OutputsLost",
-                  "message": "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"}}
+    if outcome.succeeded and not (tmp / "report.ipynb").is_file():
+        outcome = replace(outcome, status="failed", error=RunFailure(
+            "OutputsLost", "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"))
     outputs = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in OUTPUTS}
-    manifest = {
-        "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": result["status"],
-        "engine": result["engine"], "started": result["started"], "duration": result["duration"],
-        "cache_key": run_key(run.template_hash, run.parameters, result["inputs"]),
+    manifest = Manifest({
+        "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": outcome.status,
+        "engine": outcome.engine, "started": outcome.started, "duration": outcome.duration,
+        "cache_key": run_key(run.template_hash, run.parameters, outcome.inputs),
         "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash, "cells": list(run.cells)},
-        "inputs": result["inputs"],
+        "inputs": outcome.inputs,
         "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
-        "environment": environment(), "git": git, "outputs": outputs, "records": result["records"],
-        "error": result["error"], "pdf": result.get("documents", {}).get("pdf", {"made": False, "reason": "the run left no notebook"})}
-    write_json_atomic(tmp / "manifest.json", manifest)
+        "environment": environment(), "git": git, "outputs": outputs, "records": outcome.records,
+        "error": outcome.error.as_dict() if outcome.error else None,
+        "pdf": outcome.pdf or {"made": False, "reason": "the run left no notebook"}})
+    write_manifest(tmp, manifest)
     swap_into_place(tmp, run.folder)
     return manifest
 
 # %% ../../nbs/runner/runs.ipynb #45ae94d0
-def make_task(run: Run, settings: Settings, engine: str, git: dict | None = None) -> dict:
+def make_task(
+    run: Run,  # a planned run
+    settings: Settings,  # the workspace's settings: root, timeout, and what the documents show
+    engine: str,  # `warm` or `kernel`
+    *,
+    git: dict | None = None,  # the workspace's git state, for the documents' footer
+    output_dir: Path | None = None,  # where the run writes; default: a temporary folder beside its own
+) -> Task:
     "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
-    tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
-    documents = {"reader": settings.reader, "pdf": settings.pdf, "threshold": settings.threshold, "data": settings.data, "git": git}
-    return {"template": str(run.template), "parameters": run.parameters, "engine": engine, "cwd": str(settings.root),
-            "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name, "documents": documents}
+    output_dir = output_dir or run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
+    return Task(run.name, str(run.template), run.parameters, engine, cwd=str(settings.root), output_dir=str(output_dir),
+                timeout=settings.timeout, reader=settings.reader, pdf=settings.pdf, threshold=settings.threshold,
+                data=settings.data, git=git)
 
 def clean_stale(build_dir: Path) -> None:
     "Remove temporary folders a killed run left behind (only called while holding the build lock)."
@@ -177,7 +170,7 @@ def clean_stale(build_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 def execute(runs: list[Run], settings: Settings, *, engine: str, executor: str = "local", workers: int | None = None,
-            scheduler: str | None = None, on_result=None) -> list[tuple[Run, dict]]:
+            scheduler: str | None = None, on_result=None) -> list[tuple[Run, Manifest]]:
     "Run every run; return (run, manifest) pairs in the order they finished."
     from research_kit.runner.engines import ENGINES
     from research_kit.runner.executors import EXECUTORS
@@ -187,9 +180,9 @@ def execute(runs: list[Run], settings: Settings, *, engine: str, executor: str =
     git = git_state(settings.root)
     by_name = {r.name: r for r in runs}
     done = []
-    for task, result in runner.run([make_task(r, settings, engine, git) for r in runs]):
-        run = by_name[task["run"]]
-        manifest = finish(run, task, result, git)
+    for task, outcome in runner.run([make_task(r, settings, engine, git=git) for r in runs]):
+        run = by_name[task.run]
+        manifest = finish(run, task, outcome, git)
         done.append((run, manifest))
         if on_result: on_result(run, manifest)
     return done
