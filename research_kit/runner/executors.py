@@ -8,7 +8,7 @@ import os, time
 from collections import deque
 from dataclasses import replace
 from ..errors import RKError
-from .engines import execute_report
+from .engines import ENGINES, execute_report
 from .manifest import Outcome, Task
 
 # %% auto #0
@@ -23,14 +23,10 @@ def limit_memory(megabytes: int) -> None:
         import resource
         resource.setrlimit(resource.RLIMIT_DATA, (megabytes * 2**20, megabytes * 2**20))
 
-def _worker_main(conn, preload_engine: str, memory: int = 0) -> None:
+def _worker_main(conn, engine: str, memory: int = 0) -> None:
     "A worker process: warm up, then run tasks until told to stop."
     limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit
-    if preload_engine == "warm":
-        from research_kit.runner.engines import warm_shell
-        warm_shell()
-    else:
-        import papermill  # noqa: F401  (two seconds, paid once per worker rather than once per report)
+    if engine in ENGINES: ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
     conn.send("ready")
     while True:
         task = conn.recv()
