@@ -943,6 +943,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._lang': ( 'runner/documents.html#_lang',
                                                                                         'research_kit/runner/documents.py'),
+                                               'research_kit.runner.documents._notebook_exporter': ( 'runner/documents.html#_notebook_exporter',
+                                                                                                     'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._package_version': ( 'runner/documents.html#_package_version',
                                                                                                    'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._reader_exporter': ( 'runner/documents.html#_reader_exporter',

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runner/runs.ipynb #fcc31af9
 from __future__ import annotations
-import hashlib, json, os, shutil, subprocess, sys, uuid
+import functools, hashlib, json, os, shutil, subprocess, sys, uuid
 from dataclasses import replace
 from pathlib import Path
 from ..errors import RKError
@@ -29,8 +29,6 @@ def cell_sha256s(path: str | Path) -> list[str]:
     return [hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
             for c in P.read_cells(path)]
 
-_memo: dict = {}
-
 def code_files() -> list[Path]:
     "What a run's code is: research_kit's source files, its document templates, and the message catalogs (a translation changes the documents)."
     from research_kit.i18n import locales_dir
@@ -45,10 +43,10 @@ def _files_sha256(files) -> str:
         h.update("/".join(p.parts[-3:]).encode()); h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
     return h.hexdigest()
 
+@functools.cache  # once per process: the code does not change under a running rk
 def code_sha256() -> str:
     "sha256 of `code_files()`: part of every run's cache key."
-    if "code" not in _memo: _memo["code"] = _files_sha256(code_files())
-    return _memo["code"]
+    return _files_sha256(code_files())
 
 KEY_PACKAGES = ("pandas", "numpy", "pyarrow", "scipy", "statsmodels", "scikit-learn", "matplotlib", "pandera",
                 "papermill", "nbclient", "ipykernel", "nbconvert")
@@ -66,14 +64,13 @@ def _installed() -> set[str]:
             if m: out.add(f"{re.sub(r'[-_.]+', '-', m.group(1)).lower()}=={m.group(2)}")
     return out
 
+@functools.cache
 def environment() -> dict:
     "Python version, versions of key packages, and the sha256 of the full installed package list."
-    if "env" not in _memo:
-        dists = sorted(_installed())
-        versions = dict(d.split("==", 1) for d in dists)
-        _memo["env"] = {"python": sys.version.split()[0], "packages": {k: versions.get(k) for k in KEY_PACKAGES},
-                        "packages_sha256": hashlib.sha256("\n".join(dists).encode()).hexdigest()}
-    return _memo["env"]
+    dists = sorted(_installed())
+    versions = dict(d.split("==", 1) for d in dists)
+    return {"python": sys.version.split()[0], "packages": {k: versions.get(k) for k in KEY_PACKAGES},
+            "packages_sha256": hashlib.sha256("\n".join(dists).encode()).hexdigest()}
 
 def git_state(root: Path) -> dict:
     "The workspace's git commit and whether its tree has uncommitted changes (None outside git)."
