@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
-from ..files import sha256_file, swap_into_place, write_json_atomic
+from ..files import sha256_file, swap_into_place
 from ..signing import KEYS_DIR, SigningError, load_private_key, sign, verify
 from .manifest import MANIFEST, Manifest, ManifestError, Run, read_manifest, write_manifest
 from .runs import OUTPUTS, code_sha256, environment, run_key
