@@ -177,19 +177,19 @@ def _summary(results, settings):
     rows, failed = [], 0
     for run, m in results:
         if m is None: rows.append((run.report, run.slug, "cached", "", "")); continue
-        if m.get("shared"):  # restored from the shared store in this batch, not executed here
+        if m.shared:  # restored from the shared store in this batch, not executed here
             from research_kit.runner.store import restored_line
             rows.append((run.report, run.slug, "restored", "", restored_line(m))); continue
-        failed += m["status"] != "succeeded"
-        detail = (f"cell {m['error']['cell']}: {m['error']['type']}: {m['error']['message'][:80]}" if m["error"]
-                  else ", ".join(f"{k}={_short(v)}" for k, v in list(m["records"].items())[:3] if not isinstance(v, (list, dict))))
-        rows.append((run.report, run.slug, m["status"], f"{m['duration']:.1f}s", detail))
+        failed += m.status != "succeeded"
+        detail = (f"cell {m.error['cell']}: {m.error['type']}: {m.error['message'][:80]}" if m.error
+                  else ", ".join(f"{k}={_short(v)}" for k, v in list(m.records.items())[:3] if not isinstance(v, (list, dict))))
+        rows.append((run.report, run.slug, m.status, f"{m.duration:.1f}s", detail))
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
     blocked = unpublishable(results)
     for run, m in blocked:
-        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.get('audit_reasons', []))}", markup=False)
+        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}", markup=False)
     if failed: _console(stderr=True).print(f"error: {failed} report{'s' if failed != 1 else ''} failed")
     if blocked: _console(stderr=True).print(f"error: {len(blocked)} public report{'s' if len(blocked) != 1 else ''} failed the disclosure audit")
     if failed or blocked: raise typer.Exit(1)
@@ -204,7 +204,7 @@ def _progress(total: int, cached: int):
     task = bar.add_task("reports", total=total, completed=cached, failed=0, cached=cached)
     failed = [0]
     def update(run, manifest):
-        failed[0] += manifest["status"] != "succeeded"
+        failed[0] += manifest.status != "succeeded"
         bar.update(task, advance=1, failed=failed[0])
     return bar, update
 
@@ -265,20 +265,25 @@ def batch(name: str = typer.Argument(..., help="batch name in reports/batches.ya
                     share=share and not force)
 
 # %% ../nbs/cli.ipynb #114b8ad5
-def _run_folders(settings, run_dir, batch) -> list:
-    "The finished run folders a command acts on: one folder, a batch's, or every one in the build folder."
+def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str, every: bool = False) -> list:
+    "The finished run folders a command acts on: the run folder given, the finished runs of --batch NAME, or (`every`) all of them."
     from pathlib import Path
+    from research_kit.runner.manifest import MANIFEST, run_folders
     if run_dir and batch: raise RKError("give a run folder or --batch NAME, not both")
     if run_dir:
         folder = Path(run_dir).resolve()
-        if not (folder / "manifest.json").is_file():
-            raise RKError(f"{folder} holds no manifest.json; give a run folder such as reports/_build/REPORT/PARAMETERS")
+        if not (folder / MANIFEST).is_file():
+            raise RKError(f"{folder} holds no {MANIFEST}; give a run folder such as reports/_build/REPORT/PARAMETERS")
         return [folder]
+    if not batch and not every: raise RKError("give a run folder or --batch NAME (one of them)")
     if batch:
         from research_kit.runner.batch import plan_batch
-        return [r.folder for r in plan_batch(batch, settings) if (r.folder / "manifest.json").is_file()]
-    return sorted(p.parent for p in settings.build_dir.glob("*/*/manifest.json")
-                  if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith("."))
+        folders = [r.folder for r in plan_batch(batch, settings) if (r.folder / MANIFEST).is_file()]
+        if not folders: raise RKError(f"batch {batch!r} has no finished runs to {verb}; run it first")
+        return folders
+    folders = run_folders(settings.build_dir)
+    if not folders: raise RKError(f"no finished runs to {verb}; run them first")
+    return folders
 
 @app.command()
 def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (default: every run in the build folder)"),
@@ -287,8 +292,7 @@ def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (defau
     from research_kit.settings import load_settings
     from research_kit.runner.store import push as push_runs
     s = load_settings()
-    folders = _run_folders(s, run_dir, batch)
-    if not folders: raise RKError(f"no finished runs to push{f' in batch {batch!r}' if batch else ''}; run them first")
+    folders = _run_folders(s, run_dir, batch, verb="push", every=True)
     results = push_runs(folders, s)
     _console().print(_table(f"pushed to {s.share}", ["run", "outcome", "why"],
                             [(r.run, r.outcome, r.reason) for r in results]))
@@ -364,16 +368,10 @@ def verify(run_dir: Optional[str] = typer.Argument(None, help="a run folder, e.g
            batch: Optional[str] = typer.Option(None, "--batch", help="verify every finished run of this batch"),
            engine: Optional[str] = typer.Option(None, help="re-run with this engine (default: the one each run used)")):
     "Re-execute finished runs and compare records and outputs; exit 1 on any difference."
-    from pathlib import Path
     from research_kit.settings import load_settings
     from research_kit.runner.verify import verify_runs
     s = load_settings()
-    if bool(run_dir) == bool(batch): raise RKError("give a run folder or --batch NAME (one of them)")
-    if batch:
-        from research_kit.runner.batch import plan_batch
-        folders = [r.folder for r in plan_batch(batch, s) if (r.folder / "manifest.json").exists()]
-        if not folders: raise RKError(f"batch {batch!r} has no finished runs to verify; run it first")
-    else: folders = [Path(run_dir).resolve()]
+    folders = _run_folders(s, run_dir, batch, verb="verify")
     diffs = verify_runs(folders, s, engine=engine)
     if not diffs:
         _console().print(f"verified {len(folders)} run{'s' if len(folders) != 1 else ''}: records and outputs identical")
@@ -404,18 +402,12 @@ def audit(run_dir: Optional[str] = typer.Argument(None, help="a run folder under
           batch: Optional[str] = typer.Option(None, "--batch", help="audit every finished run of this batch"),
           wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
     "Check finished runs are safe to publish; exit 1 if a public-audience run is not."
-    from pathlib import Path
     from research_kit.settings import load_settings
     from research_kit.runner.audit import audit_runs, mark_publishable
     from research_kit.runner.runs import build_lock
     from research_kit.runner.site import build_index
     s = load_settings()
-    if bool(run_dir) == bool(batch): raise RKError("give a run folder or --batch NAME (one of them)")
-    if batch:
-        from research_kit.runner.batch import plan_batch
-        folders = [r.folder for r in plan_batch(batch, s) if (r.folder / "manifest.json").is_file()]
-        if not folders: raise RKError(f"batch {batch!r} has no finished runs to audit; run it first")
-    else: folders = [Path(run_dir).resolve()]
+    folders = _run_folders(s, run_dir, batch, verb="audit")
     with build_lock(s.build_dir, wait=wait):
         results = audit_runs(folders, threshold=s.threshold, policy=s.threshold_policy)
         for folder, r in results.items(): mark_publishable(folder, r)

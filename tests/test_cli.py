@@ -107,3 +107,23 @@ def test_docs_failure_leaves_nothing_behind(tmp_path, tally):
     proc = run_rk("docs", "--out", "new/docs", cwd=root, env=clean_env())
     assert_one_clear_error(proc, "broken.ipynb", "cannot be rendered")
     assert files(tmp_path) == before
+
+
+# ---- rk verify, rk audit and rk push choose their runs the same way ----
+
+@pytest.mark.parametrize("command", ["verify", "audit", "push"])
+def test_run_folder_or_batch_is_chosen_alike(report_workspace, tmp_path, command, tally):
+    "The same mistakes in choosing runs get the same message from each command that acts on finished runs."
+    root, _, env = report_workspace
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    cases = [((not_a_run, "--batch", "small"), "give a run folder or --batch NAME, not both"),
+             ((not_a_run,), f"{not_a_run} holds no manifest.json; give a run folder"),
+             (("--batch", "small"), f"batch 'small' has no finished runs to {command}; run it first")]
+    if command != "push":  # push acts on every finished run when given neither
+        cases.append(((), "give a run folder or --batch NAME (one of them)"))
+    for args, expected in cases:
+        proc = run_rk(command, *args, cwd=root, env=env, check=1)
+        tally.bad_inputs += 1
+        assert proc.stderr.startswith("error: ") and expected in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

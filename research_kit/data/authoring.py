@@ -345,7 +345,8 @@ def _check_one(res):
 
 def _write(package, edited: list, descriptor_bytes: bytes) -> None:
     "Record the new hash, bytes and rows of the edited resources, unless the descriptor or a file changed meanwhile."
-    from research_kit.data.descriptor import read_descriptor, sha256_file, write_descriptor
+    from research_kit.data.descriptor import read_descriptor, write_descriptor
+    from research_kit.files import sha256_file
     durl = edited[0][0].descriptor_url
     with open(durl, "rb") as f:
         if f.read() != descriptor_bytes: raise AuthoringError(f"{durl} changed while rehashing; nothing was written, run again")

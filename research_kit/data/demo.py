@@ -14,7 +14,8 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from .descriptor import atomic_path, file_stats, write_descriptor
+from .descriptor import file_stats, write_descriptor
+from ..files import atomic_path
 from ..errors import RKError
 
 # %% auto #0

@@ -10,7 +10,7 @@ from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, get_resource, open_package, read_bytes
-from .descriptor import atomic_path, sha256_file
+from ..files import atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
 from .frames import to_frame, as_large_text as _as_large_text

@@ -5,64 +5,24 @@
 # %% ../../nbs/runner/site.ipynb #ea3cedb4
 from __future__ import annotations
 import html, json, math
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
+from ..files import write_text_atomic
+from .manifest import Manifest, Run, read_run, run_folders
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'Run', 'read_runs',
-           'format_number', 'format_started', 'key_records', 'facets', 'render_index', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'read_runs', 'format_number',
+           'format_started', 'key_records', 'facets', 'render_index', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
 
 # %% ../../nbs/runner/site.ipynb #b4d613ff
-@dataclass
-class Run:
-    "One run folder as the index shows it: its manifest, or why the manifest could not be used."
-    report: str
-    slug: str
-    folder: Path
-    manifest: dict = field(default_factory=dict)
-    problem: str | None = None  # set when the manifest is unreadable
-
-    @property
-    def status(self) -> str:
-        return "unreadable" if self.problem else self.manifest["status"]
-
-    @property
-    def state(self) -> str:
-        "What a reader may do with the run: `publishable`, `audit-failed`, `internal`, `unaudited`, `failed` or `unreadable`."
-        if self.problem or self.status == "failed": return self.status
-        m = self.manifest
-        if _audience(m) != "public": return "internal"
-        if "publishable" not in m: return "unaudited"
-        return "publishable" if m["publishable"] is True else "audit-failed"
-
-def _audience(manifest: dict):
-    parameters = manifest.get("parameters")
-    return parameters.get("audience") if isinstance(parameters, dict) else None
-
-def _read_run(path: Path) -> Run:
-    run = Run(report=path.parent.parent.name, slug=path.parent.name, folder=path.parent)
-    try: manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        run.problem = f"{type(e).__name__}: {e}"
-        return run
-    if not isinstance(manifest, dict): run.problem = f"expected a JSON object, found {type(manifest).__name__}"
-    elif manifest.get("status") not in ("succeeded", "failed"):
-        run.problem = f"status {manifest.get('status')!r}, expected 'succeeded' or 'failed'"
-    else: run.manifest = manifest
-    return run
-
 def read_runs(build_dir) -> list[Run]:
     "Every run under `build_dir` (`<report>/<slug>/manifest.json`), sorted by report then slug."
-    build_dir = Path(build_dir)
-    paths = [p for p in build_dir.glob("*/*/manifest.json")
-             if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith(".")]
-    return sorted((_read_run(p) for p in paths), key=lambda r: (r.report, r.slug))
+    return [read_run(folder) for folder in run_folders(build_dir)]
 
 # %% ../../nbs/runner/site.ipynb #74de2e4d
 def _demo_manifest(report, slug, parameters, status="succeeded", records=None, error=None, publishable=True, **audit):
@@ -167,15 +127,19 @@ STATE_LABELS = {"publishable": "publishable", "audit-failed": "audit failed", "i
                 "unaudited": "not audited", "failed": "run failed", "unreadable": "unreadable manifest"}
 MAX_FINDINGS = 5  # findings listed per run; the manifest has them all
 
-def _threshold(m: dict) -> str:
+def _manifest(run: Run) -> Manifest:
+    "The run's manifest; an empty one for a run whose manifest cannot be read (its row shows the problem)."
+    return run.manifest or Manifest({})
+
+def _threshold(m: Manifest) -> str:
     "The threshold an audited run was audited with, and the policy when the threshold was below it."
-    k, policy = m.get("audit_threshold"), m.get("threshold_policy")
-    if "publishable" not in m or not isinstance(k, int): return ""
+    k, policy = m.audit_threshold, m.threshold_policy
+    if not m.audited or not isinstance(k, int): return ""
     below = f", policy {_e(_plain(policy))}" if isinstance(policy, int) and policy > k else ""
     return f' <span class="audit-threshold">threshold {k}{below}</span>'
 
-def _findings(m: dict) -> str:
-    findings = m.get("audit") if isinstance(m.get("audit"), list) else []
+def _findings(m: Manifest) -> str:
+    findings = m.findings
     items = "".join(f'<li class="finding">{_e(_plain(f.get("file", "")))} {_e(_plain(f.get("location", "")))}: '
                     f'{_e(_plain(f.get("kind", "")))} {_e(_plain(f.get("detail", "")))}</li>'
                     for f in findings[:MAX_FINDINGS] if isinstance(f, dict))
@@ -184,14 +148,14 @@ def _findings(m: dict) -> str:
 
 def _reason(run: Run) -> str:
     "Why the run is in its state, in words (HTML)."
-    state, m = run.state, run.manifest
+    state, m = run.state, _manifest(run)
     if state == "unreadable":
         path = f"{run.report}/{run.slug}/manifest.json"  # relative to the build folder, like the links
         return (f'<div class="error"><code class="manifest-path">{_e(path)}</code>: '
                 f'<span class="error-message">{_e(run.problem)}</span></div>')
-    if state == "failed": return _error(m.get("error"))
+    if state == "failed": return _error(m.error)
     if state == "internal":
-        audience = _audience(m)
+        audience = m.audience
         said = ("consortium audience: not for publication" if audience == "consortium" else
                 "no audience parameter: for the consortium only" if audience is None else
                 f"audience {_plain(audience)}: not for publication")
@@ -200,13 +164,14 @@ def _reason(run: Run) -> str:
     if state == "publishable":
         said = "public audience, passed the disclosure audit"
         return f'<div class="reason">{_e(said)}</div>'
-    reasons = m.get("audit_reasons") if isinstance(m.get("audit_reasons"), list) else []
+    reasons = m.audit_reasons
     said = "public audience, failed the disclosure audit" + (f": {'; '.join(map(_plain, reasons))}" if reasons else "")
     return f'<div class="reason">{_e(said)}</div>{_findings(m)}'
 
 def _state(run: Run) -> str:
-    badge = ' <span class="not-publishable">not publishable</span>' if run.manifest.get("publishable", True) is False else ""
-    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(run.manifest)}{_reason(run)}'
+    m = _manifest(run)
+    badge = ' <span class="not-publishable">not publishable</span>' if m.publishable is False else ""
+    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(m)}{_reason(run)}'
 
 def _parameters(parameters) -> str:
     if not isinstance(parameters, dict): return _e(_plain(parameters))
@@ -220,31 +185,31 @@ FACETS = ("report", "institution", "lang", "state", "run_by")  # what the index 
 
 def facets(run: Run) -> dict[str, str]:
     "The run's value for each filter of the index: report, institution, language (its `lang` parameter), state."
-    parameters = run.manifest.get("parameters") if isinstance(run.manifest.get("parameters"), dict) else {}
-    shared = run.manifest.get("shared") if isinstance(run.manifest.get("shared"), dict) else {}
+    m = _manifest(run)
+    parameters, shared = m.parameters, m.shared or {}
     return {"report": run.report, "institution": _plain(parameters.get("institution", "")),
             "lang": _plain(parameters.get("lang", "")), "state": run.state, "run_by": _plain(shared.get("institution", ""))}
 
-def _run_by(m: dict) -> str:
+def _run_by(m: Manifest) -> str:
     "Who made a run that came from the consortium's shared store (`research_kit.runner.store`)."
-    shared = m.get("shared")
-    if not isinstance(shared, dict): return ""
+    shared = m.shared
+    if shared is None: return ""
     who = " · ".join(_e(_plain(shared[k])) for k in ("institution", "researcher") if shared.get(k))
     return f'<div class="run-by">run by {who}</div>'
 
 def _row(run: Run, classes: str = "") -> str:
-    m, f = run.manifest, facets(run)
-    publishable = ' data-publishable="false"' if m.get("publishable", True) is False else ""
+    m, f = _manifest(run), facets(run)
+    publishable = ' data-publishable="false"' if m.publishable is False else ""
     records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = '
-                      f'<span class="record-value">{_e(v)}</span></div>' for k, v in key_records(m.get("records")))
+                      f'<span class="record-value">{_e(v)}</span></div>' for k, v in key_records(m.records))
     cells = [("report", f'{_e(run.report)}<div class="slug">{_e(run.slug)}</div>'),
              ("institution", _e(f["institution"])),
              ("lang", _e(f["lang"])),
-             ("parameters", _parameters(m.get("parameters", {}))),
+             ("parameters", _parameters(m.data.get("parameters", {}))),  # as written, whatever it holds
              ("state", _state(run)),
-             ("engine", _e(_plain(m.get("engine", "")))),
-             ("duration", _duration(m.get("duration"))),
-             ("started", (_e(format_started(m["started"])) if m.get("started") else "") + _run_by(m)),
+             ("engine", _e(_plain(m.data.get("engine", "")))),
+             ("duration", _duration(m.duration)),
+             ("started", (_e(format_started(m.started)) if m.started else "") + _run_by(m)),
              ("records", records),
              ("links", _links(run))]
     tds = "".join(f'<td class="{name}">{content}</td>' for name, content in cells)
@@ -356,14 +321,10 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
             f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
             "</body>\n</html>\n")
 
-def _write_atomic(path: Path, text: str) -> None:
-    from research_kit.data.descriptor import atomic_path
-    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
-
 def build_index(build_dir, *, lang: str = "en") -> Path:
     "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
     build_dir = Path(build_dir)
     if not build_dir.is_dir(): raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
-    _write_atomic(index, render_index(read_runs(build_dir), lang=lang))
+    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang))
     return index
