@@ -205,7 +205,7 @@ def _institutions() -> set[str]:
     if key not in _known_institutions:  # without pandas: planning a cached batch stays fast
         _known_institutions[key] = frozenset(map(str, column_values("consortium", "institutions", "institution_id")))
     # a check inside a report read the table too, remembered or not: the same inputs under every engine
-    lineage.record("consortium", "institutions", sha)
+    lineage.note_read("consortium", "institutions", sha)
     return set(_known_institutions[key])
 
 def validate(params: dict[str, Param], given: dict, *, report: str | None = None) -> dict:
