@@ -267,13 +267,15 @@ ACCESS_LEVELS = ("public", "consortium", "restricted")
 def check_access(res: Resource, institution: str) -> None:
     "Raise AccessDenied unless the researcher's institution may load `res`."
     from research_kit.errors import AccessDenied, DescriptorError
+    from research_kit.settings import user_settings_path
     if res.access not in ACCESS_LEVELS:
         raise DescriptorError(f"{res.descriptor_url}: resource {res.name!r} has x-access {res.access!r}; use one of {', '.join(ACCESS_LEVELS)}")
     if res.access != "restricted": return
     if not res.owner: raise DescriptorError(f"{res.descriptor_url}: restricted resource {res.name!r} names no x-owner")
     if institution != res.owner:
         raise AccessDenied(f"{res.package}/{res.name} is restricted to its owner {res.owner}; your settings name "
-                           f"{institution or 'no institution'} ([workspace] institution in settings.ini, or RK_WORKSPACE_INSTITUTION)")
+                           f"{institution or 'no institution'} ([workspace] institution in {user_settings_path()} or the workspace's "
+                           "settings.ini, or RK_WORKSPACE_INSTITUTION)")
 
 # %% ../../nbs/data/load.ipynb #8d1cf611
 def _in_jupyter_kernel() -> bool:
