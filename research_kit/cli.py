@@ -39,14 +39,15 @@ def _table(title, columns, rows):
 # %% ../nbs/cli.ipynb #0b59cdae
 @app.command()
 def config():
-    "Print the effective settings and where each value came from."
+    "Print the effective settings, the layer each value came from (default, user, workspace, environment) and its file or variable."
     from research_kit.settings import load_settings
-    from research_kit.runner.params import check_institution_setting
+    from research_kit.data.codes import check_institution_setting
     s = load_settings()
     check_institution_setting(s)
     _console().print(f"workspace: {s.root}")
-    _console().print(_table(None, ["section", "key", "value", "source"],
-                            [(v.section, v.key, v.value, v.source) for v in s.table()]))
+    _console().print(_table(None, ["section", "key", "value", "layer", "source"],
+                            [(v.section, v.key, v.value, v.layer, s.source_of(v.section, v.key)) for v in s.table()]))
+    if s.below_policy(): _console().print(f"note: {s.below_policy()}")
 
 # %% ../nbs/cli.ipynb #31cbb144
 def _size(n):
@@ -156,7 +157,7 @@ def params(report: str = typer.Argument(..., help="report template name, or its 
     template = find_template(report, load_settings().reports_dir)
     ps = template_parameters(template)
     _console().print(_table(f"parameters of {template.stem}", ["name", "type", "default", "choices", "help"],
-                            [(p.name, p.type, repr(p.default), ", ".join(map(str, p.choices or ())), p.help) for p in ps.values()]))
+                            [(p.name, p.type, repr(p.default), ", ".join(map(str, p.allowed() or ())), p.help) for p in ps.values()]))
 
 # %% ../nbs/cli.ipynb #bd81e632
 def _given(pairs: list[str]) -> dict:

@@ -1,8 +1,11 @@
 """Shared helpers for the pytest suite: the real `rk` command, throwaway workspaces, small data packages."""
+import atexit
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RK = Path(sys.executable).parent / "rk"
+
+# The suite never reads the own settings file of whoever runs it (~/.config/research_kit/settings.ini,
+# which may name an institution or a threshold): its configuration folder is an empty one of its own.
+_CONFIG = tempfile.mkdtemp(prefix="rk-tests-config-")
+os.environ["XDG_CONFIG_HOME"] = _CONFIG
+os.environ.pop("RK_USER_SETTINGS", None)
+atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 
 
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):

@@ -133,3 +133,27 @@ def test_a_threshold_below_the_policy_is_not_publishable(audited, tally):
     # the policy's own value (or a higher one) audits as before
     proc = run_rk("audit", run, cwd=root, env={**env, "RK_PRIVACY_THRESHOLD": "10"}, check=0)
     assert json.loads((run / "manifest.json").read_text())["publishable"] is True
+
+
+def test_own_settings_cannot_lower_the_policy(audited, tmp_path, tally):
+    """A threshold in the researcher's own settings file is overridden by settings.ini's; where settings.ini
+    sets none, one below the default policy is a local override, like RK_PRIVACY_THRESHOLD."""
+    tally.bad_inputs += 1
+    root, env, proc, build, m = audited
+    run = build / "audience=public,leak=rates_only"
+    own = tmp_path / "research_kit" / "settings.ini"
+    own.parent.mkdir()
+    own.write_text("[privacy]\nthreshold = 1\n")
+    with_own = {**env, "XDG_CONFIG_HOME": str(tmp_path)}
+    run_rk("audit", run, cwd=root, env=with_own, check=0)  # settings.ini says 10: the user's 1 is not used
+    assert json.loads((run / "manifest.json").read_text())["audit_threshold"] == 10
+    workspace_file = root / "settings.ini"
+    committed = workspace_file.read_text()
+    workspace_file.write_text("[workspace]\ndata = datasets\ncache = .cache\n")  # the policy is then the default, 10
+    try:
+        proc = run_rk("audit", run, cwd=root, env=with_own)
+        assert proc.returncode == 1, proc.stdout
+        assert "not publishable: threshold 1 is below the workspace's policy (10, settings.ini)" in proc.stdout
+        run_rk("audit", run, cwd=root, env=env, check=0)  # without the user's file: publishable again
+    finally:
+        workspace_file.write_text(committed)

@@ -250,30 +250,6 @@ def audit_run(folder, *, threshold: int, policy: int | None = None, pseudonym_pa
     return AuditResult(publishable=not reasons, findings=found.items, reasons=reasons, audience=audience,
                        threshold=threshold, policy=policy)
 
-# %% ../../nbs/runner/audit.ipynb #a7459960
-def _fake_run(folder, cells, *, audience="public", html="", status="succeeded", **manifest) -> Path:
-    "A run folder with an executed notebook of `cells` (nbformat cells), `html` and a manifest (for tests)."
-    import nbformat
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), folder / "report.ipynb")
-    (folder / "report.html").write_text(f"<!DOCTYPE html><html><body>{html}</body></html>", encoding="utf-8")
-    parameters = {"audience": audience} if audience is not None else {}
-    outputs = {name: sha256_file(folder / name) for name in ("report.ipynb", "report.html")}
-    (folder / "manifest.json").write_text(json.dumps({"report": folder.parent.name, "slug": folder.name, "status": status,
-                                                      "parameters": parameters, "records": {}, "error": None,
-                                                      "outputs": outputs, **manifest}))
-    return folder
-
-def _output(text: str = "", html: str | None = None, record: tuple | None = None, vetted: int | None = None):
-    "A display output showing `text` (and `html`, or a record `(name, value)`); `vetted=k` marks it as rk.show does."
-    import nbformat
-    data = {"text/plain": text}
-    if html is not None: data["text/html"] = html
-    if record is not None: data[MIMETYPE] = {"name": record[0], "value": record[1]}
-    metadata = {VETTED: {"vetted": True, "threshold": vetted, "sha256": output_digest(data)}} if vetted is not None else {}
-    return nbformat.v4.new_output("display_data", data=data, metadata=metadata)
-
 # %% ../../nbs/runner/audit.ipynb #896678ee
 def audit_runs(folders, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None) -> dict[Path, AuditResult]:
     "`audit_run` for each folder: {folder: AuditResult}, in the order given."

@@ -24,54 +24,6 @@ def read_runs(build_dir) -> list[Run]:
     "Every run under `build_dir` (`<report>/<slug>/manifest.json`), sorted by report then slug."
     return [read_run(folder) for folder in run_folders(build_dir)]
 
-# %% ../../nbs/runner/site.ipynb #74de2e4d
-def _demo_manifest(report, slug, parameters, status="succeeded", records=None, error=None, publishable=True, **audit):
-    return {"report": report, "slug": slug, "parameters": parameters, "status": status, "engine": "warm",
-            "started": "2026-11-26T07:31:42+00:00", "duration": 1.234, "cache_key": "0" * 64,
-            "records": records or {}, "error": error, "publishable": publishable, **audit}
-
-def _demo_build(folder) -> Path:
-    "A build folder with seven runs: internal, failed, unreadable, publishable, audit failed (two), and not yet audited."
-    folder = Path(folder)
-    runs = {
-        ("star_replication", "controls=false,grade=k"): _demo_manifest(
-            "star_replication", "controls=false,grade=k", {"grade": "k", "controls": False},
-            records={"small_class_effect": 13.8990, "table": [{"a": 1}], "label": "<script>alert(1)</script>",
-                     "p_value": 0.0000123456, "n": 5786, "extra": 1}),
-        ("star_replication", "controls=true,grade=<i>"): _demo_manifest(
-            "star_replication", "controls=true,grade=<i>",
-            {"grade": "<script>alert(1)</script>", "controls": True}, publishable=False) | {"audit_threshold": 1, "threshold_policy": 10},
-        ("college_distance", "region=west"): _demo_manifest(
-            "college_distance", "region=west", {"region": "west"}, status="failed",
-            error={"cell": 3, "type": "ValueError", "message": "no rows left after excluding region 'west'"}),
-        ("college_distance", "region=all"): None,
-        ("institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024"): _demo_manifest(
-            "institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024",
-            {"institution": "KITIG", "year": 2024, "audience": "public", "lang": "kk"}, audit=[], audit_reasons=[],
-            audit_stamp=[10, []], audit_threshold=10, threshold_policy=10),
-        ("institution_profile", "audience=public,institution=ATK,lang=ru,year=2024"): _demo_manifest(
-            "institution_profile", "audience=public,institution=ATK,lang=ru,year=2024",
-            {"institution": "ATK", "year": 2024, "audience": "public", "lang": "ru"}, publishable=False,
-            audit=[{"file": "report.html", "location": f"table 1 row {i}", "kind": "small_count",
-                    "detail": f"column 'n' = {i} (below 10)"} for i in range(1, 8)],
-            audit_reasons=["7 small counts found"], audit_stamp=[10, []], audit_threshold=10, threshold_policy=10),
-        ("institution_profile", "audience=public,institution=APC,year=2024"): _demo_manifest(
-            "institution_profile", "audience=public,institution=APC,year=2024",
-            {"institution": "APC", "year": 2024, "audience": "public"}, publishable=None),
-    }
-    for (report, slug), manifest in runs.items():
-        run = folder / report / slug
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "report.ipynb").write_text("{}")
-        if manifest is None:  # the runner was killed while writing (it writes atomically, but files get copied)
-            (run / "manifest.json").write_text('{"report": "college_distance", "status": "succ')
-            continue
-        if manifest["status"] == "succeeded": (run / "report.html").write_text("<html></html>")
-        if manifest["parameters"].get("lang") == "kk": (run / "report.pdf").write_bytes(b"%PDF-1.4")
-        if manifest["publishable"] is None: del manifest["publishable"]  # not audited yet
-        (run / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
 # %% ../../nbs/runner/site.ipynb #19d6bbda
 def _plain(value) -> str:
     "A JSON value as a reader writes it: strings bare, `true`/`false`/`null` for the rest."
