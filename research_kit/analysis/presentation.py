@@ -258,7 +258,7 @@ def _term_parts(term: str) -> tuple[str, str | None]:
     return (name, level[:-1]) if bracket and level.endswith("]") else (str(term), None)
 
 def variable_label(term, lang: str, *, labels: dict | None = None, headers: dict | None = None) -> str:
-    "A model's term or input as a reader names it: `funding[paid]` -> `Funding: fee-paying`, `Intercept` in `lang`."
+    "A model's term or input as a reader names it: `funding[paid]` -> `Funding: Fee-paying`, `Intercept` in `lang`."
     lang = check_lang(lang)
     if term == "Intercept": return translate(INTERCEPT, lang)
     name, level = _term_parts(term)
