@@ -79,7 +79,8 @@ def output_digest(data: dict) -> str:
 def _display(data: dict, k: int | None, metadata: dict | None = None) -> None:
     "Display `data` with `metadata`; when `k` is given, with the vetted mark in it too."
     from IPython.display import display
-    metadata = {**(metadata or {}), **({VETTED: {"vetted": True, "threshold": k, "sha256": output_digest(data)}} if k is not None else {})}
+    metadata = dict(metadata or {})
+    if k is not None: metadata[VETTED] = {"vetted": True, "threshold": k, "sha256": output_digest(data)}
     display(data, raw=True, metadata=metadata or None)
 
 # %% ../../nbs/runner/record.ipynb #7589fa89
