@@ -21,12 +21,13 @@ __all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'T
 WORDS = {
     "index": N_("All reports"), "provenance": N_("About this document"), "data": N_("Data"), "version": N_("version"),
     "software": N_("Software"), "commit": N_("commit"), "uncommitted": N_("with uncommitted changes"), "run": N_("Run"),
-    "engine": N_("engine"), "disclosure": N_("Disclosure control"),
+    "engine": N_("engine"), "disclosure": N_("Disclosure control"), "figure": N_("Figure"),
     "threshold": N_("Counts below {threshold} are not shown, nor any count from which they could be worked out."),
     "yes": "{name}", "no": N_("without {name}"), "other": "{name} {value}",
 }
 PARAMETER_WORDS = {
     "year": N_("cohort {value}"),
+    "seed": N_("random seed {value}"),
     "audience": {"public": N_("public version"), "consortium": N_("for the consortium")},
     "institution": {"all": N_("all institutions")},
     "grade": {"k": N_("kindergarten"), "1": N_("grade 1"), "2": N_("grade 2"), "3": N_("grade 3")},
@@ -203,13 +204,15 @@ def _reader_exporter():
 @functools.cache
 def _notebook_exporter(): return _safe_exporter(template_name="basic")
 
-def _figure_html(name: str, value, lang: str, labels: dict | None) -> str | None:
+def _figure_html(name: str, value, lang: str, labels: dict | None, columns=None) -> str | None:
     "A recorded key figure as a reader sees it: its name in words, the value formatted (None: leave the output as it is)."
     import pandas as pd
     from research_kit.analysis.presentation import format_figure, header, present_html
     title = html.escape(header(name, lang))
     if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(pd.DataFrame(value), lang, labels=labels)}</div>'
+        table = pd.DataFrame(value)
+        if isinstance(columns, list) and set(columns) == set(table.columns): table = table[columns]  # the order rk.record saw
+        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(table, lang, labels=labels)}</div>'
     if isinstance(value, (dict, list)): return None
     return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>: {html.escape(format_figure(value, lang, name=name))}</div>'
 
@@ -222,7 +225,7 @@ def present_records(nb, lang: str, labels: dict | None = None):
         for output in cell.get("outputs", []):
             entry = output.get("data", {}).get(MIMETYPE)
             if isinstance(entry, dict) and "name" in entry:
-                shown = _figure_html(str(entry["name"]), entry.get("value"), lang, labels)
+                shown = _figure_html(str(entry["name"]), entry.get("value"), lang, labels, entry.get("columns"))
                 if shown is not None: output["data"]["text/html"] = shown
     return nb
 

@@ -76,11 +76,12 @@ def output_digest(data: dict) -> str:
     plain = {k: "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in data.items()}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
-def _display(data: dict, k: int | None) -> None:
-    "Display `data`; when `k` is given, with the vetted mark in its metadata."
+def _display(data: dict, k: int | None, metadata: dict | None = None) -> None:
+    "Display `data` with `metadata`; when `k` is given, with the vetted mark in it too."
     from IPython.display import display
-    metadata = {VETTED: {"vetted": True, "threshold": k, "sha256": output_digest(data)}} if k is not None else None
-    display(data, raw=True, metadata=metadata)
+    metadata = dict(metadata or {})
+    if k is not None: metadata[VETTED] = {"vetted": True, "threshold": k, "sha256": output_digest(data)}
+    display(data, raw=True, metadata=metadata or None)
 
 # %% ../../nbs/runner/record.ipynb #7589fa89
 def _html(name, value) -> str:
@@ -111,7 +112,10 @@ def record(name: str, value) -> None:
     if _shell() is None:  # a plain script: just show it
         print(text)
         return
-    data = {MIMETYPE: {"name": name, "value": value}, "text/plain": text, "text/html": _html(name, value)}
+    entry = {"name": name, "value": value}
+    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+        entry["columns"] = list(value[0])  # a notebook stores JSON with sorted keys: the table's column order, kept
+    data = {MIMETYPE: entry, "text/plain": text, "text/html": _html(name, value)}
     _display(data, k)
 
 # %% ../../nbs/runner/record.ipynb #24cacf4b
@@ -162,6 +166,12 @@ def _output_data(x, lang, labels, headers) -> dict:
         return _table_data(x) if lang is None else _reader_table_data(x, lang, labels, headers)
     raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a table, a figure or a text")
 
+def _output_metadata(x) -> dict | None:
+    "A figure's words as its image's alternative text: what the reader document gives readers who cannot see it."
+    if not hasattr(x, "savefig"): return None
+    from research_kit.analysis.plots import figure_text
+    return {"image/png": {"alt": figure_text(x)}}
+
 def show(x, *, lang: str | None = None, labels: dict | None = None, audience: str = "public", headers: dict | None = None) -> None:
     "Display a table, figure or text as a reader sees it (in `lang`); in a public report only what is safe, marked as vetted."
     from research_kit.analysis.privacy import check_audience
@@ -170,7 +180,7 @@ def show(x, *, lang: str | None = None, labels: dict | None = None, audience: st
     if public: _check_public(x, k)
     data = _output_data(x, lang, labels, headers)
     if _shell() is None: print(data["text/plain"]); return
-    _display(data, k)
+    _display(data, k, _output_metadata(x))
 
 # %% ../../nbs/runner/record.ipynb #85112adc
 def records(notebook) -> dict:

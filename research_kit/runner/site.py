@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runner/site.ipynb #ea3cedb4
 from __future__ import annotations
-import html, json, math
+import html, json
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -13,8 +13,8 @@ from ..files import write_text_atomic
 from .manifest import Manifest, Run, read_run, run_folders
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'read_runs', 'format_number',
-           'format_started', 'key_records', 'facets', 'render_index', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'read_runs', 'format_started',
+           'key_records', 'facets', 'render_index', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
@@ -29,15 +29,6 @@ def _plain(value) -> str:
     "A JSON value as a reader writes it: strings bare, `true`/`false`/`null` for the rest."
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
-def format_number(x) -> str:
-    "`x` with at most 4 decimals, trailing zeros dropped; 4 significant digits when |x| < 1."
-    if isinstance(x, bool) or not isinstance(x, (int, float)): return _plain(x)
-    if isinstance(x, int): return str(x)
-    if not math.isfinite(x): return str(x)
-    if x == 0: return "0"
-    if abs(x) < 1 or abs(x) >= 1e15: return f"{x:.4g}"
-    return f"{x:.4f}".rstrip("0").rstrip(".")
-
 def format_started(started) -> str:
     "An ISO timestamp as `YYYY-MM-DD HH:MM` in UTC (naive times are taken as UTC)."
     try: t = datetime.fromisoformat(str(started))
@@ -45,11 +36,14 @@ def format_started(started) -> str:
     if t.tzinfo is None: t = t.replace(tzinfo=timezone.utc)
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
-def key_records(records, n: int = MAX_RECORDS) -> list[tuple[str, str]]:
-    "The first `n` scalar records as `(name, formatted value)`; tables and lists are left to the report."
+def key_records(records, n: int = MAX_RECORDS, lang: str = "en") -> list[tuple[str, str]]:
+    "The first `n` scalar records as `(name, value as readers of `lang` write it)`; tables and lists are left to the report."
+    from research_kit.analysis.presentation import format_figure
+    from research_kit.i18n import LANGUAGES
     if not isinstance(records, dict): return []
+    lang = lang if lang in LANGUAGES else "en"  # a template's own language parameter may name another
     scalars = [(str(k), v) for k, v in records.items() if v is None or isinstance(v, (bool, int, float, str))]
-    return [(k, format_number(v)) for k, v in scalars[:n]]
+    return [(k, format_figure(v, lang, name=k)) for k, v in scalars[:n]]
 
 # %% ../../nbs/runner/site.ipynb #005e2d91
 _e = html.escape
@@ -152,8 +146,9 @@ def _run_by(m: Manifest) -> str:
 def _row(run: Run, classes: str = "") -> str:
     m, f = _manifest(run), facets(run)
     publishable = ' data-publishable="false"' if m.publishable is False else ""
-    records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = '
-                      f'<span class="record-value">{_e(v)}</span></div>' for k, v in key_records(m.records))
+    full = m.records if isinstance(m.records, dict) else {}
+    records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = <span class="record-value" '
+                      f'title="{_e(_plain(full.get(k)))}">{_e(v)}</span></div>' for k, v in key_records(full, lang=f["lang"]))
     cells = [("report", f'{_e(run.report)}<div class="slug">{_e(run.slug)}</div>'),
              ("institution", _e(f["institution"])),
              ("lang", _e(f["lang"])),
