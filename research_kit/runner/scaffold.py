@@ -45,7 +45,7 @@ def check_title(title: str) -> str:
 def skeleton_path() -> Path:
     "The skeleton template shipped in the package."
     import research_kit
-    return Path(research_kit.__file__).parent / "templates" / "skeleton" / "report.ipynb"
+    return Path(research_kit.__file__).parent / "skeleton" / "report.ipynb"
 
 def _with_title(nb: dict, title: str) -> dict:
     "`nb` with `title` as the level-1 heading of each of its title cells."
