@@ -11,13 +11,17 @@ from .errors import RKError
 
 # %% auto #0
 __all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'config', 'datasets_list', 'datasets_show',
-           'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'push', 'pull',
-           'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
+           'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'new_report',
+           'open_report', 'push', 'pull', 'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs',
+           'main']
 
 # %% ../nbs/cli.ipynb #f921d409
+# Help as plain text (rich_markup_mode=None): Typer's Rich panels show a flag as `--force <bool>`
+# and `--help <bool>`, and read `[workspace]` in a help text as a style tag
 app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-datasets_app = typer.Typer(help="List, show and validate the workspace's data packages.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+datasets_app = typer.Typer(help="List, show and validate the workspace's data packages.", no_args_is_help=True,
+                           rich_markup_mode=None)
 app.add_typer(datasets_app, name="datasets")
 
 def _console(stderr=False):
@@ -174,16 +178,26 @@ def _short(value) -> str:
     if isinstance(value, float): return f"{value:.4g}"
     return str(value)[:40]
 
+def _key_figures(records: dict) -> str:
+    "The first key figures of a run, as one short line."
+    return ", ".join(f"{k}={_short(v)}" for k, v in list(records.items())[:3] if not isinstance(v, (list, dict)))
+
+def _cached_figures(run) -> str:
+    "The key figures of a cached run, from the manifest of the run it reuses."
+    from research_kit.runner.manifest import ManifestError, read_manifest
+    try: return _key_figures(read_manifest(run.folder).records)
+    except ManifestError: return ""
+
 def _summary(results, settings):
     rows, failed = [], 0
     for run, m in results:
-        if m is None: rows.append((run.report, run.slug, "cached", "", "")); continue
+        if m is None: rows.append((run.report, run.slug, "cached", "", _cached_figures(run))); continue
         if m.shared:  # restored from the shared store in this batch, not executed here
             from research_kit.runner.store import restored_line
             rows.append((run.report, run.slug, "restored", "", restored_line(m))); continue
         failed += m.status != "succeeded"
         detail = (f"cell {m.error['cell']}: {m.error['type']}: {m.error['message'][:80]}" if m.error
-                  else ", ".join(f"{k}={_short(v)}" for k, v in list(m.records.items())[:3] if not isinstance(v, (list, dict))))
+                  else _key_figures(m.records))
         rows.append((run.report, run.slug, m.status, f"{m.duration:.1f}s", detail))
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     _console().print(f"index: {settings.build_dir / 'index.html'}")
@@ -264,6 +278,45 @@ def batch(name: str = typer.Argument(..., help="batch name in reports/batches.ya
     runs = plan_batch(name, s, force=force, only=only, max_runs=max_runs)
     _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=executor, workers=workers, scheduler=scheduler, wait=wait,
                     share=share and not force)
+
+# %% ../nbs/cli.ipynb #f63b8810
+@app.command("new")
+def new_report(name: str = typer.Argument(..., help="the new template's name: a lowercase letter, then lowercase letters, digits or '_'"),
+               title: Optional[str] = typer.Option(None, help="its title (default: made from the name)")):
+    "A new report template, reports/NAME.ipynb, from the skeleton. It has every part of a template, around an example that runs as it is."
+    from research_kit.settings import load_settings
+    from research_kit.runner.scaffold import new_template
+    s = load_settings()
+    path = new_template(name, s.reports_dir, title=title)
+    out = _console()
+    out.print(f"created {path}", markup=False)
+    out.print(f"try it: rk params {name}; rk run {name}", markup=False)
+    out.print("then open it in JupyterLab (rk lab), put your analysis in place of the example, and translate the title and "
+              "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md", markup=False)
+
+@app.command("open")
+def open_report(report: str = typer.Argument(..., help="report template name, or its path"),
+                param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
+                replace: bool = typer.Option(False, "--replace", help="start again from the template, replacing your earlier copy"),
+                browser: bool = typer.Option(True, "--browser/--no-browser",
+                                             help="open the copy in the browser when a JupyterLab serves this workspace")):
+    "Try a template in a copy of your own, parameters injected. The copy is scratch/<you>/REPORT.ipynb, ignored by git; the template stays as it was."
+    from research_kit.settings import load_settings
+    from research_kit.runner.scratch import lab_url, open_copy, running_lab
+    s = load_settings()
+    path = open_copy(report, _given(param), s, replace=replace)
+    out = _console()
+    out.print(f"your copy: {path}", markup=False)
+    server = running_lab(s.root)
+    if server is None:
+        out.print(f"no JupyterLab serves this workspace: start one with `rk lab` and open {path.relative_to(s.root)} in it",
+                  markup=False)
+        return
+    url = lab_url(server, path)
+    out.print(f"JupyterLab: {url}", markup=False)
+    if browser:
+        import webbrowser
+        webbrowser.open(url)
 
 # %% ../nbs/cli.ipynb #114b8ad5
 def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str, every: bool = False) -> list:
@@ -349,7 +402,8 @@ def site(public: Optional[str] = typer.Option(None, "--public", help="write a st
     what = "publishable runs" if public else "runs"
     _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
 
-keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True)
+keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
 
 @keys_app.command("new")

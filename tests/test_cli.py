@@ -20,6 +20,29 @@ def test_help_lists_commands():
         assert command in proc.stdout
 
 
+@pytest.mark.parametrize("command", [["run"], ["batch"], ["open"], ["datasets", "validate"]])
+def test_help_shows_flags_as_flags(command):
+    "A flag takes no value, and --help shows it so: `--dry-run`, `--force / --no-force`, never `--help <bool>`."
+    proc = run_rk(*command, "--help", env={"COLUMNS": "200"}, check=0)
+    assert "<bool>" not in proc.stdout and "bool" not in proc.stdout.lower().replace("boolean", ""), proc.stdout
+    help_line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("--help"))
+    assert help_line.split() == ["--help", "Show", "this", "message", "and", "exit."], help_line
+    if command in (["run"], ["batch"]):
+        assert "--force / --no-force" in proc.stdout
+        assert "([workspace] share)" in proc.stdout  # help text prints as written, square brackets too
+
+
+def test_cached_rows_of_the_summary_show_their_key_figures(report_workspace):
+    "A cached run's row shows the key figures its manifest recorded, as an executed run's row does."
+    root, _, env = report_workspace
+    first = run_rk("run", "tiny", cwd=root, env=env, check=0)
+    row = next(l for l in first.stdout.splitlines() if "succeeded" in l)
+    assert "n_people=3" in row, first.stdout
+    again = run_rk("run", "tiny", cwd=root, env=env, check=0)
+    row = next(l for l in again.stdout.splitlines() if "cached" in l)
+    assert "n_people=3" in row and "n=1" in row, again.stdout
+
+
 def test_config_from_a_subfolder_with_override():
     proc = run_rk("config", cwd=ROOT / "nbs" / "data", env=clean_env(RK_PRIVACY_THRESHOLD="7"), check=0)
     assert f"workspace: {ROOT}" in proc.stdout
