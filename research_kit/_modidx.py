@@ -882,6 +882,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'research_kit/runner/audit.py'),
                                            'research_kit.runner.audit._check_output': ( 'runner/audit.html#_check_output',
                                                                                         'research_kit/runner/audit.py'),
+                                           'research_kit.runner.audit._check_pattern': ( 'runner/audit.html#_check_pattern',
+                                                                                         'research_kit/runner/audit.py'),
                                            'research_kit.runner.audit._check_record': ( 'runner/audit.html#_check_record',
                                                                                         'research_kit/runner/audit.py'),
                                            'research_kit.runner.audit._check_threshold': ( 'runner/audit.html#_check_threshold',
