@@ -407,23 +407,27 @@ def _extremes(A, b, cap):
     return low, high
 
 # %% ../../nbs/analysis/privacy.ipynb #c6a8c9a4
+def _intervals(values, lines, margins):
+    "The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers (inf: unbounded)."
+    import numpy as np
+    cells, A, b = _equations(values, lines, margins)
+    known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
+    low, high = _extremes(A, b, 2 * known + 1)  # no cell bounded by what is shown can exceed the largest shown total
+    lower = np.ceil(low - 1e-6)  # the attacker knows counts are whole numbers
+    return cells, lower, np.where(high > known + 0.5, np.inf, np.floor(high + 1e-6))
+
 def feasible_intervals(shown, count_columns, *, total_row=None, total_column: str | None = None,
                        row_totals=None, column_totals=None):
     "Attack a published table by linear programming: the smallest and largest value each hidden cell can hold."
-    import math, numpy as np, pandas as pd
+    import pandas as pd
     counts, total_i, total_j = _table_shape(shown, count_columns, total_row, total_column)
     values = _count_values(shown, counts)
     rows, cols = list(shown.index), counts
     lines = _lines(values.shape, [i for i in range(len(rows)) if i != total_i],
                    [j for j in range(len(cols)) if j != total_j], total_i, total_j)
     margins = [*_margins(row_totals, rows, "row total"), *_margins(column_totals, cols, "column total")]
-    cells, A, b = _equations(values, lines, margins)
-    known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
-    cap = 2 * known + 1  # no cell bounded by what is shown can exceed the largest shown total
-    low, high = _extremes(A, b, cap)
-    out = [(rows[i], cols[j], float(math.ceil(lo - 1e-6)),  # the attacker knows counts are whole numbers
-            math.inf if hi > known + 0.5 else float(math.floor(hi + 1e-6)))
-           for (i, j), lo, hi in zip(cells, low, high)]
+    cells, lower, upper = _intervals(values, lines, margins)
+    out = [(rows[i], cols[j], lo, hi) for (i, j), lo, hi in zip(cells, lower, upper)]
     return pd.DataFrame(out, columns=["row", "column", "lower", "upper"])
 
 def check_protection(shown, count_columns, k: int, *, p: int | None = None, total_row=None,
@@ -457,24 +461,23 @@ def _known_margins(values, lines, n_rows):
     margins = [np.nan if total is not None or len(parts) < 2 else sum(values[c] for c in parts) for parts, total in lines]
     return margins[:n_rows], margins[n_rows:]
 
-def _proof(shown, counts, values, lines, total_row, total_column, k, p, primary, objective, optimal):
-    "Attack the result by linear programming; return the intervals of the primary cells, after checking every hidden one."
-    rows_known, cols_known = _known_margins(values, lines, len(shown))
-    intervals = check_protection(shown, counts, k, p=p, total_row=total_row, total_column=total_column,
-                                 row_totals=rows_known, column_totals=cols_known)
-    if not intervals["protected"].all():  # the search and this attack model the same relations; never publish if they differ
-        bad = intervals[~intervals["protected"]].iloc[0]
-        raise RuntimeError(f"suppress: the pattern found leaves row {bad['row']!r}, column {bad['column']!r} "
-                           f"within [{bad['lower']:g}, {bad['upper']:g}]; please report this table")
-    index = {label: n for n, label in enumerate(shown.index)}
-    cells = [{"row": _label(r.row), "column": _label(r.column), "lower": int(r.lower),
-              "upper": None if r.upper == float("inf") else int(r.upper)}
-             for r in intervals.itertuples() if primary[index[r.row], counts.index(r.column)]]
+def _proof(rows, counts, values, hidden, lines, total_row, total_column, k, p, primary, objective, optimal):
+    """Attack the table as it will be shown, by linear programming (the attack of `feasible_intervals`, on
+    the arrays); return the intervals of the primary cells, after checking every hidden one."""
+    import numpy as np
+    rows_known, cols_known = _known_margins(values, lines, len(rows))
+    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known])
+    for (i, j), lo, hi in zip(cells, lower, upper):
+        if lo < k and hi - lo < p:  # the search and this attack model the same relations; never publish if they differ
+            raise RuntimeError(f"suppress: the pattern found leaves row {rows[i]!r}, column {counts[j]!r} "
+                               f"within [{lo:g}, {hi:g}]; please report this table")
+    cells = [{"row": _label(rows[i]), "column": _label(counts[j]), "lower": int(lo), "upper": None if hi == np.inf else int(hi)}
+             for (i, j), lo, hi in zip(cells, lower, upper) if primary[i, j]]
     whole = lambda margins: [None if x != x else int(x) for x in margins]  # NaN: not assumed known
     return {"k": k, "p": p, "objective": objective, "optimal": bool(optimal), "cells": cells,
             # what the attack assumed, so that the table as published can be attacked again (`published_pattern`)
             "counts": [_label(c) for c in counts], "total_row": _label(total_row), "total_column": _label(total_column),
-            "index": [_label(i) for i in shown.index], "row_totals": whole(rows_known), "column_totals": whole(cols_known)}
+            "index": [_label(i) for i in rows], "row_totals": whole(rows_known), "column_totals": whole(cols_known)}
 
 def _total_cells(shape, total_i, total_j):
     "The cells of the total row and column, flattened."
@@ -534,7 +537,7 @@ def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns
     shown = table.copy()
     for col in counts: shown[col] = shown[col].astype("Int64").mask(flags[col])
     for col in rates: shown[col] = shown[col].astype("Float64").mask(flags[col])
-    proof = _proof(shown, counts, values, lines, total_row, total_column, k, p,
+    proof = _proof(rows, counts, values, hidden.reshape(values.shape), lines, total_row, total_column, k, p,
                    primary.reshape(values.shape), objective, optimal)
     masked = flags[[c for c in table.columns if c in flags.columns]]
     shown.attrs["protection"] = masked.attrs["protection"] = proof
