@@ -303,8 +303,9 @@ def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
         if not new: return hidden, optimal
         cuts += new
         strikes.update(cell for *_, cell in new)
-        stubborn = sorted((c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c])
-        flows += stubborn[:max(most_flows - len(flows), 0)]  # flows written in full make the model large: the most stubborn first
+        if stalled:  # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole (they make the model large)
+            stubborn = sorted((c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c])
+            flows += stubborn[:max(most_flows - len(flows), 0)]
         if (left := deadline - time.monotonic()) <= 0: break
         found, status = _solve_pattern(weights, primary, never, cuts, flows, net, a, p, left, models)
         if found is None: break
