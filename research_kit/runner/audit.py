@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from ..errors import RKError
 from ..identifiers import find_iins, find_pseudonyms
-from .record import MIMETYPE, VETTED, integers, output_digest
+from .record import MIMETYPE, PATTERN, VETTED, integers, output_digest
 from ..files import sha256_file
 from .manifest import Manifest, read_manifest, write_manifest
 
@@ -20,7 +20,7 @@ __all__ = ['AUDIT_RULES', 'KINDS', 'MANIFEST_FIELDS', 'mask', 'Finding', 'AuditR
            'mark_publishable', 'audit_unless_current']
 
 # %% ../../nbs/runner/audit.ipynb #2b646632
-AUDIT_RULES = 2  # raised whenever the rules change, so verdicts made under older rules are made again
+AUDIT_RULES = 3  # raised whenever the rules change, so verdicts made under older rules are made again
 
 # %% ../../nbs/runner/audit.ipynb #3e95c3b4
 KINDS = {  # kind: how the summary names it
@@ -29,6 +29,7 @@ KINDS = {  # kind: how the summary names it
     "small_count": "small count",  # a count below the threshold in an output marked as vetted
     "altered": "altered output",  # changed after the run wrote it (a vetted output's hash, report.html's sha256)
     "low_threshold": "output vetted below the threshold",
+    "unprotected": "unprotected count",  # a masked count of a vetted table that an attacker can narrow down (LP attack)
 }
 
 def mask(value: str, keep_start: int, keep_end: int = 0) -> str:
@@ -164,6 +165,22 @@ def _cell_label(i: int, cell: dict) -> str:
     count = cell.get("execution_count")
     return f"cell {i}" + (f" [{count}]" if isinstance(count, int) else "")
 
+def _check_pattern(output: dict, where: str, found: _Findings, threshold: int) -> None:
+    "A vetted table's suppression pattern, attacked again by linear programming: each count it leaves exposed is a finding."
+    pattern = output.get("data", {}).get(PATTERN)
+    if pattern is None: return
+    from research_kit.analysis.privacy import check_published
+    p = -(-threshold // 2)
+    try: attack = check_published(pattern, k=threshold, p=p)
+    except RKError as e:
+        found.add("report.ipynb", where, "unprotected", f"its suppression pattern cannot be checked ({e})")
+        return
+    p = max(p, pattern.get("p", 0))
+    for cell in attack[~attack["protected"]].itertuples():
+        row, column = (repr(x) if found.clean(str(x)) else "(an identifier)" for x in (cell.row, cell.column))
+        found.add("report.ipynb", where, "unprotected", f"row {row}, column {column}: a masked count that can be "
+                  f"narrowed to a range narrower than {p} from what the table shows")
+
 def _check_record(payload: dict, output: dict, where: str, found: _Findings, threshold: int) -> None:
     file, name, value = "report.ipynb", str(payload["name"]), payload.get("value")
     location = f"{where} record {name!r}"
@@ -172,6 +189,7 @@ def _check_record(payload: dict, output: dict, where: str, found: _Findings, thr
         k = output["metadata"][VETTED]["threshold"]
         for at, n in _whole_numbers(value, strings=False):  # labels such as a programme code are not counts
             if 0 < n < k: found.add(file, location, "small_count", f"{at or 'value'} = {n} (below {k})"); return
+        _check_pattern(output, location, found, threshold)
         return
     numbers = list(_whole_numbers(value))
     if numbers:
@@ -184,6 +202,7 @@ def _check_output(output: dict, where: str, found: _Findings, threshold: int) ->
     if payload is not None: return _check_record(payload, output, where, found, threshold)
     if _is_vetted(output):
         if problem := _vetting_problem(output, threshold): found.add("report.ipynb", where, *problem)
+        else: _check_pattern(output, where, found, threshold)
     elif detail := _unvetted_output(output, found): found.add("report.ipynb", where, "unvetted", detail)
 
 def _scan_notebook(nb: dict, found: _Findings, threshold: int | None) -> None:
