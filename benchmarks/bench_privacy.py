@@ -20,6 +20,7 @@ Usage: python benchmarks/bench_privacy.py [--tables N] [--repeat R] [--build DIR
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,9 +198,11 @@ def main():
 
     if args.no_batch: return
     build, batch_seconds = public_build(args.build)
-    runs, patterns, with_lp, without = audit_times(build, args.repeat)
-    made = f"rk batch public took {batch_seconds:.0f} s; " if batch_seconds else ""
-    print(f"\n4. audit of the public batch ({runs} runs, {patterns} with vetted tables to attack; {made}build {build}):")
+    try: runs, patterns, with_lp, without = audit_times(build, args.repeat)
+    finally:
+        if batch_seconds is not None: shutil.rmtree(build)  # the build this script made
+    made = f"; rk batch public took {batch_seconds:.0f} s" if batch_seconds else ""
+    print(f"\n4. audit of the public batch ({runs} runs, {patterns} with vetted tables to attack{made}):")
     print(f"   with the LP check {with_lp:.3f} s; without {without:.3f} s (ratio {with_lp / without:.2f}, "
           f"+{(with_lp - without) / runs * 1e3:.0f} ms per run)")
 
