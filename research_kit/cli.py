@@ -11,13 +11,17 @@ from .errors import RKError
 
 # %% auto #0
 __all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'config', 'datasets_list', 'datasets_show',
-           'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'push', 'pull',
-           'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
+           'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'new_report',
+           'open_report', 'push', 'pull', 'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs',
+           'main']
 
 # %% ../nbs/cli.ipynb #f921d409
+# Help as plain text (rich_markup_mode=None): Typer's Rich panels show a flag as `--force <bool>`
+# and `--help <bool>`, and read `[workspace]` in a help text as a style tag
 app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-datasets_app = typer.Typer(help="List, show and validate the workspace's data packages.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+datasets_app = typer.Typer(help="List, show and validate the workspace's data packages.", no_args_is_help=True,
+                           rich_markup_mode=None)
 app.add_typer(datasets_app, name="datasets")
 
 def _console(stderr=False):
@@ -39,14 +43,15 @@ def _table(title, columns, rows):
 # %% ../nbs/cli.ipynb #0b59cdae
 @app.command()
 def config():
-    "Print the effective settings and where each value came from."
+    "Print the effective settings, the layer each value came from (default, user, workspace, environment) and its file or variable."
     from research_kit.settings import load_settings
-    from research_kit.runner.params import check_institution_setting
+    from research_kit.data.codes import check_institution_setting
     s = load_settings()
     check_institution_setting(s)
     _console().print(f"workspace: {s.root}")
-    _console().print(_table(None, ["section", "key", "value", "source"],
-                            [(v.section, v.key, v.value, v.source) for v in s.table()]))
+    _console().print(_table(None, ["section", "key", "value", "layer", "source"],
+                            [(v.section, v.key, v.value, v.layer, s.source_of(v.section, v.key)) for v in s.table()]))
+    if s.below_policy(): _console().print(f"note: {s.below_policy()}")
 
 # %% ../nbs/cli.ipynb #31cbb144
 def _size(n):
@@ -156,7 +161,7 @@ def params(report: str = typer.Argument(..., help="report template name, or its 
     template = find_template(report, load_settings().reports_dir)
     ps = template_parameters(template)
     _console().print(_table(f"parameters of {template.stem}", ["name", "type", "default", "choices", "help"],
-                            [(p.name, p.type, repr(p.default), ", ".join(map(str, p.choices or ())), p.help) for p in ps.values()]))
+                            [(p.name, p.type, repr(p.default), ", ".join(map(str, p.allowed() or ())), p.help) for p in ps.values()]))
 
 # %% ../nbs/cli.ipynb #bd81e632
 def _given(pairs: list[str]) -> dict:
@@ -173,27 +178,36 @@ def _short(value) -> str:
     if isinstance(value, float): return f"{value:.4g}"
     return str(value)[:40]
 
+def _key_figures(records: dict) -> str:
+    "The first key figures of a run, as one short line."
+    return ", ".join(f"{k}={_short(v)}" for k, v in list(records.items())[:3] if not isinstance(v, (list, dict)))
+
+def _cached_figures(run) -> str:
+    "The key figures of a cached run, from the manifest of the run it reuses."
+    from research_kit.runner.manifest import ManifestError, read_manifest
+    try: return _key_figures(read_manifest(run.folder).records)
+    except ManifestError: return ""
+
 def _summary(results, settings):
     rows, failed = [], 0
     for run, m in results:
-        if m is None: rows.append((run.report, run.slug, "cached", "", "")); continue
-        if m.get("shared"):  # restored from the shared store in this batch, not executed here
+        if m is None: rows.append((run.report, run.slug, "cached", "", _cached_figures(run))); continue
+        if m.shared:  # restored from the shared store in this batch, not executed here
             from research_kit.runner.store import restored_line
             rows.append((run.report, run.slug, "restored", "", restored_line(m))); continue
-        failed += m["status"] != "succeeded"
-        detail = (f"cell {m['error']['cell']}: {m['error']['type']}: {m['error']['message'][:80]}" if m["error"]
-                  else ", ".join(f"{k}={_short(v)}" for k, v in list(m["records"].items())[:3] if not isinstance(v, (list, dict))))
-        rows.append((run.report, run.slug, m["status"], f"{m['duration']:.1f}s", detail))
+        failed += m.status != "succeeded"
+        detail = (f"cell {m.error['cell']}: {m.error['type']}: {m.error['message'][:80]}" if m.error
+                  else _key_figures(m.records))
+        rows.append((run.report, run.slug, m.status, f"{m.duration:.1f}s", detail))
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     for run, m in results:  # a run that read what no cache key covers is never reused silently
-        unkeyed = [w.removeprefix("not keyed: ") for w in run.why if w.startswith("not keyed: ")]
-        if m is not None and not m.get("shared") and unkeyed:
-            _console().print(f"ran again: {run.name}: {'; '.join(unkeyed)}", markup=False)
+        if m is not None and not m.shared and run.unkeyed:
+            _console().print(f"ran again: {run.name}: {'; '.join(run.unkeyed)}", markup=False)
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
     blocked = unpublishable(results)
     for run, m in blocked:
-        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.get('audit_reasons', []))}", markup=False)
+        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}", markup=False)
     if failed: _console(stderr=True).print(f"error: {failed} report{'s' if failed != 1 else ''} failed")
     if blocked: _console(stderr=True).print(f"error: {len(blocked)} public report{'s' if len(blocked) != 1 else ''} failed the disclosure audit")
     if failed or blocked: raise typer.Exit(1)
@@ -208,7 +222,7 @@ def _progress(total: int, cached: int):
     task = bar.add_task("reports", total=total, completed=cached, failed=0, cached=cached)
     failed = [0]
     def update(run, manifest):
-        failed[0] += manifest["status"] != "succeeded"
+        failed[0] += manifest.status != "succeeded"
         bar.update(task, advance=1, failed=failed[0])
     return bar, update
 
@@ -268,21 +282,65 @@ def batch(name: str = typer.Argument(..., help="batch name in reports/batches.ya
     _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=executor, workers=workers, scheduler=scheduler, wait=wait,
                     share=share and not force)
 
+# %% ../nbs/cli.ipynb #f63b8810
+@app.command("new")
+def new_report(name: str = typer.Argument(..., help="the new template's name: a lowercase letter, then lowercase letters, digits or '_'"),
+               title: Optional[str] = typer.Option(None, help="its title (default: made from the name)")):
+    "A new report template, reports/NAME.ipynb, from the skeleton. It has every part of a template, around an example that runs as it is."
+    from research_kit.settings import load_settings
+    from research_kit.runner.scaffold import new_template
+    s = load_settings()
+    path = new_template(name, s.reports_dir, title=title)
+    out = _console()
+    out.print(f"created {path}", markup=False)
+    out.print(f"try it: rk params {name}; rk run {name}", markup=False)
+    out.print("then open it in JupyterLab (rk lab), put your analysis in place of the example, and translate the title and "
+              "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md", markup=False)
+
+@app.command("open")
+def open_report(report: str = typer.Argument(..., help="report template name, or its path"),
+                param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
+                replace: bool = typer.Option(False, "--replace", help="start again from the template, replacing your earlier copy"),
+                browser: bool = typer.Option(True, "--browser/--no-browser",
+                                             help="open the copy in the browser when a JupyterLab serves this workspace")):
+    "Try a template in a copy of your own, parameters injected. The copy is scratch/<you>/REPORT.ipynb, ignored by git; the template stays as it was."
+    from research_kit.settings import load_settings
+    from research_kit.runner.scratch import lab_url, open_copy, running_lab
+    s = load_settings()
+    path = open_copy(report, _given(param), s, replace=replace)
+    out = _console()
+    out.print(f"your copy: {path}", markup=False)
+    server = running_lab(s.root)
+    if server is None:
+        out.print(f"no JupyterLab serves this workspace: start one with `rk lab` and open {path.relative_to(s.root)} in it",
+                  markup=False)
+        return
+    url = lab_url(server, path)
+    out.print(f"JupyterLab: {url}", markup=False)
+    if browser:
+        import webbrowser
+        webbrowser.open(url)
+
 # %% ../nbs/cli.ipynb #114b8ad5
-def _run_folders(settings, run_dir, batch) -> list:
-    "The finished run folders a command acts on: one folder, a batch's, or every one in the build folder."
+def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str, every: bool = False) -> list:
+    "The finished run folders a command acts on: the run folder given, the finished runs of --batch NAME, or (`every`) all of them."
     from pathlib import Path
+    from research_kit.runner.manifest import MANIFEST, run_folders
     if run_dir and batch: raise RKError("give a run folder or --batch NAME, not both")
     if run_dir:
         folder = Path(run_dir).resolve()
-        if not (folder / "manifest.json").is_file():
-            raise RKError(f"{folder} holds no manifest.json; give a run folder such as reports/_build/REPORT/PARAMETERS")
+        if not (folder / MANIFEST).is_file():
+            raise RKError(f"{folder} holds no {MANIFEST}; give a run folder such as reports/_build/REPORT/PARAMETERS")
         return [folder]
+    if not batch and not every: raise RKError("give a run folder or --batch NAME (one of them)")
     if batch:
         from research_kit.runner.batch import plan_batch
-        return [r.folder for r in plan_batch(batch, settings) if (r.folder / "manifest.json").is_file()]
-    return sorted(p.parent for p in settings.build_dir.glob("*/*/manifest.json")
-                  if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith("."))
+        folders = [r.folder for r in plan_batch(batch, settings) if (r.folder / MANIFEST).is_file()]
+        if not folders: raise RKError(f"batch {batch!r} has no finished runs to {verb}; run it first")
+        return folders
+    folders = run_folders(settings.build_dir)
+    if not folders: raise RKError(f"no finished runs to {verb}; run them first")
+    return folders
 
 @app.command()
 def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (default: every run in the build folder)"),
@@ -291,8 +349,7 @@ def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (defau
     from research_kit.settings import load_settings
     from research_kit.runner.store import push as push_runs
     s = load_settings()
-    folders = _run_folders(s, run_dir, batch)
-    if not folders: raise RKError(f"no finished runs to push{f' in batch {batch!r}' if batch else ''}; run them first")
+    folders = _run_folders(s, run_dir, batch, verb="push", every=True)
     results = push_runs(folders, s)
     _console().print(_table(f"pushed to {s.share}", ["run", "outcome", "why"],
                             [(r.run, r.outcome, r.reason) for r in results]))
@@ -348,7 +405,8 @@ def site(public: Optional[str] = typer.Option(None, "--public", help="write a st
     what = "publishable runs" if public else "runs"
     _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
 
-keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True)
+keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
 
 @keys_app.command("new")
@@ -368,16 +426,10 @@ def verify(run_dir: Optional[str] = typer.Argument(None, help="a run folder, e.g
            batch: Optional[str] = typer.Option(None, "--batch", help="verify every finished run of this batch"),
            engine: Optional[str] = typer.Option(None, help="re-run with this engine (default: the one each run used)")):
     "Re-execute finished runs and compare records and outputs; exit 1 on any difference."
-    from pathlib import Path
     from research_kit.settings import load_settings
     from research_kit.runner.verify import verify_runs
     s = load_settings()
-    if bool(run_dir) == bool(batch): raise RKError("give a run folder or --batch NAME (one of them)")
-    if batch:
-        from research_kit.runner.batch import plan_batch
-        folders = [r.folder for r in plan_batch(batch, s) if (r.folder / "manifest.json").exists()]
-        if not folders: raise RKError(f"batch {batch!r} has no finished runs to verify; run it first")
-    else: folders = [Path(run_dir).resolve()]
+    folders = _run_folders(s, run_dir, batch, verb="verify")
     diffs = verify_runs(folders, s, engine=engine)
     if not diffs:
         _console().print(f"verified {len(folders)} run{'s' if len(folders) != 1 else ''}: records and outputs identical")
@@ -408,18 +460,12 @@ def audit(run_dir: Optional[str] = typer.Argument(None, help="a run folder under
           batch: Optional[str] = typer.Option(None, "--batch", help="audit every finished run of this batch"),
           wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
     "Check finished runs are safe to publish; exit 1 if a public-audience run is not."
-    from pathlib import Path
     from research_kit.settings import load_settings
     from research_kit.runner.audit import audit_runs, mark_publishable
     from research_kit.runner.runs import build_lock
     from research_kit.runner.site import build_index
     s = load_settings()
-    if bool(run_dir) == bool(batch): raise RKError("give a run folder or --batch NAME (one of them)")
-    if batch:
-        from research_kit.runner.batch import plan_batch
-        folders = [r.folder for r in plan_batch(batch, s) if (r.folder / "manifest.json").is_file()]
-        if not folders: raise RKError(f"batch {batch!r} has no finished runs to audit; run it first")
-    else: folders = [Path(run_dir).resolve()]
+    folders = _run_folders(s, run_dir, batch, verb="audit")
     with build_lock(s.build_dir, wait=wait):
         results = audit_runs(folders, threshold=s.threshold, policy=s.threshold_policy)
         for folder, r in results.items(): mark_publishable(folder, r)

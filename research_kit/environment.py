@@ -82,7 +82,7 @@ def _packages_valid():
     return True, f"{len(results) - skipped} resources valid" + (f", {skipped} restricted to other institutions skipped" if skipped else "")
 
 def _institution():
-    from research_kit.runner.params import check_institution_setting
+    from research_kit.data.codes import check_institution_setting
     from research_kit.settings import load_settings
     check_institution_setting()
     code = load_settings().institution
@@ -102,7 +102,7 @@ def doctor(root: Path | None = None) -> list[Check]:
     checks.append(_check("data root reachable", _data_root, "check [workspace] data in settings.ini or RK_WORKSPACE_DATA"))
     if checks[-1].ok:
         checks.append(_check("data packages valid", _packages_valid, "run `rk datasets validate` for the full list of failures"))
-        checks.append(_check("institution", _institution, "set [workspace] institution in settings.ini, or RK_WORKSPACE_INSTITUTION, "
+        checks.append(_check("institution", _institution, "set [workspace] institution in your own settings file (rk config shows where), or RK_WORKSPACE_INSTITUTION, "
                              "to a code of consortium/institutions"))
     return checks
 

@@ -125,6 +125,11 @@ TEMPLATE_MESSAGES = (
     N_("{n} students with a known outcome"),
     N_("Calibration"),
     N_("Risk band"),
+    N_("{known} students with a known outcome, {dropped} of them dropped out ({share}); {enrolled} still enrolled are left out"),
+    N_("under {share}"),
+    N_("{share} or more"),
+    N_("Effect of class type against a regular class, {grade} ({n} pupils)"),
+    N_("Years of education: coefficients, {region} ({n} students)"),
 )
 
 # %% ../nbs/i18n.ipynb #efe46fb6

@@ -1,8 +1,11 @@
 """Shared helpers for the pytest suite: the real `rk` command, throwaway workspaces, small data packages."""
+import atexit
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RK = Path(sys.executable).parent / "rk"
+
+# The suite never reads the own settings file of whoever runs it (~/.config/research_kit/settings.ini,
+# which may name an institution or a threshold): its configuration folder is an empty one of its own.
+_CONFIG = tempfile.mkdtemp(prefix="rk-tests-config-")
+os.environ["XDG_CONFIG_HOME"] = _CONFIG
+os.environ.pop("RK_USER_SETTINGS", None)
+atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 
 
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
@@ -71,10 +81,8 @@ def mini_descriptor() -> dict:
         ]}
 
 
-@pytest.fixture
-def workspace(tmp_path):
-    """A throwaway workspace with one valid package `mini`; returns (root, descriptor, env)."""
-    root = tmp_path / "ws"
+def build_workspace(root: Path):
+    """Write a throwaway workspace at `root` with one valid package `mini`; returns (root, descriptor, env)."""
     pkg = root / "datasets" / "mini"
     pkg.mkdir(parents=True)
     (root / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = .cache\n")
@@ -84,6 +92,12 @@ def workspace(tmp_path):
     save(pkg, d)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
     return root, d, env
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A throwaway workspace with one valid package `mini`; returns (root, descriptor, env)."""
+    return build_workspace(tmp_path / "ws")
 
 
 def make_template(path: Path, params_source: str, *code_cells: str) -> Path:
@@ -107,10 +121,9 @@ TINY_CODE = ("import research_kit as rk\npeople = rk.load('mini', 'people')\n"
              "print('people:', len(people))")
 
 
-@pytest.fixture
-def report_workspace(workspace):
-    """The `mini` workspace plus report templates and batches; returns (root, descriptor, env)."""
-    root, d, env = workspace
+def build_report_workspace(root: Path):
+    """The `mini` workspace at `root` plus report templates and batches; returns (root, descriptor, env)."""
+    root, d, env = build_workspace(root)
     reports = root / "reports"
     make_template(reports / "tiny.ipynb", TINY_PARAMS, TINY_CODE)
     make_template(reports / "flaky.ipynb", "n: int = 1", "import research_kit as rk\nrk.record('n', n)",
@@ -122,6 +135,12 @@ def report_workspace(workspace):
         "  - report: flaky\n    parameters: [{n: 1}, {n: 2}, {n: 3}]\n"
         "  - report: other\n    parameters: [{k: 5}]\n")
     return root, d, env
+
+
+@pytest.fixture
+def report_workspace(tmp_path):
+    """The `mini` workspace plus report templates and batches; returns (root, descriptor, env)."""
+    return build_report_workspace(tmp_path / "ws")
 
 
 # ---- the suite's tally: bad inputs tried, faults injected, runs checked, files lost or corrupted ----

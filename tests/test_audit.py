@@ -31,8 +31,19 @@ LEAKS = {
     "pseudonym_separators": "print('top student: S-' + '1A2B-3C4D')",
     "iin_space": "print('id ' + IIN[:6] + ' ' + IIN[6:])",
     "iin_dash": "print('id ' + IIN[:6] + '-' + IIN[6:])",
+    # suppress's table with the partners of its small count shown again by hand: no small number shows,
+    # so rk.show lets it through, but the count is its row's total minus the rest
+    "weak_pattern": ("from research_kit.analysis.privacy import suppress\n"
+                     "t = pd.DataFrame({'a': [4, 30], 'b': [40, 50]}, index=['x', 'y'])\n"
+                     "t = t.assign(total=t.sum(axis=1))\n"
+                     "t.loc['all'] = t.sum()\n"
+                     "shown, masked = suppress(t, ['a', 'b'], 10, total_row='all', total_column='total')\n"
+                     "for (row, column), hidden in masked.stack().items():\n"
+                     "    if hidden and (row, column) != ('x', 'a'): shown.loc[row, column] = t.loc[row, column]\n"
+                     "rk.show(shown)"),
 }
-KIND = {"pseudonym_case": "pseudonym", "pseudonym_separators": "pseudonym", "iin_space": "iin", "iin_dash": "iin"}
+KIND = {"pseudonym_case": "pseudonym", "pseudonym_separators": "pseudonym", "iin_space": "iin", "iin_dash": "iin",
+        "weak_pattern": "unprotected"}
 # The same report done right: a suppressed table and a text through rk.show, a count suppressed
 # before it is recorded, a rate recorded as it is.
 CLEAN = ("from research_kit.analysis.privacy import suppress, suppress_count\n"
@@ -103,6 +114,19 @@ def test_every_leak_fails_the_audit(audited, leak, tally):
     assert "1a2b3c4d" not in shown and "3c4d" not in shown and IIN[6:] not in shown
 
 
+def test_a_weak_suppression_pattern_fails_the_audit_naming_the_cell(audited, tally):
+    "The audit attacks every vetted table again by linear programming: the count rk.show could not see is named."
+    tally.bad_inputs += 1
+    root, env, proc, build, m = audited
+    entry = m["audience=public,leak=weak_pattern"]
+    assert entry["status"] == "succeeded", entry["error"]
+    found = [a for a in entry["audit"] if a["kind"] == "unprotected"]
+    assert [(a["location"].split()[0], a["detail"].split(":")[0]) for a in found] == [("cell", "row 'x', column 'a'")], entry["audit"]
+    assert " 4" not in found[0]["detail"]  # the count itself is never written down
+    proc = run_rk("audit", build / "audience=public,leak=weak_pattern", cwd=root, env=env, check=1)
+    assert "not publishable: 1 unprotected count found" in proc.stdout and "row 'x', column 'a'" in proc.stdout, proc.stdout
+
+
 def test_the_batch_and_the_index_say_not_publishable(audited):
     root, env, proc, build, m = audited
     assert proc.returncode == 1 and f"{len(LEAKS)} public reports failed the disclosure audit" in proc.stderr, proc.stderr
@@ -133,3 +157,27 @@ def test_a_threshold_below_the_policy_is_not_publishable(audited, tally):
     # the policy's own value (or a higher one) audits as before
     proc = run_rk("audit", run, cwd=root, env={**env, "RK_PRIVACY_THRESHOLD": "10"}, check=0)
     assert json.loads((run / "manifest.json").read_text())["publishable"] is True
+
+
+def test_own_settings_cannot_lower_the_policy(audited, tmp_path, tally):
+    """A threshold in the researcher's own settings file is overridden by settings.ini's; where settings.ini
+    sets none, one below the default policy is a local override, like RK_PRIVACY_THRESHOLD."""
+    tally.bad_inputs += 1
+    root, env, proc, build, m = audited
+    run = build / "audience=public,leak=rates_only"
+    own = tmp_path / "research_kit" / "settings.ini"
+    own.parent.mkdir()
+    own.write_text("[privacy]\nthreshold = 1\n")
+    with_own = {**env, "XDG_CONFIG_HOME": str(tmp_path)}
+    run_rk("audit", run, cwd=root, env=with_own, check=0)  # settings.ini says 10: the user's 1 is not used
+    assert json.loads((run / "manifest.json").read_text())["audit_threshold"] == 10
+    workspace_file = root / "settings.ini"
+    committed = workspace_file.read_text()
+    workspace_file.write_text("[workspace]\ndata = datasets\ncache = .cache\n")  # the policy is then the default, 10
+    try:
+        proc = run_rk("audit", run, cwd=root, env=with_own)
+        assert proc.returncode == 1, proc.stdout
+        assert "not publishable: threshold 1 is below the workspace's policy (10, settings.ini)" in proc.stdout
+        run_rk("audit", run, cwd=root, env=env, check=0)  # without the user's file: publishable again
+    finally:
+        workspace_file.write_text(committed)

@@ -25,7 +25,8 @@ CODE = (  # a public run may show counts only through the library's vetted path 
     "def helper_function_of_the_template(x): return x\n"
     "people = rk.load('mini', 'people')\n"
     "print('a warning only researchers should see', file=sys.stderr)\n"
-    "print('Мектеп бітірушілерге арналған есеп — Қазақ тілі: ә ғ қ ң ө ұ ү һ і')\n"
+    "print('printed only for researchers')\n"
+    "rk.show('Мектеп бітірушілерге арналған есеп — Қазақ тілі: ә ғ қ ң ө ұ ү һ і')\n"
     "table = pd.DataFrame({'institution': ['ATK', 'KITIG'], 'students': [120, 45]})\n"
     "shown, _ = suppress(table, ['students'], 10)\n"
     "rk.record('students', suppress_count(int(table.students.sum()), 10))\n"
@@ -80,12 +81,13 @@ def test_reader_document_has_no_code_and_says_where_it_came_from(browser, docs_r
     assert page.locator("html").get_attribute("lang") == "kk"
     text = page.locator("body").inner_text()
     for gone in ("helper_function_of_the_template", "institution: str", 'institution = "KITIG"', "rk.load",
-                 "a warning only researchers should see", "In [", "Out["):
+                 "a warning only researchers should see", "printed only for researchers", "In [", "Out["):
         assert gone not in text, gone
     assert page.locator(".input, .input_area, .jp-InputArea, .prompt:visible").count() == 0
     assert "<NA>" not in text and "NaN" not in text
     assert KAZAKH_WORD in text and page.locator("table.dataframe").count() == 1 and page.locator("img").count() == 1
     assert page.locator("img").first.get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator("img").first.get_attribute("alt") == "ATK; KITIG"  # the figure's own words, for who cannot see it
     assert page.locator(".rk-record[data-name='students']").count() == 1
     footer = page.locator("footer.rk-provenance").inner_text()
     [data] = m["inputs"]
@@ -103,6 +105,7 @@ def test_reader_document_has_no_code_and_says_where_it_came_from(browser, docs_r
     page.close()
     notebook = (folder / "notebook.html").read_text()
     assert "helper_function_of_the_template" in notebook and "a warning only researchers should see" in notebook
+    assert "printed only for researchers" in notebook
 
 
 @pytest.mark.skipif(not shutil.which("pdftotext"), reason="pdftotext (poppler-utils) is needed: .ci/run installs it")

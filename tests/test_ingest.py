@@ -377,11 +377,20 @@ def test_crash_between_data_and_descriptor_is_detected_and_recoverable(ws, tmp_p
 
 
 def test_root_argument_points_at_another_data_root(ws, tmp_path, monkeypatch):
+    """`root=` is handed to the data layer: the process's environment (which other threads read) never changes."""
+    import os
+    from research_kit.data import descriptor
     root, pkg, mapping = ws
     monkeypatch.setenv("RK_WORKSPACE_DATA", str(tmp_path / "elsewhere"))
+    seen, write = [], descriptor.write_descriptor
+    def watching(*args, **kw):  # the ingest's last step: what did the environment say while it ran?
+        seen.append(os.environ["RK_WORKSPACE_DATA"])
+        return write(*args, **kw)
+    monkeypatch.setattr(descriptor, "write_descriptor", watching)
     result = run(write_export(tmp_path / "export", GOOD), mapping, root=str(pkg.parent))
     assert result.rows_added == 3 and result.rows_total == 43
-    assert __import__("os").environ["RK_WORKSPACE_DATA"] == str(tmp_path / "elsewhere")  # restored
+    assert seen == [str(tmp_path / "elsewhere")]
+    assert os.environ["RK_WORKSPACE_DATA"] == str(tmp_path / "elsewhere")
 
 
 # the command line -------------------------------------------------------------------------------

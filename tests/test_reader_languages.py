@@ -68,3 +68,112 @@ def test_kazakh_pdf_carries_the_kazakh_words(profiles):
     text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(folder / "report.pdf"), "-"], capture_output=True, text=True,
                           check=True).stdout
     assert "Қонақ үй қызметі" in text and "көрсеткіштер" in text
+
+
+# ---- every shipped template, in Kazakh and in Russian: nothing left in English, no raw code ----
+
+TEMPLATES = sorted(p.stem for p in (ROOT / "reports").glob("*.ipynb"))
+PROPER_NAMES = ("High School and Beyond", "Rouse", "Stock & Watson")  # cited sources keep their own names
+PSEUDONYM = re.compile(r"\bS-[0-9A-F]{8}\b")  # research_kit.identifiers' student pseudonyms
+CODES = {  # what a reader must never see raw
+    "column or code with an underscore": re.compile(r"\b[A-Za-z][A-Za-z0-9]*_\w+"),
+    "programme code": re.compile(r"\b[A-Z]+(?:-[A-Z]+)*-\d+\b"),
+    "model term": re.compile(r"\w+\[[^\]\s]+\]"),
+    "English word": re.compile(r"(?<![\w-])[a-z]{2,}\b"),  # Latin lower case: an English word or a code, never Kazakh or Russian
+    "English name": re.compile(r"(?<![\w-])[A-Z][a-z]+\b"),  # capitalised Latin: only the proper names above may stay
+}
+
+
+class ReaderText:
+    "What a reader of a page sees or hears: its text and the images' alternative text, without the provenance footer."
+    def __init__(self, page: str):
+        from html.parser import HTMLParser
+        self.parts, self.cells, hidden = [], [], []
+        parser = HTMLParser()
+        def start(tag, attrs):
+            if tag in ("footer", "style", "script"): hidden.append(tag)
+            if tag == "td": self.cells.append("")
+            self.parts += [v for k, v in attrs if k == "alt" and v and not hidden]
+        def data(text):
+            if hidden: return
+            self.parts.append(text)
+            if self.cells: self.cells[-1] += text
+        parser.handle_starttag = start
+        parser.handle_endtag = lambda tag: hidden.pop() if tag in ("footer", "style", "script") and hidden else None
+        parser.handle_data = data
+        parser.feed(page)
+        self.text = " ".join(self.parts)
+
+
+def english_messages() -> list[tuple[str, re.Pattern]]:
+    "Each catalog message whose Kazakh and Russian differ from the English, as a pattern (placeholders match anything)."
+    from babel.messages.pofile import read_po
+    catalogs = {}
+    for lang in ("kk", "ru"):
+        with open(ROOT / "locales" / lang / "LC_MESSAGES" / "research_kit.po", "rb") as f:
+            catalogs[lang] = {m.id: m.string for m in read_po(f) if m.id}
+    out = []
+    for message in catalogs["kk"]:
+        if any(message in catalogs[lang].get(message, "") for lang in catalogs): continue  # "ROC AUC" stays inside its translation
+        parts = [re.escape(p) for p in re.split(r"\{\w*\}", message)]
+        out.append((message, re.compile(r"(?<![\w-])" + r".+?".join(parts) + r"(?![\w-])")))
+    return out
+
+
+def untranslated(page: str) -> list[str]:
+    "Catalog messages left in English, and raw codes, in a Kazakh or Russian reader document."
+    seen = ReaderText(page)
+    text = " ".join(seen.text.split())  # prose wraps lines anywhere, names too
+    found = [f"catalog message {message!r}" for message, pattern in english_messages() if pattern.search(text)]
+    for name in PROPER_NAMES: text = text.replace(name, " ")
+    text = PSEUDONYM.sub(" ", text)  # the consortium's list of students at risk names them by pseudonym, on purpose
+    found += [f"{kind} {m.group()!r}" for kind, pattern in CODES.items() for m in pattern.finditer(text)]
+    found += [f"table cell with a bare code {cell.strip()!r}" for cell in seen.cells if re.fullmatch(r"\s*[A-Z]\s*", cell)]
+    return sorted(set(found))
+
+
+def test_the_check_finds_english_and_codes_left_in_a_document():
+    page = ("<html><head><title>Оқу орнының профилі</title><style>body{font:sans-serif}</style></head><body>"
+            "<table><tr><td>I</td><td>KITIG-01</td><td>female_kazakh_n</td><td>funding[paid]</td><td>wilson</td></tr></table>"
+            "<p>Lower bound: 0,5; Intercept; under 20%</p><img alt='No description has been provided for this image'>"
+            "<p>Rouse (1995), High School and Beyond, ATK, ROC AUC</p><footer>consortium sha256 ab12 research_kit</footer></body></html>")
+    problems = untranslated(page)
+    for expected in ("table cell with a bare code 'I'", "programme code 'KITIG-01'", "column or code with an underscore 'female_kazakh_n'",
+                     "model term 'funding[paid]'", "English word 'wilson'", "catalog message 'Lower bound'",
+                     "English name 'Intercept'", "catalog message 'under {share}'", "English word 'description'"):
+        assert expected in problems, (expected, problems)
+    assert not [p for p in problems if any(w in p for w in ("Rouse", "High", "ATK", "ROC", "consortium", "research_kit", "sans"))], problems
+
+
+@pytest.fixture(scope="module")
+def every_template(tmp_path_factory):
+    """Every shipped template run by a real `rk batch` in Kazakh and in Russian (the consortium's templates for both
+    audiences): build folder."""
+    import nbformat
+    root = tmp_path_factory.mktemp("every-template")
+    reports, build = root / "reports", root / "build"
+    reports.mkdir()
+    runs = []
+    for name in TEMPLATES:
+        shutil.copy(ROOT / "reports" / f"{name}.ipynb", reports)
+        nb = nbformat.read(ROOT / "reports" / f"{name}.ipynb", as_version=4)
+        [parameters] = [c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        grid = {"lang": ["kk", "ru"], **({"audience": ["consortium", "public"]} if "audience:" in parameters else {})}
+        runs.append({"report": name, "grid": grid})
+    import yaml
+    (reports / "batches.yaml").write_text(yaml.safe_dump({"languages": runs}))
+    env = clean_env(RK_WORKSPACE_REPORTS=str(reports), RK_WORKSPACE_BUILD=str(build), RK_RUNNER_PDF="off")
+    run_rk("batch", "languages", "--workers", "2", cwd=ROOT, env=env, timeout=1800, check=0)
+    return build
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_kazakh_and_russian_documents_leave_nothing_in_english(every_template, template):
+    pages = sorted((every_template / template).glob("*/report.html"))
+    assert {p.parent.name.count("lang=kk") for p in pages} == {0, 1} and len(pages) in (2, 4), pages
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        problems = untranslated(text)
+        assert problems == [], f"{page.parent.name}: {problems}"
+        lang = "kk" if "lang=kk" in page.parent.name else "ru"
+        assert f'<html lang="{lang}">' in text and "<img" in text

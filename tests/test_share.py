@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RK, make_template, run_rk
+from conftest import RK, build_report_workspace, make_template, run_rk
 
 PROBE = ("import os\nimport research_kit as rk\npeople = rk.load('mini', 'people')\n"
          "rk.record('n', n)\nrk.record('n_people', len(people))\nrk.record('mean_age', float(people.age.mean()))\n"
@@ -90,22 +90,38 @@ def _configure(root: Path, institution: str, share: str, key: Path, extra: str =
                                        f"share = {share}\nsigning_key = {key}\n{extra}")
 
 
-@pytest.fixture
-def pair(report_workspace, store, tmp_path):
-    """Workspaces A (METU) and B (KITIG) on one store, each with a signing key and both public keys."""
-    a, _, env = report_workspace
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    """Built once per module, copied by each test: workspace A (METU) after running the `shared`
+    batch, B (KITIG) before running anything, each with its own signing key and both public keys.
+    Running the batch and making keys in every test made this module the slowest of the suite."""
+    top = tmp_path_factory.mktemp("share-origin")
+    a, _, env = build_report_workspace(top / "a")
     make_template(a / "reports" / "probe.ipynb", "n: int = 1", PROBE)
     (a / "reports" / "batches.yaml").write_text(BATCHES)
-    b = tmp_path / "kitig"
+    b = top / "b"
     shutil.copytree(a, b)
-    share, store_env, fs, root = store
-    env = {**env, **store_env}
-    _configure(a, "METU", share, tmp_path / "home-a" / "METU.key")
-    _configure(b, "KITIG", share, tmp_path / "home-b" / "KITIG.key")
-    for ws in (a, b): run_rk("keys", "new", cwd=ws, env=env, check=0)
+    keys = {"METU": top / "home-a" / "METU.key", "KITIG": top / "home-b" / "KITIG.key"}
+    for ws, institution in ((a, "METU"), (b, "KITIG")):
+        _configure(ws, institution, "", keys[institution])
+        run_rk("keys", "new", cwd=ws, env=env, check=0)
     shutil.copy(a / "keys" / "METU.pub", b / "keys")
     shutil.copy(b / "keys" / "KITIG.pub", a / "keys")
-    return a, b, env, fs, root
+    run_rk("batch", "shared", cwd=a, env=env, check=0)
+    return a, b, env, keys
+
+
+@pytest.fixture
+def pair(origin, store, tmp_path):
+    """Copies of workspaces A (METU, its `shared` batch already run) and B (KITIG) on one store."""
+    a0, b0, env, keys = origin
+    a, b = tmp_path / "metu", tmp_path / "kitig"
+    shutil.copytree(a0, a, symlinks=True)
+    shutil.copytree(b0, b, symlinks=True)
+    share, store_env, fs, root = store
+    _configure(a, "METU", share, keys["METU"])
+    _configure(b, "KITIG", share, keys["KITIG"])
+    return a, b, {**env, **store_env}, fs, root
 
 
 def manifests(build: Path) -> dict:
@@ -186,7 +202,7 @@ def test_manifest_signed_by_an_unknown_key_is_refused(pair, tmp_path, tally):
     a, b, env, fs, root = pair
     run_rk("batch", "shared", "--only", "other", cwd=a, env=env, check=0)
     (b / "keys" / "METU.pub").unlink()  # B does not know METU's key
-    run_rk("push", cwd=a, env=env, check=0)
+    run_rk("push", a / "reports" / "_build" / "other" / "k=5", cwd=a, env=env, check=0)
     tally.bad_inputs += 1
     pulled = run_rk("pull", "--batch", "shared", cwd=b, env=env, check=1)
     assert "signed by 'METU', whose public key is not in" in pulled.stderr
@@ -215,6 +231,7 @@ def test_interrupted_pushes_leave_only_whole_runs(pair, tally):
 def test_concurrent_pushes_of_one_batch_leave_one_whole_copy_each(pair):
     a, b, env, fs, root = pair
     run_rk("batch", "shared", cwd=a, env=env, check=0)
+    shutil.copytree(a / "reports" / "_build", b / "reports" / "_build")  # B ran the same batch
     run_rk("batch", "shared", "--no-share", cwd=b, env=env, check=0)
     procs = [subprocess.Popen([str(RK), "push", "--batch", "shared"], cwd=ws, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for ws in (a, b)]
@@ -272,12 +289,21 @@ def test_failed_runs_are_not_pushed(pair):
 
 # ---- mistakes: one line, exit 1 ----
 
+@pytest.fixture(scope="module")
+def one_run_origin(tmp_path_factory):
+    """A METU workspace with one successful run, built once per module and copied by each test."""
+    root, _, env = build_report_workspace(tmp_path_factory.mktemp("one-run") / "ws")
+    run_rk("run", "other", "-p", "k=1", "--no-share", cwd=root, env=env, check=0)
+    return root, env
+
+
 @pytest.fixture
-def one_run(report_workspace, tmp_path):
-    root, _, env = report_workspace
+def one_run(one_run_origin, tmp_path):
+    origin, env = one_run_origin
+    root = tmp_path / "ws"
+    shutil.copytree(origin, root, symlinks=True)
     (tmp_path / "store").mkdir()
     _configure(root, "METU", str(tmp_path / "store"), tmp_path / "home" / "METU.key")
-    run_rk("run", "other", "-p", "k=1", "--no-share", cwd=root, env=env, check=0)
     return root, env, tmp_path
 
 
@@ -339,6 +365,7 @@ def test_consortium_index_and_public_site(pair, tmp_path, tally):
     with open(a / "reports" / "batches.yaml", "a") as f: f.write("site:\n  - report: pub\n    grid: {audience: [public, consortium]}\n")
     a_env = {**env, "RK_WORKSPACE_RESEARCHER": "Aigul Sadykova", "RK_RUNNER_PDF": "off"}
     run_rk("batch", "site", cwd=a, env=a_env, check=0)
+    shutil.rmtree(a / "reports" / "_build" / "other")  # `other` is B's to share here
     run_rk("batch", "shared", "--only", "probe", cwd=a, env=a_env, check=0)
     run_rk("push", cwd=a, env=a_env, check=0)
     run_rk("batch", "shared", "--only", "other", "--no-share", cwd=b, env=env, check=0)

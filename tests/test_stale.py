@@ -211,7 +211,7 @@ def test_a_bad_discovery_setting_is_one_error_line(report_workspace, tally):
     tally.bad_inputs += 1
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {root / 'settings.ini'}: [runner] discovery = 'sometimes'; expected on (discover the files and settings each run reads) or off"]
+        f"error: {root / 'settings.ini'}:2: [runner] discovery = 'sometimes'; expected on (discover the files and settings each run reads) or off"]
 
 
 # ---- the dry run names every kind of change --------------------------------------------------------

@@ -86,7 +86,9 @@ def papermill_run(report, tmp_path, parameters):
 BAD_VALUES = [  # report, parameters as papermill injects them, error type, message
     ("institution_profile", {"institution": "XYZ"}, "UnknownNameError", "unknown institution 'XYZ' in parameter institution"),
     ("institution_profile", {"year": "abc"}, "ParameterError", "parameter year='abc': expected a whole number"),
+    ("institution_profile", {"institution": "all"}, "UnknownNameError", "unknown institution 'all' in parameter institution"),
     ("internship_outcomes", {"institution": "KITG"}, "UnknownNameError", "did you mean 'KITIG'"),
+    ("dropout_risk", {"institution": "atk"}, "UnknownNameError", "unknown institution 'atk' in parameter institution"),
     ("consortium_overview", {"audience": "press"}, "ParameterError", "parameter audience='press': expected one of consortium, public"),
     ("dropout_risk", {"seed": 1.5}, "ParameterError", "parameter seed='1.5': expected a whole number"),
     ("star_replication", {"grade": 5}, "ParameterError", "parameter grade='5': expected one of k, 1, 2, 3"),
@@ -105,6 +107,31 @@ def test_plain_papermill_refuses_bad_values_like_rk_run(report, parameters, enam
     name, value = next(iter(parameters.items()))
     proc = run_rk("run", report, "-p", f"{name}={value}", env=clean_env())
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr  # the same message as rk run's
+
+
+# ---- where a parameter's allowed values come from: its type, not its name ----
+
+def params_row(report, name):
+    out = run_rk("params", report, env=clean_env(COLUMNS="300"), check=0).stdout
+    return next(l for l in out.splitlines() if l.strip("│ ").startswith(name + " "))
+
+
+def test_params_lists_the_institutions_the_data_allows():
+    row = params_row("institution_profile", "institution")
+    assert "│ Institution " in row and "│ METU, METU-C, ATK, ASTK, APC, KITIG │" in row, row
+    row = params_row("dropout_risk", "institution")
+    assert "Institution | Literal['all']" in row and "METU, METU-C, ATK, ASTK, APC, KITIG, all" in row, row
+
+
+def test_the_runner_knows_no_parameter_by_name(report_workspace):
+    """A parameter named `institution` but declared `str` is any text, in a workspace without the consortium's data."""
+    from conftest import make_template
+    root, _, env = report_workspace
+    make_template(root / "reports" / "named.ipynb", 'institution: str = "anything"  # free text',
+                  "import research_kit as rk\nrk.check_parameters(globals())\nrk.record('institution', institution)")
+    run_rk("run", "named", "-p", "institution=XYZ", cwd=root, env=env, check=0)
+    [manifest] = (root / "reports" / "_build" / "named").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["records"]["institution"] == "XYZ"
 
 
 def test_plain_papermill_types_good_values_by_declaration(tmp_path):

@@ -6,10 +6,10 @@
 from __future__ import annotations
 from ..i18n import N_, check_lang, translate
 from .stats import AnalysisError, _names, _check_columns
-from .presentation import apply_labels, measure_labels, stage_labels
+from .presentation import apply_labels, measure_labels, stage_labels, variable_label
 
 # %% auto #0
-__all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_calibration', 'plot_coefficients']
+__all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_calibration', 'plot_coefficients', 'figure_text']
 
 # %% ../../nbs/analysis/plots.ipynb #b8aef2a3
 STYLE = {
@@ -31,6 +31,11 @@ def _floats(s):
     "A column as float numpy values, missing (NA) as NaN."
     import numpy as np
     return s.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+
+def _title(ax, title: str) -> None:
+    "A title wrapped to the figure's width: a college's full name in Kazakh makes a long one."
+    import textwrap
+    ax.set_title(textwrap.fill(str(title), 64))
 
 def _errors(est, lower, upper):
     "Asymmetric error bar lengths, NaN where the interval is missing."
@@ -64,7 +69,7 @@ def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labe
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
         ax.set_xlabel(translate(N_("rate (interval, 95%)"), lang))
-        if title: ax.set_title(title)
+        if title: _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #eaa579bc
@@ -98,7 +103,7 @@ def plot_funnel(flow, *, title: str | None = None, lang: str = "en"):
         ax.set_xlabel(translate(N_("share of enrolled students"), lang))
         ax.grid(axis="y", visible=False)
         if len(cohorts) > 1: ax.legend(title=translate(N_("Cohort"), lang), fontsize=8, loc="lower right")
-        if title: ax.set_title(title)
+        if title: _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #97ae36aa
@@ -117,13 +122,14 @@ def plot_calibration(calibration, *, title: str | None = None, lang: str = "en")
         ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.set_aspect("equal")
         ax.set_xlabel(translate(N_("mean predicted probability"), lang)); ax.set_ylabel(translate(N_("observed rate"), lang))
         ax.legend(loc="upper left", fontsize=8)
-        if title: ax.set_title(title)
+        if title: _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #a882e75b
-def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: str = "en", labels: dict | None = None):
-    "Points at each term's `estimate` with bars from `lower` to `upper`, and a reference line at zero."
-    import numpy as np, matplotlib
+def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: str = "en", labels: dict | None = None,
+                      headers: dict | None = None):
+    "Points at each term's `estimate` with bars from `lower` to `upper`, and a reference line at zero; terms named for readers."
+    import numpy as np, matplotlib, textwrap
     from research_kit.errors import UnknownNameError
     lang = check_lang(lang)
     _check_columns(effects, ["term", "estimate", "lower", "upper"])
@@ -139,7 +145,23 @@ def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: st
         fig, ax = _figure(0.35 * len(rows) + 1.3)
         ax.axvline(0, color=REFERENCE, lw=1, ls="--")
         ax.errorbar(est, y, xerr=_errors(est, lower, upper), fmt="o", color=COLOR)
-        ax.set_yticks(y, _labels(rows, "term", lang, labels))
+        names = [variable_label(t, lang, labels=labels, headers=headers) for t in rows["term"]]
+        ax.set_yticks(y, [textwrap.fill(name, 42) for name in names])
         ax.set_xlabel(translate(N_("estimate (interval, 95%)"), lang))
-        if title: ax.set_title(title)
+        if title: _title(ax, title)
     return fig
+
+# %% ../../nbs/analysis/plots.ipynb #b80483f7
+def _is_number(text: str) -> bool:
+    import re
+    return bool(re.fullmatch(r"[\s\d.,%+\-\u2212\u00a0\u202f]*", text))
+
+def figure_text(fig) -> str:
+    "The words a figure shows (title, axis titles, names on the axes, legend), joined with `; `, for its alternative text."
+    texts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) is not None else []
+    for ax in fig.axes:
+        ticks = [t.get_text() for t in [*ax.get_yticklabels(), *ax.get_xticklabels()]]
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t for t in ticks if not _is_number(t))]
+        legend = ax.get_legend()
+        if legend is not None: texts += [legend.get_title().get_text(), *(t.get_text() for t in legend.get_texts())]
+    return "; ".join(dict.fromkeys(" ".join(t.split()) for t in texts if t and t.strip()))

@@ -9,9 +9,10 @@ from ..i18n import N_, check_lang, locale_name, translate
 from .stats import AnalysisError
 
 # %% auto #0
-__all__ = ['MISSING', 'RATE_SUFFIXES', 'HEADERS', 'MEASURES', 'STAGES', 'RATE_COLUMNS', 'INTERVAL', 'YEAR_COLUMNS', 'is_missing',
-           'format_number', 'format_count', 'format_percent', 'format_rate_interval', 'format_date', 'format_figure',
-           'stage_labels', 'measure_labels', 'header', 'apply_labels', 'present', 'present_html']
+__all__ = ['MISSING', 'RATE_SUFFIXES', 'HEADERS', 'VALUES', 'INTERCEPT', 'KEY_FIGURES', 'MEASURES', 'STAGES', 'RATE_COLUMNS',
+           'VARIABLE_COLUMNS', 'INTERVAL', 'YEAR_COLUMNS', 'is_missing', 'format_number', 'format_count',
+           'format_percent', 'format_rate_interval', 'format_date', 'format_figure', 'stage_labels', 'measure_labels',
+           'value_labels', 'header', 'variable_label', 'apply_labels', 'present', 'present_html']
 
 # %% ../../nbs/analysis/presentation.ipynb #fd1e0d63
 MISSING = "—"
@@ -35,12 +36,13 @@ def _pattern(kind: str, lang: str, digits: int | None):
         pattern.frac_prec = (digits, digits)
     return pattern, locale
 
-def format_number(x, lang: str, digits: int | None = None) -> str:
-    "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals."
+def format_number(x, lang: str, digits: int | None = None, sign: bool = False) -> str:
+    "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign` writes `+` before a positive one."
     lang = check_lang(lang)
     if is_missing(x): return MISSING
     pattern, locale = _pattern("decimal", lang, digits)
-    return pattern.apply(x, locale)
+    text = pattern.apply(x, locale)
+    return "+" + text if sign and x > 0 else text
 
 def format_count(n, lang: str) -> str:
     "A whole number with the locale's group separator."
@@ -149,6 +151,66 @@ HEADERS = {
     "effect_size": N_("Effect size"),
     "enrolment_by_programme": N_("Enrolment by programme"),
     "overview": N_("Overview"),
+    # the rest of the tidy vocabulary: compare, effect, rates, and the model evaluation's tables
+    "reference": N_("Reference group"),
+    "test": N_("Test"),
+    "effect_size_kind": N_("Effect size measure"),
+    "method": N_("Interval method"),
+    "scale": N_("Scale"),
+    "suppressed": N_("Suppressed"),
+    "metric": N_("Metric"),
+    "feature": N_("Input"),
+    "importance": N_("Importance"),
+    "std": N_("Standard deviation"),
+    "bin": N_("Risk group"),
+    "mean_predicted": N_("Mean predicted probability"),
+    "observed_rate": N_("Observed rate"),
+    "group_column": N_("Grouped by"),
+    "true_positive_rate": N_("True positive rate"),
+    "false_positive_rate": N_("False positive rate"),
+    "precision": N_("Precision"),
+    "predicted_risk": N_("Predicted risk"),
+    # the columns of research_kit.analysis.features.student_features
+    "student_id": N_("Student"),
+    "birth_year": N_("Year of birth"),
+    "entry_basis": N_("Entry route"),
+    "level": N_("Level of study"),
+    "terms_attended": N_("Terms attended"),
+    "first_term_gpa": N_("First-term GPA"),
+    "first_term_attendance": N_("First-term attendance"),
+    "gpa": N_("Mean GPA"),
+    "attendance": N_("Attendance"),
+    "internships": N_("Internships"),
+    "dropped": N_("Dropped out"),
+    "graduated": N_("Graduated"),
+    "employed_6m": N_("Employed at 6 months"),
+    "employed_in_field": N_("Employed in field"),
+    "monthly_wage_kzt": N_("Monthly wage (tenge)"),
+}
+
+VALUES = {  # the codes analysis functions write into their tables
+    "method": {"wilson": N_("Wilson"), "normal": N_("normal approximation"), "agresti_coull": N_("Agresti–Coull"),
+               "beta": N_("Clopper–Pearson"), "jeffreys": N_("Jeffreys"), "binom_test": N_("binomial test")},
+    "test": {"chi2": N_("chi-square test"), "fisher": N_("Fisher's exact test"), "welch_t": N_("Welch's t-test")},
+    "effect_size_kind": {"cohen_h": N_("Cohen's h"), "cohen_d": N_("Cohen's d")},
+    "scale": {"coefficient": N_("coefficient"), "log_odds": N_("log-odds"), "ame": N_("average marginal effect")},
+    "metric": {"roc_auc": N_("ROC AUC"), "average_precision": N_("Average precision"), "brier": N_("Brier score")},
+}
+INTERCEPT = N_("Intercept")
+
+KEY_FIGURES = {  # what the shipped reports record with rk.record, named for the reader document and the index
+    "institutions": N_("Institutions"),
+    "internship_effect": N_("Effect of an internship, adjusted"),
+    "internship_effect_naive": N_("Effect of an internship, naive difference"),
+    "internship_effect_lower": N_("Effect of an internship: lower bound"),
+    "internship_effect_upper": N_("Effect of an internship: upper bound"),
+    "small_class_effect": N_("Effect of a small class"),
+    "small_class_se": N_("Effect of a small class: standard error"),
+    "aide_effect": N_("Effect of a teacher's aide"),
+    "aide_se": N_("Effect of a teacher's aide: standard error"),
+    "intercept": N_("Mean score in a regular class"),
+    "distance_effect": N_("Effect of ten miles' distance"),
+    "distance_se": N_("Effect of ten miles' distance: standard error"),
 }
 
 MEASURES = {  # the rates the consortium's reports compare
@@ -176,13 +238,34 @@ def measure_labels(lang: str) -> dict:
     lang = check_lang(lang)
     return {measure: translate(message, lang) for measure, message in MEASURES.items()}
 
-def header(column: str, lang: str) -> str:
-    "The header a reader sees for `column`, in language `lang` (`retention_rate`: the measure's name)."
+def value_labels(lang: str) -> dict:
+    "The codes analysis functions write (`wilson`, `chi2`, `roc_auc`, ...) with their names in `lang`, column by column."
     lang = check_lang(lang)
-    if column in HEADERS: return translate(HEADERS[column], lang)
+    return {column: {code: translate(message, lang) for code, message in codes.items()} for column, codes in VALUES.items()}
+
+def header(column: str, lang: str) -> str:
+    "The header a reader sees for `column`, in language `lang` (`retention_rate`: the measure's name; `roc_auc`: the metric's)."
+    lang = check_lang(lang)
+    for names in (HEADERS, KEY_FIGURES, VALUES["metric"]):
+        if column in names: return translate(names[column], lang)
     measure = str(column).removesuffix("_rate")
     if measure in MEASURES: return translate(MEASURES[measure], lang)
     return str(column)
+
+def _term_parts(term: str) -> tuple[str, str | None]:
+    "`funding[paid]` -> (`funding`, `paid`); `gpa` -> (`gpa`, None): how `effect` names a level of a categorical control."
+    name, bracket, level = str(term).partition("[")
+    return (name, level[:-1]) if bracket and level.endswith("]") else (str(term), None)
+
+def variable_label(term, lang: str, *, labels: dict | None = None, headers: dict | None = None) -> str:
+    "A model's term or input as a reader names it: `funding[paid]` -> `Funding: Fee-paying`, `Intercept` in `lang`."
+    lang = check_lang(lang)
+    if term == "Intercept": return translate(INTERCEPT, lang)
+    name, level = _term_parts(term)
+    title = (headers or {}).get(name) or header(name, lang)
+    if level is None: return title
+    shown = (labels or {}).get(name, {}).get(level) or value_labels(lang).get(name, {}).get(level) or level
+    return f"{title}: {shown}"
 
 def apply_labels(table, labels: dict):
     "A copy of `table` whose columns named in `labels` show labels instead of codes."
@@ -194,7 +277,9 @@ def apply_labels(table, labels: dict):
     return out
 
 # %% ../../nbs/analysis/presentation.ipynb #4009fdca
-RATE_COLUMNS = ("rate", "lower", "upper", "share", "conditional_rate")
+RATE_COLUMNS = ("rate", "lower", "upper", "share", "conditional_rate",  # shares between 0 and 1, shown as percentages
+                "precision", "mean_predicted", "predicted_risk", "attendance", "first_term_attendance")
+VARIABLE_COLUMNS = ("term", "feature", "group_column")  # their values name variables: effect's terms, a model's inputs
 INTERVAL = N_("{header} (interval, 95%)")
 
 def _is_rate(column) -> bool:
@@ -202,9 +287,9 @@ def _is_rate(column) -> bool:
     return name in RATE_COLUMNS or name.endswith(("_rate", "_share", "_lower", "_upper"))
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
-    "(rate, lower, upper) column triples: `rate, lower, upper` and `x_rate, x_lower, x_upper`."
+    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate, x_lower, x_upper`."
     names = [str(c) for c in columns]
-    groups = [("rate", "lower", "upper")] if {"rate", "lower", "upper"} <= set(names) else []
+    groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
         if c.endswith("_rate") and {f"{c[:-5]}_lower", f"{c[:-5]}_upper"} <= set(names):
             groups.append((c, f"{c[:-5]}_lower", f"{c[:-5]}_upper"))
@@ -215,6 +300,13 @@ def _format_float(x, lang: str) -> str:
     if is_missing(x): return MISSING
     rounded = _round_significant(float(x))
     return format_number(rounded, lang, digits=min(4, max(0, -rounded.as_tuple().exponent)))
+
+def _format_interval(value, lower, upper, lang: str, rate: bool) -> str:
+    "A rate with its interval as percentages; an estimate with its interval as numbers (spaced dash: bounds may be negative)."
+    if rate: return format_rate_interval(value, lower, upper, lang)
+    text = _format_float(value, lang)
+    if is_missing(value) or is_missing(lower) or is_missing(upper): return text
+    return f"{text} ({_format_float(lower, lang)} – {_format_float(upper, lang)})"
 
 def _format_p(p, lang: str) -> str:
     if is_missing(p): return MISSING
@@ -244,28 +336,45 @@ def _format_column(s, name: str, lang: str, k: int | None):
     return [MISSING if is_missing(v) else (yes if v is True else no if v is False else str(v)) for v in s], False
 
 def _reset_index(frame):
-    import pandas as pd
-    if isinstance(frame.index, pd.RangeIndex) and not any(frame.index.names): return frame
-    return frame.reset_index()
+    "A named index as columns; an unnamed one dropped when it only numbers the rows (also after a concat), else shown without a header."
+    from pandas.api.types import is_integer_dtype
+    if any(name is not None for name in frame.index.names): return frame.reset_index()
+    if is_integer_dtype(frame.index.dtype): return frame.reset_index(drop=True)
+    return frame.rename_axis("").reset_index()
+
+def _name_variables(frame, lang: str, labels: dict, headers: dict):
+    "Columns whose values are variables (a model's terms and inputs) named for readers; a `group` by its `group_column`'s labels."
+    frame = frame.copy()
+    if {"group", "group_column"} <= set(map(str, frame.columns)):  # a fairness table: each row's group is a code of its column
+        frame["group"] = [labels.get(column, {}).get(g, g) if isinstance(g, str) else g
+                          for column, g in zip(frame["group_column"], frame["group"].astype("object"))]
+    for name in VARIABLE_COLUMNS:
+        if name in frame.columns:
+            frame[name] = [variable_label(v, lang, labels=labels, headers=headers) if isinstance(v, str) else v
+                           for v in frame[name].astype("object")]
+    return frame
 
 def present(table, lang: str, *, labels: dict | None = None, threshold: int | None = None, headers: dict | None = None):
     "`table` as a reader sees it: a DataFrame of text with translated headers; `attrs['footnote']` explains masked cells."
     import pandas as pd
     from research_kit.analysis.privacy import suppressed_at
     lang = check_lang(lang)
+    labels, headers = labels or {}, headers or {}
     k = threshold if threshold is not None else suppressed_at(table)
     frame = _reset_index(table.to_frame() if isinstance(table, pd.Series) else table)
-    frame = apply_labels(frame, {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})})
+    frame = _name_variables(frame, lang, labels, headers)
+    codes = {"stage": stage_labels(lang), "measure": measure_labels(lang), **value_labels(lang), **labels}
+    frame = apply_labels(frame, {c: m for c, m in codes.items() if c not in VARIABLE_COLUMNS})
     out, masked = {}, False
-    groups = {rate: (lower, upper) for rate, lower, upper in _interval_groups(frame.columns)}
+    groups = {value: (lower, upper) for value, lower, upper in _interval_groups(frame.columns)}
     inside = {c for pair in groups.values() for c in pair}
     for column in frame.columns:
         name = str(column)
         if name in inside: continue
-        title = (headers or {}).get(name) or header(name, lang)
+        title = headers.get(name) or header(name, lang)
         if name in groups:
             lower, upper = groups[name]
-            out[translate(INTERVAL, lang, header=title)] = [format_rate_interval(r, lo, up, lang) for r, lo, up
+            out[translate(INTERVAL, lang, header=title)] = [_format_interval(v, lo, up, lang, rate=name != "estimate") for v, lo, up
                                                             in zip(frame[name], frame[lower], frame[upper])]
             continue
         out[title], hid = _format_column(frame[column], name, lang, k)

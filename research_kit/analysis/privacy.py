@@ -8,9 +8,9 @@ from ..errors import UnknownNameError
 from .stats import AnalysisError, _names, _check_columns
 
 # %% auto #0
-__all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'OBJECTIVES', 'AUDIENCES', 'feasible_intervals', 'check_protection', 'suppress',
-           'SuppressedCount', 'suppress_count', 'suppressed_at', 'check_audience', 'counts_table', 'rates_table',
-           'count_value']
+__all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'OBJECTIVES', 'ROUNDS', 'NODES', 'STRIKES', 'FLOW_VARIABLES', 'STALL', 'AUDIENCES',
+           'feasible_intervals', 'check_protection', 'suppress', 'SuppressedCount', 'suppress_count', 'suppressed_at',
+           'check_audience', 'counts_table', 'rates_table', 'count_value', 'published_pattern', 'check_published']
 
 # %% ../../nbs/analysis/privacy.ipynb #3514ff74
 RATE_COLUMNS = ("rate", "lower", "upper", "share")
@@ -93,38 +93,46 @@ def _network(shape, total_i, total_j):
 
 def _max_push(net, up, down, cell, limit):
     """How far `cell` can grow (up to `limit`) while every relation stays true: a maximum flow around it,
-    where every other cell may grow by up[e] and shrink by down[e]. Returns the amount and, when it falls
-    short of `limit`, the nodes on the source side of a minimum cut (what stops it). The networks are
-    tiny and the limits small, so plain augmenting paths on a dense matrix are fastest."""
+    where every other cell may grow by up[e] and shrink by down[e]. Returns the amount; the nodes on the
+    source side of a minimum cut (what stops it, when the amount falls short of `limit`); and the cells
+    the flow runs through, which keep that room open as long as they stay hidden. The networks are tiny
+    and the limits small: plain augmenting paths over the cells in use, kept in dicts, are fastest."""
     import numpy as np
     tail, head, free, n = net
-    use = (up > 0) | (down > 0)
-    use[cell] = False
-    residual = np.zeros((n, n))
-    np.add.at(residual, (tail[use], head[use]), up[use])
-    np.add.at(residual, (head[use], tail[use]), down[use])
-    residual[free, n - 1] = residual[n - 1, free] = np.inf
+    limit = int(min(limit, 2**62))
+    cells = np.flatnonzero((up > 0) | (down > 0))
+    cells = cells[cells != cell]
+    arcs = list(zip(cells.tolist(), tail[cells].tolist(), head[cells].tolist(),
+                    [int(min(x, limit)) for x in up[cells]], [int(min(x, limit)) for x in down[cells]]))
+    residual = [{} for _ in range(n)]
+    for _, u, v, grow, shrink in arcs:  # a pair of nodes has one cell between them: its two directions are two arcs
+        residual[u][v], residual[v][u] = grow, shrink
+    for node in free: residual[node][n - 1] = residual[n - 1][node] = limit
     source, sink, flow = int(head[cell]), int(tail[cell]), 0
     while True:
-        parent = np.full(n, -1); parent[source] = source
-        queue = [source]
+        parent, queue = {source: None}, [source]
         for u in queue:
-            for v in np.flatnonzero((residual[u] > 0) & (parent < 0)):
-                parent[v] = u; queue.append(int(v))
-            if parent[sink] >= 0: break
-        if parent[sink] < 0 or flow >= limit: return flow, parent >= 0
+            for v, capacity in residual[u].items():
+                if capacity > 0 and v not in parent: parent[v] = u; queue.append(v)
+            if sink in parent: break
+        if sink not in parent or flow >= limit: break
         path, v = [], sink
         while v != source: path.append((parent[v], v)); v = parent[v]
-        push = min(min(residual[u, v] for u, v in path), limit - flow)
-        for u, v in path: residual[u, v] -= push; residual[v, u] += push
+        push = min(min(residual[u][v] for u, v in path), limit - flow)
+        for u, v in path: residual[u][v] -= push; residual[v][u] += push
         flow += push
+    side = np.zeros(n, dtype=bool)
+    side[list(parent)] = True
+    return flow, side, [e for e, u, v, grow, _ in arcs if residual[u][v] != grow]
 
-def _room(net, a, hidden, cell, p):
-    "How far a hidden cell can fall (at most to zero) and rise (counted up to p) while the shown table stays true."
+def _room(net, a, hidden, cell, p, witness=None):
+    """How far a hidden cell can fall (at most to zero) and rise (counted up to p) while the shown table
+    stays true. The cells that make the room are added to `witness` (a set), when given."""
     import numpy as np
     up, down = np.where(hidden, np.inf, 0), np.where(hidden, a, 0).astype(float)
-    rise, _ = _max_push(net, up, down, cell, p)
-    fall, _ = _max_push(net, down, up, cell, a[cell])  # shrinking the cell is growing it with every arc reversed
+    rise, _, rise_cells = _max_push(net, up, down, cell, p)
+    fall, _, fall_cells = _max_push(net, down, up, cell, a[cell])  # shrinking the cell is growing it with every arc reversed
+    if witness is not None: witness.update(rise_cells, fall_cells)
     return fall, rise
 
 def _push_cut(net, grow, shrink, cell, side):
@@ -138,59 +146,177 @@ def _push_cut(net, grow, shrink, cell, side):
     coef[cell] = 0
     return coef.astype(float)
 
-def _protection_cut(net, a, p, hidden, cell):
-    """None if the hidden pattern lets `cell` move over a range at least p wide; else the cut
-    (coefficients, right-hand side) that every protecting pattern meets and this one does not."""
+def _protection_cut(net, a, p, hidden, cell, witness=None):
+    """None if the hidden pattern lets `cell` move over a range at least p wide (the cells that let it
+    are added to `witness`, when given); else the cut (coefficients, right-hand side) that every
+    protecting pattern meets and this one does not."""
     import numpy as np
     grow, shrink = np.full(len(a), p), np.minimum(a, p)  # more than p either way is never needed
     up, down = np.where(hidden, grow, 0), np.where(hidden, shrink, 0)
-    rise, rise_side = _max_push(net, up, down, cell, p)
+    rise, rise_side, rise_cells = _max_push(net, up, down, cell, p)
     fall_limit = min(int(a[cell]), p)  # a count cannot fall below zero
-    fall, fall_side = _max_push(net, down, up, cell, fall_limit)  # falling is rising with every arc reversed
-    if rise + fall >= p: return None
+    fall, fall_side, fall_cells = _max_push(net, down, up, cell, fall_limit)  # falling is rising with every arc reversed
+    if rise + fall >= p:
+        if witness is not None: witness.update(rise_cells, fall_cells)
+        return None
     coef = _push_cut(net, grow, shrink, cell, rise_side)
     if fall < fall_limit: coef += _push_cut(net, shrink, grow, cell, fall_side); rhs = p
     else: rhs = p - fall_limit  # the fall is as large as it can ever be: the rise must make up the rest
     return np.minimum(coef, rhs), rhs
 
 # %% ../../nbs/analysis/privacy.ipynb #6abca0b3
-def _solve_pattern(weights, must, never, cuts, seconds):
-    "The cheapest set of cells to hide that meets every cut so far (a small MILP, solved by HiGHS)."
+ROUNDS, NODES, STRIKES = 40, 5000, 2  # rounds of cuts; nodes per solve; cuts after which a cell's flows go in whole
+FLOW_VARIABLES, STALL = 20_000, 3  # size of the flows written in full (4 variables per cell of the table, per flow); rounds without progress
+
+def _push_model(net, a, cell, forward, backward, most):
+    """One push around `cell` written out as a flow (a rise; or a fall, with the capacities swapped), as
+    constraints over [hidden cells | the flow's own variables]: (rows, columns, values) of the sparse
+    matrix with the flow's variables numbered from 0 after the hidden cells, lower, upper, and its
+    variables' lower and upper bounds. Its variables: how much each cell grows, how much it shrinks, the
+    flow to ground of each free node, and the amount (last)."""
+    import numpy as np
+    tail, head, free, n = net
+    m, nf = len(a), len(free)
+    span, free = np.arange(m), np.asarray(free, dtype=int)
+    grow, shrink, ground, amount = m + span, 2 * m + span, 3 * m + np.arange(nf), 3 * m + nf
+    rows = np.r_[tail, head, head, tail, free, np.full(nf, n - 1), int(head[cell]), int(tail[cell]),  # each node: out - in = 0,
+                 n + span, n + span, n + m + span, n + m + span]  # but the amount at the source; flow <= capacity * hidden
+    cols = np.r_[grow, grow, shrink, shrink, ground, ground, amount, amount, grow, span, shrink, span]
+    vals = np.r_[np.ones(m), -np.ones(m), np.ones(m), -np.ones(m), np.ones(nf), -np.ones(nf), -1.0, 1.0,
+                 np.ones(m), -np.asarray(forward, float), np.ones(m), -np.asarray(backward, float)]
+    lower, upper = np.r_[np.zeros(n), np.full(2 * m, -np.inf)], np.zeros(n + 2 * m)
+    low, high = np.r_[np.zeros(2 * m), np.full(nf, -np.inf), 0.0], np.r_[np.full(2 * m + nf, np.inf), float(most)]
+    high[[cell, m + cell]] = 0  # the cell itself is the one being moved
+    return rows, cols - m, vals, lower, upper, low, high
+
+def _solve_pattern(weights, must, never, cuts, flows, net, a, p, seconds, models=None):
+    """The cheapest set of cells to hide that meets every cut so far and, for each cell in `flows`, its rise
+    and fall written in full (a MILP, solved by HiGHS). `models` caches the written-out flows by cell.
+    Returns (hidden or None, scipy's status)."""
     import numpy as np
     from scipy.optimize import milp, LinearConstraint, Bounds
-    rows = []
-    for coef, rhs, guarded in cuts:
-        row = coef.copy()
-        if guarded is not None: row[guarded] -= rhs  # binds only when the guarded cell is hidden
-        rows.append(row)
-    lower = np.array([0.0 if guarded is not None else rhs for _, rhs, guarded in cuts])
-    res = milp(weights, constraints=[LinearConstraint(np.array(rows), lower, np.inf)], integrality=np.ones_like(weights),
-               bounds=Bounds(must.astype(float), (~never).astype(float)), options={"time_limit": seconds})
-    if res.x is None:
-        raise AnalysisError(f"no suppression pattern found ({res.message}); hide fewer categories or raise time_limit")
-    return res.x > 0.5, res.status == 0
+    from scipy.sparse import coo_array
+    m = len(weights)
+    models = {} if models is None else models
+    grow, shrink = np.full(m, float(p)), np.minimum(a, p).astype(float)
+    for cell in flows:
+        if cell not in models:
+            models[cell] = [_push_model(net, a, cell, grow, shrink, p),
+                            _push_model(net, a, cell, shrink, grow, min(int(a[cell]), p))]
+    rows, cols, vals, lower, upper, low, high = [], [], [], [], [], [must.astype(float)], [(~never).astype(float)]
+    def add(r, c, v, lo, up):
+        rows.append(r + sum(map(len, lower))); cols.append(c); vals.append(v); lower.append(lo); upper.append(up)
+    for n, (coef, rhs, cell) in enumerate(cuts):  # binds only when `cell` is hidden
+        on = np.flatnonzero(coef)
+        add(np.zeros(len(on) + 1, int), np.r_[on, cell], np.r_[coef[on], -rhs], [0.0], [np.inf])
+    width = m
+    for cell in flows:
+        amounts = []
+        for r, c, v, lo, up, lb, ub in models[cell]:
+            add(r, np.where(c < 0, c + m, c + width), v, lo, up)  # the flow's own variables after those so far
+            low.append(lb); high.append(ub)
+            width += len(lb)
+            amounts.append(width - 1)
+        add(np.zeros(3, int), np.r_[amounts, cell], np.r_[1.0, 1.0, -p], [0.0], [np.inf])  # rise + fall >= p, if hidden
+    matrix = coo_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(sum(map(len, lower)), width))
+    res = milp(np.r_[weights, np.zeros(width - m)], integrality=np.r_[np.ones(m), np.zeros(width - m)],
+               bounds=Bounds(np.concatenate(low), np.concatenate(high)),
+               constraints=[LinearConstraint(matrix.tocsr(), np.concatenate(lower), np.concatenate(upper))],
+               options={"node_limit": NODES, "time_limit": max(seconds, 0.1)})
+    return (None if res.x is None else res.x[:m] > 0.5), res.status
+
+def _exposed(net, a, hidden, guarded, witness, k, p):
+    """The cuts for the hidden cells this pattern leaves exposed. A hidden cell that is not small only needs
+    protecting when an attacker could place it below k; from then on it is guarded like a small one."""
+    import numpy as np
+    cuts = []
+    for cell in np.flatnonzero(hidden).tolist():
+        if cell in witness and hidden[witness[cell]].all(): continue
+        room = set()
+        if cell not in guarded:
+            fall, rise = _room(net, a, hidden, cell, p, room)
+            if fall + rise >= p: witness[cell] = list(room)
+            if a[cell] - fall >= k or fall + rise >= p: continue  # (provably not small: checked again each round)
+            guarded.add(cell)
+            room = set()
+        if (cut := _protection_cut(net, a, p, hidden, cell, room)) is None: witness[cell] = list(room)
+        else: cuts.append((*cut, cell))
+    return cuts
+
+def _path_cover(net, a, hidden, never, cell, p, weights):
+    """The cheapest cells to add so that `cell` can rise by p along one chain of hidden cells (each cell on
+    it growing, or shrinking when it holds at least p), by Dijkstra over the table's network; None when
+    no such chain exists. Cells already hidden cost nothing."""
+    import heapq, numpy as np
+    tail, head, free, n = net
+    edges = [[] for _ in range(n)]
+    for e in np.flatnonzero(~never).tolist():
+        if e == cell: continue
+        cost = 0.0 if hidden[e] else float(weights[e])
+        edges[tail[e]].append((int(head[e]), cost, e))  # the cell grows
+        if a[e] >= p: edges[head[e]].append((int(tail[e]), cost, e))  # the cell shrinks
+    for node in free: edges[node].append((n - 1, 0.0, None)); edges[n - 1].append((node, 0.0, None))
+    source, sink = int(head[cell]), int(tail[cell])
+    best, via, queue = {source: 0.0}, {}, [(0.0, source)]
+    while queue:
+        d, u = heapq.heappop(queue)
+        if u == sink: break
+        if d > best[u]: continue
+        for v, cost, e in edges[u]:
+            if d + cost < best.get(v, np.inf): best[v], via[v] = d + cost, (u, e); heapq.heappush(queue, (d + cost, v))
+    if sink not in via: return None
+    cells, v = [], sink
+    while v != source: v, e = via[v]; cells.append(e)
+    return [e for e in cells if e is not None]
+
+def _repair(a, hidden, never, net, k, p, weights, guarded, witness, models):
+    """Protect each exposed cell in turn with the cheapest cells to add (a chain found by `_path_cover`, or
+    else the cell's own flows solved in full); None when even hiding every cell leaves one exposed."""
+    import numpy as np
+    hidden = hidden.copy()
+    while cuts := _exposed(net, a, hidden, guarded, witness, k, p):
+        for cell in [cell for *_, cell in cuts]:
+            if _protection_cut(net, a, p, hidden, cell) is None: continue  # covered on the way
+            if (chain := _path_cover(net, a, hidden, never, cell, p, weights)) is not None:
+                hidden[chain] = True
+                continue
+            more, _ = _solve_pattern(np.where(hidden, 0.0, weights), hidden, never, [], [cell], net, a, p, 60.0, models)
+            if more is None or not (more & ~hidden).any():
+                if (hidden == ~never).all(): return None
+                more = ~never
+            hidden = more
+    return hidden
 
 def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
     """Hide the primary cells and the cheapest set of others such that every primary cell can move over
     a range at least p wide, and so can every other hidden cell an attacker could place below k.
-    Cutting planes: try a pattern, find each cell it fails to protect, add the cut that says why, repeat."""
+    Cutting planes: try a pattern, find each cell it fails to protect, add the cut that says why, repeat.
+    Returns (hidden, optimal), or (None, False) when no pattern protects every small count."""
     import numpy as np, time
+    from collections import Counter
     deadline = time.monotonic() + seconds
-    guarded = set(np.flatnonzero(primary).tolist())
-    cuts, hidden, optimal = [], primary.copy(), True
-    while True:
-        new = []
-        for cell in np.flatnonzero(hidden):
-            if cell not in guarded:
-                fall, rise = _room(net, a, hidden, cell, p)
-                if a[cell] - fall >= k or fall + rise >= p: continue
-                guarded.add(int(cell))
-            if (cut := _protection_cut(net, a, p, hidden, cell)) is not None:
-                new.append((*cut, None if primary[cell] else int(cell)))
+    guarded, witness, strikes = set(np.flatnonzero(primary).tolist()), {}, Counter()
+    cuts, flows, hidden, optimal, models = [], [], primary.copy(), True, {}
+    most_flows, best, stalled = max(1, FLOW_VARIABLES // (4 * len(a))), -1.0, 0
+    for _ in range(ROUNDS):
+        new = _exposed(net, a, hidden, guarded, witness, k, p)
         if not new: return hidden, optimal
         cuts += new
-        hidden, solved = _solve_pattern(weights, primary, never, cuts, max(1.0, deadline - time.monotonic()))
-        optimal &= solved
+        strikes.update(cell for *_, cell in new)
+        if stalled:  # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole (they make the model large)
+            stubborn = sorted((c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c])
+            flows += stubborn[:max(most_flows - len(flows), 0)]
+        if (left := deadline - time.monotonic()) <= 0: break
+        found, status = _solve_pattern(weights, primary, never, cuts, flows, net, a, p, left, models)
+        if found is None: break
+        hidden, optimal = found, optimal and status == 0
+        stalled = stalled + 1 if weights[hidden].sum() <= best else 0  # cuts that no longer raise the cost: many equal alternatives
+        best = max(best, weights[hidden].sum())
+        if stalled >= STALL: break
+    # out of budget: the last pattern, completed; or the primary cells alone, completed, if that is cheaper
+    done = [h for h in (_repair(a, start, never, net, k, p, weights, guarded, witness, models) for start in (hidden, primary))
+            if h is not None]
+    return (min(done, key=lambda h: (weights[h].sum(), h.sum())) if done else None), False
 
 # %% ../../nbs/analysis/privacy.ipynb #2e4149c3
 def _margins(given, labels, what):
@@ -243,44 +369,66 @@ def _equations(values, lines, margins):
         rows.append(row); rhs.append(margin - known)
     return list(where), np.array(rows).reshape(len(rows), len(where)), np.array(rhs)
 
-def _extremes(A, b, sense, cap):
-    """For every hidden cell at once, its smallest (sense=1) or largest (sense=-1) feasible value.
-    One linear program: a copy of the relations per cell, each copy optimizing its own cell; the copies
-    share nothing, so the optimum of their sum is each copy's optimum. Each cell is capped at `cap`,
+def _extremes(A, b, cap):
+    """Every hidden cell's smallest and largest feasible value, from one linear program: a copy of the
+    relations per cell and direction, each copy optimizing its own cell; the copies share nothing, so the
+    optimum of their sum is each copy's optimum. A copy holds only the cells linked to its own by some
+    relation (the rest cannot matter), which keeps the program small. Each cell is capped at `cap`,
     above anything the known totals allow, so 'unbounded' shows as reaching the cap."""
     import numpy as np
     from scipy.optimize import linprog
-    from scipy.sparse import csr_array, identity, kron
+    from scipy.sparse import block_diag, csr_array, identity, kron
+    from scipy.sparse.csgraph import connected_components
     h = A.shape[1]
-    if h == 0: return np.zeros(0)
-    own = np.eye(h).ravel()  # copy c's own cell is variable c*h + c
-    upper = np.where(own > 0, cap, np.inf)
-    res = linprog(sense * own, A_eq=kron(identity(h), csr_array(A)) if len(b) else None,
-                  b_eq=np.tile(b, h) if len(b) else None, bounds=np.column_stack([np.zeros(h * h), upper]),
-                  method="highs")
+    low, high = np.zeros(h), np.zeros(h)
+    if h == 0: return low, high
+    _, group = connected_components(csr_array((np.abs(A).T @ np.abs(A)) + np.eye(h)), directed=False)
+    blocks, rhs, objective, upper, copies = [], [], [], [], []
+    for g in np.unique(group):
+        cells = np.flatnonzero(group == g)
+        rows = np.flatnonzero(np.abs(A[:, cells]).sum(axis=1) > 0)
+        own = np.eye(len(cells)).ravel()  # copy c's own cell is variable c * len(cells) + c
+        for sense, out in ((1, low), (-1, high)):
+            blocks.append(kron(identity(len(cells)), csr_array(A[np.ix_(rows, cells)])))
+            rhs.append(np.tile(b[rows], len(cells)))
+            objective.append(sense * own)
+            upper.append(np.where(own > 0, cap, np.inf))
+            copies.append((out, cells, own > 0))
+    equations = block_diag(blocks, format="csr")
+    res = linprog(np.concatenate(objective), A_eq=equations if equations.shape[0] else None,
+                  b_eq=np.concatenate(rhs) if equations.shape[0] else None,
+                  bounds=np.column_stack([np.zeros(equations.shape[1]), np.concatenate(upper)]), method="highs")
     if res.status != 0:
         raise AnalysisError("the shown table is inconsistent: no table of whole, non-negative counts fits what it shows "
                             "(do its totals add up?)")
-    return res.x[own > 0]
+    start = 0
+    for out, cells, own in copies:
+        out[cells] = res.x[start:start + len(own)][own]
+        start += len(own)
+    return low, high
 
 # %% ../../nbs/analysis/privacy.ipynb #c6a8c9a4
+def _intervals(values, lines, margins):
+    "The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers (inf: unbounded)."
+    import numpy as np
+    cells, A, b = _equations(values, lines, margins)
+    known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
+    low, high = _extremes(A, b, 2 * known + 1)  # no cell bounded by what is shown can exceed the largest shown total
+    lower = np.ceil(low - 1e-6)  # the attacker knows counts are whole numbers
+    return cells, lower, np.where(high > known + 0.5, np.inf, np.floor(high + 1e-6))
+
 def feasible_intervals(shown, count_columns, *, total_row=None, total_column: str | None = None,
                        row_totals=None, column_totals=None):
     "Attack a published table by linear programming: the smallest and largest value each hidden cell can hold."
-    import math, numpy as np, pandas as pd
+    import pandas as pd
     counts, total_i, total_j = _table_shape(shown, count_columns, total_row, total_column)
     values = _count_values(shown, counts)
     rows, cols = list(shown.index), counts
     lines = _lines(values.shape, [i for i in range(len(rows)) if i != total_i],
                    [j for j in range(len(cols)) if j != total_j], total_i, total_j)
     margins = [*_margins(row_totals, rows, "row total"), *_margins(column_totals, cols, "column total")]
-    cells, A, b = _equations(values, lines, margins)
-    known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
-    cap = 2 * known + 1  # no cell bounded by what is shown can exceed the largest shown total
-    low, high = _extremes(A, b, 1, cap), _extremes(A, b, -1, cap)
-    out = [(rows[i], cols[j], float(math.ceil(lo - 1e-6)),  # the attacker knows counts are whole numbers
-            math.inf if hi > known + 0.5 else float(math.floor(hi + 1e-6)))
-           for (i, j), lo, hi in zip(cells, low, high)]
+    cells, lower, upper = _intervals(values, lines, margins)
+    out = [(rows[i], cols[j], lo, hi) for (i, j), lo, hi in zip(cells, lower, upper)]
     return pd.DataFrame(out, columns=["row", "column", "lower", "upper"])
 
 def check_protection(shown, count_columns, k: int, *, p: int | None = None, total_row=None,
@@ -297,15 +445,16 @@ def _label(x):
     "A row or column label as plain JSON (numpy scalars become Python numbers)."
     return x.item() if hasattr(x, "item") else x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
-def _check_protectable(net, a, primary, never, p, rows, cols):
-    "A small cell that stays exposed with every other cell hidden cannot be protected: say which, before searching."
+def _unprotectable(net, a, primary, never, p, rows, cols):
+    "The error for a table no pattern protects: the small cell that stays exposed with every other cell hidden, when there is one."
     import numpy as np
     for cell in np.flatnonzero(primary):
         if _protection_cut(net, a, p, ~never, cell) is not None:
             i, j = divmod(int(cell), len(cols))
-            raise AnalysisError(f"the count in row {rows[i]!r}, column {cols[j]!r} cannot be protected: even with every other "
-                                f"cell hidden, the row and column totals pin it to a range narrower than p={p}; merge it "
-                                "with a neighbouring category, or publish the table with its totals")
+            return AnalysisError(f"the count in row {rows[i]!r}, column {cols[j]!r} cannot be protected: even with every other "
+                                 f"cell hidden, the row and column totals pin it to a range narrower than p={p}; merge it "
+                                 "with a neighbouring category, or publish the table with its totals")
+    return AnalysisError(f"no suppression pattern keeps every masked count at least p={p} wide: merge small categories")
 
 def _known_margins(values, lines, n_rows):
     "The totals an attacker is assumed to know although the table does not show them (published elsewhere)."
@@ -313,20 +462,23 @@ def _known_margins(values, lines, n_rows):
     margins = [np.nan if total is not None or len(parts) < 2 else sum(values[c] for c in parts) for parts, total in lines]
     return margins[:n_rows], margins[n_rows:]
 
-def _proof(shown, counts, values, lines, total_row, total_column, k, p, primary, objective, optimal):
-    "Attack the result by linear programming; return the intervals of the primary cells, after checking every hidden one."
-    rows_known, cols_known = _known_margins(values, lines, len(shown))
-    intervals = check_protection(shown, counts, k, p=p, total_row=total_row, total_column=total_column,
-                                 row_totals=rows_known, column_totals=cols_known)
-    if not intervals["protected"].all():  # the search and this attack model the same relations; never publish if they differ
-        bad = intervals[~intervals["protected"]].iloc[0]
-        raise RuntimeError(f"suppress: the pattern found leaves row {bad['row']!r}, column {bad['column']!r} "
-                           f"within [{bad['lower']:g}, {bad['upper']:g}]; please report this table")
-    index = {label: n for n, label in enumerate(shown.index)}
-    cells = [{"row": _label(r.row), "column": _label(r.column), "lower": int(r.lower),
-              "upper": None if r.upper == float("inf") else int(r.upper)}
-             for r in intervals.itertuples() if primary[index[r.row], counts.index(r.column)]]
-    return {"k": k, "p": p, "objective": objective, "optimal": bool(optimal), "cells": cells}
+def _proof(rows, counts, values, hidden, lines, total_row, total_column, k, p, primary, objective, optimal):
+    """Attack the table as it will be shown, by linear programming (the attack of `feasible_intervals`, on
+    the arrays); return the intervals of the primary cells, after checking every hidden one."""
+    import numpy as np
+    rows_known, cols_known = _known_margins(values, lines, len(rows))
+    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known])
+    for (i, j), lo, hi in zip(cells, lower, upper):
+        if lo < k and hi - lo < p:  # the search and this attack model the same relations; never publish if they differ
+            raise RuntimeError(f"suppress: the pattern found leaves row {rows[i]!r}, column {counts[j]!r} "
+                               f"within [{lo:g}, {hi:g}]; please report this table")
+    cells = [{"row": _label(rows[i]), "column": _label(counts[j]), "lower": int(lo), "upper": None if hi == np.inf else int(hi)}
+             for (i, j), lo, hi in zip(cells, lower, upper) if primary[i, j]]
+    whole = lambda margins: [None if x != x else int(x) for x in margins]  # NaN: not assumed known
+    return {"k": k, "p": p, "objective": objective, "optimal": bool(optimal), "cells": cells,
+            # what the attack assumed, so that the table as published can be attacked again (`published_pattern`)
+            "counts": [_label(c) for c in counts], "total_row": _label(total_row), "total_column": _label(total_column),
+            "index": [_label(i) for i in rows], "row_totals": whole(rows_known), "column_totals": whole(cols_known)}
 
 def _total_cells(shape, total_i, total_j):
     "The cells of the total row and column, flattened."
@@ -342,6 +494,12 @@ def _check_shared_totals(small, rows, cols):
         raise AnalysisError(f"the total in row {rows[i]!r}, column {cols[j]!r} is below k, and shared_totals=True says "
                             "another table shows it: suppress the tables without shared_totals, or merge small groups")
 
+def _check_seconds(time_limit) -> float:
+    from numbers import Real
+    if isinstance(time_limit, bool) or not isinstance(time_limit, Real) or not time_limit >= 0:
+        raise AnalysisError(f"time_limit={time_limit!r}: expected a number of seconds, 0 or more")
+    return float(time_limit)
+
 def _weights(a, primary, objective):
     "What hiding each cell costs: its value plus one (so equal values prefer fewer cells), or one."
     import numpy as np
@@ -353,7 +511,7 @@ def _weights(a, primary, objective):
 # %% ../../nbs/analysis/privacy.ipynb #77bff60e
 def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns=None, total_row=None,
              total_column: str | None = None, shared_totals: bool = False, objective: str = "value",
-             time_limit: float = 60.0):
+             time_limit: float = 30.0):
     "Mask counts below `k` and the fewest, smallest cells that keep them protected: returns `(shown, masked)`, proof in `shown.attrs['protection']`."
     import numpy as np, pandas as pd
     counts, total_i, total_j = _table_shape(table, count_columns, total_row, total_column)
@@ -372,15 +530,15 @@ def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns
     never = missing | (_total_cells(values.shape, total_i, total_j) if shared_totals else False)
     _check_shared_totals(primary & never, rows, counts)
     net = _network(values.shape, total_i, total_j)
-    _check_protectable(net, a, primary, never, p, rows, counts)
-    hidden, optimal = _choose_hidden(a, primary, never, net, k, p, _weights(a, primary, objective), time_limit)
+    hidden, optimal = _choose_hidden(a, primary, never, net, k, p, _weights(a, primary, objective), _check_seconds(time_limit))
+    if hidden is None: raise _unprotectable(net, a, primary, never, p, rows, counts)
     flags = pd.DataFrame(hidden.reshape(values.shape), index=table.index, columns=counts)
     row_masked = flags.any(axis=1)
     for col in rates: flags[col] = row_masked
     shown = table.copy()
     for col in counts: shown[col] = shown[col].astype("Int64").mask(flags[col])
     for col in rates: shown[col] = shown[col].astype("Float64").mask(flags[col])
-    proof = _proof(shown, counts, values, lines, total_row, total_column, k, p,
+    proof = _proof(rows, counts, values, hidden.reshape(values.shape), lines, total_row, total_column, k, p,
                    primary.reshape(values.shape), objective, optimal)
     masked = flags[[c for c in table.columns if c in flags.columns]]
     shown.attrs["protection"] = masked.attrs["protection"] = proof
@@ -430,20 +588,65 @@ def counts_table(table, counts, k: int, *, audience: str, **totals):
 def rates_table(table, k: int, *, audience: str):
     "A `rates()` table as this audience may see it: `n`, `events` and the non-events protected together when public."
     if check_audience(audience) == "consortium": return table
-    import pandas as pd
     _check_columns(table, ["n", "events"])
     parts = table.assign(non_events=table["n"] - table["events"])
-    # Each row is its own group, protected on its own: the optimizing search over the whole table, which
-    # also assumes every column total is known, took minutes for a 130-row table -- too slow for a batch.
-    rows = [suppress(parts.iloc[[i]], ["events", "non_events"], k, total_column="n")[0] for i in range(len(parts))]
-    shown = pd.concat(rows) if rows else suppress(parts, ["events", "non_events"], k, total_column="n")[0]
-    proofs = [r.attrs.get("protection", {}) for r in rows]
-    shown.attrs = {SUPPRESSED: k, "protection": {**(proofs[0] if proofs else {}), "rows_protected_separately": True,
-                                                 "cells": [c for p in proofs for c in p.get("cells", [])]}}
-    return shown.drop(columns="non_events")
+    return suppress(parts, ["events", "non_events"], k, total_column="n")[0].drop(columns="non_events")
 
 def count_value(n, k: int, *, audience: str):
     "One count as this audience may see it: a `SuppressedCount` when public, else an int (None when missing)."
     import pandas as pd
     if check_audience(audience) == "public": return suppress_count(n, k)
     return None if n is None or pd.isna(n) else int(n)
+
+# %% ../../nbs/analysis/privacy.ipynb #51e70a49
+def _shown_counts(frame, column) -> list:
+    "One count column of a shown table as JSON numbers, None where masked; all None when the table left it out."
+    import numpy as np
+    if column not in frame.columns: return [None] * len(frame)
+    try: values = frame[column].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError):
+        raise AnalysisError(f"count column {column!r} no longer holds numbers: keep the counts numeric until they are shown") from None
+    return [None if np.isnan(v) else int(v) if v % 1 == 0 else float(v) for v in values]
+
+def _rows_shown(labels, index):
+    """Where each row of the proven table is in the shown one (None: left out), and whether the shown rows are
+    the proven table's: by label, or all of them by position. Otherwise the shown rows, in order, and False."""
+    if len(set(labels)) == len(labels) and set(labels) <= set(index):
+        where = {label: n for n, label in enumerate(labels)}
+        return [where.get(label) for label in index], True
+    return list(range(len(labels))), len(labels) == len(index)
+
+def published_pattern(shown) -> dict | None:
+    "What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), as plain JSON for `check_published`; None without a proof."
+    import pandas as pd
+    proof, k = getattr(shown, "attrs", {}).get("protection"), suppressed_at(shown)
+    if k is None or not isinstance(proof, dict) or "counts" not in proof: return None
+    frame = shown.to_frame() if isinstance(shown, pd.Series) else shown
+    labels = [_label(x) for x in frame.index]
+    order, same = _rows_shown(labels, proof["index"])
+    rows = [label if i is None else labels[i] for label, i in zip(proof["index"], order)] if same else labels
+    columns = {c: _shown_counts(frame, c) for c in proof["counts"]}
+    known = lambda totals: [t if t is not None and t >= k else None for t in totals]  # a small total is never written down
+    return {"k": k, "p": proof["p"], "counts": proof["counts"], "rows": rows,
+            "total_row": proof["index"].index(proof["total_row"]) if same and proof["total_row"] is not None else None,
+            "total_column": proof["counts"].index(proof["total_column"]) if proof["total_column"] is not None else None,
+            "values": [[None if i is None else columns[c][i] for c in proof["counts"]] for i in order],
+            "row_totals": known(proof["row_totals"]) if same else None,
+            "column_totals": known(proof["column_totals"]) if same else None}
+
+def check_published(pattern, *, k: int | None = None, p: int | None = None):
+    "`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` given): one row per masked cell, named by the labels a reader sees."
+    import numpy as np, pandas as pd
+    try:
+        counts, rows, values = list(pattern["counts"]), list(pattern["rows"]), pattern["values"]
+        grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float).reshape(len(rows), len(counts))
+        k, p = max(pattern["k"], k or 0), max(pattern["p"], p or 0)
+        total_row, total_column = pattern["total_row"], pattern["total_column"]
+        row_totals, column_totals = pattern["row_totals"], pattern["column_totals"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise AnalysisError(f"not a published pattern ({type(e).__name__}: {e})") from None
+    unknown = lambda totals: None if totals is None else [np.nan if t is None else t for t in totals]
+    out = check_protection(pd.DataFrame(grid, columns=range(len(counts))), [j for j in range(len(counts)) if j != total_column],
+                           k, p=p, total_row=total_row, total_column=total_column, row_totals=unknown(row_totals),
+                           column_totals=None if column_totals is None else dict(enumerate(unknown(column_totals))))
+    return out.assign(row=[rows[i] for i in out["row"]], column=[counts[j] for j in out["column"]])

@@ -166,7 +166,7 @@ def _is_categorical(s) -> bool:
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
     return isinstance(s.dtype, pd.CategoricalDtype) or is_bool_dtype(s.dtype) or not is_numeric_dtype(s.dtype)
 
-def _references(reference, treatment: str, categorical: list[str]) -> dict:
+def _reference_levels(reference, treatment: str, categorical: list[str]) -> dict:
     "The `reference` option as {column: level}."
     if reference is None: return {}
     if not isinstance(reference, dict): reference = {treatment: reference}
@@ -223,7 +223,7 @@ def effect(df, outcome: str, treatment: str, controls=(), *, cluster: str | None
     if robust not in _ROBUST: raise UnknownNameError("robust covariance", robust, _ROBUST)
     data = _model_frame(df, outcome, treatment, controls, cluster, kind)
     categorical = [c for c in dict.fromkeys([treatment, *controls]) if _is_categorical(data[c])]
-    references = _references(reference, treatment, categorical)
+    references = _reference_levels(reference, treatment, categorical)
     fragments, names = [], {"Intercept": "Intercept"}
     for col in dict.fromkeys([treatment, *controls]):
         fragment, tidy_names = _term(col, data, references)

@@ -181,10 +181,10 @@ def _cache(res, table) -> None:
     import warnings
     from research_kit.data.load import ParquetCache, cache_key
     from research_kit.settings import load_settings
-    try: ParquetCache(load_settings().cache_dir).write(res, cache_key(res.sha256, res.schema, _references(res)), table)
+    try: ParquetCache(load_settings().cache_dir).write(res, cache_key(res.sha256, res.schema, _referenced_hashes(res)), table)
     except OSError as e: warnings.warn(f"could not cache {res.package}/{res.name}: {e}")
 
-def _references(res) -> list:
+def _referenced_hashes(res) -> list:
     "(resource, sha256) of every other resource of the package that a foreign key of `res` points to, as the loader keys its cache."
     from research_kit.data.load import resource_sha256
     refs = sorted({fk["reference"].get("resource") or res.name for fk in res.schema.get("foreignKeys", [])} - {res.name})
@@ -267,7 +267,7 @@ def _cached_frame(res):
     "The validated previous content of `res` (its recorded hash) from the Parquet cache, or None."
     from research_kit.data.load import ParquetCache, cache_key
     from research_kit.settings import load_settings
-    return ParquetCache(load_settings().cache_dir).read(res, cache_key(res.sha256, res.schema, _references(res)))
+    return ParquetCache(load_settings().cache_dir).read(res, cache_key(res.sha256, res.schema, _referenced_hashes(res)))
 
 def _committed_bytes(res) -> bytes | None:
     "The file as git last committed it, when that is the content the descriptor records; else None."
@@ -327,7 +327,7 @@ def _recorded(res) -> dict:
 # %% ../../nbs/data/authoring.ipynb #43545960
 def _check_one(res):
     "(Rehashed, the edited resource and its validated table, or None when unchanged) of one resource."
-    from research_kit.data.catalog import Resource
+    import dataclasses
     from research_kit.data.load import check_access, validate_bytes
     from research_kit.settings import load_settings
     check_access(res, load_settings().institution)
@@ -340,12 +340,13 @@ def _check_one(res):
     previous = _previous_frame(res)
     from research_kit.data.schema import primary_key
     changes = None if previous is None else compare_rows(previous, df, primary_key(res.schema))
-    edited = Resource(res.package, res.name, {**res.descriptor, **after}, res.url, res.descriptor_url, res.package_descriptor)
+    edited = dataclasses.replace(res, descriptor={**res.descriptor, **after})
     return Rehashed(res.package, res.name, res.file, _recorded(res), after, changes), (edited, table)
 
 def _write(package, edited: list, descriptor_bytes: bytes) -> None:
     "Record the new hash, bytes and rows of the edited resources, unless the descriptor or a file changed meanwhile."
-    from research_kit.data.descriptor import read_descriptor, sha256_file, write_descriptor
+    from research_kit.data.descriptor import read_descriptor, write_descriptor
+    from research_kit.files import sha256_file
     durl = edited[0][0].descriptor_url
     with open(durl, "rb") as f:
         if f.read() != descriptor_bytes: raise AuthoringError(f"{durl} changed while rehashing; nothing was written, run again")

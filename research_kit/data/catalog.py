@@ -129,6 +129,7 @@ class Resource:
     url: str
     descriptor_url: str
     package_descriptor: dict = field(default_factory=dict, repr=False)
+    root: str = ""  # the data root its package was read from: its foreign keys point into the same root
 
     def _own_or_package(self, key: str, default=None):
         return self.descriptor.get(key, self.package_descriptor.get(key, default))
@@ -215,7 +216,7 @@ def open_package(name: str, root: str | None = None) -> Package:
         if not is_url(root) and os.path.isdir(url): raise DescriptorError(f"{url} has no {DESCRIPTOR}") from None
         raise UnknownNameError("package", name, package_names(root), where=root) from None
     except UnicodeDecodeError as e: raise DescriptorError(f"{durl}: not UTF-8 text ({e})") from None
-    resources = {r["name"]: Resource(name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d)
+    resources = {r["name"]: Resource(name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root)
                  for r in d["resources"]}
     return Package(name, url, d, resources)
 

@@ -14,7 +14,8 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from .descriptor import atomic_path, file_stats, write_descriptor
+from .descriptor import file_stats, write_descriptor
+from ..files import atomic_path
 from ..errors import RKError
 
 # %% auto #0
@@ -952,7 +953,8 @@ def _field(name: str, type_: str, title: str, description: str, **constraints) -
     return field
 
 
-def _references(field: str, resource: str, target: str | None = None) -> dict:
+def _foreign_key(field: str, resource: str, target: str | None = None) -> dict:
+    "A foreign key: `field` refers to `target` (by default a field of the same name) of `resource`."
     return {"fields": [field], "reference": {"resource": resource, "fields": [target or field]}}
 
 # %% ../../nbs/data/demo.ipynb #80f93353
@@ -980,7 +982,7 @@ _SCHEMAS = {
             _field("language", "string", "Language of instruction", "Language the programme is taught in.", required=True, enum=["kazakh", "russian"]),
         ],
         "primaryKey": ["program_id"],
-        "foreignKeys": [_references("institution_id", "institutions")],
+        "foreignKeys": [_foreign_key("institution_id", "institutions")],
     },
     "students": {
         "title": "Students",
@@ -998,7 +1000,7 @@ _SCHEMAS = {
             _field("region", "string", "Home region", "Region or city of republican significance of the student's home address.", required=True, enum=REGIONS),
         ],
         "primaryKey": ["student_id"],
-        "foreignKeys": [_references("institution_id", "institutions"), _references("program_id", "programs")],
+        "foreignKeys": [_foreign_key("institution_id", "institutions"), _foreign_key("program_id", "programs")],
     },
     "terms": {
         "title": "Terms",
@@ -1012,7 +1014,7 @@ _SCHEMAS = {
             _field("credits", "integer", "Credits earned", "Credits earned in the term (30 when every course is passed).", required=True, minimum=0, maximum=30),
         ],
         "primaryKey": ["student_id", "term"],
-        "foreignKeys": [_references("student_id", "students")],
+        "foreignKeys": [_foreign_key("student_id", "students")],
     },
     "internships": {
         "title": "Internships",
@@ -1026,7 +1028,7 @@ _SCHEMAS = {
             _field("year", "year", "Year", "Calendar year of the internship (summer).", required=True, minimum=2019, maximum=LAST_YEAR),
         ],
         "primaryKey": ["internship_id"],
-        "foreignKeys": [_references("student_id", "students")],
+        "foreignKeys": [_foreign_key("student_id", "students")],
     },
     "outcomes": {
         "title": "Outcomes",
@@ -1040,7 +1042,7 @@ _SCHEMAS = {
             _field("monthly_wage_kzt", "integer", "Monthly wage (KZT)", "Gross monthly wage in tenge, rounded to 1,000; empty unless employed at 6 months.", minimum=0),
         ],
         "primaryKey": ["student_id"],
-        "foreignKeys": [_references("student_id", "students")],
+        "foreignKeys": [_foreign_key("student_id", "students")],
     },
     "joint_programs": {
         "title": "Joint programmes",
@@ -1051,7 +1053,7 @@ _SCHEMAS = {
             _field("start_year", "year", "Start year", "First academic year (starting in September) of the joint track.", required=True, minimum=2015, maximum=LAST_YEAR),
         ],
         "primaryKey": ["program_id"],
-        "foreignKeys": [_references("program_id", "programs"), _references("metu_program_id", "programs", "program_id")],
+        "foreignKeys": [_foreign_key("program_id", "programs"), _foreign_key("metu_program_id", "programs", "program_id")],
     },
     "joint_enrolments": {
         "title": "Joint-track students",
@@ -1062,7 +1064,7 @@ _SCHEMAS = {
             _field("year", "year", "Year", "Calendar year the joint track began for the student (September).", required=True, minimum=2015, maximum=LAST_YEAR),
         ],
         "primaryKey": ["student_id"],
-        "foreignKeys": [_references("student_id", "students"), _references("program_id", "joint_programs")],
+        "foreignKeys": [_foreign_key("student_id", "students"), _foreign_key("program_id", "joint_programs")],
     },
     "pathways": {
         "title": "Pathways to METU",
@@ -1076,7 +1078,7 @@ _SCHEMAS = {
             _field("first_year_completed", "boolean", "First year completed", "Completed the first year at METU; empty if it ends after 2024/2025."),
         ],
         "primaryKey": ["student_id"],
-        "foreignKeys": [_references("student_id", "students"), _references("metu_program_id", "programs", "program_id")],
+        "foreignKeys": [_foreign_key("student_id", "students"), _foreign_key("metu_program_id", "programs", "program_id")],
     },
     "applications": {
         "title": "Applications",
@@ -1089,7 +1091,7 @@ _SCHEMAS = {
             _field("admitted", "integer", "Admitted", "Students admitted; for 2019-2024 the cohort in students.", required=True, minimum=0),
         ],
         "primaryKey": ["program_id", "year"],
-        "foreignKeys": [_references("program_id", "programs")],
+        "foreignKeys": [_foreign_key("program_id", "programs")],
     },
     "outreach_events": {
         "title": "Outreach events",
@@ -1105,7 +1107,7 @@ _SCHEMAS = {
             _field("pupils_reached", "integer", "Pupils reached", "Pupils who took part.", required=True, minimum=0),
         ],
         "primaryKey": ["event_id"],
-        "foreignKeys": [_references("institution_id", "institutions"), _references("program_id", "programs")],
+        "foreignKeys": [_foreign_key("institution_id", "institutions"), _foreign_key("program_id", "programs")],
     },
     "staff": {
         "title": "Staff",
@@ -1117,7 +1119,7 @@ _SCHEMAS = {
             _field("field_of_study", "string", "Field of study", "Field the staff member teaches in.", required=True, enum=FIELDS),
         ],
         "primaryKey": ["staff_id"],
-        "foreignKeys": [_references("institution_id", "institutions")],
+        "foreignKeys": [_foreign_key("institution_id", "institutions")],
     },
     "projects": {
         "title": "Joint research projects",
@@ -1134,8 +1136,8 @@ _SCHEMAS = {
             _field("amount_kzt", "integer", "Amount (KZT)", "Total funding in tenge, rounded to 1,000.", required=True, minimum=0),
         ],
         "primaryKey": ["project_id"],
-        "foreignKeys": [_references("lead_institution_id", "institutions", "institution_id"),
-                        _references("partner_institution_id", "institutions", "institution_id")],
+        "foreignKeys": [_foreign_key("lead_institution_id", "institutions", "institution_id"),
+                        _foreign_key("partner_institution_id", "institutions", "institution_id")],
     },
     "project_participants": {
         "title": "Project participants",
@@ -1148,7 +1150,7 @@ _SCHEMAS = {
             _field("role", "string", "Role", "Role in the project.", required=True, enum=PARTICIPANT_ROLES),
         ],
         "primaryKey": ["project_id", "person_id"],
-        "foreignKeys": [_references("project_id", "projects"), _references("institution_id", "institutions")],
+        "foreignKeys": [_foreign_key("project_id", "projects"), _foreign_key("institution_id", "institutions")],
     },
     "research_outputs": {
         "title": "Research outputs",
@@ -1160,7 +1162,7 @@ _SCHEMAS = {
             _field("year", "year", "Year", "Calendar year of the output.", required=True, minimum=2019, maximum=LAST_YEAR),
         ],
         "primaryKey": ["output_id"],
-        "foreignKeys": [_references("project_id", "projects")],
+        "foreignKeys": [_foreign_key("project_id", "projects")],
     },
     "staff_visits": {
         "title": "Staff visits",
@@ -1175,8 +1177,8 @@ _SCHEMAS = {
             _field("weeks", "integer", "Weeks", "Length of the visit in weeks.", required=True, minimum=1, maximum=52),
         ],
         "primaryKey": ["visit_id"],
-        "foreignKeys": [_references("staff_id", "staff"), _references("from_institution_id", "institutions", "institution_id"),
-                        _references("to_institution_id", "institutions", "institution_id")],
+        "foreignKeys": [_foreign_key("staff_id", "staff"), _foreign_key("from_institution_id", "institutions", "institution_id"),
+                        _foreign_key("to_institution_id", "institutions", "institution_id")],
     },
 }
 

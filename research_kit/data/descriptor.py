@@ -6,39 +6,16 @@
 # %% ../../nbs/data/descriptor.ipynb #b2e0212f
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import pathlib
-import uuid
 
 from ..errors import RKError
+from ..files import atomic_path, sha256_file  # data.ingest still imports both from here
 
 # %% auto #0
-__all__ = ['atomic_path', 'sha256_file', 'file_stats', 'write_descriptor', 'read_descriptor']
-
-# %% ../../nbs/data/descriptor.ipynb #eeff556e
-@contextlib.contextmanager
-def atomic_path(path) -> pathlib.Path:
-    "Yield a temporary path next to `path`; on success rename it to `path`, on error remove it."
-    path = pathlib.Path(path)
-    # Same folder, so the rename never crosses a file system and is atomic.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+__all__ = ['file_stats', 'write_descriptor', 'read_descriptor']
 
 # %% ../../nbs/data/descriptor.ipynb #18177b64
-def sha256_file(path) -> str:
-    "The sha256 (hex) of the file at `path`, read in blocks so a large file never has to fit in memory."
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 def file_stats(path) -> dict:
     "The `hash` (`sha256:<hex>`) and size in `bytes` of the file at `path`."
     return {"hash": f"sha256:{sha256_file(path)}", "bytes": os.path.getsize(path)}

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/ingest.ipynb #49d438f1
 from __future__ import annotations
-import contextlib, csv, datetime, hashlib, io, os, re
+import csv, datetime, hashlib, io, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from ..errors import DataValidationError, Failure, RKError, SettingsError, UnknownNameError
@@ -210,8 +210,8 @@ def _plan(columns, m: Mapping, res, export: str) -> dict[str, str]:
         plan[f] = header[n]
     for f in (PSEUDONYM_FIELD, INSTITUTION_FIELD):
         if f in m.constants: raise IngestError(f"{where}: {f!r} cannot be a constant; it is set by the ingest")
-    from research_kit.data.schema import is_required as _required
-    missing = [f["name"] for f in res.fields if _required(f, res.schema) and f["name"] not in plan
+    from research_kit.data.schema import is_required
+    missing = [f["name"] for f in res.fields if is_required(f, res.schema) and f["name"] not in plan
                and f["name"] not in m.constants and f["name"] not in (PSEUDONYM_FIELD, INSTITUTION_FIELD)]
     if missing: raise IngestError(f"{where}: required field(s) {', '.join(map(repr, missing))} get no column or constant")
     return plan
@@ -340,21 +340,29 @@ def _without_echoes(failures: list) -> list:
     def echo(f): return f.rule.startswith("required") and (f.line, f.column) in reported
     return [f for f in failures if not echo(f)]
 
-def _validate_new(rows, res, header: list, where):
-    "(rows that pass, their typed DataFrame, failures, whether a failure has no line) of the candidate rows on their own."
-    from research_kit.data.load import _validated
+@dataclass(frozen=True)
+class _NewRows:
+    "The candidate rows after validation on their own."
+    rows: object  # the rows that pass: a DataFrame of text indexed by export line
+    typed: object  # the same rows in their declared types, or None when none pass
+    failures: list  # the failures of the rows left out
+    refused: bool = False  # a failure on no row of the export: leaving rows out cannot fix it
+
+def _validate_new(rows, res, header: list, where) -> _NewRows:
+    "The candidate rows on their own: validated until what is left passes."
+    from research_kit.data.load import validate_bytes
     failures = []
     while len(rows):  # until clean, so the one error lists every failing row (foreign keys are checked last)
         lines = rows.index.tolist()
         try:
-            _, typed = _validated(_csv_bytes(header, _row_text(rows, header), res.encoding), res)
-            return rows, typed.set_axis(rows.index), failures, False
+            _, typed = validate_bytes(_csv_bytes(header, _row_text(rows, header), res.encoding), res)
+            return _NewRows(rows, typed.set_axis(rows.index), failures)
         except DataValidationError as e:
             found = _without_echoes([_at_export(f, lines, 2, where) for f in e.failures])
             failures += found
-            if any(f.line is None for f in found): return rows, None, failures, True
+            if any(f.line is None for f in found): return _NewRows(rows, None, failures, refused=True)
             rows = rows.drop(index=sorted({f.line for f in found}))
-    return rows, None, failures, False
+    return _NewRows(rows, None, failures)
 
 # %% ../../nbs/data/ingest.ipynb #29da1541
 def _formatted(typed, header: list, res) -> list[list[str]]:
@@ -405,9 +413,18 @@ def _existing(res) -> _Existing:
     return _Existing(rows[0], rows[1:], delimiter, newline, descriptor_bytes)
 
 # %% ../../nbs/data/ingest.ipynb #82d97711
-def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, res, where):
-    "(final file bytes, new rows that pass, their export lines, failures, whether a failure is not the export's)."
-    from research_kit.data.load import _validated
+@dataclass(frozen=True)
+class _Combined:
+    "The resource's file with the new rows, after validation as a whole."
+    data: bytes | None  # the file to write, or None when refused
+    rows: list  # the new rows that pass, as text
+    lines: list  # their export lines
+    failures: list  # the failures of the new rows left out, and of published rows
+    refused: bool = False  # a failure of the rows already published: not the export's to skip
+
+def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, res, where) -> _Combined:
+    "The kept rows and the new ones as one file, validated until the new rows left pass."
+    from research_kit.data.load import validate_bytes
     from research_kit.data.schema import primary_key
     failures = []
     first = len(kept) + 2  # the file's line of the first new row
@@ -416,8 +433,8 @@ def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, 
     while True:
         data = _csv_bytes(existing.header, kept + new, res.encoding, existing.delimiter, existing.newline)
         try:
-            _validated(data, res)
-            return data, new, lines, failures, False
+            validate_bytes(data, res)
+            return _Combined(data, new, lines, failures)
         except DataValidationError as e:
             found, hard = [], []
             for f in e.failures:
@@ -430,7 +447,7 @@ def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, 
                 elif not duplicate_key(f):  # the other half of a duplicate is reported on the export's line
                     hard.append(_described(f))  # a problem of the rows already published: not this export's to skip
             failures += found + hard
-            if hard or not found: return None, new, lines, failures, True
+            if hard or not found: return _Combined(None, new, lines, failures, refused=True)
             bad = {f.line for f in found}
             keep = [i for i, l in enumerate(lines) if l not in bad]
             new, lines = [new[i] for i in keep], [lines[i] for i in keep]
@@ -440,15 +457,15 @@ def _check_referrers(res, removed: set) -> None:
     "Refuse when rows of other resources of the package refer to keys that would disappear."
     if not removed: return
     from research_kit.data.catalog import open_package
-    from research_kit.data.load import _load
-    from research_kit.data.schema import as_list as _as_list
-    for other in open_package(res.package).resources.values():
+    from research_kit.data.load import column_values
+    from research_kit.data.schema import as_list
+    for other in open_package(res.package, res.root).resources.values():
         for fk in other.schema.get("foreignKeys", []):
             if other.name == res.name or fk["reference"].get("resource") != res.name: continue
-            fields = _as_list(fk["fields"])
+            fields = as_list(fk["fields"])
             if len(fields) != 1: continue
-            values = _load(res.package, other.name, fields, record=False)[fields[0]].astype(object)
-            stranded = values[values.isin(removed)]
+            values = column_values(res.package, other.name, fields[0], root=res.root, as_input=False)
+            stranded = [v for v in values if v in removed]
             if len(stranded):
                 raise IngestError(f"replacing would leave {len(stranded)} row(s) of {res.package}/{other.name} referring to "
                                   f"{len(set(stranded))} {res.name} no longer present (e.g. {sorted(set(stranded))[0]}); "
@@ -502,29 +519,20 @@ def _refuse(failures: list):
     "Raise the failures, in line order: nothing has been written."
     raise DataValidationError(sorted(failures, key=lambda f: (f.line or 0, f.column or "")))
 
-@contextlib.contextmanager
-def _data_root(root):
-    "Point the loader (which foreign-key checks go through) at `root` for the duration of the ingest."
-    if root is None: yield; return
-    saved = os.environ.get("RK_WORKSPACE_DATA")
-    os.environ["RK_WORKSPACE_DATA"] = str(root)
-    try: yield
-    finally:
-        if saved is None: os.environ.pop("RK_WORKSPACE_DATA", None)
-        else: os.environ["RK_WORKSPACE_DATA"] = saved
-
-def _local_resource(package, resource, institution):
+def _local_resource(package, resource, institution, root):
+    "The resource to ingest into, from the data root `root` (None: the workspace's), after checking access and the institution."
     from research_kit.data.catalog import get_resource
-    from research_kit.data.load import _load, check_access
+    from research_kit.data.load import check_access, column_values
+    from research_kit.data.schema import as_list
     from research_kit.settings import is_url, load_settings
-    res = get_resource(package, resource)
+    res = get_resource(package, resource, root)
     check_access(res, load_settings().institution)  # before its rows are read, or anything is said about them
     if is_url(res.url) or is_url(res.descriptor_url):
         raise IngestError(f"{package}/{resource} is at {res.url}; ingest writes only to a local data root")
     ref = next((fk["reference"] for fk in res.schema.get("foreignKeys", []) if fk["fields"] in (INSTITUTION_FIELD, [INSTITUTION_FIELD])), None)
     if ref is not None:
-        known = _load(package, ref["resource"], [ref["fields"][0] if isinstance(ref["fields"], list) else ref["fields"]], record=False)
-        known = set(known.iloc[:, 0].astype(str))
+        values = column_values(package, ref["resource"], as_list(ref["fields"])[0], root=root, as_input=False)
+        known = {str(v) for v in values if v is not None}
         if institution not in known: raise UnknownNameError("institution", institution, known, where=f"{package}/{ref['resource']}")
     return res
 
@@ -536,37 +544,37 @@ def ingest(path, *, package: str, resource: str, institution: str, mapping, enco
     if mode not in MODES: raise IngestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     key = key_from_env()
     path = Path(path)
-    with _data_root(root):
-        res = _local_resource(package, resource, institution)
-        rules = read_mapping(mapping)
-        frame, used = read_export(path, encoding)
-        where = Where(package, resource, path.name)
-        plan = _plan(frame.columns, rules, res, path.name)
-        rows, failures, pseudonymized = _candidates(frame, plan, rules, res, institution, key, where)
-        existing = _existing(res)
-        header = existing.header
-        if sorted(header) != sorted(f["name"] for f in res.fields):
-            raise IngestError(f"{res.url}: its header does not match the schema; validate the package first")
-        rows, typed, more, hard = _validate_new(rows, res, header, where)
-        failures += more
-        if hard: _refuse(failures)
-        ins = header.index(INSTITUTION_FIELD)
-        kept = existing.rows if mode == "append" else [r for r in existing.rows if r[ins] != institution]
-        new = _formatted(typed, header, res) if typed is not None else []
-        data, new, lines, more, hard = _validate_combined(existing, kept, new, rows.index.tolist(), res, where)
-        failures += more
-        if hard or (failures and not skip_invalid): _refuse(failures)
-        if not new:
-            if failures: _refuse(failures)  # every row failed: nothing to write
-            raise IngestError(f"{path.name}: the export has no data rows")
-        if mode == "replace":
-            pk = header.index(primary_key(res.schema)[0])
-            _check_referrers(res, {r[pk] for r in existing.rows if r[ins] == institution} - {r[pk] for r in new})
-        report = None
-        if skip_invalid:
-            report = Path(report_path) if report_path else path.with_name(path.name + ".skipped.csv")
-            _write_report(report, failures)
-        _write(res, existing, data, len(kept) + len(new))
+    res = _local_resource(package, resource, institution, root)
+    rules = read_mapping(mapping)
+    frame, used = read_export(path, encoding)
+    where = Where(package, resource, path.name)
+    plan = _plan(frame.columns, rules, res, path.name)
+    rows, failures, pseudonymized = _candidates(frame, plan, rules, res, institution, key, where)
+    existing = _existing(res)
+    header = existing.header
+    if sorted(header) != sorted(f["name"] for f in res.fields):
+        raise IngestError(f"{res.url}: its header does not match the schema; validate the package first")
+    alone = _validate_new(rows, res, header, where)
+    failures += alone.failures
+    if alone.refused: _refuse(failures)
+    ins = header.index(INSTITUTION_FIELD)
+    kept = existing.rows if mode == "append" else [r for r in existing.rows if r[ins] != institution]
+    new = _formatted(alone.typed, header, res) if alone.typed is not None else []
+    combined = _validate_combined(existing, kept, new, alone.rows.index.tolist(), res, where)
+    failures += combined.failures
+    if combined.refused or (failures and not skip_invalid): _refuse(failures)
+    new = combined.rows
+    if not new:
+        if failures: _refuse(failures)  # every row failed: nothing to write
+        raise IngestError(f"{path.name}: the export has no data rows")
+    if mode == "replace":
+        pk = header.index(primary_key(res.schema)[0])
+        _check_referrers(res, {r[pk] for r in existing.rows if r[ins] == institution} - {r[pk] for r in new})
+    report = None
+    if skip_invalid:
+        report = Path(report_path) if report_path else path.with_name(path.name + ".skipped.csv")
+        _write_report(report, failures)
+    _write(res, existing, combined.data, len(kept) + len(new))
     return IngestResult(rows_added=len(new), rows_replaced=len(existing.rows) - len(kept),
                         rows_skipped=len({f.line for f in failures}), pseudonymized=pseudonymized, report_path=report,
                         resource=f"{package}/{resource}", rows_total=len(kept) + len(new), encoding=used,

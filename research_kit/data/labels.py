@@ -9,7 +9,8 @@ from ..i18n import LANGUAGES, check_lang
 from .catalog import get_resource
 
 # %% auto #0
-__all__ = ['field_title', 'value_labels', 'labels', 'title', 'resource_labels', 'package_labels', 'label_problems']
+__all__ = ['field_title', 'value_labels', 'labels', 'title', 'resource_labels', 'package_labels', 'package_titles',
+           'label_problems']
 
 # %% ../../nbs/data/labels.ipynb #aa5b4248
 def _in(labels, lang: str) -> str | None:
@@ -56,6 +57,15 @@ def package_labels(package: str, lang: str, root: str | None = None) -> dict[str
     out: dict[str, dict[str, str]] = {}
     for resource in open_package(package, root).resources:
         for name, mapping in resource_labels(package, resource, lang, root).items(): out.setdefault(name, {}).update(mapping)
+    return out
+
+def package_titles(package: str, lang: str, root: str | None = None) -> dict[str, str]:
+    "Every field of a package with its title in `lang` (a field named alike in two resources: the first resource's title)."
+    from research_kit.data.catalog import open_package
+    lang = check_lang(lang)
+    out: dict[str, str] = {}
+    for resource in open_package(package, root).resources:
+        for f in get_resource(package, resource, root).fields: out.setdefault(f["name"], field_title(f, lang))
     return out
 
 # %% ../../nbs/data/labels.ipynb #11606280

@@ -8,7 +8,7 @@ import json, os
 from dataclasses import dataclass, asdict
 
 # %% auto #0
-__all__ = ['LINEAGE_FILE_ENV', 'Input', 'record', 'entries', 'clear', 'read_file']
+__all__ = ['LINEAGE_FILE_ENV', 'Input', 'note_read', 'entries', 'clear', 'read_file']
 
 # %% ../../nbs/data/lineage.ipynb #bc660041
 LINEAGE_FILE_ENV = "RK_LINEAGE_FILE"
@@ -22,7 +22,7 @@ class Input:
 
 _log: list[Input] = []
 
-def record(package: str, resource: str, sha256: str) -> None:
+def note_read(package: str, resource: str, sha256: str) -> None:
     "Note that `package/resource` with content `sha256` was read (and append it to RK_LINEAGE_FILE if set)."
     entry = Input(package, resource, sha256)
     _log.append(entry)

@@ -10,7 +10,7 @@ from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, get_resource, open_package, read_bytes
-from .descriptor import atomic_path, sha256_file
+from ..files import atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
 from .frames import to_frame, as_large_text as _as_large_text
@@ -228,7 +228,7 @@ def _foreign_key_failures(table, res: Resource, where: Where) -> list:
         fields, ref = _as_list(fk["fields"]), fk["reference"]
         ref_name, ref_fields = ref.get("resource") or res.name, _as_list(ref["fields"])
         target = table.select(ref_fields).to_pandas() if ref_name == res.name else \
-            _load(res.package, ref_name, ref_fields, record=False)
+            _load(res.package, ref_name, ref_fields, as_input=False, root=res.root or None)
         if len(fields) == 1:
             col = table.column(fields[0])
             dangling = _dangling_rows(col, _key_values(target, ref_fields))
@@ -267,13 +267,15 @@ ACCESS_LEVELS = ("public", "consortium", "restricted")
 def check_access(res: Resource, institution: str) -> None:
     "Raise AccessDenied unless the researcher's institution may load `res`."
     from research_kit.errors import AccessDenied, DescriptorError
+    from research_kit.settings import user_settings_path
     if res.access not in ACCESS_LEVELS:
         raise DescriptorError(f"{res.descriptor_url}: resource {res.name!r} has x-access {res.access!r}; use one of {', '.join(ACCESS_LEVELS)}")
     if res.access != "restricted": return
     if not res.owner: raise DescriptorError(f"{res.descriptor_url}: restricted resource {res.name!r} names no x-owner")
     if institution != res.owner:
         raise AccessDenied(f"{res.package}/{res.name} is restricted to its owner {res.owner}; your settings name "
-                           f"{institution or 'no institution'} ([workspace] institution in settings.ini, or RK_WORKSPACE_INSTITUTION)")
+                           f"{institution or 'no institution'} ([workspace] institution in {user_settings_path()} or the workspace's "
+                           "settings.ini, or RK_WORKSPACE_INSTITUTION)")
 
 # %% ../../nbs/data/load.ipynb #8d1cf611
 def _in_jupyter_kernel() -> bool:
@@ -316,29 +318,37 @@ def _hash_mismatch(res: Resource, actual: str):
     _fail(Where(res.package, res.name, res.file), f"hash: the file's sha256 differs from the descriptor's "
           f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)", value=f"sha256:{actual}")
 
-def _references(res: Resource, pkg, memo: HashMemo) -> list:
+def _referenced_hashes(res: Resource, pkg, memo: HashMemo) -> list:
     "(resource, current sha256) of every other resource of package `pkg` a foreign key of `res` points to."
     refs = sorted({(fk["reference"].get("resource") or res.name) for fk in res.schema.get("foreignKeys", [])} - {res.name})
     return [(r, _current_sha256(pkg.resources.get(r), memo)) for r in refs]
 
-def load(package: str, resource: str | None = None, *, columns=None):
+def load(package: str, # a data package's name
+         resource: str | None = None, # one of its resources; may be left out when the package has only one
+         *,
+         columns=None, # a column name or a list of them; None for all
+         root: str | None = None, # the data root to read from; None for the workspace's (`[workspace] data`)
+        ):
     "The resource as a typed DataFrame, verified against its hash and validated against its schema."
-    return _load(package, resource, columns, record=True)
+    return _load(package, resource, columns, as_input=True, root=root)
 
-def column_values(package: str, resource: str, column: str) -> list:
+def column_values(package: str, resource: str, column: str, *,
+                  root: str | None = None, # the data root to read from; None for the workspace's
+                  as_input: bool = True, # False for a check's read, which is not an input of the work: not noted in the lineage
+                 ) -> list:
     "The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it is there."
     import pyarrow as pa
-    col = _load(package, resource, [column], record=True, as_table=True).column(0)
+    col = _load(package, resource, [column], as_input=as_input, as_table=True, root=root).column(0)
     t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t): col = _as_large_text(col)
     elif pa.types.is_dictionary(col.type): col = col.cast(t)
     return col.to_pylist()
 
-def _load(package, resource, columns, record, as_table=False, rehash=False):
-    """`load`; `record=False` for the loads foreign-key checks make (only what a caller asked for is lineage);
+def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None):
+    """`load`; `as_input=False` for the loads checks make (only what a caller asked for is lineage);
     `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
-    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`)."""
-    pkg = open_package(package)
+    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`); `root`: the data root."""
+    pkg = open_package(package, root)
     res = pkg.resource(resource)
     settings = load_settings()
     # who reads matters only for restricted data: read the setting only then, so that only runs which
@@ -355,16 +365,16 @@ def _load(package, resource, columns, record, as_table=False, rehash=False):
         sha = memo.sha256(res.url)  # a file touched but unchanged (a checkout, a copy): hashing it finds its cache
     if sha is not None:
         if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
-        df = cache.read(res, cache_key(sha, res.schema, _references(res, pkg, memo)), columns, as_table)
+        df = cache.read(res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), columns, as_table)
         if df is not None:
-            if record: lineage.record(res.package, res.name, sha)
+            if as_input: lineage.note_read(res.package, res.name, sha)
             return df
     stamp = memo.stamp(res.url) if local else None  # before reading: a change while it is read is not remembered
     with _progress(f"{res.package}/{res.name}") as bar:
         df, table, sha = _fetch_and_validate(res, bar)
     if local: memo.put(res.url, sha, stamp)
-    _write_in_background(cache, res, cache_key(sha, res.schema, _references(res, pkg, memo)), table)
-    if record: lineage.record(res.package, res.name, sha)
+    _write_in_background(cache, res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), table)
+    if as_input: lineage.note_read(res.package, res.name, sha)
     if as_table: return table.select(columns) if columns else table
     return df[columns] if columns else df
 
@@ -426,7 +436,7 @@ def validate(package: str | None = None, resource: str | None = None) -> list[Ch
         for r in [resource] if resource else p.resources:
             if resource is None and _restricted_to_another(p.resources[r], institution):
                 results.append(Checked(name, r, None, None, f"restricted to {p.resources[r].owner}")); continue
-            try: results.append(Checked(name, r, len(_load(name, r, None, record=True, rehash=True)), None))
+            try: results.append(Checked(name, r, len(_load(name, r, None, as_input=True, rehash=True)), None))
             except RKError as e: results.append(Checked(name, r, None, e))
     return results
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 from .schema import Where, constraints, is_required, primary_key
-from .keys import key_may_repeat
-from .threads import each
 
 # %% auto #0
-__all__ = ['RULES', 'Rule', 'rules_of', 'is_missing', 'may_fail', 'suspects', 'constraint_schema', 'check']
+__all__ = ['RULES', 'Rule', 'rules_of', 'is_missing', 'may_fail', 'constraint_schema', 'check']
 
 # %% ../../nbs/data/rules.ipynb #9bfc41f5
 def _plain(values):
@@ -131,14 +129,6 @@ def may_fail(col, # a typed column (Arrow)
     rules = rules_of(f)
     values = _distinct_values(col) if rules else None
     return any(r.screen(values, f) for r in rules)
-
-def suspects(table, # a typed Arrow table
-             schema: dict, # its Table Schema
-            ) -> tuple[list[str], bool]:
-    "(columns that may break a rule, whether a primary key of several columns may repeat)."
-    fields = [f for f in schema["fields"] if f["name"] in table.column_names]
-    flagged = each(lambda f: may_fail(table.column(f["name"]), f, schema), fields)
-    return [f["name"] for f, m in zip(fields, flagged) if m], key_may_repeat(table, schema)
 
 # %% ../../nbs/data/rules.ipynb #66202e65
 def constraint_schema(schema: dict, # a Table Schema

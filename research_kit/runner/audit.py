@@ -4,22 +4,23 @@
 
 # %% ../../nbs/runner/audit.ipynb #a22f760c
 from __future__ import annotations
-import hashlib, json, math, re
+import json, math, re
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 
 from pathlib import Path
 from ..errors import RKError
 from ..identifiers import find_iins, find_pseudonyms
-from .record import MIMETYPE, VETTED, integers, output_digest
-from .runs import write_json_atomic
+from .record import MIMETYPE, PATTERN, VETTED, integers, output_digest
+from ..files import sha256_file
+from .manifest import Manifest, read_manifest, write_manifest
 
 # %% auto #0
 __all__ = ['AUDIT_RULES', 'KINDS', 'MANIFEST_FIELDS', 'mask', 'Finding', 'AuditResult', 'audit_run', 'audit_runs',
            'mark_publishable', 'audit_unless_current']
 
 # %% ../../nbs/runner/audit.ipynb #2b646632
-AUDIT_RULES = 2  # raised whenever the rules change, so verdicts made under older rules are made again
+AUDIT_RULES = 3  # raised whenever the rules change, so verdicts made under older rules are made again
 
 # %% ../../nbs/runner/audit.ipynb #3e95c3b4
 KINDS = {  # kind: how the summary names it
@@ -28,6 +29,7 @@ KINDS = {  # kind: how the summary names it
     "small_count": "small count",  # a count below the threshold in an output marked as vetted
     "altered": "altered output",  # changed after the run wrote it (a vetted output's hash, report.html's sha256)
     "low_threshold": "output vetted below the threshold",
+    "unprotected": "unprotected count",  # a masked count of a vetted table that an attacker can narrow down (LP attack)
 }
 
 def mask(value: str, keep_start: int, keep_end: int = 0) -> str:
@@ -163,6 +165,22 @@ def _cell_label(i: int, cell: dict) -> str:
     count = cell.get("execution_count")
     return f"cell {i}" + (f" [{count}]" if isinstance(count, int) else "")
 
+def _check_pattern(output: dict, where: str, found: _Findings, threshold: int) -> None:
+    "A vetted table's suppression pattern, attacked again by linear programming: each count it leaves exposed is a finding."
+    pattern = output.get("data", {}).get(PATTERN)
+    if pattern is None: return
+    from research_kit.analysis.privacy import check_published
+    p = -(-threshold // 2)
+    try: attack = check_published(pattern, k=threshold, p=p)
+    except RKError as e:
+        found.add("report.ipynb", where, "unprotected", f"its suppression pattern cannot be checked ({e})")
+        return
+    p = max(p, pattern.get("p", 0))
+    for cell in attack[~attack["protected"]].itertuples():
+        row, column = (repr(x) if found.clean(str(x)) else "(an identifier)" for x in (cell.row, cell.column))
+        found.add("report.ipynb", where, "unprotected", f"row {row}, column {column}: a masked count that can be "
+                  f"narrowed to a range narrower than {p} from what the table shows")
+
 def _check_record(payload: dict, output: dict, where: str, found: _Findings, threshold: int) -> None:
     file, name, value = "report.ipynb", str(payload["name"]), payload.get("value")
     location = f"{where} record {name!r}"
@@ -171,6 +189,7 @@ def _check_record(payload: dict, output: dict, where: str, found: _Findings, thr
         k = output["metadata"][VETTED]["threshold"]
         for at, n in _whole_numbers(value, strings=False):  # labels such as a programme code are not counts
             if 0 < n < k: found.add(file, location, "small_count", f"{at or 'value'} = {n} (below {k})"); return
+        _check_pattern(output, location, found, threshold)
         return
     numbers = list(_whole_numbers(value))
     if numbers:
@@ -183,6 +202,7 @@ def _check_output(output: dict, where: str, found: _Findings, threshold: int) ->
     if payload is not None: return _check_record(payload, output, where, found, threshold)
     if _is_vetted(output):
         if problem := _vetting_problem(output, threshold): found.add("report.ipynb", where, *problem)
+        else: _check_pattern(output, where, found, threshold)
     elif detail := _unvetted_output(output, found): found.add("report.ipynb", where, "unvetted", detail)
 
 def _scan_notebook(nb: dict, found: _Findings, threshold: int | None) -> None:
@@ -198,34 +218,22 @@ def _scan_notebook(nb: dict, found: _Findings, threshold: int | None) -> None:
 def _scan_html(text: str, found: _Findings) -> None:
     for n, line in enumerate(_strip_noise(text).splitlines(), 1): found.scan("report.html", f"line {n}", line)
 
-def _check_written(folder: Path, manifest: dict, found: _Findings) -> None:
+def _check_written(folder: Path, manifest: Manifest, found: _Findings) -> None:
     "Public runs: report.ipynb and report.html are the files the run wrote (their sha256 as in the manifest)."
-    outputs = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
+    outputs = manifest.outputs
     for name in ("report.ipynb", "report.html"):
         path = folder / name
         if not path.is_file(): continue
-        if outputs.get(name) != hashlib.sha256(path.read_bytes()).hexdigest():
+        if outputs.get(name) != sha256_file(path):
             found.add(name, "file", "altered", "not the file the run wrote (its sha256 differs from the manifest's outputs)")
 
 MANIFEST_FIELDS = ("slug", "parameters", "records", "error")  # what the index page shows
 
-def _scan_manifest(manifest: dict, found: _Findings) -> None:
+def _scan_manifest(manifest: Manifest, found: _Findings) -> None:
     for key in MANIFEST_FIELDS:
-        if manifest.get(key) is not None: found.scan("manifest.json", key, _text(manifest[key]))
+        if manifest.data.get(key) is not None: found.scan("manifest.json", key, _text(manifest.data[key]))
 
 # %% ../../nbs/runner/audit.ipynb #39d6c241
-def _read_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    try: manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError: raise RKError(f"{folder} is not a run folder: it has no manifest.json") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e: raise RKError(f"{path} cannot be read: {e}") from None
-    if not isinstance(manifest, dict): raise RKError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
-    return manifest
-
-def _audience(manifest: dict) -> str | None:
-    parameters = manifest.get("parameters")
-    return parameters.get("audience") if isinstance(parameters, dict) else None
-
 def _summary(findings: list[Finding]) -> str:
     counts = Counter(f.kind for f in findings)
     return ", ".join(f"{counts[k]} {name}{'s' if counts[k] != 1 and k != 'low_threshold' else ''}"
@@ -241,11 +249,11 @@ def audit_run(folder, *, threshold: int, policy: int | None = None, pseudonym_pa
     threshold = _check_threshold(threshold, "threshold")
     policy = threshold if policy is None else _check_threshold(policy, "threshold policy")
     folder = Path(folder)
-    manifest = _read_manifest(folder)
-    audience = _audience(manifest)
+    manifest = read_manifest(folder)
+    audience = manifest.audience
     public = audience == "public"
     found, reasons = _Findings(pseudonym_pattern), []
-    if manifest.get("status") != "succeeded": reasons.append(f"run status is {manifest.get('status')!r}")
+    if manifest.status != "succeeded": reasons.append(f"run status is {manifest.status!r}")
     if not public:
         reasons.append(f"audience is {audience}" if isinstance(audience, str) else "the report has no audience parameter")
     elif threshold < policy:
@@ -260,30 +268,6 @@ def audit_run(folder, *, threshold: int, policy: int | None = None, pseudonym_pa
     if found.items: reasons.append(_summary(found.items))
     return AuditResult(publishable=not reasons, findings=found.items, reasons=reasons, audience=audience,
                        threshold=threshold, policy=policy)
-
-# %% ../../nbs/runner/audit.ipynb #a7459960
-def _fake_run(folder, cells, *, audience="public", html="", status="succeeded", **manifest) -> Path:
-    "A run folder with an executed notebook of `cells` (nbformat cells), `html` and a manifest (for tests)."
-    import nbformat
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), folder / "report.ipynb")
-    (folder / "report.html").write_text(f"<!DOCTYPE html><html><body>{html}</body></html>", encoding="utf-8")
-    parameters = {"audience": audience} if audience is not None else {}
-    outputs = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("report.ipynb", "report.html")}
-    (folder / "manifest.json").write_text(json.dumps({"report": folder.parent.name, "slug": folder.name, "status": status,
-                                                      "parameters": parameters, "records": {}, "error": None,
-                                                      "outputs": outputs, **manifest}))
-    return folder
-
-def _output(text: str = "", html: str | None = None, record: tuple | None = None, vetted: int | None = None):
-    "A display output showing `text` (and `html`, or a record `(name, value)`); `vetted=k` marks it as rk.show does."
-    import nbformat
-    data = {"text/plain": text}
-    if html is not None: data["text/html"] = html
-    if record is not None: data[MIMETYPE] = {"name": record[0], "value": record[1]}
-    metadata = {VETTED: {"vetted": True, "threshold": vetted, "sha256": output_digest(data)}} if vetted is not None else {}
-    return nbformat.v4.new_output("display_data", data=data, metadata=metadata)
 
 # %% ../../nbs/runner/audit.ipynb #896678ee
 def audit_runs(folders, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None) -> dict[Path, AuditResult]:
@@ -302,19 +286,18 @@ def _outputs_stamp(folder: Path) -> list:
 def _stamp(folder: Path, threshold: int, policy: int | None) -> list:
     return [AUDIT_RULES, threshold, threshold if policy is None else policy, _outputs_stamp(folder)]
 
-def mark_publishable(folder, result: AuditResult) -> dict:
+def mark_publishable(folder, result: AuditResult) -> Manifest:
     "Write `result` into the run's manifest (`publishable`, `audit`, `audit_reasons`, `audit_threshold`, `threshold_policy`, `audit_stamp`), atomically; return the manifest."
     folder = Path(folder)
-    manifest = _read_manifest(folder)
-    manifest.update(publishable=bool(result.publishable), audit=[asdict(f) for f in result.findings],
-                    audit_reasons=list(result.reasons), audit_threshold=result.threshold, threshold_policy=result.policy,
-                    audit_stamp=_stamp(folder, result.threshold, result.policy))
-    write_json_atomic(folder / "manifest.json", manifest)
+    manifest = read_manifest(folder).with_(
+        publishable=bool(result.publishable), audit=[asdict(f) for f in result.findings], audit_reasons=list(result.reasons),
+        audit_threshold=result.threshold, threshold_policy=result.policy, audit_stamp=_stamp(folder, result.threshold, result.policy))
+    write_manifest(folder, manifest)
     return manifest
 
-def audit_unless_current(folder, *, threshold: int, policy: int | None = None) -> dict:
+def audit_unless_current(folder, *, threshold: int, policy: int | None = None) -> Manifest:
     "The run's manifest with a verdict: the one it holds if the rules, threshold, policy and outputs are unchanged since, else a new one."
     folder = Path(folder)
-    manifest = _read_manifest(folder)
-    if "publishable" in manifest and manifest.get("audit_stamp") == _stamp(folder, threshold, policy): return manifest
+    manifest = read_manifest(folder)
+    if manifest.audited and manifest.data.get("audit_stamp") == _stamp(folder, threshold, policy): return manifest
     return mark_publishable(folder, audit_run(folder, threshold=threshold, policy=policy))

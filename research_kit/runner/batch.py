@@ -8,7 +8,8 @@ import fnmatch, itertools
 from pathlib import Path
 from ..errors import RKError, UnknownNameError, quoted
 from ..settings import Settings, load_settings
-from .runs import Run, build_lock, clean_stale, execute, plan, still_cached
+from .manifest import MANIFEST, Manifest, ManifestError, Run, read_manifest
+from .runs import build_lock, clean_stale, execute, plan, still_cached
 
 # %% auto #0
 __all__ = ['BATCHES_FILE', 'MAX_RUNS', 'BatchError', 'load_batches', 'expand', 'plan_batch', 'run_runs', 'unpublishable',
@@ -72,7 +73,7 @@ def plan_batch(name: str, settings: Settings | None = None, *, force: bool = Fal
     return runs
 
 # %% ../../nbs/runner/batch.ipynb #a933e8d5
-def _restore_from_share(todo: list[Run], settings: Settings, on_result=None, on_share=None) -> dict:
+def _restore_from_share(todo: list[Run], settings: Settings, on_result=None, on_share=None) -> dict[str, Manifest]:
     "{name: manifest} of the runs the shared store held and that were restored instead of executed."
     from research_kit.runner.store import ShareError, restore
     restored = {}
@@ -88,7 +89,7 @@ def _restore_from_share(todo: list[Run], settings: Settings, on_result=None, on_
 
 def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, executor: str = "local",
              workers: int | None = None, scheduler: str | None = None, wait: bool = False, on_result=None,
-             share: bool = True, on_share=None):
+             share: bool = True, on_share=None) -> list[tuple[Run, Manifest | None]]:
     "Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run, manifest or None) pairs."
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
@@ -104,19 +105,20 @@ def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, 
                                                     workers=workers, scheduler=scheduler, on_result=on_result)) if todo else {}
         done.update(restored)
         for r in runs:  # cached runs too: the threshold may have changed since they ran
-            if (r.folder / "manifest.json").is_file():
+            if (r.folder / MANIFEST).is_file():
                 manifest = audit_unless_current(r.folder, threshold=settings.threshold, policy=settings.threshold_policy)
                 if r.name in done: done[r.name] = manifest
         build_index(settings.build_dir)
     return [(r, done.get(r.name)) for r in runs]
 
-def unpublishable(results) -> list:
+def unpublishable(results: list[tuple[Run, Manifest | None]]) -> list[tuple[Run, Manifest]]:
     "The public-audience runs whose outputs failed the audit."
-    from research_kit.runner.runs import read_manifest
     out = []
     for run, m in results:
-        m = m or read_manifest(run.folder) or {}
-        if run.parameters.get("audience") == "public" and m.get("publishable") is False: out.append((run, m))
+        if m is None:  # cached: its manifest is on disk
+            try: m = read_manifest(run.folder)
+            except ManifestError: continue
+        if run.parameters.get("audience") == "public" and m.publishable is False: out.append((run, m))
     return out
 
 def run_batch(name: str, settings: Settings | None = None, *, force: bool = False, only: str | None = None,

@@ -4,9 +4,10 @@
 
 # %% ../../nbs/runner/documents.ipynb #91ec536c
 from __future__ import annotations
-import html, os, re, shutil, signal, subprocess, tempfile, time
+import functools, html, os, re, shutil, signal, subprocess, tempfile, time
 from pathlib import Path
 from ..errors import RKError
+from ..files import write_text_atomic
 from ..i18n import N_, REPORT_TITLES, translate
 
 # %% auto #0
@@ -20,12 +21,13 @@ __all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'T
 WORDS = {
     "index": N_("All reports"), "provenance": N_("About this document"), "data": N_("Data"), "version": N_("version"),
     "software": N_("Software"), "commit": N_("commit"), "uncommitted": N_("with uncommitted changes"), "run": N_("Run"),
-    "engine": N_("engine"), "disclosure": N_("Disclosure control"),
+    "engine": N_("engine"), "disclosure": N_("Disclosure control"), "figure": N_("Figure"),
     "threshold": N_("Counts below {threshold} are not shown, nor any count from which they could be worked out."),
     "yes": "{name}", "no": N_("without {name}"), "other": "{name} {value}",
 }
 PARAMETER_WORDS = {
     "year": N_("cohort {value}"),
+    "seed": N_("random seed {value}"),
     "audience": {"public": N_("public version"), "consortium": N_("for the consortium")},
     "institution": {"all": N_("all institutions")},
     "grade": {"k": N_("kindergarten"), "1": N_("grade 1"), "2": N_("grade 2"), "3": N_("grade 3")},
@@ -190,30 +192,27 @@ def template_dir() -> Path:
     import research_kit
     return Path(research_kit.__file__).parent / "templates"
 
-_exporters: dict = {}  # compiled once per process: a batch renders many pages
-
+@functools.cache  # compiled once per process: a batch renders many pages
 def _reader_exporter():
-    if "reader" not in _exporters:
-        from nbconvert import HTMLExporter
-        from nbconvert.preprocessors import TagRemovePreprocessor
-        exporter = _safe_exporter(template_name="reader", extra_template_basedirs=[str(template_dir())],
-                                exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
-        tags = TagRemovePreprocessor(enabled=True)
-        exporter.register_preprocessor(tags, enabled=True)
-        _exporters["reader"] = (exporter, tags)
-    return _exporters["reader"]
+    from nbconvert.preprocessors import TagRemovePreprocessor
+    exporter = _safe_exporter(template_name="reader", extra_template_basedirs=[str(template_dir())],
+                              exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+    tags = TagRemovePreprocessor(enabled=True)
+    exporter.register_preprocessor(tags, enabled=True)
+    return exporter, tags
 
-def _write_text(path: Path, text: str) -> None:
-    from research_kit.data.descriptor import atomic_path
-    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
+@functools.cache
+def _notebook_exporter(): return _safe_exporter(template_name="basic")
 
-def _figure_html(name: str, value, lang: str, labels: dict | None) -> str | None:
+def _figure_html(name: str, value, lang: str, labels: dict | None, columns=None) -> str | None:
     "A recorded key figure as a reader sees it: its name in words, the value formatted (None: leave the output as it is)."
     import pandas as pd
     from research_kit.analysis.presentation import format_figure, header, present_html
     title = html.escape(header(name, lang))
     if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(pd.DataFrame(value), lang, labels=labels)}</div>'
+        table = pd.DataFrame(value)
+        if isinstance(columns, list) and set(columns) == set(table.columns): table = table[columns]  # the order rk.record saw
+        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(table, lang, labels=labels)}</div>'
     if isinstance(value, (dict, list)): return None
     return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>: {html.escape(format_figure(value, lang, name=name))}</div>'
 
@@ -226,7 +225,7 @@ def present_records(nb, lang: str, labels: dict | None = None):
         for output in cell.get("outputs", []):
             entry = output.get("data", {}).get(MIMETYPE)
             if isinstance(entry, dict) and "name" in entry:
-                shown = _figure_html(str(entry["name"]), entry.get("value"), lang, labels)
+                shown = _figure_html(str(entry["name"]), entry.get("value"), lang, labels, entry.get("columns"))
                 if shown is not None: output["data"]["text/html"] = shown
     return nb
 
@@ -241,7 +240,7 @@ def write_reader(nb, html_path, *, title: str, lang: str = "en", provenance: dic
           "words": {**(reader_words(lang) if lang in LANGUAGES else WORDS), **(words or {})},
           "provenance": provenance or globals()["provenance"](), "index_href": index_href}
     page, _ = exporter.from_notebook_node(nb, resources={"rk": rk})
-    _write_text(Path(html_path), page)
+    write_text_atomic(Path(html_path), page)
 
 # %% ../../nbs/runner/documents.ipynb #6f75c148
 PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -252,10 +251,8 @@ img{max-width:100%}"""
 
 def write_notebook_html(nb, html_path, title: str) -> None:
     "Render the notebook `nb` with its code as a self-contained page at `html_path`."
-    if "basic" not in _exporters:
-        _exporters["basic"] = _safe_exporter(template_name="basic")
-    body, _ = _exporters["basic"].from_notebook_node(nb)
-    _write_text(Path(html_path), f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    body, _ = _notebook_exporter().from_notebook_node(nb)
+    write_text_atomic(Path(html_path), f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                                  f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 def write_html(nb_path, html_path, title: str | None = None) -> None:

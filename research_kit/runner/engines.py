@@ -4,14 +4,15 @@
 
 # %% ../../nbs/runner/engines.ipynb #4ed382a7
 from __future__ import annotations
-import os, sys, tempfile, time, warnings
+import functools, os, sys, tempfile, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from . import reads
+from .manifest import Outcome, RunFailure, Task
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'ENGINES', 'RUN_ENV', 'KERNEL_START_RETRIES', 'WorkerSpent', 'warm_shell',
-           'preload', 'WarmEngine', 'KernelEngine', 'register_engines', 'adopt_orphans', 'descendants',
+__all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'RUN_ENV', 'KERNEL_START_RETRIES', 'ENGINES', 'Engine', 'WorkerSpent',
+           'warm_shell', 'preload', 'WarmEngine', 'KernelEngine', 'papermill_name', 'adopt_orphans', 'descendants',
            'end_descendants', 'execute_report']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
@@ -21,8 +22,22 @@ SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np
 EXIT_CODE = "def _rk_exit(*args, **kwargs): raise SystemExit()\nget_ipython().ask_exit = _rk_exit\ndel _rk_exit"
 # Both engines run this before the first cell: seeds, exit, and the discovery of what the run reads.
 SETUP_CODE = "\n".join([SEED_CODE, EXIT_CODE, reads.START_CODE])
-ENGINES = {"warm": "rk-warm", "kernel": "rk-kernel"}  # research_kit name -> papermill engine name
 RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS", reads.READS_ENV)  # environment a report runs with
+
+# %% ../../nbs/runner/engines.ipynb #a5f2070a
+class Engine:
+    "One way to execute a report's cells, behind papermill; the engines `rk` offers are in `ENGINES`, by name."
+    name = ""  # what `--engine` and `[runner] engine` call it
+    start_retries = 0  # times to try again when the kernel fails to start (never when a cell fails)
+    save_each_cell = False  # papermill saves the notebook after each cell, so a killed run leaves its progress
+
+    def warm_up(self) -> None:
+        "What a worker process does once, before its first report."
+        import papermill  # noqa: F401  (two seconds, paid once per worker rather than once per report)
+
+    def papermill_engine(self) -> type:
+        "The papermill engine class that runs the cells (papermill is imported here, when a report first runs)."
+        raise NotImplementedError
 
 # %% ../../nbs/runner/engines.ipynb #70e9ab3d
 def _pandas_options(node=None, prefix="") -> dict:
@@ -133,10 +148,6 @@ def preload():
     except ImportError: pass
 
 # %% ../../nbs/runner/engines.ipynb #fee07fe0
-def _papermill_engine_base():
-    from papermill.engines import Engine
-    return Engine
-
 def _shell_is_free(shell) -> bool:
     "Can the shell's event loop run code? Not while a cell that timed out still blocks it (a cancel cannot stop `time.sleep`)."
     import asyncio, concurrent.futures
@@ -147,26 +158,38 @@ def _shell_is_free(shell) -> bool:
         return False
     return True
 
-class WarmEngine(_papermill_engine_base()):
-    "papermill engine that runs cells in this process's warm IPython shell."
-    @classmethod
-    def execute_managed_notebook(cls, nb_man, kernel_name, execution_timeout=None, **kwargs):
-        import nbformat
-        shell = warm_shell()
-        _state.reset(os.getcwd())
-        for index, cell in enumerate(nb_man.nb.cells):
-            nb_man.cell_start(cell, index)
-            try:
-                if cell.cell_type != "code": continue
-                outputs = _state.run(cell.source, timeout=execution_timeout)
-                cell.outputs = [nbformat.from_dict(o) for o in outputs]
-                cell.execution_count = shell.execution_count - 1
-                if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
-                if shell.exc is not None:
-                    nb_man.cell_exception(cell, index)
-                    break
-            finally:
-                nb_man.cell_complete(cell, index)
+def _run_warm(nb_man, timeout: float | None) -> None:
+    "Run the notebook's code cells in the warm shell, from a fresh namespace, up to the first that fails."
+    import nbformat
+    shell = warm_shell()
+    _state.reset(os.getcwd())
+    for index, cell in enumerate(nb_man.nb.cells):
+        nb_man.cell_start(cell, index)
+        try:
+            if cell.cell_type != "code": continue
+            outputs = _state.run(cell.source, timeout=timeout)
+            cell.outputs = [nbformat.from_dict(o) for o in outputs]
+            cell.execution_count = shell.execution_count - 1
+            if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
+            if shell.exc is not None:
+                nb_man.cell_exception(cell, index)
+                break
+        finally:
+            nb_man.cell_complete(cell, index)
+
+class WarmEngine(Engine):
+    "Cells run in this worker's warm IPython shell, in a fresh namespace per report."
+    name = "warm"
+
+    def warm_up(self) -> None: warm_shell()
+
+    def papermill_engine(self) -> type:
+        from papermill.engines import Engine as PapermillEngine
+        class WarmPapermillEngine(PapermillEngine):
+            @classmethod
+            def execute_managed_notebook(cls, nb_man, kernel_name, execution_timeout=None, **kwargs):
+                _run_warm(nb_man, execution_timeout)
+        return WarmPapermillEngine
 
 # %% ../../nbs/runner/engines.ipynb #02bfb292
 def _seeded_client():
@@ -177,22 +200,24 @@ def _seeded_client():
             super().papermill_execute_cells()
     return SeededClient
 
-def _nbclient_engine():
-    from papermill.engines import NBClientEngine
-    return NBClientEngine
-
-class KernelEngine(_nbclient_engine()):
-    "papermill's nbclient engine (a fresh Jupyter kernel per report), seeded like the warm engine."
-    @classmethod
-    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
-                                 start_timeout=60, execution_timeout=None, **kwargs):
-        from papermill.log import logger
-        kwargs.pop("input_path", None)
-        client = _seeded_client()(nb_man, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
-                                  log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)
-        return client.execute()
-
 KERNEL_START_RETRIES = 2
+
+class KernelEngine(Engine):
+    "papermill's nbclient engine: a fresh Jupyter kernel per report, seeded like the warm engine."
+    name, start_retries, save_each_cell = "kernel", KERNEL_START_RETRIES, True
+
+    def papermill_engine(self) -> type:
+        from papermill.engines import NBClientEngine
+        class SeededNBClientEngine(NBClientEngine):
+            @classmethod
+            def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                         start_timeout=60, execution_timeout=None, **kwargs):
+                from papermill.log import logger
+                kwargs.pop("input_path", None)
+                client = _seeded_client()(nb_man, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
+                                          log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)
+                return client.execute()
+        return SeededNBClientEngine
 
 def _kernel_start_failed(e: Exception) -> bool:
     "Did the kernel fail to start (worth a retry), rather than a cell fail?"
@@ -202,15 +227,19 @@ def _kernel_start_failed(e: Exception) -> bool:
     return any(s in text for s in ("kernel died before replying", "address already in use", "zmq", "kernel didn't respond",
                                    "timeout waiting for kernel", "kernel_info", "failed to start"))
 
-_registered = False
-def register_engines():
-    "Make `rk-warm` and `rk-kernel` known to papermill."
-    global _registered
-    if _registered: return
+
+
+# %% ../../nbs/runner/engines.ipynb #b1c5c635
+ENGINES = {engine.name: engine for engine in (WarmEngine(), KernelEngine())}
+
+@functools.cache
+def papermill_name(
+    engine: str,  # research_kit's name of the engine, a key of `ENGINES`
+) -> str:
+    "The name papermill knows `engine` by; it is registered with papermill on first use, once per process."
     from papermill.engines import papermill_engines
-    papermill_engines.register(ENGINES["warm"], WarmEngine)
-    papermill_engines.register(ENGINES["kernel"], KernelEngine)
-    _registered = True
+    papermill_engines.register(f"rk-{engine}", ENGINES[engine].papermill_engine())
+    return f"rk-{engine}"
 
 # %% ../../nbs/runner/engines.ipynb #a94e88cc
 def adopt_orphans() -> bool:
@@ -239,36 +268,35 @@ def end_descendants(pid: int | None = None, keep: set[int] = frozenset()) -> lis
     return [p.pid for p in victims]
 
 # %% ../../nbs/runner/engines.ipynb #de5a12fd
-def _error(e) -> dict:
+def _failure(e: Exception) -> RunFailure:
     from papermill.exceptions import PapermillExecutionError
-    if isinstance(e, PapermillExecutionError):
-        return {"cell": e.cell_index, "type": e.ename, "message": str(e.evalue)[:2000]}
-    return {"cell": None, "type": type(e).__name__, "message": str(e)[:2000]}
+    if isinstance(e, PapermillExecutionError): return RunFailure(e.ename, str(e.evalue)[:2000], e.cell_index)
+    return RunFailure(type(e).__name__, str(e)[:2000])
 
-def _run_papermill(task: dict, nb_path: Path) -> None:
+def _run_papermill(task: Task, nb_path: Path) -> None:
     import logging, papermill
-    register_engines()
     # parameters are validated before a run (runner.params); papermill's guess at the declared
     # names cannot read Literal[...] annotations and would warn about "unknown" parameters
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    attempts = 1 + (KERNEL_START_RETRIES if task["engine"] == "kernel" else 0)
-    for attempt in range(attempts):
+    engine = ENGINES[task.engine]
+    for attempt in range(1 + engine.start_retries):
         try:
             papermill.execute_notebook(
-                task["template"], str(nb_path), parameters=task["parameters"], engine_name=ENGINES[task["engine"]],
-                cwd=task["cwd"], progress_bar=False, request_save_on_cell_execute=task["engine"] == "kernel",
-                execution_timeout=task.get("timeout"), start_timeout=60)
+                task.template, str(nb_path), parameters=task.parameters, engine_name=papermill_name(task.engine),
+                cwd=task.cwd, progress_bar=False, request_save_on_cell_execute=engine.save_each_cell,
+                execution_timeout=task.timeout, start_timeout=60)
             return
         except Exception as e:
-            if attempt + 1 < attempts and _kernel_start_failed(e): continue
+            if attempt < engine.start_retries and _kernel_start_failed(e): continue
             raise
 
-def _document_context(task: dict, started, inputs: list, succeeded: bool) -> dict:
-    "What the run's documents say about it: `task['documents']` holds the settings and git state the runner passed."
-    return {**task.get("documents", {}), "report": Path(task["template"]).stem, "parameters": task["parameters"],
-            "engine": task["engine"], "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
+def _document_context(task: Task, started, inputs: list, succeeded: bool) -> dict:
+    "What the run's documents say about it: the settings and git state the task carries, and how the run went."
+    return {"reader": task.reader, "pdf": task.pdf, "threshold": task.threshold, "data": task.data, "git": task.git,
+            "report": task.report, "parameters": task.parameters, "engine": task.engine,
+            "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
 
-def _exit_error(nb_path: Path) -> dict | None:
+def _exit_error(nb_path: Path) -> RunFailure | None:
     "The error of a report that called exit (sys.exit, exit(), quit(), raise SystemExit), whatever its code; else None."
     import nbformat
     # papermill counts sys.exit(0) as success, though the cells after it never ran
@@ -278,16 +306,17 @@ def _exit_error(nb_path: Path) -> dict | None:
         for o in cell.get("outputs", []):
             if o.output_type == "error" and o.ename == "SystemExit":
                 code = "" if o.evalue in ("", "None") else f" with code {o.evalue}" if o.evalue.lstrip("-").isdigit() else f" ({o.evalue})"
-                return {"cell": index, "type": "SystemExit",
-                        "message": f"the report called exit{code} in cell {index}; the cells after it did not run"}
+                return RunFailure("SystemExit", f"the report called exit{code} in cell {index}; the cells after it did not run", index)
     return None
 
-def execute_report(task: dict) -> dict:
-    "Run one report task (template, parameters, engine, cwd, timeout, output_dir); return its result."
+def execute_report(
+    task: Task,  # what to run, where, and what its documents show
+) -> Outcome:
+    "Run one report task into its `output_dir` and write its documents; return what became of it (never raises for a failing report)."
     from research_kit.data import lineage
     from research_kit.runner.documents import write_documents
     from research_kit.runner.record import records
-    out = Path(task["output_dir"])
+    out = Path(task.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nb_path, lineage_path = out / "report.ipynb", out / "lineage.jsonl"
     saved_env = dict(os.environ)
@@ -297,21 +326,21 @@ def execute_report(task: dict) -> dict:
     before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
     try: _run_papermill(task, nb_path)
-    except Exception as e: error = _error(e)
+    except Exception as e: error = _failure(e)
     finally:
         reads.stop()  # a warm worker recorded in this process
         os.environ.clear(); os.environ.update(saved_env)
         end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
-    documents, discovered = {}, {}
+    pdf, found = None, reads.Reads()
     try:
         recs = records(nb_path) if nb_path.exists() else {}
         if nb_path.exists(): error = _exit_error(nb_path) or error
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
-        discovered = reads.collect(task, inputs)
-        if nb_path.exists(): documents = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))
+        found = reads.collect(task, inputs)
+        if nb_path.exists(): pdf = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))["pdf"]
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
-        recs, inputs, error = {}, [], error or {"cell": None, "type": "OutputsLost", "message": f"the run's outputs could not be read back: {e}"}
-    return {"status": "failed" if error else "succeeded", "error": error, "records": recs, "inputs": inputs, **discovered,
-            "started": started.isoformat(timespec="seconds"), "duration": round(duration, 3), "engine": task["engine"],
-            "documents": documents, "worker_spent": _state.spent}
+        recs, inputs, error = {}, [], error or RunFailure("OutputsLost", f"the run's outputs could not be read back: {e}")
+    return Outcome("failed" if error else "succeeded", task.engine, started.isoformat(timespec="seconds"), round(duration, 3),
+                   error, recs, inputs, pdf, worker_spent=_state.spent,
+                   files=found.files, settings=found.settings, unkeyed=found.unkeyed)

@@ -6,8 +6,10 @@
 from __future__ import annotations
 import os, time
 from collections import deque
+from dataclasses import replace
 from ..errors import RKError
-from .engines import execute_report
+from .engines import ENGINES, execute_report
+from .manifest import Outcome, Task
 
 # %% auto #0
 __all__ = ['GRACE', 'EXECUTORS', 'limit_memory', 'LocalExecutor', 'DaskExecutor']
@@ -21,28 +23,19 @@ def limit_memory(megabytes: int) -> None:
         import resource
         resource.setrlimit(resource.RLIMIT_DATA, (megabytes * 2**20, megabytes * 2**20))
 
-def _worker_main(conn, preload_engine: str, memory: int = 0) -> None:
+def _worker_main(conn, engine: str, memory: int = 0) -> None:
     "A worker process: warm up, then run tasks until told to stop."
     limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit
-    if preload_engine == "warm":
-        from research_kit.runner.engines import warm_shell
-        warm_shell()
-    else:
-        import papermill  # noqa: F401  (two seconds, paid once per worker rather than once per report)
+    if engine in ENGINES: ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
     conn.send("ready")
     while True:
         task = conn.recv()
         if task is None: return
-        try: result = execute_report(task)
+        try: outcome = execute_report(task)
         except Exception as e:  # never let one report take the worker down
-            result = _failed(task, type(e).__name__, f"the report could not be run: {e}")
-        conn.send(result)
-        if result.get("worker_spent"): return  # the parent replaces this worker
-
-def _failed(task: dict, kind: str, message: str) -> dict:
-    from datetime import datetime, timezone
-    return {"status": "failed", "error": {"cell": None, "type": kind, "message": message}, "records": {}, "inputs": [],
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration": 0.0, "engine": task["engine"]}
+            outcome = Outcome.failed(task, type(e).__name__, f"the report could not be run: {e}")
+        conn.send(outcome)
+        if outcome.worker_spent: return  # the parent replaces this worker
 
 class _Worker:
     def __init__(self, ctx, engine: str, memory: int = 0):
@@ -69,13 +62,13 @@ class LocalExecutor:
     def __init__(self, workers: int = 1, memory: int = 0, **_):
         self.workers, self.memory = max(1, int(workers)), int(memory or 0)
 
-    def run(self, tasks: list[dict]):
-        "Yield (task, result) for every task, in the order they finish."
+    def run(self, tasks: list[Task]):
+        "Yield (task, outcome) for every task, in the order they finish."
         import multiprocessing as mp
         from multiprocessing.connection import wait
         if not tasks: return
         ctx = mp.get_context("spawn")
-        engine = tasks[0]["engine"]
+        engine = tasks[0].engine
         pending = deque(tasks)
         pool = [_Worker(ctx, engine, self.memory) for _ in range(min(self.workers, len(tasks)))]
         try:
@@ -83,7 +76,7 @@ class LocalExecutor:
                 for w in pool:
                     if w.ready and w.task is None and pending:
                         w.task = pending.popleft()
-                        w.deadline = time.monotonic() + w.task.get("timeout", 600) + GRACE
+                        w.deadline = time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
                         w.conn.send(w.task)
                 deadlines = [w.deadline for w in pool if w.task]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -98,7 +91,7 @@ class LocalExecutor:
                             outcome, w.task = (w.task, self._explain(message)), None
                             # a worker whose shell still runs a timed-out cell would hold its next report
                             # until that report's own deadline: replace it now, before it is given one
-                            if message.pop("worker_spent", False): self._replace(pool, i, ctx, engine, "Spent")
+                            if message.worker_spent: self._replace(pool, i, ctx, engine, "Spent")
                         else: outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
                     elif w.proc.sentinel in ready or not w.proc.is_alive():
                         outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
@@ -113,15 +106,15 @@ class LocalExecutor:
                 w.proc.join(2)
                 if w.proc.is_alive(): w.kill()
 
-    def _explain(self, result: dict) -> dict:
+    def _explain(self, outcome: Outcome) -> Outcome:
         "Say plainly when a report failed because it hit the memory limit."
-        err = result.get("error") or {}
-        if self.memory and err.get("type") == "MemoryError":
-            err["message"] = f"the report exceeded its memory limit of {self.memory} MB ([runner] memory): {err.get('message', '')}"
-        return result
+        err = outcome.error
+        if not (self.memory and err and err.type == "MemoryError"): return outcome
+        message = f"the report exceeded its memory limit of {self.memory} MB ([runner] memory): {err.message}"
+        return replace(outcome, error=replace(err, message=message))
 
     def _replace(self, pool, i, ctx, engine, kind):
-        "Kill worker i, start a fresh one in its place; (its task, a failed result) if it had a task."
+        "Kill worker i, start a fresh one in its place; (its task, a failed outcome) if it had a task."
         w = pool[i]
         w.kill()
         pool[i] = _Worker(ctx, engine, self.memory)
@@ -129,8 +122,8 @@ class LocalExecutor:
             if kind == "WorkerDied" and not w.ready: raise RKError(f"a worker process failed to start (exit code {w.proc.exitcode})")
             return None
         if kind == "Timeout":
-            return w.task, _failed(w.task, "Timeout", f"the report ran longer than its timeout of {w.task.get('timeout')} s and was stopped")
-        return w.task, _failed(w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})")
+            return w.task, Outcome.failed(w.task, "Timeout", f"the report ran longer than its timeout of {w.task.timeout} s and was stopped")
+        return w.task, Outcome.failed(w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})")
 
 # %% ../../nbs/runner/executors.ipynb #0ee51a1d
 class DaskExecutor:
@@ -139,7 +132,8 @@ class DaskExecutor:
         if not scheduler: raise RKError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
         self.scheduler = scheduler
 
-    def run(self, tasks: list[dict]):
+    def run(self, tasks: list[Task]):
+        "Yield (task, outcome) for every task, in the order they finish."
         try: from distributed import Client, as_completed
         except ImportError: raise RKError("the dask executor needs the 'dask' extra: pip install 'research_kit[dask]'") from None
         try: client = Client(self.scheduler, timeout=30)
@@ -149,7 +143,7 @@ class DaskExecutor:
             for future in as_completed(futures):
                 task = futures[future]
                 try: yield task, future.result()
-                except Exception as e: yield task, _failed(task, type(e).__name__, f"the Dask task failed: {e}")
+                except Exception as e: yield task, Outcome.failed(task, type(e).__name__, f"the Dask task failed: {e}")
         finally:
             client.close()
 

@@ -4,15 +4,16 @@
 
 # %% ../../nbs/runner/params.ipynb #d5230694
 from __future__ import annotations
-import ast, io, json, re, tokenize
+import ast, dataclasses, io, json, re, tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from ..errors import RKError, UnknownNameError, quoted
+from ..data.codes import ColumnValues, column_source
 
 # %% auto #0
 __all__ = ['ParameterError', 'TemplateError', 'template_names', 'find_template', 'Param', 'parameters_cell', 'parse_parameters',
-           'read_cells', 'template_parameters', 'parse_value', 'check_value', 'validate', 'check_institution_setting',
-           'declared_parameters', 'check_parameters', 'slug']
+           'read_cells', 'template_parameters', 'parse_value', 'check_value', 'validate', 'declared_parameters',
+           'check_parameters', 'slug']
 
 # %% ../../nbs/runner/params.ipynb #17942979
 class ParameterError(RKError):
@@ -51,33 +52,68 @@ def find_template(name: str, reports_dir: Path) -> Path:
 # %% ../../nbs/runner/params.ipynb #55113a7f
 @dataclass(frozen=True)
 class Param:
-    "One declared parameter: name, type (`int`, `list[str]`, `Literal`, ...), default, choices, help."
+    "One declared parameter: name, type (`int`, `list[str]`, `Literal`, `Institution`, ...), default, choices, help, where its values come from."
     name: str
     type: str
     default: object
     choices: tuple | None = None
     help: str = ""
+    values: ColumnValues | None = None  # for a type such as Institution: the column of the data that lists its values
 
     def describe_type(self) -> str:
         return f"Literal[{', '.join(map(repr, self.choices))}]" if self.choices is not None else self.type
 
-_SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
+    @property
+    def kind(self) -> str:
+        "What a value is parsed and checked as: the type, or text (a list of text) for a type whose values the data lists."
+        if self.values is None: return self.type
+        return "list[str]" if self.type.startswith("list[") else "str"
 
-def _annotation(node, where) -> tuple[str, tuple | None]:
-    "(type name, Literal choices) of an annotation node."
-    if isinstance(node, ast.Name) and node.id in _SCALARS: return node.id, None
+    def allowed(self) -> tuple | None:
+        "The values the parameter may take (a type such as Institution reads them from the data now), or None: any of its type."
+        if self.values is not None: return self.values.allowed()
+        return self.choices
+
+_SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
+_SUPPORTED = ("use str, int, float, bool, list[str], list[int], Literal[...], or a type whose values the data lists, "
+              "such as Institution (from research_kit.data.codes import Institution, in a cell before the parameters cell)")
+
+def _no_names(name: str): return None
+
+def _literal(node, where) -> tuple:
+    "The choices of a `Literal[...]` node."
+    items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+    try: choices = tuple(ast.literal_eval(i) for i in items)
+    except (ValueError, TypeError, SyntaxError): raise TemplateError(f"{where}: Literal choices must be literal values") from None
+    kinds = {type(c) for c in choices}
+    if not kinds <= {str, int} or len(kinds) != 1: raise TemplateError(f"{where}: Literal choices must all be str or all int")
+    return choices
+
+def _union(node, where, resolve) -> tuple[str, None, ColumnValues]:
+    "`Institution | Literal[...]`: the type's values and the Literal's text choices."
+    sides = [_annotation(n, where, resolve) for n in (node.left, node.right)]
+    data = [s for s in sides if s[2] is not None and not s[0].startswith("list[")]
+    literal = [s for s in sides if s[0] == "Literal" and all(isinstance(c, str) for c in s[1])]
+    if len(data) != 1 or len(literal) != 1:
+        raise TemplateError(f"{where}: unsupported type {ast.unparse(node)}; a union is a type such as Institution "
+                            "with Literal[...] text choices, e.g. Institution | Literal[\"all\"]")
+    values = data[0][2]
+    return ast.unparse(node), None, dataclasses.replace(values, extra=values.extra + literal[0][1])
+
+def _annotation(node, where, resolve=_no_names) -> tuple[str, tuple | None, ColumnValues | None]:
+    "(type name, Literal choices, where the data lists its values) of an annotation node; `resolve` gives the object a name is bound to."
+    if isinstance(node, ast.Name) and node.id in _SCALARS: return node.id, None, None
+    if isinstance(node, ast.Name) and column_source(resolve(node.id)) is not None:
+        return node.id, None, column_source(resolve(node.id))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr): return _union(node, where, resolve)
     if isinstance(node, ast.Subscript):
         base = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
-        if base == "Literal":
-            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            try: choices = tuple(ast.literal_eval(i) for i in items)
-            except (ValueError, TypeError, SyntaxError): raise TemplateError(f"{where}: Literal choices must be literal values") from None
-            kinds = {type(c) for c in choices}
-            if not kinds <= {str, int} or len(kinds) != 1: raise TemplateError(f"{where}: Literal choices must all be str or all int")
-            return "Literal", choices
-        if base in ("list", "List") and isinstance(node.slice, ast.Name) and node.slice.id in ("str", "int"):
-            return f"list[{node.slice.id}]", None
-    raise TemplateError(f"{where}: unsupported type {ast.unparse(node)}; use str, int, float, bool, list[str], list[int] or Literal[...]")
+        if base == "Literal": return "Literal", _literal(node, where), None
+        if base in ("list", "List") and isinstance(node.slice, ast.Name):
+            if node.slice.id in ("str", "int"): return f"list[{node.slice.id}]", None, None
+            values = column_source(resolve(node.slice.id))
+            if values is not None: return f"list[{node.slice.id}]", None, values
+    raise TemplateError(f"{where}: unsupported type {ast.unparse(node)}; {_SUPPORTED}")
 
 def _comments(source: str) -> dict[int, str]:
     "Line number -> trailing comment text."
@@ -95,7 +131,10 @@ def parameters_cell(nb, where: str = "template"):
         if isinstance(tags, list) and "parameters" in tags: return i, cell
     raise TemplateError(f"{where} has no cell tagged 'parameters'; tag the cell that declares the parameters")
 
-def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, Param]:
+def parse_parameters(source: str, # the parameters cell's source
+                     where: str = "parameters cell", # for messages
+                     resolve=_no_names, # name -> the object the template binds it to before this cell (its imports)
+                    ) -> dict[str, Param]:
     "The parameters declared in a parameters cell's source."
     try: tree = ast.parse(source)
     except SyntaxError as e: raise TemplateError(f"{where}: line {e.lineno}: {e.msg}") from None
@@ -105,14 +144,14 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, P
         if isinstance(node, ast.Assign): raise TemplateError(f"{line}: give the parameter a type, e.g. `name: str = ...`")
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name) or node.value is None:
             raise TemplateError(f"{line}: a parameters cell holds only `name: type = default` lines")
-        typ, choices = _annotation(node.annotation, line)
+        typ, choices, values = _annotation(node.annotation, line, resolve)
         try: default = ast.literal_eval(node.value)
         except (ValueError, TypeError, SyntaxError, RecursionError):
             raise TemplateError(f"{line}: the default of {quoted(node.target.id)} must be a literal value") from None
-        p = Param(node.target.id, typ, default, choices, comments.get(node.lineno, ""))
+        p = Param(node.target.id, typ, default, choices, comments.get(node.lineno, ""), values)
         try: default = check_value(p, default, where=f"{line}: default")  # e.g. `f: float = 1` -> 1.0
         except ParameterError as e: raise TemplateError(str(e)) from None
-        p = Param(p.name, typ, default, choices, p.help)
+        p = dataclasses.replace(p, default=default)
         params[p.name] = p
     return params
 
@@ -132,11 +171,35 @@ def read_cells(path: str | Path) -> list[dict]:
         out.append({**c, "source": source})
     return out
 
+def _imports(cells: list[dict]) -> dict[str, tuple[str, str]]:
+    "name -> (module, attribute) of each `from research_kit... import attribute [as name]` in the code cells."
+    names = {}
+    for cell in cells:
+        if cell.get("cell_type") != "code": continue
+        lines = [l for l in cell["source"].splitlines() if not l.lstrip().startswith(("%", "!"))]  # IPython's magics
+        try: tree = ast.parse("\n".join(lines))
+        except (SyntaxError, ValueError): continue
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "research_kit":
+                names.update({a.asname or a.name: (node.module, a.name) for a in node.names})
+    return names
+
+def _resolver(imports: dict):
+    "A `resolve` for `parse_parameters`: the object a name is imported as (types are only looked up in the library)."
+    def resolve(name: str):
+        if name not in imports: return None
+        import importlib
+        module, attribute = imports[name]
+        try: return getattr(importlib.import_module(module), attribute, None)
+        except ImportError: return None
+    return resolve
+
 def template_parameters(path: str | Path) -> dict[str, Param]:
     "The declared parameters of the template notebook at `path`."
     from types import SimpleNamespace
-    _, cell = parameters_cell(SimpleNamespace(cells=read_cells(path)), str(path))
-    return parse_parameters(cell["source"], f"{Path(path).name} parameters cell")
+    cells = read_cells(path)
+    index, cell = parameters_cell(SimpleNamespace(cells=cells), str(path))
+    return parse_parameters(cell["source"], f"{Path(path).name} parameters cell", _resolver(_imports(cells[:index])))
 
 # %% ../../nbs/runner/params.ipynb #9d594b5f
 _INT = re.compile(r"^[+-]?[0-9]+$")
@@ -156,23 +219,23 @@ def parse_value(p: Param, text: str):
     "Command-line text for parameter `p`, parsed by its declared type (never guessed)."
     if not isinstance(text, str): return check_value(p, text)
     if not _is_text(text): _fail(p, text, "valid text without NUL bytes")
-    if p.type == "str": value = text
-    elif p.type == "int":
+    if p.kind == "str": value = text
+    elif p.kind == "int":
         if not _INT.fullmatch(text.strip()) or len(text.strip()) > 30: _fail(p, text, "a whole number")
         value = int(text)
-    elif p.type == "float":
+    elif p.kind == "float":
         try: value = float(text)
         except ValueError: _fail(p, text, "a number")
-    elif p.type == "bool":
+    elif p.kind == "bool":
         if text.strip().lower() not in _TRUE | _FALSE: _fail(p, text, "true or false")
         value = text.strip().lower() in _TRUE
-    elif p.type.startswith("list["):
+    elif p.kind.startswith("list["):
         if text.strip().startswith("["):
             try: items = json.loads(text)
             except (ValueError, RecursionError): _fail(p, text, "a JSON list or comma-separated values")
             if not isinstance(items, list): _fail(p, text, "a JSON list or comma-separated values")
         else: items = [t.strip() for t in text.split(",") if t.strip()]
-        inner = Param(p.name, p.type[5:-1], None)
+        inner = Param(p.name, p.kind[5:-1], None)
         value = [parse_value(inner, str(i)) for i in items]
     else:  # Literal
         matches = [c for c in p.choices if str(c) == text]
@@ -188,25 +251,16 @@ def check_value(p: Param, value, where=None):
           "bool": lambda v: isinstance(v, bool),
           "list[str]": lambda v: isinstance(v, list) and all(_is_text(i) for i in v),
           "list[int]": lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v),
-          "Literal": lambda v: v in (p.choices or ()) and type(v) in {type(c) for c in p.choices}}[p.type]
+          "Literal": lambda v: v in (p.choices or ()) and type(v) in {type(c) for c in p.choices}}[p.kind]
     if not ok(value): _fail(p, value, p.describe_type() if p.type != "Literal" else f"one of {', '.join(map(str, p.choices))}", where)
-    return float(value) if p.type == "float" else value
+    return float(value) if p.kind == "float" else value
 
 # %% ../../nbs/runner/params.ipynb #a0a034a2
-_known_institutions: dict[tuple, frozenset] = {}  # (data root, sha256 of institutions) -> codes
-
-def _institutions() -> set[str]:
-    "The institution codes of the consortium package, loaded once per version of it (a batch checks many runs)."
-    from research_kit.data import lineage
-    from research_kit.data.load import column_values, resource_sha256
-    from research_kit.settings import load_settings
-    sha = resource_sha256("consortium", "institutions")
-    key = (load_settings().data, sha)
-    if key not in _known_institutions:  # without pandas: planning a cached batch stays fast
-        _known_institutions[key] = frozenset(map(str, column_values("consortium", "institutions", "institution_id")))
-    # a check inside a report read the table too, remembered or not: the same inputs under every engine
-    lineage.record("consortium", "institutions", sha)
-    return set(_known_institutions[key])
+def _check_listed(p: Param, value, of: str) -> None:
+    "Refuse a value (or an item of a list) that the data does not list for `p`'s type."
+    known = p.values.allowed()
+    for v in value if isinstance(value, list) else [value]:
+        if v not in known: raise UnknownNameError(p.values.noun, v, known, where=f"parameter {p.name}{of}")
 
 def validate(params: dict[str, Param], given: dict, *, report: str | None = None) -> dict:
     "The full, typed parameter set for a run: given values parsed and checked, defaults filled in."
@@ -216,43 +270,36 @@ def validate(params: dict[str, Param], given: dict, *, report: str | None = None
     out = {}
     for name, p in params.items():
         out[name] = parse_value(p, given[name]) if name in given else p.default
-    for name in ("institution", "institutions"):
-        if name in out:
-            values = out[name] if isinstance(out[name], list) else [out[name]]
-            known = _institutions() | {"all"}
-            for v in values:
-                if v not in known: raise UnknownNameError("institution", v, known, where=f"parameter {name}{of}")
+    for name, p in params.items():
+        if p.values is not None: _check_listed(p, out[name], of)
     return out
 
 # %% ../../nbs/runner/params.ipynb #1acd4ae8
-def check_institution_setting(settings=None) -> None:
-    "Refuse a `[workspace] institution` that the consortium package's institutions table does not list."
-    from research_kit.settings import load_settings, SETTINGS_FILE
-    s = settings or load_settings()
-    if not s.institution: return
-    try: known = _institutions()
-    except UnknownNameError: return  # a workspace without the consortium package has nothing to check against
-    if s.institution not in known:
-        source = s.values["workspace", "institution"].source
-        where = s.root / SETTINGS_FILE if source == SETTINGS_FILE else source
-        raise UnknownNameError("institution", s.institution, known, where=f"[workspace] institution ({where})")
-
-# %% ../../nbs/runner/params.ipynb #0180825e
-def _annotation_text(annotation) -> str:
-    "Source text of an evaluated annotation (`int`, `typing.Literal['a', 'b']`, `list[str]`), or the string itself."
+def _annotation_text(annotation, namespace: dict, names: dict) -> str:
+    """Source text of an evaluated annotation (`int`, `typing.Literal['a', 'b']`, `list[str]`), or the string itself;
+    a type such as Institution is written as the name `namespace` binds it to, and that name is added to `names`."""
+    import typing
     if isinstance(annotation, str): return annotation  # `from __future__ import annotations` keeps them as text
     if isinstance(annotation, type): return annotation.__name__
+    if column_source(annotation) is not None:
+        name = next((k for k, v in namespace.items() if v is annotation and k.isidentifier()), f"_declared_type_{len(names)}")
+        names[name] = annotation
+        return name
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and len(args) == 1: return f"list[{_annotation_text(args[0], namespace, names)}]"
+    if origin is typing.Union: return " | ".join(_annotation_text(a, namespace, names) for a in args)
     return repr(annotation)
 
 def declared_parameters(namespace: dict) -> dict[str, Param]:
     "The parameters a template's parameters cell declared, from the annotations it left in `namespace`."
-    params = {}
+    params, names = {}, {}
+    resolve = lambda name: names[name] if name in names else namespace.get(name)
     for name, annotation in dict(namespace.get("__annotations__") or {}).items():
         where = f"parameter {name}"
-        try: node = ast.parse(_annotation_text(annotation), mode="eval").body
+        try: node = ast.parse(_annotation_text(annotation, namespace, names), mode="eval").body
         except SyntaxError: raise TemplateError(f"{where}: unsupported type {quoted(annotation)}") from None
-        typ, choices = _annotation(node, where)
-        params[name] = Param(name, typ, None, choices)
+        typ, choices, values = _annotation(node, where, resolve)
+        params[name] = Param(name, typ, None, choices, values=values)
     if not params:
         raise TemplateError("no declared parameters: call check_parameters(globals()) after the cell tagged 'parameters'")
     return params

@@ -5,13 +5,15 @@
 # %% ../../nbs/runner/reads.ipynb #d8a962b5
 from __future__ import annotations
 import json, os, re, sys
+from dataclasses import dataclass, field
 from pathlib import Path
 import research_kit
 from .. import settings as _settings
+from .manifest import Manifest, Run, Task
 
 # %% auto #0
 __all__ = ['READS_ENV', 'LOG', 'PLACES', 'START_CODE', 'NOT_KEYED', 'discovery_config', 'run_environment', 'Recorder', 'start',
-           'start_from_environment', 'stop', 'not_keyed', 'read_log', 'collect', 'current', 'changes']
+           'start_from_environment', 'stop', 'not_keyed', 'read_log', 'Reads', 'collect', 'current', 'changes']
 
 # %% ../../nbs/runner/reads.ipynb #e5cada40
 READS_ENV = "RK_READS"  # the run's discovery configuration, as JSON, in the process the report runs in
@@ -41,15 +43,15 @@ def discovery_config(settings) -> dict | None:
     url = _settings.is_url(settings.data)
     return {"workspace": str(settings.root), "data": None if url else settings.data, "cache": str(settings.cache_dir),
             "hosts": _host_addresses(settings.data) if url else [],
-            "skip": [str(settings.cache_dir), str(settings.root / _settings.SETTINGS_FILE),
+            # both settings files: the values read from them are keyed as settings
+            "skip": [str(settings.cache_dir), str(settings.root / _settings.SETTINGS_FILE), str(_settings.user_settings_path().resolve()),
                      str(Path(research_kit.__file__).resolve().parent), str(locales_dir())]}
 
-def run_environment(task: dict) -> dict:
+def run_environment(task: Task) -> dict:
     "The environment variable that starts the discovery in the process running `task` (none when it has no `reads`)."
-    config = task.get("reads")
-    if not config: return {}
-    out = str(Path(task["output_dir"]).resolve())
-    return {READS_ENV: json.dumps({**config, "log": os.path.join(out, LOG), "skip": [*config["skip"], out, task["template"]]})}
+    if not task.reads: return {}
+    out = str(Path(task.output_dir).resolve())
+    return {READS_ENV: json.dumps({**task.reads, "log": os.path.join(out, LOG), "skip": [*task.reads["skip"], out, task.template]})}
 
 # %% ../../nbs/runner/reads.ipynb #8e329df9
 _environment: list[str] = []
@@ -221,11 +223,11 @@ def _named(path: str, bases: dict) -> dict:
         if base and _under(path, (base,)): return {"root": root, "path": Path(os.path.relpath(path, base)).as_posix()}
     return {"root": "workspace", "path": path}
 
-def _code_of(task: dict, read: list[str]) -> list[str]:
+def _code_of(task: Task, read: list[str]) -> list[str]:
     "What the run's code does that no key covers: the template's code cells and the workspace modules it read."
     from research_kit.errors import RKError
     from research_kit.runner.params import read_cells
-    try: cells = read_cells(task["template"])
+    try: cells = read_cells(task.template)
     except RKError: cells = []  # the template went away during the run: the next plan says so
     found, n = [], 0
     for cell in cells:
@@ -236,12 +238,21 @@ def _code_of(task: dict, read: list[str]) -> list[str]:
             found += not_keyed(Path(path).read_text(encoding="utf-8", errors="replace"), os.path.basename(path))
     return found
 
-def collect(task: dict, inputs: list[dict] = ()) -> dict:
-    "The run's `files` (with sha256), `settings` (with values) and `unkeyed`, from its log; `inputs`: the data it loaded."
-    config = task.get("reads")
-    if config is None:
-        return {"files": [], "settings": {}, "unkeyed": ["the files and settings it read were not discovered ([runner] discovery = off)"]}
-    path = Path(task["output_dir"]) / LOG
+@dataclass(frozen=True)
+class Reads:
+    "What a run read besides its data, as its outcome and its manifest hold it."
+    files: list = field(default_factory=list)  # root (`workspace` or `data`), path (relative to the root), sha256 each
+    settings: dict = field(default_factory=dict)  # `section.key` -> value
+    unkeyed: list = field(default_factory=list)  # what no key covers, in words
+
+def collect(
+    task: Task,  # the task that ran
+    inputs: list[dict] = (),  # the data it loaded (`research_kit.data.lineage`)
+) -> Reads:
+    "The files (with sha256), settings (with values) and what no key covers that the run of `task` read, from its log."
+    config = task.reads
+    if config is None: return Reads(unkeyed=["the files and settings it read were not discovered ([runner] discovery = off)"])
+    path = Path(task.output_dir) / LOG
     log = read_log(path)
     path.unlink(missing_ok=True)
     from research_kit.data.catalog import DESCRIPTOR
@@ -251,38 +262,37 @@ def collect(task: dict, inputs: list[dict] = ()) -> dict:
     files = [{**_named(p, config), "sha256": sha256(p)} for p in read if p not in log["written"] and not os.path.isdir(p)]
     unkeyed = log["unkeyed"] + _code_of(task, log["read"])
     if not log["started"]: unkeyed.append("the files and settings it read could not be discovered (the recording did not start)")
-    return {"files": sorted(files, key=lambda f: (f["root"], f["path"])), "settings": dict(sorted(log["settings"].items())),
-            "unkeyed": unkeyed}
+    return Reads(sorted(files, key=lambda f: (f["root"], f["path"])), dict(sorted(log["settings"].items())), unkeyed)
 
 # %% ../../nbs/runner/reads.ipynb #67f6096b
-def current(m: dict, settings) -> tuple[list, list, dict]:
+def current(m: Manifest, settings) -> tuple[list, list, dict]:
     "(data inputs, files, settings) that the run of manifest `m` read, with their sha256 and values as they are now."
     from research_kit.data.load import resource_sha256
-    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.get("inputs", [])]
+    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.inputs]
     bases = {"workspace": str(settings.root), "data": None if _settings.is_url(settings.data) else settings.data}
     sha256 = _hasher(str(settings.cache_dir))
     def now(f):
         base = bases.get(f["root"])
         return dict(f, sha256=sha256(os.path.join(base, f["path"])) if base else None)
-    return inputs, [now(f) for f in m.get("files", [])], {name: settings.lookup(name) for name in m.get("settings", {})}
+    return inputs, [now(f) for f in m.files], {name: settings.lookup(name) for name in m.settings}
 
 def _gone(name: str, then, now) -> str:
     return f"{name} {'is gone' if now is None else 'appeared' if then is None else 'changed'}"
 
-def changes(run, m: dict, settings) -> list[str]:
+def changes(run: Run, m: Manifest, settings) -> list[str]:
     "What differs between the run of manifest `m` and the planned `run` now: template cells, parameters, code, environment, data, files, settings."
     from research_kit.runner.runs import code_sha256, environment
     from research_kit.runner.verify import template_changes
     diffs = template_changes(run.name, m, run.template)
     out = [f"template {d.name}" for d in diffs[1:]] or (["template changed"] if diffs else [])
-    if m.get("parameters") != run.parameters: out.append("parameters changed")
-    if (m.get("code") or {}).get("source_sha256") != code_sha256(): out.append("research_kit code changed")
-    if (m.get("environment") or {}).get("packages_sha256") != environment()["packages_sha256"]:
+    if m.parameters != run.parameters: out.append("parameters changed")
+    if m.code.get("source_sha256") != code_sha256(): out.append("research_kit code changed")
+    if m.environment.get("packages_sha256") != environment()["packages_sha256"]:
         out.append("environment changed (installed packages)")
     inputs, files, values = current(m, settings)
     out += [_gone(f"data {i['package']}/{i['resource']}", old["sha256"], i["sha256"])
-            for old, i in zip(m.get("inputs", []), inputs) if old["sha256"] != i["sha256"]]
+            for old, i in zip(m.inputs, inputs) if old["sha256"] != i["sha256"]]
     out += [_gone(f"file {f['path']}", old["sha256"], f["sha256"])
-            for old, f in zip(m.get("files", []), files) if old["sha256"] != f["sha256"]]
-    out += [f"setting {name}: {m['settings'][name]!r} -> {value!r}" for name, value in values.items() if m["settings"][name] != value]
+            for old, f in zip(m.files, files) if old["sha256"] != f["sha256"]]
+    out += [f"setting {name}: {m.settings[name]!r} -> {value!r}" for name, value in values.items() if m.settings[name] != value]
     return out

@@ -8,11 +8,12 @@ import html, json, math, re
 from ..errors import RKError
 
 # %% auto #0
-__all__ = ['MIMETYPE', 'VETTED', 'MAX_ROWS', 'to_json_value', 'integers', 'output_digest', 'record', 'show', 'records']
+__all__ = ['MIMETYPE', 'VETTED', 'PATTERN', 'MAX_ROWS', 'to_json_value', 'integers', 'output_digest', 'record', 'show', 'records']
 
 # %% ../../nbs/runner/record.ipynb #5ce4bb5e
 MIMETYPE = "application/vnd.research-kit.record+json"
 VETTED = "research_kit"  # output metadata key: {"vetted": true, "threshold": k, "sha256": ...}
+PATTERN = "application/vnd.research-kit.pattern+json"  # a public table's suppression pattern, which the audit attacks again
 MAX_ROWS = 1000  # a record is a key figure or a small table, not a dataset
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 
@@ -76,11 +77,21 @@ def output_digest(data: dict) -> str:
     plain = {k: "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in data.items()}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
-def _display(data: dict, k: int | None) -> None:
-    "Display `data`; when `k` is given, with the vetted mark in its metadata."
+def _pattern(x, what: str):
+    "The suppression pattern of a table `suppress` made, else None; a table with suppress's mark but not its proof is refused."
+    if not (hasattr(x, "to_frame") or hasattr(x, "columns")) or _suppressed_at(x) is None: return None
+    from research_kit.analysis.privacy import published_pattern
+    if (pattern := published_pattern(x)) is None:
+        raise RKError(f"{what}: this table carries suppress's threshold but not its proof of protection; "
+                      "pass the finished table through research_kit.analysis.privacy.suppress")
+    return pattern
+
+def _display(data: dict, k: int | None, metadata: dict | None = None) -> None:
+    "Display `data` with `metadata`; when `k` is given, with the vetted mark in it too."
     from IPython.display import display
-    metadata = {VETTED: {"vetted": True, "threshold": k, "sha256": output_digest(data)}} if k is not None else None
-    display(data, raw=True, metadata=metadata)
+    metadata = dict(metadata or {})
+    if k is not None: metadata[VETTED] = {"vetted": True, "threshold": k, "sha256": output_digest(data)}
+    display(data, raw=True, metadata=metadata or None)
 
 # %% ../../nbs/runner/record.ipynb #7589fa89
 def _html(name, value) -> str:
@@ -103,6 +114,7 @@ def record(name: str, value) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RKError(f"record name {name!r} must start with a letter and use letters, digits, '_', '.' or '-'")
     k = _suppressed_at(value)
+    pattern = _pattern(value, f"record {name!r}")
     if k is not None:
         value = getattr(value, "value", value)  # a SuppressedCount: its (possibly masked) count
         _check_vetted_counts(value, k, f"record {name!r}")
@@ -111,7 +123,11 @@ def record(name: str, value) -> None:
     if _shell() is None:  # a plain script: just show it
         print(text)
         return
-    data = {MIMETYPE: {"name": name, "value": value}, "text/plain": text, "text/html": _html(name, value)}
+    entry = {"name": name, "value": value}
+    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+        entry["columns"] = list(value[0])  # a notebook stores JSON with sorted keys: the table's column order, kept
+    data = {MIMETYPE: entry, "text/plain": text, "text/html": _html(name, value)}
+    if pattern is not None: data[PATTERN] = pattern
     _display(data, k)
 
 # %% ../../nbs/runner/record.ipynb #24cacf4b
@@ -162,6 +178,12 @@ def _output_data(x, lang, labels, headers) -> dict:
         return _table_data(x) if lang is None else _reader_table_data(x, lang, labels, headers)
     raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a table, a figure or a text")
 
+def _output_metadata(x) -> dict | None:
+    "A figure's words as its image's alternative text: what the reader document gives readers who cannot see it."
+    if not hasattr(x, "savefig"): return None
+    from research_kit.analysis.plots import figure_text
+    return {"image/png": {"alt": figure_text(x)}}
+
 def show(x, *, lang: str | None = None, labels: dict | None = None, audience: str = "public", headers: dict | None = None) -> None:
     "Display a table, figure or text as a reader sees it (in `lang`); in a public report only what is safe, marked as vetted."
     from research_kit.analysis.privacy import check_audience
@@ -169,8 +191,9 @@ def show(x, *, lang: str | None = None, labels: dict | None = None, audience: st
     k = _workspace_threshold() if public else None
     if public: _check_public(x, k)
     data = _output_data(x, lang, labels, headers)
+    if public and (pattern := _pattern(x, "rk.show")) is not None: data[PATTERN] = pattern
     if _shell() is None: print(data["text/plain"]); return
-    _display(data, k)
+    _display(data, k, _output_metadata(x))
 
 # %% ../../nbs/runner/record.ipynb #85112adc
 def records(notebook) -> dict:

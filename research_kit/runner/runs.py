@@ -4,19 +4,20 @@
 
 # %% ../../nbs/runner/runs.ipynb #fcc31af9
 from __future__ import annotations
-import hashlib, json, os, shutil, subprocess, sys, uuid
-from dataclasses import dataclass
+import functools, hashlib, json, os, shutil, subprocess, sys, uuid
+from dataclasses import replace
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
-from ..data.descriptor import atomic_path, sha256_file
+from ..files import sha256_file, swap_into_place
 from . import params as P
+from .manifest import (MANIFEST, UNKEYED, Manifest, ManifestError, Outcome, Run, RunFailure, Task,
+                                          read_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'swap_into_place', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256',
-           'environment', 'git_state', 'run_key', 'Run', 'read_manifest', 'current_key', 'stale_reasons', 'plan',
-           'still_cached', 'write_json_atomic', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
-           'build_lock']
+__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'environment', 'git_state',
+           'run_key', 'current_key', 'stale_reasons', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale',
+           'execute', 'BuildLocked', 'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -28,8 +29,6 @@ def cell_sha256s(path: str | Path) -> list[str]:
     "sha256 of each cell's type and source, in order: which cells changed, when the template did."
     return [hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
             for c in P.read_cells(path)]
-
-_memo: dict = {}
 
 def code_files() -> list[Path]:
     "What a run's code is: research_kit's source files, its document templates, and the message catalogs (a translation changes the documents)."
@@ -45,10 +44,10 @@ def _files_sha256(files) -> str:
         h.update("/".join(p.parts[-3:]).encode()); h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
     return h.hexdigest()
 
+@functools.cache  # once per process: the code does not change under a running rk
 def code_sha256() -> str:
     "sha256 of `code_files()`: part of every run's cache key."
-    if "code" not in _memo: _memo["code"] = _files_sha256(code_files())
-    return _memo["code"]
+    return _files_sha256(code_files())
 
 KEY_PACKAGES = ("pandas", "numpy", "pyarrow", "scipy", "statsmodels", "scikit-learn", "matplotlib", "pandera",
                 "papermill", "nbclient", "ipykernel", "nbconvert")
@@ -66,14 +65,13 @@ def _installed() -> set[str]:
             if m: out.add(f"{re.sub(r'[-_.]+', '-', m.group(1)).lower()}=={m.group(2)}")
     return out
 
+@functools.cache
 def environment() -> dict:
     "Python version, versions of key packages, and the sha256 of the full installed package list."
-    if "env" not in _memo:
-        dists = sorted(_installed())
-        versions = dict(d.split("==", 1) for d in dists)
-        _memo["env"] = {"python": sys.version.split()[0], "packages": {k: versions.get(k) for k in KEY_PACKAGES},
-                        "packages_sha256": hashlib.sha256("\n".join(dists).encode()).hexdigest()}
-    return _memo["env"]
+    dists = sorted(_installed())
+    versions = dict(d.split("==", 1) for d in dists)
+    return {"python": sys.version.split()[0], "packages": {k: versions.get(k) for k in KEY_PACKAGES},
+            "packages_sha256": hashlib.sha256("\n".join(dists).encode()).hexdigest()}
 
 def git_state(root: Path) -> dict:
     "The workspace's git commit and whether its tree has uncommitted changes (None outside git)."
@@ -94,43 +92,25 @@ def run_key(template_hash: str, parameters: dict, inputs: list[dict], files: lis
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../../nbs/runner/runs.ipynb #fd5cc97c
-@dataclass
-class Run:
-    "A planned run: report, template, validated parameters, output folder, and cache state."
-    report: str
-    template: Path
-    parameters: dict
-    slug: str
-    folder: Path
-    template_hash: str
-    cached: bool = False
-    forced: bool = False  # --force: run even if cached
-    cells: tuple = ()  # sha256 of each template cell when planned
-    why: tuple = ()  # why it runs: what changed since its earlier run, or why that run cannot be used
-
-    @property
-    def name(self) -> str: return f"{self.report}/{self.slug}"
-
-def read_manifest(folder: Path) -> dict | None:
-    "A run folder's manifest, or None if missing or unreadable (e.g. truncated)."
-    try: m = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError): return None
-    return m if isinstance(m, dict) else None
-
-def current_key(run: Run, m: dict, settings: Settings | None = None) -> str:
-    "The cache key `run` has now, given what its earlier run (manifest `m`) read: data, files and settings as they are now."
+def current_key(
+    run: Run,  # a planned run
+    m: Manifest,  # the manifest of its earlier run
+    settings: Settings | None = None,  # the workspace's settings now
+) -> str:
+    "The cache key `run` has now, given what its earlier run read: data, files and settings as they are now."
     from research_kit.runner.reads import current
     return run_key(run.template_hash, run.parameters, *current(m, settings or load_settings()))
 
 def stale_reasons(run: Run, settings: Settings | None = None) -> list[str]:
     "Why `run` cannot be served from its folder's earlier run; [] when it can."
     from research_kit.runner.reads import changes
-    m = read_manifest(run.folder)
-    if not m: return ["no earlier run"]
-    if m.get("status") != "succeeded" or not (run.folder / "report.ipynb").is_file(): return ["its earlier run did not succeed"]
-    if m.get("unkeyed"): return [f"not keyed: {u}" for u in m["unkeyed"]]
+    try: m = read_manifest(run.folder)
+    except ManifestError as e:  # never run, or a manifest damaged since: run it
+        return ["no earlier run"] if not (run.folder / MANIFEST).exists() else [f"its manifest cannot be read: {e.problem}"]
+    if not m.succeeded or not (run.folder / "report.ipynb").is_file(): return ["its earlier run did not succeed"]
+    if m.unkeyed: return [UNKEYED + u for u in m.unkeyed]
     s = settings or load_settings()
-    if m.get("cache_key") == current_key(run, m, s): return []
+    if m.cache_key == current_key(run, m, s): return []
     return changes(run, m, s) or ["its cache key differs"]
 
 def plan(report: str, given: dict | None = None, settings: Settings | None = None, *, force: bool = False) -> Run:
@@ -142,7 +122,8 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     parameters = P.validate(declared, dict(given or {}), report=report)
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
-    run = Run(report, template, parameters, slug, folder, template_sha256(template), forced=force, cells=tuple(cell_sha256s(template)))
+    run = Run(report, slug, folder, parameters, template=template, template_hash=template_sha256(template),
+              cells=tuple(cell_sha256s(template)), forced=force)
     run.cached = still_cached(run, s)
     return run
 
@@ -152,61 +133,51 @@ def still_cached(run: Run, settings: Settings | None = None) -> bool:
     return not run.why
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
-def _swap_into_place(tmp: Path, final: Path, *, mark: str = "manifest.json") -> None:
-    "Rename the finished temporary folder to its final name, replacing an older one that holds `mark` (what rk wrote there)."
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final.exists() and not (final.is_dir() and (final / mark).is_file()):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RKError(f"{final} exists and was not written by rk (it has no {mark}); "
-                      "rk replaces only folders it wrote: move it away and run again")
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old: shutil.rmtree(old, ignore_errors=True)
-
-swap_into_place = _swap_into_place  # public for the shared run store, which restores runs the same way
-
-def write_json_atomic(path: Path, data) -> None:
-    "Write JSON via a temporary file and a rename: never half-written under its name."
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-
 OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
 
-def finish(run: Run, task: dict, result: dict, git: dict) -> dict:
+def finish(
+    run: Run,  # the planned run
+    task: Task,  # the task it was given to a worker as
+    outcome: Outcome,  # what the worker reported
+    git: dict,  # the workspace's git state (`git_state`)
+) -> Manifest:
     "Write the run's manifest and move its folder into place; return the manifest."
-    tmp = Path(task["output_dir"])
+    tmp = Path(task.output_dir)
     tmp.mkdir(parents=True, exist_ok=True)  # again: the build folder may have been deleted meanwhile
     for log in ("lineage.jsonl", "reads.jsonl"): (tmp / log).unlink(missing_ok=True)  # left by a run whose worker died
-    if result["status"] == "succeeded" and not (tmp / "report.ipynb").is_file():
-        result = {**result, "status": "failed", "error": {"cell": None, "type": "OutputsLost",
-                  "message": "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"}}
+    if outcome.succeeded and not (tmp / "report.ipynb").is_file():
+        outcome = replace(outcome, status="failed", error=RunFailure(
+            "OutputsLost", "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"))
     outputs = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in OUTPUTS}
-    manifest = {
-        "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": result["status"],
-        "engine": result["engine"], "started": result["started"], "duration": result["duration"],
-        "cache_key": run_key(run.template_hash, run.parameters, result["inputs"], result.get("files", ()), result.get("settings")),
+    manifest = Manifest({
+        "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": outcome.status,
+        "engine": outcome.engine, "started": outcome.started, "duration": outcome.duration,
+        "cache_key": run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings),
         "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash, "cells": list(run.cells)},
-        "inputs": result["inputs"], "files": result.get("files", []), "settings": result.get("settings", {}),
-        "unkeyed": result.get("unkeyed", []),
+        "inputs": outcome.inputs, "files": outcome.files, "settings": outcome.settings, "unkeyed": outcome.unkeyed,
         "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
-        "environment": environment(), "git": git, "outputs": outputs, "records": result["records"],
-        "error": result["error"], "pdf": result.get("documents", {}).get("pdf", {"made": False, "reason": "the run left no notebook"})}
-    write_json_atomic(tmp / "manifest.json", manifest)
-    _swap_into_place(tmp, run.folder)
+        "environment": environment(), "git": git, "outputs": outputs, "records": outcome.records,
+        "error": outcome.error.as_dict() if outcome.error else None,
+        "pdf": outcome.pdf or {"made": False, "reason": "the run left no notebook"}})
+    write_manifest(tmp, manifest)
+    swap_into_place(tmp, run.folder)
     return manifest
 
 # %% ../../nbs/runner/runs.ipynb #45ae94d0
-def make_task(run: Run, settings: Settings, engine: str, git: dict | None = None) -> dict:
+def make_task(
+    run: Run,  # a planned run
+    settings: Settings,  # the workspace's settings: root, timeout, and what the documents show
+    engine: str,  # `warm` or `kernel`
+    *,
+    git: dict | None = None,  # the workspace's git state, for the documents' footer
+    output_dir: Path | None = None,  # where the run writes; default: a temporary folder beside its own
+) -> Task:
     "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
     from research_kit.runner.reads import discovery_config
-    tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
-    documents = {"reader": settings.reader, "pdf": settings.pdf, "threshold": settings.threshold, "data": settings.data, "git": git}
-    return {"template": str(run.template), "parameters": run.parameters, "engine": engine, "cwd": str(settings.root),
-            "timeout": settings.timeout, "output_dir": str(tmp), "run": run.name, "documents": documents,
-            "reads": discovery_config(settings)}
+    output_dir = output_dir or run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
+    return Task(run.name, str(run.template), run.parameters, engine, cwd=str(settings.root), output_dir=str(output_dir),
+                timeout=settings.timeout, reader=settings.reader, pdf=settings.pdf, threshold=settings.threshold,
+                data=settings.data, git=git, reads=discovery_config(settings))
 
 def clean_stale(build_dir: Path) -> None:
     "Remove temporary folders a killed run left behind (only called while holding the build lock)."
@@ -214,7 +185,7 @@ def clean_stale(build_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 def execute(runs: list[Run], settings: Settings, *, engine: str, executor: str = "local", workers: int | None = None,
-            scheduler: str | None = None, on_result=None) -> list[tuple[Run, dict]]:
+            scheduler: str | None = None, on_result=None) -> list[tuple[Run, Manifest]]:
     "Run every run; return (run, manifest) pairs in the order they finished."
     from research_kit.runner.engines import ENGINES
     from research_kit.runner.executors import EXECUTORS
@@ -224,9 +195,9 @@ def execute(runs: list[Run], settings: Settings, *, engine: str, executor: str =
     git = git_state(settings.root)
     by_name = {r.name: r for r in runs}
     done = []
-    for task, result in runner.run([make_task(r, settings, engine, git) for r in runs]):
-        run = by_name[task["run"]]
-        manifest = finish(run, task, result, git)
+    for task, outcome in runner.run([make_task(r, settings, engine, git=git) for r in runs]):
+        run = by_name[task.run]
+        manifest = finish(run, task, outcome, git)
         done.append((run, manifest))
         if on_result: on_result(run, manifest)
     return done

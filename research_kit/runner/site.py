@@ -4,127 +4,30 @@
 
 # %% ../../nbs/runner/site.ipynb #ea3cedb4
 from __future__ import annotations
-import html, json, math
-from dataclasses import dataclass, field
+import html, json
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
+from ..files import write_text_atomic
+from .manifest import Manifest, Run, read_run, run_folders
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'Run', 'read_runs',
-           'format_number', 'format_started', 'key_records', 'facets', 'render_index', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'read_runs', 'format_started',
+           'key_records', 'facets', 'render_index', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
 
 # %% ../../nbs/runner/site.ipynb #b4d613ff
-@dataclass
-class Run:
-    "One run folder as the index shows it: its manifest, or why the manifest could not be used."
-    report: str
-    slug: str
-    folder: Path
-    manifest: dict = field(default_factory=dict)
-    problem: str | None = None  # set when the manifest is unreadable
-
-    @property
-    def status(self) -> str:
-        return "unreadable" if self.problem else self.manifest["status"]
-
-    @property
-    def state(self) -> str:
-        "What a reader may do with the run: `publishable`, `audit-failed`, `internal`, `unaudited`, `failed` or `unreadable`."
-        if self.problem or self.status == "failed": return self.status
-        m = self.manifest
-        if _audience(m) != "public": return "internal"
-        if "publishable" not in m: return "unaudited"
-        return "publishable" if m["publishable"] is True else "audit-failed"
-
-def _audience(manifest: dict):
-    parameters = manifest.get("parameters")
-    return parameters.get("audience") if isinstance(parameters, dict) else None
-
-def _read_run(path: Path) -> Run:
-    run = Run(report=path.parent.parent.name, slug=path.parent.name, folder=path.parent)
-    try: manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        run.problem = f"{type(e).__name__}: {e}"
-        return run
-    if not isinstance(manifest, dict): run.problem = f"expected a JSON object, found {type(manifest).__name__}"
-    elif manifest.get("status") not in ("succeeded", "failed"):
-        run.problem = f"status {manifest.get('status')!r}, expected 'succeeded' or 'failed'"
-    else: run.manifest = manifest
-    return run
-
 def read_runs(build_dir) -> list[Run]:
     "Every run under `build_dir` (`<report>/<slug>/manifest.json`), sorted by report then slug."
-    build_dir = Path(build_dir)
-    paths = [p for p in build_dir.glob("*/*/manifest.json")
-             if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith(".")]
-    return sorted((_read_run(p) for p in paths), key=lambda r: (r.report, r.slug))
-
-# %% ../../nbs/runner/site.ipynb #74de2e4d
-def _demo_manifest(report, slug, parameters, status="succeeded", records=None, error=None, publishable=True, **audit):
-    return {"report": report, "slug": slug, "parameters": parameters, "status": status, "engine": "warm",
-            "started": "2026-11-26T07:31:42+00:00", "duration": 1.234, "cache_key": "0" * 64,
-            "records": records or {}, "error": error, "publishable": publishable, **audit}
-
-def _demo_build(folder) -> Path:
-    "A build folder with seven runs: internal, failed, unreadable, publishable, audit failed (two), and not yet audited."
-    folder = Path(folder)
-    runs = {
-        ("star_replication", "controls=false,grade=k"): _demo_manifest(
-            "star_replication", "controls=false,grade=k", {"grade": "k", "controls": False},
-            records={"small_class_effect": 13.8990, "table": [{"a": 1}], "label": "<script>alert(1)</script>",
-                     "p_value": 0.0000123456, "n": 5786, "extra": 1}),
-        ("star_replication", "controls=true,grade=<i>"): _demo_manifest(
-            "star_replication", "controls=true,grade=<i>",
-            {"grade": "<script>alert(1)</script>", "controls": True}, publishable=False) | {"audit_threshold": 1, "threshold_policy": 10},
-        ("college_distance", "region=west"): _demo_manifest(
-            "college_distance", "region=west", {"region": "west"}, status="failed",
-            error={"cell": 3, "type": "ValueError", "message": "no rows left after excluding region 'west'"}),
-        ("college_distance", "region=all"): None,
-        ("institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024"): _demo_manifest(
-            "institution_profile", "audience=public,institution=KITIG,lang=kk,year=2024",
-            {"institution": "KITIG", "year": 2024, "audience": "public", "lang": "kk"}, audit=[], audit_reasons=[],
-            audit_stamp=[10, []], audit_threshold=10, threshold_policy=10),
-        ("institution_profile", "audience=public,institution=ATK,lang=ru,year=2024"): _demo_manifest(
-            "institution_profile", "audience=public,institution=ATK,lang=ru,year=2024",
-            {"institution": "ATK", "year": 2024, "audience": "public", "lang": "ru"}, publishable=False,
-            audit=[{"file": "report.html", "location": f"table 1 row {i}", "kind": "small_count",
-                    "detail": f"column 'n' = {i} (below 10)"} for i in range(1, 8)],
-            audit_reasons=["7 small counts found"], audit_stamp=[10, []], audit_threshold=10, threshold_policy=10),
-        ("institution_profile", "audience=public,institution=APC,year=2024"): _demo_manifest(
-            "institution_profile", "audience=public,institution=APC,year=2024",
-            {"institution": "APC", "year": 2024, "audience": "public"}, publishable=None),
-    }
-    for (report, slug), manifest in runs.items():
-        run = folder / report / slug
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "report.ipynb").write_text("{}")
-        if manifest is None:  # the runner was killed while writing (it writes atomically, but files get copied)
-            (run / "manifest.json").write_text('{"report": "college_distance", "status": "succ')
-            continue
-        if manifest["status"] == "succeeded": (run / "report.html").write_text("<html></html>")
-        if manifest["parameters"].get("lang") == "kk": (run / "report.pdf").write_bytes(b"%PDF-1.4")
-        if manifest["publishable"] is None: del manifest["publishable"]  # not audited yet
-        (run / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+    return [read_run(folder) for folder in run_folders(build_dir)]
 
 # %% ../../nbs/runner/site.ipynb #19d6bbda
 def _plain(value) -> str:
     "A JSON value as a reader writes it: strings bare, `true`/`false`/`null` for the rest."
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-def format_number(x) -> str:
-    "`x` with at most 4 decimals, trailing zeros dropped; 4 significant digits when |x| < 1."
-    if isinstance(x, bool) or not isinstance(x, (int, float)): return _plain(x)
-    if isinstance(x, int): return str(x)
-    if not math.isfinite(x): return str(x)
-    if x == 0: return "0"
-    if abs(x) < 1 or abs(x) >= 1e15: return f"{x:.4g}"
-    return f"{x:.4f}".rstrip("0").rstrip(".")
 
 def format_started(started) -> str:
     "An ISO timestamp as `YYYY-MM-DD HH:MM` in UTC (naive times are taken as UTC)."
@@ -133,11 +36,14 @@ def format_started(started) -> str:
     if t.tzinfo is None: t = t.replace(tzinfo=timezone.utc)
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
-def key_records(records, n: int = MAX_RECORDS) -> list[tuple[str, str]]:
-    "The first `n` scalar records as `(name, formatted value)`; tables and lists are left to the report."
+def key_records(records, n: int = MAX_RECORDS, lang: str = "en") -> list[tuple[str, str]]:
+    "The first `n` scalar records as `(name, value as readers of `lang` write it)`; tables and lists are left to the report."
+    from research_kit.analysis.presentation import format_figure
+    from research_kit.i18n import LANGUAGES
     if not isinstance(records, dict): return []
+    lang = lang if lang in LANGUAGES else "en"  # a template's own language parameter may name another
     scalars = [(str(k), v) for k, v in records.items() if v is None or isinstance(v, (bool, int, float, str))]
-    return [(k, format_number(v)) for k, v in scalars[:n]]
+    return [(k, format_figure(v, lang, name=k)) for k, v in scalars[:n]]
 
 # %% ../../nbs/runner/site.ipynb #005e2d91
 _e = html.escape
@@ -167,15 +73,19 @@ STATE_LABELS = {"publishable": "publishable", "audit-failed": "audit failed", "i
                 "unaudited": "not audited", "failed": "run failed", "unreadable": "unreadable manifest"}
 MAX_FINDINGS = 5  # findings listed per run; the manifest has them all
 
-def _threshold(m: dict) -> str:
+def _manifest(run: Run) -> Manifest:
+    "The run's manifest; an empty one for a run whose manifest cannot be read (its row shows the problem)."
+    return run.manifest or Manifest({})
+
+def _threshold(m: Manifest) -> str:
     "The threshold an audited run was audited with, and the policy when the threshold was below it."
-    k, policy = m.get("audit_threshold"), m.get("threshold_policy")
-    if "publishable" not in m or not isinstance(k, int): return ""
+    k, policy = m.audit_threshold, m.threshold_policy
+    if not m.audited or not isinstance(k, int): return ""
     below = f", policy {_e(_plain(policy))}" if isinstance(policy, int) and policy > k else ""
     return f' <span class="audit-threshold">threshold {k}{below}</span>'
 
-def _findings(m: dict) -> str:
-    findings = m.get("audit") if isinstance(m.get("audit"), list) else []
+def _findings(m: Manifest) -> str:
+    findings = m.findings
     items = "".join(f'<li class="finding">{_e(_plain(f.get("file", "")))} {_e(_plain(f.get("location", "")))}: '
                     f'{_e(_plain(f.get("kind", "")))} {_e(_plain(f.get("detail", "")))}</li>'
                     for f in findings[:MAX_FINDINGS] if isinstance(f, dict))
@@ -184,14 +94,14 @@ def _findings(m: dict) -> str:
 
 def _reason(run: Run) -> str:
     "Why the run is in its state, in words (HTML)."
-    state, m = run.state, run.manifest
+    state, m = run.state, _manifest(run)
     if state == "unreadable":
         path = f"{run.report}/{run.slug}/manifest.json"  # relative to the build folder, like the links
         return (f'<div class="error"><code class="manifest-path">{_e(path)}</code>: '
                 f'<span class="error-message">{_e(run.problem)}</span></div>')
-    if state == "failed": return _error(m.get("error"))
+    if state == "failed": return _error(m.error)
     if state == "internal":
-        audience = _audience(m)
+        audience = m.audience
         said = ("consortium audience: not for publication" if audience == "consortium" else
                 "no audience parameter: for the consortium only" if audience is None else
                 f"audience {_plain(audience)}: not for publication")
@@ -200,13 +110,14 @@ def _reason(run: Run) -> str:
     if state == "publishable":
         said = "public audience, passed the disclosure audit"
         return f'<div class="reason">{_e(said)}</div>'
-    reasons = m.get("audit_reasons") if isinstance(m.get("audit_reasons"), list) else []
+    reasons = m.audit_reasons
     said = "public audience, failed the disclosure audit" + (f": {'; '.join(map(_plain, reasons))}" if reasons else "")
     return f'<div class="reason">{_e(said)}</div>{_findings(m)}'
 
 def _state(run: Run) -> str:
-    badge = ' <span class="not-publishable">not publishable</span>' if run.manifest.get("publishable", True) is False else ""
-    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(run.manifest)}{_reason(run)}'
+    m = _manifest(run)
+    badge = ' <span class="not-publishable">not publishable</span>' if m.publishable is False else ""
+    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(m)}{_reason(run)}'
 
 def _parameters(parameters) -> str:
     if not isinstance(parameters, dict): return _e(_plain(parameters))
@@ -220,31 +131,32 @@ FACETS = ("report", "institution", "lang", "state", "run_by")  # what the index 
 
 def facets(run: Run) -> dict[str, str]:
     "The run's value for each filter of the index: report, institution, language (its `lang` parameter), state."
-    parameters = run.manifest.get("parameters") if isinstance(run.manifest.get("parameters"), dict) else {}
-    shared = run.manifest.get("shared") if isinstance(run.manifest.get("shared"), dict) else {}
+    m = _manifest(run)
+    parameters, shared = m.parameters, m.shared or {}
     return {"report": run.report, "institution": _plain(parameters.get("institution", "")),
             "lang": _plain(parameters.get("lang", "")), "state": run.state, "run_by": _plain(shared.get("institution", ""))}
 
-def _run_by(m: dict) -> str:
+def _run_by(m: Manifest) -> str:
     "Who made a run that came from the consortium's shared store (`research_kit.runner.store`)."
-    shared = m.get("shared")
-    if not isinstance(shared, dict): return ""
+    shared = m.shared
+    if shared is None: return ""
     who = " · ".join(_e(_plain(shared[k])) for k in ("institution", "researcher") if shared.get(k))
     return f'<div class="run-by">run by {who}</div>'
 
 def _row(run: Run, classes: str = "") -> str:
-    m, f = run.manifest, facets(run)
-    publishable = ' data-publishable="false"' if m.get("publishable", True) is False else ""
-    records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = '
-                      f'<span class="record-value">{_e(v)}</span></div>' for k, v in key_records(m.get("records")))
+    m, f = _manifest(run), facets(run)
+    publishable = ' data-publishable="false"' if m.publishable is False else ""
+    full = m.records if isinstance(m.records, dict) else {}
+    records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = <span class="record-value" '
+                      f'title="{_e(_plain(full.get(k)))}">{_e(v)}</span></div>' for k, v in key_records(full, lang=f["lang"]))
     cells = [("report", f'{_e(run.report)}<div class="slug">{_e(run.slug)}</div>'),
              ("institution", _e(f["institution"])),
              ("lang", _e(f["lang"])),
-             ("parameters", _parameters(m.get("parameters", {}))),
+             ("parameters", _parameters(m.data.get("parameters", {}))),  # as written, whatever it holds
              ("state", _state(run)),
-             ("engine", _e(_plain(m.get("engine", "")))),
-             ("duration", _duration(m.get("duration"))),
-             ("started", (_e(format_started(m["started"])) if m.get("started") else "") + _run_by(m)),
+             ("engine", _e(_plain(m.data.get("engine", "")))),
+             ("duration", _duration(m.duration)),
+             ("started", (_e(format_started(m.started)) if m.started else "") + _run_by(m)),
              ("records", records),
              ("links", _links(run))]
     tds = "".join(f'<td class="{name}">{content}</td>' for name, content in cells)
@@ -356,14 +268,10 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
             f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
             "</body>\n</html>\n")
 
-def _write_atomic(path: Path, text: str) -> None:
-    from research_kit.data.descriptor import atomic_path
-    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
-
 def build_index(build_dir, *, lang: str = "en") -> Path:
     "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
     build_dir = Path(build_dir)
     if not build_dir.is_dir(): raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
-    _write_atomic(index, render_index(read_runs(build_dir), lang=lang))
+    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang))
     return index

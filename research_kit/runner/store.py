@@ -11,19 +11,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
+from ..files import sha256_file, swap_into_place
 from ..signing import KEYS_DIR, SigningError, load_private_key, sign, verify
-from .runs import (OUTPUTS, Run, code_sha256, current_key, environment, read_manifest, run_key,
-                                      swap_into_place, write_json_atomic)
+from .manifest import MANIFEST, Manifest, ManifestError, Run, read_manifest, write_manifest
+from .runs import OUTPUTS, code_sha256, current_key, environment, run_key
 
 # %% auto #0
-__all__ = ['MANIFEST', 'SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share',
-           'reaching', 'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
+__all__ = ['SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share', 'reaching',
+           'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
 
 # %% ../../nbs/runner/store.ipynb #25bc253d
 class ShareError(RKError):
     "The shared run store is not set, cannot be reached, or refuses what is asked of it."
-
-MANIFEST = "manifest.json"
 
 def lookup_key(template_sha256: str, parameters: dict, code_sha256: str, environment_sha256: str) -> str:
     "What a workspace knows before it runs a report: template, parameters, code and environment."
@@ -31,9 +30,9 @@ def lookup_key(template_sha256: str, parameters: dict, code_sha256: str, environ
                        "environment": environment_sha256}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
-def lookup_of_manifest(m: dict) -> str:
+def lookup_of_manifest(m: Manifest) -> str:
     "The lookup key of a finished run, from its manifest."
-    return lookup_key(m["template"]["sha256"], m["parameters"], m["code"]["source_sha256"], m["environment"]["packages_sha256"])
+    return lookup_key(m.template["sha256"], m.parameters, m.code["source_sha256"], m.environment["packages_sha256"])
 
 def lookup_of_run(run: Run) -> str:
     "The lookup key of a planned run, from this workspace's code and environment."
@@ -99,19 +98,18 @@ def reaching(share: Share, action):
         raise ShareError(f"the shared run store {share.url} could not be used: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 # %% ../../nbs/runner/store.ipynb #ca9b5106
-def access_problem(manifest: dict, settings: Settings) -> str | None:
+def access_problem(manifest: Manifest, settings: Settings) -> str | None:
     "Why a run may not go to this workspace's store, or None when it may."
     from research_kit.data.catalog import get_resource
     restricted = []
-    for i in manifest.get("inputs", []):
+    for i in manifest.inputs:
         name = f"{i['package']}/{i['resource']}"
         try: res = get_resource(i["package"], i["resource"])
         except RKError: return f"it read {name}, which this workspace no longer has, so its access level is unknown"
         if res.access == "restricted": restricted.append((name, res.owner))
     if not restricted: return None
     if settings.share_owner and all(owner == settings.share_owner for _, owner in restricted): return None
-    params = manifest.get("parameters") or {}
-    if params.get("audience") == "public" and manifest.get("publishable") is True: return None
+    if manifest.audience == "public" and manifest.publishable is True: return None
     what = ", ".join(f"{n} (restricted to {o})" for n, o in restricted)
     return (f"it read {what}; such a run goes only to that institution's own store ([workspace] share_owner), "
             "or once it is public and passed the audit")
@@ -124,11 +122,9 @@ class Pushed:
     outcome: str
     reason: str = ""
 
-def _local_problem(folder: Path, m: dict | None) -> str | None:
-    from research_kit.data.descriptor import sha256_file
-    if m is None: return "it has no readable manifest"
-    if m.get("status") != "succeeded": return f"it {m.get('status', 'did not finish')}: only successful runs are shared"
-    for name, digest in (m.get("outputs") or {}).items():
+def _local_problem(folder: Path, m: Manifest) -> str | None:
+    if m.status != "succeeded": return f"it {m.status}: only successful runs are shared"
+    for name, digest in m.outputs.items():
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             return f"{name} differs from its manifest (changed after the run?)"
     return None
@@ -138,17 +134,18 @@ def _signed_ok(envelope, keys_dir: Path) -> bool:
     except SigningError: return False
 
 def _push_one(share: Share, folder: Path, settings: Settings, private_key) -> Pushed:
-    m = read_manifest(folder)
     name = f"{folder.parent.name}/{folder.name}"
+    try: m = read_manifest(folder)
+    except ManifestError: return Pushed(name, "skipped", "it has no readable manifest")
     problem = _local_problem(folder, m) or access_problem(m, settings)
     if problem: return Pushed(name, "skipped", problem)
-    m = {k: v for k, v in m.items() if k != "shared"}  # where this copy came from is not part of the run
-    lookup, key = lookup_of_manifest(m), m["cache_key"]
+    lookup, key = lookup_of_manifest(m), m.cache_key
     if _signed_ok(share.read_envelope(lookup, key), settings.root / KEYS_DIR): return Pushed(name, "present")
-    for output, digest in m["outputs"].items():
+    for output, digest in m.outputs.items():
         path = share.blob_path(lookup, key, digest, output)
         if not share.fs.exists(path): share.put(path, (folder / output).read_bytes())
-    payload = {"manifest": m, "institution": settings.institution, "researcher": settings.researcher,
+    run = {k: v for k, v in m.data.items() if k != "shared"}  # where this copy came from is not part of the run
+    payload = {"manifest": run, "institution": settings.institution, "researcher": settings.researcher,
                "pushed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     share.put(f"{share.run_path(lookup, key)}/{MANIFEST}",
               json.dumps(sign(payload, settings.institution, private_key), ensure_ascii=False).encode("utf-8"))
@@ -172,19 +169,19 @@ def push(folders: list[Path], settings: Settings | None = None, on_result=None) 
 class Restored:
     "A planned run and what the store gave: its manifest, or the reason it was refused (or None: not there)."
     run: Run
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     refused: str | None = None
 
-def _matching(run: Run, envelope: dict, key: str, keys_dir: Path) -> dict | None:
-    "The signed payload when it is this run with this workspace's data; SigningError when it is forged."
-    payload = verify(envelope, keys_dir)
+def _matching(run: Run, envelope: dict, key: str, settings: Settings) -> dict | None:
+    "The signed payload when it is this run with this workspace's data, files and settings; SigningError when it is forged."
+    payload = verify(envelope, settings.root / KEYS_DIR)
     m = payload.get("manifest") if isinstance(payload, dict) else None
     if not isinstance(m, dict) or payload.get("institution") != envelope["institution"] or m.get("cache_key") != key:
         raise SigningError("the signed manifest does not describe the run stored under its key")
-    # what it read, as this workspace has it now; a run that read something no key covers is run here
-    return payload if m.get("status") == "succeeded" and not m.get("unkeyed") and current_key(run, m) == key else None
+    made = Manifest(m)  # what it read, as this workspace has it now; a run that read something no key covers is run here
+    return payload if made.succeeded and not made.unkeyed and current_key(run, made, settings) == key else None
 
-def _copy_in(share: Share, run: Run, lookup: str, key: str, payload: dict) -> dict:
+def _copy_in(share: Share, run: Run, lookup: str, key: str, payload: dict) -> Manifest:
     "Download the run's files into a temporary folder, check each hash, and swap it into place."
     import shutil
     m = payload["manifest"]
@@ -198,20 +195,20 @@ def _copy_in(share: Share, run: Run, lookup: str, key: str, payload: dict) -> di
             if hashlib.sha256(data).hexdigest() != digest:
                 raise SigningError(f"{output} does not match its sha256 in the signed manifest: it was changed in the store")
             (tmp / output).write_bytes(data)
-        m = {**m, "shared": {k: payload[k] for k in ("institution", "researcher", "pushed")}
-                            | {"restored": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-        write_json_atomic(tmp / "manifest.json", m)
+        m = Manifest({**m, "shared": {k: payload[k] for k in ("institution", "researcher", "pushed")}
+                                     | {"restored": datetime.now(timezone.utc).isoformat(timespec="seconds")}})
+        write_manifest(tmp, m)
         swap_into_place(tmp, run.folder)
         return m
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
-def _restore_one(share: Share, run: Run, keys_dir: Path) -> Restored:
+def _restore_one(share: Share, run: Run, settings: Settings) -> Restored:
     lookup, problems = lookup_of_run(run), []
     for key in share.candidates(lookup):
         envelope = share.read_envelope(lookup, key)
         if envelope is None: continue  # files of a push not finished yet
         try:
-            payload = _matching(run, envelope, key, keys_dir)
+            payload = _matching(run, envelope, key, settings)
             if payload: return Restored(run, _copy_in(share, run, lookup, key, payload))
         except SigningError as e: problems.append(f"{run.name}: refused the shared copy ({key[:12]}): {e}")
     return Restored(run, refused="; ".join(problems) or None)
@@ -222,15 +219,15 @@ def restore(runs: list[Run], settings: Settings | None = None, on_result=None) -
     share = open_share(s)
     results = []
     for run in runs:
-        result = reaching(share, lambda: _restore_one(share, run, s.root / KEYS_DIR))
+        result = reaching(share, lambda: _restore_one(share, run, s))
         results.append(result)
         if on_result: on_result(result)
     return results
 
-def restored_line(m: dict) -> str:
+def restored_line(m: Manifest) -> str:
     "How the summary names a restored run: 'restored from the share, run by METU on 2026-11-28'."
-    shared = m.get("shared") or {}
-    day = str(m.get("started") or shared.get("pushed") or "")[:10]
+    shared = m.shared or {}
+    day = str(m.started or shared.get("pushed") or "")[:10]
     return f"restored from the share, run by {shared.get('institution', '?')} on {day}"
 
 # %% ../../nbs/runner/store.ipynb #f0dd8502
@@ -264,26 +261,26 @@ def _site_runs(share: Share, keys_dir: Path):
 
 def _site_row(share: Share, lookup, key, payload, problem, folder: Path, public: bool):
     "The index's Run for one stored run, with its files copied into `folder` (None when it is left out)."
-    from research_kit.runner import site
-    if payload is None: return site.Run("(refused)", key[:12], folder, problem=problem)
-    m = dict(payload["manifest"], shared={"institution": payload["institution"], "pushed": payload["pushed"]}
-             | ({} if public else {"researcher": payload["researcher"]}))
-    run = site.Run(m["report"], f"{m['slug']}@{key[:12]}", folder / m["report"] / f"{m['slug']}@{key[:12]}", manifest=m)
+    if payload is None: return Run("(refused)", key[:12], folder, problem=problem)
+    m = Manifest(dict(payload["manifest"], shared={"institution": payload["institution"], "pushed": payload["pushed"]}
+                      | ({} if public else {"researcher": payload["researcher"]})))
+    slug = f"{m.slug}@{key[:12]}"
+    run = Run(m.report, slug, folder / m.report / slug, m.parameters, manifest=m)
     if public and run.state != "publishable": return None
     run.folder.mkdir(parents=True)
     wanted = ("report.html", "report.pdf") if public else OUTPUTS
-    for name, digest in m["outputs"].items():
+    for name, digest in m.outputs.items():
         if name not in wanted: continue
         data = share.fs.cat_file(share.blob_path(lookup, key, digest, name))
         if hashlib.sha256(data).hexdigest() != digest:
-            return None if public else site.Run(run.report, run.slug, run.folder, problem=f"refused: {name} was changed in the store")
+            return None if public else Run(run.report, run.slug, run.folder, problem=f"refused: {name} was changed in the store")
         (run.folder / name).write_bytes(data)
-    if not public: write_json_atomic(run.folder / "manifest.json", m)
+    if not public: write_manifest(run.folder, m)
     return run
 
 def _matches(run, institution, report, state) -> bool:
     if run.problem: return not (institution or report or state)
-    return ((not institution or (run.manifest.get("shared") or {}).get("institution") == institution)
+    return ((not institution or (run.manifest.shared or {}).get("institution") == institution)
             and (not report or run.report == report) and (not state or state in (run.state, run.status)))
 
 def build_site(out: Path, settings: Settings | None = None, *, public: bool = False, institution: str | None = None,

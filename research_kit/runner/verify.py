@@ -11,7 +11,8 @@ from ..errors import RKError
 from ..settings import Settings, load_settings
 from .record import MIMETYPE, records
 from . import params as P
-from .runs import Run, cell_sha256s, plan, read_manifest, template_sha256
+from .manifest import Manifest, Run, read_manifest
+from .runs import cell_sha256s, make_task, plan, template_sha256
 
 # %% auto #0
 __all__ = ['REL_TOL', 'Difference', 'same', 'text_outputs', 'compare', 'template_changes', 'rerun_parameters', 'run_of',
@@ -68,10 +69,10 @@ def compare(name: str, expected_nb: Path, expected_records: dict, actual_nb: Pat
     return diffs
 
 # %% ../../nbs/runner/verify.ipynb #a99ba1db
-def template_changes(name: str, manifest: dict, template: Path) -> list[Difference]:
+def template_changes(name: str, manifest: Manifest, template: Path) -> list[Difference]:
     "How the template changed since the run: a first line saying so, then each cell added, removed or edited."
     import difflib
-    then = manifest.get("template", {})
+    then = manifest.template
     if then.get("sha256") == template_sha256(template): return []
     diffs = [Difference(name, "template", "the template changed since this run", then.get("sha256", "?")[:12], template_sha256(template)[:12])]
     if "cells" not in then:
@@ -92,18 +93,17 @@ def rerun_parameters(name: str, recorded: dict, declared: dict) -> tuple[dict, l
     diffs += [Difference(name, "parameter", p, repr(v), "(no longer a parameter: left out)") for p, v in recorded.items() if p not in declared]
     return {p: v for p, v in recorded.items() if p in declared}, diffs
 
-def run_of(folder: Path, settings: Settings) -> tuple[Run, dict, list[Difference]]:
+def run_of(folder: Path, settings: Settings) -> tuple[Run, Manifest, list[Difference]]:
     "The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and how the template changed."
     folder = Path(folder)
     m = read_manifest(folder)
-    if m is None: raise RKError(f"{folder} holds no readable manifest.json: is it a run folder under the build folder?")
     if not (folder / "report.ipynb").is_file(): raise RKError(f"{folder} has no report.ipynb to compare with")
-    if not isinstance(m.get("report"), str) or not isinstance(m.get("parameters"), dict):
+    if not isinstance(m.report, str) or not isinstance(m.data.get("parameters"), dict):
         raise RKError(f"{folder / 'manifest.json'}: no 'report' name and 'parameters' mapping to re-run")
     name = f"{folder.parent.name}/{folder.name}"
-    template = P.find_template(m["report"], settings.reports_dir)
-    given, notes = rerun_parameters(name, m["parameters"], P.template_parameters(template))
-    run = plan(m["report"], given, settings, force=True)
+    template = P.find_template(m.report, settings.reports_dir)
+    given, notes = rerun_parameters(name, m.parameters, P.template_parameters(template))
+    run = plan(m.report, given, settings, force=True)
     run.folder = folder  # the run's own outputs, whatever folder its parameters would name today
     return run, m, template_changes(name, m, template) + notes
 
@@ -114,19 +114,19 @@ def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine
     s = settings or load_settings()
     planned = [run_of(f, s) for f in folders]
     diffs, tmp = [d for _, _, notes in planned for d in notes], Path(tempfile.mkdtemp(prefix="rk-verify-"))
-    tasks = [{"template": str(r.template), "parameters": r.parameters, "engine": engine or m.get("engine", s.engine),
-              "cwd": str(s.root), "timeout": s.timeout, "output_dir": str(tmp / str(i)), "run": i}
-             for i, (r, m, _) in enumerate(planned)]
-    by_engine = {}
-    for t in tasks: by_engine.setdefault(t["engine"], []).append(t)
+    rerun_of, by_engine = {}, {}  # each re-run writes into a folder of its own, which says whose re-run it is
+    for i, (run, m, _) in enumerate(planned):
+        task = make_task(run, s, engine or m.engine or s.engine, output_dir=tmp / str(i))
+        rerun_of[task.output_dir] = run, m
+        by_engine.setdefault(task.engine, []).append(task)
     for group in by_engine.values():
-        for task, result in LocalExecutor(workers or s.workers, memory=s.memory).run(group):
-            run, m, _ = planned[task["run"]]
+        for task, outcome in LocalExecutor(workers or s.workers, memory=s.memory).run(group):
+            run, m = rerun_of[task.output_dir]
             name = f"{run.folder.parent.name}/{run.folder.name}"
-            if result["status"] != m.get("status"):
-                diffs.append(Difference(name, "status", "status", m.get("status"), result["status"]))
-            if (Path(task["output_dir"]) / "report.ipynb").is_file():
-                diffs += compare(name, run.folder / "report.ipynb", m.get("records", {}), Path(task["output_dir"]) / "report.ipynb")
+            if outcome.status != m.status:
+                diffs.append(Difference(name, "status", "status", m.status, outcome.status))
+            if (Path(task.output_dir) / "report.ipynb").is_file():
+                diffs += compare(name, run.folder / "report.ipynb", m.records, Path(task.output_dir) / "report.ipynb")
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)
     return diffs
