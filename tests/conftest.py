@@ -3,6 +3,7 @@ import atexit
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,16 @@ def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
     if check is not None:
         assert proc.returncode == check, f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """End a process started with start_new_session=True and everything it started: TERM, then KILL after `grace` s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def sha256(path: Path) -> str:

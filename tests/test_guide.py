@@ -3,12 +3,11 @@ docs/templates.md in a copy of the workspace, and the first-day steps in a fresh
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, stop_process_group
 from test_template_authoring import USER, copy_workspace, free_port, hygiene_problems, wait_for, workspace_env
 
 BIN = Path(sys.executable).parent
@@ -127,8 +126,4 @@ def test_readme_first_day_in_a_fresh_clone(tmp_path):
         servers = wait_for(lambda: list(runtime.glob("jpserver-*.json")), 180, "JupyterLab to start")
         assert Path(json.loads(servers[0].read_text())["root_dir"]).resolve() == clone.resolve()
     finally:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try: lab.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()
+        stop_process_group(lab)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RK, build_report_workspace, make_template, run_rk
+from conftest import RK, build_report_workspace, make_template, run_rk, stop_process_group
 
 PROBE = ("import os\nimport research_kit as rk\npeople = rk.load('mini', 'people')\n"
          "rk.record('n', n)\nrk.record('n_people', len(people))\nrk.record('mean_age', float(people.age.mean()))\n"
@@ -53,10 +53,7 @@ def moto_endpoint():
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try: proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+        stop_process_group(proc, grace=10)
 
 
 def s3(endpoint):

@@ -6,7 +6,6 @@ import filecmp
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_rk
+from conftest import ROOT, run_rk, stop_process_group
 
 BIN = Path(sys.executable).parent
 USER = "a.researcher"  # the login name the tests run under: scratch/a.researcher/
@@ -251,8 +250,4 @@ def test_open_opens_the_copy_in_the_running_lab(ws, tmp_path):
         proc = run_rk("open", "college_distance", "--replace", "--no-browser", cwd=root, env=env, check=0)
         assert f"JupyterLab: {url}" in proc.stdout and not opened.exists()
     finally:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try: lab.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()
+        stop_process_group(lab)

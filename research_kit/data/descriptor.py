@@ -10,7 +10,7 @@ import os
 import pathlib
 
 from ..errors import RKError
-from ..files import atomic_path, sha256_file  # data.ingest still imports both from here
+from ..files import atomic_path, sha256_file
 
 # %% auto #0
 __all__ = ['file_stats', 'write_descriptor', 'read_descriptor']

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv, datetime, hashlib, io, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..errors import DataValidationError, Failure, RKError, SettingsError, UnknownNameError
+from ..errors import DataValidationError, Failure, RKError, UnknownNameError
 
 # %% auto #0
 __all__ = ['PSEUDONYM_FIELD', 'INSTITUTION_FIELD', 'MODES', 'IngestError', 'read_export', 'Mapping', 'read_mapping', 'Described',
@@ -473,7 +473,8 @@ def _check_referrers(res, removed: set) -> None:
 
 # %% ../../nbs/data/ingest.ipynb #72fd58bb
 def _write(res, existing: _Existing, data: bytes, rows: int) -> None:
-    from research_kit.data.descriptor import atomic_path, file_stats, read_descriptor, write_descriptor
+    from research_kit.data.descriptor import file_stats, read_descriptor, write_descriptor
+    from research_kit.files import atomic_path
     with open(res.descriptor_url, "rb") as f:
         if f.read() != existing.descriptor_bytes:
             raise IngestError(f"{res.descriptor_url} changed while ingesting (another ingest?); nothing was written, run again")
@@ -488,7 +489,7 @@ _REPORT_HEADER = ["line", "field", "reason", "value (described)"]
 
 def _write_report(path: Path, failures: list) -> None:
     "The skipped rows as CSV (line, field, reason, what the value looked like), UTF-8 with BOM so Excel shows Cyrillic."
-    from research_kit.data.descriptor import atomic_path
+    from research_kit.files import atomic_path
     rows = sorted({(f.line, f.column or "", f.rule, "" if f.value is None else str(describe_value(f.value))) for f in failures},
                   key=lambda r: (r[0] or 0, r[1]))
     with atomic_path(path) as tmp:

@@ -5,7 +5,7 @@
 # %% ../../nbs/runner/manifest.ipynb #d9926c88
 from __future__ import annotations
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from ..errors import RKError
