@@ -427,6 +427,7 @@ def verify(run_dir: Optional[str] = typer.Argument(None, help="a run folder, e.g
            engine: Optional[str] = typer.Option(None, help="re-run with this engine (default: the one each run used)")):
     "Re-execute finished runs and compare records and outputs; exit 1 on any difference."
     from research_kit.settings import load_settings
+    from research_kit.runner.manifest import IRREPRODUCIBLE
     from research_kit.runner.verify import verify_runs
     s = load_settings()
     folders = _run_folders(s, run_dir, batch, verb="verify")
@@ -435,7 +436,11 @@ def verify(run_dir: Optional[str] = typer.Argument(None, help="a run folder, e.g
         _console().print(f"verified {len(folders)} run{'s' if len(folders) != 1 else ''}: records and outputs identical")
         return
     _console().print(_table("differences", ["run", "kind", "name", "expected", "actual"],
-                            [(d.run, d.kind, d.name, str(d.expected)[:60], str(d.actual)[:60]) for d in diffs]))
+                            [(d.run, d.kind, d.name, str(d.expected)[:60], str(d.actual)[:60]) for d in diffs if d.kind != "cache"]))
+    for d in diffs:  # the same inputs gave other results: its manifest says so now
+        if d.kind == "cache":
+            _console().print(f"never reused: {d.run}: {d.actual.removeprefix(IRREPRODUCIBLE)}; every batch runs it again "
+                             "until its inputs change", markup=False)
     raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #3aebafaa

@@ -194,6 +194,31 @@ def test_a_run_no_key_covers_is_never_reused_and_the_summary_says_why(report_wor
     assert manifests(root)["other/k=1"]["started"] == first["other/k=1"]["started"]
 
 
+def test_a_run_rk_verify_finds_irreproducible_is_never_reused_until_its_inputs_change(report_workspace):
+    """What no scan of the code finds (here the worker's process id) shows when a re-run with the same
+    inputs gives other results: rk verify says so in the manifest, and every batch runs it again, saying
+    why, until its inputs change."""
+    root, d, env = report_workspace
+    pid = root / "reports" / "pid.ipynb"
+    make_template(pid, "n: int = 1", "import os\nimport research_kit as rk\nrk.record('pid', os.getpid())")
+    (root / "reports" / "batches.yaml").write_text(
+        "pids:\n  - report: pid\n    parameters: [{n: 1}]\n  - report: other\n    parameters: [{k: 1}]\n")
+    rk_batch(root, env, "pids")
+    assert manifests(root)["pid/n=1"]["unkeyed"] == [] and dry_run(root, env, "pids")["pid/n=1"] == ("cached", "")
+    proc = run_rk("verify", "--batch", "pids", cwd=root, env={**env, **WIDE}, check=1)
+    found = ("a re-run with the same inputs gave other results (record pid): "
+             "something no key covers decides them, such as unseeded randomness")
+    assert manifests(root)["pid/n=1"]["unkeyed"] == ["rk verify: " + found] and manifests(root)["other/k=1"]["unkeyed"] == []
+    assert f"never reused: pid/n=1: {found}; every batch runs it again until its inputs change" in proc.stdout, proc.stdout
+    assert dry_run(root, env, "pids") == {"pid/n=1": ("run", "not keyed: rk verify: " + found), "other/k=1": ("cached", "")}
+    out = rk_batch(root, env, "pids").stdout
+    assert "ran again: pid/n=1: rk verify: " + found in out, out
+    assert manifests(root)["pid/n=1"]["unkeyed"] == ["rk verify: " + found]  # the same inputs again: still so
+    make_template(pid, "n: int = 1", "import research_kit as rk\nrk.record('pid', 0)")  # fixed
+    rk_batch(root, env, "pids")
+    assert manifests(root)["pid/n=1"]["unkeyed"] == [] and dry_run(root, env, "pids")["pid/n=1"] == ("cached", "")
+
+
 def test_with_discovery_off_every_run_runs_again(report_workspace):
     root, d, env = report_workspace
     off = {**env, "RK_RUNNER_DISCOVERY": "off"}

@@ -12,8 +12,8 @@ from ..errors import RKError
 from ..files import write_json_atomic
 
 # %% auto #0
-__all__ = ['STATUSES', 'MANIFEST', 'UNKEYED', 'Task', 'RunFailure', 'Outcome', 'Manifest', 'ManifestError', 'read_manifest',
-           'write_manifest', 'Run', 'read_run', 'run_folders']
+__all__ = ['STATUSES', 'MANIFEST', 'UNKEYED', 'IRREPRODUCIBLE', 'Task', 'RunFailure', 'Outcome', 'Manifest', 'ManifestError',
+           'read_manifest', 'write_manifest', 'Run', 'read_run', 'run_folders']
 
 # %% ../../nbs/runner/manifest.ipynb #8142112f
 @dataclass(frozen=True)
@@ -213,6 +213,7 @@ def write_manifest(
 
 # %% ../../nbs/runner/manifest.ipynb #d20bf9e1
 UNKEYED = "not keyed: "  # how a run's `why` begins a reason that its earlier run read what no key covers
+IRREPRODUCIBLE = "rk verify: "  # how an `unkeyed` reason begins that a re-run with the same inputs gave other results
 
 @dataclass
 class Run:

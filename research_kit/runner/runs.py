@@ -11,7 +11,7 @@ from ..errors import RKError
 from ..settings import Settings, load_settings
 from ..files import sha256_file, swap_into_place
 from . import params as P
-from .manifest import (MANIFEST, UNKEYED, Manifest, ManifestError, Outcome, Run, RunFailure, Task,
+from .manifest import (IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestError, Outcome, Run, RunFailure, Task,
                                           read_manifest, write_manifest)
 
 # %% auto #0
@@ -135,6 +135,12 @@ def still_cached(run: Run, settings: Settings | None = None) -> bool:
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
 
+def _irreproducible(folder: Path, key: str) -> list[str]:
+    "What `rk verify` found of the earlier run in `folder` (other results from the same inputs): still so for a run with its key."
+    try: earlier = read_manifest(folder)
+    except ManifestError: return []
+    return [u for u in earlier.unkeyed if u.startswith(IRREPRODUCIBLE)] if earlier.cache_key == key else []
+
 def finish(
     run: Run,  # the planned run
     task: Task,  # the task it was given to a worker as
@@ -149,12 +155,14 @@ def finish(
         outcome = replace(outcome, status="failed", error=RunFailure(
             "OutputsLost", "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"))
     outputs = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in OUTPUTS}
+    key = run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings)
     manifest = Manifest({
         "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": outcome.status,
         "engine": outcome.engine, "started": outcome.started, "duration": outcome.duration,
-        "cache_key": run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings),
+        "cache_key": key,
         "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash, "cells": list(run.cells)},
-        "inputs": outcome.inputs, "files": outcome.files, "settings": outcome.settings, "unkeyed": outcome.unkeyed,
+        "inputs": outcome.inputs, "files": outcome.files, "settings": outcome.settings,
+        "unkeyed": outcome.unkeyed + _irreproducible(run.folder, key),
         "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
         "environment": environment(), "git": git, "outputs": outputs, "records": outcome.records,
         "error": outcome.error.as_dict() if outcome.error else None,

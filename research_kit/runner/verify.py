@@ -11,19 +11,19 @@ from ..errors import RKError
 from ..settings import Settings, load_settings
 from .record import MIMETYPE, records
 from . import params as P
-from .manifest import Manifest, Run, read_manifest
-from .runs import cell_sha256s, make_task, plan, template_sha256
+from .manifest import IRREPRODUCIBLE, Manifest, ManifestError, Outcome, Run, read_manifest, write_manifest
+from .runs import build_lock, cell_sha256s, make_task, plan, run_key, template_sha256
 
 # %% auto #0
 __all__ = ['REL_TOL', 'Difference', 'same', 'text_outputs', 'compare', 'template_changes', 'rerun_parameters', 'run_of',
-           'verify_runs']
+           'irreproducible', 'same_inputs', 'mark_irreproducible', 'verify_runs']
 
 # %% ../../nbs/runner/verify.ipynb #e991d288
 @dataclass(frozen=True)
 class Difference:
     "One difference between a run and its re-run."
     run: str
-    kind: str      # template | parameter | status | record | output
+    kind: str      # template | parameter | status | record | output | cache
     name: str
     expected: object
     actual: object
@@ -107,6 +107,25 @@ def run_of(folder: Path, settings: Settings) -> tuple[Run, Manifest, list[Differ
     run.folder = folder  # the run's own outputs, whatever folder its parameters would name today
     return run, m, template_changes(name, m, template) + notes
 
+def irreproducible(diffs: list[Difference]) -> str:
+    "What a run's manifest says when a re-run with the same inputs gave other results (`diffs`: its status, records, outputs)."
+    what = "; ".join(dict.fromkeys(f"{d.kind} {d.name}" for d in diffs))
+    return (f"{IRREPRODUCIBLE}a re-run with the same inputs gave other results ({what}): "
+            "something no key covers decides them, such as unseeded randomness")
+
+def same_inputs(run: Run, m: Manifest, outcome: Outcome) -> bool:
+    "Did the re-run `outcome` of `run` read exactly what the run of manifest `m` read (the same cache key)?"
+    if outcome.unkeyed or m.unkeyed: return False  # such a run is never reused anyway
+    return run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings) == m.cache_key
+
+def mark_irreproducible(folder, m: Manifest, reason: str) -> bool:
+    "Add `reason` to the `unkeyed` of the run in `folder`, if it is still the run of manifest `m`; True if it was added."
+    try: now = read_manifest(folder)
+    except ManifestError: return False
+    if (now.started, now.cache_key) != (m.started, m.cache_key): return False  # run again since: this one was not verified
+    if reason not in now.unkeyed: write_manifest(folder, now.with_(unkeyed=[*now.unkeyed, reason]))
+    return True
+
 def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine: str | None = None,
                 workers: int | None = None) -> list[Difference]:
     "Re-execute each finished run into a temporary folder and list every difference."
@@ -114,7 +133,7 @@ def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine
     s = settings or load_settings()
     planned = [run_of(f, s) for f in folders]
     diffs, tmp = [d for _, _, notes in planned for d in notes], Path(tempfile.mkdtemp(prefix="rk-verify-"))
-    rerun_of, by_engine = {}, {}  # each re-run writes into a folder of its own, which says whose re-run it is
+    rerun_of, by_engine, to_mark = {}, {}, []  # each re-run writes into a folder of its own, which says whose re-run it is
     for i, (run, m, _) in enumerate(planned):
         task = make_task(run, s, engine or m.engine or s.engine, output_dir=tmp / str(i))
         rerun_of[task.output_dir] = run, m
@@ -123,10 +142,15 @@ def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine
         for task, outcome in LocalExecutor(workers or s.workers, memory=s.memory).run(group):
             run, m = rerun_of[task.output_dir]
             name = f"{run.folder.parent.name}/{run.folder.name}"
-            if outcome.status != m.status:
-                diffs.append(Difference(name, "status", "status", m.status, outcome.status))
+            found = [Difference(name, "status", "status", m.status, outcome.status)] if outcome.status != m.status else []
             if (Path(task.output_dir) / "report.ipynb").is_file():
-                diffs += compare(name, run.folder / "report.ipynb", m.records, Path(task.output_dir) / "report.ipynb")
+                found += compare(name, run.folder / "report.ipynb", m.records, Path(task.output_dir) / "report.ipynb")
+            diffs += found
+            if found and same_inputs(run, m, outcome): to_mark.append((run.folder, m, name, irreproducible(found)))
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)
+    if to_mark:
+        with build_lock(s.build_dir, wait=True):  # a batch may be writing these very folders
+            diffs += [Difference(name, "cache", "never served from the cache", "cached while its inputs are unchanged", reason)
+                      for folder, m, name, reason in to_mark if mark_irreproducible(folder, m, reason)]
     return diffs
