@@ -152,13 +152,16 @@ def test_changing_the_institution_reruns_exactly_the_runs_that_read_restricted_d
                   "import research_kit as rk\nrk.record('institutions', len(rk.load('mini', 'institutions')))")
     (root / "reports" / "batches.yaml").write_text(
         "mixed:\n  - report: tiny\n    parameters: [{n: 1}]\n  - report: names\n    parameters: [{n: 1}]\n")
-    ini = "[workspace]\ndata = datasets\ncache = .cache\ninstitution = {}\n[runner]\nengine = kernel\n"
-    (root / "settings.ini").write_text(ini.format("ATK"))
+    (root / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = .cache\n[runner]\nengine = kernel\n")
+    # the institution is the researcher's own setting, in their own file outside the workspace
+    own = root.parent / "researcher.ini"
+    env = {**env, "RK_USER_SETTINGS": str(own)}
+    own.write_text("[workspace]\ninstitution = ATK\n")
     rk_batch(root, env, "mixed")
     first = manifests(root)
     assert first["tiny/label=x,mode=a,n=1"]["settings"] == {"workspace.institution": "ATK"}
     assert first["names/n=1"]["settings"] == {} and first["names/n=1"]["engine"] == "kernel"
-    (root / "settings.ini").write_text(ini.format("KITIG"))
+    own.write_text("[workspace]\ninstitution = KITIG\n")
     assert dry_run(root, env, "mixed") == {"tiny/label=x,mode=a,n=1": ("run", "setting workspace.institution: 'ATK' -> 'KITIG'"),
                                            "names/n=1": ("cached", "")}
     proc = rk_batch(root, env, "mixed", check=1)
