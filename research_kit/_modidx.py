@@ -1070,6 +1070,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                  'research_kit/runner/engines.py'),
                                              'research_kit.runner.engines._WarmState.keep_context': ( 'runner/engines.html#_warmstate.keep_context',
                                                                                                       'research_kit/runner/engines.py'),
+                                             'research_kit.runner.engines._WarmState.release': ( 'runner/engines.html#_warmstate.release',
+                                                                                                 'research_kit/runner/engines.py'),
                                              'research_kit.runner.engines._WarmState.reset': ( 'runner/engines.html#_warmstate.reset',
                                                                                                'research_kit/runner/engines.py'),
                                              'research_kit.runner.engines._WarmState.run': ( 'runner/engines.html#_warmstate.run',

@@ -107,6 +107,11 @@ class _WarmState:
         for name, value in self.builtins.items():
             if vars(builtins).get(name) is not value: setattr(builtins, name, value)
 
+    def release(self):
+        "Drop the report's namespace, and the exception whose frames hold it."
+        self._reset_namespace()
+        self.shell.exc = None
+
     def _reset_process(self, cwd):
         import locale
         run_env = {k: os.environ[k] for k in RUN_ENV if k in os.environ}  # set for this report by execute_report
@@ -163,19 +168,24 @@ def _run_warm(nb_man, timeout: float | None) -> None:
     import nbformat
     shell = warm_shell()
     _state.reset(os.getcwd())
-    for index, cell in enumerate(nb_man.nb.cells):
-        nb_man.cell_start(cell, index)
-        try:
-            if cell.cell_type != "code": continue
-            outputs = _state.run(cell.source, timeout=timeout)
-            cell.outputs = [nbformat.from_dict(o) for o in outputs]
-            cell.execution_count = shell.execution_count - 1
-            if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
-            if shell.exc is not None:
-                nb_man.cell_exception(cell, index)
-                break
-        finally:
-            nb_man.cell_complete(cell, index)
+    try:
+        for index, cell in enumerate(nb_man.nb.cells):
+            nb_man.cell_start(cell, index)
+            try:
+                if cell.cell_type != "code": continue
+                outputs = _state.run(cell.source, timeout=timeout)
+                cell.outputs = [nbformat.from_dict(o) for o in outputs]
+                cell.execution_count = shell.execution_count - 1
+                if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
+                if shell.exc is not None:
+                    nb_man.cell_exception(cell, index)
+                    break
+            finally:
+                nb_man.cell_complete(cell, index)
+    finally:
+        # what the report made goes now, not when the next report starts: this process writes its
+        # documents next, and a report that filled the memory limit would leave them no room
+        if not _state.spent: _state.release()
 
 class WarmEngine(Engine):
     "Cells run in this worker's warm IPython shell, in a fresh namespace per report."
