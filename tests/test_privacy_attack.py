@@ -14,11 +14,10 @@ the institution profiles publish (the issue's METU leak among them).
 import math
 import os
 
+import highspy
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import linprog
-from scipy.sparse import block_diag, csr_array
 
 from research_kit.analysis.privacy import suppress
 from research_kit.errors import RKError
@@ -51,33 +50,52 @@ def equations(shown, truth, total_i, total_j):
     return masked, np.array(rows).reshape(len(rows), len(masked)), np.array(rhs)
 
 
+def bounds_model(A, b, cap):
+    "A HiGHS model of A x = b, 0 <= x <= cap, ready to take one objective after another."
+    model = highspy.Highs()
+    for name, value in {"output_flag": False, "threads": 1, "presolve": "off"}.items():
+        model.setOptionValue(name, value)
+    h = A.shape[1]
+    model.addVars(h, np.zeros(h), np.full(h, cap))
+    for row, rhs in zip(A, b):
+        on = np.flatnonzero(row)
+        model.addRow(rhs, rhs, len(on), on.astype(np.int32), row[on])
+    return model
+
+
+def optimum(model, n, sense):
+    "The smallest (sense 1) or, negated, the largest (sense -1) value of variable n; the model's objective is left at zero."
+    model.changeColCost(n, sense)
+    model.run()
+    assert model.getModelStatus() == highspy.HighsModelStatus.kOptimal, model.modelStatusToString(model.getModelStatus())
+    value = model.getInfo().objective_function_value
+    model.changeColCost(n, 0.0)
+    return value
+
+
 def weak_cells(shown, truth, total_i=None, total_j=None, k=K, p=P):
     """Masked cells that could be below k and whose feasible range is narrower than p: (cell, lower, upper).
-    One linprog call per table: a copy of the equations per masked cell and direction (smallest, largest),
-    the copies sharing no variable, so the optimum of their sum is each copy's own optimum. Every value is
-    capped above anything the true table's total allows; reaching the cap means unbounded."""
+    One HiGHS model per table, solved for each masked cell's smallest value and, when that is below k, its
+    largest (only the objective changes from one solve to the next, so each starts from the last basis).
+    Every value is capped above anything the true table's total allows; reaching the cap means unbounded."""
     masked, A, b = equations(shown, truth, total_i, total_j)
-    h = len(masked)
-    if h == 0: return []
+    if not masked: return []
     cap = 2 * np.nansum(truth) + 1
-    objective = np.zeros((2 * h, h))
-    objective[np.arange(h), np.arange(h)] = 1  # copies 0..h-1: the smallest value of their own cell
-    objective[h + np.arange(h), np.arange(h)] = -1  # copies h..2h-1: the largest
-    res = linprog(objective.ravel(), A_eq=block_diag([csr_array(A)] * (2 * h)) if len(b) else None,
-                  b_eq=np.tile(b, 2 * h) if len(b) else None, bounds=(0, cap), method="highs")
-    assert res.status == 0, res.message
-    x = res.x.reshape(2 * h, h)
+    model = bounds_model(A, b, cap)
     weak = []
     for n, cell in enumerate(masked):
-        lower, high = math.ceil(x[n, n] - 1e-6), x[h + n, n]
+        lower = math.ceil(optimum(model, n, 1) - 1e-6)
+        assert lower <= truth[cell]  # the true table is one the attacker cannot rule out
+        if lower >= k: continue  # it cannot be a small count: its range does not matter
+        high = -optimum(model, n, -1)
         upper = math.inf if high > cap - 0.5 else math.floor(high + 1e-6)
-        assert lower <= truth[cell] <= upper  # the true table is one the attacker cannot rule out
-        if lower < k and upper - lower < p: weak.append((cell, lower, upper))
+        assert truth[cell] <= upper
+        if upper - lower < p: weak.append((cell, lower, upper))
     return weak
 
 
 def masked_array(shown, columns):
-    return shown[columns].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    return np.column_stack([shown[c].to_numpy(dtype=float, na_value=np.nan) for c in columns])
 
 
 def random_table(rng):
