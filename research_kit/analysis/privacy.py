@@ -395,36 +395,42 @@ def _equations(values, lines, margins):
         rows.append(row); rhs.append(margin - known)
     return list(where), np.array(rows).reshape(len(rows), len(where)), np.array(rhs)
 
-def _extremes(A, b, cap):
+def _extremes(A, b, cap, enough=None):
     """Every hidden cell's smallest and largest feasible value: one linear program over the relations,
     solved twice per cell with only the objective changed. The last solve's basis stays feasible, so
     primal simplex goes on from it (presolve would throw it away). The cell being maximized is capped
-    at `cap`, above anything the known totals allow, so 'unbounded' shows as reaching the cap."""
+    at `cap`, above anything the known totals allow, so 'unbounded' shows as reaching the cap. A cell
+    whose smallest value is at least `enough` (when given) gets no largest (NaN): it cannot be small."""
     import highspy, numpy as np
     h = A.shape[1]
     low, high = np.zeros(h), np.zeros(h)
     if h == 0: return low, high
     model = _highs(np.zeros(h), A, b, b, np.zeros(h), np.full(h, np.inf), presolve="off", simplex_strategy=4)
+    def optimum(cell, sense):
+        model.changeColCost(cell, sense)
+        model.run()
+        if model.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            raise AnalysisError("the shown table is inconsistent: no table of whole, non-negative counts fits what it "
+                                "shows (do its totals add up?)")
+        value = sense * model.getInfo().objective_function_value
+        model.changeColCost(cell, 0.0)  # (a change to the model clears what the last solve found)
+        return value
     for cell in range(h):
-        for sense, out in ((1.0, low), (-1.0, high)):
-            model.changeColCost(cell, sense)
-            if sense < 0: model.changeColBounds(cell, 0.0, cap)
-            model.run()
-            if model.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-                raise AnalysisError("the shown table is inconsistent: no table of whole, non-negative counts fits what it "
-                                    "shows (do its totals add up?)")
-            out[cell] = sense * model.getInfo().objective_function_value
-        model.changeColCost(cell, 0.0)
+        low[cell] = optimum(cell, 1.0)
+        if enough is not None and low[cell] >= enough: high[cell] = np.nan; continue
+        model.changeColBounds(cell, 0.0, cap)
+        high[cell] = optimum(cell, -1.0)
         model.changeColBounds(cell, 0.0, np.inf)
     return low, high
 
 # %% ../../nbs/analysis/privacy.ipynb #c6a8c9a4
-def _intervals(values, lines, margins):
-    "The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers (inf: unbounded)."
+def _intervals(values, lines, margins, enough=None):
+    """The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers
+    (inf: unbounded; NaN: not computed, the smallest being at least `enough`)."""
     import numpy as np
     cells, A, b = _equations(values, lines, margins)
     known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
-    low, high = _extremes(A, b, 2 * known + 1)  # no cell bounded by what is shown can exceed the largest shown total
+    low, high = _extremes(A, b, 2 * known + 1, enough)  # no cell bounded by what is shown can exceed the largest shown total
     lower = np.ceil(low - 1e-6)  # the attacker knows counts are whole numbers
     return cells, lower, np.where(high > known + 0.5, np.inf, np.floor(high + 1e-6))
 
@@ -478,7 +484,8 @@ def _proof(rows, counts, values, hidden, lines, total_row, total_column, k, p, p
     the arrays); return the intervals of the primary cells, after checking every hidden one."""
     import numpy as np
     rows_known, cols_known = _known_margins(values, lines, len(rows))
-    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known])
+    # a cell that cannot fall below k needs no largest value; a primary one always can (its value is below k)
+    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known], enough=k)
     for (i, j), lo, hi in zip(cells, lower, upper):
         if lo < k and hi - lo < p:  # the search and this attack model the same relations; never publish if they differ
             raise RuntimeError(f"suppress: the pattern found leaves row {rows[i]!r}, column {counts[j]!r} "
