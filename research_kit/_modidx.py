@@ -171,6 +171,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'research_kit/analysis/privacy.py'),
                                                'research_kit.analysis.privacy._extremes': ( 'analysis/privacy.html#_extremes',
                                                                                             'research_kit/analysis/privacy.py'),
+                                               'research_kit.analysis.privacy._highs': ( 'analysis/privacy.html#_highs',
+                                                                                         'research_kit/analysis/privacy.py'),
                                                'research_kit.analysis.privacy._intervals': ( 'analysis/privacy.html#_intervals',
                                                                                              'research_kit/analysis/privacy.py'),
                                                'research_kit.analysis.privacy._known_margins': ( 'analysis/privacy.html#_known_margins',

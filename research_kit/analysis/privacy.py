@@ -44,10 +44,11 @@ def _count_values(table, columns):
     "The count columns as a float array (NaN for missing), after checking they hold whole non-negative numbers."
     import numpy as np
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
-    for col in columns:
-        if is_bool_dtype(table[col].dtype) or not is_numeric_dtype(table[col].dtype):
-            raise AnalysisError(f"count column {col!r} (dtype {table[col].dtype}) is not numeric; expected counts")
-    values = np.column_stack([table[col].to_numpy(dtype=float, na_value=np.nan) for col in columns])
+    series = [table[col] for col in columns]
+    for col, x in zip(columns, series):
+        if is_bool_dtype(x.dtype) or not is_numeric_dtype(x.dtype):
+            raise AnalysisError(f"count column {col!r} (dtype {x.dtype}) is not numeric; expected counts")
+    values = np.column_stack([x.to_numpy(dtype=float, na_value=np.nan) for x in series])
     for problem, bad in (("a negative value", values < 0), ("a value that is not a whole number", np.nan_to_num(values) % 1 != 0)):
         if bad.any():
             i, j = np.argwhere(bad)[0]
@@ -168,6 +169,30 @@ def _protection_cut(net, a, p, hidden, cell, witness=None):
 ROUNDS, NODES, STRIKES = 40, 5000, 2  # rounds of cuts; nodes per solve; cuts after which a cell's flows go in whole
 FLOW_VARIABLES, STALL = 20_000, 3  # size of the flows written in full (4 variables per cell of the table, per flow); rounds without progress
 
+def _highs(cost, matrix, lower, upper, low, high, integer=None, **options):
+    """A HiGHS model ready to run: minimize `cost @ x` subject to `lower <= matrix @ x <= upper` and
+    `low <= x <= high`, the variables flagged in `integer` whole. The models here are tiny, and solved
+    by the hundred: one thread, and no feasibility jump (a heuristic whose start costs more than the
+    whole search of such a model). highspy's lower-level class, because its `Highs` prints a banner on
+    the process's standard output before any option can turn it off (HiGHS issue 2749)."""
+    import highspy, numpy as np
+    from scipy.sparse import csr_array
+    matrix = csr_array(matrix)
+    model = highspy._Highs()
+    for name, value in {"output_flag": False, "threads": 1, "mip_heuristic_run_feasibility_jump": False, **options}.items():
+        model.setOptionValue(name, value)
+    lp = highspy.HighsLp()
+    lp.num_row_, lp.num_col_ = matrix.shape
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = (np.asarray(x, dtype=float) for x in (cost, low, high))
+    lp.row_lower_, lp.row_upper_ = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.num_row_, lp.a_matrix_.num_col_ = matrix.shape
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = matrix.indptr, matrix.indices, matrix.data
+    if integer is not None:
+        lp.integrality_ = [highspy.HighsVarType.kInteger if x else highspy.HighsVarType.kContinuous for x in integer]
+    model.passModel(lp)
+    return model
+
 def _push_model(net, a, cell, forward, backward, most):
     """One push around `cell` written out as a flow (a rise; or a fall, with the capacities swapped), as
     constraints over [hidden cells | the flow's own variables]: (rows, columns, values) of the sparse
@@ -192,9 +217,8 @@ def _push_model(net, a, cell, forward, backward, most):
 def _solve_pattern(weights, must, never, cuts, flows, net, a, p, seconds, models=None):
     """The cheapest set of cells to hide that meets every cut so far and, for each cell in `flows`, its rise
     and fall written in full (a MILP, solved by HiGHS). `models` caches the written-out flows by cell.
-    Returns (hidden or None, scipy's status)."""
-    import numpy as np
-    from scipy.optimize import milp, LinearConstraint, Bounds
+    Returns (hidden or None, whether it is proven the cheapest)."""
+    import highspy, numpy as np
     from scipy.sparse import coo_array
     m = len(weights)
     models = {} if models is None else models
@@ -219,11 +243,13 @@ def _solve_pattern(weights, must, never, cuts, flows, net, a, p, seconds, models
             amounts.append(width - 1)
         add(np.zeros(3, int), np.r_[amounts, cell], np.r_[1.0, 1.0, -p], [0.0], [np.inf])  # rise + fall >= p, if hidden
     matrix = coo_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(sum(map(len, lower)), width))
-    res = milp(np.r_[weights, np.zeros(width - m)], integrality=np.r_[np.ones(m), np.zeros(width - m)],
-               bounds=Bounds(np.concatenate(low), np.concatenate(high)),
-               constraints=[LinearConstraint(matrix.tocsr(), np.concatenate(lower), np.concatenate(upper))],
-               options={"node_limit": NODES, "time_limit": max(seconds, 0.1)})
-    return (None if res.x is None else res.x[:m] > 0.5), res.status
+    model = _highs(np.r_[weights, np.zeros(width - m)], matrix, np.concatenate(lower), np.concatenate(upper),
+                   np.concatenate(low), np.concatenate(high), integer=np.arange(width) < m,
+                   mip_max_nodes=NODES, time_limit=max(seconds, 0.1))
+    model.run()
+    if model.getInfo().primal_solution_status != highspy.kSolutionStatusFeasible: return None, False
+    x = np.asarray(model.getSolution().col_value)
+    return x[:m] > 0.5, model.getModelStatus() == highspy.HighsModelStatus.kOptimal
 
 def _exposed(net, a, hidden, guarded, witness, k, p):
     """The cuts for the hidden cells this pattern leaves exposed. A hidden cell that is not small only needs
@@ -307,9 +333,9 @@ def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
             stubborn = sorted((c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c])
             flows += stubborn[:max(most_flows - len(flows), 0)]
         if (left := deadline - time.monotonic()) <= 0: break
-        found, status = _solve_pattern(weights, primary, never, cuts, flows, net, a, p, left, models)
+        found, proven = _solve_pattern(weights, primary, never, cuts, flows, net, a, p, left, models)
         if found is None: break
-        hidden, optimal = found, optimal and status == 0
+        hidden, optimal = found, optimal and proven
         stalled = stalled + 1 if weights[hidden].sum() <= best else 0  # cuts that no longer raise the cost: many equal alternatives
         best = max(best, weights[hidden].sum())
         if stalled >= STALL: break
@@ -369,51 +395,42 @@ def _equations(values, lines, margins):
         rows.append(row); rhs.append(margin - known)
     return list(where), np.array(rows).reshape(len(rows), len(where)), np.array(rhs)
 
-def _extremes(A, b, cap):
-    """Every hidden cell's smallest and largest feasible value, from one linear program: a copy of the
-    relations per cell and direction, each copy optimizing its own cell; the copies share nothing, so the
-    optimum of their sum is each copy's optimum. A copy holds only the cells linked to its own by some
-    relation (the rest cannot matter), which keeps the program small. Each cell is capped at `cap`,
-    above anything the known totals allow, so 'unbounded' shows as reaching the cap."""
-    import numpy as np
-    from scipy.optimize import linprog
-    from scipy.sparse import block_diag, csr_array, identity, kron
-    from scipy.sparse.csgraph import connected_components
+def _extremes(A, b, cap, enough=None):
+    """Every hidden cell's smallest and largest feasible value: one linear program over the relations,
+    solved twice per cell with only the objective changed. The last solve's basis stays feasible, so
+    primal simplex goes on from it (presolve would throw it away). The cell being maximized is capped
+    at `cap`, above anything the known totals allow, so 'unbounded' shows as reaching the cap. A cell
+    whose smallest value is at least `enough` (when given) gets no largest (NaN): it cannot be small."""
+    import highspy, numpy as np
     h = A.shape[1]
     low, high = np.zeros(h), np.zeros(h)
     if h == 0: return low, high
-    _, group = connected_components(csr_array((np.abs(A).T @ np.abs(A)) + np.eye(h)), directed=False)
-    blocks, rhs, objective, upper, copies = [], [], [], [], []
-    for g in np.unique(group):
-        cells = np.flatnonzero(group == g)
-        rows = np.flatnonzero(np.abs(A[:, cells]).sum(axis=1) > 0)
-        own = np.eye(len(cells)).ravel()  # copy c's own cell is variable c * len(cells) + c
-        for sense, out in ((1, low), (-1, high)):
-            blocks.append(kron(identity(len(cells)), csr_array(A[np.ix_(rows, cells)])))
-            rhs.append(np.tile(b[rows], len(cells)))
-            objective.append(sense * own)
-            upper.append(np.where(own > 0, cap, np.inf))
-            copies.append((out, cells, own > 0))
-    equations = block_diag(blocks, format="csr")
-    res = linprog(np.concatenate(objective), A_eq=equations if equations.shape[0] else None,
-                  b_eq=np.concatenate(rhs) if equations.shape[0] else None,
-                  bounds=np.column_stack([np.zeros(equations.shape[1]), np.concatenate(upper)]), method="highs")
-    if res.status != 0:
-        raise AnalysisError("the shown table is inconsistent: no table of whole, non-negative counts fits what it shows "
-                            "(do its totals add up?)")
-    start = 0
-    for out, cells, own in copies:
-        out[cells] = res.x[start:start + len(own)][own]
-        start += len(own)
+    model = _highs(np.zeros(h), A, b, b, np.zeros(h), np.full(h, np.inf), presolve="off", simplex_strategy=4)
+    def optimum(cell, sense):
+        model.changeColCost(cell, sense)
+        model.run()
+        if model.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            raise AnalysisError("the shown table is inconsistent: no table of whole, non-negative counts fits what it "
+                                "shows (do its totals add up?)")
+        value = sense * model.getInfo().objective_function_value
+        model.changeColCost(cell, 0.0)  # (a change to the model clears what the last solve found)
+        return value
+    for cell in range(h):
+        low[cell] = optimum(cell, 1.0)
+        if enough is not None and low[cell] >= enough: high[cell] = np.nan; continue
+        model.changeColBounds(cell, 0.0, cap)
+        high[cell] = optimum(cell, -1.0)
+        model.changeColBounds(cell, 0.0, np.inf)
     return low, high
 
 # %% ../../nbs/analysis/privacy.ipynb #c6a8c9a4
-def _intervals(values, lines, margins):
-    "The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers (inf: unbounded)."
+def _intervals(values, lines, margins, enough=None):
+    """The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers
+    (inf: unbounded; NaN: not computed, the smallest being at least `enough`)."""
     import numpy as np
     cells, A, b = _equations(values, lines, margins)
     known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
-    low, high = _extremes(A, b, 2 * known + 1)  # no cell bounded by what is shown can exceed the largest shown total
+    low, high = _extremes(A, b, 2 * known + 1, enough)  # no cell bounded by what is shown can exceed the largest shown total
     lower = np.ceil(low - 1e-6)  # the attacker knows counts are whole numbers
     return cells, lower, np.where(high > known + 0.5, np.inf, np.floor(high + 1e-6))
 
@@ -467,7 +484,8 @@ def _proof(rows, counts, values, hidden, lines, total_row, total_column, k, p, p
     the arrays); return the intervals of the primary cells, after checking every hidden one."""
     import numpy as np
     rows_known, cols_known = _known_margins(values, lines, len(rows))
-    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known])
+    # a cell that cannot fall below k needs no largest value; a primary one always can (its value is below k)
+    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known], enough=k)
     for (i, j), lo, hi in zip(cells, lower, upper):
         if lo < k and hi - lo < p:  # the search and this attack model the same relations; never publish if they differ
             raise RuntimeError(f"suppress: the pattern found leaves row {rows[i]!r}, column {counts[j]!r} "
@@ -532,15 +550,15 @@ def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns
     net = _network(values.shape, total_i, total_j)
     hidden, optimal = _choose_hidden(a, primary, never, net, k, p, _weights(a, primary, objective), _check_seconds(time_limit))
     if hidden is None: raise _unprotectable(net, a, primary, never, p, rows, counts)
-    flags = pd.DataFrame(hidden.reshape(values.shape), index=table.index, columns=counts)
-    row_masked = flags.any(axis=1)
-    for col in rates: flags[col] = row_masked
+    grid = hidden.reshape(values.shape)
+    flags = {col: grid[:, j] for j, col in enumerate(counts)} | {col: grid.any(axis=1) for col in rates}
     shown = table.copy()
-    for col in counts: shown[col] = shown[col].astype("Int64").mask(flags[col])
+    for j, col in enumerate(counts):  # nullable integers straight from the checked values: missing or masked is <NA>
+        shown[col] = pd.arrays.IntegerArray(np.nan_to_num(values[:, j]).astype(np.int64), np.isnan(values[:, j]) | grid[:, j])
     for col in rates: shown[col] = shown[col].astype("Float64").mask(flags[col])
-    proof = _proof(rows, counts, values, hidden.reshape(values.shape), lines, total_row, total_column, k, p,
+    proof = _proof(rows, counts, values, grid, lines, total_row, total_column, k, p,
                    primary.reshape(values.shape), objective, optimal)
-    masked = flags[[c for c in table.columns if c in flags.columns]]
+    masked = pd.DataFrame({col: flags[col] for col in table.columns if col in flags}, index=table.index)
     shown.attrs["protection"] = masked.attrs["protection"] = proof
     shown.attrs[SUPPRESSED] = k
     return shown, masked
