@@ -195,7 +195,7 @@ class build_lock:
     def __enter__(self):
         import fcntl
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+")
+        self.f = open(self.path, "a+", encoding="utf-8")
         try: fcntl.flock(self.f, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self.f.seek(0); holder = self.f.read().strip()
