@@ -8,8 +8,8 @@ import os, shutil, signal, subprocess, sys, sysconfig
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MEMORY_POLL', 'own_group', 'end_tree', 'end_group', 'platform_name', 'memory_enforced', 'limit_memory',
-           'largest_memory', 'memory_note', 'scripts_dir', 'script']
+__all__ = ['MEMORY_POLL', 'own_group', 'end_tree', 'end_group', 'replace_process', 'platform_name', 'memory_enforced',
+           'limit_memory', 'largest_memory', 'memory_note', 'scripts_dir', 'script']
 
 # %% ../nbs/processes.ipynb #f0f73cb8
 def _die_with_parent() -> None:
@@ -52,6 +52,16 @@ def end_group(
         try: os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError): pass
     else: end_tree(proc.pid)
+
+# %% ../nbs/processes.ipynb #aa6c0fb6
+def replace_process(
+    cmd: list[str],  # the program and its arguments
+) -> None:
+    "Run `cmd` in place of this process (never returns): `exec` on POSIX, a child whose exit code is ours on Windows."
+    if os.name != "nt": os.execv(cmd[0], cmd)
+    try: code = subprocess.call(cmd)
+    except KeyboardInterrupt: code = 130  # Ctrl+C reached the child too; it has stopped
+    sys.exit(code)
 
 # %% ../nbs/processes.ipynb #00b1997c
 MEMORY_POLL = 0.25  # seconds between two looks at a watched worker's memory
