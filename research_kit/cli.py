@@ -233,12 +233,19 @@ def _share_notes():
         if refused: notes.append(refused if run is None else f"{refused}; ran it here instead")
     return note, notes
 
+def _memory_note(settings, runs):
+    "Say once, before reports run, that the memory limit is only watched on this OS."
+    from research_kit.processes import memory_note
+    note = memory_note(settings.memory) if any(not r.cached for r in runs) else None
+    if note: _console(stderr=True).print(f"note: {note}", markup=False)
+
 def _run_and_report(runs, settings, dry_run=False, **options):
     from research_kit.runner.batch import run_runs
     if dry_run:
         _console().print(_table("dry run", ["report", "parameters", "will", "why"],
                                 [(r.report, r.slug, "cached" if r.cached else "run", "" if r.cached else "; ".join(r.why)) for r in runs]))
         return
+    _memory_note(settings, runs)
     bar, update = _progress(len(runs), sum(r.cached for r in runs))
     on_share, notes = _share_notes()
     with bar: results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)
@@ -498,13 +505,13 @@ def lab(port: int = typer.Option(8888, help="port to listen on"),
         ip: str = typer.Option("127.0.0.1", help="address to listen on (only loopback unless you say otherwise)"),
         token: Optional[str] = typer.Option(None, help="access token (default: a random one)")):
     "Start JupyterLab at the workspace root with token authentication, and print its URL."
-    import os
     from research_kit.settings import load_settings
     from research_kit.environment import lab_command
+    from research_kit.processes import replace_process
     cmd, url = lab_command(load_settings().root, port=port, ip=ip, token=token)
     _console().print(f"JupyterLab: {url}")
     sys.stdout.flush()
-    os.execv(cmd[0], cmd)
+    replace_process(cmd)
 
 @app.command()
 def docs(out: str = typer.Option("_docs", help="output folder, relative to the workspace root")):

@@ -8,6 +8,7 @@ import os, shutil, subprocess, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from .errors import RKError
+from .processes import script
 
 # %% auto #0
 __all__ = ['KERNEL_NAME', 'Check', 'package_in_sync', 'doctor', 'lab_command']
@@ -44,7 +45,8 @@ def _importable_in_kernel():
     from jupyter_client.kernelspec import KernelSpecManager
     exe = KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0]
     out = subprocess.run([exe, "-c", "import research_kit, os; print(os.path.dirname(research_kit.__file__))"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=60,
+                         env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # a folder like C:\\Users\\Айгерим, whatever the code page
     if out.returncode: return False, f"the kernel's Python cannot import research_kit: {out.stderr.strip()[-200:]}"
     import research_kit
     where = Path(out.stdout.strip())
@@ -54,13 +56,13 @@ def _importable_in_kernel():
 def package_in_sync(root: Path) -> tuple[bool, str]:
     "Is research_kit/ exactly what nbdev-export makes of nbs/? (checked in a temporary copy)"
     import filecmp
-    exporter = Path(sys.executable).parent / "nbdev-export"
-    if not exporter.exists(): return True, "nbdev not installed (a user installation): not checked"
+    exporter = script("nbdev-export")
+    if not exporter: return True, "nbdev not installed (a user installation): not checked"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in ("pyproject.toml", "settings.ini"): shutil.copy2(root / name, tmp / name)
         for name in ("nbs", "research_kit"): shutil.copytree(root / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-        out = subprocess.run([str(exporter)], cwd=tmp, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([exporter], cwd=tmp, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
         if out.returncode: return False, f"nbdev-export failed: {out.stderr.strip()[-200:]}"
         files = {p.relative_to(tmp / "research_kit") for p in (tmp / "research_kit").rglob("*.py")}
         files |= {p.relative_to(root / "research_kit") for p in (root / "research_kit").rglob("*.py")}
@@ -91,13 +93,13 @@ def _institution():
 def doctor(root: Path | None = None) -> list[Check]:
     "Every check of the workspace's environment, in order."
     from research_kit.settings import load_settings
-    setup = "run `make setup` (or: .venv/bin/python -m ipykernel install --sys-prefix --name research-kit)"
+    setup = "run `python -m research_kit.setup` (or `make setup`) at the workspace root"
     checks = [_check("settings", lambda: (True, f"{load_settings().root / 'settings.ini'} is valid"),
                      "fix the value named above in settings.ini or the RK_* variable")]
     if not checks[0].ok: return checks
     root = root or load_settings().root
     checks.append(_check("kernel", _kernelspec, setup))
-    if checks[-1].ok: checks.append(_check("kernel imports research_kit", _importable_in_kernel, "run `make setup` to install the workspace into .venv"))
+    if checks[-1].ok: checks.append(_check("kernel imports research_kit", _importable_in_kernel, "run `python -m research_kit.setup` (or `make setup`) to install the workspace into .venv"))
     checks.append(_check("package in sync with nbs/", lambda: package_in_sync(root), "run `nbdev-export` and commit research_kit/"))
     checks.append(_check("data root reachable", _data_root, "check [workspace] data in settings.ini or RK_WORKSPACE_DATA"))
     if checks[-1].ok:
@@ -112,7 +114,7 @@ def lab_command(root: Path, *, port: int = 8888, ip: str = "127.0.0.1", token: s
     import secrets
     if token is not None and len(token) < 8: raise RKError("--token must have at least 8 characters; a token is always required")
     token = token or secrets.token_hex(24)
-    cmd = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
+    cmd = [script("jupyter") or str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}",
            f"--MultiKernelManager.default_kernel_name={KERNEL_NAME}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0: cmd.append("--allow-root")

@@ -43,7 +43,7 @@ class HashMemo:
         "The remembered sha256 of the file as it is now, or None."
         if not self.trust: return None
         try:
-            entry = json.loads(self._entry(path).read_text())
+            entry = json.loads(self._entry(path).read_text(encoding="utf-8"))
             return entry["sha256"] if entry["stamp"] == self.stamp(path) else None
         except (OSError, ValueError, KeyError): return None
 
@@ -53,7 +53,7 @@ class HashMemo:
         if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns: return
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._entry(path)) as tmp:
-            tmp.write_text(json.dumps({"stamp": stamp, "sha256": sha256}))
+            tmp.write_text(json.dumps({"stamp": stamp, "sha256": sha256}), encoding="utf-8")
 
     def sha256(self, path: str) -> str:
         "The file's sha256, from memory when the file is unchanged."

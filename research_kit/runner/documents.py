@@ -4,10 +4,11 @@
 
 # %% ../../nbs/runner/documents.ipynb #91ec536c
 from __future__ import annotations
-import functools, html, os, re, shutil, signal, subprocess, tempfile, time
+import functools, html, os, re, shutil, subprocess, tempfile, time
 from pathlib import Path
 from ..errors import RKError
 from ..files import write_text_atomic
+from ..processes import end_group, own_group
 from ..i18n import N_, REPORT_TITLES, translate
 
 # %% auto #0
@@ -273,17 +274,6 @@ def find_chromium() -> str | None:
     "The path of a chromium (or Chrome) executable on PATH, or None."
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
-def _die_with_parent() -> None:
-    "In the child before exec: Linux kills it when the worker that started it dies, even by SIGKILL."
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError): pass  # not Linux: the timeout still bounds it
-
-def _kill_group(proc) -> None:
-    try: os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError): pass
-
 def print_pdf(html_path, pdf_path, *, chromium: str | None = None, timeout: float = 120) -> None:
     "Print the page `html_path` to `pdf_path` with headless chromium; raise `PdfError` on failure."
     chromium = chromium or find_chromium()
@@ -296,13 +286,13 @@ def print_pdf(html_path, pdf_path, *, chromium: str | None = None, timeout: floa
                "--no-pdf-header-footer", "--print-to-pdf-no-header", f"--user-data-dir={profile}",
                f"--print-to-pdf={tmp}", html_path.as_uri()]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                **own_group(die_with_parent=True))
         try: out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc); proc.communicate()
+            end_group(proc); proc.communicate()
             tmp.unlink(missing_ok=True)
             raise PdfError(f"chromium did not print {html_path.name} within {timeout:g} s") from None
-        finally: _kill_group(proc)  # helpers it left behind
+        finally: end_group(proc)  # helpers it left behind
     if proc.returncode or not tmp.is_file() or tmp.read_bytes()[:5] != b"%PDF-":
         tmp.unlink(missing_ok=True)
         last = out.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]

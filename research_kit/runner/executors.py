@@ -10,22 +10,17 @@ from dataclasses import replace
 from ..errors import RKError
 from .engines import ENGINES, execute_report
 from .manifest import Outcome, Task
+from ..processes import MEMORY_POLL, largest_memory, limit_memory, memory_enforced
 
 # %% auto #0
-__all__ = ['GRACE', 'EXECUTORS', 'limit_memory', 'LocalExecutor', 'DaskExecutor']
+__all__ = ['GRACE', 'EXECUTORS', 'LocalExecutor', 'DaskExecutor']
 
 # %% ../../nbs/runner/executors.ipynb #a994a16c
 GRACE = 30  # seconds beyond the report timeout (kernel start, writing outputs) before a worker is killed
 
-def limit_memory(megabytes: int) -> None:
-    "Cap this process's (and its children's) data memory: an allocation beyond it raises MemoryError."
-    if megabytes > 0:
-        import resource
-        resource.setrlimit(resource.RLIMIT_DATA, (megabytes * 2**20, megabytes * 2**20))
-
 def _worker_main(conn, engine: str, memory: int = 0) -> None:
     "A worker process: warm up, then run tasks until told to stop."
-    limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit
+    limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit (else the parent watches)
     if engine in ENGINES: ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
     conn.send("ready")
     while True:
@@ -49,7 +44,7 @@ class _Worker:
             if saved is None: os.environ.pop("PYTHONHASHSEED")
             else: os.environ["PYTHONHASHSEED"] = saved
         child.close()
-        self.task, self.deadline, self.ready = None, None, False
+        self.task, self.deadline, self.ready, self.memory_seen = None, None, False, 0
 
     def kill(self):
         from research_kit.runner.engines import end_descendants
@@ -61,6 +56,7 @@ class LocalExecutor:
     "Runs tasks in `workers` local processes, replacing any that die or hang."
     def __init__(self, workers: int = 1, memory: int = 0, **_):
         self.workers, self.memory = max(1, int(workers)), int(memory or 0)
+        self.watch = self.memory > 0 and not memory_enforced()  # no OS cap here: look at each busy worker's memory
 
     def run(self, tasks: list[Task]):
         "Yield (task, outcome) for every task, in the order they finish."
@@ -80,6 +76,7 @@ class LocalExecutor:
                         w.conn.send(w.task)
                 deadlines = [w.deadline for w in pool if w.task]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+                if self.watch and deadlines: timeout = min(timeout, MEMORY_POLL)
                 ready = wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout)
                 for i, w in enumerate(list(pool)):
                     outcome = None
@@ -95,6 +92,8 @@ class LocalExecutor:
                         else: outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
                     elif w.proc.sentinel in ready or not w.proc.is_alive():
                         outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
+                    elif w.task and not w.conn.poll() and self._over_memory(w):  # a result that just came stands
+                        outcome = self._replace(pool, i, ctx, engine, "MemoryError")
                     elif w.task and time.monotonic() > w.deadline and not w.conn.poll():  # a result that just came is not a timeout
                         outcome = self._replace(pool, i, ctx, engine, "Timeout")
                     if outcome and outcome[0] is not None: yield outcome
@@ -113,6 +112,12 @@ class LocalExecutor:
         message = f"the report exceeded its memory limit of {self.memory} MB ([runner] memory): {err.message}"
         return replace(outcome, error=replace(err, message=message))
 
+    def _over_memory(self, w) -> bool:
+        "Has a process of worker `w` (the worker, or a kernel it started) grown past the memory limit? Only where it is watched."
+        if not self.watch: return False
+        w.memory_seen = largest_memory(w.proc.pid)
+        return w.memory_seen > self.memory
+
     def _replace(self, pool, i, ctx, engine, kind):
         "Kill worker i, start a fresh one in its place; (its task, a failed outcome) if it had a task."
         w = pool[i]
@@ -123,6 +128,9 @@ class LocalExecutor:
             return None
         if kind == "Timeout":
             return w.task, Outcome.failed(w.task, "Timeout", f"the report ran longer than its timeout of {w.task.timeout} s and was stopped")
+        if kind == "MemoryError":
+            return w.task, Outcome.failed(w.task, "MemoryError", f"the report exceeded its memory limit of {self.memory} MB ([runner] memory) "
+                                          f"and was stopped: one of its processes held {w.memory_seen} MB")
         return w.task, Outcome.failed(w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})")
 
 # %% ../../nbs/runner/executors.ipynb #0ee51a1d

@@ -76,9 +76,9 @@ def environment() -> dict:
 def git_state(root: Path) -> dict:
     "The workspace's git commit and whether its tree has uncommitted changes (None outside git)."
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, encoding="utf-8", errors="replace", timeout=10)
         if commit.returncode: return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, encoding="utf-8", errors="replace", timeout=30)
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
 
@@ -219,18 +219,12 @@ class build_lock:
     def __init__(self, build_dir: Path, wait: bool = False):
         self.path, self.wait = Path(build_dir) / ".lock", wait
     def __enter__(self):
-        import fcntl
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+")
-        try: fcntl.flock(self.f, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            self.f.seek(0); holder = self.f.read().strip()
-            self.f.close()
-            raise BuildLocked(f"another rk run or batch ({holder or 'unknown process'}) is writing {self.path.parent}; "
+        from research_kit.files import LockHeld, exclusive_lock
+        self.lock = exclusive_lock(self.path, wait=self.wait, holder=f"pid {os.getpid()}")
+        try: self.lock.__enter__()
+        except LockHeld as e:
+            raise BuildLocked(f"another rk run or batch ({e.holder or 'unknown process'}) is writing {self.path.parent}; "
                               "wait for it to finish, or pass --wait") from None
-        self.f.seek(0); self.f.truncate(); self.f.write(f"pid {os.getpid()}"); self.f.flush()
         return self
     def __exit__(self, *exc):
-        import fcntl
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
+        self.lock.__exit__(*exc)

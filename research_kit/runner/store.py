@@ -300,7 +300,7 @@ def build_site(out: Path, settings: Settings | None = None, *, public: bool = Fa
             return [r for r in made if r is not None and _matches(r, institution, report, state)]
         runs = sorted(reaching(share, rows), key=lambda r: (r.report, r.slug))
         (tmp / "index.html").write_text(render_index(runs), encoding="utf-8")
-        (tmp / SITE_MARK).write_text("made by rk site; replaced as a whole by the next one\n")
+        (tmp / SITE_MARK).write_text("made by rk site; replaced as a whole by the next one\n", encoding="utf-8")
         if out.exists() and not any(out.iterdir()): out.rmdir()
         swap_into_place(tmp, out, mark=SITE_MARK)
     finally: shutil.rmtree(tmp, ignore_errors=True)
