@@ -287,13 +287,18 @@ def _is_rate(column) -> bool:
     return name in RATE_COLUMNS or name.endswith(("_rate", "_share", "_lower", "_upper"))
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
-    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate, x_lower, x_upper`."
+    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or `x_estimate` with `x_lower, x_upper`."
     names = [str(c) for c in columns]
     groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
-        if c.endswith("_rate") and {f"{c[:-5]}_lower", f"{c[:-5]}_upper"} <= set(names):
-            groups.append((c, f"{c[:-5]}_lower", f"{c[:-5]}_upper"))
+        stem = c.removesuffix("_rate") if c.endswith("_rate") else c.removesuffix("_estimate") if c.endswith("_estimate") else None
+        if stem and {f"{stem}_lower", f"{stem}_upper"} <= set(names):
+            groups.append((c, f"{stem}_lower", f"{stem}_upper"))
     return groups
+
+def _is_estimate(column: str) -> bool:
+    "An estimate in its own units (a count per place, a wage), not a share: `estimate` and `x_estimate`."
+    return column == "estimate" or column.endswith("_estimate")
 
 def _format_float(x, lang: str) -> str:
     "Three significant digits, at most four decimals."
@@ -374,7 +379,7 @@ def present(table, lang: str, *, labels: dict | None = None, threshold: int | No
         title = headers.get(name) or header(name, lang)
         if name in groups:
             lower, upper = groups[name]
-            out[translate(INTERVAL, lang, header=title)] = [_format_interval(v, lo, up, lang, rate=name != "estimate") for v, lo, up
+            out[translate(INTERVAL, lang, header=title)] = [_format_interval(v, lo, up, lang, rate=not _is_estimate(name)) for v, lo, up
                                                             in zip(frame[name], frame[lower], frame[upper])]
             continue
         out[title], hid = _format_column(frame[column], name, lang, k)
