@@ -1303,6 +1303,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'research_kit/runner/record.py'),
                                             'research_kit.runner.record._html': ( 'runner/record.html#_html',
                                                                                   'research_kit/runner/record.py'),
+                                            'research_kit.runner.record._is_estimate': ( 'runner/record.html#_is_estimate',
+                                                                                         'research_kit/runner/record.py'),
                                             'research_kit.runner.record._is_int': ( 'runner/record.html#_is_int',
                                                                                     'research_kit/runner/record.py'),
                                             'research_kit.runner.record._output_data': ( 'runner/record.html#_output_data',

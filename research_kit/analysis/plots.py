@@ -205,8 +205,10 @@ def plot_network(links, source: str, target: str, *, weight: str | None = None, 
         for n in nodes:
             x, y = pos[n]
             ax.scatter([x], [y], s=180 + 1400 * degree[n] / most, color=COLOR, zorder=3, edgecolor="white")
-            ax.text(1.32 * x, 1.2 * y, textwrap.fill(str(names.get(n, n)), 24), ha="center", va="center", fontsize=8)
-        ax.set_xlim(-1.75, 1.75); ax.set_ylim(-1.5, 1.5); ax.set_aspect("equal"); ax.axis("off")
+            side = "left" if x > 0.1 else "right" if x < -0.1 else "center"  # names beside the node, away from the lines
+            ax.text(x + 0.17 * np.sign(round(x, 1)), y + (0.3 * np.sign(y) if side == "center" else 0),
+                    textwrap.fill(str(names.get(n, n)), 22), ha=side, va="center", fontsize=8)
+        ax.set_xlim(-2.1, 2.1); ax.set_ylim(-1.5, 1.5); ax.set_aspect("equal"); ax.axis("off")
         if title: _title(ax, title)
     return fig
 

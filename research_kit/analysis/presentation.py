@@ -186,6 +186,23 @@ HEADERS = {
     "employed_6m": N_("Employed at 6 months"),
     "employed_in_field": N_("Employed in field"),
     "monthly_wage_kzt": N_("Monthly wage (tenge)"),
+    # the consortium's lines of work: pathways to METU, working professions, outreach, joint research
+    "graduates": N_("Graduates"),
+    "joint": N_("Joint programme"),
+    "continued": N_("Continued at METU"),
+    "outcome": N_("Outcome"),
+    "naive": N_("Naive difference"),
+    "demand_estimate": N_("Applicants per place"),
+    "wage_estimate": N_("Median monthly wage (tenge)"),
+    "change_rate": N_("Change in applications"),
+    "event_time": N_("Years since the first event"),
+    "first_event_year": N_("Year of the first event"),
+    "programmes": N_("Programmes"),
+    "projects": N_("Projects"),
+    "outputs": N_("Outputs"),
+    "visits": N_("Visits"),
+    "weeks": N_("Weeks"),
+    "estimator": N_("Estimator"),
 }
 
 VALUES = {  # the codes analysis functions write into their tables
@@ -211,6 +228,22 @@ KEY_FIGURES = {  # what the shipped reports record with rk.record, named for the
     "intercept": N_("Mean score in a regular class"),
     "distance_effect": N_("Effect of ten miles' distance"),
     "distance_se": N_("Effect of ten miles' distance: standard error"),
+    "outreach_effect": N_("Effect of outreach on log applicants"),
+    "outreach_effect_lower": N_("Effect of outreach: lower bound"),
+    "outreach_effect_upper": N_("Effect of outreach: upper bound"),
+    "outreach_effect_se": N_("Effect of outreach: standard error"),
+    "outreach_change_rate": N_("Change in applications after outreach"),
+    "outreach_effect_twfe": N_("Effect of outreach, two-way fixed effects"),
+    "continuation_rate": N_("Share who continued at METU"),
+    "joint_effect_continued": N_("Effect of a joint programme on continuing, adjusted"),
+    "joint_effect_continued_lower": N_("Effect of a joint programme on continuing: lower bound"),
+    "joint_effect_continued_upper": N_("Effect of a joint programme on continuing: upper bound"),
+    "joint_effect_credits": N_("Effect of a joint programme on credits recognised, adjusted"),
+    "applicants_per_place": N_("Applicants per place"),
+    "by_programme": N_("By programme"),
+    "funding_kzt": N_("Funding (tenge)"),
+    "participants": N_("Participants"),
+    "visit_weeks": N_("Weeks of visits"),
 }
 
 MEASURES = {  # the rates the consortium's reports compare
@@ -218,6 +251,7 @@ MEASURES = {  # the rates the consortium's reports compare
     "graduation": N_("Graduation"),
     "employment": N_("Employment at 6 months"),
     "internship": N_("Internship participation"),
+    "in_field": N_("Employed in their field"),
 }
 
 STAGES = {  # research_kit.analysis.flows.STAGES

@@ -51,10 +51,18 @@ def _is_int(v) -> bool:
     if isinstance(v, numbers.Integral): return True
     return isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer() and abs(v) > 1
 
+def _is_estimate(column) -> bool:
+    "A column of estimates, bounds or shares by the analysis vocabulary (`estimate`, `x_lower`, `x_rate`): never counts, even when whole."
+    name = str(column)
+    return name in ("estimate", "lower", "upper", "rate", "share") or name.endswith(("_estimate", "_lower", "_upper", "_rate", "_share"))
+
 def _small_cells(value, k: int):
     "(where, count) for each whole number in a table, Series, list or dict that is above 0 and below `k`."
     if hasattr(value, "columns"):  # a DataFrame: by column and row label
+        from pandas.api.types import is_integer_dtype
         for column in value.columns:
+            # two applicants per place is 2.0: an estimate, not a count (an integer column is a count whatever its name)
+            if _is_estimate(column) and not is_integer_dtype(value[column].dtype): continue
             for row, v in value[column].items():
                 if _is_int(v) and 0 < v < k: yield f"column {str(column)!r} row {row!r}", int(v)
     elif hasattr(value, "items") and hasattr(value, "dtype"):  # a Series
