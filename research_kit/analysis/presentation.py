@@ -343,9 +343,14 @@ def _format_float(x, lang: str) -> str:
 def _format_interval(value, lower, upper, lang: str, rate: bool) -> str:
     "A rate with its interval as percentages; an estimate with its interval as numbers (spaced dash: bounds may be negative)."
     if rate: return format_rate_interval(value, lower, upper, lang)
-    text = _format_float(value, lang)
-    if is_missing(value) or is_missing(lower) or is_missing(upper): return text
-    return f"{text} ({_format_float(lower, lang)} – {_format_float(upper, lang)})"
+    if is_missing(value) or is_missing(lower) or is_missing(upper): return _format_float(value, lang)
+    # all three rounded where the largest has its third significant digit: 0.96 (0.81 – 1.13), not 0.959 (0.806 – 1.13)
+    from decimal import Decimal, ROUND_HALF_EVEN
+    place = Decimal(1).scaleb(_round_significant(max(abs(float(v)) for v in (value, lower, upper))).as_tuple().exponent)
+    digits = min(4, max(0, -place.as_tuple().exponent))
+    value, lower, upper = (format_number(Decimal(str(float(v))).quantize(place, rounding=ROUND_HALF_EVEN), lang, digits=digits)
+                           for v in (value, lower, upper))
+    return f"{value} ({lower} – {upper})"
 
 def _format_p(p, lang: str) -> str:
     if is_missing(p): return MISSING
@@ -362,12 +367,13 @@ YEAR_COLUMNS = ("year", "cohort")  # written as they are: 2024, not 2 024
 
 def _format_column(s, name: str, lang: str, k: int | None):
     "A column as the texts a reader sees, and whether a masked count was among them."
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_float_dtype, is_numeric_dtype
     yes, no = translate(N_("yes"), lang), translate(N_("no"), lang)
     if name in YEAR_COLUMNS or name.endswith("_year"): return [MISSING if is_missing(v) else str(v) for v in s], False
     if _is_rate(name) and is_numeric_dtype(s.dtype): return [format_percent(v, lang) for v in s], False
     if name.startswith("p_") or name == "p_value": return [_format_p(v, lang) for v in s], False
     if is_bool_dtype(s.dtype): return [MISSING if is_missing(v) else yes if v else no for v in s], False
+    if _is_estimate(name) and is_float_dtype(s.dtype): return [_format_float(v, lang) for v in s], False  # a median wage is no count
     if _is_count_column(s):
         masked = k is not None and bool(s.isna().any())
         return [(f"<{k}" if k is not None else MISSING) if is_missing(v) else format_count(v, lang) for v in s], masked
