@@ -36,6 +36,7 @@ PARAMETER_WORDS = {
     "controls": {"True": N_("with controls"), "False": N_("without controls")},
     "method": {"callaway_santanna": N_("group-time effects"), "twfe": N_("two-way fixed effects")},
     "since": N_("since {value}"),
+    "admission_year": N_("applications for {value}"),  # working professions: the year applicants applied, not a cohort
 }
 PARAMETER_FIELDS = {"institution": ("consortium", "institution_id")}  # parameters whose values are a package's codes
 LEAD_PARAMETERS = ("institution",)  # named before the report's title: "KITIG — Institution profile"
