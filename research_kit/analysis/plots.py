@@ -6,7 +6,7 @@
 from __future__ import annotations
 from ..i18n import N_, check_lang, translate
 from .stats import AnalysisError, _names, _check_columns
-from .presentation import apply_labels, measure_labels, stage_labels, variable_label
+from .presentation import apply_labels, format_percent, measure_labels, stage_labels, variable_label
 
 # %% auto #0
 __all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_calibration', 'plot_coefficients',
@@ -69,6 +69,8 @@ def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labe
         ax.errorbar(rate, y, xerr=_errors(rate, lower, upper), fmt="o", color=COLOR)
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
+        ticks = np.linspace(0, 1, 6)
+        ax.set_xticks(ticks, [format_percent(t, lang, digits=0) for t in ticks])  # as the tables write shares: 60%, not 0.6
         ax.set_xlabel(translate(N_("rate (interval, 95%)"), lang))
         if title: _title(ax, title)
     return fig
