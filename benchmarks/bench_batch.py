@@ -6,6 +6,9 @@ parameters) list as the `annual` batch.
 - cold `rk batch annual`, kernel engine, vs the loop (target <= 0.7)
 - re-running the unchanged batch vs the cold warm run (target <= 0.03)
 - warm-engine overhead for an empty template: per report (target: median <= 50 ms)
+- against another checkout (`--against DIR`, e.g. a clone of main): cold `rk batch annual`, warm engine,
+  here vs there, alternating, the same load for both; the ratio of the medians (target for a branch that
+  adds reports: <= 1.5)
 - the run documents: cold `rk batch annual` (warm engine) writing the reader document report.html
   next to notebook.html, vs the same batch writing notebook.html only (`[runner] reader = off`):
   target <= 1.15; and with a PDF printed for every run (`[runner] pdf = on`), reported separately
@@ -14,6 +17,7 @@ parameters) list as the `annual` batch.
   alternating (off-on, on-off, ...), medians of --repeat pairs: target <= 1.05
 
 Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only] [--discovery-only] [--repeat N]
+       [--against DIR [--rounds N]]
 """
 import argparse
 import os
@@ -29,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def rk(*args, env):
+def rk(*args, env, cwd=ROOT):
     t0 = time.perf_counter()
-    proc = subprocess.run([str(BIN / "rk"), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([str(BIN / "rk"), *args], cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode: raise SystemExit(f"rk {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return time.perf_counter() - t0
 
@@ -79,6 +83,31 @@ def documents_cost(workers, base) -> tuple[float, float, float, int]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return times["none"], times["reader"], times["pdf"], pdfs
+
+def against(other: Path, workers: int, rounds: int, base) -> tuple[list[float], list[float]]:
+    "Cold warm-engine `rk batch annual` wall times in this checkout and in `other`, alternating: (here, there)."
+    here, there = [], []
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-against-"))
+    try:
+        trees = {"here": (ROOT, here), "there": (other.resolve(), there)}
+        envs = {name: {**base, "PYTHONPATH": str(tree), "RK_WORKSPACE_CACHE": str(work / name / "cache")}
+                for name, (tree, _) in trees.items()}
+        for name, (tree, _) in trees.items():
+            rk("datasets", "validate", env=envs[name], cwd=tree)  # a warm data cache for both
+        for i in range(rounds):
+            for name, (tree, times) in (trees.items() if i % 2 == 0 else reversed(trees.items())):
+                env = {**envs[name], "RK_WORKSPACE_BUILD": str(work / name / f"build{i}")}
+                times.append(rk("batch", "annual", "--engine", "warm", "--workers", str(workers), env=env, cwd=tree))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return here, there
+
+def print_against(other, workers, here, there):
+    print(f"cold rk batch annual, warm engine, {workers} workers, {len(here)} rounds alternating")
+    print(f"{'':44} {'seconds (each)':>24} {'median':>8} {'ratio':>7}")
+    print(f"{str(other) + ' (baseline)':44} {' '.join(f'{t:.1f}' for t in there):>24} {statistics.median(there):8.2f} {1:7.3f}")
+    ratio = statistics.median(here) / statistics.median(there)
+    print(f"{'this checkout':44} {' '.join(f'{t:.1f}' for t in here):>24} {statistics.median(here):8.2f} {ratio:7.3f}  target <= 1.5")
 
 def print_documents(workers, figures):
     none, reader, pdf, pdfs = figures
@@ -131,6 +160,8 @@ def main():
     ap.add_argument("--documents-only", action="store_true", help="only the run documents' figures")
     ap.add_argument("--discovery-only", action="store_true", help="only the discovery's figure")
     ap.add_argument("--repeat", type=int, default=1, help="pairs of batches for the discovery's figure")
+    ap.add_argument("--against", type=Path, help="only: cold rk batch annual here vs in this other checkout (e.g. a clone of main)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --against, each running both checkouts")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
@@ -139,6 +170,10 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="rk-bench-batch-"))
     base = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
     base["RK_WORKSPACE_CACHE"] = str(work / "cache")
+    if args.against:
+        print_against(args.against, args.workers, *against(args.against, args.workers, args.rounds, base))
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if args.documents_only:
         try:
             rk("datasets", "validate", env=base)

@@ -86,6 +86,10 @@ REPORT_TITLES = {
     "dropout_risk": N_("Dropout risk"),
     "star_replication": N_("STAR replication"),
     "college_distance": N_("College distance replication"),
+    "pathways": N_("From college to university"),
+    "working_professions": N_("Working professions: what comes after college"),
+    "outreach_effect": N_("Outreach events and applications"),
+    "research_portfolio": N_("Joint research and staff exchange"),
 }
 
 STATUSES = {
@@ -130,6 +134,23 @@ TEMPLATE_MESSAGES = (
     N_("{share} or more"),
     N_("Effect of class type against a regular class, {grade} ({n} pupils)"),
     N_("Years of education: coefficients, {region} ({n} students)"),
+    N_("College graduates: {who}"),
+    N_("All colleges"),
+    N_("Joint programmes"),
+    N_("Other programmes"),
+    N_("Adjusted difference"),
+    N_("Graduates of {first}–{last}; applications for {year}"),
+    N_("Employed at six months"),
+    N_("Jobs six months after graduating, by field"),
+    N_("Group-time effects (Callaway–Sant'Anna)"),
+    N_("Two-way fixed effects"),
+    N_("No targeted event"),
+    N_("effect on log applicants (interval, 95%)"),
+    N_("Applications after the first outreach event: {estimator}"),
+    N_("Effect on log applicants"),
+    N_("Projects started in {since} or later"),
+    N_("Joint research projects"),
+    N_("Staff visits, in weeks"),
 )
 
 # %% ../nbs/i18n.ipynb #efe46fb6

@@ -59,6 +59,9 @@ PUBLIC_RUNS = {  # report -> parameters; the small college and its sector table 
     "consortium_overview": ["audience=public"],
     "internship_outcomes": ["institution=KITIG", "audience=public"],
     "dropout_risk": ["institution=KITIG", "audience=public"],
+    "pathways": ["institution=KITIG", "audience=public"],
+    "working_professions": ["audience=public"],
+    "outreach_effect": ["audience=public"],
 }
 CONSORTIUM_RUN = ("institution_profile", ["institution=KITIG", "audience=consortium"])
 

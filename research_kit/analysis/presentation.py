@@ -186,6 +186,23 @@ HEADERS = {
     "employed_6m": N_("Employed at 6 months"),
     "employed_in_field": N_("Employed in field"),
     "monthly_wage_kzt": N_("Monthly wage (tenge)"),
+    # the consortium's lines of work: pathways to METU, working professions, outreach, joint research
+    "graduates": N_("Graduates"),
+    "joint": N_("Joint programme"),
+    "continued": N_("Continued at METU"),
+    "outcome": N_("Outcome"),
+    "naive": N_("Naive difference"),
+    "demand_estimate": N_("Applicants per place"),
+    "wage_estimate": N_("Median monthly wage (tenge)"),
+    "change_rate": N_("Change in applications"),
+    "event_time": N_("Years since the first event"),
+    "first_event_year": N_("Year of the first event"),
+    "programmes": N_("Programmes"),
+    "projects": N_("Projects"),
+    "outputs": N_("Outputs"),
+    "visits": N_("Visits"),
+    "weeks": N_("Weeks"),
+    "estimator": N_("Estimator"),
 }
 
 VALUES = {  # the codes analysis functions write into their tables
@@ -211,6 +228,22 @@ KEY_FIGURES = {  # what the shipped reports record with rk.record, named for the
     "intercept": N_("Mean score in a regular class"),
     "distance_effect": N_("Effect of ten miles' distance"),
     "distance_se": N_("Effect of ten miles' distance: standard error"),
+    "outreach_effect": N_("Effect of outreach on log applicants"),
+    "outreach_effect_lower": N_("Effect of outreach: lower bound"),
+    "outreach_effect_upper": N_("Effect of outreach: upper bound"),
+    "outreach_effect_se": N_("Effect of outreach: standard error"),
+    "outreach_change_rate": N_("Change in applications after outreach"),
+    "outreach_effect_twfe": N_("Effect of outreach, two-way fixed effects"),
+    "continuation_rate": N_("Share who continued at METU"),
+    "joint_effect_continued": N_("Effect of a joint programme on continuing, adjusted"),
+    "joint_effect_continued_lower": N_("Effect of a joint programme on continuing: lower bound"),
+    "joint_effect_continued_upper": N_("Effect of a joint programme on continuing: upper bound"),
+    "joint_effect_credits": N_("Effect of a joint programme on credits recognised, adjusted"),
+    "applicants_per_place": N_("Applicants per place"),
+    "by_programme": N_("By programme"),
+    "funding_kzt": N_("Funding (tenge)"),
+    "participants": N_("Participants"),
+    "visit_weeks": N_("Weeks of visits"),
 }
 
 MEASURES = {  # the rates the consortium's reports compare
@@ -218,6 +251,7 @@ MEASURES = {  # the rates the consortium's reports compare
     "graduation": N_("Graduation"),
     "employment": N_("Employment at 6 months"),
     "internship": N_("Internship participation"),
+    "in_field": N_("Employed in their field"),
 }
 
 STAGES = {  # research_kit.analysis.flows.STAGES
@@ -287,13 +321,18 @@ def _is_rate(column) -> bool:
     return name in RATE_COLUMNS or name.endswith(("_rate", "_share", "_lower", "_upper"))
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
-    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate, x_lower, x_upper`."
+    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or `x_estimate` with `x_lower, x_upper`."
     names = [str(c) for c in columns]
     groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
-        if c.endswith("_rate") and {f"{c[:-5]}_lower", f"{c[:-5]}_upper"} <= set(names):
-            groups.append((c, f"{c[:-5]}_lower", f"{c[:-5]}_upper"))
+        stem = c.removesuffix("_rate") if c.endswith("_rate") else c.removesuffix("_estimate") if c.endswith("_estimate") else None
+        if stem and {f"{stem}_lower", f"{stem}_upper"} <= set(names):
+            groups.append((c, f"{stem}_lower", f"{stem}_upper"))
     return groups
+
+def _is_estimate(column: str) -> bool:
+    "An estimate in its own units (a count per place, a wage), not a share: `estimate` and `x_estimate`."
+    return column == "estimate" or column.endswith("_estimate")
 
 def _format_float(x, lang: str) -> str:
     "Three significant digits, at most four decimals."
@@ -304,9 +343,14 @@ def _format_float(x, lang: str) -> str:
 def _format_interval(value, lower, upper, lang: str, rate: bool) -> str:
     "A rate with its interval as percentages; an estimate with its interval as numbers (spaced dash: bounds may be negative)."
     if rate: return format_rate_interval(value, lower, upper, lang)
-    text = _format_float(value, lang)
-    if is_missing(value) or is_missing(lower) or is_missing(upper): return text
-    return f"{text} ({_format_float(lower, lang)} – {_format_float(upper, lang)})"
+    if is_missing(value) or is_missing(lower) or is_missing(upper): return _format_float(value, lang)
+    # all three rounded where the largest has its third significant digit: 0.96 (0.81 – 1.13), not 0.959 (0.806 – 1.13)
+    from decimal import Decimal, ROUND_HALF_EVEN
+    place = Decimal(1).scaleb(_round_significant(max(abs(float(v)) for v in (value, lower, upper))).as_tuple().exponent)
+    digits = min(4, max(0, -place.as_tuple().exponent))
+    value, lower, upper = (format_number(Decimal(str(float(v))).quantize(place, rounding=ROUND_HALF_EVEN), lang, digits=digits)
+                           for v in (value, lower, upper))
+    return f"{value} ({lower} – {upper})"
 
 def _format_p(p, lang: str) -> str:
     if is_missing(p): return MISSING
@@ -323,12 +367,13 @@ YEAR_COLUMNS = ("year", "cohort")  # written as they are: 2024, not 2 024
 
 def _format_column(s, name: str, lang: str, k: int | None):
     "A column as the texts a reader sees, and whether a masked count was among them."
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_float_dtype, is_numeric_dtype
     yes, no = translate(N_("yes"), lang), translate(N_("no"), lang)
     if name in YEAR_COLUMNS or name.endswith("_year"): return [MISSING if is_missing(v) else str(v) for v in s], False
     if _is_rate(name) and is_numeric_dtype(s.dtype): return [format_percent(v, lang) for v in s], False
     if name.startswith("p_") or name == "p_value": return [_format_p(v, lang) for v in s], False
     if is_bool_dtype(s.dtype): return [MISSING if is_missing(v) else yes if v else no for v in s], False
+    if _is_estimate(name) and is_float_dtype(s.dtype): return [_format_float(v, lang) for v in s], False  # a median wage is no count
     if _is_count_column(s):
         masked = k is not None and bool(s.isna().any())
         return [(f"<{k}" if k is not None else MISSING) if is_missing(v) else format_count(v, lang) for v in s], masked
@@ -374,7 +419,7 @@ def present(table, lang: str, *, labels: dict | None = None, threshold: int | No
         title = headers.get(name) or header(name, lang)
         if name in groups:
             lower, upper = groups[name]
-            out[translate(INTERVAL, lang, header=title)] = [_format_interval(v, lo, up, lang, rate=name != "estimate") for v, lo, up
+            out[translate(INTERVAL, lang, header=title)] = [_format_interval(v, lo, up, lang, rate=not _is_estimate(name)) for v, lo, up
                                                             in zip(frame[name], frame[lower], frame[upper])]
             continue
         out[title], hid = _format_column(frame[column], name, lang, k)

@@ -35,6 +35,9 @@ PARAMETER_WORDS = {
     "region": {"non_west": N_("outside the West"), "all": N_("all regions"), "west": N_("the West")},
     "model": {"logistic": N_("logistic model"), "gradient_boosting": N_("gradient boosting")},
     "controls": {"True": N_("with controls"), "False": N_("without controls")},
+    "method": {"callaway_santanna": N_("group-time effects"), "twfe": N_("two-way fixed effects")},
+    "since": N_("since {value}"),
+    "admission_year": N_("applications for {value}"),  # working professions: the year applicants applied, not a cohort
 }
 PARAMETER_FIELDS = {"institution": ("consortium", "institution_id")}  # parameters whose values are a package's codes
 LEAD_PARAMETERS = ("institution",)  # named before the report's title: "KITIG — Institution profile"

@@ -44,22 +44,53 @@ def _suppressed_at(value) -> int | None:
     from research_kit.analysis.privacy import suppressed_at
     return suppressed_at(value)
 
+def _whole(v) -> bool:
+    "A finite whole number, integer or float; not a flag."
+    import numbers
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
+
 def _is_int(v) -> bool:
     "A whole number: an integer, or a whole float beyond ±1 (a count stored as float; rates and flags stay within ±1)."
     import numbers
-    if isinstance(v, bool): return False
-    if isinstance(v, numbers.Integral): return True
-    return isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer() and abs(v) > 1
+    return (isinstance(v, numbers.Integral) and not isinstance(v, bool)) or (_whole(v) and abs(v) > 1)
+
+def _interval_columns(columns) -> set[str]:
+    "Columns of complete intervals: `estimate` or `rate` with `lower`, `upper`; `x_estimate` or `x_rate` with `x_lower`, `x_upper`."
+    names = {str(c) for c in columns}
+    found = set()
+    for name in names:
+        for centre in ("estimate", "rate"):
+            stem = name.removesuffix(centre)
+            if name.endswith(centre) and (stem == "" or stem.endswith("_")) and {stem + "lower", stem + "upper"} <= names:
+                found |= {name, stem + "lower", stem + "upper"}
+    return found
+
+def _is_share(column) -> bool:
+    return str(column) in ("rate", "share") or str(column).endswith(("_rate", "_share"))
+
+def _count_column(column, values) -> bool:
+    "Counts: an integer column, or one whose every number is whole (a merge turns counts into floats), unless named as a share."
+    import numbers
+    from pandas.api.types import is_integer_dtype
+    if is_integer_dtype(values.dtype): return True
+    present = [v for v in values.tolist() if isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)]
+    return not _is_share(column) and bool(present) and all(_whole(v) for v in present)
 
 def _small_cells(value, k: int):
-    "(where, count) for each whole number in a table, Series, list or dict that is above 0 and below `k`."
+    "(where, count) for each count in a table, Series, list or dict that is above 0 and below `k`."
     if hasattr(value, "columns"):  # a DataFrame: by column and row label
+        from pandas.api.types import is_integer_dtype
+        intervals = _interval_columns(value.columns)
         for column in value.columns:
+            # 2.0 applicants per place, between its bounds, is an estimate; an integer column holds counts whatever its name
+            if str(column) in intervals and not is_integer_dtype(value[column].dtype): continue
+            counts = _count_column(column, value[column])  # then 1.0 is one person, not 100%
             for row, v in value[column].items():
-                if _is_int(v) and 0 < v < k: yield f"column {str(column)!r} row {row!r}", int(v)
+                if (_is_int(v) or (counts and _whole(v))) and 0 < v < k: yield f"column {str(column)!r} row {row!r}", int(v)
     elif hasattr(value, "items") and hasattr(value, "dtype"):  # a Series
+        counts = _count_column(value.name, value)
         for row, v in value.items():
-            if _is_int(v) and 0 < v < k: yield f"row {row!r}", int(v)
+            if (_is_int(v) or (counts and _whole(v))) and 0 < v < k: yield f"row {row!r}", int(v)
     elif isinstance(value, dict):
         for key, v in value.items(): yield from ((f"{key!r} {w}".strip(), c) for w, c in _small_cells(v, k))
     elif isinstance(value, (list, tuple)):
