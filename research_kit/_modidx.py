@@ -326,6 +326,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'research_kit.cli._size': ('cli.html#_size', 'research_kit/cli.py'),
                                   'research_kit.cli._summary': ('cli.html#_summary', 'research_kit/cli.py'),
                                   'research_kit.cli._table': ('cli.html#_table', 'research_kit/cli.py'),
+                                  'research_kit.cli._utf8_streams': ('cli.html#_utf8_streams', 'research_kit/cli.py'),
                                   'research_kit.cli.audit': ('cli.html#audit', 'research_kit/cli.py'),
                                   'research_kit.cli.batch': ('cli.html#batch', 'research_kit/cli.py'),
                                   'research_kit.cli.config': ('cli.html#config', 'research_kit/cli.py'),

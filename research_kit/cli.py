@@ -523,8 +523,16 @@ def docs(out: str = typer.Option("_docs", help="output folder, relative to the w
     _console().print(f"docs: {index}")
 
 # %% ../nbs/cli.ipynb #22cd4423
+def _utf8_streams():
+    "Pipes and files get UTF-8 whatever the locale's code page (cp1251 has no place for ә, қ, ң, ө, ұ, ү, һ, і)."
+    for stream in (sys.stdout, sys.stderr):
+        if "utf" in (getattr(stream, "encoding", None) or "").lower() or not hasattr(stream, "reconfigure"): continue
+        # a terminal keeps its own encoding and shows what it cannot as '?': better than a crash mid-table
+        stream.reconfigure(errors="replace") if stream.isatty() else stream.reconfigure(encoding="utf-8")
+
 def main(argv=None):
     "Run `rk`; user errors print their message and exit with 1."
+    _utf8_streams()
     try: app(args=argv, prog_name="rk", standalone_mode=True)
     except RKError as e:
         _console(stderr=True).print(f"error: {e}", markup=False)

@@ -26,8 +26,8 @@ atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
     """Run the installed `rk` command; return the CompletedProcess (text output)."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([str(RK), *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run([str(RK), *map(str, args)], cwd=cwd, env=full_env, capture_output=True, encoding="utf-8",
+                          timeout=timeout)  # rk writes UTF-8 to pipes whatever the locale
     if check is not None:
         assert proc.returncode == check, f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -57,7 +57,7 @@ def write_resource(pkg_dir: Path, descriptor: dict, name: str, text: str | bytes
 
 
 def save(pkg_dir: Path, descriptor: dict) -> None:
-    (pkg_dir / "datapackage.yaml").write_text(yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True))
+    (pkg_dir / "datapackage.yaml").write_text(yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 INSTITUTIONS = "institution_id,name\nATK,Almaty College of Technology\nKITIG,College of Tourism\n"

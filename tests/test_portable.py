@@ -272,3 +272,7 @@ def test_setup_without_make_in_a_fresh_clone_then_a_batch_in_cp1251(tmp_path):
     runs = check_build(clone / "reports" / "_build")
     page = next(clone.glob("reports/_build/institution_profile/*lang=kk*/report.html")).read_text(encoding="utf-8")
     assert "қ" in page or "ә" in page or "ұ" in page
+    # the test suite's quick subset (the package in sync, clean notebooks, catalogs, Kazakh and Russian output of rk)
+    quick = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "tests/test_repo.py", "tests/test_languages.py"], cwd=clone, env=legacy, capture_output=True, timeout=900)
+    assert quick.returncode == 0, quick.stdout.decode("utf-8", "replace")[-4000:]

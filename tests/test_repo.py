@@ -52,7 +52,7 @@ def test_report_templates_are_clean_and_unexecuted(tmp_path):
             if not filecmp.cmp(nb, copy / "reports" / nb.name, shallow=False)]
     assert diff == [], f"report templates not clean; run nbdev-clean --fname reports/<name>.ipynb: {diff}"
     for nb in sorted((ROOT / "reports").glob("*.ipynb")):
-        cells = json.loads(nb.read_text())["cells"]
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
         executed = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
         assert executed == [], f"{nb.name}: executed outputs committed in cells {executed}; clear them before committing"
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
