@@ -926,6 +926,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'research_kit/processes.py'),
                                         'research_kit.processes.end_group': ('processes.html#end_group', 'research_kit/processes.py'),
                                         'research_kit.processes.end_tree': ('processes.html#end_tree', 'research_kit/processes.py'),
+                                        'research_kit.processes.kill_all': ('processes.html#kill_all', 'research_kit/processes.py'),
                                         'research_kit.processes.largest_memory': ( 'processes.html#largest_memory',
                                                                                    'research_kit/processes.py'),
                                         'research_kit.processes.limit_memory': ('processes.html#limit_memory', 'research_kit/processes.py'),

@@ -8,7 +8,7 @@ import os, shutil, signal, subprocess, sys, sysconfig
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MEMORY_POLL', 'own_group', 'end_tree', 'end_group', 'replace_process', 'platform_name', 'memory_enforced',
+__all__ = ['MEMORY_POLL', 'own_group', 'end_tree', 'kill_all', 'end_group', 'replace_process', 'platform_name', 'memory_enforced',
            'limit_memory', 'largest_memory', 'memory_note', 'scripts_dir', 'script']
 
 # %% ../nbs/processes.ipynb #f0f73cb8
@@ -38,6 +38,13 @@ def end_tree(
         root = psutil.Process(pid)
         victims = root.children(recursive=True) + [root]  # children first: once the root is gone they cannot be found
     except psutil.NoSuchProcess: return []
+    return kill_all(victims)
+
+def kill_all(
+    victims: list,  # psutil.Process objects
+) -> list[int]:
+    "Kill every process in `victims` (those already gone are skipped) and reap our own children; their ids."
+    import psutil
     for p in victims:
         try: p.kill()
         except psutil.NoSuchProcess: pass

@@ -271,11 +271,8 @@ def end_descendants(pid: int | None = None, keep: set[int] = frozenset()) -> lis
     import psutil
     try: victims = [p for p in psutil.Process(pid).children(recursive=True) if p.pid not in keep]
     except psutil.NoSuchProcess: return []
-    for p in victims:
-        try: p.kill()
-        except psutil.NoSuchProcess: pass
-    psutil.wait_procs(victims, timeout=5)  # reaps those that are our own children
-    return [p.pid for p in victims]
+    from research_kit.processes import kill_all
+    return kill_all(victims)
 
 # %% ../../nbs/runner/engines.ipynb #de5a12fd
 def _failure(e: Exception) -> RunFailure:
