@@ -276,3 +276,13 @@ def test_setup_without_make_in_a_fresh_clone_then_a_batch_in_cp1251(tmp_path):
     quick = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             "tests/test_repo.py", "tests/test_languages.py"], cwd=clone, env=legacy, capture_output=True, timeout=900)
     assert quick.returncode == 0, quick.stdout.decode("utf-8", "replace")[-4000:]
+
+
+def test_setup_names_the_step_that_failed(tmp_path, tally):
+    "A step that fails stops the set-up with an error naming the command and its exit code; nothing is stamped."
+    tally.bad_inputs += 1
+    (tmp_path / "pyproject.toml").write_text("[project\nname = 'broken'\n", encoding="utf-8")  # pip cannot read it
+    from research_kit.setup import SetupError, setup
+    with pytest.raises(SetupError, match=r"pip install .* failed \(exit code \d+\); see its output above"):
+        setup(tmp_path, extras="")
+    assert not (tmp_path / ".venv" / ".installed").exists()
