@@ -268,3 +268,39 @@ def test_the_dry_run_names_template_cells_data_code_and_environment(report_works
     path.write_text(json.dumps(m))
     assert dry_run(root, env, "two")["other/k=1"] == (
         "run", "template cell 4 edited; research_kit code changed; environment changed (installed packages)")
+
+
+def fake_distributions(folder, *names_versions) -> str:
+    "Write `name-version.dist-info` folders with a minimal METADATA into `folder`; returns the folder."
+    for name, version in names_versions:
+        d = folder / f"{name}-{version}.dist-info"
+        d.mkdir(parents=True)
+        (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    return str(folder)
+
+
+def test_the_environment_key_is_the_same_wherever_the_same_versions_are_installed(report_workspace, tmp_path):
+    """Two machines with the same versions of research_kit's requirements share a run's key, whatever else they
+    installed, wherever, and on any platform; another version of one requirement changes it."""
+    import os
+    from importlib.metadata import version
+    root, d, env = report_workspace
+    (root / "reports" / "batches.yaml").write_text("one:\n  - report: other\n    parameters: [{k: 1}]\n")
+    env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    rk_batch(root, env, "one")
+
+    def on_path(folder):  # distributions installed in `folder` come first, as a second site-packages would
+        return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))}
+    others = fake_distributions(tmp_path / "others", ("a-linter", "24.1"), ("jupyterlab-a-theme", "0.3"),
+                                ("pywin32", "306"), ("appnope", "0.1.4"), ("colorama", "0.4.6"))
+    assert dry_run(root, on_path(others), "one")["other/k=1"][0] == "cached"
+    same_elsewhere = fake_distributions(tmp_path / "same", ("nh3", version("nh3")))
+    assert dry_run(root, on_path(same_elsewhere), "one")["other/k=1"][0] == "cached"
+    newer = fake_distributions(tmp_path / "newer", ("nh3", "99.0"))
+    assert dry_run(root, on_path(newer), "one")["other/k=1"] == ("run", "environment changed (installed packages)")
+    # the closure is kept per set of installed distributions in the researcher's cache; a damaged entry is worked out again
+    entries = list((tmp_path / "cache" / "research_kit" / "environments").glob("*.json"))
+    assert len(entries) == 3, entries  # the same versions elsewhere are the same set: one entry with the first
+    for e in entries: e.write_text("{not json", encoding="utf-8")
+    assert dry_run(root, on_path(others), "one")["other/k=1"][0] == "cached"
+    assert dry_run(root, on_path(newer), "one")["other/k=1"][0] == "run"

@@ -9,15 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 from ..errors import RKError
 from ..settings import Settings, load_settings
+from .fingerprint import environment  # what of the environment enters the key
 from ..files import sha256_file, swap_into_place
 from . import params as P
 from .manifest import (IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestError, Outcome, Run, RunFailure, Task,
                                           read_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['KEY_PACKAGES', 'OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'environment', 'git_state',
-           'run_key', 'current_key', 'stale_reasons', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale',
-           'execute', 'BuildLocked', 'build_lock']
+__all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'git_state', 'run_key', 'current_key',
+           'stale_reasons', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
+           'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path) -> str:
@@ -48,30 +49,6 @@ def _files_sha256(files) -> str:
 def code_sha256() -> str:
     "sha256 of `code_files()`: part of every run's cache key."
     return _files_sha256(code_files())
-
-KEY_PACKAGES = ("pandas", "numpy", "pyarrow", "scipy", "statsmodels", "scikit-learn", "matplotlib", "pandera",
-                "papermill", "nbclient", "ipykernel", "nbconvert")
-
-def _installed() -> set[str]:
-    "`name==version` of every installed distribution, from the `.dist-info` folder names on sys.path."
-    # importlib.metadata parses every METADATA file (a quarter of a second for ~600 packages);
-    # the folder names carry the same name and version
-    import re
-    out = set()
-    for entry in sys.path:
-        if not os.path.isdir(entry): continue
-        for name in os.listdir(entry):
-            m = re.fullmatch(r"(.+?)-([^-]+)\.(?:dist|egg)-info", name)
-            if m: out.add(f"{re.sub(r'[-_.]+', '-', m.group(1)).lower()}=={m.group(2)}")
-    return out
-
-@functools.cache
-def environment() -> dict:
-    "Python version, versions of key packages, and the sha256 of the full installed package list."
-    dists = sorted(_installed())
-    versions = dict(d.split("==", 1) for d in dists)
-    return {"python": sys.version.split()[0], "packages": {k: versions.get(k) for k in KEY_PACKAGES},
-            "packages_sha256": hashlib.sha256("\n".join(dists).encode()).hexdigest()}
 
 def git_state(root: Path) -> dict:
     "The workspace's git commit and whether its tree has uncommitted changes (None outside git)."
