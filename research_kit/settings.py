@@ -83,9 +83,13 @@ def is_url(path: str) -> bool:
 
 USER_SETTINGS_ENV = "RK_USER_SETTINGS"
 
-def config_dir() -> Path:
-    "research_kit's folder in the researcher's configuration: $XDG_CONFIG_HOME/research_kit, else ~/.config/research_kit."
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "research_kit"
+def config_dir(
+    environ=os.environ,  # the environment variables to read
+    windows: bool = os.name == "nt",  # Windows keeps a user's configuration under %APPDATA%
+) -> Path:
+    "research_kit's folder in the researcher's configuration: %APPDATA%\\research_kit on Windows, else $XDG_CONFIG_HOME/research_kit or ~/.config/research_kit."
+    if windows and environ.get("APPDATA"): return Path(environ["APPDATA"]) / "research_kit"
+    return Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "research_kit"
 
 def user_settings_path() -> Path:
     "The researcher's own settings file: RK_USER_SETTINGS, else settings.ini in `config_dir()`."
@@ -186,6 +190,8 @@ class Settings:
 
     def table(self) -> list[Setting]: return list(self.values.values())
     def __repr__(self): return f"Settings(root={str(self.root)!r})"
+
+
 
 # %% ../nbs/settings.ipynb #98b66000
 def _line_of(text: str, section: str, key: str | None = None) -> int | None:

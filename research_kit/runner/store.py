@@ -124,6 +124,8 @@ class Pushed:
 
 def _local_problem(folder: Path, m: Manifest) -> str | None:
     if m.status != "succeeded": return f"it {m.status}: only successful runs are shared"
+    # no other workspace may reuse it (restore refuses it), so it would only take room in the store
+    if m.unkeyed: return f"no cache key covers what it read ({'; '.join(m.unkeyed)}), so no one else could reuse it"
     for name, digest in m.outputs.items():
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             return f"{name} differs from its manifest (changed after the run?)"
