@@ -260,7 +260,7 @@ def staggered_panel(seed, per_cohort=20, starts=(4, 7, 10), slopes=(0.3, 0.2, 0.
 
 def test_twfe_is_biased_under_staggered_heterogeneous_effects_and_group_time_effects_are_not():
     rows = []
-    for seed in SEEDS:
+    for seed in range(1, 201):  # 200 seeds: cheap here (about 30 ms each), and the coverage check gains power
         panel, truth = staggered_panel(seed)
         for method in ("callaway_santanna", "twfe"):
             rows.append(row(did(panel, "y", "unit", "period", "start", method=method), seed=seed, method=method, truth=truth))
