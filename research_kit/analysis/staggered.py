@@ -59,8 +59,8 @@ def _panel(df, outcome, unit, time, first_treated, cluster):
     return data
 
 
-def _t_table(est, se, df_t: int, alpha: float):
-    "(lower, upper, p_value) from Student's t with `df_t` degrees of freedom."
+def _t_table(est, se, df_t, alpha: float):
+    "(lower, upper, p_value) from Student's t with `df_t` degrees of freedom (one for all, or one per estimate)."
     import numpy as np
     from scipy import stats
     est, se = np.asarray(est, dtype=float), np.asarray(se, dtype=float)
@@ -105,7 +105,7 @@ def _within_ols(data, X, names: list):
 
 # %% ../../nbs/analysis/staggered.ipynb #8c518409
 def _cells(data):
-    "ATT(g, t) for every estimable cell: a list of (g, t, estimate, n_treated, n_control, influence by unit), and the units."
+    "ATT(g, t) for every estimable cell: a list of (g, t, estimate, n_treated, n_control, influence, treated, control), the units."
     import numpy as np
     wide = data.pivot(index="unit", columns="time", values="y")
     g_of = data.groupby("unit")["g"].first().reindex(wide.index).to_numpy()
@@ -126,56 +126,90 @@ def _cells(data):
             influence = np.zeros(len(g_of))
             influence[treated] = (change[treated] - m1) / np.sqrt(n1 * (n1 - 1))
             influence[control] = -(change[control] - m0) / np.sqrt(n0 * (n0 - 1))
-            cells.append((g, t, m1 - m0, int(n1), int(n0), influence))
+            cells.append((g, t, m1 - m0, int(n1), int(n0), influence, treated, control))
     return cells, wide.index
 
 
-def _cluster_se(influence, data, units):
-    "Standard errors of estimates whose influence functions (one row each, one column per unit) are given; and the clusters."
-    import numpy as np, pandas as pd
+def _clusters(data, units):
+    "Each unit's cluster as a code 0..G-1, and G."
+    import pandas as pd
     cluster = pd.factorize(data.groupby("unit")["cluster"].first().reindex(units))[0]
-    g = cluster.max() + 1
+    g = int(cluster.max()) + 1
     if g < 2: raise AnalysisError("cluster-robust errors need at least two clusters")
-    sums = np.column_stack([np.bincount(cluster, weights=row, minlength=g) for row in np.atleast_2d(influence)])
-    # units are their own clusters unless a coarser cluster was asked for; then the usual G/(G-1)
-    factor = 1.0 if g == len(units) else g / (g - 1)
-    return np.sqrt(factor * (sums ** 2).sum(axis=0)), g
+    return cluster, g
+
+
+def _terms_by_period(members, weight):
+    "The average of the cells as a linear map of the outcomes, period by period: {period: [(mask, n, influence coefficient, estimate coefficient)]}."
+    import numpy as np
+    terms = {}
+    for w, (g, t, *_, treated, control) in zip(weight, members):
+        for mask, sign in ((treated, 1.0), (control, -1.0)):
+            n = int(mask.sum())
+            kappa, a = w * sign / np.sqrt(n * (n - 1)), w * sign / n
+            # a change from g - 1 to t: + at t, - at g - 1
+            terms.setdefault(t, []).append((mask, n, kappa, a))
+            terms.setdefault(g - 1, []).append((mask, n, -kappa, -a))
+    return terms
+
+
+def _small_sample(members, weight, cluster, g: int):
+    """Bell–McCaffrey for the average of `members` with `weight`: (factor making the cluster-robust variance unbiased,
+    Satterthwaite degrees of freedom), both under independent errors of equal variance."""
+    import numpy as np
+    gram, aa = np.zeros((g, g)), 0.0
+    for terms in _terms_by_period(members, weight).values():
+        # In one period, the clusters' influence sums are E diag(d) - C L' (E: unit -> cluster, L: the groups' masks);
+        # their Gram matrix is built from that form without a clusters-by-units matrix.
+        masks = np.column_stack([m for m, *_ in terms]).astype(float)
+        n, kappa, a = (np.array([term[k] for term in terms]) for k in (1, 2, 3))
+        d = masks @ kappa
+        by_cluster = np.zeros((g, masks.shape[1]))
+        np.add.at(by_cluster, cluster, masks)
+        c = by_cluster * (kappa / n)
+        ed = np.zeros((g, masks.shape[1]))
+        np.add.at(ed, cluster, d[:, None] * masks)
+        cross = ed @ c.T
+        gram += np.diag(np.bincount(cluster, weights=d ** 2, minlength=g)) - cross - cross.T + c @ (masks.T @ masks) @ c.T
+        aa += float(np.sum((masks @ a) ** 2))
+    trace = np.trace(gram)
+    return aa / trace, trace ** 2 / np.sum(gram ** 2)
+
+
+def _aggregate(cells, keys, units, data, alpha):
+    "Cohort-size weighted averages of the cells by `keys` (one per cell): estimate, std_error, interval, p, n, df, clusters."
+    import numpy as np
+    cluster, g = _clusters(data, units)
+    rows = []
+    for key in dict.fromkeys(keys):
+        members = [c for c, k in zip(cells, keys) if k == key]
+        weight = np.array([c[3] for c in members], dtype=float)
+        weight /= weight.sum()
+        sums = np.bincount(cluster, weights=weight @ np.array([c[5] for c in members]), minlength=g)
+        factor, dof = _small_sample(members, weight, cluster, g)
+        rows.append((key, float(weight @ [c[2] for c in members]), np.sqrt(factor * np.sum(sums ** 2)), dof,
+                     int(sum(c[3] for c in members))))
+    est, se, dof = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
+    lower, upper, p = _t_table(est, se, dof, alpha)
+    return [r[0] for r in rows], est, se, lower, upper, p, [r[4] for r in rows], dof, g
 
 
 def att_gt(df, outcome: str, unit: str, time: str, first_treated: str, *, cluster: str | None = None, ci: float = 0.95):
     "Callaway–Sant'Anna group-time effects ATT(g, t) with not-yet-treated controls: one tidy row per cohort and period."
-    import numpy as np, pandas as pd
+    import pandas as pd
     alpha = _check_options(df, [outcome, unit, time, first_treated, *([cluster] if cluster else [])], ci)
     data = _panel(df, outcome, unit, time, first_treated, cluster)
     cells, units = _cells(data)
     if not cells: raise AnalysisError(f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison")
-    se, clusters = _cluster_se(np.array([c[5] for c in cells]), data, units)
-    est = np.array([c[2] for c in cells])
-    lower, upper, p = _t_table(est, se, clusters - 1, alpha)
+    _, est, se, lower, upper, p, _, dof, clusters = _aggregate(cells, list(range(len(cells))), units, data, alpha)
     out = pd.DataFrame({"group": [int(c[0]) for c in cells], "time": [int(c[1]) for c in cells],
                         "event_time": [int(c[1] - c[0]) for c in cells], "estimate": est, "std_error": se,
-                        "lower": lower, "upper": upper, "p_value": p,
+                        "lower": lower, "upper": upper, "p_value": p, "df": dof,
                         "n_treated": [c[3] for c in cells], "n_control": [c[4] for c in cells]})
     out.attrs.update(method="callaway_santanna", control="not_yet_treated", clusters=clusters)
     return out
 
 # %% ../../nbs/analysis/staggered.ipynb #0623615a
-def _aggregate(cells, keys, units, data, alpha):
-    "Cohort-size weighted averages of the cells by `keys` (one per cell): estimate, std_error, interval, p, n, clusters."
-    import numpy as np
-    rows, influences = [], []
-    for key in dict.fromkeys(keys):
-        members = [c for c, k in zip(cells, keys) if k == key]
-        weight = np.array([c[3] for c in members], dtype=float)
-        weight /= weight.sum()
-        rows.append((key, float(weight @ [c[2] for c in members]), int(sum(c[3] for c in members))))
-        influences.append(weight @ np.array([c[5] for c in members]))
-    se, clusters = _cluster_se(np.array(influences), data, units)
-    est = np.array([r[1] for r in rows])
-    lower, upper, p = _t_table(est, se, clusters - 1, alpha)
-    return [r[0] for r in rows], est, se, lower, upper, p, [r[2] for r in rows], clusters
-
-
 def _twfe_event_dummies(data):
     "Columns of event-time dummies for treated units and their event times (the reference -1 left out)."
     import numpy as np
@@ -197,15 +231,17 @@ def event_study(df, outcome: str, unit: str, time: str, first_treated: str, *, m
         if not times: raise AnalysisError(f"no treated unit in {first_treated!r}: nothing to estimate")
         beta, cov, clusters = _within_ols(data, X, [f"event time {e}" for e in times])
         se = np.sqrt(np.diag(cov))
-        lower, upper, p = _t_table(beta, se, clusters - 1, alpha)
+        dof = np.full(len(times), clusters - 1.0)
+        lower, upper, p = _t_table(beta, se, dof, alpha)
         n = [int(X[:, j].sum()) for j in range(len(times))]
     else:
         cells, units = _cells(data)
         if not cells: raise AnalysisError(f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison")
-        times, beta, se, lower, upper, p, n, clusters = _aggregate(cells, [int(c[1] - c[0]) for c in cells], units, data, alpha)
-    out = pd.DataFrame({"event_time": times, "estimate": beta, "std_error": se, "lower": lower, "upper": upper, "p_value": p, "n": n})
+        times, beta, se, lower, upper, p, n, dof, clusters = _aggregate(cells, [int(c[1] - c[0]) for c in cells], units, data, alpha)
+    out = pd.DataFrame({"event_time": times, "estimate": beta, "std_error": se, "lower": lower, "upper": upper, "p_value": p,
+                        "df": dof, "n": n})
     reference = pd.DataFrame({"event_time": [-1], "estimate": [0.0], "std_error": [np.nan], "lower": [np.nan],
-                              "upper": [np.nan], "p_value": [np.nan], "n": [0]})
+                              "upper": [np.nan], "p_value": [np.nan], "df": [np.nan], "n": [0]})
     out = pd.concat([out, reference]).sort_values("event_time", ignore_index=True)
     out.insert(0, "term", [f"event_time[{e}]" for e in out["event_time"]])
     out["method"] = method
@@ -222,14 +258,14 @@ def did(df, outcome: str, unit: str, time: str, first_treated: str, *, method: s
     if method == "twfe":
         treated = (data["time"] >= data["g"]).to_numpy(dtype=float)[:, None]
         beta, cov, clusters = _within_ols(data, treated, ["the treatment"])
-        est, se = beta, np.sqrt(np.diag(cov))
-        lower, upper, p = _t_table(est, se, clusters - 1, alpha)
+        est, se, dof = beta, np.sqrt(np.diag(cov)), np.array([clusters - 1.0])
+        lower, upper, p = _t_table(est, se, dof, alpha)
     else:
         cells, units = _cells(data)
         post = [c for c in cells if c[1] >= c[0]]
         if not post: raise AnalysisError(f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison")
-        _, est, se, lower, upper, p, _, clusters = _aggregate(post, ["ATT"] * len(post), units, data, alpha)
-    out = pd.DataFrame({"term": ["ATT"], "estimate": est, "std_error": se, "lower": lower, "upper": upper, "p_value": p,
+        _, est, se, lower, upper, p, _, dof, clusters = _aggregate(post, ["ATT"] * len(post), units, data, alpha)
+    out = pd.DataFrame({"term": ["ATT"], "estimate": est, "std_error": se, "lower": lower, "upper": upper, "p_value": p, "df": dof,
                         "n": [len(data)], "units": [data["unit"].nunique()], "clusters": [clusters], "method": [method]})
     out.attrs.update(method=method)
     return out
