@@ -188,7 +188,7 @@ def _cached_figures(run) -> str:
     try: return _key_figures(read_manifest(run.folder).records)
     except ManifestError: return ""
 
-def _summary(results, settings):
+def _print_batch_results(results, settings):
     rows, failed = [], 0
     for run, m in results:
         if m is None: rows.append((run.report, run.slug, "cached", "", _cached_figures(run))); continue
@@ -250,7 +250,7 @@ def _run_and_report(runs, settings, dry_run=False, **options):
     on_share, notes = _share_notes()
     with bar: results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)
     for n in notes: _console(stderr=True).print(f"warning: {n}", markup=False)
-    _summary(results, settings)
+    _print_batch_results(results, settings)
 
 ENGINE_HELP = "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
 SHARE_HELP = "look in the shared run store ([workspace] share) before executing a run, and restore it from there"

@@ -12,7 +12,7 @@ from urllib.parse import quote
 __all__ = ['MARKER', 'PROTECTED', 'docs_folder', 'build_docs']
 
 # %% ../nbs/docs.ipynb #d01a23ce
-def _summary(nb_path: Path) -> str:
+def _notebook_tagline(nb_path: Path) -> str:
     "The `> ...` summary line of a notebook's first markdown cell."
     cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
     for c in cells:
@@ -51,13 +51,13 @@ def _write_pages(root: Path, tmp: Path) -> None:
         if ".ipynb_checkpoints" in nb.parts: continue
         rel = Path("nbs") / nb.relative_to(root / "nbs").with_suffix(".html")
         _render(nb, tmp / rel, str(nb.relative_to(root / "nbs").with_suffix("")))
-        modules.append((rel, _summary(nb)))
+        modules.append((rel, _notebook_tagline(nb)))
     for nb in sorted((root / "reports").glob("*.ipynb")):
         rel = Path("reports") / nb.with_suffix(".html").name
         _render(nb, tmp / rel, f"report template: {nb.stem}")
         try: ps = list(template_parameters(nb).values())
         except RKError: ps = []
-        reports.append((rel, _summary(nb), ps))
+        reports.append((rel, _notebook_tagline(nb), ps))
     (tmp / "index.html").write_text(_index_page(modules, reports), encoding="utf-8")
     (tmp / MARKER).write_text("written by rk docs; rk docs replaces this folder as a whole\n", encoding="utf-8")
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/settings.ipynb #b86d3047
 from __future__ import annotations
-import configparser, os
+import configparser, functools, os
 from dataclasses import dataclass
 from pathlib import Path
 from .errors import SettingsError, UnknownNameError, quoted
@@ -287,7 +287,10 @@ def _user_file() -> tuple[Path, str | None]:
         return path, None
     return path, _read_text(path)
 
-_checked: dict[tuple, tuple] = {}  # (both files' paths and texts, RK_* variables) -> checked values, policy
+@functools.cache  # each version of the files and variables is parsed and checked once
+def _checked(path: Path, text: str, user_path: Path, user_text: str | None, variables: tuple) -> tuple[dict, dict]:
+    "`_values` of these files' texts under these RK_* `variables` (which `_values` reads from the environment)."
+    return _values(path, text, user_path, user_text)
 
 def load_settings(start: str | Path | None = None) -> Settings:
     "Read the workspace containing `start`: defaults, then the user's settings file, settings.ini, RK_<SECTION>_<KEY> variables."
@@ -295,9 +298,8 @@ def load_settings(start: str | Path | None = None) -> Settings:
     path = root / SETTINGS_FILE
     text = _read_text(path)
     user_path, user_text = _user_file()
-    key = (str(path), text, str(user_path), user_text, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_"))))
-    if key not in _checked: _checked[key] = _values(path, text, user_path, user_text)  # each version is parsed and checked once
-    values, policy = _checked[key]
+    variables = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_")))
+    values, policy = _checked(path, text, user_path, user_text, variables)
     return Settings(root, dict(values), dict(policy))
 
 def _values(path: Path, text: str, user_path: Path, user_text: str | None) -> tuple[dict, dict]:

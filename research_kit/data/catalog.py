@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/catalog.ipynb #497058f6
 from __future__ import annotations
-import re
+import functools, re
 from dataclasses import dataclass, field
 from ..errors import DescriptorError, UnknownNameError, quoted
 from ..settings import is_url, load_settings
@@ -195,14 +195,17 @@ def package_names(root: str | None = None) -> list[str]:
     try: return _remote(root, names)
     except FileNotFoundError: raise DescriptorError(f"data root {root} does not exist ({ROOT_HINT})") from None
 
-_parsed: dict[str, tuple] = {}  # local descriptor path -> (its text, the parsed descriptor): parse each version once
+@functools.lru_cache(maxsize=256)  # parse each version of a local descriptor once
+def _parsed(durl: str, text: str) -> bytes:
+    "The descriptor `text` read from `durl`, parsed and pickled."
+    import pickle
+    return pickle.dumps(parse_descriptor(text, durl))
 
 def _read_descriptor(durl: str) -> dict:
     import pickle
     text = read_text(durl)  # reading a few kilobytes is cheap; parsing YAML is not
     if is_url(durl): return parse_descriptor(text, durl)
-    if durl not in _parsed or _parsed[durl][0] != text: _parsed[durl] = (text, pickle.dumps(parse_descriptor(text, durl)))
-    return pickle.loads(_parsed[durl][1])  # a fresh copy: callers may change theirs
+    return pickle.loads(_parsed(durl, text))  # a fresh copy: callers may change theirs
 
 def open_package(name: str, root: str | None = None) -> Package:
     "Read package `name`'s descriptor from the data root."

@@ -17,9 +17,9 @@ from .frames import to_frame, as_large_text as _as_large_text
 from .validate import validate_table
 
 # %% auto #0
-__all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'cache_key', 'ParquetCache', 'wait_for_cache_writes', 'read_table',
-           'validate_bytes', 'check_access', 'show_progress', 'load', 'column_values', 'Checked', 'validate',
-           'resource_sha256']
+__all__ = ['LOADER_VERSION', 'ACCESS_LEVELS', 'HashMemo', 'resource_sha256', 'read_table', 'validate_bytes', 'cache_key',
+           'ParquetCache', 'wait_for_cache_writes', 'check_access', 'show_progress', 'load', 'column_values', 'Checked',
+           'validate']
 
 # %% ../../nbs/data/load.ipynb #29ab58c2
 LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache entry is rebuilt
@@ -29,7 +29,10 @@ class HashMemo:
     "Remembers the sha256 of local files per (path, inode, size, mtime, ctime), in the cache folder."
     settle_ns = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
 
-    def __init__(self, folder: Path, trust: bool = True): self.folder, self.trust = folder / "hashes", trust
+    def __init__(self,
+                 folder: Path,  # the workspace's cache folder; the hashes go into its `hashes/`
+                 trust: bool = True,  # False: remember nothing read before, hash every file (`validate`)
+                ): self.folder, self.trust = folder / "hashes", trust
 
     def _entry(self, path: str) -> Path:
         return self.folder / (hashlib.sha1(os.path.abspath(path).encode()).hexdigest() + ".json")
@@ -64,91 +67,21 @@ class HashMemo:
             self.put(path, known, stamp)
         return known
 
+# %% ../../nbs/data/load.ipynb #40874a99
+def resource_sha256(package: str,  # a data package's name
+                    resource: str,  # one of its resources
+                   ) -> str | None:
+    "The sha256 of a resource's current content, or None if it no longer exists."
+    from research_kit.errors import RKError
+    try: res = get_resource(package, resource)
+    except RKError: return None
+    return _current_sha256(res, HashMemo(load_settings().cache_dir))
+
+def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:
+    if res is None or (not is_url(res.url) and not os.path.isfile(res.url)): return None
+    return res.sha256 if is_url(res.url) else memo.sha256(res.url)
+
 # %% ../../nbs/data/load.ipynb #4408d5a5
-def cache_key(sha256: str, schema: dict, references=()) -> str:
-    "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the resources its foreign keys point to."
-    blob = json.dumps([sha256, schema, LOADER_VERSION, list(references)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-def _fast_to_read(table, schema: dict):
-    """(`table` in the form Parquet reads back fastest, the columns to dictionary-encode). Measured on a million
-    students: 11 ms instead of 33. Columns without missing values are marked not-null (no definition levels to
-    decode). Text is stored plain, as large_string (what pandas' `str` holds), or, when all its values have the
-    same length (codes, pseudonyms), as fixed-size binary, which reads back at memcpy speed. Enums and numbers
-    keep Parquet's dictionary encoding. `to_frame` turns each column back into its declared dtype."""
-    import pyarrow as pa, pyarrow.compute as pc
-    enums = {f["name"] for f in schema["fields"] if "enum" in (f.get("constraints") or {})}
-    fields, columns, encoded = [], [], []
-    for field, col in zip(table.schema, table.columns):
-        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-        if field.name not in enums and (pa.types.is_string(t) or pa.types.is_large_string(t)):
-            col = col.cast(pa.large_string())
-            lo, hi = (v.as_py() for v in pc.min_max(pc.binary_length(col)).values())
-            if lo and lo == hi and not col.null_count: col = col.cast(pa.binary(lo))
-        else:
-            encoded.append(field.name)
-        fields.append(pa.field(field.name, col.type, nullable=bool(col.null_count)))
-        columns.append(col)
-    return pa.table(columns, schema=pa.schema(fields)), encoded
-
-class ParquetCache:
-    "Validated tables as Parquet files under `<cache>/data/<package>/<resource>-<key>.parquet`."
-    def __init__(self, folder: Path): self.folder = folder / "data"
-
-    def path(self, res: Resource, key: str) -> Path:
-        return self.folder / res.package / f"{res.name}-{key[:24]}.parquet"
-
-    def holds_any(self, res: Resource) -> bool:
-        "Whether some version of `res` is cached."
-        return any((self.folder / res.package).glob(f"{res.name}-*.parquet"))
-
-    def read(self, res: Resource, key: str, columns=None, as_table: bool = False):
-        "The cached table as a DataFrame (or Arrow table), or None when there is none or it is damaged (then it is removed)."
-        path = self.path(res, key)
-        if not path.exists(): return None
-        import pyarrow.parquet as pq
-        try:
-            table = pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns)
-            meta = table.schema.metadata or {}
-            if meta.get(b"research_kit.key") != key.encode(): raise ValueError("cache key does not match")
-            if table.num_rows != int(meta[b"research_kit.rows"]): raise ValueError("row count does not match")
-            return table if as_table else to_frame(table, res.schema, private=True)
-        except Exception as e:  # any damage means: rebuild from the source
-            warnings.warn(f"cache file {path} is damaged ({type(e).__name__}: {e}); rebuilding it")
-            path.unlink(missing_ok=True)
-            return None
-
-    def write(self, res: Resource, key: str, table) -> None:
-        "Store a validated Arrow table: temporary file, then rename; superseded versions are removed."
-        import pyarrow.parquet as pq
-        path = self.path(res, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table, encoded = _fast_to_read(table, res.schema)
-        table = table.replace_schema_metadata({b"research_kit.key": key.encode(), b"research_kit.rows": str(table.num_rows).encode()})
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression="lz4", use_dictionary=encoded, write_page_checksum=True)
-        for old in path.parent.glob(f"{res.name}-*.parquet"):
-            if old != path and old.name[len(res.name) + 1:-8].isalnum(): old.unlink(missing_ok=True)
-
-# %% ../../nbs/data/load.ipynb #f7513048
-import threading
-_writers: list[threading.Thread] = []
-
-def _write_quietly(cache: ParquetCache, res: Resource, key: str, table) -> None:
-    try: cache.write(res, key, table)
-    except OSError as e:  # a cache that cannot be written only costs speed
-        warnings.warn(f"could not cache {res.package}/{res.name}: {e}")
-
-def _write_in_background(cache: ParquetCache, res: Resource, key: str, table) -> None:
-    t = threading.Thread(target=_write_quietly, args=(cache, res, key, table), name=f"rk-cache-{res.package}-{res.name}")
-    t.start()
-    _writers.append(t)
-
-def wait_for_cache_writes() -> None:
-    "Block until every cache file this process started writing is in place."
-    while _writers: _writers.pop().join()
-
-# %% ../../nbs/data/load.ipynb #4b628596
 def _fail(where: Where, rule: str, value=None, column=None, line=None):
     from research_kit.errors import Failure
     raise DataValidationError([Failure(where.package, where.resource, where.file, column, line, value, rule)])
@@ -167,7 +100,12 @@ def _line_of(data: bytes, row) -> int | None:
     at = data.find(row.text.encode("utf-8", "replace"))
     return data.count(b"\n", 0, at) + 1 if at >= 0 else None
 
-def read_table(data: bytes, res: Resource, where: Where, as_text: bool = False):
+# %% ../../nbs/data/load.ipynb #1259e226
+def read_table(data: bytes,  # the whole file
+               res: Resource,  # the resource it is the file of: encoding, dialect, schema
+               where: Where,  # package, resource and file, for failure messages
+               as_text: bool = False,  # read every column as text (after a value was not of its type)
+              ):
     "The CSV bytes as an Arrow table in the declared types (or all text), after checking rows and header."
     import pyarrow as pa, pyarrow.csv as pcsv
     if not data[:4096].strip() and not data.strip(): _fail(where, "the file is empty")
@@ -221,6 +159,7 @@ def _dangling_rows(col, keys):
                      else pa.array(np.zeros(len(chunk), dtype=bool)))
     return np.flatnonzero(pa.chunked_array(masks, pa.bool_()).to_numpy())
 
+# %% ../../nbs/data/load.ipynb #1c72532e
 def _foreign_key_failures(table, res: Resource, where: Where) -> list:
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
     failures = []
@@ -256,15 +195,111 @@ def _validated(data: bytes, res: Resource):
     return table, df
 
 # %% ../../nbs/data/load.ipynb #67bc3309
-def validate_bytes(data: bytes, res: Resource):
+def validate_bytes(data: bytes,  # content to check as the file of `res`
+                   res: Resource,  # the resource whose schema and foreign keys it must satisfy
+                  ):
     "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and foreign keys (not its hash)."
     check_schema(res.schema, res.descriptor_url)
     return _validated(data, res)
 
+# %% ../../nbs/data/load.ipynb #044c8cf5
+def cache_key(sha256: str,  # the content hash of the resource's file
+              schema: dict,  # its Table Schema
+              references=(),  # (resource, sha256) of each resource its foreign keys point to
+             ) -> str:
+    "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the resources its foreign keys point to."
+    blob = json.dumps([sha256, schema, LOADER_VERSION, list(references)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+# %% ../../nbs/data/load.ipynb #33486073
+def _fast_to_read(table, schema: dict):
+    """(`table` in the form Parquet reads back fastest, the columns to dictionary-encode). Measured on a million
+    students: 11 ms instead of 33. Columns without missing values are marked not-null (no definition levels to
+    decode). Text is stored plain, as large_string (what pandas' `str` holds), or, when all its values have the
+    same length (codes, pseudonyms), as fixed-size binary, which reads back at memcpy speed. Enums and numbers
+    keep Parquet's dictionary encoding. `to_frame` turns each column back into its declared dtype."""
+    import pyarrow as pa, pyarrow.compute as pc
+    enums = {f["name"] for f in schema["fields"] if "enum" in (f.get("constraints") or {})}
+    fields, columns, encoded = [], [], []
+    for field, col in zip(table.schema, table.columns):
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        if field.name not in enums and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            col = col.cast(pa.large_string())
+            lo, hi = (v.as_py() for v in pc.min_max(pc.binary_length(col)).values())
+            if lo and lo == hi and not col.null_count: col = col.cast(pa.binary(lo))
+        else:
+            encoded.append(field.name)
+        fields.append(pa.field(field.name, col.type, nullable=bool(col.null_count)))
+        columns.append(col)
+    return pa.table(columns, schema=pa.schema(fields)), encoded
+
+# %% ../../nbs/data/load.ipynb #156494a3
+class ParquetCache:
+    "Validated tables as Parquet files under `<cache>/data/<package>/<resource>-<key>.parquet`."
+    def __init__(self,
+                 folder: Path,  # the workspace's cache folder; the tables go into its `data/`
+                ): self.folder = folder / "data"
+
+    def path(self, res: Resource, key: str) -> Path:
+        return self.folder / res.package / f"{res.name}-{key[:24]}.parquet"
+
+    def holds_any(self, res: Resource) -> bool:
+        "Whether some version of `res` is cached."
+        return any((self.folder / res.package).glob(f"{res.name}-*.parquet"))
+
+    def read(self, res: Resource, key: str, columns=None, as_table: bool = False):
+        "The cached table as a DataFrame (or Arrow table), or None when there is none or it is damaged (then it is removed)."
+        path = self.path(res, key)
+        if not path.exists(): return None
+        import pyarrow.parquet as pq
+        try:
+            table = pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns)
+            meta = table.schema.metadata or {}
+            if meta.get(b"research_kit.key") != key.encode(): raise ValueError("cache key does not match")
+            if table.num_rows != int(meta[b"research_kit.rows"]): raise ValueError("row count does not match")
+            return table if as_table else to_frame(table, res.schema, private=True)
+        except Exception as e:  # any damage means: rebuild from the source
+            warnings.warn(f"cache file {path} is damaged ({type(e).__name__}: {e}); rebuilding it")
+            path.unlink(missing_ok=True)
+            return None
+
+    def write(self, res: Resource, key: str, table) -> None:
+        "Store a validated Arrow table: temporary file, then rename; superseded versions are removed."
+        import pyarrow.parquet as pq
+        path = self.path(res, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table, encoded = _fast_to_read(table, res.schema)
+        table = table.replace_schema_metadata({b"research_kit.key": key.encode(), b"research_kit.rows": str(table.num_rows).encode()})
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="lz4", use_dictionary=encoded, write_page_checksum=True)
+        for old in path.parent.glob(f"{res.name}-*.parquet"):
+            if old != path and old.name[len(res.name) + 1:-8].isalnum(): old.unlink(missing_ok=True)
+
+# %% ../../nbs/data/load.ipynb #f7513048
+import threading
+
+_writers: list[threading.Thread] = []
+
+def _write_quietly(cache: ParquetCache, res: Resource, key: str, table) -> None:
+    try: cache.write(res, key, table)
+    except OSError as e:  # a cache that cannot be written only costs speed
+        warnings.warn(f"could not cache {res.package}/{res.name}: {e}")
+
+def _write_in_background(cache: ParquetCache, res: Resource, key: str, table) -> None:
+    t = threading.Thread(target=_write_quietly, args=(cache, res, key, table), name=f"rk-cache-{res.package}-{res.name}")
+    t.start()
+    _writers.append(t)
+
+def wait_for_cache_writes() -> None:
+    "Block until every cache file this process started writing is in place."
+    while _writers: _writers.pop().join()
+
 # %% ../../nbs/data/load.ipynb #f514632c
 ACCESS_LEVELS = ("public", "consortium", "restricted")
 
-def check_access(res: Resource, institution: str) -> None:
+def check_access(res: Resource,  # the resource to load
+                 institution: str,  # the researcher's institution (`[workspace] institution`)
+                ) -> None:
     "Raise AccessDenied unless the researcher's institution may load `res`."
     from research_kit.errors import AccessDenied, DescriptorError
     from research_kit.settings import user_settings_path
@@ -282,7 +317,8 @@ def _in_jupyter_kernel() -> bool:
     ipython = sys.modules.get("IPython")
     return ipython is not None and type(ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
 
-def show_progress(stream=None) -> bool:
+def show_progress(stream=None,  # where the bar would go; None: stderr, or a widget in JupyterLab
+                 ) -> bool:
     "Should a load show a progress bar on `stream` (default: stderr)? Only for a terminal or a JupyterLab widget."
     if os.environ.get("RK_PROGRESS", "1") == "0": return False
     if stream is None and _in_jupyter_kernel():
@@ -292,6 +328,7 @@ def show_progress(stream=None) -> bool:
     try: return bool(stream.isatty())
     except (AttributeError, ValueError): return False  # no isatty, or a closed stream
 
+# %% ../../nbs/data/load.ipynb #4c9f28bf
 class _NoBar:
     def update(self, n=1): pass
     def __enter__(self): return self
@@ -305,7 +342,7 @@ def _progress(name: str):
     # leave=False: the bar is erased when the load ends, also when it ends in an error
     return tqdm(total=2, desc=f"loading {name}", delay=1.0, leave=False, unit="step")
 
-# %% ../../nbs/data/load.ipynb #4c9f28bf
+# %% ../../nbs/data/load.ipynb #340799be
 def _check_columns(res: Resource, columns):
     if columns is None: return None
     columns = [columns] if isinstance(columns, str) else list(columns)
@@ -314,6 +351,7 @@ def _check_columns(res: Resource, columns):
         if c not in names: raise UnknownNameError("column", c, names, where=f"{res.package}/{res.name}")
     return columns
 
+# %% ../../nbs/data/load.ipynb #41c977f9
 def _hash_mismatch(res: Resource, actual: str):
     _fail(Where(res.package, res.name, res.file), f"hash: the file's sha256 differs from the descriptor's "
           f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)", value=f"sha256:{actual}")
@@ -323,27 +361,38 @@ def _referenced_hashes(res: Resource, pkg, memo: HashMemo) -> list:
     refs = sorted({(fk["reference"].get("resource") or res.name) for fk in res.schema.get("foreignKeys", [])} - {res.name})
     return [(r, _current_sha256(pkg.resources.get(r), memo)) for r in refs]
 
-def load(package: str, # a data package's name
-         resource: str | None = None, # one of its resources; may be left out when the package has only one
-         *,
-         columns=None, # a column name or a list of them; None for all
-         root: str | None = None, # the data root to read from; None for the workspace's (`[workspace] data`)
-        ):
-    "The resource as a typed DataFrame, verified against its hash and validated against its schema."
-    return _load(package, resource, columns, as_input=True, root=root)
+# %% ../../nbs/data/load.ipynb #73364df3
+def _read_whole(url: str):
+    "The bytes of a local file or fsspec URL; None when a local file keeps changing while it is read."
+    if is_url(url): return read_bytes(url)
+    for attempt in range(3):
+        with open(url, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read()
+            if len(data) == size and not f.read(1): return data
+    return None
 
-def column_values(package: str, resource: str, column: str, *,
-                  root: str | None = None, # the data root to read from; None for the workspace's
-                  as_input: bool = True, # False for a check's read, which is not an input of the work: not noted in the lineage
-                 ) -> list:
-    "The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it is there."
-    import pyarrow as pa
-    col = _load(package, resource, [column], as_input=as_input, as_table=True, root=root).column(0)
-    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t): col = _as_large_text(col)
-    elif pa.types.is_dictionary(col.type): col = col.cast(t)
-    return col.to_pylist()
+# %% ../../nbs/data/load.ipynb #0d676905
+def _fetch_and_validate(res: Resource, bar):
+    "(DataFrame, typed Arrow table, sha256) of a resource's file: read, hash-checked, validated."
+    where = Where(res.package, res.name, res.file)
+    try: data = _read_whole(res.url)
+    except FileNotFoundError: _fail(where, f"the resource's file {res.url} does not exist")
+    if data is None: _fail(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
+    bar.update(1)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while Arrow parses
+        hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        try: table, df = _validated(data, res)
+        except DataValidationError:  # a changed file is reported as that, before what changed in it
+            if res.sha256 and hashing.result() != res.sha256: _hash_mismatch(res, hashing.result())
+            raise
+        sha = hashing.result()
+    if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
+    bar.update(1)
+    return df, table, sha
 
+# %% ../../nbs/data/load.ipynb #5f506f7c
 def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None):
     """`load`; `as_input=False` for the loads checks make (only what a caller asked for is lineage);
     `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
@@ -378,34 +427,31 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
     if as_table: return table.select(columns) if columns else table
     return df[columns] if columns else df
 
-def _read_whole(url: str):
-    "The bytes of a local file or fsspec URL; None when a local file keeps changing while it is read."
-    if is_url(url): return read_bytes(url)
-    for attempt in range(3):
-        with open(url, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read()
-            if len(data) == size and not f.read(1): return data
-    return None
+# %% ../../nbs/data/load.ipynb #4a5654d4
+def load(package: str, # a data package's name
+         resource: str | None = None, # one of its resources; may be left out when the package has only one
+         *,
+         columns=None, # a column name or a list of them; None for all
+         root: str | None = None, # the data root to read from; None for the workspace's (`[workspace] data`)
+        ):
+    "The resource as a typed DataFrame, verified against its hash and validated against its schema."
+    return _load(package, resource, columns, as_input=True, root=root)
 
-def _fetch_and_validate(res: Resource, bar):
-    "(DataFrame, typed Arrow table, sha256) of a resource's file: read, hash-checked, validated."
-    where = Where(res.package, res.name, res.file)
-    try: data = _read_whole(res.url)
-    except FileNotFoundError: _fail(where, f"the resource's file {res.url} does not exist")
-    if data is None: _fail(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
-    bar.update(1)
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while Arrow parses
-        hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        try: table, df = _validated(data, res)
-        except DataValidationError:  # a changed file is reported as that, before what changed in it
-            if res.sha256 and hashing.result() != res.sha256: _hash_mismatch(res, hashing.result())
-            raise
-        sha = hashing.result()
-    if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
-    bar.update(1)
-    return df, table, sha
+# %% ../../nbs/data/load.ipynb #6af8eea4
+def column_values(package: str,  # a data package's name
+                  resource: str,  # one of its resources
+                  column: str,  # one of its columns
+                  *,
+                  root: str | None = None, # the data root to read from; None for the workspace's
+                  as_input: bool = True, # False for a check's read, which is not an input of the work: not noted in the lineage
+                 ) -> list:
+    "The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it is there."
+    import pyarrow as pa
+    col = _load(package, resource, [column], as_input=as_input, as_table=True, root=root).column(0)
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t): col = _as_large_text(col)
+    elif pa.types.is_dictionary(col.type): col = col.cast(t)
+    return col.to_pylist()
 
 # %% ../../nbs/data/load.ipynb #cfec925a
 from typing import NamedTuple
@@ -421,7 +467,9 @@ class Checked(NamedTuple):
 def _restricted_to_another(res: Resource, institution: str) -> bool:
     return res.access == "restricted" and bool(res.owner) and res.owner != institution
 
-def validate(package: str | None = None, resource: str | None = None) -> list[Checked]:
+def validate(package: str | None = None,  # a data package's name; None for every package
+             resource: str | None = None,  # one of its resources; None for all of them
+            ) -> list[Checked]:
     "Load `resource` of `package`, or every resource of it, or of every package, hashing every file: one `Checked` each."
     from research_kit.errors import RKError
     from research_kit.data.catalog import open_package, package_names
@@ -439,15 +487,3 @@ def validate(package: str | None = None, resource: str | None = None) -> list[Ch
             try: results.append(Checked(name, r, len(_load(name, r, None, as_input=True, rehash=True)), None))
             except RKError as e: results.append(Checked(name, r, None, e))
     return results
-
-# %% ../../nbs/data/load.ipynb #40874a99
-def resource_sha256(package: str, resource: str) -> str | None:
-    "The sha256 of a resource's current content, or None if it no longer exists."
-    from research_kit.errors import RKError
-    try: res = get_resource(package, resource)
-    except RKError: return None
-    return _current_sha256(res, HashMemo(load_settings().cache_dir))
-
-def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:
-    if res is None or (not is_url(res.url) and not os.path.isfile(res.url)): return None
-    return res.sha256 if is_url(res.url) else memo.sha256(res.url)

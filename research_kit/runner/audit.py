@@ -234,7 +234,7 @@ def _scan_manifest(manifest: Manifest, found: _Findings) -> None:
         if manifest.data.get(key) is not None: found.scan("manifest.json", key, _text(manifest.data[key]))
 
 # %% ../../nbs/runner/audit.ipynb #39d6c241
-def _summary(findings: list[Finding]) -> str:
+def _findings_line(findings: list[Finding]) -> str:
     counts = Counter(f.kind for f in findings)
     return ", ".join(f"{counts[k]} {name}{'s' if counts[k] != 1 and k != 'low_threshold' else ''}"
                      for k, name in KINDS.items() if counts[k]) + " found"
@@ -265,7 +265,7 @@ def audit_run(folder, *, threshold: int, policy: int | None = None, pseudonym_pa
     if (folder / "report.html").is_file():
         _scan_html((folder / "report.html").read_text(encoding="utf-8", errors="replace"), found)
     if public: _check_written(folder, manifest, found)
-    if found.items: reasons.append(_summary(found.items))
+    if found.items: reasons.append(_findings_line(found.items))
     return AuditResult(publishable=not reasons, findings=found.items, reasons=reasons, audience=audience,
                        threshold=threshold, policy=policy)
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/runner/reads.ipynb #d8a962b5
 from __future__ import annotations
-import json, os, re, sys
+import functools, json, os, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import research_kit
@@ -23,18 +23,18 @@ PLACES = frozenset({"workspace.data", "workspace.cache", "workspace.reports", "w
 START_CODE = ("try:\n    from research_kit.runner.reads import start_from_environment as _rk_start\n"
               "    _rk_start(); del _rk_start\nexcept ImportError: pass")  # in each engine's set-up code
 
-_hosts: dict[str, list[str]] = {}
+@functools.cache  # one name lookup per host and process
+def _addresses(host: str) -> list[str]:
+    "`host` and the addresses it resolves to (only `host` when it does not resolve)."
+    import socket
+    try: return sorted({host, *(a[4][0] for a in socket.getaddrinfo(host, None))})
+    except OSError: return [host]
 
 def _host_addresses(url: str) -> list[str]:
     "The data root's host name and its addresses: connections there fetch data that is keyed by its hash."
     from urllib.parse import urlsplit
     host = urlsplit(url).hostname
-    if not host: return []
-    if host not in _hosts:
-        import socket
-        try: _hosts[host] = sorted({host, *(a[4][0] for a in socket.getaddrinfo(host, None))})
-        except OSError: _hosts[host] = [host]
-    return _hosts[host]
+    return _addresses(host) if host else []
 
 def discovery_config(settings) -> dict | None:
     "What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts; None when `[runner] discovery = off`."

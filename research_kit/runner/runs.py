@@ -17,20 +17,23 @@ from .manifest import (IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestErro
 
 # %% auto #0
 __all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'git_state', 'run_key', 'current_key',
-           'stale_reasons', 'plan', 'still_cached', 'finish', 'make_task', 'clean_stale', 'execute', 'BuildLocked',
+           'stale_reasons', 'plan', 'still_cached', 'make_task', 'finish', 'clean_stale', 'execute', 'BuildLocked',
            'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
-def template_sha256(path: str | Path) -> str:
+def template_sha256(path: str | Path,  # a report template (.ipynb)
+                   ) -> str:
     "sha256 of a template's cell types and sources only: outputs and metadata do not count."
     blob = json.dumps([[c["cell_type"], c["source"]] for c in P.read_cells(path)], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
-def cell_sha256s(path: str | Path) -> list[str]:
+def cell_sha256s(path: str | Path,  # a report template (.ipynb)
+                ) -> list[str]:
     "sha256 of each cell's type and source, in order: which cells changed, when the template did."
     return [hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
             for c in P.read_cells(path)]
 
+# %% ../../nbs/runner/runs.ipynb #fd5cc97c
 def code_files() -> list[Path]:
     "What a run's code is: research_kit's source files, its document templates, and the message catalogs (a translation changes the documents)."
     from research_kit.i18n import locales_dir
@@ -50,7 +53,9 @@ def code_sha256() -> str:
     "sha256 of `code_files()`: part of every run's cache key."
     return _files_sha256(code_files())
 
-def git_state(root: Path) -> dict:
+# %% ../../nbs/runner/runs.ipynb #e17cafc8
+def git_state(root: Path,  # the workspace root
+             ) -> dict:
     "The workspace's git commit and whether its tree has uncommitted changes (None outside git)."
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, encoding="utf-8", errors="replace", timeout=10)
@@ -59,7 +64,13 @@ def git_state(root: Path) -> dict:
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
 
-def run_key(template_hash: str, parameters: dict, inputs: list[dict], files: list[dict] = (), settings: dict | None = None) -> str:
+# %% ../../nbs/runner/runs.ipynb #b80042b2
+def run_key(template_hash: str,  # `template_sha256` of the template
+            parameters: dict,  # the validated parameter values
+            inputs: list[dict],  # the data read: package, resource, sha256 each
+            files: list[dict] = (),  # the other files read: root, path, sha256 each
+            settings: dict | None = None,  # the settings read: name -> value
+           ) -> str:
     "The cache key: template cell sources, validated parameters, code, environment, data hashes, and the files and settings the run read."
     key = {"template": template_hash, "parameters": parameters, "code": code_sha256(), "environment": environment()["packages_sha256"],
            "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs)}
@@ -68,7 +79,7 @@ def run_key(template_hash: str, parameters: dict, inputs: list[dict], files: lis
     if settings: key["settings"] = sorted(settings.items())
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
-# %% ../../nbs/runner/runs.ipynb #fd5cc97c
+# %% ../../nbs/runner/runs.ipynb #86a463f1
 def current_key(
     run: Run,  # a planned run
     m: Manifest,  # the manifest of its earlier run
@@ -78,7 +89,9 @@ def current_key(
     from research_kit.runner.reads import current
     return run_key(run.template_hash, run.parameters, *current(m, settings or load_settings()))
 
-def stale_reasons(run: Run, settings: Settings | None = None) -> list[str]:
+def stale_reasons(run: Run,  # a planned run
+                  settings: Settings | None = None,  # the workspace's settings now; None to read them
+                 ) -> list[str]:
     "Why `run` cannot be served from its folder's earlier run; [] when it can."
     from research_kit.runner.reads import changes
     try: m = read_manifest(run.folder)
@@ -90,7 +103,13 @@ def stale_reasons(run: Run, settings: Settings | None = None) -> list[str]:
     if m.cache_key == current_key(run, m, s): return []
     return changes(run, m, s) or ["its cache key differs"]
 
-def plan(report: str, given: dict | None = None, settings: Settings | None = None, *, force: bool = False) -> Run:
+# %% ../../nbs/runner/runs.ipynb #27fceea4
+def plan(report: str,  # a template's name (or path) in the workspace's reports folder
+         given: dict | None = None,  # parameter values, as text (from the command line) or typed
+         settings: Settings | None = None,  # the workspace's settings; None to read them
+         *,
+         force: bool = False,  # run even if cached
+        ) -> Run:
     "Validate `report` and its parameters `given` (text or typed values) and decide whether it is cached."
     s = settings or load_settings()
     template = P.find_template(report, s.reports_dir)
@@ -104,10 +123,28 @@ def plan(report: str, given: dict | None = None, settings: Settings | None = Non
     run.cached = still_cached(run, s)
     return run
 
-def still_cached(run: Run, settings: Settings | None = None) -> bool:
+def still_cached(run: Run,  # a planned run; its `why` is set
+                 settings: Settings | None = None,  # the workspace's settings now; None to read them
+                ) -> bool:
     "Decide again whether a planned run is cached (and why not): another rk process may have finished it since it was planned."
     run.why = ("--force",) if run.forced else tuple(stale_reasons(run, settings))
     return not run.why
+
+# %% ../../nbs/runner/runs.ipynb #1caa906c
+def make_task(
+    run: Run,  # a planned run
+    settings: Settings,  # the workspace's settings: root, timeout, and what the documents show
+    engine: str,  # `warm` or `kernel`
+    *,
+    git: dict | None = None,  # the workspace's git state, for the documents' footer
+    output_dir: Path | None = None,  # where the run writes; default: a temporary folder beside its own
+) -> Task:
+    "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
+    from research_kit.runner.reads import discovery_config
+    output_dir = output_dir or run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
+    return Task(run.name, str(run.template), run.parameters, engine, cwd=str(settings.root), output_dir=str(output_dir),
+                timeout=settings.timeout, reader=settings.reader, pdf=settings.pdf, threshold=settings.threshold,
+                data=settings.data, git=git, reads=discovery_config(settings))
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
@@ -148,29 +185,23 @@ def finish(
     swap_into_place(tmp, run.folder)
     return manifest
 
-# %% ../../nbs/runner/runs.ipynb #45ae94d0
-def make_task(
-    run: Run,  # a planned run
-    settings: Settings,  # the workspace's settings: root, timeout, and what the documents show
-    engine: str,  # `warm` or `kernel`
-    *,
-    git: dict | None = None,  # the workspace's git state, for the documents' footer
-    output_dir: Path | None = None,  # where the run writes; default: a temporary folder beside its own
-) -> Task:
-    "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
-    from research_kit.runner.reads import discovery_config
-    output_dir = output_dir or run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
-    return Task(run.name, str(run.template), run.parameters, engine, cwd=str(settings.root), output_dir=str(output_dir),
-                timeout=settings.timeout, reader=settings.reader, pdf=settings.pdf, threshold=settings.threshold,
-                data=settings.data, git=git, reads=discovery_config(settings))
-
-def clean_stale(build_dir: Path) -> None:
+# %% ../../nbs/runner/runs.ipynb #c08078d8
+def clean_stale(build_dir: Path,  # the workspace's build folder
+               ) -> None:
     "Remove temporary folders a killed run left behind (only called while holding the build lock)."
     for stale in list(build_dir.glob("*/.tmp-*")) + list(build_dir.glob("*/.old-*")):
         shutil.rmtree(stale, ignore_errors=True)
 
-def execute(runs: list[Run], settings: Settings, *, engine: str, executor: str = "local", workers: int | None = None,
-            scheduler: str | None = None, on_result=None) -> list[tuple[Run, Manifest]]:
+# %% ../../nbs/runner/runs.ipynb #9091a008
+def execute(runs: list[Run],  # planned runs
+            settings: Settings,  # the workspace's settings
+            *,
+            engine: str,  # `warm` or `kernel` (`research_kit.runner.engines`)
+            executor: str = "local",  # `local` or `dask` (`research_kit.runner.executors`)
+            workers: int | None = None,  # parallel runs; None: `[runner] workers`
+            scheduler: str | None = None,  # the dask scheduler's address, for the `dask` executor
+            on_result=None,  # called with (run, manifest) as each run is in place
+           ) -> list[tuple[Run, Manifest]]:
     "Run every run; return (run, manifest) pairs in the order they finished."
     from research_kit.runner.engines import ENGINES
     from research_kit.runner.executors import EXECUTORS
@@ -193,7 +224,10 @@ class BuildLocked(RKError):
 
 class build_lock:
     "Hold the build folder's lock for the duration of a `with` block."
-    def __init__(self, build_dir: Path, wait: bool = False):
+    def __init__(self,
+                 build_dir: Path,  # the workspace's build folder
+                 wait: bool = False,  # wait for the holder to finish, instead of raising `BuildLocked`
+                ):
         self.path, self.wait = Path(build_dir) / ".lock", wait
     def __enter__(self):
         from research_kit.files import LockHeld, exclusive_lock

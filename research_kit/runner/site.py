@@ -207,7 +207,7 @@ tr.state-failed,tr.state-unreadable,tr.state-audit-failed{background:#fffafa}
 .empty{color:#666;font-style:italic}
 """
 
-def _summary(runs: list[Run], generated: datetime) -> str:
+def _index_summary_html(runs: list[Run], generated: datetime) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in ("succeeded", "failed", "unreadable")}
     attrs = f'data-total="{len(runs)}"' + "".join(f' data-{s}="{n}"' for s, n in counts.items())
     parts = [f'<span class="n-total">{len(runs)} run{"s" if len(runs) != 1 else ""}</span>',
@@ -264,7 +264,7 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
     return (f"<!DOCTYPE html>\n<html lang=\"{_e(lang)}\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
-            f"{_summary(runs, generated)}\n{form}{empty}"
+            f"{_index_summary_html(runs, generated)}\n{form}{empty}"
             f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
             "</body>\n</html>\n")
 

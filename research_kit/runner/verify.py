@@ -18,7 +18,7 @@ from .runs import build_lock, cell_sha256s, make_task, plan, run_key, template_s
 __all__ = ['REL_TOL', 'Difference', 'same', 'text_outputs', 'compare', 'template_changes', 'rerun_parameters', 'run_of',
            'irreproducible', 'same_inputs', 'mark_irreproducible', 'verify_runs']
 
-# %% ../../nbs/runner/verify.ipynb #e991d288
+# %% ../../nbs/runner/verify.ipynb #a99ba1db
 @dataclass(frozen=True)
 class Difference:
     "One difference between a run and its re-run."
@@ -30,7 +30,10 @@ class Difference:
 
 REL_TOL = 1e-9
 
-def same(a, b) -> bool:
+# %% ../../nbs/runner/verify.ipynb #715c2dbd
+def same(a,  # a recorded value of the run
+         b,  # the same record of the re-run
+        ) -> bool:
     "Equal as records compare: floats to a relative 1e-9, everything else exactly."
     if isinstance(a, bool) or isinstance(b, bool): return a is b
     if isinstance(a, float) or isinstance(b, float):
@@ -40,7 +43,9 @@ def same(a, b) -> bool:
     if isinstance(a, dict) and isinstance(b, dict): return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return type(a) == type(b) and a == b
 
-def text_outputs(nb_path: Path) -> dict[str, str]:
+# %% ../../nbs/runner/verify.ipynb #bed38200
+def text_outputs(nb_path: Path,  # an executed notebook
+                ) -> dict[str, str]:
     "Cell label -> the text a cell printed or displayed (records and images left out)."
     import nbformat
     nb = nbformat.read(str(nb_path), as_version=4)
@@ -57,7 +62,12 @@ def text_outputs(nb_path: Path) -> dict[str, str]:
         out[f"code cell {n}"] = "".join(parts)
     return out
 
-def compare(name: str, expected_nb: Path, expected_records: dict, actual_nb: Path) -> list[Difference]:
+# %% ../../nbs/runner/verify.ipynb #4b31d74b
+def compare(name: str,  # the run, as `report/slug`
+            expected_nb: Path,  # the run's executed notebook
+            expected_records: dict,  # the records its manifest holds
+            actual_nb: Path,  # the re-run's executed notebook
+           ) -> list[Difference]:
     "Differences in records and text outputs between two executions of one run."
     diffs, actual_records = [], records(actual_nb)
     for key in sorted(set(expected_records) | set(actual_records)):
@@ -68,8 +78,11 @@ def compare(name: str, expected_nb: Path, expected_records: dict, actual_nb: Pat
         if exp.get(cell) != act.get(cell): diffs.append(Difference(name, "output", cell, exp.get(cell), act.get(cell)))
     return diffs
 
-# %% ../../nbs/runner/verify.ipynb #a99ba1db
-def template_changes(name: str, manifest: Manifest, template: Path) -> list[Difference]:
+# %% ../../nbs/runner/verify.ipynb #0f1159cd
+def template_changes(name: str,  # the run, as `report/slug`
+                     manifest: Manifest,  # the run's manifest, with the template's hashes then
+                     template: Path,  # the template as it is now
+                    ) -> list[Difference]:
     "How the template changed since the run: a first line saying so, then each cell added, removed or edited."
     import difflib
     then = manifest.template
@@ -86,14 +99,21 @@ def template_changes(name: str, manifest: Manifest, template: Path) -> list[Diff
             else: diffs.append(Difference(name, "template", f"cell {j1 + k + 1} added", "-", f"cell {j1 + k + 1}"))
     return diffs
 
-def rerun_parameters(name: str, recorded: dict, declared: dict) -> tuple[dict, list[Difference]]:
+# %% ../../nbs/runner/verify.ipynb #46f72200
+def rerun_parameters(name: str,  # the run, as `report/slug`
+                     recorded: dict,  # the parameters its manifest records
+                     declared: dict,  # the template's parameters now (`params.template_parameters`)
+                    ) -> tuple[dict, list[Difference]]:
     "The run's recorded parameters that the template still declares, and a difference for each one gained or lost."
     diffs = [Difference(name, "parameter", p, "(not a parameter then)", f"{declared[p].default!r} (its default)")
              for p in declared if p not in recorded]
     diffs += [Difference(name, "parameter", p, repr(v), "(no longer a parameter: left out)") for p, v in recorded.items() if p not in declared]
     return {p: v for p, v in recorded.items() if p in declared}, diffs
 
-def run_of(folder: Path, settings: Settings) -> tuple[Run, Manifest, list[Difference]]:
+# %% ../../nbs/runner/verify.ipynb #53575ce0
+def run_of(folder: Path,  # a finished run's folder: its manifest.json and report.ipynb
+           settings: Settings,  # the workspace's settings
+          ) -> tuple[Run, Manifest, list[Difference]]:
     "The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and how the template changed."
     folder = Path(folder)
     m = read_manifest(folder)
@@ -107,18 +127,26 @@ def run_of(folder: Path, settings: Settings) -> tuple[Run, Manifest, list[Differ
     run.folder = folder  # the run's own outputs, whatever folder its parameters would name today
     return run, m, template_changes(name, m, template) + notes
 
-def irreproducible(diffs: list[Difference]) -> str:
+# %% ../../nbs/runner/verify.ipynb #e7be800d
+def irreproducible(diffs: list[Difference],  # what differed: its status, records, outputs
+                  ) -> str:
     "What a run's manifest says when a re-run with the same inputs gave other results (`diffs`: its status, records, outputs)."
     what = "; ".join(dict.fromkeys(f"{d.kind} {d.name}" for d in diffs))
     return (f"{IRREPRODUCIBLE}a re-run with the same inputs gave other results ({what}): "
             "something no key covers decides them, such as unseeded randomness")
 
-def same_inputs(run: Run, m: Manifest, outcome: Outcome) -> bool:
+def same_inputs(run: Run,  # the planned re-run
+                m: Manifest,  # the manifest of the run it re-ran
+                outcome: Outcome,  # what the re-run's worker reported
+               ) -> bool:
     "Did the re-run `outcome` of `run` read exactly what the run of manifest `m` read (the same cache key)?"
     if outcome.unkeyed or m.unkeyed: return False  # such a run is never reused anyway
     return run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings) == m.cache_key
 
-def mark_irreproducible(folder, m: Manifest, reason: str) -> bool:
+def mark_irreproducible(folder,  # the run's folder
+                        m: Manifest,  # the manifest of the run that was verified
+                        reason: str,  # what to add to its `unkeyed` (`irreproducible`)
+                       ) -> bool:
     "Add `reason` to the `unkeyed` of the run in `folder`, if it is still the run of manifest `m`; True if it was added."
     try: now = read_manifest(folder)
     except ManifestError: return False
@@ -126,8 +154,13 @@ def mark_irreproducible(folder, m: Manifest, reason: str) -> bool:
     if reason not in now.unkeyed: write_manifest(folder, now.with_(unkeyed=[*now.unkeyed, reason]))
     return True
 
-def verify_runs(folders: list[Path], settings: Settings | None = None, *, engine: str | None = None,
-                workers: int | None = None) -> list[Difference]:
+# %% ../../nbs/runner/verify.ipynb #e1c65fdc
+def verify_runs(folders: list[Path],  # finished runs' folders
+                settings: Settings | None = None,  # the workspace's settings; None to read them
+                *,
+                engine: str | None = None,  # `warm` or `kernel`; None: the engine each run recorded
+                workers: int | None = None,  # parallel re-runs; None: `[runner] workers`
+               ) -> list[Difference]:
     "Re-execute each finished run into a temporary folder and list every difference."
     from research_kit.runner.executors import LocalExecutor
     s = settings or load_settings()
