@@ -1075,6 +1075,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                    'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.template_dir': ( 'runner/documents.html#template_dir',
                                                                                                'research_kit/runner/documents.py'),
+                                               'research_kit.runner.documents.warm_up_documents': ( 'runner/documents.html#warm_up_documents',
+                                                                                                    'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.write_documents': ( 'runner/documents.html#write_documents',
                                                                                                   'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.write_html': ( 'runner/documents.html#write_html',

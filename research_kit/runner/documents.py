@@ -16,7 +16,7 @@ __all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'T
            'PARAMETER_TAGS', 'PAGE_CSS', 'CHROMIUM_NAMES', 'PDF_MODES', 'reader_words', 'parameter_words',
            'parameter_labels', 'document_title', 'first_heading', 'provenance', 'sanitize_html', 'sanitize_outputs',
            'template_dir', 'present_records', 'write_reader', 'write_notebook_html', 'write_html', 'PdfError',
-           'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents']
+           'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents', 'warm_up_documents']
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
@@ -351,3 +351,12 @@ def write_documents(nb_path, out, context: dict | None = None, *, label=None, wo
     try: print_pdf(out / "report.html", out / "report.pdf", chromium=chromium)
     except PdfError as e: return {"pdf": {"made": False, "reason": str(e)}}
     return {"pdf": {"made": True, "seconds": round(time.perf_counter() - t0, 3)}}
+
+# %% ../../nbs/runner/documents.ipynb #fb7a044f
+def warm_up_documents() -> None:
+    "Render a tiny notebook's documents once in this process, so that the first run's documents cost no imports."
+    import nbformat, tempfile
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Warm-up"), nbformat.v4.new_code_cell("1")])
+    with tempfile.TemporaryDirectory(prefix="rk-warm-up-") as folder:
+        nbformat.write(nb, Path(folder) / "report.ipynb")
+        write_documents(Path(folder) / "report.ipynb", folder, {"report": "warm_up", "pdf": "off"})

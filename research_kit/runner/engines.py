@@ -32,8 +32,10 @@ class Engine:
     save_each_cell = False  # papermill saves the notebook after each cell, so a killed run leaves its progress
 
     def warm_up(self) -> None:
-        "What a worker process does once, before its first report."
-        import papermill  # noqa: F401  (two seconds, paid once per worker rather than once per report)
+        "What a worker process does once, before its first report: import papermill, warm up the documents' renderers."
+        from research_kit.runner.documents import warm_up_documents
+        import papermill  # noqa: F401  (two seconds, paid once per worker rather than in its first report's duration)
+        warm_up_documents()  # a second, likewise
 
     def papermill_engine(self) -> type:
         "The papermill engine class that runs the cells (papermill is imported here, when a report first runs)."
@@ -191,7 +193,9 @@ class WarmEngine(Engine):
     "Cells run in this worker's warm IPython shell, in a fresh namespace per report."
     name = "warm"
 
-    def warm_up(self) -> None: warm_shell()
+    def warm_up(self) -> None:
+        super().warm_up()
+        warm_shell()
 
     def papermill_engine(self) -> type:
         from papermill.engines import Engine as PapermillEngine
