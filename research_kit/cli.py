@@ -10,10 +10,10 @@ import typer
 from .errors import RKError
 
 # %% auto #0
-__all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'config', 'datasets_list', 'datasets_show',
-           'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params', 'run', 'batch', 'new_report',
-           'open_report', 'push', 'pull', 'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs',
-           'main']
+__all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'DAEMON_HELP', 'workers_app', 'keys_app', 'config',
+           'datasets_list', 'datasets_show', 'datasets_validate', 'datasets_new', 'datasets_rehash', 'demo', 'params',
+           'run', 'batch', 'workers', 'workers_stop', 'new_report', 'open_report', 'push', 'pull', 'site', 'keys_new',
+           'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
 
 # %% ../nbs/cli.ipynb #f921d409
 # Help as plain text (rich_markup_mode=None): Typer's Rich panels show a flag as `--force <bool>`
@@ -254,6 +254,13 @@ def _run_and_report(runs, settings, dry_run=False, **options):
 
 ENGINE_HELP = "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
 SHARE_HELP = "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
+DAEMON_HELP = ("run in a pool of this command's own, as with [runner] daemon = off (default: hand the reports to the workspace's "
+               "long-lived warm workers, started if none run; see rk workers)")
+
+def _executor(settings, executor: str, no_daemon: bool) -> str:
+    "`daemon` when a local run goes to the workspace's long-lived workers, else `executor` as given."
+    from research_kit.runner.daemon import wanted
+    return "daemon" if executor == "local" and wanted(settings, no_daemon) else executor
 
 @app.command()
 def run(report: str = typer.Argument(..., help="report template name, or its path"),
@@ -261,13 +268,14 @@ def run(report: str = typer.Argument(..., help="report template name, or its pat
         engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
         force: bool = typer.Option(False, help="run even if an identical successful run exists"),
         wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
-        share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
+        share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP),
+        no_daemon: bool = typer.Option(False, "--no-daemon", help=DAEMON_HELP)):
     "Run one report."
     from research_kit.settings import load_settings
     from research_kit.runner.runs import plan
     s = load_settings()
     _run_and_report([plan(report, _given(param), s, force=force)], s, engine=engine, workers=1, wait=wait,
-                    share=share and not force)
+                    share=share and not force, executor=_executor(s, "local", no_daemon))
 
 @app.command()
 def batch(name: str = typer.Argument(..., help="batch name in reports/batches.yaml"),
@@ -280,14 +288,47 @@ def batch(name: str = typer.Argument(..., help="batch name in reports/batches.ya
           dry_run: bool = typer.Option(False, "--dry-run", help="list what would run and why, and what is cached"),
           max_runs: int = typer.Option(1000, min=1, help="refuse batches with more runs than this"),
           wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
-          share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
+          share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP),
+          no_daemon: bool = typer.Option(False, "--no-daemon", help=DAEMON_HELP)):
     "Run a named batch of reports."
     from research_kit.settings import load_settings
     from research_kit.runner.batch import plan_batch
     s = load_settings()
     runs = plan_batch(name, s, force=force, only=only, max_runs=max_runs)
-    _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=executor, workers=workers, scheduler=scheduler, wait=wait,
-                    share=share and not force)
+    _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=_executor(s, executor, no_daemon), workers=workers,
+                    scheduler=scheduler, wait=wait, share=share and not force)
+
+workers_app = typer.Typer(help="The workspace's long-lived warm workers: rk workers shows them, rk workers stop ends them.",
+                          invoke_without_command=True, rich_markup_mode=None)
+app.add_typer(workers_app, name="workers")
+
+def _describe_workers(state) -> list[str]:
+    busy = [w for w in state["workers"] if w["busy"]]
+    pids = ", ".join(f"{w['pid']} ({w['engine']}{', busy' if w['busy'] else ''})" for w in state["workers"]) or "none yet"
+    return [f"process {state['pid']}, started {state['started']}, listening at {state['address']}",
+            f"workers: {pids}",
+            f"{'busy' if busy else 'idle for ' + format(state['idle_for'], '.0f') + ' s'}; stops after {state['idle']} s idle ([runner] idle)"]
+
+@workers_app.callback()
+def workers(ctx: typer.Context):
+    "Show the workspace's long-lived warm workers."
+    if ctx.invoked_subcommand: return
+    from research_kit.settings import load_settings
+    from research_kit.runner.daemon import status
+    state = status(load_settings())
+    if state is None:
+        _console().print("no long-lived workers run for this workspace (the next rk run or rk batch starts them)")
+        return
+    for line in _describe_workers(state): _console().print(line, markup=False)
+
+@workers_app.command("stop")
+def workers_stop():
+    "Stop the workspace's long-lived warm workers (the next rk run or rk batch starts new ones)."
+    from research_kit.settings import load_settings
+    from research_kit.runner.daemon import stop
+    state = stop(load_settings())
+    if state is None: _console().print("no long-lived workers were running for this workspace")
+    else: _console().print(f"stopped the long-lived workers (process {state['pid']})", markup=False)
 
 # %% ../nbs/cli.ipynb #f63b8810
 @app.command("new")

@@ -8,8 +8,9 @@ import os, shutil, signal, subprocess, sys, sysconfig
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MEMORY_POLL', 'own_group', 'end_tree', 'kill_all', 'end_group', 'replace_process', 'platform_name', 'memory_enforced',
-           'limit_memory', 'largest_memory', 'memory_note', 'scripts_dir', 'script']
+__all__ = ['MEMORY_POLL', 'own_group', 'end_tree', 'kill_all', 'end_group', 'replace_process', 'detached', 'private_folder',
+           'local_address', 'exit_with_parent', 'platform_name', 'memory_enforced', 'limit_memory', 'largest_memory',
+           'memory_note', 'scripts_dir', 'script']
 
 # %% ../nbs/processes.ipynb #f0f73cb8
 def _die_with_parent() -> None:
@@ -69,6 +70,56 @@ def replace_process(
     try: code = subprocess.call(cmd)
     except KeyboardInterrupt: code = 130  # Ctrl+C reached the child too; it has stopped
     sys.exit(code)
+
+# %% ../nbs/processes.ipynb #67d1eb36
+def detached() -> dict:
+    "Keyword arguments for `subprocess.Popen` that start a background process which outlives this one."
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS | subprocess.CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+_SOCKET_NAME_MAX = 100  # sockaddr_un holds 104 (macOS) or 108 (Linux) bytes, the final NUL included
+
+def private_folder(
+    folder: Path,  # a folder only this user may enter (created if missing)
+) -> Path:
+    "Create `folder` (and its parents) and make it owner-only (0700 on POSIX); the folder."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.name != "nt":
+        os.chmod(folder, 0o700)
+        if folder.stat().st_uid != os.getuid():
+            raise PermissionError(f"{folder} belongs to another user; remove it or set another folder")
+    return folder
+
+def local_address(
+    folder: Path,  # the runtime folder of whoever listens (made owner-only)
+    name: str = "workers",  # the listener's name in it
+) -> tuple[str, str]:
+    "(address, family) for `multiprocessing.connection.Listener`: a Unix domain socket in `folder`, a named pipe on Windows."
+    import hashlib, tempfile
+    tag = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    if os.name == "nt": return rf"\\.\pipe\rk-{name}-{tag}", "AF_PIPE"
+    path = private_folder(folder) / f"{name}.sock"
+    if len(os.fsencode(str(path))) > _SOCKET_NAME_MAX:
+        path = private_folder(Path(tempfile.gettempdir()) / f"rk-{os.getuid()}") / f"{name}-{tag}.sock"
+    return str(path), "AF_UNIX"
+
+# %% ../nbs/processes.ipynb #ce6bf2cb
+def exit_with_parent(
+    poll: float = 1.0,  # seconds between two looks
+) -> None:
+    "End this process, and what it started, soon after the process that started it is gone (a watcher thread)."
+    import threading, time
+    import psutil
+    parent = os.getppid()
+    def watch():
+        while True:
+            time.sleep(poll)
+            if os.getppid() == parent and psutil.pid_exists(parent): continue  # POSIX re-parents an orphan; Windows does not
+            try: kill_all(psutil.Process().children(recursive=True))
+            finally: os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="rk-exit-with-parent").start()
 
 # %% ../nbs/processes.ipynb #00b1997c
 MEMORY_POLL = 0.25  # seconds between two looks at a watched worker's memory

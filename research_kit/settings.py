@@ -26,7 +26,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
                   # the consortium's shared run store (rk push / pull), and who signs what is pushed to it
                   "share": "", "share_owner": "", "researcher": "", "signing_key": ""},
     "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0", "reader": "on", "pdf": "auto",
-               "discovery": "on"},
+               "discovery": "on", "daemon": "on", "idle": "900"},
     "privacy": {"threshold": "10"},
 }
 
@@ -38,6 +38,8 @@ _CHECKS = {  # (section, key): (test, what was expected)
     ("runner", "reader"): (lambda v: v in ("on", "off"), "on or off"),
     ("runner", "pdf"): (lambda v: v in ("auto", "on", "off"), "auto (public runs, when chromium is installed), on or off"),
     ("runner", "discovery"): (lambda v: v in ("on", "off"), "on (discover the files and settings each run reads) or off"),
+    ("runner", "daemon"): (lambda v: v in ("on", "off"), "on (keep warm workers running between commands) or off"),
+    ("runner", "idle"): (_between(1, WEEK), f"a whole number of seconds from 1 to {WEEK} (a week)"),
     ("privacy", "threshold"): (_between(1, 1_000_000), "a whole number from 1 to 1000000"),
 }
 
@@ -169,6 +171,10 @@ class Settings:
     def pdf(self) -> str: return self.get("runner", "pdf")
     @property
     def discovery(self) -> str: return self.get("runner", "discovery")
+    @property
+    def daemon(self) -> str: return self.get("runner", "daemon")
+    @property
+    def idle(self) -> int: return int(self.get("runner", "idle"))
     @property
     def threshold_policy(self) -> int:
         "The threshold the workspace's settings.ini commits to (or the default), whatever overrides it."

@@ -22,6 +22,10 @@ os.environ["XDG_CONFIG_HOME"] = _CONFIG
 os.environ.pop("RK_USER_SETTINGS", None)
 atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 
+# As on a CI service, rk runs reports in a pool of its own command's rather than handing them to long-lived
+# workers that would outlive the test (research_kit.runner.daemon); tests/test_daemon.py clears it.
+os.environ["CI"] = "1"
+
 
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
     """Run the installed `rk` command; return the CompletedProcess (text output)."""

@@ -10,10 +10,10 @@ from dataclasses import replace
 from ..errors import RKError
 from .engines import ENGINES, execute_report
 from .manifest import Outcome, Task
-from ..processes import MEMORY_POLL, largest_memory, limit_memory, memory_enforced
+from ..processes import MEMORY_POLL, exit_with_parent, largest_memory, limit_memory, memory_enforced
 
 # %% auto #0
-__all__ = ['GRACE', 'EXECUTORS', 'LocalExecutor', 'DaskExecutor']
+__all__ = ['GRACE', 'EXECUTORS', 'LocalExecutor', 'DaskExecutor', 'DaemonExecutor']
 
 # %% ../../nbs/runner/executors.ipynb #a994a16c
 GRACE = 30  # seconds beyond the report timeout (kernel start, writing outputs) before a worker is killed
@@ -21,6 +21,7 @@ GRACE = 30  # seconds beyond the report timeout (kernel start, writing outputs) 
 def _worker_main(conn, engine: str, memory: int = 0) -> None:
     "A worker process: warm up, then run tasks until told to stop."
     limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit (else the parent watches)
+    exit_with_parent()  # a pool killed with SIGKILL cannot end its workers: they end themselves
     if engine in ENGINES: ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
     conn.send("ready")
     while True:
@@ -53,23 +54,27 @@ class _Worker:
         self.proc.join(5)
 
 class LocalExecutor:
-    "Runs tasks in `workers` local processes, replacing any that die or hang."
-    def __init__(self, workers: int = 1, memory: int = 0, **_):
-        self.workers, self.memory = max(1, int(workers)), int(memory or 0)
+    "Runs tasks in `workers` local processes, replacing any that die or hang; with `keep`, the processes outlive `run` (`close` ends them)."
+    def __init__(self, workers: int = 1, memory: int = 0, keep: bool = False, **_):
+        self.workers, self.memory, self.keep = max(1, int(workers)), int(memory or 0), keep
         self.watch = self.memory > 0 and not memory_enforced()  # no OS cap here: look at each busy worker's memory
+        self.pool, self.engine = [], None  # the workers, and the engine they warmed up for
 
-    def run(self, tasks: list[Task]):
-        "Yield (task, outcome) for every task, in the order they finish."
+    def run(self, tasks: list[Task], cancel=None):
+        "Yield (task, outcome) for every task, in the order they finish; stop early when `cancel` (a connection) becomes readable."
         import multiprocessing as mp
         from multiprocessing.connection import wait
         if not tasks: return
         ctx = mp.get_context("spawn")
         engine = tasks[0].engine
-        pending = deque(tasks)
-        pool = [_Worker(ctx, engine, self.memory) for _ in range(min(self.workers, len(tasks)))]
+        if self.engine != engine: self.close()
+        self.engine, pool, pending = engine, self.pool, deque(tasks)
+        busy = min(self.workers, len(tasks))  # a kept pool may hold more workers than this run may use
+        while len(pool) < busy: pool.append(_Worker(ctx, engine, self.memory))
+        finished = False
         try:
             while pending or any(w.task for w in pool):
-                for w in pool:
+                for w in pool[:busy]:
                     if w.ready and w.task is None and pending:
                         w.task = pending.popleft()
                         w.deadline = time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
@@ -77,7 +82,8 @@ class LocalExecutor:
                 deadlines = [w.deadline for w in pool if w.task]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 if self.watch and deadlines: timeout = min(timeout, MEMORY_POLL)
-                ready = wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout)
+                ready = wait([w.conn for w in pool] + [w.proc.sentinel for w in pool] + ([cancel] if cancel else []), timeout)
+                if cancel is not None and cancel in ready: return  # whoever asked is gone: its reports end with it (below)
                 for i, w in enumerate(list(pool)):
                     outcome = None
                     if w.conn in ready:
@@ -97,13 +103,26 @@ class LocalExecutor:
                     elif w.task and time.monotonic() > w.deadline and not w.conn.poll():  # a result that just came is not a timeout
                         outcome = self._replace(pool, i, ctx, engine, "Timeout")
                     if outcome and outcome[0] is not None: yield outcome
+            finished = True
         finally:
-            for w in pool:
-                try: w.conn.send(None)
-                except (OSError, ValueError): pass
-            for w in pool:
-                w.proc.join(2)
-                if w.proc.is_alive(): w.kill()
+            if not self.keep: self.close()
+            elif not finished:  # abandoned halfway: a worker still running a report is replaced, so the next run finds it free
+                for i, w in enumerate(list(pool)):
+                    if w.task is not None: w.task = None; self._replace(pool, i, ctx, engine, "Abandoned")
+
+    def close(self) -> None:
+        "Stop every worker of the pool (asked first, killed if it does not stop)."
+        pool, self.pool = self.pool, []
+        for w in pool:
+            try: w.conn.send(None)
+            except (OSError, ValueError): pass
+        for w in pool:
+            w.proc.join(2)
+            if w.proc.is_alive(): w.kill()
+
+    def pids(self) -> list[tuple[int, bool]]:
+        "(process id, busy) of each worker of the pool."
+        return [(w.proc.pid, w.task is not None) for w in self.pool]
 
     def _explain(self, outcome: Outcome) -> Outcome:
         "Say plainly when a report failed because it hit the memory limit."
@@ -155,4 +174,14 @@ class DaskExecutor:
         finally:
             client.close()
 
-EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
+class DaemonExecutor:
+    "Runs tasks in the workspace's long-lived warm workers (`research_kit.runner.daemon`), starting them when none run."
+    def __init__(self, workers: int = 1, settings=None, **_):
+        self.workers, self.settings = max(1, int(workers)), settings
+
+    def run(self, tasks: list[Task]):
+        "Yield (task, outcome) for every task, in the order they finish."
+        from research_kit.runner.daemon import run_tasks
+        yield from run_tasks(tasks, self.settings, self.workers)
+
+EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor, "daemon": DaemonExecutor}

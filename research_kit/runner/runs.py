@@ -207,7 +207,7 @@ def execute(runs: list[Run],  # planned runs
     from research_kit.runner.executors import EXECUTORS
     if engine not in ENGINES: raise P.UnknownNameError("engine", engine, ENGINES)
     if executor not in EXECUTORS: raise P.UnknownNameError("executor", executor, EXECUTORS)
-    runner = EXECUTORS[executor](workers=workers or settings.workers, scheduler=scheduler, memory=settings.memory)
+    runner = EXECUTORS[executor](workers=workers or settings.workers, scheduler=scheduler, memory=settings.memory, settings=settings)
     git = git_state(settings.root)
     by_name = {r.name: r for r in runs}
     done = []
