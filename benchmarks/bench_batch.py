@@ -12,11 +12,16 @@ parameters) list as the `annual` batch.
 - the run documents: cold `rk batch annual` (warm engine) writing the reader document report.html
   next to notebook.html, vs the same batch writing notebook.html only (`[runner] reader = off`):
   target <= 1.15; and with a PDF printed for every run (`[runner] pdf = on`), reported separately
+- the honest baselines (--baselines-only; each figure the median of --repeat rounds, the contenders alternating):
+  cold `rk batch annual` (no warm workers running, nothing cached; the workspace's long-lived workers when this
+  checkout has them) vs plain papermill run two at a time over the same runs, as `xargs -P 2` would (target <= 0.3),
+  and vs the sequential loop (target <= 0.1); an unchanged rerun of `annual` vs its cold run (target <= 0.01);
+  and the dropout_risk runs' own execution times and figures (ROC AUC, Brier) from the cold batches' manifests
 - the discovery of what each run reads (files, settings; `research_kit.runner.reads`): cold
   `rk batch annual` (warm engine) with `[runner] discovery = on` vs the same batch with it off,
   alternating (off-on, on-off, ...), medians of --repeat pairs: target <= 1.05
 
-Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only] [--discovery-only] [--repeat N]
+Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only] [--discovery-only] [--baselines-only] [--repeat N]
        [--against DIR [--rounds N]]
 """
 import argparse
@@ -40,15 +45,29 @@ def rk(*args, env, cwd=ROOT):
     return time.perf_counter() - t0
 
 
+def papermill_cmd(run, out: Path) -> list[str]:
+    "One plain papermill call for `run`, writing `out`."
+    args = []
+    for name, value in run.parameters.items():  # -r passes text as is; -p lets papermill parse the rest
+        args += ["-r" if isinstance(value, str) else "-p", name, str(value)]
+    return [str(BIN / "papermill"), str(run.template), str(out), "--no-progress-bar", *args]
+
+
 def papermill_loop(runs, out: Path, env) -> float:
     "The baseline: one plain papermill process per run, one after another, as a shell loop would."
     t0 = time.perf_counter()
     for i, run in enumerate(runs):
-        args = []
-        for name, value in run.parameters.items():  # -r passes text as is; -p lets papermill parse the rest
-            args += ["-r" if isinstance(value, str) else "-p", name, str(value)]
-        subprocess.run([str(BIN / "papermill"), str(run.template), str(out / f"{i}.ipynb"), "--no-progress-bar", *args],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(papermill_cmd(run, out / f"{i}.ipynb"), cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def papermill_parallel(runs, out: Path, env, parallel: int = 2) -> float:
+    "The baseline a user with two cores has: plain papermill processes, `parallel` at a time, as `xargs -P 2` would run them."
+    from concurrent.futures import ThreadPoolExecutor
+    def one(i):
+        subprocess.run(papermill_cmd(runs[i], out / f"{i}.ipynb"), cwd=ROOT, env=env, check=True, capture_output=True)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool: list(pool.map(one, range(len(runs))))
     return time.perf_counter() - t0
 
 
@@ -153,13 +172,68 @@ def print_discovery(workers, times):
     for k, what in ((0, "wall"), (2, "CPU")):
         print(f"  each pair, {what}:", ", ".join(f"{b[k] / a[k]:.3f}" for a, b in zip(times["off"], times["on"])))
 
+def has_daemon(env) -> bool:
+    "Does this checkout's rk keep long-lived warm workers (`rk workers`)?"
+    return subprocess.run([str(BIN / "rk"), "workers", "--help"], cwd=ROOT, env=env, capture_output=True).returncode == 0
+
+def baselines(runs, workers, base, repeat) -> dict:
+    "Wall times of each round: cold `rk batch annual`, its unchanged rerun, papermill two at a time, the papermill loop; and the dropout_risk manifests."
+    import json
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-baselines-"))
+    daemon = has_daemon(base)
+    times = {"cold": [], "rerun": [], "parallel": [], "loop": []}
+    dropout = []
+    try:
+        for i in range(repeat):
+            def cold():
+                if daemon: rk("workers", "stop", env=base)  # cold: no warm workers running
+                env = {**base, "RK_WORKSPACE_BUILD": str(work / f"build{i}")}
+                times["cold"].append(rk("batch", "annual", "--workers", str(workers), env=env))
+                times["rerun"].append(rk("batch", "annual", "--workers", str(workers), env=env))
+                for p in (work / f"build{i}" / "dropout_risk").glob("*/manifest.json"):
+                    m = json.loads(p.read_text())
+                    dropout.append((m["slug"], m["duration"], m["records"].get("roc_auc"), m["records"].get("brier")))
+            def parallel():
+                (work / f"parallel{i}").mkdir()
+                times["parallel"].append(papermill_parallel(runs, work / f"parallel{i}", base, 2))
+            def loop():
+                (work / f"loop{i}").mkdir()
+                times["loop"].append(papermill_loop(runs, work / f"loop{i}", base))
+            rounds = (cold, parallel, loop) if i % 2 == 0 else (loop, parallel, cold)  # a machine getting busier favours none
+            for contender in rounds: contender()
+    finally:
+        if daemon: subprocess.run([str(BIN / "rk"), "workers", "stop"], cwd=ROOT, env=base, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return {**times, "dropout": dropout, "daemon": daemon}
+
+def print_baselines(runs, workers, figures):
+    med = {k: statistics.median(figures[k]) for k in ("cold", "rerun", "parallel", "loop")}
+    each = lambda k: " ".join(f"{t:.1f}" for t in figures[k])
+    print(f"\nhonest baselines: annual batch, {len(runs)} reports, {workers} workers, median of {len(figures['cold'])} rounds"
+          f"{' (long-lived workers stopped before each cold batch)' if figures['daemon'] else ''}")
+    print(f"{'':52} {'seconds (each)':>22} {'median':>8} {'ratio':>7}")
+    print(f"{'papermill, sequential loop':52} {each('loop'):>22} {med['loop']:8.2f}")
+    print(f"{'papermill, two at a time (xargs -P 2)':52} {each('parallel'):>22} {med['parallel']:8.2f}")
+    print(f"{'rk batch annual, cold, vs papermill two at a time':52} {each('cold'):>22} {med['cold']:8.2f} "
+          f"{med['cold'] / med['parallel']:7.3f}  target <= 0.3")
+    print(f"{'rk batch annual, cold, vs the sequential loop':52} {'':>22} {'':8} {med['cold'] / med['loop']:7.3f}  target <= 0.1")
+    print(f"{'rk batch annual, unchanged rerun, vs its cold run':52} {each('rerun'):>22} {med['rerun']:8.2f} "
+          f"{med['rerun'] / med['cold']:7.3f}  target <= 0.01")
+    print("dropout_risk runs of the cold batches (the report's own execution time, seconds; ROC AUC; Brier):")
+    by_slug = {}
+    for slug, duration, auc, brier in figures["dropout"]: by_slug.setdefault(slug, []).append((duration, auc, brier))
+    for slug, rows in sorted(by_slug.items()):
+        print(f"  {slug:60} median {statistics.median(r[0] for r in rows):6.2f} s  (each {' '.join(f'{r[0]:.2f}' for r in rows)})"
+              f"  ROC AUC {rows[0][1]}  Brier {rows[0][2]}")
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--empty", type=int, default=41, help="empty reports for the overhead figure")
     ap.add_argument("--documents-only", action="store_true", help="only the run documents' figures")
     ap.add_argument("--discovery-only", action="store_true", help="only the discovery's figure")
-    ap.add_argument("--repeat", type=int, default=1, help="pairs of batches for the discovery's figure")
+    ap.add_argument("--baselines-only", action="store_true", help="only the honest baselines (papermill two at a time, the loop, the rerun)")
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of batches for the discovery's figure, rounds of the baselines")
     ap.add_argument("--against", type=Path, help="only: cold rk batch annual here vs in this other checkout (e.g. a clone of main)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of --against, each running both checkouts")
     args = ap.parse_args()
@@ -178,6 +252,12 @@ def main():
         try:
             rk("datasets", "validate", env=base)
             print_documents(args.workers, documents_cost(args.workers, base))
+        finally: shutil.rmtree(work, ignore_errors=True)
+        return
+    if args.baselines_only:
+        try:
+            rk("datasets", "validate", env=base)
+            print_baselines(runs, args.workers, baselines(runs, args.workers, base, args.repeat))
         finally: shutil.rmtree(work, ignore_errors=True)
         return
     if args.discovery_only:
