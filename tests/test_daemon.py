@@ -80,6 +80,29 @@ def test_second_run_same_workers_identical_record(daemon_workspace):
     assert "no long-lived workers were running" in run_rk("workers", "stop", cwd=root, env=env, check=0).stdout
 
 
+def test_reports_see_the_commands_variables_and_search_path(daemon_workspace):
+    """Workers started by an earlier command with other variables still run this command's report as a pool of its own
+    would: its variables, its search path (python -c put the workspace first: helpers.py beside settings.ini was
+    importable only there, and read, so the daemon's run had another key), the same records and the same cache key."""
+    root, env = daemon_workspace
+    (root / "helpers.py").write_text("X = 1\n")
+    make_template(root / "reports" / "probe.ipynb", "n: int = 1",
+                  "import os, sys\nimport research_kit as rk\n"
+                  "try:\n    import helpers\n    found = True\nexcept ImportError:\n    found = False\n"
+                  "rk.record('helpers', found)\nrk.record('who', os.environ.get('PROBE_WHO'))\nrk.record('path', sys.path)")
+    run_rk("run", "other", cwd=root, env={**env, "PROBE_WHO": "first"}, check=0)  # starts the workers
+    pid = state(root)["pid"]
+    run_rk("run", "probe", cwd=root, env={**env, "PROBE_WHO": "second"}, check=0)
+    assert state(root)["pid"] == pid  # the same workers served it
+    folder = root / "reports" / "_build" / "probe" / "n=1"
+    daemon = json.loads((folder / "manifest.json").read_text())
+    run_rk("run", "probe", "--force", "--no-daemon", cwd=root, env={**env, "PROBE_WHO": "second"}, check=0)
+    own = json.loads((folder / "manifest.json").read_text())
+    assert daemon["cache_key"] == own["cache_key"] and daemon["files"] == own["files"], (daemon, own)
+    assert daemon["records"] == own["records"] and daemon["records"]["who"] == "second"
+    assert daemon["unkeyed"] == own["unkeyed"] == []
+
+
 def test_idle_timeout_ends_them(daemon_workspace):
     root, env = daemon_workspace
     env = {**env, "RK_RUNNER_IDLE": "2"}

@@ -5,6 +5,7 @@
 # %% ../../nbs/runner/daemon.ipynb #f9fc3bda
 from __future__ import annotations
 import contextlib, hashlib, json, os, secrets, subprocess, sys, threading, time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from ..errors import RKError
@@ -20,8 +21,10 @@ RUNTIME = "workers"  # the runtime folder's name, under the workspace's cache fo
 STATE, LOG, LOCK = "daemon.json", "daemon.log", "daemon.lock"
 START_TIMEOUT = 120  # seconds for a new daemon to listen (its workers warm up later, while the first report waits)
 STOP_TIMEOUT = 10  # seconds for a daemon asked to stop before it is killed
-VARIABLES = ("PYTHONPATH", "PYTHONHASHSEED", "XDG_CONFIG_HOME", "HOME", "USERPROFILE", "TZ", "LANG", "LC_ALL", "LC_CTYPE",
-             "JUPYTER_PATH", "JUPYTER_DATA_DIR", "MPLBACKEND")
+# read once when a process starts or first imports (the temporary folder, the caches' and configuration folders, the
+# locale), so a worker cannot take them from each command: a command whose values differ replaces the workers
+VARIABLES = ("PYTHONPATH", "PYTHONHASHSEED", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HOME", "USERPROFILE", "TZ", "LANG", "LC_ALL",
+             "LC_CTYPE", "TMPDIR", "TEMP", "TMP", "JUPYTER_PATH", "JUPYTER_DATA_DIR", "MPLBACKEND", "MPLCONFIGDIR", "IPYTHONDIR")
 
 class DaemonError(RKError):
     "The long-lived warm workers could not be started, reached or kept running."
@@ -45,7 +48,7 @@ def identity(settings: Settings) -> str:
     "sha256 of what the workers' processes depend on and the tasks do not carry."
     from research_kit.runner.runs import code_sha256, environment
     facts = {"code": code_sha256(), "environment": environment()["packages_sha256"], "python": sys.executable,
-             "root": str(settings.root), "memory": settings.memory, "idle": settings.idle,
+             "path": sys.path, "root": str(settings.root), "memory": settings.memory, "idle": settings.idle,
              "variables": sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_") or k in VARIABLES)}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
@@ -193,7 +196,8 @@ def _start(settings: Settings, ident: str) -> dict:
     "Start the workspace's daemon in the background; its state once it listens."
     from research_kit.processes import detached
     folder = runtime_dir(settings)
-    code = f"from research_kit.runner.daemon import serve; serve({str(settings.root)!r}, {ident!r})"
+    # the command's search path, not `python -c`'s (which puts the workspace first): the workers import what a pool of the command's would
+    code = f"import sys; sys.path[:] = {sys.path!r}\nfrom research_kit.runner.daemon import serve; serve({str(settings.root)!r}, {ident!r})"
     with open(folder / LOG, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=settings.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 **detached())
@@ -230,10 +234,12 @@ def run_tasks(
 ):
     "Yield (task, outcome) for every task, run by the workspace's long-lived warm workers, in the order they finish."
     if not tasks: return
+    # each report sees this command's variables and search path, not those of the command that started the workers
+    tasks = [replace(t, environ=dict(os.environ), path=list(sys.path)) for t in tasks]
     state, conn = _daemon(settings)
     left = {t.run for t in tasks}
     try:
-        conn.send(("run", list(tasks), workers))
+        conn.send(("run", tasks, workers))
         while left:
             try: message = conn.recv()
             except (OSError, EOFError):

@@ -13,7 +13,7 @@ from .manifest import Outcome, RunFailure, Task
 # %% auto #0
 __all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'RUN_ENV', 'KERNEL_START_RETRIES', 'ENGINES', 'Engine', 'WorkerSpent',
            'warm_shell', 'preload', 'WarmEngine', 'KernelEngine', 'papermill_name', 'adopt_orphans', 'descendants',
-           'end_descendants', 'execute_report']
+           'end_descendants', 'keyed_here', 'execute_report']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
@@ -32,8 +32,9 @@ class Engine:
     save_each_cell = False  # papermill saves the notebook after each cell, so a killed run leaves its progress
 
     def warm_up(self) -> None:
-        "What a worker process does once, before its first report: import papermill, warm up the documents' renderers."
+        "What a worker process does once, before its first report: hash the code it runs, import papermill, warm up the documents' renderers."
         from research_kit.runner.documents import warm_up_documents
+        keyed_here()  # before the imports: the code the worker holds is the code hashed now
         import papermill  # noqa: F401  (two seconds, paid once per worker rather than in its first report's duration)
         warm_up_documents()  # a second, likewise
 
@@ -56,6 +57,7 @@ class _WarmState:
     "The shell of this worker process and the state every report starts from."
     shell = None
     spent = False  # a timed-out cell still occupies the shell: this process can run no further report
+    given = None  # (environment, sys.path) of the command whose report runs now; None: this process's own at warm-up
     context = None  # the report's context variables, carried from cell to cell
 
     def capture(self):
@@ -116,11 +118,12 @@ class _WarmState:
 
     def _reset_process(self, cwd):
         import locale
+        environ, path = self.given or (None, None)
         run_env = {k: os.environ[k] for k in RUN_ENV if k in os.environ}  # set for this report by execute_report
-        os.environ.clear(); os.environ.update({**self.env, **run_env})
+        os.environ.clear(); os.environ.update({**(self.env if environ is None else environ), **run_env})
         time.tzset()  # TZ may have changed
         locale.setlocale(locale.LC_ALL, self.locale)
-        sys.path[:] = self.path
+        sys.path[:] = self.path if path is None else path
         sys.setrecursionlimit(self.recursion)
         # resetwarnings() also invalidates every module's registry of warnings already shown once,
         # so a library warning shows in this report even if the last report saw it
@@ -320,6 +323,22 @@ def _exit_error(nb_path: Path) -> RunFailure | None:
                 return RunFailure("SystemExit", f"the report called exit{code} in cell {index}; the cells after it did not run", index)
     return None
 
+def keyed_here() -> dict:
+    "sha256 of the research_kit code and of the environment this process runs, hashed on its first call (`Task.keyed`)."
+    from research_kit.runner.runs import code_sha256, environment
+    return {"code": code_sha256(), "environment": environment()["packages_sha256"]}
+
+def _keyed_otherwise(task: Task) -> list[str]:
+    "What differs between what the command keyed `task` on and what this process ran it with, in words; [] when nothing does."
+    from research_kit.runner.runs import code_sha256_now
+    if not task.keyed: return []
+    here, out = keyed_here(), []
+    if here["code"] != task.keyed.get("code") or code_sha256_now() != here["code"]:
+        out.append("it ran in a worker holding other research_kit code than the code its key names (the code changed)")
+    if here["environment"] != task.keyed.get("environment"):
+        out.append("it ran in a worker whose installed packages differ from those its key names")
+    return out
+
 def execute_report(
     task: Task,  # what to run, where, and what its documents show
 ) -> Outcome:
@@ -331,6 +350,8 @@ def execute_report(
     out.mkdir(parents=True, exist_ok=True)
     nb_path, lineage_path = out / "report.ipynb", out / "lineage.jsonl"
     saved_env = dict(os.environ)
+    if task.environ is not None: os.environ.clear(); os.environ.update(task.environ)  # the command's, not this process's
+    _state.given = (task.environ, task.path)
     os.environ.update({"RK_LINEAGE_FILE": str(lineage_path), "PYTHONHASHSEED": "0", "RK_PROGRESS": "0",
                        "MPLBACKEND": "module://matplotlib_inline.backend_inline", **reads.run_environment(task)})
     adopt_orphans()
@@ -341,6 +362,7 @@ def execute_report(
     finally:
         reads.stop()  # a warm worker recorded in this process
         os.environ.clear(); os.environ.update(saved_env)
+        _state.given = None
         end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
     pdf, found = None, reads.Reads()
@@ -352,6 +374,7 @@ def execute_report(
         if nb_path.exists(): pdf = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))["pdf"]
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
         recs, inputs, error = {}, [], error or RunFailure("OutputsLost", f"the run's outputs could not be read back: {e}")
+    otherwise = _keyed_otherwise(task)  # a worker whose code changed under it is replaced
     return Outcome("failed" if error else "succeeded", task.engine, started.isoformat(timespec="seconds"), round(duration, 3),
-                   error, recs, inputs, pdf, worker_spent=_state.spent,
-                   files=found.files, settings=found.settings, unkeyed=found.unkeyed)
+                   error, recs, inputs, pdf, worker_spent=_state.spent or bool(otherwise),
+                   files=found.files, settings=found.settings, unkeyed=found.unkeyed + otherwise)

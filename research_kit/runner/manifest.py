@@ -32,6 +32,9 @@ class Task:
     data: str | None = None  # the workspace's data root, for the labels of codes
     git: dict | None = None  # the workspace's git commit, for the footer
     reads: dict | None = None  # where to discover the files and settings the run reads; None: `[runner] discovery = off`
+    keyed: dict | None = None  # what the command keys the run on that the worker's process holds: `code`, `environment` sha256
+    environ: dict | None = None  # the command's environment variables, for a worker that did not inherit them (long-lived workers)
+    path: list | None = None  # the command's sys.path, likewise
 
     @property
     def report(self) -> str: return Path(self.template).stem

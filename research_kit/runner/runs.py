@@ -16,9 +16,9 @@ from .manifest import (IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestErro
                                           read_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'git_state', 'run_key', 'current_key',
-           'stale_reasons', 'plan', 'still_cached', 'make_task', 'finish', 'clean_stale', 'execute', 'BuildLocked',
-           'build_lock']
+__all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'code_sha256_now', 'git_state', 'run_key',
+           'current_key', 'stale_reasons', 'plan', 'still_cached', 'make_task', 'finish', 'clean_stale', 'execute',
+           'BuildLocked', 'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(path: str | Path,  # a report template (.ipynb)
@@ -48,9 +48,13 @@ def _files_sha256(files) -> str:
         h.update("/".join(p.parts[-3:]).encode()); h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
     return h.hexdigest()
 
-@functools.cache  # once per process: the code does not change under a running rk
+@functools.cache  # once per process: what the process holds, hashed before it imports most of it
 def code_sha256() -> str:
-    "sha256 of `code_files()`: part of every run's cache key."
+    "sha256 of `code_files()` as this process first saw them: part of every run's cache key."
+    return _files_sha256(code_files())
+
+def code_sha256_now() -> str:
+    "sha256 of `code_files()` as they are now (a worker compares it with `code_sha256` to see its code changed under it)."
     return _files_sha256(code_files())
 
 # %% ../../nbs/runner/runs.ipynb #e17cafc8
@@ -139,12 +143,13 @@ def make_task(
     git: dict | None = None,  # the workspace's git state, for the documents' footer
     output_dir: Path | None = None,  # where the run writes; default: a temporary folder beside its own
 ) -> Task:
-    "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
+    "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`), and what the command keys it on."
     from research_kit.runner.reads import discovery_config
     output_dir = output_dir or run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
     return Task(run.name, str(run.template), run.parameters, engine, cwd=str(settings.root), output_dir=str(output_dir),
                 timeout=settings.timeout, reader=settings.reader, pdf=settings.pdf, threshold=settings.threshold,
-                data=settings.data, git=git, reads=discovery_config(settings))
+                data=settings.data, git=git, reads=discovery_config(settings),
+                keyed={"code": code_sha256(), "environment": environment()["packages_sha256"]})
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
 OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
