@@ -1,4 +1,5 @@
 """Shared helpers for the pytest suite: the real `rk` command, throwaway workspaces, small data packages."""
+
 import atexit
 import hashlib
 import os
@@ -30,10 +31,18 @@ os.environ["CI"] = "1"
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
     """Run the installed `rk` command; return the CompletedProcess (text output)."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([str(RK), *map(str, args)], cwd=cwd, env=full_env, capture_output=True, encoding="utf-8",
-                          timeout=timeout)  # rk writes UTF-8 to pipes whatever the locale
+    proc = subprocess.run(
+        [str(RK), *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=timeout,
+    )  # rk writes UTF-8 to pipes whatever the locale
     if check is not None:
-        assert proc.returncode == check, f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == check, (
+            f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -56,44 +65,95 @@ def write_resource(pkg_dir: Path, descriptor: dict, name: str, text: str | bytes
     path = pkg_dir / f"{name}.csv"
     path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
     res = next(r for r in descriptor["resources"] if r["name"] == name)
-    res.update({"hash": f"sha256:{sha256(path)}", "bytes": path.stat().st_size,
-                "x-rows": max(0, path.read_bytes().count(b"\n") - 1)})
+    res.update(
+        {
+            "hash": f"sha256:{sha256(path)}",
+            "bytes": path.stat().st_size,
+            "x-rows": max(0, path.read_bytes().count(b"\n") - 1),
+        }
+    )
 
 
 def save(pkg_dir: Path, descriptor: dict) -> None:
-    (pkg_dir / "datapackage.yaml").write_text(yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (pkg_dir / "datapackage.yaml").write_text(
+        yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
 
 
 INSTITUTIONS = "institution_id,name\nATK,Almaty College of Technology\nKITIG,College of Tourism\n"
-PEOPLE = ("person_id,institution_id,age,funding,gpa,enrolled,active\n"
-          "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
-          "P-002,KITIG,19,state_grant,2.75,2023-09-01,false\n"
-          "P-003,ATK,21,paid,,2022-09-01,\n")
+PEOPLE = (
+    "person_id,institution_id,age,funding,gpa,enrolled,active\n"
+    "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
+    "P-002,KITIG,19,state_grant,2.75,2023-09-01,false\n"
+    "P-003,ATK,21,paid,,2022-09-01,\n"
+)
 
 
 def mini_descriptor() -> dict:
     return {
-        "name": "mini", "title": "Mini", "description": "A small package for tests.", "version": "1.0.0",
-        "licenses": [{"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/", "title": "CC0"}],
+        "name": "mini",
+        "title": "Mini",
+        "description": "A small package for tests.",
+        "version": "1.0.0",
+        "licenses": [
+            {"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/", "title": "CC0"}
+        ],
         "resources": [
-            {"name": "institutions", "path": "institutions.csv", "format": "csv", "encoding": "utf-8",
-             "schema": {"fields": [
-                 {"name": "institution_id", "type": "string", "constraints": {"required": True, "pattern": "[A-Z]+"}},
-                 {"name": "name", "type": "string", "constraints": {"required": True}}],
-                 "primaryKey": ["institution_id"]}},
-            {"name": "people", "path": "people.csv", "format": "csv", "encoding": "utf-8",
-             "schema": {"fields": [
-                 {"name": "person_id", "type": "string", "constraints": {"required": True, "pattern": "P-[0-9]{3}"}},
-                 {"name": "institution_id", "type": "string", "constraints": {"required": True}},
-                 {"name": "age", "type": "integer", "constraints": {"required": True, "minimum": 14, "maximum": 80}},
-                 {"name": "funding", "type": "string", "constraints": {"enum": ["state_grant", "paid"]}},
-                 {"name": "gpa", "type": "number", "constraints": {"minimum": 0, "maximum": 4}},
-                 {"name": "enrolled", "type": "date"},
-                 {"name": "active", "type": "boolean"}],
-                 "primaryKey": ["person_id"],
-                 "foreignKeys": [{"fields": ["institution_id"],
-                                  "reference": {"resource": "institutions", "fields": ["institution_id"]}}]}},
-        ]}
+            {
+                "name": "institutions",
+                "path": "institutions.csv",
+                "format": "csv",
+                "encoding": "utf-8",
+                "schema": {
+                    "fields": [
+                        {
+                            "name": "institution_id",
+                            "type": "string",
+                            "constraints": {"required": True, "pattern": "[A-Z]+"},
+                        },
+                        {"name": "name", "type": "string", "constraints": {"required": True}},
+                    ],
+                    "primaryKey": ["institution_id"],
+                },
+            },
+            {
+                "name": "people",
+                "path": "people.csv",
+                "format": "csv",
+                "encoding": "utf-8",
+                "schema": {
+                    "fields": [
+                        {
+                            "name": "person_id",
+                            "type": "string",
+                            "constraints": {"required": True, "pattern": "P-[0-9]{3}"},
+                        },
+                        {"name": "institution_id", "type": "string", "constraints": {"required": True}},
+                        {
+                            "name": "age",
+                            "type": "integer",
+                            "constraints": {"required": True, "minimum": 14, "maximum": 80},
+                        },
+                        {
+                            "name": "funding",
+                            "type": "string",
+                            "constraints": {"enum": ["state_grant", "paid"]},
+                        },
+                        {"name": "gpa", "type": "number", "constraints": {"minimum": 0, "maximum": 4}},
+                        {"name": "enrolled", "type": "date"},
+                        {"name": "active", "type": "boolean"},
+                    ],
+                    "primaryKey": ["person_id"],
+                    "foreignKeys": [
+                        {
+                            "fields": ["institution_id"],
+                            "reference": {"resource": "institutions", "fields": ["institution_id"]},
+                        }
+                    ],
+                },
+            },
+        ],
+    }
 
 
 def build_workspace(root: Path):
@@ -118,22 +178,30 @@ def workspace(tmp_path):
 def make_template(path: Path, params_source: str, *code_cells: str) -> Path:
     """Write a report template: a parameters cell, then code cells; kernel research-kit."""
     import nbformat
-    nb = nbformat.v4.new_notebook(metadata={
-        "kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"},
-        "language_info": {"name": "python"}})
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
-                nbformat.v4.new_code_cell("from typing import Literal"),
-                nbformat.v4.new_code_cell(params_source, metadata={"tags": ["parameters"]}),
-                *[nbformat.v4.new_code_cell(c) for c in code_cells]]
+
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"},
+            "language_info": {"name": "python"},
+        }
+    )
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+        nbformat.v4.new_code_cell("from typing import Literal"),
+        nbformat.v4.new_code_cell(params_source, metadata={"tags": ["parameters"]}),
+        *[nbformat.v4.new_code_cell(c) for c in code_cells],
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
 
 
 TINY_PARAMS = 'n: int = 1  # a number\nlabel: str = "x"  # a label\nmode: Literal["a", "b"] = "a"  # a mode'
-TINY_CODE = ("import research_kit as rk\npeople = rk.load('mini', 'people')\n"
-             "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\nrk.record('mean_age', float(people.age.mean()))\n"
-             "print('people:', len(people))")
+TINY_CODE = (
+    "import research_kit as rk\npeople = rk.load('mini', 'people')\n"
+    "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\nrk.record('mean_age', float(people.age.mean()))\n"
+    "print('people:', len(people))"
+)
 
 
 def build_report_workspace(root: Path):
@@ -141,14 +209,19 @@ def build_report_workspace(root: Path):
     root, d, env = build_workspace(root)
     reports = root / "reports"
     make_template(reports / "tiny.ipynb", TINY_PARAMS, TINY_CODE)
-    make_template(reports / "flaky.ipynb", "n: int = 1", "import research_kit as rk\nrk.record('n', n)",
-                  "if n == 2: raise ValueError(f'n must not be {n}')")
+    make_template(
+        reports / "flaky.ipynb",
+        "n: int = 1",
+        "import research_kit as rk\nrk.record('n', n)",
+        "if n == 2: raise ValueError(f'n must not be {n}')",
+    )
     make_template(reports / "other.ipynb", "k: int = 0", "import research_kit as rk\nrk.record('k', k)")
     (reports / "batches.yaml").write_text(
         "small:\n"
         "  - report: tiny\n    grid: {n: [1, 2], mode: [a, b]}\n"
         "  - report: flaky\n    parameters: [{n: 1}, {n: 2}, {n: 3}]\n"
-        "  - report: other\n    parameters: [{k: 5}]\n")
+        "  - report: other\n    parameters: [{k: 5}]\n"
+    )
     return root, d, env
 
 
@@ -160,13 +233,16 @@ def report_workspace(tmp_path):
 
 # ---- the suite's tally: bad inputs tried, faults injected, runs checked, files lost or corrupted ----
 
+
 class Tally:
     def __init__(self):
         self.bad_inputs = self.faults = self.runs_checked = self.lost = 0
 
     def line(self):
-        return (f"tally: {self.bad_inputs} bad inputs tried, {self.faults} faults injected, "
-                f"{self.runs_checked} runs checked, {self.lost} files lost or corrupted")
+        return (
+            f"tally: {self.bad_inputs} bad inputs tried, {self.faults} faults injected, "
+            f"{self.runs_checked} runs checked, {self.lost} files lost or corrupted"
+        )
 
 
 TALLY = Tally()
@@ -186,8 +262,13 @@ def check_build(build: Path, tally: Tally | None = None) -> dict:
     output's sha256 matches the manifest. Returns {report/slug: manifest}; counts what it finds."""
     import json
     import nbformat
+
     runs = {}
-    for folder in sorted(p for p in build.glob("*/*") if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")):
+    for folder in sorted(
+        p
+        for p in build.glob("*/*")
+        if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")
+    ):
         problems = []
         try:
             m = json.loads((folder / "manifest.json").read_text())
@@ -195,13 +276,18 @@ def check_build(build: Path, tally: Tally | None = None) -> dict:
             problems.append(f"manifest: {e}")
             m = {}
         for name, digest in m.get("outputs", {}).items():
-            if not (folder / name).is_file() or sha256(folder / name) != digest: problems.append(f"{name} differs from its manifest hash")
+            if not (folder / name).is_file() or sha256(folder / name) != digest:
+                problems.append(f"{name} differs from its manifest hash")
         if (folder / "report.ipynb").is_file():
-            try: nbformat.validate(nbformat.read(folder / "report.ipynb", as_version=4))
-            except Exception as e: problems.append(f"report.ipynb: {e}")
-        if tally: tally.runs_checked += 1
+            try:
+                nbformat.validate(nbformat.read(folder / "report.ipynb", as_version=4))
+            except Exception as e:
+                problems.append(f"report.ipynb: {e}")
+        if tally:
+            tally.runs_checked += 1
         if problems:
-            if tally: tally.lost += len(problems)
+            if tally:
+                tally.lost += len(problems)
             raise AssertionError(f"{folder}: " + "; ".join(problems))
         runs[f"{folder.parent.name}/{folder.name}"] = m
     return runs

@@ -1,5 +1,6 @@
 """The long-lived warm workers (research_kit.runner.daemon): reused between commands, identical records, shown and
 stopped, idle timeout, replaced when the code changes, and kill -9 of either side loses nothing."""
+
 import json
 import os
 import shutil
@@ -25,20 +26,25 @@ def state(root: Path) -> dict:
 
 def workers_of(pid: int) -> set[int]:
     "The worker processes of the daemon `pid` (its children)."
-    return {p.pid for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())}  # not the resource tracker
+    return {
+        p.pid for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())
+    }  # not the resource tracker
 
 
 def wait_for(condition, timeout=120, what="the condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition(): return
+        if condition():
+            return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 def gone(pid: int) -> bool:
-    try: return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess: return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture
@@ -57,7 +63,9 @@ def test_second_run_same_workers_identical_record(daemon_workspace):
     workers = workers_of(first["pid"])
     assert workers
     run_rk("run", "tiny", "-p", "n=2", "--force", cwd=root, env=env, check=0)
-    assert state(root)["pid"] == first["pid"] and workers_of(first["pid"]) == workers  # the same processes served it
+    assert (
+        state(root)["pid"] == first["pid"] and workers_of(first["pid"]) == workers
+    )  # the same processes served it
     folder = root / "reports" / "_build" / "tiny" / "label=x,mode=a,n=2"
     daemon = json.loads((folder / "manifest.json").read_text())
     run_rk("run", "tiny", "-p", "n=2", "--force", "--no-daemon", cwd=root, env=env, check=0)
@@ -69,7 +77,10 @@ def test_second_run_same_workers_identical_record(daemon_workspace):
     # owner-only: the runtime folder, its socket and its state (which holds the authkey)
     runtime = root / ".cache" / "workers"
     assert runtime.stat().st_mode & 0o777 == 0o700
-    assert Path(first["address"]).stat().st_mode & 0o777 == 0o600 and (runtime / "daemon.json").stat().st_mode & 0o777 == 0o600
+    assert (
+        Path(first["address"]).stat().st_mode & 0o777 == 0o600
+        and (runtime / "daemon.json").stat().st_mode & 0o777 == 0o600
+    )
     shown = run_rk("workers", cwd=root, env=env, check=0).stdout
     assert f"process {first['pid']}" in shown and all(str(w) in shown for w in workers)
     stopped = run_rk("workers", "stop", cwd=root, env=env, check=0).stdout
@@ -77,7 +88,9 @@ def test_second_run_same_workers_identical_record(daemon_workspace):
     assert gone(first["pid"]) and all(gone(w) for w in workers)
     assert not (runtime / "daemon.json").exists() and not Path(first["address"]).exists()
     assert "no long-lived workers run" in run_rk("workers", cwd=root, env=env, check=0).stdout
-    assert "no long-lived workers were running" in run_rk("workers", "stop", cwd=root, env=env, check=0).stdout
+    assert (
+        "no long-lived workers were running" in run_rk("workers", "stop", cwd=root, env=env, check=0).stdout
+    )
 
 
 def test_reports_see_the_commands_variables_and_search_path(daemon_workspace):
@@ -86,10 +99,13 @@ def test_reports_see_the_commands_variables_and_search_path(daemon_workspace):
     importable only there, and read, so the daemon's run had another key), the same records and the same cache key."""
     root, env = daemon_workspace
     (root / "helpers.py").write_text("X = 1\n")
-    make_template(root / "reports" / "probe.ipynb", "n: int = 1",
-                  "import os, sys\nimport research_kit as rk\n"
-                  "try:\n    import helpers\n    found = True\nexcept ImportError:\n    found = False\n"
-                  "rk.record('helpers', found)\nrk.record('who', os.environ.get('PROBE_WHO'))\nrk.record('path', sys.path)")
+    make_template(
+        root / "reports" / "probe.ipynb",
+        "n: int = 1",
+        "import os, sys\nimport research_kit as rk\n"
+        "try:\n    import helpers\n    found = True\nexcept ImportError:\n    found = False\n"
+        "rk.record('helpers', found)\nrk.record('who', os.environ.get('PROBE_WHO'))\nrk.record('path', sys.path)",
+    )
     run_rk("run", "other", cwd=root, env={**env, "PROBE_WHO": "first"}, check=0)  # starts the workers
     pid = state(root)["pid"]
     run_rk("run", "probe", cwd=root, env={**env, "PROBE_WHO": "second"}, check=0)
@@ -115,14 +131,17 @@ def test_idle_timeout_ends_them(daemon_workspace):
 def test_code_change_replaces_them(daemon_workspace, tmp_path):
     root, env = daemon_workspace
     code = tmp_path / "code"
-    shutil.copytree(ROOT / "research_kit", code / "research_kit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "research_kit", code / "research_kit", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(ROOT / "locales", code / "locales")  # the message catalogs, found beside the package
     env = {**env, "PYTHONPATH": str(code)}
     run_rk("run", "other", "-p", "k=1", cwd=root, env=env, check=0)
     old = state(root)["pid"]
     run_rk("run", "other", "-p", "k=2", cwd=root, env=env, check=0)
     assert state(root)["pid"] == old  # unchanged code: the same workers
-    with open(code / "research_kit" / "runner" / "record.py", "a") as f: f.write("\n# changed\n")
+    with open(code / "research_kit" / "runner" / "record.py", "a") as f:
+        f.write("\n# changed\n")
     run_rk("run", "other", "-p", "k=3", cwd=root, env=env, check=0)
     assert state(root)["pid"] != old and gone(old)
     manifest = json.loads((root / "reports" / "_build" / "other" / "k=3" / "manifest.json").read_text())
@@ -131,11 +150,20 @@ def test_code_change_replaces_them(daemon_workspace, tmp_path):
 
 def start_sleepy(root, env):
     "`rk run sleepy` in the background, once its report is running in a worker."
-    proc = subprocess.Popen([str(RK), "run", "sleepy"], cwd=root, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            encoding="utf-8", start_new_session=True)
+    proc = subprocess.Popen(
+        [str(RK), "run", "sleepy"],
+        cwd=root,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        start_new_session=True,
+    )
     # a worker makes the run's temporary folder when it takes the task, then runs the cells
-    wait_for(lambda: list((root / "reports" / "_build" / "sleepy").glob(".tmp-*")) or proc.poll() is not None,
-             what="the report to start")
+    wait_for(
+        lambda: list((root / "reports" / "_build" / "sleepy").glob(".tmp-*")) or proc.poll() is not None,
+        what="the report to start",
+    )
     time.sleep(3)
     assert proc.poll() is None, proc.communicate()
     return proc
@@ -158,7 +186,9 @@ def test_kill_9_of_the_daemon_mid_run(daemon_workspace, tally):
     assert state(root)["pid"] != old
     runs = check_build(root / "reports" / "_build", tally)
     assert set(runs) == {"other/k=1", "other/k=2"}
-    assert not list((root / "reports" / "_build").glob("*/.tmp-*"))  # the killed run's temporary folder was cleaned
+    assert not list(
+        (root / "reports" / "_build").glob("*/.tmp-*")
+    )  # the killed run's temporary folder was cleaned
 
 
 def test_kill_9_of_the_command_mid_run(daemon_workspace, tally):
@@ -169,7 +199,10 @@ def test_kill_9_of_the_command_mid_run(daemon_workspace, tally):
     os.kill(proc.pid, signal.SIGKILL)
     tally.faults += 1
     proc.communicate(timeout=60)
-    wait_for(lambda: workers_of(pid) and not (workers_of(pid) & busy), what="the abandoned report's worker to be replaced")
+    wait_for(
+        lambda: workers_of(pid) and not (workers_of(pid) & busy),
+        what="the abandoned report's worker to be replaced",
+    )
     assert not gone(pid)  # the daemon survives
     assert not (root / "reports" / "_build" / "sleepy" / "n=1").exists()
     run_rk("run", "other", "-p", "k=1", cwd=root, env=env, check=0)
@@ -182,23 +215,28 @@ def test_bad_settings_name_the_setting(daemon_workspace, tally):
     root, env = daemon_workspace
     bad = run_rk("run", "other", cwd=root, env={**env, "RK_RUNNER_DAEMON": "maybe"})
     assert bad.returncode == 1 and bad.stderr.strip() == (
-        "error: RK_RUNNER_DAEMON: [runner] daemon = 'maybe'; expected on (keep warm workers running between commands) or off")
+        "error: RK_RUNNER_DAEMON: [runner] daemon = 'maybe'; expected on (keep warm workers running between commands) or off"
+    )
     (root / "settings.ini").write_text((root / "settings.ini").read_text() + "[runner]\nidle = 0\n")
     bad = run_rk("run", "other", cwd=root, env=env)
     assert bad.returncode == 1 and bad.stderr.strip() == (
-        f"error: {root / 'settings.ini'}:5: [runner] idle = '0'; expected a whole number of seconds from 1 to 604800 (a week)")
+        f"error: {root / 'settings.ini'}:5: [runner] idle = '0'; expected a whole number of seconds from 1 to 604800 (a week)"
+    )
     tally.bad_inputs += 2
     assert not (root / ".cache" / "workers").exists()  # nothing was started
 
 
 def test_workers_that_cannot_start_say_so(daemon_workspace, tally):
     root, env = daemon_workspace
-    (root / ".cache" / "workers" / "workers.sock").mkdir(parents=True)  # where the socket goes: it cannot listen there
+    (root / ".cache" / "workers" / "workers.sock").mkdir(
+        parents=True
+    )  # where the socket goes: it cannot listen there
     tally.faults += 1
     proc = run_rk("run", "other", cwd=root, env=env)
     log = root / ".cache" / "workers" / "daemon.log"
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        f"error: the long-lived workers did not start (see {log}); run again with --no-daemon")
+        f"error: the long-lived workers did not start (see {log}); run again with --no-daemon"
+    )
     assert "workers.sock" in log.read_text()
     assert not (root / "reports" / "_build" / "other" / "k=0").exists()
     run_rk("run", "other", "--no-daemon", cwd=root, env=env, check=0)  # and without them it runs

@@ -1,5 +1,6 @@
 """Every shipped report template: runs unchanged with the plain papermill command line, gives the
 same records with the warm and the kernel engine, and reproduces the published figures."""
+
 import json
 import os
 import subprocess
@@ -24,11 +25,17 @@ def test_templates_are_shipped():
 @pytest.mark.parametrize("report", TEMPLATES)
 def test_plain_papermill_runs_every_template(report, tmp_path):
     from research_kit.runner.record import records
+
     out = tmp_path / f"{report}.ipynb"
     papermill = Path(sys.executable).parent / "papermill"
-    proc = subprocess.run([str(papermill), str(ROOT / "reports" / f"{report}.ipynb"), str(out), "--no-progress-bar"],
-                          cwd=ROOT, env=clean_env(RK_WORKSPACE_CACHE=str(tmp_path / "cache")),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(papermill), str(ROOT / "reports" / f"{report}.ipynb"), str(out), "--no-progress-bar"],
+        cwd=ROOT,
+        env=clean_env(RK_WORKSPACE_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records(out), f"{report} recorded nothing"
 
@@ -39,10 +46,20 @@ def both_engines(tmp_path_factory):
     results = {}
     for engine in ("warm", "kernel"):
         build = tmp_path_factory.mktemp(f"build-{engine}")
-        run_rk("batch", "annual", "--engine", engine, "--workers", "2",
-               env=clean_env(RK_WORKSPACE_BUILD=str(build)), check=0)
-        results[engine] = {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
-                           for p in build.glob("*/*/manifest.json")}
+        run_rk(
+            "batch",
+            "annual",
+            "--engine",
+            engine,
+            "--workers",
+            "2",
+            env=clean_env(RK_WORKSPACE_BUILD=str(build)),
+            check=0,
+        )
+        results[engine] = {
+            f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+            for p in build.glob("*/*/manifest.json")
+        }
     return results
 
 
@@ -64,10 +81,15 @@ def test_published_figures(both_engines):
     assert (round(star["aide_effect"], 2), round(star["aide_se"], 2)) == (0.31, 2.27)
     assert round(star["intercept"], 2) == 918.04 and star["n"] == 5786
     rouse = runs["college_distance/controls=false,lang=en,region=non_west"]["records"]
-    assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (-0.073, 0.013, 3796)
+    assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (
+        -0.073,
+        0.013,
+        3796,
+    )
 
 
 # ---- plain papermill validates the values it injects, with rk run's rules ----
+
 
 def test_every_template_checks_its_parameters_right_after_the_parameters_cell():
     for report in TEMPLATES:
@@ -78,33 +100,80 @@ def test_every_template_checks_its_parameters_right_after_the_parameters_cell():
 
 def papermill_run(report, tmp_path, parameters):
     import papermill
-    return papermill.execute_notebook(str(ROOT / "reports" / f"{report}.ipynb"), str(tmp_path / "out.ipynb"),
-                                      parameters=parameters, kernel_name="research-kit", cwd=str(ROOT),
-                                      progress_bar=False)
+
+    return papermill.execute_notebook(
+        str(ROOT / "reports" / f"{report}.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters=parameters,
+        kernel_name="research-kit",
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
 
 
 BAD_VALUES = [  # report, parameters as papermill injects them, error type, message
-    ("institution_profile", {"institution": "XYZ"}, "UnknownNameError", "unknown institution 'XYZ' in parameter institution"),
-    ("institution_profile", {"year": "abc"}, "ParameterError", "parameter year='abc': expected a whole number"),
-    ("institution_profile", {"institution": "all"}, "UnknownNameError", "unknown institution 'all' in parameter institution"),
+    (
+        "institution_profile",
+        {"institution": "XYZ"},
+        "UnknownNameError",
+        "unknown institution 'XYZ' in parameter institution",
+    ),
+    (
+        "institution_profile",
+        {"year": "abc"},
+        "ParameterError",
+        "parameter year='abc': expected a whole number",
+    ),
+    (
+        "institution_profile",
+        {"institution": "all"},
+        "UnknownNameError",
+        "unknown institution 'all' in parameter institution",
+    ),
     ("internship_outcomes", {"institution": "KITG"}, "UnknownNameError", "did you mean 'KITIG'"),
-    ("dropout_risk", {"institution": "atk"}, "UnknownNameError", "unknown institution 'atk' in parameter institution"),
-    ("consortium_overview", {"audience": "press"}, "ParameterError", "parameter audience='press': expected one of consortium, public"),
+    (
+        "dropout_risk",
+        {"institution": "atk"},
+        "UnknownNameError",
+        "unknown institution 'atk' in parameter institution",
+    ),
+    (
+        "consortium_overview",
+        {"audience": "press"},
+        "ParameterError",
+        "parameter audience='press': expected one of consortium, public",
+    ),
     ("dropout_risk", {"seed": 1.5}, "ParameterError", "parameter seed='1.5': expected a whole number"),
     ("star_replication", {"grade": 5}, "ParameterError", "parameter grade='5': expected one of k, 1, 2, 3"),
-    ("college_distance", {"controls": "maybe"}, "ParameterError", "parameter controls='maybe': expected true or false"),
-    ("outreach_effect", {"method": "did"}, "ParameterError", "parameter method='did': expected one of callaway_santanna, twfe"),
+    (
+        "college_distance",
+        {"controls": "maybe"},
+        "ParameterError",
+        "parameter controls='maybe': expected true or false",
+    ),
+    (
+        "outreach_effect",
+        {"method": "did"},
+        "ParameterError",
+        "parameter method='did': expected one of callaway_santanna, twfe",
+    ),
     ("pathways", {"institution": "KITG"}, "UnknownNameError", "did you mean 'KITIG'"),
 ]
 
 
-@pytest.mark.parametrize("report,parameters,ename,message", BAD_VALUES, ids=[f"{c[0]}-{next(iter(c[1]))}" for c in BAD_VALUES])
+@pytest.mark.parametrize(
+    "report,parameters,ename,message", BAD_VALUES, ids=[f"{c[0]}-{next(iter(c[1]))}" for c in BAD_VALUES]
+)
 def test_plain_papermill_refuses_bad_values_like_rk_run(report, parameters, ename, message, tmp_path, tally):
     from papermill.exceptions import PapermillExecutionError
+
     tally.bad_inputs += 1
     with pytest.raises(PapermillExecutionError) as caught:
         papermill_run(report, tmp_path, parameters)
-    assert caught.value.ename == ename and message in caught.value.evalue, (caught.value.ename, caught.value.evalue)
+    assert caught.value.ename == ename and message in caught.value.evalue, (
+        caught.value.ename,
+        caught.value.evalue,
+    )
     assert caught.value.exec_count <= 4  # stopped in the check, right after the parameters
     name, value = next(iter(parameters.items()))
     proc = run_rk("run", report, "-p", f"{name}={value}", env=clean_env())
@@ -112,6 +181,7 @@ def test_plain_papermill_refuses_bad_values_like_rk_run(report, parameters, enam
 
 
 # ---- where a parameter's allowed values come from: its type, not its name ----
+
 
 def params_row(report, name):
     out = run_rk("params", report, env=clean_env(COLUMNS="300"), check=0).stdout
@@ -128,9 +198,13 @@ def test_params_lists_the_institutions_the_data_allows():
 def test_the_runner_knows_no_parameter_by_name(report_workspace):
     """A parameter named `institution` but declared `str` is any text, in a workspace without the consortium's data."""
     from conftest import make_template
+
     root, _, env = report_workspace
-    make_template(root / "reports" / "named.ipynb", 'institution: str = "anything"  # free text',
-                  "import research_kit as rk\nrk.check_parameters(globals())\nrk.record('institution', institution)")
+    make_template(
+        root / "reports" / "named.ipynb",
+        'institution: str = "anything"  # free text',
+        "import research_kit as rk\nrk.check_parameters(globals())\nrk.record('institution', institution)",
+    )
     run_rk("run", "named", "-p", "institution=XYZ", cwd=root, env=env, check=0)
     [manifest] = (root / "reports" / "_build" / "named").glob("*/manifest.json")
     assert json.loads(manifest.read_text())["records"]["institution"] == "XYZ"
@@ -138,6 +212,7 @@ def test_the_runner_knows_no_parameter_by_name(report_workspace):
 
 def test_plain_papermill_types_good_values_by_declaration(tmp_path):
     from research_kit.runner.record import records
+
     papermill_run("star_replication", tmp_path, {"grade": 1})  # `-p grade 1` injects a number
     assert records(tmp_path / "out.ipynb")["n"] > 0
     nb = papermill_run("consortium_overview", tmp_path, {"year": "2023"})  # `-r year 2023` injects text
@@ -146,10 +221,12 @@ def test_plain_papermill_types_good_values_by_declaration(tmp_path):
 
 # ---- the outreach report recovers the effect planted in the bundled data ----
 
+
 def test_outreach_effect_covers_the_planted_effect(tmp_path):
     "The bundled consortium data plants TRUTH['outreach_att_log']; the report's recorded 95% interval covers it."
     from research_kit.data.demo import TRUTH
     from research_kit.runner.record import records
+
     papermill_run("outreach_effect", tmp_path, {"audience": "public"})
     r = records(tmp_path / "out.ipynb")
     truth = TRUTH["outreach_att_log"]

@@ -19,19 +19,42 @@ __all__ = ['RUNTIME', 'STATE', 'LOG', 'LOCK', 'START_TIMEOUT', 'STOP_TIMEOUT', '
 # %% ../../nbs/runner/daemon.ipynb #1b187ef0
 RUNTIME = "workers"  # the runtime folder's name, under the workspace's cache folder
 STATE, LOG, LOCK = "daemon.json", "daemon.log", "daemon.lock"
-START_TIMEOUT = 120  # seconds for a new daemon to listen (its workers warm up later, while the first report waits)
+START_TIMEOUT = (
+    120  # seconds for a new daemon to listen (its workers warm up later, while the first report waits)
+)
 STOP_TIMEOUT = 10  # seconds for a daemon asked to stop before it is killed
 # read once when a process starts or first imports (the temporary folder, the caches' and configuration folders, the
 # locale), so a worker cannot take them from each command: a command whose values differ replaces the workers
-VARIABLES = ("PYTHONPATH", "PYTHONHASHSEED", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HOME", "USERPROFILE", "TZ", "LANG", "LC_ALL",
-             "LC_CTYPE", "TMPDIR", "TEMP", "TMP", "JUPYTER_PATH", "JUPYTER_DATA_DIR", "MPLBACKEND", "MPLCONFIGDIR", "IPYTHONDIR")
+VARIABLES = (
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "HOME",
+    "USERPROFILE",
+    "TZ",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "JUPYTER_PATH",
+    "JUPYTER_DATA_DIR",
+    "MPLBACKEND",
+    "MPLCONFIGDIR",
+    "IPYTHONDIR",
+)
+
 
 class DaemonError(RKError):
     "The long-lived warm workers could not be started, reached or kept running."
 
+
 def in_ci() -> bool:
     "Is the variable `CI` set (CI services set it; so does the test suite)?"
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
 
 def wanted(
     settings: Settings,  # the workspace's settings (`[runner] daemon`)
@@ -40,36 +63,58 @@ def wanted(
     "Does this command hand its reports to the long-lived warm workers?"
     return not no_daemon and settings.daemon == "on" and not in_ci()
 
+
 def runtime_dir(settings: Settings) -> Path:
     "The folder of the workspace's long-lived workers: socket, state, lock and log."
     return settings.cache_dir / RUNTIME
 
+
 def identity(settings: Settings) -> str:
     "sha256 of what the workers' processes depend on and the tasks do not carry."
     from research_kit.runner.runs import code_sha256, environment
-    facts = {"code": code_sha256(), "environment": environment()["packages_sha256"], "python": sys.executable,
-             "path": sys.path, "root": str(settings.root), "memory": settings.memory, "idle": settings.idle,
-             "variables": sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_") or k in VARIABLES)}
+
+    facts = {
+        "code": code_sha256(),
+        "environment": environment()["packages_sha256"],
+        "python": sys.executable,
+        "path": sys.path,
+        "root": str(settings.root),
+        "memory": settings.memory,
+        "idle": settings.idle,
+        "variables": sorted((k, v) for k, v in os.environ.items() if k.startswith("RK_") or k in VARIABLES),
+    }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 # %% ../../nbs/runner/daemon.ipynb #9b03cacc
 def _write_state(folder: Path, state: dict) -> None:
     "daemon.json, owner-only and never half-written."
     from research_kit.files import atomic_path
+
     with atomic_path(folder / STATE) as tmp:
         tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-        if os.name != "nt": tmp.chmod(0o600)
+        if os.name != "nt":
+            tmp.chmod(0o600)
+
 
 def _read_state(folder: Path) -> dict | None:
-    try: state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError): return None
-    return state if isinstance(state, dict) and {"pid", "address", "family", "authkey"} <= set(state) else None
+    try:
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (
+        state if isinstance(state, dict) and {"pid", "address", "family", "authkey"} <= set(state) else None
+    )
+
 
 def _log(message: str) -> None:
-    print(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {message}", file=sys.stderr, flush=True)
+    print(
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {message}", file=sys.stderr, flush=True
+    )
+
 
 class _Daemon:
     "The long-lived process: a listener, a kept pool per engine, and the time it was last used."
+
     def __init__(self, settings: Settings, listener, state: dict):
         self.settings, self.listener, self.state = settings, listener, state
         self.pools = {}  # engine -> LocalExecutor(keep=True)
@@ -79,66 +124,95 @@ class _Daemon:
 
     def loop(self) -> None:
         from multiprocessing import AuthenticationError
+
         threading.Thread(target=self._watch_idle, daemon=True).start()
         while True:
-            try: conn = self.listener.accept()
-            except (OSError, EOFError, AuthenticationError) as e:  # a caller without the key, or one that left at once
+            try:
+                conn = self.listener.accept()
+            except (
+                OSError,
+                EOFError,
+                AuthenticationError,
+            ) as e:  # a caller without the key, or one that left at once
                 _log(f"refused a connection: {e}")
                 continue
-            with self.guard: self.active += 1
+            with self.guard:
+                self.active += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn) -> None:
         try:
             request = conn.recv()
-            if request[0] == "status": conn.send(self.status())
+            if request[0] == "status":
+                conn.send(self.status())
             elif request[0] == "stop":
                 conn.send(self.status())
                 self.shutdown("asked to stop")
-            elif request[0] == "run": self._run(conn, request[1], request[2])
-        except (OSError, EOFError) as e: _log(f"a command left: {e}")
+            elif request[0] == "run":
+                self._run(conn, request[1], request[2])
+        except (OSError, EOFError) as e:
+            _log(f"a command left: {e}")
         finally:
             conn.close()
-            with self.guard: self.active, self.last = self.active - 1, time.monotonic()
+            with self.guard:
+                self.active, self.last = self.active - 1, time.monotonic()
 
     def _run(self, conn, tasks: list[Task], workers: int) -> None:
         from research_kit.runner.executors import LocalExecutor
+
         with self.running:
             engine = tasks[0].engine
-            pool = self.pools.setdefault(engine, LocalExecutor(workers, memory=self.settings.memory, keep=True))
+            pool = self.pools.setdefault(
+                engine, LocalExecutor(workers, memory=self.settings.memory, keep=True)
+            )
             pool.workers = max(1, int(workers))
             _log(f"running {len(tasks)} report(s), engine {engine}, up to {pool.workers} worker(s)")
             try:
                 with contextlib.closing(pool.run(tasks, cancel=conn)) as outcomes:
-                    for task, outcome in outcomes: conn.send(("outcome", task, outcome))
+                    for task, outcome in outcomes:
+                        conn.send(("outcome", task, outcome))
             except RKError as e:
                 conn.send(("error", f"{e} (its log: {runtime_dir(self.settings) / LOG})"))
                 return
             conn.send(("done",))
 
     def status(self) -> dict:
-        workers = [{"engine": engine, "pid": pid, "busy": busy} for engine, pool in self.pools.items() for pid, busy in pool.pids()]
-        with self.guard: idle_for = 0.0 if self.active > 1 else time.monotonic() - self.last
-        return {**{k: v for k, v in self.state.items() if k != "authkey"}, "workers": workers, "idle_for": round(idle_for, 1)}
+        workers = [
+            {"engine": engine, "pid": pid, "busy": busy}
+            for engine, pool in self.pools.items()
+            for pid, busy in pool.pids()
+        ]
+        with self.guard:
+            idle_for = 0.0 if self.active > 1 else time.monotonic() - self.last
+        return {
+            **{k: v for k, v in self.state.items() if k != "authkey"},
+            "workers": workers,
+            "idle_for": round(idle_for, 1),
+        }
 
     def _watch_idle(self) -> None:
         idle = self.settings.idle
         while True:
             time.sleep(min(1.0, idle / 4))
-            with self.guard: quiet = self.active == 0 and time.monotonic() - self.last > idle
-            if quiet: self.shutdown(f"idle for {idle} s")
+            with self.guard:
+                quiet = self.active == 0 and time.monotonic() - self.last > idle
+            if quiet:
+                self.shutdown(f"idle for {idle} s")
 
     def shutdown(self, why: str) -> None:
         "End the workers (and what they started), remove the socket and the state, and exit."
         from research_kit.runner.engines import end_descendants
+
         _log(f"stopping: {why}")
         folder = runtime_dir(self.settings)
         state = _read_state(folder)
         if state and state.get("pid") == os.getpid():  # a newer daemon's files are not ours to remove
             (folder / STATE).unlink(missing_ok=True)
-            if self.state["family"] == "AF_UNIX": Path(self.state["address"]).unlink(missing_ok=True)
+            if self.state["family"] == "AF_UNIX":
+                Path(self.state["address"]).unlink(missing_ok=True)
         end_descendants()
         os._exit(0)
+
 
 def serve(
     root: str,  # the workspace root
@@ -147,18 +221,31 @@ def serve(
     "Run the workspace's long-lived workers until idle, stopped or replaced (the background process's main function)."
     from multiprocessing.connection import Listener
     from research_kit.processes import local_address
+
     settings = load_settings(root)
     folder = runtime_dir(settings)
     address, family = local_address(folder)
     authkey = secrets.token_bytes(32)
-    if family == "AF_UNIX": Path(address).unlink(missing_ok=True)  # left by a daemon that was killed (the caller holds the lock)
+    if family == "AF_UNIX":
+        Path(address).unlink(missing_ok=True)  # left by a daemon that was killed (the caller holds the lock)
     mask = os.umask(0o177) if os.name != "nt" else None
-    try: listener = Listener(address, family, authkey=authkey)
+    try:
+        listener = Listener(address, family, authkey=authkey)
     finally:
-        if mask is not None: os.umask(mask)
-    if family == "AF_UNIX": os.chmod(address, 0o600)
-    state = {"pid": os.getpid(), "address": address, "family": family, "authkey": authkey.hex(), "identity": identity,
-             "root": str(settings.root), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "idle": settings.idle}
+        if mask is not None:
+            os.umask(mask)
+    if family == "AF_UNIX":
+        os.chmod(address, 0o600)
+    state = {
+        "pid": os.getpid(),
+        "address": address,
+        "family": family,
+        "authkey": authkey.hex(),
+        "identity": identity,
+        "root": str(settings.root),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "idle": settings.idle,
+    }
     _write_state(folder, state)
     _log(f"listening at {address} (process {os.getpid()})")
     _Daemon(settings, listener, state).loop()
@@ -168,64 +255,98 @@ def _connect(state: dict):
     "A connection to the daemon `state` describes, or None if it does not answer."
     from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client
-    try: return Client(state["address"], state["family"], authkey=bytes.fromhex(state["authkey"]))
-    except (OSError, EOFError, ValueError, AuthenticationError): return None
+
+    try:
+        return Client(state["address"], state["family"], authkey=bytes.fromhex(state["authkey"]))
+    except (OSError, EOFError, ValueError, AuthenticationError):
+        return None
+
 
 def _ask(state: dict, request: tuple):
     "The daemon's answer to `request`, or None if it does not answer."
     conn = _connect(state)
-    if conn is None: return None
+    if conn is None:
+        return None
     try:
         conn.send(request)
         return conn.recv()
-    except (OSError, EOFError): return None
-    finally: conn.close()
+    except (OSError, EOFError):
+        return None
+    finally:
+        conn.close()
+
 
 def _end(folder: Path, state: dict) -> None:
     "Stop the daemon `state` describes: ask it, then kill it and its workers if it does not go; remove its files."
     import psutil
     from research_kit.processes import end_tree
+
     _ask(state, ("stop",))
-    try: psutil.Process(state["pid"]).wait(STOP_TIMEOUT)
-    except psutil.NoSuchProcess: pass
-    except psutil.TimeoutExpired: end_tree(state["pid"])
+    try:
+        psutil.Process(state["pid"]).wait(STOP_TIMEOUT)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        end_tree(state["pid"])
     (folder / STATE).unlink(missing_ok=True)
-    if state["family"] == "AF_UNIX": Path(state["address"]).unlink(missing_ok=True)
+    if state["family"] == "AF_UNIX":
+        Path(state["address"]).unlink(missing_ok=True)
+
 
 def _start(settings: Settings, ident: str) -> dict:
     "Start the workspace's daemon in the background; its state once it listens."
     from research_kit.processes import detached
+
     folder = runtime_dir(settings)
     # the command's search path, not `python -c`'s (which puts the workspace first): the workers import what a pool of the command's would
     code = f"import sys; sys.path[:] = {sys.path!r}\nfrom research_kit.runner.daemon import serve; serve({str(settings.root)!r}, {ident!r})"
     with open(folder / LOG, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=settings.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                **detached())
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=settings.root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            **detached(),
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         state = _read_state(folder)
-        if state and state["pid"] == proc.pid: return state
-        if proc.poll() is not None: break
+        if state and state["pid"] == proc.pid:
+            return state
+        if proc.poll() is not None:
+            break
         time.sleep(0.02)
-    if proc.poll() is None: proc.kill()
-    raise DaemonError(f"the long-lived workers did not start (see {folder / LOG}); run again with --no-daemon")
+    if proc.poll() is None:
+        proc.kill()
+    raise DaemonError(
+        f"the long-lived workers did not start (see {folder / LOG}); run again with --no-daemon"
+    )
+
 
 def _daemon(settings: Settings):
     "A connection to the workspace's daemon with this command's identity, started (or replaced) as needed."
     from research_kit.files import exclusive_lock
     from research_kit.processes import private_folder
+
     folder = private_folder(runtime_dir(settings))
     ident = identity(settings)
     with exclusive_lock(folder / LOCK, wait=True):
         state = _read_state(folder)
         if state and state.get("identity") == ident:
             conn = _connect(state)
-            if conn is not None: return state, conn
-        if state: _end(folder, state)  # other code, environment or settings; or dead
+            if conn is not None:
+                return state, conn
+        if state:
+            _end(folder, state)  # other code, environment or settings; or dead
         state = _start(settings, ident)
         conn = _connect(state)
-        if conn is None: raise DaemonError(f"the long-lived workers (process {state['pid']}) do not answer; run again with --no-daemon")
+        if conn is None:
+            raise DaemonError(
+                f"the long-lived workers (process {state['pid']}) do not answer; run again with --no-daemon"
+            )
         return state, conn
+
 
 def run_tasks(
     tasks: list[Task],  # what to run
@@ -233,7 +354,8 @@ def run_tasks(
     workers: int = 1,  # the most workers these tasks may use at once
 ):
     "Yield (task, outcome) for every task, run by the workspace's long-lived warm workers, in the order they finish."
-    if not tasks: return
+    if not tasks:
+        return
     # each report sees this command's variables and search path, not those of the command that started the workers
     tasks = [replace(t, environ=dict(os.environ), path=list(sys.path)) for t in tasks]
     state, conn = _daemon(settings)
@@ -241,31 +363,41 @@ def run_tasks(
     try:
         conn.send(("run", tasks, workers))
         while left:
-            try: message = conn.recv()
+            try:
+                message = conn.recv()
             except (OSError, EOFError):
-                raise DaemonError(f"the long-lived workers (process {state['pid']}) stopped while running {', '.join(sorted(left))}; "
-                                  "nothing of those runs was kept: run the command again (it starts new workers)") from None
-            if message[0] == "error": raise DaemonError(f"the long-lived workers could not run the reports: {message[1]}")
-            if message[0] == "done": break
+                raise DaemonError(
+                    f"the long-lived workers (process {state['pid']}) stopped while running {', '.join(sorted(left))}; "
+                    "nothing of those runs was kept: run the command again (it starts new workers)"
+                ) from None
+            if message[0] == "error":
+                raise DaemonError(f"the long-lived workers could not run the reports: {message[1]}")
+            if message[0] == "done":
+                break
             _, task, outcome = message
             left.discard(task.run)
             yield task, outcome
     finally:
         conn.close()
 
+
 def status(settings: Settings) -> dict | None:
     "The workspace's daemon as it describes itself (process id, start, identity, workers, idle time), or None if none runs."
     state = _read_state(runtime_dir(settings))
     return _ask(state, ("status",)) if state else None
 
+
 def stop(settings: Settings) -> dict | None:
     "Stop the workspace's daemon and its workers; what it was, or None if none ran."
     from research_kit.files import exclusive_lock
+
     folder = runtime_dir(settings)
-    if not (folder / STATE).is_file(): return None
+    if not (folder / STATE).is_file():
+        return None
     with exclusive_lock(folder / LOCK, wait=True):
         state = _read_state(folder)
-        if state is None: return None
+        if state is None:
+            return None
         running = _ask(state, ("status",))
         _end(folder, state)
         return running

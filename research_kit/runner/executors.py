@@ -10,7 +10,13 @@ from dataclasses import replace
 from ..errors import RKError
 from .engines import ENGINES, execute_report
 from .manifest import Outcome, Task
-from ..processes import MEMORY_POLL, exit_with_parent, largest_memory, limit_memory, memory_enforced
+from research_kit.processes import (
+    MEMORY_POLL,
+    exit_with_parent,
+    largest_memory,
+    limit_memory,
+    memory_enforced,
+)
 
 # %% auto #0
 __all__ = ['GRACE', 'EXECUTORS', 'LocalExecutor', 'DaskExecutor', 'DaemonExecutor']
@@ -18,20 +24,28 @@ __all__ = ['GRACE', 'EXECUTORS', 'LocalExecutor', 'DaskExecutor', 'DaemonExecuto
 # %% ../../nbs/runner/executors.ipynb #a994a16c
 GRACE = 30  # seconds beyond the report timeout (kernel start, writing outputs) before a worker is killed
 
+
 def _worker_main(conn, engine: str, memory: int = 0) -> None:
     "A worker process: warm up, then run tasks until told to stop."
-    limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit (else the parent watches)
+    limit_memory(
+        memory
+    )  # before the kernel engine starts kernels: they inherit the limit (else the parent watches)
     exit_with_parent()  # a pool killed with SIGKILL cannot end its workers: they end themselves
-    if engine in ENGINES: ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
+    if engine in ENGINES:
+        ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
     conn.send("ready")
     while True:
         task = conn.recv()
-        if task is None: return
-        try: outcome = execute_report(task)
+        if task is None:
+            return
+        try:
+            outcome = execute_report(task)
         except Exception as e:  # never let one report take the worker down
             outcome = Outcome.failed(task, type(e).__name__, f"the report could not be run: {e}")
         conn.send(outcome)
-        if outcome.worker_spent: return  # the parent replaces this worker
+        if outcome.worker_spent:
+            return  # the parent replaces this worker
+
 
 class _Worker:
     def __init__(self, ctx, engine: str, memory: int = 0):
@@ -39,86 +53,122 @@ class _Worker:
         saved = os.environ.get("PYTHONHASHSEED")
         os.environ["PYTHONHASHSEED"] = "0"  # read once, when the interpreter starts
         try:
-            self.proc = ctx.Process(target=_worker_main, args=(child, engine, memory), daemon=True, name="rk-worker")
+            self.proc = ctx.Process(
+                target=_worker_main, args=(child, engine, memory), daemon=True, name="rk-worker"
+            )
             self.proc.start()
         finally:
-            if saved is None: os.environ.pop("PYTHONHASHSEED")
-            else: os.environ["PYTHONHASHSEED"] = saved
+            if saved is None:
+                os.environ.pop("PYTHONHASHSEED")
+            else:
+                os.environ["PYTHONHASHSEED"] = saved
         child.close()
         self.task, self.deadline, self.ready, self.memory_seen = None, None, False, 0
 
     def kill(self):
         from research_kit.runner.engines import end_descendants
+
         end_descendants(self.proc.pid)  # first: once the worker is gone, its children can no longer be found
         self.proc.kill()
         self.proc.join(5)
 
+
 class LocalExecutor:
     "Runs tasks in `workers` local processes, replacing any that die or hang; with `keep`, the processes outlive `run` (`close` ends them)."
+
     def __init__(self, workers: int = 1, memory: int = 0, keep: bool = False, **_):
         self.workers, self.memory, self.keep = max(1, int(workers)), int(memory or 0), keep
-        self.watch = self.memory > 0 and not memory_enforced()  # no OS cap here: look at each busy worker's memory
+        self.watch = (
+            self.memory > 0 and not memory_enforced()
+        )  # no OS cap here: look at each busy worker's memory
         self.pool, self.engine = [], None  # the workers, and the engine they warmed up for
 
     def run(self, tasks: list[Task], cancel=None):
         "Yield (task, outcome) for every task, in the order they finish; stop early when `cancel` (a connection) becomes readable."
         import multiprocessing as mp
         from multiprocessing.connection import wait
-        if not tasks: return
+
+        if not tasks:
+            return
         ctx = mp.get_context("spawn")
         engine = tasks[0].engine
-        if self.engine != engine: self.close()
+        if self.engine != engine:
+            self.close()
         self.engine, pool, pending = engine, self.pool, deque(tasks)
         busy = min(self.workers, len(tasks))  # a kept pool may hold more workers than this run may use
-        while len(pool) < busy: pool.append(_Worker(ctx, engine, self.memory))
+        while len(pool) < busy:
+            pool.append(_Worker(ctx, engine, self.memory))
         finished = False
         try:
             while pending or any(w.task for w in pool):
                 for w in pool[:busy]:
                     if w.ready and w.task is None and pending:
                         w.task = pending.popleft()
-                        w.deadline = time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
+                        w.deadline = (
+                            time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
+                        )
                         w.conn.send(w.task)
                 deadlines = [w.deadline for w in pool if w.task]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-                if self.watch and deadlines: timeout = min(timeout, MEMORY_POLL)
-                ready = wait([w.conn for w in pool] + [w.proc.sentinel for w in pool] + ([cancel] if cancel else []), timeout)
-                if cancel is not None and cancel in ready: return  # whoever asked is gone: its reports end with it (below)
+                if self.watch and deadlines:
+                    timeout = min(timeout, MEMORY_POLL)
+                ready = wait(
+                    [w.conn for w in pool] + [w.proc.sentinel for w in pool] + ([cancel] if cancel else []),
+                    timeout,
+                )
+                if cancel is not None and cancel in ready:
+                    return  # whoever asked is gone: its reports end with it (below)
                 for i, w in enumerate(list(pool)):
                     outcome = None
                     if w.conn in ready:
-                        try: message = w.conn.recv()
-                        except (EOFError, OSError): message = None
-                        if message == "ready": w.ready = True
+                        try:
+                            message = w.conn.recv()
+                        except (EOFError, OSError):
+                            message = None
+                        if message == "ready":
+                            w.ready = True
                         elif message is not None:
                             outcome, w.task = (w.task, self._explain(message)), None
                             # a worker whose shell still runs a timed-out cell would hold its next report
                             # until that report's own deadline: replace it now, before it is given one
-                            if message.worker_spent: self._replace(pool, i, ctx, engine, "Spent")
-                        else: outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
+                            if message.worker_spent:
+                                self._replace(pool, i, ctx, engine, "Spent")
+                        else:
+                            outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
                     elif w.proc.sentinel in ready or not w.proc.is_alive():
                         outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
-                    elif w.task and not w.conn.poll() and self._over_memory(w):  # a result that just came stands
+                    elif (
+                        w.task and not w.conn.poll() and self._over_memory(w)
+                    ):  # a result that just came stands
                         outcome = self._replace(pool, i, ctx, engine, "MemoryError")
-                    elif w.task and time.monotonic() > w.deadline and not w.conn.poll():  # a result that just came is not a timeout
+                    elif (
+                        w.task and time.monotonic() > w.deadline and not w.conn.poll()
+                    ):  # a result that just came is not a timeout
                         outcome = self._replace(pool, i, ctx, engine, "Timeout")
-                    if outcome and outcome[0] is not None: yield outcome
+                    if outcome and outcome[0] is not None:
+                        yield outcome
             finished = True
         finally:
-            if not self.keep: self.close()
+            if not self.keep:
+                self.close()
             elif not finished:  # abandoned halfway: a worker still running a report is replaced, so the next run finds it free
                 for i, w in enumerate(list(pool)):
-                    if w.task is not None: w.task = None; self._replace(pool, i, ctx, engine, "Abandoned")
+                    if w.task is not None:
+                        w.task = None
+                        self._replace(pool, i, ctx, engine, "Abandoned")
 
     def close(self) -> None:
         "Stop every worker of the pool (asked first, killed if it does not stop)."
         pool, self.pool = self.pool, []
         for w in pool:
-            try: w.conn.send(None)
-            except (OSError, ValueError): pass
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
         for w in pool:
             w.proc.join(2)
-            if w.proc.is_alive(): w.kill()
+            if w.proc.is_alive():
+                w.kill()
 
     def pids(self) -> list[tuple[int, bool]]:
         "(process id, busy) of each worker of the pool."
@@ -127,13 +177,15 @@ class LocalExecutor:
     def _explain(self, outcome: Outcome) -> Outcome:
         "Say plainly when a report failed because it hit the memory limit."
         err = outcome.error
-        if not (self.memory and err and err.type == "MemoryError"): return outcome
+        if not (self.memory and err and err.type == "MemoryError"):
+            return outcome
         message = f"the report exceeded its memory limit of {self.memory} MB ([runner] memory): {err.message}"
         return replace(outcome, error=replace(err, message=message))
 
     def _over_memory(self, w) -> bool:
         "Has a process of worker `w` (the worker, or a kernel it started) grown past the memory limit? Only where it is watched."
-        if not self.watch: return False
+        if not self.watch:
+            return False
         w.memory_seen = largest_memory(w.proc.pid)
         return w.memory_seen > self.memory
 
@@ -143,45 +195,70 @@ class LocalExecutor:
         w.kill()
         pool[i] = _Worker(ctx, engine, self.memory)
         if w.task is None:
-            if kind == "WorkerDied" and not w.ready: raise RKError(f"a worker process failed to start (exit code {w.proc.exitcode})")
+            if kind == "WorkerDied" and not w.ready:
+                raise RKError(f"a worker process failed to start (exit code {w.proc.exitcode})")
             return None
         if kind == "Timeout":
-            return w.task, Outcome.failed(w.task, "Timeout", f"the report ran longer than its timeout of {w.task.timeout} s and was stopped")
+            return w.task, Outcome.failed(
+                w.task,
+                "Timeout",
+                f"the report ran longer than its timeout of {w.task.timeout} s and was stopped",
+            )
         if kind == "MemoryError":
-            return w.task, Outcome.failed(w.task, "MemoryError", f"the report exceeded its memory limit of {self.memory} MB ([runner] memory) "
-                                          f"and was stopped: one of its processes held {w.memory_seen} MB")
-        return w.task, Outcome.failed(w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})")
+            return w.task, Outcome.failed(
+                w.task,
+                "MemoryError",
+                f"the report exceeded its memory limit of {self.memory} MB ([runner] memory) "
+                f"and was stopped: one of its processes held {w.memory_seen} MB",
+            )
+        return w.task, Outcome.failed(
+            w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})"
+        )
 
 # %% ../../nbs/runner/executors.ipynb #0ee51a1d
 class DaskExecutor:
     "Runs each task as a task on the dask.distributed cluster at `scheduler`."
+
     def __init__(self, workers: int = 1, scheduler: str | None = None, **_):
-        if not scheduler: raise RKError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        if not scheduler:
+            raise RKError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
         self.scheduler = scheduler
 
     def run(self, tasks: list[Task]):
         "Yield (task, outcome) for every task, in the order they finish."
-        try: from distributed import Client, as_completed
-        except ImportError: raise RKError("the dask executor needs the 'dask' extra: pip install 'research_kit[dask]'") from None
-        try: client = Client(self.scheduler, timeout=30)
-        except (OSError, TimeoutError) as e: raise RKError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}") from None
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise RKError(
+                "the dask executor needs the 'dask' extra: pip install 'research_kit[dask]'"
+            ) from None
+        try:
+            client = Client(self.scheduler, timeout=30)
+        except (OSError, TimeoutError) as e:
+            raise RKError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}") from None
         try:
             futures = {client.submit(execute_report, t, pure=False): t for t in tasks}
             for future in as_completed(futures):
                 task = futures[future]
-                try: yield task, future.result()
-                except Exception as e: yield task, Outcome.failed(task, type(e).__name__, f"the Dask task failed: {e}")
+                try:
+                    yield task, future.result()
+                except Exception as e:
+                    yield task, Outcome.failed(task, type(e).__name__, f"the Dask task failed: {e}")
         finally:
             client.close()
 
+
 class DaemonExecutor:
     "Runs tasks in the workspace's long-lived warm workers (`research_kit.runner.daemon`), starting them when none run."
+
     def __init__(self, workers: int = 1, settings=None, **_):
         self.workers, self.settings = max(1, int(workers)), settings
 
     def run(self, tasks: list[Task]):
         "Yield (task, outcome) for every task, in the order they finish."
         from research_kit.runner.daemon import run_tasks
+
         yield from run_tasks(tasks, self.settings, self.workers)
+
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor, "daemon": DaemonExecutor}
