@@ -27,6 +27,7 @@ def primary_key(schema: dict, # a Table Schema
     "The primary key's field names (a Table Schema may give one name or a list)."
     return as_list(schema.get("primaryKey"))
 
+# %% ../../nbs/data/schema.ipynb #d707d997
 def constraints(f: dict, # a field of a Table Schema
                ) -> dict:
     "The field's constraints (an empty dict when it has none)."
@@ -58,6 +59,7 @@ def _constraint_problem(name: str, value, typ: str) -> str | None:
         except re.error as e: return f"is not a valid regular expression ({e})"
     return None
 
+# %% ../../nbs/data/schema.ipynb #fd457574
 def _check_field(f, where: str) -> str:
     "The field's name, after checking its type and constraints."
     if not isinstance(f, dict) or "name" not in f:
@@ -74,6 +76,7 @@ def _check_field(f, where: str) -> str:
         if problem: raise DescriptorError(f"{where}: field {name!r} constraint {c}: {value!r} {problem}")
     return name
 
+# %% ../../nbs/data/schema.ipynb #8b9b4a8b
 def check_schema(schema: dict, # a resource's Table Schema
                  where: str, # the descriptor it is in, for messages
                 ) -> None:
