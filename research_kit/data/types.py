@@ -33,6 +33,7 @@ def _make_dtypes(schema: dict) -> dict:
         else: out[f["name"]] = pd.StringDtype(na_value=float("nan"))
     return out
 
+# %% ../../nbs/data/types.ipynb #ac49f1f2
 _dtypes_made: dict[str, dict] = {}  # schema as JSON -> its dtypes
 
 def dtypes(schema: dict, # a Table Schema
@@ -70,6 +71,7 @@ def _numbers(col, typ):
     clean = pc.if_else(bad, None, col) if pc.any(bad).as_py() else col
     return pc.cast(clean, target), bad
 
+# %% ../../nbs/data/types.ipynb #539a1ca0
 def _booleans(col, f):
     import pyarrow as pa, pyarrow.compute as pc
     is_true = pc.is_in(col, pa.array(f.get("trueValues", DEFAULT_TRUE)))
@@ -77,6 +79,7 @@ def _booleans(col, f):
     bad = pc.and_(pc.is_valid(col), pc.invert(pc.or_(is_true, is_false)))
     return pc.if_else(is_true, True, pc.if_else(is_false, False, None)), bad
 
+# %% ../../nbs/data/types.ipynb #7d623300
 def _dates(col, f):
     "Parsed by pandas, because Arrow's strptime turns 2024-02-30 into March 1st."
     import pandas as pd, pyarrow as pa, pyarrow.compute as pc
@@ -86,6 +89,7 @@ def _dates(col, f):
     parsed = pa.array(parsed, type=pa.timestamp("us"))
     return parsed, pc.and_(pc.is_valid(col), pc.is_null(parsed))
 
+# %% ../../nbs/data/types.ipynb #70b23b30
 def typed_column(col, # one column as read by the CSV reader (Arrow)
                  f: dict, # its field
                 ):
