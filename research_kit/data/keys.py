@@ -34,7 +34,7 @@ def fixed_width_keys(col, # a text column (Arrow, one or more chunks)
         keys.append(halves[:, 0] * np.uint64(_MIX) ^ halves[:, 1])
     return np.concatenate(keys) if keys else None
 
-# %% ../../nbs/data/keys.ipynb #05a13dce
+# %% ../../nbs/data/keys.ipynb #40ec8cf5
 def has_duplicates(col, # a column (Arrow, one or more chunks); missing values are ignored
                   ) -> bool:
     "True when a value occurs twice."
@@ -49,6 +49,7 @@ def has_duplicates(col, # a column (Arrow, one or more chunks); missing values a
     ordered = col.take(pc.sort_indices(col))
     return pc.any(pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py()
 
+# %% ../../nbs/data/keys.ipynb #05a13dce
 def unique_failures(col, # the column of a `unique` field (Arrow)
                     name: str, # its name
                     where: Where, # where the table came from
@@ -62,7 +63,7 @@ def unique_failures(col, # the column of a `unique` field (Arrow)
     values = [s.iloc[r] for r in rows[:where.listed]]
     return where.failures(name, rows, values, "unique: value occurs more than once")
 
-# %% ../../nbs/data/keys.ipynb #429ab073
+# %% ../../nbs/data/keys.ipynb #eeb8d2d9
 def column_keys(col, # a column (Arrow, one or more chunks)
                ):
     "One uint64 per value of a column: equal values get equal keys (missing values share one)."
@@ -75,6 +76,7 @@ def column_keys(col, # a column (Arrow, one or more chunks)
     codes = pc.dictionary_encode(col).combine_chunks().indices
     return pc.fill_null(codes, -1).to_numpy().astype(np.int64).view(np.uint64)
 
+# %% ../../nbs/data/keys.ipynb #429ab073
 def key_may_repeat(table, # a typed Arrow table
                    schema: dict, # its Table Schema
                   ) -> bool:
