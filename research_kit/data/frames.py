@@ -76,6 +76,7 @@ def to_pandas(col, # a typed Arrow column (array or chunked)
         return pd.arrays.BooleanArray(values, _writable(col.is_null().to_numpy()))
     return _numpy(col, private)  # int64, float64, datetime64[us]
 
+# %% ../../nbs/data/frames.ipynb #7a665dee
 def to_frame(table, # a typed Arrow table (parsed, or read from the cache)
              schema: dict, # its Table Schema
              private: bool = False, # nobody else holds `table`: the frame may take over its memory
