@@ -5,7 +5,7 @@
 # %% ../../nbs/analysis/plots.ipynb #ae514bd2
 from __future__ import annotations
 from ..i18n import N_, check_lang, translate
-from .stats import AnalysisError, _names, _check_columns
+from .stats import AnalysisError, _names, _require_columns
 from .presentation import apply_labels, format_percent, measure_labels, stage_labels, variable_label
 
 # %% auto #0
@@ -46,7 +46,7 @@ def _errors(est, lower, upper):
 # %% ../../nbs/analysis/plots.ipynb #e7b09682
 def _labels(table, label, lang: str = "en", labels: dict | None = None) -> list[str]:
     cols = _names(label)
-    _check_columns(table, cols)
+    _require_columns(table, cols)
     import textwrap
     named = apply_labels(table[cols], {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})})
     # long names (a college's full name in Kazakh) are wrapped, so the axes keep their room
@@ -60,7 +60,7 @@ def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labe
     "Points at `rate` with bars from `lower` to `upper`, one per row, labelled by the `label` column(s)."
     import numpy as np, matplotlib
     lang = check_lang(lang)
-    _check_columns(table, ["rate", "lower", "upper"])
+    _require_columns(table, ["rate", "lower", "upper"])
     labels = _labels(table, label, lang, labels)
     rate, lower, upper = (_floats(table[c]) for c in ("rate", "lower", "upper"))
     y = np.arange(len(table))[::-1]
@@ -82,7 +82,7 @@ def plot_funnel(flow, *, title: str | None = None, lang: str = "en"):
     "Horizontal bars: the share of each cohort's enrolled students reaching each stage, with intervals."
     import numpy as np, matplotlib
     lang = check_lang(lang)
-    _check_columns(flow, list(_FLOW_COLUMNS))
+    _require_columns(flow, list(_FLOW_COLUMNS))
     for col in flow.columns:
         if col not in _FLOW_COLUMNS and flow[col].nunique(dropna=False) > 1:
             raise AnalysisError(f"the flow holds several groups in column {col!r}; select one group first, "
@@ -114,7 +114,7 @@ def plot_calibration(calibration, *, title: str | None = None, lang: str = "en")
     "Observed rate against mean predicted probability per bin, with interval bars and the diagonal."
     import numpy as np, matplotlib
     lang = check_lang(lang)
-    _check_columns(calibration, ["mean_predicted", "observed_rate"])
+    _require_columns(calibration, ["mean_predicted", "observed_rate"])
     x, y = _floats(calibration["mean_predicted"]), _floats(calibration["observed_rate"])
     has_ci = "lower" in calibration and "upper" in calibration
     yerr = _errors(y, _floats(calibration["lower"]), _floats(calibration["upper"])) if has_ci else None
@@ -135,7 +135,7 @@ def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: st
     import numpy as np, matplotlib, textwrap
     from research_kit.errors import UnknownNameError
     lang = check_lang(lang)
-    _check_columns(effects, ["term", "estimate", "lower", "upper"])
+    _require_columns(effects, ["term", "estimate", "lower", "upper"])
     if terms is None: rows = effects[effects["term"] != "Intercept"]
     else:
         wanted = _names(terms)
@@ -159,7 +159,7 @@ def plot_event_study(study, *, title: str | None = None, lang: str = "en", ylabe
     "Points at each event time's `estimate` with bars from `lower` to `upper`, a line at zero and one where the treatment starts."
     import numpy as np, matplotlib
     lang = check_lang(lang)
-    _check_columns(study, ["event_time", "estimate", "lower", "upper"])
+    _require_columns(study, ["event_time", "estimate", "lower", "upper"])
     rows = study.sort_values("event_time")
     t, est, lower, upper = (_floats(rows[c]) for c in ("event_time", "estimate", "lower", "upper"))
     with matplotlib.rc_context(STYLE):
@@ -184,7 +184,7 @@ def plot_network(links, source: str, target: str, *, weight: str | None = None, 
     "Nodes on a circle sized by their links, lines (arrows when `directed`) as thick as the links between each pair."
     import textwrap, matplotlib, numpy as np
     lang = check_lang(lang)
-    _check_columns(links, [source, target, *([weight] if weight else [])])
+    _require_columns(links, [source, target, *([weight] if weight else [])])
     data = links[[source, target]].astype(str).assign(w=_floats(links[weight]) if weight else 1.0)
     data = data[np.isfinite(data["w"])]
     if not directed:  # one line per pair, whichever way round it was written

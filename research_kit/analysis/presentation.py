@@ -23,7 +23,7 @@ def is_missing(x) -> bool:
     try: return bool(x != x)
     except TypeError: return True  # pandas.NA: its comparisons are NA, which has no truth value
 
-def _pattern(kind: str, lang: str, digits: int | None):
+def _number_pattern(kind: str, lang: str, digits: int | None):
     "The locale's own decimal or percent pattern, with a fixed number of decimals if asked."
     from babel import Locale
     from babel.numbers import parse_pattern
@@ -40,7 +40,7 @@ def format_number(x, lang: str, digits: int | None = None, sign: bool = False) -
     "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign` writes `+` before a positive one."
     lang = check_lang(lang)
     if is_missing(x): return MISSING
-    pattern, locale = _pattern("decimal", lang, digits)
+    pattern, locale = _number_pattern("decimal", lang, digits)
     text = pattern.apply(x, locale)
     return "+" + text if sign and x > 0 else text
 
@@ -57,7 +57,7 @@ def format_percent(rate, lang: str, digits: int = 1) -> str:
     "A share between 0 and 1 as a percentage with `digits` decimals, as the locale writes it."
     lang = check_lang(lang)
     if is_missing(rate): return MISSING
-    pattern, locale = _pattern("percent", lang, digits)
+    pattern, locale = _number_pattern("percent", lang, digits)
     return pattern.apply(rate, locale)
 
 def format_rate_interval(rate, lower, upper, lang: str, digits: int = 1) -> str:

@@ -5,7 +5,7 @@
 # %% ../../nbs/analysis/privacy.ipynb #701d3e33
 from __future__ import annotations
 from ..errors import UnknownNameError
-from .stats import AnalysisError, _names, _check_columns
+from .stats import AnalysisError, _names, _require_columns
 
 # %% auto #0
 __all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'OBJECTIVES', 'ROUNDS', 'NODES', 'STRIKES', 'FLOW_VARIABLES', 'STALL', 'AUDIENCES',
@@ -366,7 +366,7 @@ def _table_shape(table, count_columns, total_row, total_column):
     total_column = _single_label(total_column, "total_column")
     if total_column is not None and total_column not in counts: counts.append(total_column)
     if not counts: raise AnalysisError("count_columns is empty: name the columns that hold counts")
-    _check_columns(table, counts)
+    _require_columns(table, counts)
     if not table.index.is_unique: raise AnalysisError("the table's index has repeated labels; reset_index() first")
     total_i = None
     if total_row is not None:
@@ -535,7 +535,7 @@ def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns
     counts, total_i, total_j = _table_shape(table, count_columns, total_row, total_column)
     k, p = _check_threshold(k), _check_protection(p, _check_threshold(k))
     rates = [c for c in RATE_COLUMNS if c in table.columns] if rate_columns is None else _names(rate_columns)
-    _check_columns(table, rates)
+    _require_columns(table, rates)
     if overlap := set(rates) & set(counts): raise AnalysisError(f"column {sorted(overlap)[0]!r} is both a count and a rate column")
     values = _count_values(table, counts)
     rows = list(table.index)
@@ -606,7 +606,7 @@ def counts_table(table, counts, k: int, *, audience: str, **totals):
 def rates_table(table, k: int, *, audience: str):
     "A `rates()` table as this audience may see it: `n`, `events` and the non-events protected together when public."
     if check_audience(audience) == "consortium": return table
-    _check_columns(table, ["n", "events"])
+    _require_columns(table, ["n", "events"])
     parts = table.assign(non_events=table["n"] - table["events"])
     return suppress(parts, ["events", "non_events"], k, total_column="n")[0].drop(columns="non_events")
 

@@ -19,7 +19,7 @@ def _names(cols) -> list[str]:
     if isinstance(cols, str): return [cols]
     return list(cols)
 
-def _check_columns(df, names) -> None:
+def _require_columns(df, names) -> None:
     columns = [str(c) for c in df.columns]
     for name in names:
         if name not in df.columns: raise UnknownNameError("column", name, columns, where="the DataFrame")
@@ -57,7 +57,7 @@ def rates(df, outcome: str, by=None, *, ci: float = 0.95, method: str = "wilson"
     import numpy as np, pandas as pd
     from statsmodels.stats.proportion import proportion_confint
     by = _names(by)
-    _check_columns(df, [outcome, *by])
+    _require_columns(df, [outcome, *by])
     alpha = _alpha(ci)
     if method not in CI_METHODS: raise UnknownNameError("interval method", method, CI_METHODS)
     if min_cell is not None and (isinstance(min_cell, bool) or not isinstance(min_cell, int) or min_cell < 1):
@@ -131,7 +131,7 @@ def compare(df, outcome: str, group: str, *, reference=None, ci: float = 0.95):
     "Each group of `group` against `reference`: difference in rate (binary `outcome`) or mean, CI, p-value, effect size."
     import numpy as np, pandas as pd
     from pandas.api.types import is_numeric_dtype
-    _check_columns(df, [outcome, group])
+    _require_columns(df, [outcome, group])
     alpha = _alpha(ci)
     y = _binary(df[outcome], outcome, required=False)
     binary = y is not None
@@ -217,7 +217,7 @@ def effect(df, outcome: str, treatment: str, controls=(), *, cluster: str | None
     "Regression of `outcome` on `treatment` and `controls`: one tidy row per term (estimate, std_error, CI, p-value, n)."
     import numpy as np, pandas as pd
     controls = _names(controls)
-    _check_columns(df, [outcome, treatment, *controls, *([cluster] if cluster else [])])
+    _require_columns(df, [outcome, treatment, *controls, *([cluster] if cluster else [])])
     alpha = _alpha(ci)
     if kind not in _KINDS: raise UnknownNameError("model kind", kind, _KINDS)
     if robust not in _ROBUST: raise UnknownNameError("robust covariance", robust, _ROBUST)

@@ -140,7 +140,7 @@ def _as_resource(package: dict, folder: str):
     r = package["resources"][0]
     return Resource(package["name"], r["name"], r, f"{folder}/{r['path']}", f"{folder}/{DESCRIPTOR}", package)
 
-def _validated(package: dict, data: bytes, folder: str, path: Path):
+def _validate_demoting_types(package: dict, data: bytes, folder: str, path: Path):
     "(typed Arrow table, the fields declared text because their inferred type failed) after the loader's validation passes."
     from research_kit.data.load import validate_bytes
     demoted = []
@@ -220,7 +220,7 @@ def new_package(name: str, source, *, title: str | None = None) -> NewPackage:
     fields = infer_fields(table, text)
     kept_as_text = [f["name"] for f in fields if f["type"] == "string" and str(table.column(f["name"]).type) not in ("string", "null")]
     package = _descriptor(name, title, source.name, _resource(name, fields, encoding, delimiter, data, table.num_rows), [])
-    typed, demoted = _validated(package, data, os.path.join(root, name), source)
+    typed, demoted = _validate_demoting_types(package, data, os.path.join(root, name), source)
     package["x-todo"] = checklist(fields, key_candidates(text, fields), kept_as_text + demoted, bool(title))
     folder = _place(Path(root), name, data, package)
     _cache(_as_resource(package, str(folder)), typed)

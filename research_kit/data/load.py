@@ -82,7 +82,7 @@ def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:
     return res.sha256 if is_url(res.url) else memo.sha256(res.url)
 
 # %% ../../nbs/data/load.ipynb #4408d5a5
-def _fail(where: Where, rule: str, value=None, column=None, line=None):
+def _raise_failure(where: Where, rule: str, value=None, column=None, line=None):
     from research_kit.errors import Failure
     raise DataValidationError([Failure(where.package, where.resource, where.file, column, line, value, rule)])
 
@@ -90,9 +90,9 @@ def _check_encoding(data: bytes, encoding: str, where: Where) -> None:
     try: data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        _fail(where, f"not valid {encoding} text (byte 0x{data[e.start]:02x}); is the file in another "
+        _raise_failure(where, f"not valid {encoding} text (byte 0x{data[e.start]:02x}); is the file in another "
                      f"encoding, e.g. cp1251? Declare it as the resource's 'encoding'", line=line)
-    except LookupError: _fail(where, f"unknown encoding {encoding!r} in the descriptor")
+    except LookupError: _raise_failure(where, f"unknown encoding {encoding!r} in the descriptor")
 
 def _line_of(data: bytes, row) -> int | None:
     "The 1-based line of a malformed row (Arrow knows it only when reading on one thread)."
@@ -108,7 +108,7 @@ def read_table(data: bytes,  # the whole file
               ):
     "The CSV bytes as an Arrow table in the declared types (or all text), after checking rows and header."
     import pyarrow as pa, pyarrow.csv as pcsv
-    if not data[:4096].strip() and not data.strip(): _fail(where, "the file is empty")
+    if not data[:4096].strip() and not data.strip(): _raise_failure(where, "the file is empty")
     bad_rows = []
     def on_bad_row(row):
         bad_rows.append(row)
@@ -125,7 +125,7 @@ def read_table(data: bytes,  # the whole file
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         _check_encoding(data, res.encoding, where)  # names the line of a bad byte, if that is the cause
         if not as_text and "conversion error" in str(e): return None  # a value not of its type: read as text
-        _fail(where, f"cannot be read as CSV: {e}")
+        _raise_failure(where, f"cannot be read as CSV: {e}")
     if bad_rows:
         from research_kit.errors import Failure
         raise DataValidationError([Failure(where.package, where.resource, where.file, None, _line_of(data, r), r.text[:80],
@@ -182,7 +182,7 @@ def _foreign_key_failures(table, res: Resource, where: Where) -> list:
     return failures
 
 # %% ../../nbs/data/load.ipynb #09a6077e
-def _validated(data: bytes, res: Resource):
+def _read_validated(data: bytes, res: Resource):
     "(typed Arrow table, DataFrame) of a resource's bytes, fully validated, or DataValidationError."
     where = Where(res.package, res.name, res.file)
     table = read_table(data, res, where)
@@ -200,7 +200,7 @@ def validate_bytes(data: bytes,  # content to check as the file of `res`
                   ):
     "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and foreign keys (not its hash)."
     check_schema(res.schema, res.descriptor_url)
-    return _validated(data, res)
+    return _read_validated(data, res)
 
 # %% ../../nbs/data/load.ipynb #044c8cf5
 def cache_key(sha256: str,  # the content hash of the resource's file
@@ -334,7 +334,7 @@ class _NoBar:
     def __enter__(self): return self
     def __exit__(self, *exc): pass
 
-def _progress(name: str):
+def _load_progress_bar(name: str):
     "A progress bar that appears only if the load takes more than a second, where someone watches it."
     if not show_progress(): return _NoBar()
     if _in_jupyter_kernel(): from tqdm.notebook import tqdm
@@ -343,7 +343,7 @@ def _progress(name: str):
     return tqdm(total=2, desc=f"loading {name}", delay=1.0, leave=False, unit="step")
 
 # %% ../../nbs/data/load.ipynb #340799be
-def _check_columns(res: Resource, columns):
+def _selected_columns(res: Resource, columns):
     if columns is None: return None
     columns = [columns] if isinstance(columns, str) else list(columns)
     names = [f["name"] for f in res.fields]
@@ -353,7 +353,7 @@ def _check_columns(res: Resource, columns):
 
 # %% ../../nbs/data/load.ipynb #41c977f9
 def _hash_mismatch(res: Resource, actual: str):
-    _fail(Where(res.package, res.name, res.file), f"hash: the file's sha256 differs from the descriptor's "
+    _raise_failure(Where(res.package, res.name, res.file), f"hash: the file's sha256 differs from the descriptor's "
           f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)", value=f"sha256:{actual}")
 
 def _referenced_hashes(res: Resource, pkg, memo: HashMemo) -> list:
@@ -377,13 +377,13 @@ def _fetch_and_validate(res: Resource, bar):
     "(DataFrame, typed Arrow table, sha256) of a resource's file: read, hash-checked, validated."
     where = Where(res.package, res.name, res.file)
     try: data = _read_whole(res.url)
-    except FileNotFoundError: _fail(where, f"the resource's file {res.url} does not exist")
-    if data is None: _fail(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
+    except FileNotFoundError: _raise_failure(where, f"the resource's file {res.url} does not exist")
+    if data is None: _raise_failure(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
     bar.update(1)
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while Arrow parses
         hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        try: table, df = _validated(data, res)
+        try: table, df = _read_validated(data, res)
         except DataValidationError:  # a changed file is reported as that, before what changed in it
             if res.sha256 and hashing.result() != res.sha256: _hash_mismatch(res, hashing.result())
             raise
@@ -404,11 +404,11 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
     # read restricted data are keyed on it (a run's cache key holds the settings it read)
     check_access(res, settings.institution if res.access == "restricted" else "")
     check_schema(res.schema, res.descriptor_url)
-    columns = _check_columns(res, columns)
+    columns = _selected_columns(res, columns)
     cache_dir = settings.cache_dir
     cache, memo, local = ParquetCache(cache_dir), HashMemo(cache_dir, trust=not rehash), not is_url(res.url)
     if local and not os.path.isfile(res.url):
-        _fail(Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist")
+        _raise_failure(Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist")
     sha = memo.get(res.url) if local else res.sha256
     if sha is None and local and cache.holds_any(res):
         sha = memo.sha256(res.url)  # a file touched but unchanged (a checkout, a copy): hashing it finds its cache
@@ -419,7 +419,7 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
             if as_input: lineage.note_read(res.package, res.name, sha)
             return df
     stamp = memo.stamp(res.url) if local else None  # before reading: a change while it is read is not remembered
-    with _progress(f"{res.package}/{res.name}") as bar:
+    with _load_progress_bar(f"{res.package}/{res.name}") as bar:
         df, table, sha = _fetch_and_validate(res, bar)
     if local: memo.put(res.url, sha, stamp)
     _write_in_background(cache, res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), table)

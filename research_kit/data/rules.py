@@ -19,7 +19,7 @@ def _plain(values):
     if pa.types.is_dictionary(values.type): values = values.cast(values.type.value_type)
     return values.cast(pa.int64()) if pa.types.is_boolean(values.type) else values
 
-def _text(values):
+def _text_only(values):
     "`values`, refusing anything that is not text: a length or pattern means nothing for other types."
     import pyarrow as pa
     values = _plain(values)
@@ -45,15 +45,15 @@ def _above(values, limit):
 def _unmatched(values, pattern):
     "Table Schema patterns match the whole value."
     import pyarrow.compute as pc
-    return pc.invert(pc.match_substring_regex(_text(values), f"^(?:{pattern})$"))
+    return pc.invert(pc.match_substring_regex(_text_only(values), f"^(?:{pattern})$"))
 
 def _shorter(values, limit):
     import pyarrow.compute as pc
-    return pc.less(pc.utf8_length(_text(values)), limit)
+    return pc.less(pc.utf8_length(_text_only(values)), limit)
 
 def _longer(values, limit):
     import pyarrow.compute as pc
-    return pc.greater(pc.utf8_length(_text(values)), limit)
+    return pc.greater(pc.utf8_length(_text_only(values)), limit)
 
 # %% ../../nbs/data/rules.ipynb #38e67121
 @dataclass(frozen=True)
