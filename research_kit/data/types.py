@@ -4,6 +4,7 @@
 
 # %% ../../nbs/data/types.ipynb #1eb63de7
 from __future__ import annotations
+import functools
 from .schema import DEFAULT_FALSE, DEFAULT_TRUE, constraints, is_required, primary_key
 
 # %% auto #0
@@ -34,15 +35,25 @@ def _make_dtypes(schema: dict) -> dict:
     return out
 
 # %% ../../nbs/data/types.ipynb #ac49f1f2
-_dtypes_made: dict[str, dict] = {}  # schema as JSON -> its dtypes
+class _Keyed:
+    "A schema that functools can cache on: hashed and compared by the JSON text of its fields and key."
+    def __init__(self, schema: dict):
+        import json
+        self.schema = schema
+        self.key = json.dumps([schema["fields"], primary_key(schema)], sort_keys=True, default=str)
+
+    def __hash__(self): return hash(self.key)
+    def __eq__(self, other): return isinstance(other, _Keyed) and other.key == self.key
+
+# %% ../../nbs/data/types.ipynb #fc2b4062
+@functools.lru_cache(maxsize=256)  # a process reads a few dozen schemas; the bound only guards against many more
+def _dtypes_made(schema: _Keyed) -> dict:
+    return _make_dtypes(schema.schema)
 
 def dtypes(schema: dict, # a Table Schema
           ) -> dict:
     "Field name → the pandas dtype `load` returns for it."
-    import json
-    key = json.dumps([schema["fields"], primary_key(schema)], sort_keys=True, default=str)
-    if key not in _dtypes_made: _dtypes_made[key] = _make_dtypes(schema)
-    return dict(_dtypes_made[key])
+    return dict(_dtypes_made(_Keyed(schema)))
 
 # %% ../../nbs/data/types.ipynb #6b0d1f92
 def csv_types(schema: dict, # a Table Schema
