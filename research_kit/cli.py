@@ -15,15 +15,18 @@ __all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'conf
            'open_report', 'push', 'pull', 'site', 'keys_new', 'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs',
            'main']
 
-# %% ../nbs/cli.ipynb #f921d409
+# %% ../nbs/cli.ipynb #53e7085d
 # Help as plain text (rich_markup_mode=None): Typer's Rich panels show a flag as `--force <bool>`
 # and `--help <bool>`, and read `[workspace]` in a help text as a style tag
 app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
 datasets_app = typer.Typer(help="List, show and validate the workspace's data packages.", no_args_is_help=True,
                            rich_markup_mode=None)
+
 app.add_typer(datasets_app, name="datasets")
 
+# %% ../nbs/cli.ipynb #93981a3d
 def _console(stderr=False):
     import os
     from rich.console import Console
@@ -33,6 +36,7 @@ def _console(stderr=False):
     # such as `[a-z]+`, recorded values), and Rich would read its square brackets as style tags
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
 
+# %% ../nbs/cli.ipynb #690bc7b9
 def _table(title, columns, rows):
     from rich.table import Table
     t = Table(title=title, title_justify="left")
@@ -61,6 +65,7 @@ def _size(n):
         n /= 1000
     return f"{n:.1f} TB"
 
+# %% ../nbs/cli.ipynb #81b83165
 @datasets_app.command("list")
 def datasets_list():
     "One line per resource: package, resource, rows, size, licence, access."
@@ -70,6 +75,7 @@ def datasets_list():
                             [(r.package, r.resource, r.rows, _size(r.bytes), r.licence, r.access)
                              for r in cat.itertuples()]))
 
+# %% ../nbs/cli.ipynb #87d7e0e1
 @datasets_app.command("show")
 def datasets_show(package: str = typer.Argument(..., help="package name"),
                   lang: Optional[str] = typer.Option(None, help="kk, ru or en: titles and code labels in this language")):
@@ -93,6 +99,7 @@ def datasets_show(package: str = typer.Argument(..., help="package name"),
         out.print(_table(f"{r.name}: {r.file}, {r.descriptor.get('x-rows', '?')} rows, access {r.access}",
                          ["field", "type", "constraints", "description"], rows))
 
+# %% ../nbs/cli.ipynb #fed35fe6
 def _show_labels(p, lang: str, out):
     "The package's title, then each resource's fields with their titles and code labels in `lang` (descriptions are English)."
     from research_kit.data.labels import field_title, value_labels
@@ -135,6 +142,7 @@ def datasets_new(name: str = typer.Argument(..., help="name of the new package (
     out.print(f"still to do (the list `x-todo` in {str(made.folder / 'datapackage.yaml')}; delete it when done):")
     for item in made.todo: out.print(f"  - {item}")
 
+# %% ../nbs/cli.ipynb #414daf34
 @datasets_app.command("rehash")
 def datasets_rehash(package: str = typer.Argument(..., help="package name"),
                     resource: Optional[str] = typer.Argument(None, help="resource name (default: every resource whose file changed)")):
@@ -174,6 +182,7 @@ def _given(pairs: list[str]) -> dict:
         out[name.strip()] = value
     return out
 
+# %% ../nbs/cli.ipynb #859f8c6d
 def _short(value) -> str:
     if isinstance(value, float): return f"{value:.4g}"
     return str(value)[:40]
@@ -182,12 +191,14 @@ def _key_figures(records: dict) -> str:
     "The first key figures of a run, as one short line."
     return ", ".join(f"{k}={_short(v)}" for k, v in list(records.items())[:3] if not isinstance(v, (list, dict)))
 
+# %% ../nbs/cli.ipynb #6b2f62a7
 def _cached_figures(run) -> str:
     "The key figures of a cached run, from the manifest of the run it reuses."
     from research_kit.runner.manifest import ManifestError, read_manifest
     try: return _key_figures(read_manifest(run.folder).records)
     except ManifestError: return ""
 
+# %% ../nbs/cli.ipynb #b17699d9
 def _print_batch_results(results, settings):
     rows, failed = [], 0
     for run, m in results:
@@ -212,6 +223,7 @@ def _print_batch_results(results, settings):
     if blocked: _console(stderr=True).print(f"error: {len(blocked)} public report{'s' if len(blocked) != 1 else ''} failed the disclosure audit")
     if failed or blocked: raise typer.Exit(1)
 
+# %% ../nbs/cli.ipynb #5881e992
 def _progress(total: int, cached: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     console = _console(stderr=True)
@@ -226,6 +238,7 @@ def _progress(total: int, cached: int):
         bar.update(task, advance=1, failed=failed[0])
     return bar, update
 
+# %% ../nbs/cli.ipynb #474f1b73
 def _share_notes():
     "A callback for run_runs' `on_share`, and the list of refusals it collects to print after the progress bar."
     notes = []
@@ -233,12 +246,14 @@ def _share_notes():
         if refused: notes.append(refused if run is None else f"{refused}; ran it here instead")
     return note, notes
 
+# %% ../nbs/cli.ipynb #cc4a10b2
 def _memory_note(settings, runs):
     "Say once, before reports run, that the memory limit is only watched on this OS."
     from research_kit.processes import memory_note
     note = memory_note(settings.memory) if any(not r.cached for r in runs) else None
     if note: _console(stderr=True).print(f"note: {note}", markup=False)
 
+# %% ../nbs/cli.ipynb #053974cd
 def _run_and_report(runs, settings, dry_run=False, **options):
     from research_kit.runner.batch import run_runs
     if dry_run:
@@ -252,9 +267,12 @@ def _run_and_report(runs, settings, dry_run=False, **options):
     for n in notes: _console(stderr=True).print(f"warning: {n}", markup=False)
     _print_batch_results(results, settings)
 
+# %% ../nbs/cli.ipynb #e9e43b6b
 ENGINE_HELP = "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
+
 SHARE_HELP = "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
 
+# %% ../nbs/cli.ipynb #52486d99
 @app.command()
 def run(report: str = typer.Argument(..., help="report template name, or its path"),
         param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
@@ -269,6 +287,7 @@ def run(report: str = typer.Argument(..., help="report template name, or its pat
     _run_and_report([plan(report, _given(param), s, force=force)], s, engine=engine, workers=1, wait=wait,
                     share=share and not force)
 
+# %% ../nbs/cli.ipynb #7debe811
 @app.command()
 def batch(name: str = typer.Argument(..., help="batch name in reports/batches.yaml"),
           workers: Optional[int] = typer.Option(None, min=1, help="parallel workers (default: settings, 0 = CPU count)"),
@@ -304,6 +323,7 @@ def new_report(name: str = typer.Argument(..., help="the new template's name: a 
     out.print("then open it in JupyterLab (rk lab), put your analysis in place of the example, and translate the title and "
               "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md", markup=False)
 
+# %% ../nbs/cli.ipynb #3eae6f44
 @app.command("open")
 def open_report(report: str = typer.Argument(..., help="report template name, or its path"),
                 param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
@@ -349,6 +369,7 @@ def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str,
     if not folders: raise RKError(f"no finished runs to {verb}; run them first")
     return folders
 
+# %% ../nbs/cli.ipynb #8a03b020
 @app.command()
 def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (default: every run in the build folder)"),
          batch: Optional[str] = typer.Option(None, "--batch", help="push the finished runs of this batch")):
@@ -365,6 +386,7 @@ def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (defau
     for r in results:
         if r.outcome == "skipped": _console(stderr=True).print(f"skipped {r.run}: {r.reason}", markup=False)
 
+# %% ../nbs/cli.ipynb #da1fd14b
 def _all_runs(settings, batch):
     "The planned runs of `batch`, or of every batch (each run once)."
     from research_kit.runner.batch import load_batches, plan_batch
@@ -374,6 +396,7 @@ def _all_runs(settings, batch):
         for r in plan_batch(name, settings): runs.setdefault(r.name, r)
     return list(runs.values())
 
+# %% ../nbs/cli.ipynb #4d557030
 @app.command()
 def pull(batch: Optional[str] = typer.Option(None, "--batch", help="pull the runs of this batch (default: every batch)"),
          wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
@@ -396,6 +419,7 @@ def pull(batch: Optional[str] = typer.Option(None, "--batch", help="pull the run
                                     "`rk batch` runs them here")
         raise typer.Exit(1)
 
+# %% ../nbs/cli.ipynb #ce7c47bf
 @app.command()
 def site(public: Optional[str] = typer.Option(None, "--public", help="write a static site of the publishable runs only to this folder"),
          out: Optional[str] = typer.Option(None, help="where the consortium index goes (default: next to the build folder, _share/)"),
@@ -412,10 +436,13 @@ def site(public: Optional[str] = typer.Option(None, "--public", help="write a st
     what = "publishable runs" if public else "runs"
     _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
 
+# %% ../nbs/cli.ipynb #d9bfe90e
 keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True,
                        rich_markup_mode=None)
+
 app.add_typer(keys_app, name="keys")
 
+# %% ../nbs/cli.ipynb #dd18ff4c
 @keys_app.command("new")
 def keys_new():
     "Make your institution's signing key pair: private key in your own configuration, public key in keys/."
@@ -488,7 +515,7 @@ def audit(run_dir: Optional[str] = typer.Argument(None, help="a run folder under
         for f in r.findings: out.print("  " + f.describe(), markup=False)
     if any(r.audience == "public" and not r.publishable for r in results.values()): raise typer.Exit(1)
 
-# %% ../nbs/cli.ipynb #83d39fc1
+# %% ../nbs/cli.ipynb #22cd4423
 @app.command()
 def doctor():
     "Check the workspace's environment: kernel, package, settings, data; say how to fix what fails."
@@ -500,6 +527,7 @@ def doctor():
         if not c.ok: out.print(f"     fix: {c.fix}", markup=False)
     if not all(c.ok for c in checks): raise typer.Exit(1)
 
+# %% ../nbs/cli.ipynb #eb1384b7
 @app.command()
 def lab(port: int = typer.Option(8888, help="port to listen on"),
         ip: str = typer.Option("127.0.0.1", help="address to listen on (only loopback unless you say otherwise)"),
@@ -513,6 +541,7 @@ def lab(port: int = typer.Option(8888, help="port to listen on"),
     sys.stdout.flush()
     replace_process(cmd)
 
+# %% ../nbs/cli.ipynb #04646de6
 @app.command()
 def docs(out: str = typer.Option("_docs", help="output folder, relative to the workspace root")):
     "Render the library's notebooks and the report templates to static HTML with an index page."
@@ -522,7 +551,7 @@ def docs(out: str = typer.Option("_docs", help="output folder, relative to the w
     index = build_docs(s.root, s.root / out)
     _console().print(f"docs: {index}")
 
-# %% ../nbs/cli.ipynb #22cd4423
+# %% ../nbs/cli.ipynb #26636c19
 def _utf8_streams():
     "Pipes and files get UTF-8 whatever the locale's code page (cp1251 has no place for ә, қ, ң, ө, ұ, ү, һ, і)."
     for stream in (sys.stdout, sys.stderr):
@@ -530,6 +559,7 @@ def _utf8_streams():
         # a terminal keeps its own encoding and shows what it cannot as '?': better than a crash mid-table
         stream.reconfigure(errors="replace") if stream.isatty() else stream.reconfigure(encoding="utf-8")
 
+# %% ../nbs/cli.ipynb #bf0e51a5
 def main(argv=None):
     "Run `rk`; user errors print their message and exit with 1."
     _utf8_streams()
