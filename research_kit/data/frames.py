@@ -46,8 +46,8 @@ def _categorical(col, dtype):
     "An enum column (dictionary = the declared categories) as a pandas Categorical, built from its codes."
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
     declared = list(dtype.categories)
-    as_declared = all(c.dictionary.to_pylist() == declared for c in col.chunks)
-    if not (pa.types.is_dictionary(col.type) and as_declared):
+    coded = pa.types.is_dictionary(col.type) and all(c.dictionary.to_pylist() == declared for c in col.chunks)
+    if not coded:  # plain text, or a dictionary of other categories: convert by value
         return pd.Categorical(to_pandas(col, None), dtype=dtype)
     codes = pa.chunked_array([c.indices for c in col.chunks], col.type.index_type)
     if codes.null_count: codes = pc.fill_null(codes, -1)
