@@ -17,8 +17,8 @@ from .manifest import MANIFEST, Manifest, ManifestError, Run, read_manifest, wri
 from .runs import OUTPUTS, code_sha256, current_key, environment, run_key
 
 # %% auto #0
-__all__ = ['SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share', 'reaching',
-           'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
+__all__ = ['KEYED_FIELDS', 'SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share',
+           'reaching', 'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
 
 # %% ../../nbs/runner/store.ipynb #25bc253d
 class ShareError(RKError):
@@ -122,8 +122,12 @@ class Pushed:
     outcome: str
     reason: str = ""
 
+KEYED_FIELDS = (("template", "sha256"), ("code", "source_sha256"), ("environment", "packages_sha256"))
+
 def _local_problem(folder: Path, m: Manifest) -> str | None:
     if m.status != "succeeded": return f"it {m.status}: only successful runs are shared"
+    missing = [f"{part}.{key}" for part, key in KEYED_FIELDS if not isinstance(getattr(m, part).get(key), str)]
+    if missing: return f"its manifest has no {', '.join(missing)}, so its lookup key cannot be worked out"
     # no other workspace may reuse it (restore refuses it), so it would only take room in the store
     if m.unkeyed: return f"no cache key covers what it read ({'; '.join(m.unkeyed)}), so no one else could reuse it"
     for name, digest in m.outputs.items():
