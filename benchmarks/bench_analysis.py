@@ -7,6 +7,7 @@ On the consortium package generated at 1,000,000 students:
 
 Usage: python benchmarks/bench_analysis.py [--students N] [--repeat R]
 """
+
 import argparse
 import os
 import shutil
@@ -27,6 +28,7 @@ def main():
         (work / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = cache\n")
         os.environ["RK_ROOT"] = str(work)
         from research_kit.data.demo import generate
+
         t0 = time.perf_counter()
         generate(work / "datasets" / "consortium", students=args.students)
         print(f"generated {args.students:,} students in {time.perf_counter() - t0:.1f} s")
@@ -35,23 +37,49 @@ def main():
         from statsmodels.stats.proportion import proportion_confint
         from research_kit.data.load import load
         from research_kit.analysis import effect, rates, student_features
-        tables = {r: load("consortium", r) for r in ("students", "terms", "internships", "outcomes", "programs")}
+
+        tables = {
+            r: load("consortium", r) for r in ("students", "terms", "internships", "outcomes", "programs")
+        }
         students = tables["students"].assign(state_grant=lambda d: d["funding"] == "state_grant")
-        features = student_features(tables["students"], tables["terms"], tables["internships"], tables["outcomes"],
-                                    programs=tables["programs"])
-        features = features[features["status"] != "enrolled"].assign(dropped=lambda d: d["dropped"].astype(float))
+        features = student_features(
+            tables["students"],
+            tables["terms"],
+            tables["internships"],
+            tables["outcomes"],
+            programs=tables["programs"],
+        )
+        features = features[features["status"] != "enrolled"].assign(
+            dropped=lambda d: d["dropped"].astype(float)
+        )
 
         by = ["institution_id", "program_id"]
+
         def bare_rates():
-            counts = students.groupby(by, observed=True)["state_grant"].agg(n="size", events="sum").reset_index()
+            counts = (
+                students.groupby(by, observed=True)["state_grant"].agg(n="size", events="sum").reset_index()
+            )
             counts["rate"] = counts["events"] / counts["n"]
-            counts["lower"], counts["upper"] = proportion_confint(counts["events"], counts["n"], alpha=0.05, method="wilson")
+            counts["lower"], counts["upper"] = proportion_confint(
+                counts["events"], counts["n"], alpha=0.05, method="wilson"
+            )
             return counts
+
         ours_rates = lambda: rates(students, "state_grant", by=by)
         assert len(bare_rates()) == len(ours_rates())
 
-        controls = ["first_term_gpa", "first_term_attendance", "gpa", "attendance", "gender", "language",
-                    "entry_basis", "region", "institution_id", "field_of_study"]
+        controls = [
+            "first_term_gpa",
+            "first_term_attendance",
+            "gpa",
+            "attendance",
+            "gender",
+            "language",
+            "entry_basis",
+            "region",
+            "institution_id",
+            "field_of_study",
+        ]
         table = effect(features, "dropped", "funding", controls=controls)
         formula = table.attrs["formula"]
         used = features.dropna(subset=["dropped", "funding", *controls])
@@ -59,11 +87,15 @@ def main():
         ours_effect = lambda: effect(features, "dropped", "funding", controls=controls)
 
         rows = []
-        for name, bare, ours in [("rates by institution x programme", bare_rates, ours_rates),
-                                 ("effect, ten controls (OLS, HC1)", bare_effect, ours_effect)]:
+        for name, bare, ours in [
+            ("rates by institution x programme", bare_rates, ours_rates),
+            ("effect, ten controls (OLS, HC1)", bare_effect, ours_effect),
+        ]:
             b, o = timed(bare, args.repeat), timed(ours, args.repeat)
             rows.append((name, b, o))
-        print(f"\n{len(students):,} students; {len(used):,} rows in the effect model; median of {args.repeat} runs")
+        print(
+            f"\n{len(students):,} students; {len(used):,} rows in the effect model; median of {args.repeat} runs"
+        )
         print(f"{'':36} {'bare (s)':>9} {'ours (s)':>9} {'ratio':>7}")
         for name, b, o in rows:
             print(f"{name:36} {b:9.3f} {o:9.3f} {o / b:7.3f}  target <= 1.3")

@@ -19,6 +19,7 @@ parameters) list as the `annual` batch.
 Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only] [--discovery-only] [--repeat N]
        [--against DIR [--rounds N]]
 """
+
 import argparse
 import os
 import shutil
@@ -36,7 +37,8 @@ BIN = Path(sys.executable).parent
 def rk(*args, env, cwd=ROOT):
     t0 = time.perf_counter()
     proc = subprocess.run([str(BIN / "rk"), *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode: raise SystemExit(f"rk {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode:
+        raise SystemExit(f"rk {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return time.perf_counter() - t0
 
 
@@ -47,8 +49,13 @@ def papermill_loop(runs, out: Path, env) -> float:
         args = []
         for name, value in run.parameters.items():  # -r passes text as is; -p lets papermill parse the rest
             args += ["-r" if isinstance(value, str) else "-p", name, str(value)]
-        subprocess.run([str(BIN / "papermill"), str(run.template), str(out / f"{i}.ipynb"), "--no-progress-bar", *args],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [str(BIN / "papermill"), str(run.template), str(out / f"{i}.ipynb"), "--no-progress-bar", *args],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
     return time.perf_counter() - t0
 
 
@@ -56,16 +63,28 @@ def empty_overhead(workers, n, base_env) -> tuple[float, float]:
     "Per-report cost of an empty template with the warm engine: (amortized wall, median execution)."
     import json
     import nbformat
+
     tmp = Path(tempfile.mkdtemp(prefix="rk-empty-"))
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell("i: int = 0", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell("i")]
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"}
+        }
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell("i: int = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("i"),
+    ]
     nbformat.write(nb, tmp / "empty.ipynb")
-    (tmp / "batches.yaml").write_text(f"one:\n  - report: empty\n    parameters: [{{i: -1}}]\n"
-                                      f"many:\n  - report: empty\n    grid: {{i: {list(range(n))}}}\n")
+    (tmp / "batches.yaml").write_text(
+        f"one:\n  - report: empty\n    parameters: [{{i: -1}}]\n"
+        f"many:\n  - report: empty\n    grid: {{i: {list(range(n))}}}\n"
+    )
     env = {**base_env, "RK_WORKSPACE_REPORTS": str(tmp), "RK_WORKSPACE_BUILD": str(tmp / "_build")}
     one = rk("batch", "one", "--workers", "1", env=env)
     many = rk("batch", "many", "--workers", "1", env=env)
-    durations = [json.loads(p.read_text())["duration"] for p in (tmp / "_build" / "empty").glob("*/manifest.json")]
+    durations = [
+        json.loads(p.read_text())["duration"] for p in (tmp / "_build" / "empty").glob("*/manifest.json")
+    ]
     shutil.rmtree(tmp, ignore_errors=True)
     return (many - one) / (n - 1), statistics.median(durations)
 
@@ -73,16 +92,23 @@ def empty_overhead(workers, n, base_env) -> tuple[float, float]:
 def documents_cost(workers, base) -> tuple[float, float, float, int]:
     "Cold warm-engine `rk batch annual` wall times: notebook.html only, + reader documents, + PDFs; and the PDFs made."
     import json
+
     work = Path(tempfile.mkdtemp(prefix="rk-bench-docs-"))
     times = {}
     try:
         for name, reader, pdf in (("none", "off", "off"), ("reader", "on", "off"), ("pdf", "on", "on")):
-            env = {**base, "RK_WORKSPACE_BUILD": str(work / name), "RK_RUNNER_READER": reader, "RK_RUNNER_PDF": pdf}
+            env = {
+                **base,
+                "RK_WORKSPACE_BUILD": str(work / name),
+                "RK_RUNNER_READER": reader,
+                "RK_RUNNER_PDF": pdf,
+            }
             times[name] = rk("batch", "annual", "--engine", "warm", "--workers", str(workers), env=env)
         pdfs = sum(json.loads(p.read_text())["pdf"]["made"] for p in (work / "pdf").glob("*/*/manifest.json"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return times["none"], times["reader"], times["pdf"], pdfs
+
 
 def against(other: Path, workers: int, rounds: int, base) -> tuple[list[float], list[float]]:
     "Cold warm-engine `rk batch annual` wall times in this checkout and in `other`, alternating: (here, there)."
@@ -90,68 +116,108 @@ def against(other: Path, workers: int, rounds: int, base) -> tuple[list[float], 
     work = Path(tempfile.mkdtemp(prefix="rk-bench-against-"))
     try:
         trees = {"here": (ROOT, here), "there": (other.resolve(), there)}
-        envs = {name: {**base, "PYTHONPATH": str(tree), "RK_WORKSPACE_CACHE": str(work / name / "cache")}
-                for name, (tree, _) in trees.items()}
+        envs = {
+            name: {**base, "PYTHONPATH": str(tree), "RK_WORKSPACE_CACHE": str(work / name / "cache")}
+            for name, (tree, _) in trees.items()
+        }
         for name, (tree, _) in trees.items():
             rk("datasets", "validate", env=envs[name], cwd=tree)  # a warm data cache for both
         for i in range(rounds):
-            for name, (tree, times) in (trees.items() if i % 2 == 0 else reversed(trees.items())):
+            for name, (tree, times) in trees.items() if i % 2 == 0 else reversed(trees.items()):
                 env = {**envs[name], "RK_WORKSPACE_BUILD": str(work / name / f"build{i}")}
-                times.append(rk("batch", "annual", "--engine", "warm", "--workers", str(workers), env=env, cwd=tree))
+                times.append(
+                    rk("batch", "annual", "--engine", "warm", "--workers", str(workers), env=env, cwd=tree)
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return here, there
 
+
 def print_against(other, workers, here, there):
     print(f"cold rk batch annual, warm engine, {workers} workers, {len(here)} rounds alternating")
     print(f"{'':44} {'seconds (each)':>24} {'median':>8} {'ratio':>7}")
-    print(f"{str(other) + ' (baseline)':44} {' '.join(f'{t:.1f}' for t in there):>24} {statistics.median(there):8.2f} {1:7.3f}")
+    print(
+        f"{str(other) + ' (baseline)':44} {' '.join(f'{t:.1f}' for t in there):>24} {statistics.median(there):8.2f} {1:7.3f}"
+    )
     ratio = statistics.median(here) / statistics.median(there)
-    print(f"{'this checkout':44} {' '.join(f'{t:.1f}' for t in here):>24} {statistics.median(here):8.2f} {ratio:7.3f}  target <= 1.5")
+    print(
+        f"{'this checkout':44} {' '.join(f'{t:.1f}' for t in here):>24} {statistics.median(here):8.2f} {ratio:7.3f}  target <= 1.5"
+    )
+
 
 def print_documents(workers, figures):
     none, reader, pdf, pdfs = figures
     print(f"\nrun documents, cold rk batch annual, warm engine, {workers} workers")
     print(f"{'':44} {'seconds':>8} {'ratio':>7}")
     print(f"{'notebook.html only (baseline)':44} {none:8.2f} {1:7.3f}")
-    print(f"{'+ reader documents (report.html)':44} {reader:8.2f} {reader / none:7.3f}  target <= 1.15 of the baseline")
-    print(f"{'+ reader documents and PDFs ([runner] pdf = on)':44} {pdf:8.2f} {pdf / none:7.3f}  "
-          f"{pdfs} PDFs, {(pdf - reader) / max(pdfs, 1) * workers:.2f} s each in a worker")
+    print(
+        f"{'+ reader documents (report.html)':44} {reader:8.2f} {reader / none:7.3f}  target <= 1.15 of the baseline"
+    )
+    print(
+        f"{'+ reader documents and PDFs ([runner] pdf = on)':44} {pdf:8.2f} {pdf / none:7.3f}  "
+        f"{pdfs} PDFs, {(pdf - reader) / max(pdfs, 1) * workers:.2f} s each in a worker"
+    )
+
 
 def cpu_seconds() -> float:
     "User and system time of this process's finished children (rk and the workers it waited for)."
     import resource
+
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
 
 def discovery_cost(workers, base, repeat) -> dict:
     "Cold warm-engine `rk batch annual` with the discovery of reads off and on, alternating: {mode: [(wall, summed durations, cpu)]}."
     import json
+
     work = Path(tempfile.mkdtemp(prefix="rk-bench-reads-"))
     times = {"off": [], "on": []}
     try:
         for i in range(repeat):
-            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):  # ABBA: a machine getting busier favours neither
+            for mode in (
+                ("off", "on") if i % 2 == 0 else ("on", "off")
+            ):  # ABBA: a machine getting busier favours neither
                 build, cpu = work / f"{mode}-{i}", cpu_seconds()
-                wall = rk("batch", "annual", "--engine", "warm", "--workers", str(workers),
-                          env={**base, "RK_WORKSPACE_BUILD": str(build), "RK_RUNNER_DISCOVERY": mode})
-                durations = sum(json.loads(p.read_text())["duration"] for p in build.glob("*/*/manifest.json"))
+                wall = rk(
+                    "batch",
+                    "annual",
+                    "--engine",
+                    "warm",
+                    "--workers",
+                    str(workers),
+                    env={**base, "RK_WORKSPACE_BUILD": str(build), "RK_RUNNER_DISCOVERY": mode},
+                )
+                durations = sum(
+                    json.loads(p.read_text())["duration"] for p in build.glob("*/*/manifest.json")
+                )
                 times[mode].append((wall, durations, cpu_seconds() - cpu))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return times
 
+
 def print_discovery(workers, times):
     off, on = ([statistics.median(t[k] for t in times[m]) for k in range(3)] for m in ("off", "on"))
-    print(f"\ndiscovery of what runs read, cold rk batch annual, warm engine, {workers} workers, median of {len(times['on'])}")
+    print(
+        f"\ndiscovery of what runs read, cold rk batch annual, warm engine, {workers} workers, median of {len(times['on'])}"
+    )
     print(f"{'':44} {'seconds':>8} {'ratio':>7}")
     print(f"{'discovery off (baseline), wall':44} {off[0]:8.2f} {1:7.3f}")
     print(f"{'discovery on, wall':44} {on[0]:8.2f} {on[0] / off[0]:7.3f}  target <= 1.05 of the baseline")
     # on a busy machine the wall time follows the other load; CPU time much less so
-    print(f"{'discovery on, CPU time of rk and its workers':44} {on[2]:8.2f} {on[2] / off[2]:7.3f}  (off: {off[2]:.2f} s)")
-    print(f"{'discovery on, the reports alone (durations)':44} {on[1]:8.2f} {on[1] / off[1]:7.3f}  (off: {off[1]:.2f} s)")
+    print(
+        f"{'discovery on, CPU time of rk and its workers':44} {on[2]:8.2f} {on[2] / off[2]:7.3f}  (off: {off[2]:.2f} s)"
+    )
+    print(
+        f"{'discovery on, the reports alone (durations)':44} {on[1]:8.2f} {on[1] / off[1]:7.3f}  (off: {off[1]:.2f} s)"
+    )
     for k, what in ((0, "wall"), (2, "CPU")):
-        print(f"  each pair, {what}:", ", ".join(f"{b[k] / a[k]:.3f}" for a, b in zip(times["off"], times["on"])))
+        print(
+            f"  each pair, {what}:",
+            ", ".join(f"{b[k] / a[k]:.3f}" for a, b in zip(times["off"], times["on"])),
+        )
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -160,12 +226,17 @@ def main():
     ap.add_argument("--documents-only", action="store_true", help="only the run documents' figures")
     ap.add_argument("--discovery-only", action="store_true", help="only the discovery's figure")
     ap.add_argument("--repeat", type=int, default=1, help="pairs of batches for the discovery's figure")
-    ap.add_argument("--against", type=Path, help="only: cold rk batch annual here vs in this other checkout (e.g. a clone of main)")
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="only: cold rk batch annual here vs in this other checkout (e.g. a clone of main)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="rounds of --against, each running both checkouts")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
     from research_kit.runner.batch import plan_batch
+
     runs = plan_batch("annual", force=True)
     work = Path(tempfile.mkdtemp(prefix="rk-bench-batch-"))
     base = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
@@ -178,23 +249,46 @@ def main():
         try:
             rk("datasets", "validate", env=base)
             print_documents(args.workers, documents_cost(args.workers, base))
-        finally: shutil.rmtree(work, ignore_errors=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return
     if args.discovery_only:
         try:
             rk("datasets", "validate", env=base)
             print_discovery(args.workers, discovery_cost(args.workers, base, args.repeat))
-        finally: shutil.rmtree(work, ignore_errors=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return
     try:
         rk("datasets", "validate", env=base)  # a warm data cache for every contender
         loop = papermill_loop(runs, work, base)
-        warm = rk("batch", "annual", "--engine", "warm", "--workers", str(args.workers),
-                  env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")})
-        kernel = rk("batch", "annual", "--engine", "kernel", "--workers", str(args.workers),
-                    env={**base, "RK_WORKSPACE_BUILD": str(work / "kernel")})
-        rerun = rk("batch", "annual", "--engine", "warm", "--workers", str(args.workers),
-                   env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")})
+        warm = rk(
+            "batch",
+            "annual",
+            "--engine",
+            "warm",
+            "--workers",
+            str(args.workers),
+            env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")},
+        )
+        kernel = rk(
+            "batch",
+            "annual",
+            "--engine",
+            "kernel",
+            "--workers",
+            str(args.workers),
+            env={**base, "RK_WORKSPACE_BUILD": str(work / "kernel")},
+        )
+        rerun = rk(
+            "batch",
+            "annual",
+            "--engine",
+            "warm",
+            "--workers",
+            str(args.workers),
+            env={**base, "RK_WORKSPACE_BUILD": str(work / "warm")},
+        )
         amortized, median_exec = empty_overhead(args.workers, args.empty, base)
         documents = documents_cost(args.workers, base)
         discovery = discovery_cost(args.workers, base, args.repeat)
@@ -203,11 +297,19 @@ def main():
     print(f"annual batch: {len(runs)} reports, {args.workers} workers")
     print(f"{'':44} {'seconds':>8} {'ratio':>7}")
     print(f"{'papermill CLI loop (baseline)':44} {loop:8.2f} {1:7.3f}")
-    print(f"{'rk batch annual, warm engine (cold)':44} {warm:8.2f} {warm / loop:7.3f}  target <= 0.2 of the loop")
-    print(f"{'rk batch annual, kernel engine (cold)':44} {kernel:8.2f} {kernel / loop:7.3f}  target <= 0.7 of the loop")
-    print(f"{'rk batch annual, unchanged rerun':44} {rerun:8.2f} {rerun / warm:7.3f}  target <= 0.03 of the cold warm run")
-    print(f"\nempty template, warm engine, 1 worker: {amortized * 1000:.0f} ms per report all-in (outputs, HTML, manifest), "
-          f"median execution {median_exec * 1000:.0f} ms (target: median <= 50 ms)")
+    print(
+        f"{'rk batch annual, warm engine (cold)':44} {warm:8.2f} {warm / loop:7.3f}  target <= 0.2 of the loop"
+    )
+    print(
+        f"{'rk batch annual, kernel engine (cold)':44} {kernel:8.2f} {kernel / loop:7.3f}  target <= 0.7 of the loop"
+    )
+    print(
+        f"{'rk batch annual, unchanged rerun':44} {rerun:8.2f} {rerun / warm:7.3f}  target <= 0.03 of the cold warm run"
+    )
+    print(
+        f"\nempty template, warm engine, 1 worker: {amortized * 1000:.0f} ms per report all-in (outputs, HTML, manifest), "
+        f"median execution {median_exec * 1000:.0f} ms (target: median <= 50 ms)"
+    )
     print_documents(args.workers, documents)
     print_discovery(args.workers, discovery)
 

@@ -11,6 +11,7 @@ columns and a foreign key to students; no target, the same ratios).
 
 Usage: python benchmarks/bench_load.py [--students N] [--repeat R] [--resource students|terms]
 """
+
 import argparse
 import os
 import shutil
@@ -35,15 +36,21 @@ def main():
         (work / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = cache\n")
         os.environ["RK_ROOT"] = str(work)
         from research_kit.data.demo import generate
+
         t0 = time.perf_counter()
-        generate(work / "datasets" / "consortium", students=args.students,
-                 resources=["institutions", "programs", "students"] + (["terms"] if args.resource == "terms" else []))
+        generate(
+            work / "datasets" / "consortium",
+            students=args.students,
+            resources=["institutions", "programs", "students"]
+            + (["terms"] if args.resource == "terms" else []),
+        )
         print(f"generated {args.students:,} students in {time.perf_counter() - t0:.1f} s")
         name = args.resource
         csv = work / "datasets" / "consortium" / f"{name}.csv"
 
         import pandas as pd
         from research_kit.data.load import load, wait_for_cache_writes
+
         for other in ["institutions", "programs", "students"][: 3 if name == "terms" else 2]:
             load("consortium", other)  # warm imports and the tables foreign keys point to
         wait_for_cache_writes()
@@ -53,14 +60,18 @@ def main():
         def cold_load():
             # the cache file is written on a background thread after load returns: not timed
             wait_for_cache_writes()
-            for f in (work / "cache" / "data" / "consortium").glob(f"{name}-*.parquet"): f.unlink()
+            for f in (work / "cache" / "data" / "consortium").glob(f"{name}-*.parquet"):
+                f.unlink()
             shutil.rmtree(work / "cache" / "hashes", ignore_errors=True)
             t0 = time.perf_counter()
             load("consortium", name)
             return time.perf_counter() - t0
+
         first = statistics.median(cold_load() for _ in range(args.repeat))
         wait_for_cache_writes()
-        cached = timed(lambda: load("consortium", name), max(args.repeat, 21))  # ~20 ms each: many, to steady the median
+        cached = timed(
+            lambda: load("consortium", name), max(args.repeat, 21)
+        )  # ~20 ms each: many, to steady the median
 
         py = sys.executable
         rk = str(Path(py).parent / "rk")
@@ -70,11 +81,18 @@ def main():
 
         rows = [
             ("pandas.read_csv (baseline)", baseline, 1.0, ""),
-            ("rk.load, first (validating)", first, first / baseline, "target <= 3" if name == "students" else ""),
+            (
+                "rk.load, first (validating)",
+                first,
+                first / baseline,
+                "target <= 3" if name == "students" else "",
+            ),
             ("rk.load, cached", cached, cached / baseline, "target <= 0.2" if name == "students" else ""),
         ]
         rows_in_file = len(load("consortium", name))
-        print(f"\n{name}.csv: {rows_in_file:,} rows, {csv.stat().st_size / 1e6:.0f} MB; median of {args.repeat} runs (cached: {max(args.repeat, 21)})")
+        print(
+            f"\n{name}.csv: {rows_in_file:,} rows, {csv.stat().st_size / 1e6:.0f} MB; median of {args.repeat} runs (cached: {max(args.repeat, 21)})"
+        )
         print(f"{'':32} {'seconds':>8} {'ratio':>7}")
         for name, t, ratio, target in rows:
             print(f"{name:32} {t:8.3f} {ratio:7.3f}  {target}")

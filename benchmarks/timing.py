@@ -1,4 +1,5 @@
 """Timing helpers shared by the benchmark scripts: medians, because these machines are noisy."""
+
 import statistics
 import subprocess
 import time

@@ -15,12 +15,26 @@ __version__ = "0.1.0"
 # %% ../nbs/package.ipynb #338d14e6
 from .lazy import lazy_exports as _lazy_exports
 
-_all_ = ["load", "catalog", "config", "record", "records", "show", "check_parameters", "DataValidationError", "RKError"]
+_all_ = [
+    "load",
+    "catalog",
+    "config",
+    "record",
+    "records",
+    "show",
+    "check_parameters",
+    "DataValidationError",
+    "RKError",
+]
 _ORIGINS = {  # public name -> where it comes from, imported on first use (research_kit.lazy)
-    "load": "research_kit.data.load", "catalog": "research_kit.data.catalog",
+    "load": "research_kit.data.load",
+    "catalog": "research_kit.data.catalog",
     "config": "research_kit.settings:load_settings",  # not `settings`: that is the submodule's name
-    "record": "research_kit.runner.record", "records": "research_kit.runner.record", "show": "research_kit.runner.record",
+    "record": "research_kit.runner.record",
+    "records": "research_kit.runner.record",
+    "show": "research_kit.runner.record",
     "check_parameters": "research_kit.runner.params",
-    "DataValidationError": "research_kit.errors", "RKError": "research_kit.errors",
+    "DataValidationError": "research_kit.errors",
+    "RKError": "research_kit.errors",
 }
 __getattr__, __dir__ = _lazy_exports(__name__, _ORIGINS)

@@ -18,11 +18,17 @@ __all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'keys_app', 'conf
 # %% ../nbs/cli.ipynb #53e7085d
 # Help as plain text (rich_markup_mode=None): Typer's Rich panels show a flag as `--force <bool>`
 # and `--help <bool>`, and read `[workspace]` in a help text as a style tag
-app = typer.Typer(help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(
+    help="research_kit: shared data packages, analysis utilities and reproducible report runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 
-datasets_app = typer.Typer(help="List, show and validate the workspace's data packages.", no_args_is_help=True,
-                           rich_markup_mode=None)
+datasets_app = typer.Typer(
+    help="List, show and validate the workspace's data packages.", no_args_is_help=True, rich_markup_mode=None
+)
 
 app.add_typer(datasets_app, name="datasets")
 
@@ -30,8 +36,11 @@ app.add_typer(datasets_app, name="datasets")
 def _console(stderr=False):
     import os
     from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else int(os.environ.get("COLUMNS", 160))  # logs and pipes: don't squeeze tables
+    width = (
+        None if stream.isatty() else int(os.environ.get("COLUMNS", 160))
+    )  # logs and pipes: don't squeeze tables
     # no markup: what rk prints is mostly the user's own text (help comments, descriptions, patterns
     # such as `[a-z]+`, recorded values), and Rich would read its square brackets as style tags
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
@@ -39,9 +48,12 @@ def _console(stderr=False):
 # %% ../nbs/cli.ipynb #690bc7b9
 def _table(title, columns, rows):
     from rich.table import Table
+
     t = Table(title=title, title_justify="left")
-    for c in columns: t.add_column(c, justify="right" if c in ("rows", "size", "bytes") else "left")
-    for r in rows: t.add_row(*["" if v is None else str(v) for v in r])
+    for c in columns:
+        t.add_column(c, justify="right" if c in ("rows", "size", "bytes") else "left")
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
     return t
 
 # %% ../nbs/cli.ipynb #0b59cdae
@@ -50,18 +62,27 @@ def config():
     "Print the effective settings, the layer each value came from (default, user, workspace, environment) and its file or variable."
     from research_kit.settings import load_settings
     from research_kit.data.codes import check_institution_setting
+
     s = load_settings()
     check_institution_setting(s)
     _console().print(f"workspace: {s.root}")
-    _console().print(_table(None, ["section", "key", "value", "layer", "source"],
-                            [(v.section, v.key, v.value, v.layer, s.source_of(v.section, v.key)) for v in s.table()]))
-    if s.below_policy(): _console().print(f"note: {s.below_policy()}")
+    _console().print(
+        _table(
+            None,
+            ["section", "key", "value", "layer", "source"],
+            [(v.section, v.key, v.value, v.layer, s.source_of(v.section, v.key)) for v in s.table()],
+        )
+    )
+    if s.below_policy():
+        _console().print(f"note: {s.below_policy()}")
 
 # %% ../nbs/cli.ipynb #31cbb144
 def _size(n):
-    if n is None or n != n: return ""
+    if n is None or n != n:
+        return ""
     for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000: return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
 
@@ -70,145 +91,236 @@ def _size(n):
 def datasets_list():
     "One line per resource: package, resource, rows, size, licence, access."
     from research_kit.data.catalog import catalog
+
     cat = catalog()
-    _console().print(_table("data packages", ["package", "resource", "rows", "size", "licence", "access"],
-                            [(r.package, r.resource, r.rows, _size(r.bytes), r.licence, r.access)
-                             for r in cat.itertuples()]))
+    _console().print(
+        _table(
+            "data packages",
+            ["package", "resource", "rows", "size", "licence", "access"],
+            [(r.package, r.resource, r.rows, _size(r.bytes), r.licence, r.access) for r in cat.itertuples()],
+        )
+    )
 
 # %% ../nbs/cli.ipynb #87d7e0e1
 @datasets_app.command("show")
-def datasets_show(package: str = typer.Argument(..., help="package name"),
-                  lang: Optional[str] = typer.Option(None, help="kk, ru or en: titles and code labels in this language")):
+def datasets_show(
+    package: str = typer.Argument(..., help="package name"),
+    lang: Optional[str] = typer.Option(None, help="kk, ru or en: titles and code labels in this language"),
+):
     "A package's description, licence, sources and the fields of each resource; with --lang, their titles and code labels."
     from research_kit.data.catalog import open_package
+
     if lang is not None:
         from research_kit.i18n import check_lang
+
         check_lang(lang, where="--lang")
     p = open_package(package)
     d, out = p.descriptor, _console()
-    if lang is not None: return _show_labels(p, lang, out)
+    if lang is not None:
+        return _show_labels(p, lang, out)
     from rich.text import Text
+
     out.print(Text.assemble((str(d["name"]), "bold"), f" {d.get('version', '')}: {d.get('title', '')}"))
     out.print(str(d.get("description", "")).strip())
     for key in ("licenses", "sources"):
-        for item in d.get(key, []): out.print(f"{key[:-1]}: {item.get('title') or item.get('name')} {item.get('path', '')}")
+        for item in d.get(key, []):
+            out.print(f"{key[:-1]}: {item.get('title') or item.get('name')} {item.get('path', '')}")
     for r in p.resources.values():
-        rows = [(f["name"], f.get("type", "string"),
-                 ", ".join(f"{k}={v}" for k, v in (f.get("constraints") or {}).items()),
-                 f.get("description", f.get("title", ""))) for f in r.fields]
-        out.print(_table(f"{r.name}: {r.file}, {r.descriptor.get('x-rows', '?')} rows, access {r.access}",
-                         ["field", "type", "constraints", "description"], rows))
+        rows = [
+            (
+                f["name"],
+                f.get("type", "string"),
+                ", ".join(f"{k}={v}" for k, v in (f.get("constraints") or {}).items()),
+                f.get("description", f.get("title", "")),
+            )
+            for f in r.fields
+        ]
+        out.print(
+            _table(
+                f"{r.name}: {r.file}, {r.descriptor.get('x-rows', '?')} rows, access {r.access}",
+                ["field", "type", "constraints", "description"],
+                rows,
+            )
+        )
 
 # %% ../nbs/cli.ipynb #fed35fe6
 def _show_labels(p, lang: str, out):
     "The package's title, then each resource's fields with their titles and code labels in `lang` (descriptions are English)."
     from research_kit.data.labels import field_title, value_labels
+
     d = p.descriptor
     from rich.text import Text  # the console reads no markup: style by Text, never by [bold] tags
+
     out.print(Text.assemble((str(d["name"]), "bold"), f" {d.get('version', '')}: {field_title(d, lang)}"))
     for r in p.resources.values():
-        rows = [(f["name"], field_title(f, lang), f.get("type", "string"),
-                 "; ".join(f"{code} = {label}" for code, label in value_labels(f, lang).items()))
-                for f in r.fields]
-        out.print(_table(f"{r.name}: {field_title(r.descriptor, lang)}", ["field", "title", "type", "labels"], rows))
+        rows = [
+            (
+                f["name"],
+                field_title(f, lang),
+                f.get("type", "string"),
+                "; ".join(f"{code} = {label}" for code, label in value_labels(f, lang).items()),
+            )
+            for f in r.fields
+        ]
+        out.print(
+            _table(f"{r.name}: {field_title(r.descriptor, lang)}", ["field", "title", "type", "labels"], rows)
+        )
 
 # %% ../nbs/cli.ipynb #aedbd097
 @datasets_app.command("validate")
-def datasets_validate(package: Optional[str] = typer.Argument(None, help="package name (default: all)"),
-                      resource: Optional[str] = typer.Argument(None, help="resource name (default: all)")):
+def datasets_validate(
+    package: Optional[str] = typer.Argument(None, help="package name (default: all)"),
+    resource: Optional[str] = typer.Argument(None, help="resource name (default: all)"),
+):
     "Check every resource's hash, types, constraints and keys (another institution's restricted ones are skipped); exit 1 on any failure."
     from research_kit.data.load import validate
+
     results = validate(package, resource)
-    def status(c): return "skipped" if c.skipped else "ok" if c.error is None else "FAILED"
-    _console().print(_table("validation", ["package", "resource", "rows", "status"],
-                            [(c.package, c.resource, c.rows, status(c)) for c in results]))
+
+    def status(c):
+        return "skipped" if c.skipped else "ok" if c.error is None else "FAILED"
+
+    _console().print(
+        _table(
+            "validation",
+            ["package", "resource", "rows", "status"],
+            [(c.package, c.resource, c.rows, status(c)) for c in results],
+        )
+    )
     for c in results:
-        if c.skipped: _console().print(f"{c.package}/{c.resource} skipped: {c.skipped}", markup=False)
+        if c.skipped:
+            _console().print(f"{c.package}/{c.resource} skipped: {c.skipped}", markup=False)
     failed = [c.error for c in results if c.error is not None]
-    for e in failed: _console(stderr=True).print(f"error: {e}", markup=False)
-    if failed: raise typer.Exit(1)
+    for e in failed:
+        _console(stderr=True).print(f"error: {e}", markup=False)
+    if failed:
+        raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #1eb77937
 @datasets_app.command("new")
-def datasets_new(name: str = typer.Argument(..., help="name of the new package (lowercase letters, digits, '.', '_' or '-')"),
-                 source: str = typer.Option(..., "--from", help="the CSV file to make the package from"),
-                 title: Optional[str] = typer.Option(None, help="the package's title")):
+def datasets_new(
+    name: str = typer.Argument(
+        ..., help="name of the new package (lowercase letters, digits, '.', '_' or '-')"
+    ),
+    source: str = typer.Option(..., "--from", help="the CSV file to make the package from"),
+    title: Optional[str] = typer.Option(None, help="the package's title"),
+):
     "Make a data package from a CSV file: inferred schema, hash, bytes, rows, and a checklist of what to fill in."
     from research_kit.data.authoring import new_package
+
     made = new_package(name, source, title=title)
     out = _console()
     out.print(f"created {str(made.folder)}: {made.rows} rows, {len(made.fields)} fields")
     out.print(_table(None, ["field", "type"], [(n, t) for n, t in made.fields]))
-    out.print(f"still to do (the list `x-todo` in {str(made.folder / 'datapackage.yaml')}; delete it when done):")
-    for item in made.todo: out.print(f"  - {item}")
+    out.print(
+        f"still to do (the list `x-todo` in {str(made.folder / 'datapackage.yaml')}; delete it when done):"
+    )
+    for item in made.todo:
+        out.print(f"  - {item}")
 
 # %% ../nbs/cli.ipynb #414daf34
 @datasets_app.command("rehash")
-def datasets_rehash(package: str = typer.Argument(..., help="package name"),
-                    resource: Optional[str] = typer.Argument(None, help="resource name (default: every resource whose file changed)")):
+def datasets_rehash(
+    package: str = typer.Argument(..., help="package name"),
+    resource: Optional[str] = typer.Argument(
+        None, help="resource name (default: every resource whose file changed)"
+    ),
+):
     "After an intentional edit of a data file: validate it, then record its new hash, bytes and rows, and say what changed."
     from research_kit.data.authoring import rehash
-    for result in rehash(package, resource): _console().print(str(result), markup=False)
+
+    for result in rehash(package, resource):
+        _console().print(str(result), markup=False)
 
 # %% ../nbs/cli.ipynb #6b76364b
 @app.command()
-def demo(seed: int = typer.Option(2024, help="random seed"),
-         students: int = typer.Option(20_000, min=1, help="number of students"),
-         out: str = typer.Option(..., help="folder to write the data package into")):
+def demo(
+    seed: int = typer.Option(2024, help="random seed"),
+    students: int = typer.Option(20_000, min=1, help="number of students"),
+    out: str = typer.Option(..., help="folder to write the data package into"),
+):
     "Generate the synthetic consortium data package."
     from research_kit.data.demo import generate
+
     path = generate(out, seed=seed, students=students)
     _console().print(f"wrote {path}")
 
 # %% ../nbs/cli.ipynb #fa40d129
 @app.command()
-def params(report: str = typer.Argument(..., help="report template name, or its path (a notebook in reports/)")):
+def params(
+    report: str = typer.Argument(..., help="report template name, or its path (a notebook in reports/)"),
+):
     "Show a report template's parameters."
     from research_kit.settings import load_settings
     from research_kit.runner.params import find_template, template_parameters
+
     template = find_template(report, load_settings().reports_dir)
     ps = template_parameters(template)
-    _console().print(_table(f"parameters of {template.stem}", ["name", "type", "default", "choices", "help"],
-                            [(p.name, p.type, repr(p.default), ", ".join(map(str, p.allowed() or ())), p.help) for p in ps.values()]))
+    _console().print(
+        _table(
+            f"parameters of {template.stem}",
+            ["name", "type", "default", "choices", "help"],
+            [
+                (p.name, p.type, repr(p.default), ", ".join(map(str, p.allowed() or ())), p.help)
+                for p in ps.values()
+            ],
+        )
+    )
 
 # %% ../nbs/cli.ipynb #bd81e632
 def _given(pairs: list[str]) -> dict:
     "`name=value` pairs from -p options."
     from research_kit.runner.params import ParameterError
+
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name: raise ParameterError(f"-p {pair!r}: write parameters as name=value")
+        if not sep or not name:
+            raise ParameterError(f"-p {pair!r}: write parameters as name=value")
         out[name.strip()] = value
     return out
 
 # %% ../nbs/cli.ipynb #859f8c6d
 def _short(value) -> str:
-    if isinstance(value, float): return f"{value:.4g}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)[:40]
+
 
 def _key_figures(records: dict) -> str:
     "The first key figures of a run, as one short line."
-    return ", ".join(f"{k}={_short(v)}" for k, v in list(records.items())[:3] if not isinstance(v, (list, dict)))
+    return ", ".join(
+        f"{k}={_short(v)}" for k, v in list(records.items())[:3] if not isinstance(v, (list, dict))
+    )
 
 # %% ../nbs/cli.ipynb #6b2f62a7
 def _cached_figures(run) -> str:
     "The key figures of a cached run, from the manifest of the run it reuses."
     from research_kit.runner.manifest import ManifestError, read_manifest
-    try: return _key_figures(read_manifest(run.folder).records)
-    except ManifestError: return ""
+
+    try:
+        return _key_figures(read_manifest(run.folder).records)
+    except ManifestError:
+        return ""
 
 # %% ../nbs/cli.ipynb #b17699d9
 def _print_batch_results(results, settings):
     rows, failed = [], 0
     for run, m in results:
-        if m is None: rows.append((run.report, run.slug, "cached", "", _cached_figures(run))); continue
+        if m is None:
+            rows.append((run.report, run.slug, "cached", "", _cached_figures(run)))
+            continue
         if m.shared:  # restored from the shared store in this batch, not executed here
             from research_kit.runner.store import restored_line
-            rows.append((run.report, run.slug, "restored", "", restored_line(m))); continue
+
+            rows.append((run.report, run.slug, "restored", "", restored_line(m)))
+            continue
         failed += m.status != "succeeded"
-        detail = (f"cell {m.error['cell']}: {m.error['type']}: {m.error['message'][:80]}" if m.error
-                  else _key_figures(m.records))
+        detail = (
+            f"cell {m.error['cell']}: {m.error['type']}: {m.error['message'][:80]}"
+            if m.error
+            else _key_figures(m.records)
+        )
         rows.append((run.report, run.slug, m.status, f"{m.duration:.1f}s", detail))
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     for run, m in results:  # a run that read what no cache key covers is never reused silently
@@ -216,136 +328,217 @@ def _print_batch_results(results, settings):
             _console().print(f"ran again: {run.name}: {'; '.join(run.unkeyed)}", markup=False)
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
+
     blocked = unpublishable(results)
     for run, m in blocked:
-        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}", markup=False)
-    if failed: _console(stderr=True).print(f"error: {failed} report{'s' if failed != 1 else ''} failed")
-    if blocked: _console(stderr=True).print(f"error: {len(blocked)} public report{'s' if len(blocked) != 1 else ''} failed the disclosure audit")
-    if failed or blocked: raise typer.Exit(1)
+        _console(stderr=True).print(
+            f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}", markup=False
+        )
+    if failed:
+        _console(stderr=True).print(f"error: {failed} report{'s' if failed != 1 else ''} failed")
+    if blocked:
+        _console(stderr=True).print(
+            f"error: {len(blocked)} public report{'s' if len(blocked) != 1 else ''} failed the disclosure audit"
+        )
+    if failed or blocked:
+        raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #5881e992
 def _progress(total: int, cached: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     console = _console(stderr=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("failed {task.fields[failed]} · cached {task.fields[cached]}"), TimeRemainingColumn(),
-                   console=console, transient=False,
-                   disable=not console.is_terminal)  # a bar in a log or a pipe is noise before the error line
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]} · cached {task.fields[cached]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )  # a bar in a log or a pipe is noise before the error line
     task = bar.add_task("reports", total=total, completed=cached, failed=0, cached=cached)
     failed = [0]
+
     def update(run, manifest):
         failed[0] += manifest.status != "succeeded"
         bar.update(task, advance=1, failed=failed[0])
+
     return bar, update
 
 # %% ../nbs/cli.ipynb #474f1b73
 def _share_notes():
     "A callback for run_runs' `on_share`, and the list of refusals it collects to print after the progress bar."
     notes = []
+
     def note(run, manifest, refused):
-        if refused: notes.append(refused if run is None else f"{refused}; ran it here instead")
+        if refused:
+            notes.append(refused if run is None else f"{refused}; ran it here instead")
+
     return note, notes
 
 # %% ../nbs/cli.ipynb #cc4a10b2
 def _memory_note(settings, runs):
     "Say once, before reports run, that the memory limit is only watched on this OS."
     from research_kit.processes import memory_note
+
     note = memory_note(settings.memory) if any(not r.cached for r in runs) else None
-    if note: _console(stderr=True).print(f"note: {note}", markup=False)
+    if note:
+        _console(stderr=True).print(f"note: {note}", markup=False)
 
 # %% ../nbs/cli.ipynb #053974cd
 def _run_and_report(runs, settings, dry_run=False, **options):
     from research_kit.runner.batch import run_runs
+
     if dry_run:
-        _console().print(_table("dry run", ["report", "parameters", "will", "why"],
-                                [(r.report, r.slug, "cached" if r.cached else "run", "" if r.cached else "; ".join(r.why)) for r in runs]))
+        _console().print(
+            _table(
+                "dry run",
+                ["report", "parameters", "will", "why"],
+                [
+                    (r.report, r.slug, "cached" if r.cached else "run", "" if r.cached else "; ".join(r.why))
+                    for r in runs
+                ],
+            )
+        )
         return
     _memory_note(settings, runs)
     bar, update = _progress(len(runs), sum(r.cached for r in runs))
     on_share, notes = _share_notes()
-    with bar: results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)
-    for n in notes: _console(stderr=True).print(f"warning: {n}", markup=False)
+    with bar:
+        results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)
+    for n in notes:
+        _console(stderr=True).print(f"warning: {n}", markup=False)
     _print_batch_results(results, settings)
 
 # %% ../nbs/cli.ipynb #e9e43b6b
-ENGINE_HELP = "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
+ENGINE_HELP = (
+    "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
+)
 
-SHARE_HELP = "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
+SHARE_HELP = (
+    "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
+)
 
 # %% ../nbs/cli.ipynb #52486d99
 @app.command()
-def run(report: str = typer.Argument(..., help="report template name, or its path"),
-        param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
-        engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
-        force: bool = typer.Option(False, help="run even if an identical successful run exists"),
-        wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
-        share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
+def run(
+    report: str = typer.Argument(..., help="report template name, or its path"),
+    param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
+    engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
+    force: bool = typer.Option(False, help="run even if an identical successful run exists"),
+    wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
+    share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP),
+):
     "Run one report."
     from research_kit.settings import load_settings
     from research_kit.runner.runs import plan
+
     s = load_settings()
-    _run_and_report([plan(report, _given(param), s, force=force)], s, engine=engine, workers=1, wait=wait,
-                    share=share and not force)
+    _run_and_report(
+        [plan(report, _given(param), s, force=force)],
+        s,
+        engine=engine,
+        workers=1,
+        wait=wait,
+        share=share and not force,
+    )
 
 # %% ../nbs/cli.ipynb #7debe811
 @app.command()
-def batch(name: str = typer.Argument(..., help="batch name in reports/batches.yaml"),
-          workers: Optional[int] = typer.Option(None, min=1, help="parallel workers (default: settings, 0 = CPU count)"),
-          engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
-          executor: str = typer.Option("local", help="local or dask"),
-          scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, with --executor dask"),
-          force: bool = typer.Option(False, help="rerun cached reports too"),
-          only: Optional[str] = typer.Option(None, help="only runs whose report or report/parameters match this glob"),
-          dry_run: bool = typer.Option(False, "--dry-run", help="list what would run and why, and what is cached"),
-          max_runs: int = typer.Option(1000, min=1, help="refuse batches with more runs than this"),
-          wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
-          share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP)):
+def batch(
+    name: str = typer.Argument(..., help="batch name in reports/batches.yaml"),
+    workers: Optional[int] = typer.Option(
+        None, min=1, help="parallel workers (default: settings, 0 = CPU count)"
+    ),
+    engine: Optional[str] = typer.Option(None, help=ENGINE_HELP),
+    executor: str = typer.Option("local", help="local or dask"),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, with --executor dask"),
+    force: bool = typer.Option(False, help="rerun cached reports too"),
+    only: Optional[str] = typer.Option(
+        None, help="only runs whose report or report/parameters match this glob"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would run and why, and what is cached"),
+    max_runs: int = typer.Option(1000, min=1, help="refuse batches with more runs than this"),
+    wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
+    share: bool = typer.Option(True, "--share/--no-share", help=SHARE_HELP),
+):
     "Run a named batch of reports."
     from research_kit.settings import load_settings
     from research_kit.runner.batch import plan_batch
+
     s = load_settings()
     runs = plan_batch(name, s, force=force, only=only, max_runs=max_runs)
-    _run_and_report(runs, s, dry_run=dry_run, engine=engine, executor=executor, workers=workers, scheduler=scheduler, wait=wait,
-                    share=share and not force)
+    _run_and_report(
+        runs,
+        s,
+        dry_run=dry_run,
+        engine=engine,
+        executor=executor,
+        workers=workers,
+        scheduler=scheduler,
+        wait=wait,
+        share=share and not force,
+    )
 
 # %% ../nbs/cli.ipynb #f63b8810
 @app.command("new")
-def new_report(name: str = typer.Argument(..., help="the new template's name: a lowercase letter, then lowercase letters, digits or '_'"),
-               title: Optional[str] = typer.Option(None, help="its title (default: made from the name)")):
+def new_report(
+    name: str = typer.Argument(
+        ..., help="the new template's name: a lowercase letter, then lowercase letters, digits or '_'"
+    ),
+    title: Optional[str] = typer.Option(None, help="its title (default: made from the name)"),
+):
     "A new report template, reports/NAME.ipynb, from the skeleton. It has every part of a template, around an example that runs as it is."
     from research_kit.settings import load_settings
     from research_kit.runner.scaffold import new_template
+
     s = load_settings()
     path = new_template(name, s.reports_dir, title=title)
     out = _console()
     out.print(f"created {path}", markup=False)
     out.print(f"try it: rk params {name}; rk run {name}", markup=False)
-    out.print("then open it in JupyterLab (rk lab), put your analysis in place of the example, and translate the title and "
-              "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md", markup=False)
+    out.print(
+        "then open it in JupyterLab (rk lab), put your analysis in place of the example, and translate the title and "
+        "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md",
+        markup=False,
+    )
 
 # %% ../nbs/cli.ipynb #3eae6f44
 @app.command("open")
-def open_report(report: str = typer.Argument(..., help="report template name, or its path"),
-                param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
-                replace: bool = typer.Option(False, "--replace", help="start again from the template, replacing your earlier copy"),
-                browser: bool = typer.Option(True, "--browser/--no-browser",
-                                             help="open the copy in the browser when a JupyterLab serves this workspace")):
+def open_report(
+    report: str = typer.Argument(..., help="report template name, or its path"),
+    param: list[str] = typer.Option([], "-p", "--param", help="a parameter as name=value (repeatable)"),
+    replace: bool = typer.Option(
+        False, "--replace", help="start again from the template, replacing your earlier copy"
+    ),
+    browser: bool = typer.Option(
+        True,
+        "--browser/--no-browser",
+        help="open the copy in the browser when a JupyterLab serves this workspace",
+    ),
+):
     "Try a template in a copy of your own, parameters injected. The copy is scratch/<you>/REPORT.ipynb, ignored by git; the template stays as it was."
     from research_kit.settings import load_settings
     from research_kit.runner.scratch import lab_url, open_copy, running_lab
+
     s = load_settings()
     path = open_copy(report, _given(param), s, replace=replace)
     out = _console()
     out.print(f"your copy: {path}", markup=False)
     server = running_lab(s.root)
     if server is None:
-        out.print(f"no JupyterLab serves this workspace: start one with `rk lab` and open {path.relative_to(s.root)} in it",
-                  markup=False)
+        out.print(
+            f"no JupyterLab serves this workspace: start one with `rk lab` and open {path.relative_to(s.root)} in it",
+            markup=False,
+        )
         return
     url = lab_url(server, path)
     out.print(f"JupyterLab: {url}", markup=False)
     if browser:
         import webbrowser
+
         webbrowser.open(url)
 
 # %% ../nbs/cli.ipynb #114b8ad5
@@ -353,92 +546,143 @@ def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str,
     "The finished run folders a command acts on: the run folder given, the finished runs of --batch NAME, or (`every`) all of them."
     from pathlib import Path
     from research_kit.runner.manifest import MANIFEST, run_folders
-    if run_dir and batch: raise RKError("give a run folder or --batch NAME, not both")
+
+    if run_dir and batch:
+        raise RKError("give a run folder or --batch NAME, not both")
     if run_dir:
         folder = Path(run_dir).resolve()
         if not (folder / MANIFEST).is_file():
-            raise RKError(f"{folder} holds no {MANIFEST}; give a run folder such as reports/_build/REPORT/PARAMETERS")
+            raise RKError(
+                f"{folder} holds no {MANIFEST}; give a run folder such as reports/_build/REPORT/PARAMETERS"
+            )
         return [folder]
-    if not batch and not every: raise RKError("give a run folder or --batch NAME (one of them)")
+    if not batch and not every:
+        raise RKError("give a run folder or --batch NAME (one of them)")
     if batch:
         from research_kit.runner.batch import plan_batch
+
         folders = [r.folder for r in plan_batch(batch, settings) if (r.folder / MANIFEST).is_file()]
-        if not folders: raise RKError(f"batch {batch!r} has no finished runs to {verb}; run it first")
+        if not folders:
+            raise RKError(f"batch {batch!r} has no finished runs to {verb}; run it first")
         return folders
     folders = run_folders(settings.build_dir)
-    if not folders: raise RKError(f"no finished runs to {verb}; run them first")
+    if not folders:
+        raise RKError(f"no finished runs to {verb}; run them first")
     return folders
 
 # %% ../nbs/cli.ipynb #8a03b020
 @app.command()
-def push(run_dir: Optional[str] = typer.Argument(None, help="a run folder (default: every run in the build folder)"),
-         batch: Optional[str] = typer.Option(None, "--batch", help="push the finished runs of this batch")):
+def push(
+    run_dir: Optional[str] = typer.Argument(
+        None, help="a run folder (default: every run in the build folder)"
+    ),
+    batch: Optional[str] = typer.Option(None, "--batch", help="push the finished runs of this batch"),
+):
     "Publish successful runs to the shared run store, signed in your institution's name."
     from research_kit.settings import load_settings
     from research_kit.runner.store import push as push_runs
+
     s = load_settings()
     folders = _run_folders(s, run_dir, batch, verb="push", every=True)
     results = push_runs(folders, s)
-    _console().print(_table(f"pushed to {s.share}", ["run", "outcome", "why"],
-                            [(r.run, r.outcome, r.reason) for r in results]))
+    _console().print(
+        _table(
+            f"pushed to {s.share}", ["run", "outcome", "why"], [(r.run, r.outcome, r.reason) for r in results]
+        )
+    )
     counts = {o: sum(r.outcome == o for r in results) for o in ("pushed", "present", "skipped")}
-    _console().print(f"{counts['pushed']} pushed, {counts['present']} already in the share, {counts['skipped']} skipped")
+    _console().print(
+        f"{counts['pushed']} pushed, {counts['present']} already in the share, {counts['skipped']} skipped"
+    )
     for r in results:
-        if r.outcome == "skipped": _console(stderr=True).print(f"skipped {r.run}: {r.reason}", markup=False)
+        if r.outcome == "skipped":
+            _console(stderr=True).print(f"skipped {r.run}: {r.reason}", markup=False)
 
 # %% ../nbs/cli.ipynb #da1fd14b
 def _all_runs(settings, batch):
     "The planned runs of `batch`, or of every batch (each run once)."
     from research_kit.runner.batch import load_batches, plan_batch
+
     names = [batch] if batch else list(load_batches(settings.reports_dir))
     runs = {}
     for name in names:
-        for r in plan_batch(name, settings): runs.setdefault(r.name, r)
+        for r in plan_batch(name, settings):
+            runs.setdefault(r.name, r)
     return list(runs.values())
 
 # %% ../nbs/cli.ipynb #4d557030
 @app.command()
-def pull(batch: Optional[str] = typer.Option(None, "--batch", help="pull the runs of this batch (default: every batch)"),
-         wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
+def pull(
+    batch: Optional[str] = typer.Option(
+        None, "--batch", help="pull the runs of this batch (default: every batch)"
+    ),
+    wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
+):
     "Restore from the shared run store the runs your templates, parameters, data, code and environment would make."
     from research_kit.settings import load_settings
     from research_kit.runner.store import pull as pull_runs, restored_line
+
     s = load_settings()
     runs = _all_runs(s, batch)
     results = pull_runs(runs, s, wait=wait)
-    rows = [(r.run.name, restored_line(r.manifest) if r.manifest else "refused" if r.refused else "not in the share")
-            for r in results]
+    rows = [
+        (
+            r.run.name,
+            restored_line(r.manifest) if r.manifest else "refused" if r.refused else "not in the share",
+        )
+        for r in results
+    ]
     _console().print(_table(f"pulled from {s.share}", ["run", "outcome"], rows))
     restored = sum(1 for r in results if r.manifest)
-    _console().print(f"{restored} restored, {len(runs) - len(results)} already here, "
-                     f"{sum(1 for r in results if not r.manifest and not r.refused)} not in the share")
+    _console().print(
+        f"{restored} restored, {len(runs) - len(results)} already here, "
+        f"{sum(1 for r in results if not r.manifest and not r.refused)} not in the share"
+    )
     refused = [r for r in results if r.refused]
-    for r in refused: _console(stderr=True).print(f"refused: {r.refused}", markup=False)
+    for r in refused:
+        _console(stderr=True).print(f"refused: {r.refused}", markup=False)
     if refused:
-        _console(stderr=True).print(f"error: {len(refused)} shared run{'s' if len(refused) != 1 else ''} refused; "
-                                    "`rk batch` runs them here")
+        _console(stderr=True).print(
+            f"error: {len(refused)} shared run{'s' if len(refused) != 1 else ''} refused; "
+            "`rk batch` runs them here"
+        )
         raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #ce7c47bf
 @app.command()
-def site(public: Optional[str] = typer.Option(None, "--public", help="write a static site of the publishable runs only to this folder"),
-         out: Optional[str] = typer.Option(None, help="where the consortium index goes (default: next to the build folder, _share/)"),
-         institution: Optional[str] = typer.Option(None, help="only runs made by this institution"),
-         report: Optional[str] = typer.Option(None, help="only runs of this report"),
-         status: Optional[str] = typer.Option(None, help="only runs in this state: publishable, internal, audit-failed, ..."),):
+def site(
+    public: Optional[str] = typer.Option(
+        None, "--public", help="write a static site of the publishable runs only to this folder"
+    ),
+    out: Optional[str] = typer.Option(
+        None, help="where the consortium index goes (default: next to the build folder, _share/)"
+    ),
+    institution: Optional[str] = typer.Option(None, help="only runs made by this institution"),
+    report: Optional[str] = typer.Option(None, help="only runs of this report"),
+    status: Optional[str] = typer.Option(
+        None, help="only runs in this state: publishable, internal, audit-failed, ..."
+    ),
+):
     "An index of every run in the shared run store, across institutions; with --public, a static site of the publishable ones."
     from research_kit.settings import load_settings
     from research_kit.runner.store import build_site
+
     s = load_settings()
-    if public and out: raise RKError("give --public DIR or --out DIR, not both")
+    if public and out:
+        raise RKError("give --public DIR or --out DIR, not both")
     folder = public or out or str(s.build_dir.parent / "_share")
-    index, n = build_site(folder, s, public=bool(public), institution=institution, report=report, state=status)
+    index, n = build_site(
+        folder, s, public=bool(public), institution=institution, report=report, state=status
+    )
     what = "publishable runs" if public else "runs"
     _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
 
 # %% ../nbs/cli.ipynb #d9bfe90e
-keys_app = typer.Typer(help="The institution's signing keys for the shared run store.", no_args_is_help=True,
-                       rich_markup_mode=None)
+keys_app = typer.Typer(
+    help="The institution's signing keys for the shared run store.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 app.add_typer(keys_app, name="keys")
 
@@ -448,94 +692,148 @@ def keys_new():
     "Make your institution's signing key pair: private key in your own configuration, public key in keys/."
     from research_kit.settings import load_settings
     from research_kit.signing import KEYS_DIR, new_keys
+
     s = load_settings()
     private, public = new_keys(s.institution, s.signing_key, s.root / KEYS_DIR, workspace=s.root)
     out = _console()
-    out.print(f"private key: {private} (yours alone: never copy it into the workspace or share it)", markup=False)
-    out.print(f"public key: {public} (commit it, so every workspace can check the runs you push)", markup=False)
+    out.print(
+        f"private key: {private} (yours alone: never copy it into the workspace or share it)", markup=False
+    )
+    out.print(
+        f"public key: {public} (commit it, so every workspace can check the runs you push)", markup=False
+    )
 
 # %% ../nbs/cli.ipynb #a8e5035f
 @app.command()
-def verify(run_dir: Optional[str] = typer.Argument(None, help="a run folder, e.g. reports/_build/star_replication/controls=false,grade=k"),
-           batch: Optional[str] = typer.Option(None, "--batch", help="verify every finished run of this batch"),
-           engine: Optional[str] = typer.Option(None, help="re-run with this engine (default: the one each run used)")):
+def verify(
+    run_dir: Optional[str] = typer.Argument(
+        None, help="a run folder, e.g. reports/_build/star_replication/controls=false,grade=k"
+    ),
+    batch: Optional[str] = typer.Option(None, "--batch", help="verify every finished run of this batch"),
+    engine: Optional[str] = typer.Option(
+        None, help="re-run with this engine (default: the one each run used)"
+    ),
+):
     "Re-execute finished runs and compare records and outputs; exit 1 on any difference."
     from research_kit.settings import load_settings
     from research_kit.runner.manifest import IRREPRODUCIBLE
     from research_kit.runner.verify import verify_runs
+
     s = load_settings()
     folders = _run_folders(s, run_dir, batch, verb="verify")
     diffs = verify_runs(folders, s, engine=engine)
     if not diffs:
-        _console().print(f"verified {len(folders)} run{'s' if len(folders) != 1 else ''}: records and outputs identical")
+        _console().print(
+            f"verified {len(folders)} run{'s' if len(folders) != 1 else ''}: records and outputs identical"
+        )
         return
-    _console().print(_table("differences", ["run", "kind", "name", "expected", "actual"],
-                            [(d.run, d.kind, d.name, str(d.expected)[:60], str(d.actual)[:60]) for d in diffs if d.kind != "cache"]))
+    _console().print(
+        _table(
+            "differences",
+            ["run", "kind", "name", "expected", "actual"],
+            [
+                (d.run, d.kind, d.name, str(d.expected)[:60], str(d.actual)[:60])
+                for d in diffs
+                if d.kind != "cache"
+            ],
+        )
+    )
     for d in diffs:  # the same inputs gave other results: its manifest says so now
         if d.kind == "cache":
-            _console().print(f"never reused: {d.run}: {d.actual.removeprefix(IRREPRODUCIBLE)}; every batch runs it again "
-                             "until its inputs change", markup=False)
+            _console().print(
+                f"never reused: {d.run}: {d.actual.removeprefix(IRREPRODUCIBLE)}; every batch runs it again "
+                "until its inputs change",
+                markup=False,
+            )
     raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #3aebafaa
 @app.command()
-def ingest(file: str = typer.Argument(..., help="the export: .csv or .xlsx"),
-           package: str = typer.Option(..., help="data package to add the rows to"),
-           resource: str = typer.Option(..., help="resource (table) of the package"),
-           institution: str = typer.Option(..., help="institution code the rows belong to"),
-           mapping: str = typer.Option(..., help="mapping file (YAML): columns, values, identifier, drop"),
-           encoding: Optional[str] = typer.Option(None, help="the CSV's encoding (default: detect UTF-8 or cp1251)"),
-           mode: str = typer.Option("append", help="append rows, or replace this institution's rows"),
-           skip_invalid: bool = typer.Option(False, "--skip-invalid", help="write the valid rows and list the skipped ones in a report file")):
+def ingest(
+    file: str = typer.Argument(..., help="the export: .csv or .xlsx"),
+    package: str = typer.Option(..., help="data package to add the rows to"),
+    resource: str = typer.Option(..., help="resource (table) of the package"),
+    institution: str = typer.Option(..., help="institution code the rows belong to"),
+    mapping: str = typer.Option(..., help="mapping file (YAML): columns, values, identifier, drop"),
+    encoding: Optional[str] = typer.Option(None, help="the CSV's encoding (default: detect UTF-8 or cp1251)"),
+    mode: str = typer.Option("append", help="append rows, or replace this institution's rows"),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="write the valid rows and list the skipped ones in a report file"
+    ),
+):
     "Ingest a college's export into a data package, pseudonymizing identifiers."
     from research_kit.data.ingest import ingest as run_ingest
-    result = run_ingest(file, package=package, resource=resource, institution=institution, mapping=mapping,
-                        encoding=encoding, mode=mode, skip_invalid=skip_invalid)
+
+    result = run_ingest(
+        file,
+        package=package,
+        resource=resource,
+        institution=institution,
+        mapping=mapping,
+        encoding=encoding,
+        mode=mode,
+        skip_invalid=skip_invalid,
+    )
     _console().print(str(result), markup=False)
 
 # %% ../nbs/cli.ipynb #771f2976
 @app.command()
-def audit(run_dir: Optional[str] = typer.Argument(None, help="a run folder under the build folder"),
-          batch: Optional[str] = typer.Option(None, "--batch", help="audit every finished run of this batch"),
-          wait: bool = typer.Option(False, help="wait for another rk process using the build folder")):
+def audit(
+    run_dir: Optional[str] = typer.Argument(None, help="a run folder under the build folder"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="audit every finished run of this batch"),
+    wait: bool = typer.Option(False, help="wait for another rk process using the build folder"),
+):
     "Check finished runs are safe to publish; exit 1 if a public-audience run is not."
     from research_kit.settings import load_settings
     from research_kit.runner.audit import audit_runs, mark_publishable
     from research_kit.runner.runs import build_lock
     from research_kit.runner.site import build_index
+
     s = load_settings()
     folders = _run_folders(s, run_dir, batch, verb="audit")
     with build_lock(s.build_dir, wait=wait):
         results = audit_runs(folders, threshold=s.threshold, policy=s.threshold_policy)
-        for folder, r in results.items(): mark_publishable(folder, r)
+        for folder, r in results.items():
+            mark_publishable(folder, r)
         build_index(s.build_dir)
     out = _console()
     for folder, r in results.items():
-        out.print(f"{folder}: " + ("publishable" if r.publishable else "not publishable: " + "; ".join(r.reasons)), markup=False)
-        for f in r.findings: out.print("  " + f.describe(), markup=False)
-    if any(r.audience == "public" and not r.publishable for r in results.values()): raise typer.Exit(1)
+        out.print(
+            f"{folder}: " + ("publishable" if r.publishable else "not publishable: " + "; ".join(r.reasons)),
+            markup=False,
+        )
+        for f in r.findings:
+            out.print("  " + f.describe(), markup=False)
+    if any(r.audience == "public" and not r.publishable for r in results.values()):
+        raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #22cd4423
 @app.command()
 def doctor():
     "Check the workspace's environment: kernel, package, settings, data; say how to fix what fails."
     from research_kit.environment import doctor as run_checks
+
     checks = run_checks()
     out = _console()
     for c in checks:
         out.print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}", markup=False)
-        if not c.ok: out.print(f"     fix: {c.fix}", markup=False)
-    if not all(c.ok for c in checks): raise typer.Exit(1)
+        if not c.ok:
+            out.print(f"     fix: {c.fix}", markup=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 # %% ../nbs/cli.ipynb #eb1384b7
 @app.command()
-def lab(port: int = typer.Option(8888, help="port to listen on"),
-        ip: str = typer.Option("127.0.0.1", help="address to listen on (only loopback unless you say otherwise)"),
-        token: Optional[str] = typer.Option(None, help="access token (default: a random one)")):
+def lab(
+    port: int = typer.Option(8888, help="port to listen on"),
+    ip: str = typer.Option("127.0.0.1", help="address to listen on (only loopback unless you say otherwise)"),
+    token: Optional[str] = typer.Option(None, help="access token (default: a random one)"),
+):
     "Start JupyterLab at the workspace root with token authentication, and print its URL."
     from research_kit.settings import load_settings
     from research_kit.environment import lab_command
     from research_kit.processes import replace_process
+
     cmd, url = lab_command(load_settings().root, port=port, ip=ip, token=token)
     _console().print(f"JupyterLab: {url}")
     sys.stdout.flush()
@@ -547,6 +845,7 @@ def docs(out: str = typer.Option("_docs", help="output folder, relative to the w
     "Render the library's notebooks and the report templates to static HTML with an index page."
     from research_kit.settings import load_settings
     from research_kit.docs import build_docs
+
     s = load_settings()
     index = build_docs(s.root, s.root / out)
     _console().print(f"docs: {index}")
@@ -555,7 +854,8 @@ def docs(out: str = typer.Option("_docs", help="output folder, relative to the w
 def _utf8_streams():
     "Pipes and files get UTF-8 whatever the locale's code page (cp1251 has no place for ә, қ, ң, ө, ұ, ү, һ, і)."
     for stream in (sys.stdout, sys.stderr):
-        if "utf" in (getattr(stream, "encoding", None) or "").lower() or not hasattr(stream, "reconfigure"): continue
+        if "utf" in (getattr(stream, "encoding", None) or "").lower() or not hasattr(stream, "reconfigure"):
+            continue
         # a terminal keeps its own encoding and shows what it cannot as '?': better than a crash mid-table
         stream.reconfigure(errors="replace") if stream.isatty() else stream.reconfigure(encoding="utf-8")
 
@@ -563,10 +863,12 @@ def _utf8_streams():
 def main(argv=None):
     "Run `rk`; user errors print their message and exit with 1."
     _utf8_streams()
-    try: app(args=argv, prog_name="rk", standalone_mode=True)
+    try:
+        app(args=argv, prog_name="rk", standalone_mode=True)
     except RKError as e:
         _console(stderr=True).print(f"error: {e}", markup=False)
         sys.exit(1)
 
 # %% ../nbs/cli.ipynb #416cdd16
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

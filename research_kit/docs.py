@@ -18,78 +18,115 @@ def _notebook_tagline(nb_path: Path) -> str:
     for c in cells:
         if c["cell_type"] == "markdown":
             for line in "".join(c["source"]).splitlines():
-                if line.startswith(">"): return line.lstrip("> ").strip()
+                if line.startswith(">"):
+                    return line.lstrip("> ").strip()
             return ""
     return ""
 
-def _link(rel: Path) -> str: return "/".join(quote(p) for p in rel.parts)
+
+def _link(rel: Path) -> str:
+    return "/".join(quote(p) for p in rel.parts)
+
 
 def _index_page(modules: list[tuple[Path, str]], reports: list[tuple[Path, str, list]]) -> str:
     from research_kit.runner.documents import PAGE_CSS
-    mods = "".join(f'<li><a href="{_link(p)}">{html.escape(str(p.with_suffix("")))}</a> — {html.escape(s)}</li>' for p, s in modules)
-    reps = "".join(f'<li><a href="{_link(p)}">{html.escape(p.stem)}</a> — {html.escape(s)}<br><code>'
-                   + html.escape(", ".join(f"{q.name}: {q.describe_type()} = {q.default!r}" for q in ps)) + "</code></li>"
-                   for p, s, ps in reports)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>research_kit documentation</title>'
-            f"<style>{PAGE_CSS}</style></head><body><h1>research_kit documentation</h1>"
-            f"<h2>Library modules</h2><ul class=\"modules\">{mods}</ul><h2>Report templates</h2><ul class=\"reports\">{reps}</ul>"
-            "</body></html>\n")
+
+    mods = "".join(
+        f'<li><a href="{_link(p)}">{html.escape(str(p.with_suffix("")))}</a> — {html.escape(s)}</li>'
+        for p, s in modules
+    )
+    reps = "".join(
+        f'<li><a href="{_link(p)}">{html.escape(p.stem)}</a> — {html.escape(s)}<br><code>'
+        + html.escape(", ".join(f"{q.name}: {q.describe_type()} = {q.default!r}" for q in ps))
+        + "</code></li>"
+        for p, s, ps in reports
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>research_kit documentation</title>'
+        f"<style>{PAGE_CSS}</style></head><body><h1>research_kit documentation</h1>"
+        f'<h2>Library modules</h2><ul class="modules">{mods}</ul><h2>Report templates</h2><ul class="reports">{reps}</ul>'
+        "</body></html>\n"
+    )
+
 
 def _render(nb: Path, html_path: Path, title: str) -> None:
     from research_kit.runner.documents import write_html
     from research_kit.errors import RKError
+
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    try: write_html(nb, html_path, title=title)
+    try:
+        write_html(nb, html_path, title=title)
     except Exception as e:  # a notebook nbformat/nbconvert cannot read: name it instead of a traceback
-        raise RKError(f"{nb}: cannot be rendered ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise RKError(
+            f"{nb}: cannot be rendered ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
 
 def _write_pages(root: Path, tmp: Path) -> None:
     "Every page and the index, under the temporary folder `tmp`."
     from research_kit.runner.params import template_parameters, RKError
+
     modules, reports = [], []
     for nb in sorted((root / "nbs").rglob("*.ipynb")):
-        if ".ipynb_checkpoints" in nb.parts: continue
+        if ".ipynb_checkpoints" in nb.parts:
+            continue
         rel = Path("nbs") / nb.relative_to(root / "nbs").with_suffix(".html")
         _render(nb, tmp / rel, str(nb.relative_to(root / "nbs").with_suffix("")))
         modules.append((rel, _notebook_tagline(nb)))
     for nb in sorted((root / "reports").glob("*.ipynb")):
         rel = Path("reports") / nb.with_suffix(".html").name
         _render(nb, tmp / rel, f"report template: {nb.stem}")
-        try: ps = list(template_parameters(nb).values())
-        except RKError: ps = []
+        try:
+            ps = list(template_parameters(nb).values())
+        except RKError:
+            ps = []
         reports.append((rel, _notebook_tagline(nb), ps))
     (tmp / "index.html").write_text(_index_page(modules, reports), encoding="utf-8")
-    (tmp / MARKER).write_text("written by rk docs; rk docs replaces this folder as a whole\n", encoding="utf-8")
+    (tmp / MARKER).write_text(
+        "written by rk docs; rk docs replaces this folder as a whole\n", encoding="utf-8"
+    )
 
 # %% ../nbs/docs.ipynb #5e17f271
 MARKER = ".rk-docs"
 PROTECTED = (".git", "datasets", "reports", "nbs", "research_kit", "tests")
 
+
 def docs_folder(root: Path, out: Path) -> Path:
     "`out` as an absolute path if `rk docs` may (re)write it, else RKError saying why."
     from research_kit.errors import RKError
+
     root, out = Path(root).resolve(), Path(out).resolve()
     if out == root or out in root.parents:
-        raise RKError(f"--out {out}: that is the workspace or a folder above it; choose a new folder such as {root / '_docs'}")
+        raise RKError(
+            f"--out {out}: that is the workspace or a folder above it; choose a new folder such as {root / '_docs'}"
+        )
     for name in PROTECTED:
         if out == root / name or root / name in out.parents:
-            raise RKError(f"--out {out}: rk docs never writes into the workspace's {name}/; choose a new folder such as {root / '_docs'}")
+            raise RKError(
+                f"--out {out}: rk docs never writes into the workspace's {name}/; choose a new folder such as {root / '_docs'}"
+            )
     if out.exists() and not (out.is_dir() and (out / MARKER).is_file()):
-        raise RKError(f"--out {out} already exists and was not written by rk docs (it has no {MARKER} file); "
-                      "choose a new folder, or remove this one yourself")
+        raise RKError(
+            f"--out {out} already exists and was not written by rk docs (it has no {MARKER} file); "
+            "choose a new folder, or remove this one yourself"
+        )
     return out
+
 
 def _first_missing(folder: Path) -> Path | None:
     "The outermost folder of `folder`'s path that does not exist yet (what creating it would add)."
     missing = None
     for f in [folder, *folder.parents]:
-        if f.exists(): break
+        if f.exists():
+            break
         missing = f
     return missing
+
 
 def build_docs(root: Path, out: Path) -> Path:
     "Render nbs/ and reports/ into `out` (a new folder, or one rk docs wrote: replaced as a whole); return the index page's path."
     import shutil, uuid
+
     root, out = Path(root), docs_folder(root, out)
     made = _first_missing(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,12 +134,16 @@ def build_docs(root: Path, out: Path) -> Path:
     old = out.with_name(f".old-docs-{out.name}-{uuid.uuid4().hex[:8]}") if out.exists() else None
     try:
         _write_pages(root, tmp)
-        if old: os.rename(out, old)  # it holds the marker: docs_folder checked
+        if old:
+            os.rename(out, old)  # it holds the marker: docs_folder checked
         os.rename(tmp, out)
     except BaseException:
-        if old and old.exists() and not out.exists(): os.rename(old, out)  # put the previous docs back
+        if old and old.exists() and not out.exists():
+            os.rename(old, out)  # put the previous docs back
         shutil.rmtree(tmp, ignore_errors=True)
-        if made: shutil.rmtree(made, ignore_errors=True)
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
         raise
-    if old: shutil.rmtree(old, ignore_errors=True)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
     return out / "index.html"

@@ -16,13 +16,16 @@ __all__ = ['KERNEL_NAME', 'Check', 'package_in_sync', 'doctor', 'lab_command']
 # %% ../nbs/environment.ipynb #3984e561
 KERNEL_NAME = "research-kit"
 
+
 @dataclass
 class Check:
     "One doctor check: its name, whether it passed, what was found, and how to fix a failure."
+
     name: str
     ok: bool
     detail: str
     fix: str = ""
+
 
 def _check(name, fn, fix) -> Check:
     "Run one check; an exception is a failed check with its message."
@@ -35,88 +38,184 @@ def _check(name, fn, fix) -> Check:
 # %% ../nbs/environment.ipynb #2101c54c
 def _kernelspec():
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    try: spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-    except NoSuchKernel: return False, f"no Jupyter kernel named {KERNEL_NAME!r}"
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    except NoSuchKernel:
+        return False, f"no Jupyter kernel named {KERNEL_NAME!r}"
     exe = Path(spec.argv[0])
-    same = exe.resolve() == Path(sys.executable).resolve() or shutil.which(str(exe)) and Path(shutil.which(str(exe))).resolve() == Path(sys.executable).resolve()
-    return bool(same), f"{spec.resource_dir}: runs {exe}" + ("" if same else f", not this interpreter {sys.executable}")
+    same = (
+        exe.resolve() == Path(sys.executable).resolve()
+        or shutil.which(str(exe))
+        and Path(shutil.which(str(exe))).resolve() == Path(sys.executable).resolve()
+    )
+    return bool(same), f"{spec.resource_dir}: runs {exe}" + (
+        "" if same else f", not this interpreter {sys.executable}"
+    )
+
 
 def _importable_in_kernel():
     from jupyter_client.kernelspec import KernelSpecManager
+
     exe = KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0]
-    out = subprocess.run([exe, "-c", "import research_kit, os; print(os.path.dirname(research_kit.__file__))"],
-                         capture_output=True, encoding="utf-8", errors="replace", timeout=60,
-                         env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # a folder like C:\\Users\\Айгерим, whatever the code page
-    if out.returncode: return False, f"the kernel's Python cannot import research_kit: {out.stderr.strip()[-200:]}"
+    out = subprocess.run(
+        [exe, "-c", "import research_kit, os; print(os.path.dirname(research_kit.__file__))"],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )  # a folder like C:\\Users\\Айгерим, whatever the code page
+    if out.returncode:
+        return False, f"the kernel's Python cannot import research_kit: {out.stderr.strip()[-200:]}"
     import research_kit
+
     where = Path(out.stdout.strip())
     same = where.resolve() == Path(research_kit.__file__).parent.resolve()
-    return same, f"research_kit from {where}" + ("" if same else f" (this process uses {Path(research_kit.__file__).parent})")
+    return same, f"research_kit from {where}" + (
+        "" if same else f" (this process uses {Path(research_kit.__file__).parent})"
+    )
+
 
 def package_in_sync(root: Path) -> tuple[bool, str]:
     "Is research_kit/ exactly what nbdev-export makes of nbs/? (checked in a temporary copy)"
     import filecmp
+
     exporter = script("nbdev-export")
-    if not exporter: return True, "nbdev not installed (a user installation): not checked"
+    if not exporter:
+        return True, "nbdev not installed (a user installation): not checked"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in ("pyproject.toml", "settings.ini"): shutil.copy2(root / name, tmp / name)
-        for name in ("nbs", "research_kit"): shutil.copytree(root / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-        out = subprocess.run([exporter], cwd=tmp, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-        if out.returncode: return False, f"nbdev-export failed: {out.stderr.strip()[-200:]}"
+        for name in ("pyproject.toml", "settings.ini"):
+            shutil.copy2(root / name, tmp / name)
+        for name in ("nbs", "research_kit"):
+            shutil.copytree(root / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
+        out = subprocess.run(
+            [exporter], cwd=tmp, capture_output=True, encoding="utf-8", errors="replace", timeout=300
+        )
+        if out.returncode:
+            return False, f"nbdev-export failed: {out.stderr.strip()[-200:]}"
         files = {p.relative_to(tmp / "research_kit") for p in (tmp / "research_kit").rglob("*.py")}
         files |= {p.relative_to(root / "research_kit") for p in (root / "research_kit").rglob("*.py")}
-        differ = sorted(str(f) for f in files if not ((root / "research_kit" / f).exists() and (tmp / "research_kit" / f).exists()
-                                                      and filecmp.cmp(root / "research_kit" / f, tmp / "research_kit" / f, shallow=False)))
+        differ = sorted(
+            str(f)
+            for f in files
+            if not (
+                (root / "research_kit" / f).exists()
+                and (tmp / "research_kit" / f).exists()
+                and filecmp.cmp(root / "research_kit" / f, tmp / "research_kit" / f, shallow=False)
+            )
+        )
     return not differ, "in sync" if not differ else f"differs from nbs/: {', '.join(differ[:5])}"
+
 
 def _data_root():
     from research_kit.data.catalog import data_root, package_names
+
     names = package_names()
     return bool(names), f"{data_root()}: {len(names)} packages ({', '.join(names)})"
 
+
 def _packages_valid():
     from research_kit.data.load import validate
+
     results = validate()
-    bad = [f"{c.package}/{c.resource}: {str(c.error).splitlines()[0]}" for c in results if c.error is not None]
-    if bad: return False, "; ".join(bad[:3])
+    bad = [
+        f"{c.package}/{c.resource}: {str(c.error).splitlines()[0]}" for c in results if c.error is not None
+    ]
+    if bad:
+        return False, "; ".join(bad[:3])
     skipped = sum(1 for c in results if c.skipped)
-    return True, f"{len(results) - skipped} resources valid" + (f", {skipped} restricted to other institutions skipped" if skipped else "")
+    return True, f"{len(results) - skipped} resources valid" + (
+        f", {skipped} restricted to other institutions skipped" if skipped else ""
+    )
+
 
 def _institution():
     from research_kit.data.codes import check_institution_setting
     from research_kit.settings import load_settings
+
     check_institution_setting()
     code = load_settings().institution
     return True, code or "none set (restricted resources stay closed)"
 
+
 def doctor(root: Path | None = None) -> list[Check]:
     "Every check of the workspace's environment, in order."
     from research_kit.settings import load_settings
+
     setup = "run `python -m research_kit.setup` (or `make setup`) at the workspace root"
-    checks = [_check("settings", lambda: (True, f"{load_settings().root / 'settings.ini'} is valid"),
-                     "fix the value named above in settings.ini or the RK_* variable")]
-    if not checks[0].ok: return checks
+    checks = [
+        _check(
+            "settings",
+            lambda: (True, f"{load_settings().root / 'settings.ini'} is valid"),
+            "fix the value named above in settings.ini or the RK_* variable",
+        )
+    ]
+    if not checks[0].ok:
+        return checks
     root = root or load_settings().root
     checks.append(_check("kernel", _kernelspec, setup))
-    if checks[-1].ok: checks.append(_check("kernel imports research_kit", _importable_in_kernel, "run `python -m research_kit.setup` (or `make setup`) to install the workspace into .venv"))
-    checks.append(_check("package in sync with nbs/", lambda: package_in_sync(root), "run `nbdev-export` and commit research_kit/"))
-    checks.append(_check("data root reachable", _data_root, "check [workspace] data in settings.ini or RK_WORKSPACE_DATA"))
     if checks[-1].ok:
-        checks.append(_check("data packages valid", _packages_valid, "run `rk datasets validate` for the full list of failures"))
-        checks.append(_check("institution", _institution, "set [workspace] institution in your own settings file (rk config shows where), or RK_WORKSPACE_INSTITUTION, "
-                             "to a code of consortium/institutions"))
+        checks.append(
+            _check(
+                "kernel imports research_kit",
+                _importable_in_kernel,
+                "run `python -m research_kit.setup` (or `make setup`) to install the workspace into .venv",
+            )
+        )
+    checks.append(
+        _check(
+            "package in sync with nbs/",
+            lambda: package_in_sync(root),
+            "run `nbdev-export` and commit research_kit/",
+        )
+    )
+    checks.append(
+        _check(
+            "data root reachable", _data_root, "check [workspace] data in settings.ini or RK_WORKSPACE_DATA"
+        )
+    )
+    if checks[-1].ok:
+        checks.append(
+            _check(
+                "data packages valid",
+                _packages_valid,
+                "run `rk datasets validate` for the full list of failures",
+            )
+        )
+        checks.append(
+            _check(
+                "institution",
+                _institution,
+                "set [workspace] institution in your own settings file (rk config shows where), or RK_WORKSPACE_INSTITUTION, "
+                "to a code of consortium/institutions",
+            )
+        )
     return checks
 
 # %% ../nbs/environment.ipynb #fb047e45
-def lab_command(root: Path, *, port: int = 8888, ip: str = "127.0.0.1", token: str | None = None) -> tuple[list[str], str]:
+def lab_command(
+    root: Path, *, port: int = 8888, ip: str = "127.0.0.1", token: str | None = None
+) -> tuple[list[str], str]:
     "(the jupyter lab command line, the URL with its token)."
     import secrets
-    if token is not None and len(token) < 8: raise RKError("--token must have at least 8 characters; a token is always required")
+
+    if token is not None and len(token) < 8:
+        raise RKError("--token must have at least 8 characters; a token is always required")
     token = token or secrets.token_hex(24)
-    cmd = [script("jupyter") or str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
-           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}",
-           f"--MultiKernelManager.default_kernel_name={KERNEL_NAME}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0: cmd.append("--allow-root")
+    cmd = [
+        script("jupyter") or str(Path(sys.executable).parent / "jupyter"),
+        "lab",
+        "--no-browser",
+        f"--ServerApp.ip={ip}",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        f"--MultiKernelManager.default_kernel_name={KERNEL_NAME}",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
     host = f"[{ip}]" if ":" in ip else ip
     return cmd, f"http://{host}:{port}/lab?token={token}"

@@ -15,11 +15,14 @@ __all__ = ['QUOTE_LIMIT', 'RKError', 'SettingsError', 'DescriptorError', 'Access
 class RKError(Exception):
     "Base of every error a user can cause; the command line prints its message without a traceback."
 
+
 class SettingsError(RKError):
     "settings.ini or an RK_* environment variable holds a value that cannot be used."
 
+
 class DescriptorError(RKError):
     "A data package descriptor is missing, malformed, or declares something unsupported."
+
 
 class AccessDenied(RKError):
     "A restricted resource was requested by a researcher whose settings do not name its owner."
@@ -32,28 +35,44 @@ _bounded.maxstring = _bounded.maxother = QUOTE_LIMIT + 2  # long enough to cut b
 _bounded.maxlist = _bounded.maxtuple = _bounded.maxdict = _bounded.maxset = 6
 _bounded.maxlevel = 3
 
+
 def quoted(value, limit: int = QUOTE_LIMIT) -> str:
     "`repr(value)` for a message: at most `limit` characters, cut with `…`, never expensive to build."
-    text = repr(value[:limit + 1]) if type(value) is str else _bounded.repr(value)  # a str subclass keeps its own repr
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    text = (
+        repr(value[: limit + 1]) if type(value) is str else _bounded.repr(value)
+    )  # a str subclass keeps its own repr
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 # %% ../nbs/errors.ipynb #828ae207
 class UnknownNameError(RKError, KeyError):
     "A name (package, resource, column, report, ...) that does not exist, with close matches."
+
     def __init__(self, kind: str, name: str, choices, where: str = ""):
-        self.kind, self.name, self.choices = kind, name, sorted(choices, key=str)  # a YAML file may mix keys of any type
-        close = difflib.get_close_matches(name, [str(c) for c in self.choices], n=3, cutoff=0.5) if isinstance(name, str) and len(name) <= QUOTE_LIMIT else []
+        self.kind, self.name, self.choices = (
+            kind,
+            name,
+            sorted(choices, key=str),
+        )  # a YAML file may mix keys of any type
+        close = (
+            difflib.get_close_matches(name, [str(c) for c in self.choices], n=3, cutoff=0.5)
+            if isinstance(name, str) and len(name) <= QUOTE_LIMIT
+            else []
+        )
         msg = f"unknown {kind} {quoted(name)}" + (f" in {where}" if where else "")
-        if close: msg += f"; did you mean {' or '.join(quoted(c) for c in close)}?"
-        elif self.choices: msg += f"; choose from: {', '.join(str(c)[:QUOTE_LIMIT] for c in self.choices[:20])}"
+        if close:
+            msg += f"; did you mean {' or '.join(quoted(c) for c in close)}?"
+        elif self.choices:
+            msg += f"; choose from: {', '.join(str(c)[:QUOTE_LIMIT] for c in self.choices[:20])}"
         super().__init__(msg)
 
-    def __str__(self): return self.args[0]  # KeyError would otherwise quote the message
+    def __str__(self):
+        return self.args[0]  # KeyError would otherwise quote the message
 
 # %% ../nbs/errors.ipynb #24e1c075
 @dataclass(frozen=True)
 class Failure:
     "One broken rule: where (package, resource, file, column, 1-based line) and what (value, rule)."
+
     package: str
     resource: str
     file: str
@@ -71,20 +90,26 @@ class Failure:
 # %% ../nbs/errors.ipynb #d9bbc1e1
 class DataValidationError(RKError):
     "Data that does not match its schema; `failures` lists every broken rule."
+
     shown = 20
 
     def __init__(self, failures: list[Failure], total: int | None = None):
         self.failures = list(failures)
         self.total = total if total is not None else len(self.failures)
         first = self.failures[0] if self.failures else None
-        head = (f"{self.total} validation failure{'s' if self.total != 1 else ''}"
-                + (f" in {first.package}/{first.resource} ({first.file})" if first else ""))
-        lines = [f"  {f.describe()}" for f in self.failures[:self.shown]]
-        if self.total > self.shown: lines.append(f"  ... and {self.total - self.shown} more")
+        head = f"{self.total} validation failure{'s' if self.total != 1 else ''}" + (
+            f" in {first.package}/{first.resource} ({first.file})" if first else ""
+        )
+        lines = [f"  {f.describe()}" for f in self.failures[: self.shown]]
+        if self.total > self.shown:
+            lines.append(f"  ... and {self.total - self.shown} more")
         super().__init__("\n".join([head + ":", *lines]))
 
     def frame(self):
         "The failures as a DataFrame, one row per failure."
         import pandas as pd
-        return pd.DataFrame([asdict(f) for f in self.failures],
-                            columns=["package", "resource", "file", "column", "line", "value", "rule"])
+
+        return pd.DataFrame(
+            [asdict(f) for f in self.failures],
+            columns=["package", "resource", "file", "column", "line", "value", "rule"],
+        )

@@ -33,7 +33,9 @@ def write_text_atomic(
     text: str,  # the whole text, written as UTF-8
 ) -> None:
     "Write `text` to `path` via a temporary file and a rename."
-    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
 
 def write_json_atomic(
     path,  # where the JSON goes
@@ -54,13 +56,16 @@ def swap_into_place(
     old = None
     if final.exists() and not (final.is_dir() and (final / mark).is_file()):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RKError(f"{final} exists and was not written by rk (it has no {mark}); "
-                      "rk replaces only folders it wrote: move it away and run again")
+        raise RKError(
+            f"{final} exists and was not written by rk (it has no {mark}); "
+            "rk replaces only folders it wrote: move it away and run again"
+        )
     if final.exists():
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
     os.rename(tmp, final)
-    if old: shutil.rmtree(old, ignore_errors=True)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/files.ipynb #7c558b79
 def sha256_file(
@@ -76,23 +81,30 @@ def sha256_file(
 # %% ../nbs/files.ipynb #a9e6dc43
 class LockHeld(RKError):
     "Another process holds a lock; `holder` is what it wrote down about itself ('' when nothing)."
+
     def __init__(self, path, holder: str = ""):
         self.path, self.holder = Path(path), holder
         super().__init__(f"{path} is held by {holder or 'another process'}")
 
+
 class exclusive_lock:
     "Hold the lock file `path` for a `with` block (any OS); without `wait`, raise `LockHeld` at once if another process holds it."
+
     def __init__(self, path, *, wait: bool = False, holder: str = ""):
         self.path, self.wait, self.holder = Path(path), wait, holder
         self.note = self.path.with_name(self.path.name + ".holder")
 
     def __enter__(self):
         from filelock import FileLock, Timeout
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.path), timeout=-1 if self.wait else 0)
-        try: self.lock.acquire()
-        except Timeout: raise LockHeld(self.path, self._holder()) from None
-        if self.holder: write_text_atomic(self.note, self.holder)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            raise LockHeld(self.path, self._holder()) from None
+        if self.holder:
+            write_text_atomic(self.note, self.holder)
         return self
 
     def __exit__(self, *exc):
@@ -100,5 +112,7 @@ class exclusive_lock:
         self.lock.release()
 
     def _holder(self) -> str:
-        try: return self.note.read_text(encoding="utf-8").strip()
-        except OSError: return ""
+        try:
+            return self.note.read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""

@@ -18,16 +18,23 @@ LANGUAGES = ("kk", "ru", "en")
 LOCALES = {"kk": "kk_KZ", "ru": "ru_RU", "en": "en"}
 LANGUAGE_NAMES = {"kk": "Қазақша", "ru": "Русский", "en": "English"}
 
+
 class UnknownLanguage(UnknownNameError):
     "A language research_kit does not write in; the message names the value and the choices."
+
     def __init__(self, lang, where: str = ""):
         super().__init__("language", str(lang), LANGUAGES, where)
-        self.args = (f"unknown language {lang!r}" + (f" in {where}" if where else "") + ": choose kk, ru or en",)
+        self.args = (
+            f"unknown language {lang!r}" + (f" in {where}" if where else "") + ": choose kk, ru or en",
+        )
+
 
 def check_lang(lang, where: str = "") -> str:
     "`lang` if it is one of kk, ru, en; otherwise `UnknownLanguage`."
-    if isinstance(lang, str) and lang in LANGUAGES: return lang
+    if isinstance(lang, str) and lang in LANGUAGES:
+        return lang
     raise UnknownLanguage(lang, where)
+
 
 def locale_name(lang: str) -> str:
     "The Babel locale of a language: kk_KZ, ru_RU or en."
@@ -36,47 +43,63 @@ def locale_name(lang: str) -> str:
 # %% ../nbs/i18n.ipynb #5687044b
 DOMAIN = "research_kit"
 
+
 def locales_dir() -> Path:
     "The folder of the message catalogs: `locales/` of the workspace the package is installed from."
     import research_kit  # the package's own folder, also when this runs inside a notebook
+
     return Path(research_kit.__file__).resolve().parent.parent / "locales"
+
 
 def catalog_path(lang: str) -> Path:
     "The `.po` file of language `lang`."
     return locales_dir() / check_lang(lang) / "LC_MESSAGES" / f"{DOMAIN}.po"
 
+
 def read_catalog(lang: str):
     "The Babel `Catalog` of language `lang`, read from its `.po` file."
     from babel.messages.pofile import PoFileError, read_po
+
     path = catalog_path(lang)
     try:
-        with open(path, "rb") as f: return read_po(f, locale=locale_name(lang), domain=DOMAIN, abort_invalid=True)
+        with open(path, "rb") as f:
+            return read_po(f, locale=locale_name(lang), domain=DOMAIN, abort_invalid=True)
     except FileNotFoundError:
-        raise RKError(f"{path}: no message catalog for language {lang!r}; the workspace's locales/ folder is missing") from None
+        raise RKError(
+            f"{path}: no message catalog for language {lang!r}; the workspace's locales/ folder is missing"
+        ) from None
     except PoFileError as e:
         raise RKError(f"{path}: malformed message catalog: {e}") from None
+
 
 @functools.lru_cache(maxsize=None)
 def _translations(lang: str):
     "The catalog compiled in memory, without fuzzy entries."
     import gettext, io
     from babel.messages.mofile import write_mo
+
     buf = io.BytesIO()
     write_mo(buf, read_catalog(lang), use_fuzzy=False)
     buf.seek(0)
     return gettext.GNUTranslations(buf)
 
+
 def N_(message: str) -> str:
     "Mark `message` for extraction into the catalogs; it is translated where it is shown."
     return message
 
+
 def translate(message: str, lang: str, **fields) -> str:
     "`message` in language `lang`, its `{placeholders}` filled from `fields`."
     text = _translations(check_lang(lang)).gettext(message)
-    if not fields: return text
-    try: return text.format(**fields)
+    if not fields:
+        return text
+    try:
+        return text.format(**fields)
     except (KeyError, IndexError, ValueError) as e:
-        raise RKError(f"{catalog_path(lang)}: the translation of {message!r} ({text!r}) cannot be filled from {sorted(fields)}: {e!r}") from None
+        raise RKError(
+            f"{catalog_path(lang)}: the translation of {message!r} ({text!r}) cannot be filled from {sorted(fields)}: {e!r}"
+        ) from None
 
 # %% ../nbs/i18n.ipynb #e623e2ba
 REPORT_TITLES = {
@@ -129,7 +152,9 @@ TEMPLATE_MESSAGES = (
     N_("{n} students with a known outcome"),
     N_("Calibration"),
     N_("Risk band"),
-    N_("{known} students with a known outcome, {dropped} of them dropped out ({share}); {enrolled} still enrolled are left out"),
+    N_(
+        "{known} students with a known outcome, {dropped} of them dropped out ({share}); {enrolled} still enrolled are left out"
+    ),
     N_("under {share}"),
     N_("{share} or more"),
     N_("Effect of class type against a regular class, {grade} ({n} pupils)"),
@@ -158,22 +183,36 @@ def _language_tags(cell) -> list[str]:
     tags = (cell.get("metadata") or {}).get("tags") or []
     return [t for t in tags if isinstance(t, str) and t.startswith("lang-")]
 
+
 def _group_problems(group: list) -> list[str]:
     "One run of tagged cells: each language exactly once."
     where = f"cells {group[0][0]}-{group[-1][0]}" if len(group) > 1 else f"cell {group[0][0]}"
     langs = [tag[5:] for _, tags in group for tag in tags]
     problems = [f"{where}: no {lang} version (tag lang-{lang})" for lang in LANGUAGES if lang not in langs]
-    problems += [f"{where}: {langs.count(lang)} {lang} versions, expected one" for lang in LANGUAGES if langs.count(lang) > 1]
+    problems += [
+        f"{where}: {langs.count(lang)} {lang} versions, expected one"
+        for lang in LANGUAGES
+        if langs.count(lang) > 1
+    ]
     return problems
+
 
 def language_cell_problems(cells) -> list[str]:
     "Where a notebook's language-tagged markdown cells do not come as one kk, one ru and one en cell."
     problems, group = [], []
     for i, cell in enumerate(list(cells) + [{}]):  # a sentinel closes the last run
         tags = _language_tags(cell) if cell.get("cell_type") == "markdown" else []
-        problems += [f"cell {i}: unknown language tag {t!r}; use lang-kk, lang-ru or lang-en" for t in tags if t[5:] not in LANGUAGES]
-        if len(tags) > 1: problems.append(f"cell {i}: several language tags {tags}; one cell, one language")
-        if tags: group.append((i, [t for t in tags if t[5:] in LANGUAGES][:1])); continue
-        if group: problems += _group_problems(group)
+        problems += [
+            f"cell {i}: unknown language tag {t!r}; use lang-kk, lang-ru or lang-en"
+            for t in tags
+            if t[5:] not in LANGUAGES
+        ]
+        if len(tags) > 1:
+            problems.append(f"cell {i}: several language tags {tags}; one cell, one language")
+        if tags:
+            group.append((i, [t for t in tags if t[5:] in LANGUAGES][:1]))
+            continue
+        if group:
+            problems += _group_problems(group)
         group = []
     return problems

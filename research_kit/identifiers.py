@@ -15,23 +15,32 @@ __all__ = ['KEY_ENV', 'MIN_KEY_LENGTH', 'iin_check_digit', 'iin_problem', 'iin_v
 _CENTURY = {1: 1800, 2: 1800, 3: 1900, 4: 1900, 5: 2000, 6: 2000}
 _WEIGHTS = (tuple(range(1, 12)), (3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2))
 
+
 def iin_check_digit(first11: str) -> int | None:
     "The 12th digit of an IIN that starts with these 11 digits, or None when no check digit exists."
     digits = [int(c) for c in first11]
     for weights in _WEIGHTS:
         remainder = sum(d * w for d, w in zip(digits, weights)) % 11
-        if remainder != 10: return remainder
+        if remainder != 10:
+            return remainder
     return None
+
 
 def iin_problem(iin) -> str | None:
     "Why `iin` is not a valid IIN, in words that never repeat the number (safe to print), or None."
-    if not isinstance(iin, str) or not re.fullmatch(r"[0-9]{12}", iin): return "not 12 digits"
+    if not isinstance(iin, str) or not re.fullmatch(r"[0-9]{12}", iin):
+        return "not 12 digits"
     century = _CENTURY.get(int(iin[6]))
-    if century is None: return "7th digit (century and sex) not in 1-6"
-    try: datetime.date(century + int(iin[:2]), int(iin[2:4]), int(iin[4:6]))
-    except ValueError: return "birth date"
-    if iin_check_digit(iin[:11]) != int(iin[11]): return "check digit"
+    if century is None:
+        return "7th digit (century and sex) not in 1-6"
+    try:
+        datetime.date(century + int(iin[:2]), int(iin[2:4]), int(iin[4:6]))
+    except ValueError:
+        return "birth date"
+    if iin_check_digit(iin[:11]) != int(iin[11]):
+        return "check digit"
     return None
+
 
 def iin_valid(iin: str) -> bool:
     "True when `iin` is 12 digits with a real birth date, a century digit 1-6 and the right check digit."
@@ -40,15 +49,21 @@ def iin_valid(iin: str) -> bool:
 # %% ../nbs/identifiers.ipynb #04600843
 KEY_ENV, MIN_KEY_LENGTH = "RK_PSEUDONYM_KEY", 16
 
+
 def key_from_env() -> bytes:
     "The consortium's shared pseudonym key from RK_PSEUDONYM_KEY (at least 16 characters)."
     key = os.environ.get(KEY_ENV, "")
     if not key.strip():
-        raise SettingsError(f"{KEY_ENV} is not set: set it to the consortium's shared pseudonym key "
-                            f"(at least {MIN_KEY_LENGTH} characters; every institution must use the same key)")
+        raise SettingsError(
+            f"{KEY_ENV} is not set: set it to the consortium's shared pseudonym key "
+            f"(at least {MIN_KEY_LENGTH} characters; every institution must use the same key)"
+        )
     if len(key) < MIN_KEY_LENGTH:
-        raise SettingsError(f"{KEY_ENV} has {len(key)} characters; the shared pseudonym key needs at least {MIN_KEY_LENGTH}")
+        raise SettingsError(
+            f"{KEY_ENV} has {len(key)} characters; the shared pseudonym key needs at least {MIN_KEY_LENGTH}"
+        )
     return key.encode("utf-8")
+
 
 def pseudonym(iin: str, key: bytes) -> str:
     "The student code `S-XXXXXXXX` for an IIN: the first 8 hex digits of HMAC-SHA256(key, IIN), uppercased."
@@ -60,9 +75,12 @@ def pseudonym(iin: str, key: bytes) -> str:
 _DIGIT_GROUPS = re.compile(r"(?<![0-9])[0-9]+(?:[ \t\-\u00a0\u202f\u2009\u2010\u2011\u2013][0-9]+)*(?![0-9])")
 _SEPARATOR = re.compile(r"[ \t\-\u00a0\u202f\u2009\u2010\u2011\u2013]")
 
+
 def _as_iin(digits: str, short_forms: bool) -> str | None:
-    if short_forms and 9 <= len(digits) < 12: digits = digits.zfill(12)
+    if short_forms and 9 <= len(digits) < 12:
+        digits = digits.zfill(12)
     return digits if iin_valid(digits) else None
+
 
 def find_iins(text: str, *, short_forms: bool = False) -> list[str]:
     "Every valid IIN in `text` (as 12 digits, in order of appearance), written whole or in groups split by spaces or dashes."
@@ -73,12 +91,18 @@ def find_iins(text: str, *, short_forms: bool = False) -> list[str]:
             digits = ""
             for group in groups[start:]:
                 digits += group
-                if len(digits) > 12: break
+                if len(digits) > 12:
+                    break
                 iin = _as_iin(digits, short_forms)
-                if iin: found.append(iin)
+                if iin:
+                    found.append(iin)
     return found
 
-_PSEUDONYM = re.compile(r"(?<![0-9A-Za-z])S[-_. ]?((?:[0-9A-F][-_. ]?){7}[0-9A-F])(?![0-9A-Za-z])", re.IGNORECASE)
+
+_PSEUDONYM = re.compile(
+    r"(?<![0-9A-Za-z])S[-_. ]?((?:[0-9A-F][-_. ]?){7}[0-9A-F])(?![0-9A-Za-z])", re.IGNORECASE
+)
+
 
 def find_pseudonyms(text: str) -> list[str]:
     "Every student pseudonym in `text`, normalised to `S-XXXXXXXX`, in any case and across separators."

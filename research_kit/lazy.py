@@ -15,8 +15,10 @@ def lazy_exports(
     origins: dict[str, str],  # public name -> "module" or "module:attribute" it comes from
 ):
     "The `__getattr__` and `__dir__` of `package`: each name of `origins` is imported from its module when first used."
+
     def __getattr__(name: str):
-        if name not in origins: raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if name not in origins:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module, _, attribute = origins[name].partition(":")
         return getattr(importlib.import_module(module), attribute or name)
 

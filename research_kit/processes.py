@@ -16,118 +16,161 @@ def _die_with_parent() -> None:
     "In the child before exec: Linux kills it when the process that started it dies, even by SIGKILL."
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError): pass  # then the caller's timeout still bounds it
+    except (OSError, AttributeError):
+        pass  # then the caller's timeout still bounds it
+
 
 def own_group(
     *,
     die_with_parent: bool = False,  # Linux: the child is killed when the process that started it dies
 ) -> dict:
     "Keyword arguments for `subprocess.Popen` that start the child in a process group of its own."
-    if os.name == "nt": return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     options = {"start_new_session": True}
-    if die_with_parent and sys.platform.startswith("linux"): options["preexec_fn"] = _die_with_parent
+    if die_with_parent and sys.platform.startswith("linux"):
+        options["preexec_fn"] = _die_with_parent
     return options
+
 
 def end_tree(
     pid: int,  # the process to end, with every process descended from it
 ) -> list[int]:
     "Kill process `pid` and its descendants; the ids of those killed."
     import psutil
+
     try:
         root = psutil.Process(pid)
-        victims = root.children(recursive=True) + [root]  # children first: once the root is gone they cannot be found
-    except psutil.NoSuchProcess: return []
+        victims = root.children(recursive=True) + [
+            root
+        ]  # children first: once the root is gone they cannot be found
+    except psutil.NoSuchProcess:
+        return []
     return kill_all(victims)
+
 
 def kill_all(
     victims: list,  # psutil.Process objects
 ) -> list[int]:
     "Kill every process in `victims` (those already gone are skipped) and reap our own children; their ids."
     import psutil
+
     for p in victims:
-        try: p.kill()
-        except psutil.NoSuchProcess: pass
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     psutil.wait_procs(victims, timeout=5)  # reaps those that are our own children
     return [p.pid for p in victims]
+
 
 def end_group(
     proc: subprocess.Popen,  # a child started with `own_group()`
 ) -> None:
     "Kill the child `proc` and everything it started: its process group on POSIX, its process tree on Windows."
     if hasattr(os, "killpg"):
-        try: os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError): pass
-    else: end_tree(proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    else:
+        end_tree(proc.pid)
 
 # %% ../nbs/processes.ipynb #aa6c0fb6
 def replace_process(
     cmd: list[str],  # the program and its arguments
 ) -> None:
     "Run `cmd` in place of this process (never returns): `exec` on POSIX, a child whose exit code is ours on Windows."
-    if os.name != "nt": os.execv(cmd[0], cmd)
-    try: code = subprocess.call(cmd)
-    except KeyboardInterrupt: code = 130  # Ctrl+C reached the child too; it has stopped
+    if os.name != "nt":
+        os.execv(cmd[0], cmd)
+    try:
+        code = subprocess.call(cmd)
+    except KeyboardInterrupt:
+        code = 130  # Ctrl+C reached the child too; it has stopped
     sys.exit(code)
 
 # %% ../nbs/processes.ipynb #00b1997c
 MEMORY_POLL = 0.25  # seconds between two looks at a watched worker's memory
 
+
 def platform_name() -> str:
     "This OS as a researcher calls it."
     return {"win32": "Windows", "darwin": "macOS"}.get(sys.platform, sys.platform)
 
+
 def memory_enforced() -> bool:
     "Can this OS cap a process's memory? Linux can (`resource`); Windows has no `resource`, and macOS ignores the cap."
-    if sys.platform == "darwin": return False
-    try: import resource
-    except ImportError: return False
+    if sys.platform == "darwin":
+        return False
+    try:
+        import resource
+    except ImportError:
+        return False
     return hasattr(resource, "RLIMIT_DATA")
+
 
 def limit_memory(
     megabytes: int,  # the cap (0: no limit)
 ) -> bool:
     "Cap the data memory of this process and of those it starts; False where the OS cannot (watch it with `largest_memory`)."
-    if megabytes <= 0: return True
-    if not memory_enforced(): return False
+    if megabytes <= 0:
+        return True
+    if not memory_enforced():
+        return False
     import resource
+
     resource.setrlimit(resource.RLIMIT_DATA, (megabytes * 2**20, megabytes * 2**20))
     return True
+
 
 def largest_memory(
     pid: int,  # the root of the process tree, e.g. a worker
 ) -> int:
     "Megabytes resident in the largest of process `pid` and its descendants (0 when it is gone)."
     import psutil
+
     try:
         root = psutil.Process(pid)
         tree = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess: return 0
+    except psutil.NoSuchProcess:
+        return 0
     largest = 0
     for p in tree:
-        try: largest = max(largest, p.memory_info().rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied): pass
+        try:
+            largest = max(largest, p.memory_info().rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
     return largest // 2**20
+
 
 def memory_note(
     megabytes: int,  # the limit set by `[runner] memory`
 ) -> str | None:
     "What to tell the researcher when the memory limit is watched rather than enforced here; None when it is enforced or unset."
-    if megabytes <= 0 or memory_enforced(): return None
-    return (f"the per-report memory limit ([runner] memory = {megabytes} MB) is watched, not enforced, on {platform_name()}: "
-            f"a report that grows past it is stopped within about {MEMORY_POLL:g} s, and may use more until then")
+    if megabytes <= 0 or memory_enforced():
+        return None
+    return (
+        f"the per-report memory limit ([runner] memory = {megabytes} MB) is watched, not enforced, on {platform_name()}: "
+        f"a report that grows past it is stopped within about {MEMORY_POLL:g} s, and may use more until then"
+    )
 
 # %% ../nbs/processes.ipynb #c0ea0d95
 def scripts_dir(
     venv=None,  # a virtual environment's folder (default: this interpreter's environment)
 ) -> Path:
     "The folder of an environment's executables: `Scripts` on Windows, `bin` elsewhere."
-    if venv is None: return Path(sysconfig.get_path("scripts"))
+    if venv is None:
+        return Path(sysconfig.get_path("scripts"))
     return Path(venv) / ("Scripts" if os.name == "nt" else "bin")
+
 
 def script(
     name: str,  # e.g. "jupyter", "nbdev-export"
 ) -> str | None:
     "The path of the executable `name` of this interpreter's environment, or None when it is not installed."
-    folders = dict.fromkeys([str(scripts_dir()), str(Path(sys.executable).parent)])  # the same folder in a venv; not always elsewhere
+    folders = dict.fromkeys(
+        [str(scripts_dir()), str(Path(sys.executable).parent)]
+    )  # the same folder in a venv; not always elsewhere
     return shutil.which(name, path=os.pathsep.join(folders))

@@ -17,16 +17,37 @@ __all__ = ['WEEK', 'MAX_MEMORY_MB', 'DEFAULTS', 'SETTINGS_FILE', 'LAYERS', 'POLI
 WEEK = 7 * 24 * 3600
 MAX_MEMORY_MB = 1024 * 1024  # 1 TB
 
-def _between(low, high): return lambda v: low <= int(v) <= high
-def _memory(v): return int(v) == 0 or 64 <= int(v) <= MAX_MEMORY_MB
+
+def _between(low, high):
+    return lambda v: low <= int(v) <= high
+
+
+def _memory(v):
+    return int(v) == 0 or 64 <= int(v) <= MAX_MEMORY_MB
+
 
 DEFAULTS: dict[str, dict[str, str]] = {
-    "workspace": {"data": "datasets", "cache": ".cache", "reports": "reports",
-                  "build": "reports/_build", "institution": "",
-                  # the consortium's shared run store (rk push / pull), and who signs what is pushed to it
-                  "share": "", "share_owner": "", "researcher": "", "signing_key": ""},
-    "runner": {"engine": "warm", "workers": "0", "timeout": "600", "memory": "0", "reader": "on", "pdf": "auto",
-               "discovery": "on"},
+    "workspace": {
+        "data": "datasets",
+        "cache": ".cache",
+        "reports": "reports",
+        "build": "reports/_build",
+        "institution": "",
+        # the consortium's shared run store (rk push / pull), and who signs what is pushed to it
+        "share": "",
+        "share_owner": "",
+        "researcher": "",
+        "signing_key": "",
+    },
+    "runner": {
+        "engine": "warm",
+        "workers": "0",
+        "timeout": "600",
+        "memory": "0",
+        "reader": "on",
+        "pdf": "auto",
+        "discovery": "on",
+    },
     "privacy": {"threshold": "10"},
 }
 
@@ -34,15 +55,25 @@ _CHECKS = {  # (section, key): (test, what was expected)
     ("runner", "engine"): (lambda v: v in ("warm", "kernel"), "warm or kernel"),
     ("runner", "workers"): (_between(0, 1024), "a whole number from 0 to 1024 (0 = number of CPUs)"),
     ("runner", "timeout"): (_between(1, WEEK), f"a whole number of seconds from 1 to {WEEK} (a week)"),
-    ("runner", "memory"): (_memory, f"0 (no limit) or a whole number of megabytes from 64 to {MAX_MEMORY_MB} (1 TB)"),
+    ("runner", "memory"): (
+        _memory,
+        f"0 (no limit) or a whole number of megabytes from 64 to {MAX_MEMORY_MB} (1 TB)",
+    ),
     ("runner", "reader"): (lambda v: v in ("on", "off"), "on or off"),
-    ("runner", "pdf"): (lambda v: v in ("auto", "on", "off"), "auto (public runs, when chromium is installed), on or off"),
-    ("runner", "discovery"): (lambda v: v in ("on", "off"), "on (discover the files and settings each run reads) or off"),
+    ("runner", "pdf"): (
+        lambda v: v in ("auto", "on", "off"),
+        "auto (public runs, when chromium is installed), on or off",
+    ),
+    ("runner", "discovery"): (
+        lambda v: v in ("on", "off"),
+        "on (discover the files and settings each run reads) or off",
+    ),
     ("privacy", "threshold"): (_between(1, 1_000_000), "a whole number from 1 to 1000000"),
 }
 
 # %% ../nbs/settings.ipynb #d77fd8f0
 SETTINGS_FILE = "settings.ini"
+
 
 def find_root(start: str | Path | None = None) -> Path:
     "The workspace root: `RK_ROOT`, or the nearest folder at or above `start` holding settings.ini."
@@ -53,23 +84,29 @@ def find_root(start: str | Path | None = None) -> Path:
         return root
     here = Path(start or Path.cwd()).resolve()
     for folder in [here, *here.parents]:
-        if (folder / SETTINGS_FILE).is_file(): return folder
-    raise SettingsError(f"no {SETTINGS_FILE} in {here} or any folder above it; "
-                        "run inside a research_kit workspace or set RK_ROOT")
+        if (folder / SETTINGS_FILE).is_file():
+            return folder
+    raise SettingsError(
+        f"no {SETTINGS_FILE} in {here} or any folder above it; "
+        "run inside a research_kit workspace or set RK_ROOT"
+    )
 
 # %% ../nbs/settings.ipynb #6909bed4
 LAYERS = ("default", "user", "workspace", "environment")  # lowest first
 _read_hook = None  # told of every setting read while a run is being recorded (research_kit.runner.reads)
 POLICY = " (policy)"  # the name's suffix for a value as the workspace's settings.ini commits to it
 
+
 def on_read(hook) -> None:
     "Call `hook(name, value)` for every setting read from now on; `None` stops it."
     global _read_hook
     _read_hook = hook
 
+
 @dataclass(frozen=True)
 class Setting:
     "One value and where it came from: its layer (see LAYERS), its source (a file or a variable), the file's line."
+
     section: str
     key: str
     value: str
@@ -77,39 +114,50 @@ class Setting:
     layer: str = "default"
     line: int | None = None
 
+
 def is_url(path: str) -> bool:
     "True for fsspec URLs such as https://..., s3://..., file://..."
     return "://" in str(path)
 
+
 USER_SETTINGS_ENV = "RK_USER_SETTINGS"
+
 
 def config_dir(
     environ=os.environ,  # the environment variables to read
     windows: bool = os.name == "nt",  # Windows keeps a user's configuration under %APPDATA%
 ) -> Path:
     "research_kit's folder in the researcher's configuration: %APPDATA%\\research_kit on Windows, else $XDG_CONFIG_HOME/research_kit or ~/.config/research_kit."
-    if windows and environ.get("APPDATA"): return Path(environ["APPDATA"]) / "research_kit"
+    if windows and environ.get("APPDATA"):
+        return Path(environ["APPDATA"]) / "research_kit"
     return Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "research_kit"
+
 
 def user_settings_path() -> Path:
     "The researcher's own settings file: RK_USER_SETTINGS, else settings.ini in `config_dir()`."
-    if os.environ.get(USER_SETTINGS_ENV): return Path(os.environ[USER_SETTINGS_ENV]).expanduser()
+    if os.environ.get(USER_SETTINGS_ENV):
+        return Path(os.environ[USER_SETTINGS_ENV]).expanduser()
     return config_dir() / SETTINGS_FILE
+
 
 def _where(s: Setting, workspace_file: Path) -> str:
     "The file and line a setting comes from, or its variable, or 'default'."
-    if s.layer not in ("user", "workspace"): return s.source
+    if s.layer not in ("user", "workspace"):
+        return s.source
     path = workspace_file if s.layer == "workspace" else s.source
     return f"{path}:{s.line}" if s.line else str(path)
 
+
 class Settings:
     "The effective settings of one workspace."
+
     def __init__(self, root: Path, values: dict[tuple[str, str], Setting], policy: dict | None = None):
         self.root, self.values, self.policy = root, values, values if policy is None else policy
 
     def get(self, section: str, key: str) -> str:
         value = self.values[section, key].value
-        if _read_hook: _read_hook(f"{section}.{key}", value)
+        if _read_hook:
+            _read_hook(f"{section}.{key}", value)
         return value
 
     def lookup(self, name: str) -> str | None:
@@ -118,123 +166,179 @@ class Settings:
         section, _, key = name.removesuffix(POLICY).partition(".")
         return values[section, key].value if (section, key) in values else None
 
-    def _path(self, key) -> Path: return (self.root / self.get("workspace", key)).resolve()
+    def _path(self, key) -> Path:
+        return (self.root / self.get("workspace", key)).resolve()
 
     @property
     def data(self) -> str:
         "The data root: an fsspec URL as given, or an absolute local path."
         v = self.get("workspace", "data")
         return v.rstrip("/") if is_url(v) else str(self._path("data"))
+
     @property
-    def cache_dir(self) -> Path: return self._path("cache")
+    def cache_dir(self) -> Path:
+        return self._path("cache")
+
     @property
-    def reports_dir(self) -> Path: return self._path("reports")
+    def reports_dir(self) -> Path:
+        return self._path("reports")
+
     @property
-    def build_dir(self) -> Path: return self._path("build")
+    def build_dir(self) -> Path:
+        return self._path("build")
+
     @property
-    def institution(self) -> str: return self.get("workspace", "institution").strip()
+    def institution(self) -> str:
+        return self.get("workspace", "institution").strip()
+
     @property
     def share(self) -> str:
         "The shared run store: an fsspec URL as given, an absolute local path, or '' (off)."
         v = self.get("workspace", "share").strip()
         return v.rstrip("/") if not v or is_url(v) else str((self.root / v).resolve())
+
     @property
     def share_owner(self) -> str:
         "The institution whose own store the share is ('' for a consortium-wide store)."
         return self.get("workspace", "share_owner").strip()
+
     @property
     def researcher(self) -> str:
         "Who signs pushed runs: the setting, else the login name."
         import getpass
+
         return self.get("workspace", "researcher").strip() or getpass.getuser()
+
     @property
     def signing_key(self) -> Path:
         "The researcher's private signing key: the setting, else <config>/research_kit/keys/<institution>.key (outside the workspace)."
         v = self.get("workspace", "signing_key").strip()
-        if v: return Path(v).expanduser().resolve()
+        if v:
+            return Path(v).expanduser().resolve()
         return (config_dir() / "keys" / f"{self.institution or 'unknown'}.key").resolve()
+
     @property
-    def engine(self) -> str: return self.get("runner", "engine")
+    def engine(self) -> str:
+        return self.get("runner", "engine")
+
     @property
-    def workers(self) -> int: return int(self.get("runner", "workers")) or (os.cpu_count() or 1)
+    def workers(self) -> int:
+        return int(self.get("runner", "workers")) or (os.cpu_count() or 1)
+
     @property
-    def timeout(self) -> int: return int(self.get("runner", "timeout"))
+    def timeout(self) -> int:
+        return int(self.get("runner", "timeout"))
+
     @property
-    def memory(self) -> int: return int(self.get("runner", "memory"))
+    def memory(self) -> int:
+        return int(self.get("runner", "memory"))
+
     @property
-    def threshold(self) -> int: return int(self.get("privacy", "threshold"))
+    def threshold(self) -> int:
+        return int(self.get("privacy", "threshold"))
+
     @property
-    def reader(self) -> str: return self.get("runner", "reader")
+    def reader(self) -> str:
+        return self.get("runner", "reader")
+
     @property
-    def pdf(self) -> str: return self.get("runner", "pdf")
+    def pdf(self) -> str:
+        return self.get("runner", "pdf")
+
     @property
-    def discovery(self) -> str: return self.get("runner", "discovery")
+    def discovery(self) -> str:
+        return self.get("runner", "discovery")
+
     @property
     def threshold_policy(self) -> int:
         "The threshold the workspace's settings.ini commits to (or the default), whatever overrides it."
         value = self.policy["privacy", "threshold"].value
-        if _read_hook: _read_hook("privacy.threshold" + POLICY, value)
+        if _read_hook:
+            _read_hook("privacy.threshold" + POLICY, value)
         return int(value)
 
     def below_policy(self) -> str | None:
         "Why public runs made with these settings are not publishable (a local override lowers the threshold), or None."
-        if self.threshold >= self.threshold_policy: return None
-        return (f"[privacy] threshold {self.threshold} ({self.source_of('privacy', 'threshold')}) is a local override below "
-                f"the workspace's policy {self.threshold_policy} ({self.source_of('privacy', 'threshold', policy=True)}): "
-                "public runs made with it are not publishable")
+        if self.threshold >= self.threshold_policy:
+            return None
+        return (
+            f"[privacy] threshold {self.threshold} ({self.source_of('privacy', 'threshold')}) is a local override below "
+            f"the workspace's policy {self.threshold_policy} ({self.source_of('privacy', 'threshold', policy=True)}): "
+            "public runs made with it are not publishable"
+        )
 
     def source_of(self, section: str, key: str, policy: bool = False) -> str:
         "Where a value came from, for a message: its file and line, its environment variable, or 'default'."
         s = (self.policy if policy else self.values)[section, key]
         return _where(s, self.root / SETTINGS_FILE)
 
-    def table(self) -> list[Setting]: return list(self.values.values())
-    def __repr__(self): return f"Settings(root={str(self.root)!r})"
+    def table(self) -> list[Setting]:
+        return list(self.values.values())
 
-
+    def __repr__(self):
+        return f"Settings(root={str(self.root)!r})"
 
 # %% ../nbs/settings.ipynb #98b66000
 def _line_of(text: str, section: str, key: str | None = None) -> int | None:
     "The line of `[section]` (with `key`: of that key in it) in an ini file's text."
     import re
+
     current = None
     for n, line in enumerate(text.splitlines(), start=1):
         header = re.match(r"\s*\[([^\]]*)\]", line)
         if header:
             current = header.group(1).strip()
-            if key is None and current == section: return n
-        elif key is not None and current == section and re.match(rf"\s*{re.escape(key)}\s*[=:]", line, re.IGNORECASE):
+            if key is None and current == section:
+                return n
+        elif (
+            key is not None
+            and current == section
+            and re.match(rf"\s*{re.escape(key)}\s*[=:]", line, re.IGNORECASE)
+        ):
             return n
     return None
 
+
 def _ini_problem(e: configparser.Error) -> tuple[int | None, str]:
     "(line, what is wrong) of a configparser error, in one line."
-    if isinstance(e, configparser.MissingSectionHeaderError): return e.lineno, "a line before the first [section] header"
+    if isinstance(e, configparser.MissingSectionHeaderError):
+        return e.lineno, "a line before the first [section] header"
     if isinstance(e, configparser.ParsingError) and e.errors:
         return e.errors[0][0], "expected a [section] header or a `key = value` line"
     if isinstance(e, (configparser.DuplicateSectionError, configparser.DuplicateOptionError)):
         return e.lineno, e.message.rpartition("]: ")[2]  # "option 'x' in section 'a' already exists"
     return None, str(e).splitlines()[0]
 
+
 def _read_ini(path: Path, text: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)
-    try: parser.read_string(text, source=str(path))
+    try:
+        parser.read_string(text, source=str(path))
     except configparser.Error as e:
         line, problem = _ini_problem(e)
-        raise SettingsError(f"{path}{f':{line}' if line else ''}: cannot be read as an ini file: {problem}") from None
+        raise SettingsError(
+            f"{path}{f':{line}' if line else ''}: cannot be read as an ini file: {problem}"
+        ) from None
     return parser
 
+
 def _read_text(path: Path) -> str:
-    try: return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e: raise SettingsError(f"{path}: cannot be read as an ini file: {e}") from None
-    except IsADirectoryError: raise SettingsError(f"{path}: is a folder, not a settings file") from None
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path}: cannot be read as an ini file: {e}") from None
+    except IsADirectoryError:
+        raise SettingsError(f"{path}: is a folder, not a settings file") from None
+
 
 def _file_values(path: Path, text: str, layer: str, source: str) -> dict:
     "The settings a file (of `layer`) sets, each checked to be a known key, with its line."
     parser, values = _read_ini(path, text), {}
     for section in parser.sections():
         if section not in DEFAULTS:
-            raise UnknownNameError("settings section", section, DEFAULTS, where=f"{path}:{_line_of(text, section)}")
+            raise UnknownNameError(
+                "settings section", section, DEFAULTS, where=f"{path}:{_line_of(text, section)}"
+            )
         for key, value in parser.items(section):
             line = _line_of(text, section, key)
             if key not in DEFAULTS[section]:
@@ -242,55 +346,80 @@ def _file_values(path: Path, text: str, layer: str, source: str) -> dict:
             values[section, key] = Setting(section, key, value.strip(), source, layer, line)
     return values
 
+
 def _check(s: Setting, where: str):
     test, expected = _CHECKS.get((s.section, s.key), (None, None))
-    try: ok = test is None or test(s.value)
-    except ValueError: ok = False
-    if not ok: raise SettingsError(f"{where}: [{s.section}] {s.key} = {quoted(s.value)}; expected {expected}")
+    try:
+        ok = test is None or test(s.value)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SettingsError(f"{where}: [{s.section}] {s.key} = {quoted(s.value)}; expected {expected}")
+
 
 def _url_problem(url: str) -> str | None:
     "Why the data root URL `url` cannot be read from this machine (unknown protocol, missing package), or None."
     import fsspec
+
     protocol = url.split("://", 1)[0]
-    try: fsspec.get_filesystem_class(protocol)
-    except ValueError: return (f"unknown protocol {quoted(protocol)}; expected a local folder or a URL fsspec can read "
-                               "(https://, s3://, gs://, file://, ...)")
-    except ImportError as e: return f"reading {protocol}:// needs a package that is not installed: {e}"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        return (
+            f"unknown protocol {quoted(protocol)}; expected a local folder or a URL fsspec can read "
+            "(https://, s3://, gs://, file://, ...)"
+        )
+    except ImportError as e:
+        return f"reading {protocol}:// needs a package that is not installed: {e}"
     return None
 
+
 OWN_FOLDERS = (".git", "datasets", "nbs", "reports")  # the workspace's own work
+
 
 def _folder_problem(root: Path, value: str) -> str | None:
     "Why `value` cannot be a folder rk writes into and replaces parts of (build, cache), or None."
     folder = (root / value).resolve()
-    if folder == root or folder in root.parents: return "that is the workspace or a folder above it"
-    if folder in [root / name for name in OWN_FOLDERS]: return f"that is the workspace's {folder.name}/ folder"
+    if folder == root or folder in root.parents:
+        return "that is the workspace or a folder above it"
+    if folder in [root / name for name in OWN_FOLDERS]:
+        return f"that is the workspace's {folder.name}/ folder"
     return None
+
 
 def _check_places(root: Path, values: dict, where) -> None:
     "The data root can be read; build and cache folders are folders of their own."
     data = values["workspace", "data"]
     problem = is_url(data.value) and _url_problem(data.value)
-    if problem: raise SettingsError(f"{where(data)}: [workspace] data = {quoted(data.value)}: {problem}")
+    if problem:
+        raise SettingsError(f"{where(data)}: [workspace] data = {quoted(data.value)}: {problem}")
     for key, example in (("build", "reports/_build"), ("cache", ".cache")):
         s = values["workspace", key]
         problem = _folder_problem(root, s.value)
-        if problem: raise SettingsError(f"{where(s)}: [workspace] {key} = {quoted(s.value)}: {problem}; "
-                                        f"rk replaces what it writes there, so give it a folder of its own such as {example}")
+        if problem:
+            raise SettingsError(
+                f"{where(s)}: [workspace] {key} = {quoted(s.value)}: {problem}; "
+                f"rk replaces what it writes there, so give it a folder of its own such as {example}"
+            )
 
 # %% ../nbs/settings.ipynb #ddfd4077
 def _user_file() -> tuple[Path, str | None]:
     "(path, text) of the researcher's own settings file; text None when there is none."
     path = user_settings_path()
     if not path.exists():
-        if os.environ.get(USER_SETTINGS_ENV): raise SettingsError(f"{USER_SETTINGS_ENV}={path}: no such settings file")
+        if os.environ.get(USER_SETTINGS_ENV):
+            raise SettingsError(f"{USER_SETTINGS_ENV}={path}: no such settings file")
         return path, None
     return path, _read_text(path)
 
+
 @functools.cache  # each version of the files and variables is parsed and checked once
-def _checked(path: Path, text: str, user_path: Path, user_text: str | None, variables: tuple) -> tuple[dict, dict]:
+def _checked(
+    path: Path, text: str, user_path: Path, user_text: str | None, variables: tuple
+) -> tuple[dict, dict]:
     "`_values` of these files' texts under these RK_* `variables` (which `_values` reads from the environment)."
     return _values(path, text, user_path, user_text)
+
 
 def load_settings(start: str | Path | None = None) -> Settings:
     "Read the workspace containing `start`: defaults, then the user's settings file, settings.ini, RK_<SECTION>_<KEY> variables."
@@ -302,6 +431,7 @@ def load_settings(start: str | Path | None = None) -> Settings:
     values, policy = _checked(path, text, user_path, user_text, variables)
     return Settings(root, dict(values), dict(policy))
 
+
 def _values(path: Path, text: str, user_path: Path, user_text: str | None) -> tuple[dict, dict]:
     "(effective values, the workspace's policy: its own file over the defaults) of the layers."
     values = {(s, k): Setting(s, k, v, "default") for s, keys in DEFAULTS.items() for k, v in keys.items()}
@@ -309,11 +439,14 @@ def _values(path: Path, text: str, user_path: Path, user_text: str | None) -> tu
     workspace = _file_values(path, text, "workspace", SETTINGS_FILE)
     policy = {**values, **workspace}  # what the workspace commits to; the layers around it may not lower it
     values.update({**user, **workspace})
-    for (section, key) in list(values):
+    for section, key in list(values):
         env = f"RK_{section}_{key}".upper()
-        if env in os.environ: values[section, key] = Setting(section, key, os.environ[env].strip(), env, "environment")
+        if env in os.environ:
+            values[section, key] = Setting(section, key, os.environ[env].strip(), env, "environment")
     where = lambda s: _where(s, path)
-    for s in values.values(): _check(s, where(s))
-    for s in [*user.values(), *workspace.values()]: _check(s, where(s))  # a file's mistake, even where a layer above hides it
+    for s in values.values():
+        _check(s, where(s))
+    for s in [*user.values(), *workspace.values()]:
+        _check(s, where(s))  # a file's mistake, even where a layer above hides it
     _check_places(path.parent, values, where)
     return values, policy

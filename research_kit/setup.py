@@ -19,14 +19,17 @@ EXTRAS = "dev,dask"  # as `make setup`: the test tools and the Dask executor
 STAMP = ".installed"  # make's stamp too: both set up again only when pyproject.toml is newer
 MIN_PYTHON = (3, 11)
 
+
 class SetupError(RKError):
     "A set-up step failed, or the set-up cannot start."
+
 
 def venv_python(
     venv: Path,  # a virtual environment's folder
 ) -> Path:
     "The interpreter of the virtual environment `venv`: `Scripts\\python.exe` on Windows, `bin/python` elsewhere."
     return scripts_dir(venv) / ("python.exe" if os.name == "nt" else "python")
+
 
 def setup_steps(
     venv: Path,  # where the virtual environment is (or goes)
@@ -40,7 +43,19 @@ def setup_steps(
     return steps + [
         [py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
         [py, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]" if extras else "."],
-        [py, "-m", "ipykernel", "install", "--sys-prefix", "--name", "research-kit", "--display-name", "research_kit"]]
+        [
+            py,
+            "-m",
+            "ipykernel",
+            "install",
+            "--sys-prefix",
+            "--name",
+            "research-kit",
+            "--display-name",
+            "research_kit",
+        ],
+    ]
+
 
 def up_to_date(
     root: Path,  # the workspace root (its pyproject.toml)
@@ -48,21 +63,29 @@ def up_to_date(
 ) -> bool:
     "Was the environment set up after pyproject.toml last changed (make's rule)?"
     stamp = venv / STAMP
-    return (venv_python(venv).exists() and stamp.exists()
-            and stamp.stat().st_mtime >= (root / "pyproject.toml").stat().st_mtime)
+    return (
+        venv_python(venv).exists()
+        and stamp.exists()
+        and stamp.stat().st_mtime >= (root / "pyproject.toml").stat().st_mtime
+    )
 
 # %% ../nbs/setup.ipynb #2dd3b22b
 def workspace_root() -> Path:
     "The workspace this package's source belongs to (the folder with pyproject.toml above research_kit/)."
     root = Path(__file__).resolve().parent.parent
     if not (root / "pyproject.toml").is_file():
-        raise SetupError(f"{root} has no pyproject.toml: run the set-up from a clone of the workspace (py -m research_kit.setup at its root)")
+        raise SetupError(
+            f"{root} has no pyproject.toml: run the set-up from a clone of the workspace (py -m research_kit.setup at its root)"
+        )
     return root
+
 
 def activate_hint(venv: Path) -> str:
     "How to activate the environment in a new terminal, in that OS's usual shell."
-    if os.name == "nt": return f"{scripts_dir(venv) / 'Activate.ps1'} (PowerShell)"
+    if os.name == "nt":
+        return f"{scripts_dir(venv) / 'Activate.ps1'} (PowerShell)"
     return f"source {scripts_dir(venv) / 'activate'}"
+
 
 def setup(
     root: Path | None = None,  # the workspace root (default: this package's workspace)
@@ -72,7 +95,9 @@ def setup(
 ) -> Path:
     "Do what `make setup` does, on any OS; the virtual environment's folder."
     if sys.version_info < MIN_PYTHON:
-        raise SetupError(f"research_kit needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this is {sys.version.split()[0]}")
+        raise SetupError(
+            f"research_kit needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this is {sys.version.split()[0]}"
+        )
     root = Path(root) if root else workspace_root()
     venv = root / VENV
     if up_to_date(root, venv) and not force:
@@ -80,25 +105,41 @@ def setup(
         return venv
     for step in setup_steps(venv, extras=extras):
         print("+", " ".join(step), flush=True)
-        try: code = subprocess.run(step, cwd=root).returncode
-        except OSError as e: raise SetupError(f"{step[0]} cannot be started: {e}") from None
-        if code: raise SetupError(f"`{' '.join(step)}` failed (exit code {code}); see its output above")
+        try:
+            code = subprocess.run(step, cwd=root).returncode
+        except OSError as e:
+            raise SetupError(f"{step[0]} cannot be started: {e}") from None
+        if code:
+            raise SetupError(f"`{' '.join(step)}` failed (exit code {code}); see its output above")
     (venv / STAMP).touch()
     return venv
 
+
 def main(argv: list[str] | None = None) -> int:
     "The command line: `python -m research_kit.setup [--force] [--extras dev,dask]`."
-    parser = argparse.ArgumentParser(prog="python -m research_kit.setup",
-                                     description="Set up the workspace: .venv, the package and its tools, the Jupyter kernel (what `make setup` does).")
-    parser.add_argument("--force", action="store_true", help="set up again even when pyproject.toml has not changed")
-    parser.add_argument("--extras", default=EXTRAS, help=f"extras to install, comma-separated (default: {EXTRAS}; '' for none)")
+    parser = argparse.ArgumentParser(
+        prog="python -m research_kit.setup",
+        description="Set up the workspace: .venv, the package and its tools, the Jupyter kernel (what `make setup` does).",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="set up again even when pyproject.toml has not changed"
+    )
+    parser.add_argument(
+        "--extras",
+        default=EXTRAS,
+        help=f"extras to install, comma-separated (default: {EXTRAS}; '' for none)",
+    )
     args = parser.parse_args(argv)
-    try: venv = setup(force=args.force, extras=args.extras)
+    try:
+        venv = setup(force=args.force, extras=args.extras)
     except RKError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"ready: {venv}\nin a new terminal, activate it with {activate_hint(venv)}, or run {scripts_dir(venv) / 'rk'} directly")
+    print(
+        f"ready: {venv}\nin a new terminal, activate it with {activate_hint(venv)}, or run {scripts_dir(venv) / 'rk'} directly"
+    )
     return 0
 
 # %% ../nbs/setup.ipynb #5b2abdb5
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

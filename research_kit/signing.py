@@ -16,6 +16,7 @@ __all__ = ['KEYS_DIR', 'SigningError', 'new_keys', 'load_private_key', 'load_pub
 class SigningError(RKError):
     "A signing key that cannot be made or read, or a signature that does not verify."
 
+
 KEYS_DIR = "keys"  # the consortium's public keys, in the workspace (and in git)
 
 # %% ../nbs/signing.ipynb #f65db3dd
@@ -24,26 +25,47 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f: f.write(data)
-    try: os.link(tmp, path)  # link, unlike rename, refuses to replace an existing file
-    finally: tmp.unlink(missing_ok=True)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)  # link, unlike rename, refuses to replace an existing file
+    finally:
+        tmp.unlink(missing_ok=True)
 
-def new_keys(institution: str, private_path: Path, keys_dir: Path, *, workspace: Path | None = None) -> tuple[Path, Path]:
+
+def new_keys(
+    institution: str, private_path: Path, keys_dir: Path, *, workspace: Path | None = None
+) -> tuple[Path, Path]:
     "Make an Ed25519 key pair for `institution`: (private key path, public key path)."
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    if not institution: raise SigningError("[workspace] institution is not set; a key pair belongs to an institution")
+
+    if not institution:
+        raise SigningError("[workspace] institution is not set; a key pair belongs to an institution")
     private_path, public_path = Path(private_path).resolve(), Path(keys_dir) / f"{institution}.pub"
     if workspace is not None and Path(workspace).resolve() in private_path.parents:
-        raise SigningError(f"[workspace] signing_key = {private_path} is inside the workspace {workspace}; "
-                           "keep the private key in your own configuration (e.g. ~/.config/research_kit/keys/)")
+        raise SigningError(
+            f"[workspace] signing_key = {private_path} is inside the workspace {workspace}; "
+            "keep the private key in your own configuration (e.g. ~/.config/research_kit/keys/)"
+        )
     for path in (private_path, public_path):
-        if path.exists(): raise SigningError(f"{path} already exists; a key is never overwritten (move it away first)")
+        if path.exists():
+            raise SigningError(f"{path} already exists; a key is never overwritten (move it away first)")
     key = Ed25519PrivateKey.generate()
-    _write_new(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), 0o600)
-    _write_new(public_path, key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+    _write_new(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        0o600,
+    )
+    _write_new(
+        public_path,
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        0o644,
+    )
     return private_path, public_path
 
 # %% ../nbs/signing.ipynb #7062e5d7
@@ -51,43 +73,65 @@ def load_private_key(path: Path):
     "The private key at `path`; a missing or unreadable file says how to make one."
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path)
     if not path.is_file():
-        raise SigningError(f"no signing key at {path}; make one with `rk keys new` (or set [workspace] signing_key)")
-    try: key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as e: raise SigningError(f"{path}: not a PEM private key without a password ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey): raise SigningError(f"{path}: not an Ed25519 key")
+        raise SigningError(
+            f"no signing key at {path}; make one with `rk keys new` (or set [workspace] signing_key)"
+        )
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise SigningError(f"{path}: not a PEM private key without a password ({e})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningError(f"{path}: not an Ed25519 key")
     return key
+
 
 def load_public_key(path: Path):
     "The public key at `path` (PEM)."
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    try: key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as e: raise SigningError(f"{path}: not a PEM public key ({e})") from None
-    if not isinstance(key, Ed25519PublicKey): raise SigningError(f"{path}: not an Ed25519 key")
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as e:
+        raise SigningError(f"{path}: not a PEM public key ({e})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningError(f"{path}: not an Ed25519 key")
     return key
+
 
 def fingerprint(public_key) -> str:
     "A short name for a public key: the first 16 hex digits of the sha256 of its raw bytes."
     from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 # %% ../nbs/signing.ipynb #d780d52f
 def canonical(payload) -> bytes:
     "The bytes that are signed: JSON with sorted keys and no whitespace."
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode(
+        "utf-8"
+    )
+
 
 def sign(payload: dict, institution: str, private_key) -> dict:
     "An envelope holding `payload`, signed by `institution`'s `private_key`."
     signature = private_key.sign(canonical(payload))
-    return {"payload": payload, "institution": institution, "key": fingerprint(private_key.public_key()),
-            "signature": base64.b64encode(signature).decode("ascii")}
+    return {
+        "payload": payload,
+        "institution": institution,
+        "key": fingerprint(private_key.public_key()),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+
 
 def verify(envelope, keys_dir: Path) -> dict:
     "The payload of `envelope` if its signature verifies against `keys_dir/<institution>.pub`; else `SigningError`."
     from cryptography.exceptions import InvalidSignature
+
     if not isinstance(envelope, dict) or not {"payload", "institution", "key", "signature"} <= set(envelope):
         raise SigningError("not a signed envelope (payload, institution, key, signature)")
     institution = str(envelope["institution"])
@@ -96,8 +140,14 @@ def verify(envelope, keys_dir: Path) -> dict:
         raise SigningError(f"signed by {institution!r}, whose public key is not in {keys_dir}")
     public = load_public_key(path)
     if fingerprint(public) != envelope["key"]:
-        raise SigningError(f"signed by an unknown key {envelope['key']} in the name of {institution!r} "
-                           f"(the known key {path.name} is {fingerprint(public)})")
-    try: public.verify(base64.b64decode(envelope["signature"]), canonical(envelope["payload"]))
-    except (InvalidSignature, ValueError): raise SigningError(f"the signature by {institution!r} does not match the content: it was changed after signing") from None
+        raise SigningError(
+            f"signed by an unknown key {envelope['key']} in the name of {institution!r} "
+            f"(the known key {path.name} is {fingerprint(public)})"
+        )
+    try:
+        public.verify(base64.b64decode(envelope["signature"]), canonical(envelope["payload"]))
+    except (InvalidSignature, ValueError):
+        raise SigningError(
+            f"the signature by {institution!r} does not match the content: it was changed after signing"
+        ) from None
     return envelope["payload"]

@@ -10,12 +10,39 @@ __all__ = ['rates', 'compare', 'effect', 'cohort_flow', 'student_features', 'ris
 # %% ../../nbs/analysis/api.ipynb #14986204
 from ..lazy import lazy_exports as _lazy_exports
 
-_all_ = ["rates", "compare", "effect", "cohort_flow", "student_features", "risk_model", "evaluate", "suppress",
-         "did", "event_study", "att_gt", "demand", "medians", "college_graduates", "outreach_panel",
-         "plot_rates", "plot_funnel", "plot_calibration", "plot_coefficients"]
-_ORIGINS = {name: f"research_kit.analysis.{module}" for module, names in {
-    "stats": ["rates", "compare", "effect"], "flows": ["cohort_flow"], "features": ["student_features"],
-    "models": ["risk_model", "evaluate"], "privacy": ["suppress"], "staggered": ["did", "event_study", "att_gt"],
-    "indicators": ["demand", "medians", "college_graduates", "outreach_panel"],
-    "plots": ["plot_rates", "plot_funnel", "plot_calibration", "plot_coefficients"]}.items() for name in names}
+_all_ = [
+    "rates",
+    "compare",
+    "effect",
+    "cohort_flow",
+    "student_features",
+    "risk_model",
+    "evaluate",
+    "suppress",
+    "did",
+    "event_study",
+    "att_gt",
+    "demand",
+    "medians",
+    "college_graduates",
+    "outreach_panel",
+    "plot_rates",
+    "plot_funnel",
+    "plot_calibration",
+    "plot_coefficients",
+]
+_ORIGINS = {
+    name: f"research_kit.analysis.{module}"
+    for module, names in {
+        "stats": ["rates", "compare", "effect"],
+        "flows": ["cohort_flow"],
+        "features": ["student_features"],
+        "models": ["risk_model", "evaluate"],
+        "privacy": ["suppress"],
+        "staggered": ["did", "event_study", "att_gt"],
+        "indicators": ["demand", "medians", "college_graduates", "outreach_panel"],
+        "plots": ["plot_rates", "plot_funnel", "plot_calibration", "plot_coefficients"],
+    }.items()
+    for name in names
+}
 __getattr__, __dir__ = _lazy_exports(__name__, _ORIGINS)

@@ -19,40 +19,53 @@ _NEEDS = {
     "programs": ["program_id", "field_of_study", "level"],
 }
 
+
 def _check_table(df, name: str) -> None:
     for column in _NEEDS[name]:
         if column not in df.columns:
             raise UnknownNameError("column", column, [str(c) for c in df.columns], where=f"the {name} table")
 
+
 def _refuse_duplicates(df, keys: list[str], name: str) -> None:
     dup = df.duplicated(keys, keep=False)
     if dup.any():
         example = df.loc[dup, keys].iloc[0].tolist()
-        raise AnalysisError(f"the {name} table has {int(dup.sum())} rows with a repeated {' + '.join(keys)} "
-                            f"(e.g. {', '.join(map(str, example))}); expected one row per {' + '.join(keys)}")
+        raise AnalysisError(
+            f"the {name} table has {int(dup.sum())} rows with a repeated {' + '.join(keys)} "
+            f"(e.g. {', '.join(map(str, example))}); expected one row per {' + '.join(keys)}"
+        )
+
 
 def _term_summaries(terms, ids):
     "Per student in `ids`: terms on record, term-1 GPA and attendance, mean GPA and attendance."
     import pandas as pd
+
     terms = terms[terms["student_id"].isin(ids)]
     per_student = terms.groupby("student_id", sort=False).agg(
-        terms_attended=("term", "size"), gpa=("gpa", "mean"), attendance=("attendance", "mean"))
-    first = terms.loc[terms["term"] == 1].set_index("student_id")[["gpa", "attendance"]].add_prefix("first_term_")
+        terms_attended=("term", "size"), gpa=("gpa", "mean"), attendance=("attendance", "mean")
+    )
+    first = (
+        terms.loc[terms["term"] == 1].set_index("student_id")[["gpa", "attendance"]].add_prefix("first_term_")
+    )
     out = pd.DataFrame(index=pd.Index(ids, name="student_id"))
     out = out.join(per_student[["terms_attended"]]).join(first).join(per_student[["gpa", "attendance"]])
     out["terms_attended"] = out["terms_attended"].fillna(0).astype("int64")
     return out
 
+
 def _internship_counts(internships, ids):
     import pandas as pd
+
     counts = internships.loc[internships["student_id"].isin(ids), "student_id"].value_counts(sort=False)
     out = pd.DataFrame(index=pd.Index(ids, name="student_id"))
     out["internships"] = counts.reindex(out.index, fill_value=0).astype("int64")
     out["had_internship"] = out["internships"] > 0
     return out
 
+
 def _outcome_columns(outcomes, ids):
     import pandas as pd
+
     cols = ["status", "employed_6m", "employed_in_field", "monthly_wage_kzt"]
     out = outcomes.set_index("student_id")[cols].reindex(pd.Index(ids, name="student_id"))
     status = out["status"].astype("string")
@@ -60,11 +73,18 @@ def _outcome_columns(outcomes, ids):
     out.insert(2, "graduated", (status == "graduated").astype("boolean"))
     return out
 
+
 def student_features(students, terms, internships, outcomes, programs=None):
     "One row per student: the `students` columns, programme field and level, term summaries, internships and outcomes."
     import pandas as pd
-    for name, df in [("students", students), ("terms", terms), ("internships", internships), ("outcomes", outcomes),
-                     *([("programs", programs)] if programs is not None else [])]:
+
+    for name, df in [
+        ("students", students),
+        ("terms", terms),
+        ("internships", internships),
+        ("outcomes", outcomes),
+        *([("programs", programs)] if programs is not None else []),
+    ]:
         _check_table(df, name)
     _refuse_duplicates(students, ["student_id"], "students")
     _refuse_duplicates(terms, ["student_id", "term"], "terms")
@@ -75,5 +95,9 @@ def student_features(students, terms, internships, outcomes, programs=None):
         _refuse_duplicates(programs, ["program_id"], "programs")
         fields = programs.set_index("program_id")[["field_of_study", "level"]]
         out = out.join(fields, on="program_id")
-    parts = [_term_summaries(terms, ids), _internship_counts(internships, ids), _outcome_columns(outcomes, ids)]
+    parts = [
+        _term_summaries(terms, ids),
+        _internship_counts(internships, ids),
+        _outcome_columns(outcomes, ids),
+    ]
     return pd.concat([out, *(part.reset_index(drop=True) for part in parts)], axis=1)

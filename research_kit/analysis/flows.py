@@ -12,11 +12,17 @@ __all__ = ['STAGES', 'cohort_flow']
 # %% ../../nbs/analysis/flows.ipynb #d796aedc
 STAGES = ("enrolled", "retained", "graduated", "employed_6m", "employed_in_field")
 
+
 def _reached(students, outcomes, terms, keys):
     "The students' `keys` and one boolean column per stage, one row per student."
     import pandas as pd
-    data = students[list(dict.fromkeys(["student_id", *keys]))].merge(outcomes[["student_id", "status", "exit_year", "employed_6m", "employed_in_field"]],
-                          on="student_id", how="left", validate="one_to_one")
+
+    data = students[list(dict.fromkeys(["student_id", *keys]))].merge(
+        outcomes[["student_id", "status", "exit_year", "employed_6m", "employed_in_field"]],
+        on="student_id",
+        how="left",
+        validate="one_to_one",
+    )
     status = data["status"].astype("string")
     graduated = (status == "graduated").fillna(False).astype(bool)
     if terms is not None:
@@ -29,26 +35,40 @@ def _reached(students, outcomes, terms, keys):
         retained = status.notna().fillna(False).astype(bool) & ~early_exit.fillna(False).astype(bool)
     employed = graduated & data["employed_6m"].fillna(False).astype(bool)
     in_field = employed & data["employed_in_field"].fillna(False).astype(bool)
-    flags = pd.DataFrame({"enrolled": True, "retained": retained.astype(bool), "graduated": graduated,
-                          "employed_6m": employed, "employed_in_field": in_field}, index=data.index)
+    flags = pd.DataFrame(
+        {
+            "enrolled": True,
+            "retained": retained.astype(bool),
+            "graduated": graduated,
+            "employed_6m": employed,
+            "employed_in_field": in_field,
+        },
+        index=data.index,
+    )
     return data, flags
+
 
 def cohort_flow(students, outcomes, *, by=None, terms=None, ci: float = 0.95):
     "Per cohort (and `by` group): students reaching each stage from enrolment to a job in the field, with rates and intervals."
     import numpy as np, pandas as pd
+
     by = _names(by)
     _require_columns(students, ["student_id", "cohort", *by])
     _require_columns(outcomes, ["student_id", "status", "exit_year", "employed_6m", "employed_in_field"])
-    if terms is not None: _require_columns(terms, ["student_id", "term"])
+    if terms is not None:
+        _require_columns(terms, ["student_id", "term"])
     _alpha(ci)
-    if "cohort" in by: raise AnalysisError("by= must not include 'cohort': the flow is always per cohort")
+    if "cohort" in by:
+        raise AnalysisError("by= must not include 'cohort': the flow is always per cohort")
     keys = ["cohort", *by]
     data, flags = _reached(students, outcomes, terms, keys)
     frame = pd.concat([data[keys], flags], axis=1)
     parts = []
     for stage in STAGES:
         r = rates(frame, stage, keys, ci=ci)
-        parts.append(r[keys].assign(stage=stage, n=r["events"], rate=r["rate"], lower=r["lower"], upper=r["upper"]))
+        parts.append(
+            r[keys].assign(stage=stage, n=r["events"], rate=r["rate"], lower=r["lower"], upper=r["upper"])
+        )
     out = pd.concat(parts, ignore_index=True)
     out["stage"] = pd.Categorical(out["stage"], categories=STAGES, ordered=True)
     out = out.sort_values([*keys, "stage"], kind="stable").reset_index(drop=True)

@@ -15,7 +15,8 @@ __all__ = ['demand', 'medians', 'college_graduates', 'outreach_panel']
 def _need(df, columns, name: str = "the DataFrame") -> None:
     present = [str(c) for c in df.columns]
     for column in columns:
-        if column not in df.columns: raise UnknownNameError("column", column, present, where=name)
+        if column not in df.columns:
+            raise UnknownNameError("column", column, present, where=name)
 
 
 def _alpha(ci) -> float:
@@ -25,16 +26,23 @@ def _alpha(ci) -> float:
 
 
 def _by(by) -> list:
-    if by is None: return []
+    if by is None:
+        return []
     return [by] if isinstance(by, str) else list(by)
 
 
 def _groups(df, by: list):
     "(group keys as a DataFrame, list of row-index arrays), in sorted order; one group of everything without `by`."
     import pandas as pd
-    if not by: return pd.DataFrame(index=[0]), [df.index]
+
+    if not by:
+        return pd.DataFrame(index=[0]), [df.index]
     grouped = df.groupby(by, observed=True, sort=True, dropna=False)
-    keys = pd.DataFrame(list(grouped.groups.keys()), columns=by) if len(by) > 1 else pd.DataFrame({by[0]: list(grouped.groups.keys())})
+    keys = (
+        pd.DataFrame(list(grouped.groups.keys()), columns=by)
+        if len(by) > 1
+        else pd.DataFrame({by[0]: list(grouped.groups.keys())})
+    )
     return keys, list(grouped.groups.values())
 
 # %% ../../nbs/analysis/indicators.ipynb #f98cfc23
@@ -42,6 +50,7 @@ def demand(df, applicants: str = "applicants", places: str = "places", by=None, 
     "Per group (`by`): `n` rows, `applicants`, `places`, and applicants per place (`estimate`) with its interval."
     import numpy as np, pandas as pd
     from scipy.stats import chi2
+
     by = _by(by)
     _need(df, [applicants, places, *by])
     alpha = _alpha(ci)
@@ -65,6 +74,7 @@ def medians(df, value: str, by=None, *, ci: float = 0.95, min_cell: int | None =
     import numpy as np, pandas as pd
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
     from scipy.stats import quantile_test
+
     by = _by(by)
     _need(df, [value, *by])
     alpha = _alpha(ci)
@@ -85,19 +95,25 @@ def medians(df, value: str, by=None, *, ci: float = 0.95, min_cell: int | None =
         out[column] = [s[j] for s in stats]
     if min_cell is not None:
         out["suppressed"] = out["n"] < min_cell
-        for column in ("estimate", "lower", "upper"): out[column] = out[column].mask(out["suppressed"])
+        for column in ("estimate", "lower", "upper"):
+            out[column] = out[column].mask(out["suppressed"])
     return out
 
 # %% ../../nbs/analysis/indicators.ipynb #04b5400e
 def college_graduates(features, pathways, joint_enrolments):
     "College graduates with `joint` (joint track), `continued` (at METU) and, for those who continued, their pathway."
     import pandas as pd
+
     _need(features, ["student_id", "level", "graduated"], "features (build them with programs=)")
     _need(pathways, ["student_id", "metu_program_id"], "pathways")
     _need(joint_enrolments, ["student_id"], "joint_enrolments")
     if pathways["student_id"].duplicated().any():
-        raise AnalysisError(f"pathways: student {pathways.loc[pathways['student_id'].duplicated(), 'student_id'].iloc[0]!r} appears twice")
-    college = (features["level"] == "vocational").fillna(False) & features["graduated"].fillna(False).astype(bool)
+        raise AnalysisError(
+            f"pathways: student {pathways.loc[pathways['student_id'].duplicated(), 'student_id'].iloc[0]!r} appears twice"
+        )
+    college = (features["level"] == "vocational").fillna(False) & features["graduated"].fillna(False).astype(
+        bool
+    )
     out = features[college.to_numpy()].reset_index(drop=True)
     out["joint"] = out["student_id"].isin(joint_enrolments["student_id"])
     extra = pathways.drop(columns=[c for c in pathways.columns if c in out.columns and c != "student_id"])
@@ -109,6 +125,7 @@ def college_graduates(features, pathways, joint_enrolments):
 def outreach_panel(applications, events, programs=None):
     "Programme-year applications with `log_applicants`, `first_event_year` and `first_treated` (the year after)."
     import numpy as np, pandas as pd
+
     _need(applications, ["program_id", "year", "applicants"], "applications")
     _need(events, ["program_id", "date"], "outreach_events")
     targeted = events[events["program_id"].notna()]
@@ -120,5 +137,10 @@ def outreach_panel(applications, events, programs=None):
     out["first_treated"] = out["first_event_year"] + 1
     if programs is not None:
         _need(programs, ["program_id", "institution_id", "field_of_study"], "programs")
-        out = out.merge(programs[["program_id", "institution_id", "field_of_study"]], on="program_id", how="left", validate="many_to_one")
+        out = out.merge(
+            programs[["program_id", "institution_id", "field_of_study"]],
+            on="program_id",
+            how="left",
+            validate="many_to_one",
+        )
     return out

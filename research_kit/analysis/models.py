@@ -14,24 +14,37 @@ __all__ = ['MODELS', 'METRICS', 'risk_model', 'Evaluation', 'evaluate']
 # %% ../../nbs/analysis/models.ipynb #49a3a7a1
 MODELS = ("logistic", "gradient_boosting")
 
+
 def _as_text(X):
     "Text, categorical and boolean columns as objects (str), missing values as NaN, as SimpleImputer expects."
     import numpy as np, pandas as pd
-    return pd.DataFrame({c: X[c].astype("string").to_numpy(dtype=object, na_value=np.nan) for c in X.columns}, index=X.index)
+
+    return pd.DataFrame(
+        {c: X[c].astype("string").to_numpy(dtype=object, na_value=np.nan) for c in X.columns}, index=X.index
+    )
+
 
 def _as_float(X):
     "Numeric columns (nullable ones too) as float, missing values as NaN."
     import numpy as np, pandas as pd
-    return pd.DataFrame({c: X[c].astype("Float64").to_numpy(dtype=float, na_value=np.nan) for c in X.columns}, index=X.index)
+
+    return pd.DataFrame(
+        {c: X[c].astype("Float64").to_numpy(dtype=float, na_value=np.nan) for c in X.columns}, index=X.index
+    )
+
 
 def _is_numeric(s) -> bool:
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     return is_numeric_dtype(s.dtype) and not is_bool_dtype(s.dtype)
+
 
 def _one_thread():
     "Run scikit-learn's OpenMP code (gradient boosting) on one thread: faster on small tables, identical everywhere."
     from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="openmp")
+
 
 def _pipeline(X, model: str, seed: int):
     "The unfitted pipeline for the columns of X."
@@ -41,35 +54,58 @@ def _pipeline(X, model: str, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
     numeric = [c for c in X.columns if _is_numeric(X[c])]
     categorical = [c for c in X.columns if c not in numeric]
-    numeric_steps = Pipeline([("as_float", FunctionTransformer(_as_float, feature_names_out="one-to-one")),
-                              ("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical_steps = Pipeline([("as_text", FunctionTransformer(_as_text, feature_names_out="one-to-one")),
-                                  ("impute", SimpleImputer(strategy="most_frequent")),
-                                  ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))])
-    preprocess = ColumnTransformer([("numeric", numeric_steps, numeric), ("categorical", categorical_steps, categorical)])
+    numeric_steps = Pipeline(
+        [
+            ("as_float", FunctionTransformer(_as_float, feature_names_out="one-to-one")),
+            ("impute", SimpleImputer(strategy="median")),
+            ("scale", StandardScaler()),
+        ]
+    )
+    categorical_steps = Pipeline(
+        [
+            ("as_text", FunctionTransformer(_as_text, feature_names_out="one-to-one")),
+            ("impute", SimpleImputer(strategy="most_frequent")),
+            ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ]
+    )
+    preprocess = ColumnTransformer(
+        [("numeric", numeric_steps, numeric), ("categorical", categorical_steps, categorical)]
+    )
     preprocess.set_output(transform="pandas")
-    if model == "logistic": classifier = LogisticRegression(max_iter=1000)
-    else: classifier = HistGradientBoostingClassifier(random_state=seed)
+    if model == "logistic":
+        classifier = LogisticRegression(max_iter=1000)
+    else:
+        classifier = HistGradientBoostingClassifier(random_state=seed)
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
 
 def _design(df, target: str, features, model: str):
     "(X, y): the feature columns and the 0/1 target of the rows whose target is known, after checking the input."
     import numpy as np
+
     features = _names(features)
-    if not features: raise AnalysisError("features is empty: name at least one column to predict from")
+    if not features:
+        raise AnalysisError("features is empty: name at least one column to predict from")
     _require_columns(df, [target, *features])
-    if target in features: raise AnalysisError(f"the target {target!r} is also among the features; leave it out")
-    if len(set(features)) < len(features): raise AnalysisError(f"features names a column twice: {features}")
-    if model not in MODELS: raise UnknownNameError("model", model, MODELS)
+    if target in features:
+        raise AnalysisError(f"the target {target!r} is also among the features; leave it out")
+    if len(set(features)) < len(features):
+        raise AnalysisError(f"features names a column twice: {features}")
+    if model not in MODELS:
+        raise UnknownNameError("model", model, MODELS)
     y = _binary(df[target], target)
     known = y.notna().to_numpy()
     X, y = df.loc[known, features], y[known].to_numpy().astype(np.int64)
     if len(np.unique(y)) < 2:
-        raise AnalysisError(f"target {target!r} has a single value ({'true' if len(y) and y[0] else 'false'}) in the "
-                            f"{len(y)} rows where it is known: there is nothing to predict")
+        raise AnalysisError(
+            f"target {target!r} has a single value ({'true' if len(y) and y[0] else 'false'}) in the "
+            f"{len(y)} rows where it is known: there is nothing to predict"
+        )
     return X, y
+
 
 def risk_model(df, target: str, features, *, model: str = "logistic", seed: int = 0):
     "A fitted scikit-learn Pipeline predicting binary `target` from `features` (rows with a missing target are left out)."
@@ -80,13 +116,15 @@ def risk_model(df, target: str, features, *, model: str = "logistic", seed: int 
 # %% ../../nbs/analysis/models.ipynb #20cc4687
 METRICS = ("roc_auc", "average_precision", "brier")
 
+
 @dataclass(repr=False)
 class Evaluation:
     "What `evaluate` found: tidy tables, out-of-fold predictions, and what was evaluated."
-    metrics: object      # metric, estimate, std_error
+
+    metrics: object  # metric, estimate, std_error
     calibration: object  # bin, n, mean_predicted, observed_rate, lower, upper
-    fairness: object     # group_column, group, n, true_positive_rate, false_positive_rate, precision
-    importance: object   # feature, importance, std
+    fairness: object  # group_column, group, n, true_positive_rate, false_positive_rate, precision
+    importance: object  # feature, importance, std
     predictions: object  # fold, observed, predicted; indexed like the input rows used
     model: str
     target: str
@@ -99,25 +137,42 @@ class Evaluation:
 
     def metric(self, name: str) -> float:
         "The cross-validated estimate of one metric (roc_auc, average_precision, brier)."
-        if name not in METRICS: raise UnknownNameError("metric", name, METRICS)
+        if name not in METRICS:
+            raise UnknownNameError("metric", name, METRICS)
         return float(self.metrics.set_index("metric").loc[name, "estimate"])
 
     def __repr__(self):
-        return (f"Evaluation(model={self.model!r}, target={self.target!r}, n={self.n}, events={self.events}, "
-                f"folds={self.folds}, seed={self.seed}, roc_auc={self.metric('roc_auc'):.3f}, brier={self.metric('brier'):.3f})")
+        return (
+            f"Evaluation(model={self.model!r}, target={self.target!r}, n={self.n}, events={self.events}, "
+            f"folds={self.folds}, seed={self.seed}, roc_auc={self.metric('roc_auc'):.3f}, brier={self.metric('brier'):.3f})"
+        )
 
     def plot_calibration(self, ax=None):
         "Observed rate (95% interval) against mean predicted probability per bin; returns the figure."
         import matplotlib.pyplot as plt
-        if ax is None: fig, ax = plt.subplots(figsize=(5, 5))
-        else: fig = ax.figure
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 5))
+        else:
+            fig = ax.figure
         c = self.calibration
         top = float(max(c["upper"].max(), c["mean_predicted"].max(), 0.05)) * 1.05
         ax.plot([0, top], [0, top], color="grey", lw=1, ls="--", label="perfect calibration")
-        ax.errorbar(c["mean_predicted"], c["observed_rate"], yerr=[c["observed_rate"] - c["lower"], c["upper"] - c["observed_rate"]],
-                    fmt="o", capsize=3, label=f"{len(c)} bins of about {self.n // len(c):,} rows")
-        ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted probability", ylabel=f"observed rate of {self.target} (95% CI)",
-               title=f"Calibration: {self.model}, out-of-fold")
+        ax.errorbar(
+            c["mean_predicted"],
+            c["observed_rate"],
+            yerr=[c["observed_rate"] - c["lower"], c["upper"] - c["observed_rate"]],
+            fmt="o",
+            capsize=3,
+            label=f"{len(c)} bins of about {self.n // len(c):,} rows",
+        )
+        ax.set(
+            xlim=(0, top),
+            ylim=(0, top),
+            xlabel="mean predicted probability",
+            ylabel=f"observed rate of {self.target} (95% CI)",
+            title=f"Calibration: {self.model}, out-of-fold",
+        )
         ax.legend(loc="upper left")
         fig.tight_layout()
         return fig
@@ -125,39 +180,63 @@ class Evaluation:
 # %% ../../nbs/analysis/models.ipynb #fda077ea
 def _check_options(folds, threshold, bins, y) -> None:
     import numpy as np
+
     smallest = int(np.bincount(y).min())
     if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= smallest:
-        raise AnalysisError(f"folds={folds!r}: expected a whole number from 2 to {smallest} (the size of the smaller class)")
+        raise AnalysisError(
+            f"folds={folds!r}: expected a whole number from 2 to {smallest} (the size of the smaller class)"
+        )
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise AnalysisError(f"threshold={threshold!r}: expected a probability strictly between 0 and 1")
     if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= len(y):
         raise AnalysisError(f"bins={bins!r}: expected a whole number from 1 to {len(y)} (the rows used)")
 
+
 def _fold_metrics(y, p) -> list[float]:
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
     return [roc_auc_score(y, p), average_precision_score(y, p), brier_score_loss(y, p)]
+
 
 def _metrics_table(per_fold):
     import numpy as np, pandas as pd
+
     values = np.asarray(per_fold)  # folds x metrics
-    return pd.DataFrame({"metric": list(METRICS), "estimate": values.mean(axis=0),
-                         "std_error": values.std(axis=0, ddof=1) / np.sqrt(len(values))})
+    return pd.DataFrame(
+        {
+            "metric": list(METRICS),
+            "estimate": values.mean(axis=0),
+            "std_error": values.std(axis=0, ddof=1) / np.sqrt(len(values)),
+        }
+    )
+
 
 def _calibration_table(y, p, bins: int):
     import numpy as np, pandas as pd
     from research_kit.analysis.stats import rates
+
     order = np.argsort(p, kind="stable")
     bin_of = np.empty(len(p), dtype=np.int64)
-    for k, rows in enumerate(np.array_split(order, bins), start=1): bin_of[rows] = k
+    for k, rows in enumerate(np.array_split(order, bins), start=1):
+        bin_of[rows] = k
     frame = pd.DataFrame({"bin": bin_of, "y": y, "p": p})
     observed = rates(frame, "y", "bin")
-    return pd.DataFrame({"bin": observed["bin"], "n": observed["n"],
-                         "mean_predicted": frame.groupby("bin")["p"].mean().to_numpy(),
-                         "observed_rate": observed["rate"], "lower": observed["lower"], "upper": observed["upper"]})
+    return pd.DataFrame(
+        {
+            "bin": observed["bin"],
+            "n": observed["n"],
+            "mean_predicted": frame.groupby("bin")["p"].mean().to_numpy(),
+            "observed_rate": observed["rate"],
+            "lower": observed["lower"],
+            "upper": observed["upper"],
+        }
+    )
+
 
 def _fairness_table(df, index, y, p, threshold: float, groups):
     import numpy as np, pandas as pd
     from research_kit.analysis.stats import _levels
+
     columns = ["group_column", "group", "n", "true_positive_rate", "false_positive_rate", "precision"]
     flagged = p >= threshold
     rows = []
@@ -169,27 +248,54 @@ def _fairness_table(df, index, y, p, threshold: float, groups):
             yy, ff = y[inside], flagged[inside]
             tp, fp = int((yy & ff).sum()), int((~yy.astype(bool) & ff).sum())
             positives, negatives = int(yy.sum()), int(len(yy) - yy.sum())
-            rows.append([column, level, int(inside.sum()), tp / positives if positives else np.nan,
-                         fp / negatives if negatives else np.nan, tp / (tp + fp) if tp + fp else np.nan])
+            rows.append(
+                [
+                    column,
+                    level,
+                    int(inside.sum()),
+                    tp / positives if positives else np.nan,
+                    fp / negatives if negatives else np.nan,
+                    tp / (tp + fp) if tp + fp else np.nan,
+                ]
+            )
     # groups stay objects (a missing group as None), whatever their type: text, numbers, booleans
     table = {name: [row[i] for row in rows] for i, name in enumerate(columns)}
-    return pd.DataFrame({"group_column": pd.Series(table["group_column"], dtype="str"),
-                         "group": pd.Series(table["group"], dtype=object), "n": pd.Series(table["n"], dtype="int64"),
-                         **{name: pd.Series(table[name], dtype=float) for name in columns[3:]}})
+    return pd.DataFrame(
+        {
+            "group_column": pd.Series(table["group_column"], dtype="str"),
+            "group": pd.Series(table["group"], dtype=object),
+            "n": pd.Series(table["n"], dtype="int64"),
+            **{name: pd.Series(table[name], dtype=float) for name in columns[3:]},
+        }
+    )
+
 
 def _importance_table(features, per_fold):
     import numpy as np, pandas as pd
+
     values = np.concatenate(per_fold, axis=1)  # features x (folds * repeats)
     out = pd.DataFrame({"feature": features, "importance": values.mean(axis=1), "std": values.std(axis=1)})
     return out.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
 
-def evaluate(df, target: str, features, *, model: str = "logistic", seed: int = 0, folds: int = 5,
-             threshold: float = 0.5, groups=("gender", "language"), bins: int = 10) -> Evaluation:
+
+def evaluate(
+    df,
+    target: str,
+    features,
+    *,
+    model: str = "logistic",
+    seed: int = 0,
+    folds: int = 5,
+    threshold: float = 0.5,
+    groups=("gender", "language"),
+    bins: int = 10,
+) -> Evaluation:
     "Cross-validated metrics, calibration, fairness by group and permutation importance of `risk_model`."
     import numpy as np, pandas as pd
     from sklearn.base import clone
     from sklearn.inspection import permutation_importance
     from sklearn.model_selection import StratifiedKFold
+
     X, y = _design(df, target, features, model)
     _check_options(folds, threshold, bins, y)
     unfitted = _pipeline(X, model, seed)
@@ -201,12 +307,22 @@ def evaluate(df, target: str, features, *, model: str = "logistic", seed: int = 
             fitted = clone(unfitted).fit(X.iloc[train], y[train])
             predicted[test], fold_of[test] = fitted.predict_proba(X.iloc[test])[:, 1], k
             scores.append(_fold_metrics(y[test], predicted[test]))
-            shuffled = permutation_importance(fitted, X.iloc[test], y[test], scoring="roc_auc", n_repeats=5, random_state=seed)
+            shuffled = permutation_importance(
+                fitted, X.iloc[test], y[test], scoring="roc_auc", n_repeats=5, random_state=seed
+            )
             importances.append(shuffled.importances)
     return Evaluation(
-        metrics=_metrics_table(scores), calibration=_calibration_table(y, predicted, bins),
+        metrics=_metrics_table(scores),
+        calibration=_calibration_table(y, predicted, bins),
         fairness=_fairness_table(df, X.index, y, predicted, threshold, groups),
         importance=_importance_table(list(X.columns), importances),
         predictions=pd.DataFrame({"fold": fold_of, "observed": y, "predicted": predicted}, index=X.index),
-        model=model, target=target, features=list(X.columns), n=len(y), events=int(y.sum()), folds=folds,
-        seed=seed, threshold=float(threshold))
+        model=model,
+        target=target,
+        features=list(X.columns),
+        n=len(y),
+        events=int(y.sum()),
+        folds=folds,
+        seed=seed,
+        threshold=float(threshold),
+    )

@@ -6,7 +6,8 @@
 from __future__ import annotations
 from ..i18n import N_, check_lang, translate
 from .stats import AnalysisError, _names, _require_columns
-from .presentation import apply_labels, format_percent, measure_labels, stage_labels, variable_label
+from .presentation import apply_labels, format_percent, measure_labels, stage_labels
+from .presentation import variable_label
 
 # %% auto #0
 __all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_calibration', 'plot_coefficients',
@@ -14,33 +15,51 @@ __all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_cal
 
 # %% ../../nbs/analysis/plots.ipynb #b8aef2a3
 STYLE = {
-    "figure.dpi": 100, "font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold", "axes.labelsize": 10,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-    "grid.linestyle": "-", "lines.markersize": 6, "errorbar.capsize": 3,
+    "figure.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linestyle": "-",
+    "lines.markersize": 6,
+    "errorbar.capsize": 3,
     # DejaVu Sans (matplotlib's own) draws Kazakh and Russian letters: ә ғ қ ң ө ұ ү һ і
-    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Noto Sans", "Liberation Sans"],
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Noto Sans", "Liberation Sans"],
 }
 COLOR, REFERENCE = "#1f5a96", "#888888"
+
 
 def _figure(height: float, width: float = 6.4):
     "A new Figure (not managed by pyplot) with one Axes."
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.add_subplot()
+
 
 def _floats(s):
     "A column as float numpy values, missing (NA) as NaN."
     import numpy as np
+
     return s.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+
 
 def _title(ax, title: str) -> None:
     "A title wrapped to the figure's width: a college's full name in Kazakh makes a long one."
     import textwrap
+
     ax.set_title(textwrap.fill(str(title), 64))
+
 
 def _errors(est, lower, upper):
     "Asymmetric error bar lengths, NaN where the interval is missing."
     import numpy as np
+
     return np.vstack([est - lower, upper - est])
 
 # %% ../../nbs/analysis/plots.ipynb #e7b09682
@@ -48,17 +67,23 @@ def _labels(table, label, lang: str = "en", labels: dict | None = None) -> list[
     cols = _names(label)
     _require_columns(table, cols)
     import textwrap
-    named = apply_labels(table[cols], {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})})
+
+    named = apply_labels(
+        table[cols], {"stage": stage_labels(lang), "measure": measure_labels(lang), **(labels or {})}
+    )
     # long names (a college's full name in Kazakh) are wrapped, so the axes keep their room
     return [textwrap.fill(" · ".join(str(v) for v in row), 42) for row in named.itertuples(index=False)]
+
 
 def _height(labels: list[str]) -> float:
     "Figure height for one row per label, each as tall as its lines."
     return sum(0.2 + 0.17 * label.count("\n") + 0.15 for label in labels) + 1.3
 
+
 def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labels: dict | None = None):
     "Points at `rate` with bars from `lower` to `upper`, one per row, labelled by the `label` column(s)."
     import numpy as np, matplotlib
+
     lang = check_lang(lang)
     _require_columns(table, ["rate", "lower", "upper"])
     labels = _labels(table, label, lang, labels)
@@ -70,25 +95,35 @@ def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labe
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
         ticks = np.linspace(0, 1, 6)
-        ax.set_xticks(ticks, [format_percent(t, lang, digits=0) for t in ticks])  # as the tables write shares: 60%, not 0.6
+        ax.set_xticks(
+            ticks, [format_percent(t, lang, digits=0) for t in ticks]
+        )  # as the tables write shares: 60%, not 0.6
         ax.set_xlabel(translate(N_("rate (interval, 95%)"), lang))
-        if title: _title(ax, title)
+        if title:
+            _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #eaa579bc
 _FLOW_COLUMNS = ("cohort", "stage", "n", "rate", "lower", "upper", "conditional_rate")
 
+
 def plot_funnel(flow, *, title: str | None = None, lang: str = "en"):
     "Horizontal bars: the share of each cohort's enrolled students reaching each stage, with intervals."
     import numpy as np, matplotlib
+
     lang = check_lang(lang)
     _require_columns(flow, list(_FLOW_COLUMNS))
     for col in flow.columns:
         if col not in _FLOW_COLUMNS and flow[col].nunique(dropna=False) > 1:
-            raise AnalysisError(f"the flow holds several groups in column {col!r}; select one group first, "
-                                f"e.g. flow[flow[{col!r}] == {flow[col].iloc[0]!r}]")
-    stages = [s for s in flow["stage"].cat.categories if s in set(flow["stage"])] if hasattr(flow["stage"], "cat") \
+            raise AnalysisError(
+                f"the flow holds several groups in column {col!r}; select one group first, "
+                f"e.g. flow[flow[{col!r}] == {flow[col].iloc[0]!r}]"
+            )
+    stages = (
+        [s for s in flow["stage"].cat.categories if s in set(flow["stage"])]
+        if hasattr(flow["stage"], "cat")
         else list(dict.fromkeys(flow["stage"]))
+    )
     cohorts = sorted(flow["cohort"].unique())
     height = 0.8 / len(cohorts)
     with matplotlib.rc_context(STYLE):
@@ -98,21 +133,33 @@ def plot_funnel(flow, *, title: str | None = None, lang: str = "en"):
             part = flow[flow["cohort"] == cohort].set_index("stage").reindex(stages)
             y = np.arange(len(stages))[::-1] + 0.4 - height * (k + 0.5)
             rate = _floats(part["rate"])
-            ax.barh(y, rate, height=height * 0.9, color=colors[k], label=str(cohort),
-                    xerr=_errors(rate, _floats(part["lower"]), _floats(part["upper"])), ecolor=REFERENCE)
+            ax.barh(
+                y,
+                rate,
+                height=height * 0.9,
+                color=colors[k],
+                label=str(cohort),
+                xerr=_errors(rate, _floats(part["lower"]), _floats(part["upper"])),
+                ecolor=REFERENCE,
+            )
         names = stage_labels(lang)
-        ax.set_yticks(np.arange(len(stages))[::-1], [names.get(str(s), str(s).replace("_", " ")) for s in stages])
+        ax.set_yticks(
+            np.arange(len(stages))[::-1], [names.get(str(s), str(s).replace("_", " ")) for s in stages]
+        )
         ax.set_xlim(0, 1)
         ax.set_xlabel(translate(N_("share of enrolled students"), lang))
         ax.grid(axis="y", visible=False)
-        if len(cohorts) > 1: ax.legend(title=translate(N_("Cohort"), lang), fontsize=8, loc="lower right")
-        if title: _title(ax, title)
+        if len(cohorts) > 1:
+            ax.legend(title=translate(N_("Cohort"), lang), fontsize=8, loc="lower right")
+        if title:
+            _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #97ae36aa
 def plot_calibration(calibration, *, title: str | None = None, lang: str = "en"):
     "Observed rate against mean predicted probability per bin, with interval bars and the diagonal."
     import numpy as np, matplotlib
+
     lang = check_lang(lang)
     _require_columns(calibration, ["mean_predicted", "observed_rate"])
     x, y = _floats(calibration["mean_predicted"]), _floats(calibration["observed_rate"])
@@ -120,27 +167,45 @@ def plot_calibration(calibration, *, title: str | None = None, lang: str = "en")
     yerr = _errors(y, _floats(calibration["lower"]), _floats(calibration["upper"])) if has_ci else None
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(4.6, 4.8)
-        ax.plot([0, 1], [0, 1], color=REFERENCE, lw=1, ls="--", label=translate(N_("perfect calibration"), lang))
+        ax.plot(
+            [0, 1], [0, 1], color=REFERENCE, lw=1, ls="--", label=translate(N_("perfect calibration"), lang)
+        )
         ax.errorbar(x, y, yerr=yerr, fmt="o", color=COLOR, label=translate(N_("observed"), lang))
-        ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.set_aspect("equal")
-        ax.set_xlabel(translate(N_("mean predicted probability"), lang)); ax.set_ylabel(translate(N_("observed rate"), lang))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel(translate(N_("mean predicted probability"), lang))
+        ax.set_ylabel(translate(N_("observed rate"), lang))
         ax.legend(loc="upper left", fontsize=8)
-        if title: _title(ax, title)
+        if title:
+            _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #a882e75b
-def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: str = "en", labels: dict | None = None,
-                      headers: dict | None = None):
+def plot_coefficients(
+    effects,
+    *,
+    terms=None,
+    title: str | None = None,
+    lang: str = "en",
+    labels: dict | None = None,
+    headers: dict | None = None,
+):
     "Points at each term's `estimate` with bars from `lower` to `upper`, and a reference line at zero; terms named for readers."
     import numpy as np, matplotlib, textwrap
     from research_kit.errors import UnknownNameError
+
     lang = check_lang(lang)
     _require_columns(effects, ["term", "estimate", "lower", "upper"])
-    if terms is None: rows = effects[effects["term"] != "Intercept"]
+    if terms is None:
+        rows = effects[effects["term"] != "Intercept"]
     else:
         wanted = _names(terms)
         for t in wanted:
-            if t not in set(effects["term"]): raise UnknownNameError("term", t, [str(x) for x in effects["term"]], where="the effects table")
+            if t not in set(effects["term"]):
+                raise UnknownNameError(
+                    "term", t, [str(x) for x in effects["term"]], where="the effects table"
+                )
         rows = effects.set_index("term").loc[wanted].reset_index()
     est, lower, upper = (_floats(rows[c]) for c in ("estimate", "lower", "upper"))
     y = np.arange(len(rows))[::-1]
@@ -151,13 +216,15 @@ def plot_coefficients(effects, *, terms=None, title: str | None = None, lang: st
         names = [variable_label(t, lang, labels=labels, headers=headers) for t in rows["term"]]
         ax.set_yticks(y, [textwrap.fill(name, 42) for name in names])
         ax.set_xlabel(translate(N_("estimate (interval, 95%)"), lang))
-        if title: _title(ax, title)
+        if title:
+            _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #7fc63433
 def plot_event_study(study, *, title: str | None = None, lang: str = "en", ylabel: str | None = None):
     "Points at each event time's `estimate` with bars from `lower` to `upper`, a line at zero and one where the treatment starts."
     import numpy as np, matplotlib
+
     lang = check_lang(lang)
     _require_columns(study, ["event_time", "estimate", "lower", "upper"])
     rows = study.sort_values("event_time")
@@ -170,27 +237,48 @@ def plot_event_study(study, *, title: str | None = None, lang: str = "en", ylabe
         ax.set_xticks(t, [f"{int(v):d}" for v in t])
         ax.set_xlabel(translate(N_("years since the start"), lang))
         ax.set_ylabel(ylabel or translate(N_("estimate (interval, 95%)"), lang))
-        if title: _title(ax, title)
+        if title:
+            _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #4265d610
 def _circle(nodes: list) -> dict:
     "Positions of the nodes on a circle, the first at the top, clockwise."
     import math
-    return {n: (math.sin(2 * math.pi * i / len(nodes)), math.cos(2 * math.pi * i / len(nodes))) for i, n in enumerate(nodes)}
 
-def plot_network(links, source: str, target: str, *, weight: str | None = None, order=None, directed: bool = False,
-                 title: str | None = None, lang: str = "en", labels: dict | None = None):
+    return {
+        n: (math.sin(2 * math.pi * i / len(nodes)), math.cos(2 * math.pi * i / len(nodes)))
+        for i, n in enumerate(nodes)
+    }
+
+
+def plot_network(
+    links,
+    source: str,
+    target: str,
+    *,
+    weight: str | None = None,
+    order=None,
+    directed: bool = False,
+    title: str | None = None,
+    lang: str = "en",
+    labels: dict | None = None,
+):
     "Nodes on a circle sized by their links, lines (arrows when `directed`) as thick as the links between each pair."
     import textwrap, matplotlib, numpy as np
+
     lang = check_lang(lang)
     _require_columns(links, [source, target, *([weight] if weight else [])])
     data = links[[source, target]].astype(str).assign(w=_floats(links[weight]) if weight else 1.0)
     data = data[np.isfinite(data["w"])]
     if not directed:  # one line per pair, whichever way round it was written
-        data = data.assign(**{source: data[[source, target]].min(axis=1), target: data[[source, target]].max(axis=1)})
+        data = data.assign(
+            **{source: data[[source, target]].min(axis=1), target: data[[source, target]].max(axis=1)}
+        )
     pairs = data.groupby([source, target], sort=True)["w"].sum()
-    nodes = [str(n) for n in order] if order is not None else list(dict.fromkeys([*data[source], *data[target]]))
+    nodes = (
+        [str(n) for n in order] if order is not None else list(dict.fromkeys([*data[source], *data[target]]))
+    )
     if unknown := sorted((set(data[source]) | set(data[target])) - set(nodes)):
         raise AnalysisError(f"node {unknown[0]!r} is in the links but not in order=")
     degree = {n: pairs[[n == a or n == b for a, b in pairs.index]].sum() for n in nodes}
@@ -199,25 +287,50 @@ def plot_network(links, source: str, target: str, *, weight: str | None = None, 
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(5.6, 6.4)
         for (a, b), w in pairs.items():
-            if a == b or w <= 0: continue
-            style = dict(arrowstyle="-|>", connectionstyle="arc3,rad=0.12", mutation_scale=14) if directed else dict(arrowstyle="-")
-            ax.annotate("", xy=pos[b], xytext=pos[a], arrowprops=dict(color=COLOR, alpha=0.55, lw=0.8 + 7 * w / widest,
-                                                                      shrinkA=16, shrinkB=16, **style))
+            if a == b or w <= 0:
+                continue
+            style = (
+                dict(arrowstyle="-|>", connectionstyle="arc3,rad=0.12", mutation_scale=14)
+                if directed
+                else dict(arrowstyle="-")
+            )
+            ax.annotate(
+                "",
+                xy=pos[b],
+                xytext=pos[a],
+                arrowprops=dict(
+                    color=COLOR, alpha=0.55, lw=0.8 + 7 * w / widest, shrinkA=16, shrinkB=16, **style
+                ),
+            )
         most = max(max(degree.values(), default=1), 1e-9)
         for n in nodes:
             x, y = pos[n]
             ax.scatter([x], [y], s=180 + 1400 * degree[n] / most, color=COLOR, zorder=3, edgecolor="white")
-            side = "left" if x > 0.1 else "right" if x < -0.1 else "center"  # names beside the node, away from the lines
-            ax.text(x + 0.17 * np.sign(round(x, 1)), y + (0.3 * np.sign(y) if side == "center" else 0),
-                    textwrap.fill(str(names.get(n, n)), 22), ha=side, va="center", fontsize=8)
-        ax.set_xlim(-2.1, 2.1); ax.set_ylim(-1.5, 1.5); ax.set_aspect("equal"); ax.axis("off")
-        if title: _title(ax, title)
+            side = (
+                "left" if x > 0.1 else "right" if x < -0.1 else "center"
+            )  # names beside the node, away from the lines
+            ax.text(
+                x + 0.17 * np.sign(round(x, 1)),
+                y + (0.3 * np.sign(y) if side == "center" else 0),
+                textwrap.fill(str(names.get(n, n)), 22),
+                ha=side,
+                va="center",
+                fontsize=8,
+            )
+        ax.set_xlim(-2.1, 2.1)
+        ax.set_ylim(-1.5, 1.5)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        if title:
+            _title(ax, title)
     return fig
 
 # %% ../../nbs/analysis/plots.ipynb #b80483f7
 def _is_number(text: str) -> bool:
     import re
+
     return bool(re.fullmatch(r"[\s\d.,%+\-\u2212\u00a0\u202f]*", text))
+
 
 def figure_text(fig) -> str:
     "The words a figure shows (title, axis titles, names on the axes, legend), joined with `; `, for its alternative text."
@@ -225,7 +338,10 @@ def figure_text(fig) -> str:
     for ax in fig.axes:
         ticks = [t.get_text() for t in [*ax.get_yticklabels(), *ax.get_xticklabels()]]
         texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t for t in ticks if not _is_number(t))]
-        texts += [t.get_text() for t in ax.texts if not _is_number(t.get_text())]  # names placed by hand (a network's nodes)
+        texts += [
+            t.get_text() for t in ax.texts if not _is_number(t.get_text())
+        ]  # names placed by hand (a network's nodes)
         legend = ax.get_legend()
-        if legend is not None: texts += [legend.get_title().get_text(), *(t.get_text() for t in legend.get_texts())]
+        if legend is not None:
+            texts += [legend.get_title().get_text(), *(t.get_text() for t in legend.get_texts())]
     return "; ".join(dict.fromkeys(" ".join(t.split()) for t in texts if t and t.strip()))

@@ -17,16 +17,22 @@ __all__ = ['MISSING', 'RATE_SUFFIXES', 'HEADERS', 'VALUES', 'INTERCEPT', 'KEY_FI
 # %% ../../nbs/analysis/presentation.ipynb #fd1e0d63
 MISSING = "—"
 
+
 def is_missing(x) -> bool:
     "True for None, NaN, NaT and pandas' NA."
-    if x is None: return True
-    try: return bool(x != x)
-    except TypeError: return True  # pandas.NA: its comparisons are NA, which has no truth value
+    if x is None:
+        return True
+    try:
+        return bool(x != x)
+    except TypeError:
+        return True  # pandas.NA: its comparisons are NA, which has no truth value
+
 
 def _number_pattern(kind: str, lang: str, digits: int | None):
     "The locale's own decimal or percent pattern, with a fixed number of decimals if asked."
     from babel import Locale
     from babel.numbers import parse_pattern
+
     locale = Locale.parse(locale_name(lang))
     formats = locale.percent_formats if kind == "percent" else locale.decimal_formats
     pattern = parse_pattern(formats[None].pattern)  # a fresh copy: the locale's own is shared
@@ -36,34 +42,43 @@ def _number_pattern(kind: str, lang: str, digits: int | None):
         pattern.frac_prec = (digits, digits)
     return pattern, locale
 
+
 def format_number(x, lang: str, digits: int | None = None, sign: bool = False) -> str:
     "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign` writes `+` before a positive one."
     lang = check_lang(lang)
-    if is_missing(x): return MISSING
+    if is_missing(x):
+        return MISSING
     pattern, locale = _number_pattern("decimal", lang, digits)
     text = pattern.apply(x, locale)
     return "+" + text if sign and x > 0 else text
 
+
 def format_count(n, lang: str) -> str:
     "A whole number with the locale's group separator."
     lang = check_lang(lang)
-    if is_missing(n): return MISSING
+    if is_missing(n):
+        return MISSING
     if isinstance(n, bool) or float(n) != int(n):
-        raise AnalysisError(f"format_count: {n!r} is not a whole number; counts are formatted without decimals")
+        raise AnalysisError(
+            f"format_count: {n!r} is not a whole number; counts are formatted without decimals"
+        )
     return format_number(int(n), lang, digits=0)
 
 # %% ../../nbs/analysis/presentation.ipynb #2f7f410c
 def format_percent(rate, lang: str, digits: int = 1) -> str:
     "A share between 0 and 1 as a percentage with `digits` decimals, as the locale writes it."
     lang = check_lang(lang)
-    if is_missing(rate): return MISSING
+    if is_missing(rate):
+        return MISSING
     pattern, locale = _number_pattern("percent", lang, digits)
     return pattern.apply(rate, locale)
+
 
 def format_rate_interval(rate, lower, upper, lang: str, digits: int = 1) -> str:
     "`93.0% (91.2%–94.5%)`: a rate and its interval as percentages."
     text = format_percent(rate, lang, digits)
-    if is_missing(rate) or is_missing(lower) or is_missing(upper): return text
+    if is_missing(rate) or is_missing(lower) or is_missing(upper):
+        return text
     return f"{text} ({format_percent(lower, lang, digits)}–{format_percent(upper, lang, digits)})"
 
 # %% ../../nbs/analysis/presentation.ipynb #2071496d
@@ -71,42 +86,60 @@ def format_date(d, lang: str, length: str = "long") -> str:
     "A date as the locale writes it: `1 сентября 2024 г.`, `2024 ж. 1 қыркүйек`, `September 1, 2024`."
     import datetime
     from babel.dates import format_date as babel_format_date
+
     lang = check_lang(lang)
-    if is_missing(d): return MISSING
+    if is_missing(d):
+        return MISSING
     if length not in ("full", "long", "medium", "short"):
         raise AnalysisError(f"length={length!r}: expected full, long, medium or short")
     if isinstance(d, str):
-        try: d = datetime.datetime.fromisoformat(d)
-        except ValueError: raise AnalysisError(f"format_date: {d!r} is not an ISO date (YYYY-MM-DD)") from None
-    if isinstance(d, datetime.datetime): d = d.date()
+        try:
+            d = datetime.datetime.fromisoformat(d)
+        except ValueError:
+            raise AnalysisError(f"format_date: {d!r} is not an ISO date (YYYY-MM-DD)") from None
+    if isinstance(d, datetime.datetime):
+        d = d.date()
     return babel_format_date(d, format=length, locale=locale_name(lang))
 
 # %% ../../nbs/analysis/presentation.ipynb #451616cd
 RATE_SUFFIXES = ("rate", "share")
 
+
 def _significant_decimals(x, digits: int = 3) -> int:
     "How many decimals show `digits` significant digits of `x`."
     from decimal import Decimal
+
     d = Decimal(str(x))
     return 0 if d == 0 else max(0, digits - 1 - d.adjusted())
+
 
 def _round_significant(x, digits: int = 3):
     "`x` rounded to `digits` significant digits, as a Decimal (also left of the decimal point)."
     from decimal import Decimal, ROUND_HALF_EVEN
+
     d = Decimal(str(x))
-    if d == 0: return Decimal(0)
+    if d == 0:
+        return Decimal(0)
     return d.quantize(Decimal(1).scaleb(d.adjusted() - digits + 1), rounding=ROUND_HALF_EVEN)
+
 
 def format_figure(value, lang: str, percent: bool | None = None, name: str = "") -> str:
     "A key figure for readers: three significant digits; rates as percentages; counts exact."
     from numbers import Integral, Real
+
     lang = check_lang(lang)
-    if is_missing(value): return MISSING
-    if isinstance(value, bool): return translate(N_("yes") if value else N_("no"), lang)
-    if not isinstance(value, Real): return str(value)
-    if percent is None: percent = str(name).lower().endswith(RATE_SUFFIXES)
-    if percent: return format_percent(value, lang, digits=_significant_decimals(float(value) * 100))
-    if isinstance(value, Integral): return format_count(value, lang)
+    if is_missing(value):
+        return MISSING
+    if isinstance(value, bool):
+        return translate(N_("yes") if value else N_("no"), lang)
+    if not isinstance(value, Real):
+        return str(value)
+    if percent is None:
+        percent = str(name).lower().endswith(RATE_SUFFIXES)
+    if percent:
+        return format_percent(value, lang, digits=_significant_decimals(float(value) * 100))
+    if isinstance(value, Integral):
+        return format_count(value, lang)
     rounded = _round_significant(float(value))
     return format_number(rounded, lang, digits=max(0, -rounded.as_tuple().exponent))
 
@@ -206,12 +239,30 @@ HEADERS = {
 }
 
 VALUES = {  # the codes analysis functions write into their tables
-    "method": {"wilson": N_("Wilson"), "normal": N_("normal approximation"), "agresti_coull": N_("Agresti–Coull"),
-               "beta": N_("Clopper–Pearson"), "jeffreys": N_("Jeffreys"), "binom_test": N_("binomial test")},
-    "test": {"chi2": N_("chi-square test"), "fisher": N_("Fisher's exact test"), "welch_t": N_("Welch's t-test")},
+    "method": {
+        "wilson": N_("Wilson"),
+        "normal": N_("normal approximation"),
+        "agresti_coull": N_("Agresti–Coull"),
+        "beta": N_("Clopper–Pearson"),
+        "jeffreys": N_("Jeffreys"),
+        "binom_test": N_("binomial test"),
+    },
+    "test": {
+        "chi2": N_("chi-square test"),
+        "fisher": N_("Fisher's exact test"),
+        "welch_t": N_("Welch's t-test"),
+    },
     "effect_size_kind": {"cohen_h": N_("Cohen's h"), "cohen_d": N_("Cohen's d")},
-    "scale": {"coefficient": N_("coefficient"), "log_odds": N_("log-odds"), "ame": N_("average marginal effect")},
-    "metric": {"roc_auc": N_("ROC AUC"), "average_precision": N_("Average precision"), "brier": N_("Brier score")},
+    "scale": {
+        "coefficient": N_("coefficient"),
+        "log_odds": N_("log-odds"),
+        "ame": N_("average marginal effect"),
+    },
+    "metric": {
+        "roc_auc": N_("ROC AUC"),
+        "average_precision": N_("Average precision"),
+        "brier": N_("Brier score"),
+    },
 }
 INTERCEPT = N_("Intercept")
 
@@ -262,44 +313,58 @@ STAGES = {  # research_kit.analysis.flows.STAGES
     "employed_in_field": N_("Employed in field"),
 }
 
+
 def stage_labels(lang: str) -> dict:
-    "The cohort-flow stages in language `lang`, for `apply_labels(flow, {\"stage\": stage_labels(lang)})`."
+    'The cohort-flow stages in language `lang`, for `apply_labels(flow, {"stage": stage_labels(lang)})`.'
     lang = check_lang(lang)
     return {stage: translate(message, lang) for stage, message in STAGES.items()}
+
 
 def measure_labels(lang: str) -> dict:
     "The names of the compared rates (retention, graduation, ...) in language `lang`."
     lang = check_lang(lang)
     return {measure: translate(message, lang) for measure, message in MEASURES.items()}
 
+
 def value_labels(lang: str) -> dict:
     "The codes analysis functions write (`wilson`, `chi2`, `roc_auc`, ...) with their names in `lang`, column by column."
     lang = check_lang(lang)
-    return {column: {code: translate(message, lang) for code, message in codes.items()} for column, codes in VALUES.items()}
+    return {
+        column: {code: translate(message, lang) for code, message in codes.items()}
+        for column, codes in VALUES.items()
+    }
+
 
 def header(column: str, lang: str) -> str:
     "The header a reader sees for `column`, in language `lang` (`retention_rate`: the measure's name; `roc_auc`: the metric's)."
     lang = check_lang(lang)
     for names in (HEADERS, KEY_FIGURES, VALUES["metric"]):
-        if column in names: return translate(names[column], lang)
+        if column in names:
+            return translate(names[column], lang)
     measure = str(column).removesuffix("_rate")
-    if measure in MEASURES: return translate(MEASURES[measure], lang)
+    if measure in MEASURES:
+        return translate(MEASURES[measure], lang)
     return str(column)
+
 
 def _term_parts(term: str) -> tuple[str, str | None]:
     "`funding[paid]` -> (`funding`, `paid`); `gpa` -> (`gpa`, None): how `effect` names a level of a categorical control."
     name, bracket, level = str(term).partition("[")
     return (name, level[:-1]) if bracket and level.endswith("]") else (str(term), None)
 
+
 def variable_label(term, lang: str, *, labels: dict | None = None, headers: dict | None = None) -> str:
     "A model's term or input as a reader names it: `funding[paid]` -> `Funding: Fee-paying`, `Intercept` in `lang`."
     lang = check_lang(lang)
-    if term == "Intercept": return translate(INTERCEPT, lang)
+    if term == "Intercept":
+        return translate(INTERCEPT, lang)
     name, level = _term_parts(term)
     title = (headers or {}).get(name) or header(name, lang)
-    if level is None: return title
+    if level is None:
+        return title
     shown = (labels or {}).get(name, {}).get(level) or value_labels(lang).get(name, {}).get(level) or level
     return f"{title}: {shown}"
+
 
 def apply_labels(table, labels: dict):
     "A copy of `table` whose columns named in `labels` show labels instead of codes."
@@ -311,98 +376,165 @@ def apply_labels(table, labels: dict):
     return out
 
 # %% ../../nbs/analysis/presentation.ipynb #4009fdca
-RATE_COLUMNS = ("rate", "lower", "upper", "share", "conditional_rate",  # shares between 0 and 1, shown as percentages
-                "precision", "mean_predicted", "predicted_risk", "attendance", "first_term_attendance")
-VARIABLE_COLUMNS = ("term", "feature", "group_column")  # their values name variables: effect's terms, a model's inputs
+RATE_COLUMNS = (
+    "rate",
+    "lower",
+    "upper",
+    "share",
+    "conditional_rate",  # shares between 0 and 1, shown as percentages
+    "precision",
+    "mean_predicted",
+    "predicted_risk",
+    "attendance",
+    "first_term_attendance",
+)
+VARIABLE_COLUMNS = (
+    "term",
+    "feature",
+    "group_column",
+)  # their values name variables: effect's terms, a model's inputs
 INTERVAL = N_("{header} (interval, 95%)")
+
 
 def _is_rate(column) -> bool:
     name = str(column)
     return name in RATE_COLUMNS or name.endswith(("_rate", "_share", "_lower", "_upper"))
+
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
     "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or `x_estimate` with `x_lower, x_upper`."
     names = [str(c) for c in columns]
     groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
-        stem = c.removesuffix("_rate") if c.endswith("_rate") else c.removesuffix("_estimate") if c.endswith("_estimate") else None
+        stem = (
+            c.removesuffix("_rate")
+            if c.endswith("_rate")
+            else c.removesuffix("_estimate")
+            if c.endswith("_estimate")
+            else None
+        )
         if stem and {f"{stem}_lower", f"{stem}_upper"} <= set(names):
             groups.append((c, f"{stem}_lower", f"{stem}_upper"))
     return groups
+
 
 def _is_estimate(column: str) -> bool:
     "An estimate in its own units (a count per place, a wage), not a share: `estimate` and `x_estimate`."
     return column == "estimate" or column.endswith("_estimate")
 
+
 def _format_float(x, lang: str) -> str:
     "Three significant digits, at most four decimals."
-    if is_missing(x): return MISSING
+    if is_missing(x):
+        return MISSING
     rounded = _round_significant(float(x))
     return format_number(rounded, lang, digits=min(4, max(0, -rounded.as_tuple().exponent)))
 
+
 def _format_interval(value, lower, upper, lang: str, rate: bool) -> str:
     "A rate with its interval as percentages; an estimate with its interval as numbers (spaced dash: bounds may be negative)."
-    if rate: return format_rate_interval(value, lower, upper, lang)
-    if is_missing(value) or is_missing(lower) or is_missing(upper): return _format_float(value, lang)
+    if rate:
+        return format_rate_interval(value, lower, upper, lang)
+    if is_missing(value) or is_missing(lower) or is_missing(upper):
+        return _format_float(value, lang)
     # all three rounded where the largest has its third significant digit: 0.96 (0.81 – 1.13), not 0.959 (0.806 – 1.13)
     from decimal import Decimal, ROUND_HALF_EVEN
-    place = Decimal(1).scaleb(_round_significant(max(abs(float(v)) for v in (value, lower, upper))).as_tuple().exponent)
+
+    place = Decimal(1).scaleb(
+        _round_significant(max(abs(float(v)) for v in (value, lower, upper))).as_tuple().exponent
+    )
     digits = min(4, max(0, -place.as_tuple().exponent))
-    value, lower, upper = (format_number(Decimal(str(float(v))).quantize(place, rounding=ROUND_HALF_EVEN), lang, digits=digits)
-                           for v in (value, lower, upper))
+    value, lower, upper = (
+        format_number(Decimal(str(float(v))).quantize(place, rounding=ROUND_HALF_EVEN), lang, digits=digits)
+        for v in (value, lower, upper)
+    )
     return f"{value} ({lower} – {upper})"
 
+
 def _format_p(p, lang: str) -> str:
-    if is_missing(p): return MISSING
+    if is_missing(p):
+        return MISSING
     return "<" + format_number(0.001, lang, digits=3) if p < 0.001 else format_number(p, lang, digits=3)
+
 
 def _is_count_column(s) -> bool:
     from pandas.api.types import is_bool_dtype, is_integer_dtype, is_numeric_dtype
-    if is_bool_dtype(s.dtype) or not is_numeric_dtype(s.dtype): return False
-    if is_integer_dtype(s.dtype): return True
+
+    if is_bool_dtype(s.dtype) or not is_numeric_dtype(s.dtype):
+        return False
+    if is_integer_dtype(s.dtype):
+        return True
     values = s.dropna()
     return len(values) > 0 and bool((values % 1 == 0).all())
 
+
 YEAR_COLUMNS = ("year", "cohort")  # written as they are: 2024, not 2 024
+
 
 def _format_column(s, name: str, lang: str, k: int | None):
     "A column as the texts a reader sees, and whether a masked count was among them."
     from pandas.api.types import is_bool_dtype, is_float_dtype, is_numeric_dtype
+
     yes, no = translate(N_("yes"), lang), translate(N_("no"), lang)
-    if name in YEAR_COLUMNS or name.endswith("_year"): return [MISSING if is_missing(v) else str(v) for v in s], False
-    if _is_rate(name) and is_numeric_dtype(s.dtype): return [format_percent(v, lang) for v in s], False
-    if name.startswith("p_") or name == "p_value": return [_format_p(v, lang) for v in s], False
-    if is_bool_dtype(s.dtype): return [MISSING if is_missing(v) else yes if v else no for v in s], False
-    if _is_estimate(name) and is_float_dtype(s.dtype): return [_format_float(v, lang) for v in s], False  # a median wage is no count
+    if name in YEAR_COLUMNS or name.endswith("_year"):
+        return [MISSING if is_missing(v) else str(v) for v in s], False
+    if _is_rate(name) and is_numeric_dtype(s.dtype):
+        return [format_percent(v, lang) for v in s], False
+    if name.startswith("p_") or name == "p_value":
+        return [_format_p(v, lang) for v in s], False
+    if is_bool_dtype(s.dtype):
+        return [MISSING if is_missing(v) else yes if v else no for v in s], False
+    if _is_estimate(name) and is_float_dtype(s.dtype):
+        return [_format_float(v, lang) for v in s], False  # a median wage is no count
     if _is_count_column(s):
         masked = k is not None and bool(s.isna().any())
-        return [(f"<{k}" if k is not None else MISSING) if is_missing(v) else format_count(v, lang) for v in s], masked
-    if is_numeric_dtype(s.dtype): return [_format_float(v, lang) for v in s], False
-    return [MISSING if is_missing(v) else (yes if v is True else no if v is False else str(v)) for v in s], False
+        return [
+            (f"<{k}" if k is not None else MISSING) if is_missing(v) else format_count(v, lang) for v in s
+        ], masked
+    if is_numeric_dtype(s.dtype):
+        return [_format_float(v, lang) for v in s], False
+    return [
+        MISSING if is_missing(v) else (yes if v is True else no if v is False else str(v)) for v in s
+    ], False
+
 
 def _reset_index(frame):
     "A named index as columns; an unnamed one dropped when it only numbers the rows (also after a concat), else shown without a header."
     from pandas.api.types import is_integer_dtype
-    if any(name is not None for name in frame.index.names): return frame.reset_index()
-    if is_integer_dtype(frame.index.dtype): return frame.reset_index(drop=True)
+
+    if any(name is not None for name in frame.index.names):
+        return frame.reset_index()
+    if is_integer_dtype(frame.index.dtype):
+        return frame.reset_index(drop=True)
     return frame.rename_axis("").reset_index()
+
 
 def _name_variables(frame, lang: str, labels: dict, headers: dict):
     "Columns whose values are variables (a model's terms and inputs) named for readers; a `group` by its `group_column`'s labels."
     frame = frame.copy()
-    if {"group", "group_column"} <= set(map(str, frame.columns)):  # a fairness table: each row's group is a code of its column
-        frame["group"] = [labels.get(column, {}).get(g, g) if isinstance(g, str) else g
-                          for column, g in zip(frame["group_column"], frame["group"].astype("object"))]
+    if {"group", "group_column"} <= set(
+        map(str, frame.columns)
+    ):  # a fairness table: each row's group is a code of its column
+        frame["group"] = [
+            labels.get(column, {}).get(g, g) if isinstance(g, str) else g
+            for column, g in zip(frame["group_column"], frame["group"].astype("object"))
+        ]
     for name in VARIABLE_COLUMNS:
         if name in frame.columns:
-            frame[name] = [variable_label(v, lang, labels=labels, headers=headers) if isinstance(v, str) else v
-                           for v in frame[name].astype("object")]
+            frame[name] = [
+                variable_label(v, lang, labels=labels, headers=headers) if isinstance(v, str) else v
+                for v in frame[name].astype("object")
+            ]
     return frame
 
-def present(table, lang: str, *, labels: dict | None = None, threshold: int | None = None, headers: dict | None = None):
+
+def present(
+    table, lang: str, *, labels: dict | None = None, threshold: int | None = None, headers: dict | None = None
+):
     "`table` as a reader sees it: a DataFrame of text with translated headers; `attrs['footnote']` explains masked cells."
     import pandas as pd
     from research_kit.analysis.privacy import suppressed_at
+
     lang = check_lang(lang)
     labels, headers = labels or {}, headers or {}
     k = threshold if threshold is not None else suppressed_at(table)
@@ -415,23 +547,31 @@ def present(table, lang: str, *, labels: dict | None = None, threshold: int | No
     inside = {c for pair in groups.values() for c in pair}
     for column in frame.columns:
         name = str(column)
-        if name in inside: continue
+        if name in inside:
+            continue
         title = headers.get(name) or header(name, lang)
         if name in groups:
             lower, upper = groups[name]
-            out[translate(INTERVAL, lang, header=title)] = [_format_interval(v, lo, up, lang, rate=not _is_estimate(name)) for v, lo, up
-                                                            in zip(frame[name], frame[lower], frame[upper])]
+            out[translate(INTERVAL, lang, header=title)] = [
+                _format_interval(v, lo, up, lang, rate=not _is_estimate(name))
+                for v, lo, up in zip(frame[name], frame[lower], frame[upper])
+            ]
             continue
         out[title], hid = _format_column(frame[column], name, lang, k)
         masked = masked or hid
     shown = pd.DataFrame(out, dtype=object)
-    shown.attrs = {"footnote": translate(N_("Numbers below {k} are hidden to protect personal data."), lang, k=k)
-                   if masked else ""}
+    shown.attrs = {
+        "footnote": translate(N_("Numbers below {k} are hidden to protect personal data."), lang, k=k)
+        if masked
+        else ""
+    }
     return shown
+
 
 def present_html(table, lang: str, **options) -> str:
     "`present(table, lang, ...)` as an HTML table (no index) followed by its footnote."
     import html
+
     shown = present(table, lang, **options)
     body = shown.to_html(index=False, classes="rk-table", border=0)
     note = shown.attrs.get("footnote")

@@ -17,62 +17,91 @@ RATE_COLUMNS = ("rate", "lower", "upper", "share")
 SUPPRESSED = "research_kit.suppressed"  # key in DataFrame.attrs: the threshold a table was suppressed with
 OBJECTIVES = ("value", "cells")
 
+
 def _check_threshold(k) -> int:
     from numbers import Integral  # numpy integers too
+
     if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-        raise AnalysisError(f"k={k!r}: expected a whole number of at least 1 (the smallest count that may be shown)")
+        raise AnalysisError(
+            f"k={k!r}: expected a whole number of at least 1 (the smallest count that may be shown)"
+        )
     return int(k)
+
 
 def _check_protection(p, k: int) -> int:
     "The protection level: `p`, or ceil(k / 2) when it is None."
     from numbers import Integral
-    if p is None: return max(1, -(-k // 2))
+
+    if p is None:
+        return max(1, -(-k // 2))
     if isinstance(p, bool) or not isinstance(p, Integral) or p < 1:
-        raise AnalysisError(f"p={p!r}: expected a whole number of at least 1 (how wide a masked count's range must stay)")
+        raise AnalysisError(
+            f"p={p!r}: expected a whole number of at least 1 (how wide a masked count's range must stay)"
+        )
     return int(p)
+
 
 def _single_label(value, what: str):
     "A total row or column is one label: a list of several means subtotals, which this model cannot protect."
     if isinstance(value, (list, tuple, set)):
         if len(value) != 1:
-            raise AnalysisError(f"{what}={list(value)!r}: expected one {what.replace('_', ' ')}; a table with subtotals "
-                                "has more relations than rows and columns: publish the subtotals as a table of their own")
+            raise AnalysisError(
+                f"{what}={list(value)!r}: expected one {what.replace('_', ' ')}; a table with subtotals "
+                "has more relations than rows and columns: publish the subtotals as a table of their own"
+            )
         return next(iter(value))
     return value
+
 
 def _count_values(table, columns):
     "The count columns as a float array (NaN for missing), after checking they hold whole non-negative numbers."
     import numpy as np
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     series = [table[col] for col in columns]
     for col, x in zip(columns, series):
         if is_bool_dtype(x.dtype) or not is_numeric_dtype(x.dtype):
             raise AnalysisError(f"count column {col!r} (dtype {x.dtype}) is not numeric; expected counts")
     values = np.column_stack([x.to_numpy(dtype=float, na_value=np.nan) for x in series])
-    for problem, bad in (("a negative value", values < 0), ("a value that is not a whole number", np.nan_to_num(values) % 1 != 0)):
+    for problem, bad in (
+        ("a negative value", values < 0),
+        ("a value that is not a whole number", np.nan_to_num(values) % 1 != 0),
+    ):
         if bad.any():
             i, j = np.argwhere(bad)[0]
-            raise AnalysisError(f"count column {columns[j]!r} holds {problem} ({values[i, j]:g}) in row "
-                                f"{table.index[i]!r}; expected counts")
+            raise AnalysisError(
+                f"count column {columns[j]!r} holds {problem} ({values[i, j]:g}) in row "
+                f"{table.index[i]!r}; expected counts"
+            )
     return values
+
 
 def _lines(shape, part_rows, part_cols, total_i, total_j):
     "Every row and column as (positions of its parts, position of its total or None)."
     rows, cols = shape
-    lines = [([(i, j) for j in part_cols], (i, total_j) if total_j is not None else None) for i in range(rows)]
-    lines += [([(i, j) for i in part_rows], (total_i, j) if total_i is not None else None) for j in range(cols)]
+    lines = [
+        ([(i, j) for j in part_cols], (i, total_j) if total_j is not None else None) for i in range(rows)
+    ]
+    lines += [
+        ([(i, j) for i in part_rows], (total_i, j) if total_i is not None else None) for j in range(cols)
+    ]
     return lines
+
 
 def _check_totals(values, lines, rows, columns) -> None:
     "Every total in the table must be the sum of its parts: a table whose totals disagree cannot be protected."
     import numpy as np
+
     for n, (parts, total) in enumerate(lines):
-        if total is None or np.isnan(values[total]) or any(np.isnan(values[p]) for p in parts): continue
+        if total is None or np.isnan(values[total]) or any(np.isnan(values[p]) for p in parts):
+            continue
         if (got := sum(values[p] for p in parts)) != values[total]:
             i, j = total
             line = f"row {rows[i]!r}" if n < len(rows) else f"column {columns[j]!r}"
-            raise AnalysisError(f"{line}: its total ({values[total]:g}, row {rows[i]!r}, column {columns[j]!r}) is not the sum "
-                                f"of its parts ({got:g}); a subtotal among the parts, or totals of another table?")
+            raise AnalysisError(
+                f"{line}: its total ({values[total]:g}, row {rows[i]!r}, column {columns[j]!r}) is not the sum "
+                f"of its parts ({got:g}); a subtotal among the parts, or totals of another table?"
+            )
 
 # %% ../../nbs/analysis/privacy.ipynb #f16c5110
 def _network(shape, total_i, total_j):
@@ -80,6 +109,7 @@ def _network(shape, total_i, total_j):
     Every relation 'parts add up to the total' becomes conservation at a node, so a change to the hidden
     cells that keeps every relation true is a circulation (a 2-way table with margins is a network)."""
     import numpy as np
+
     rows, cols = shape
     i, j = np.divmod(np.arange(rows * cols), cols)
     mixed = (i == total_i) != (j == total_j)  # a margin cell: its arc runs from the column to the row
@@ -92,6 +122,7 @@ def _network(shape, total_i, total_j):
     free += [rows + c for c in range(cols) if total_i is None and n_part_rows < 2]
     return tail, head, free, rows + cols + 1
 
+
 def _max_push(net, up, down, cell, limit):
     """How far `cell` can grow (up to `limit`) while every relation stays true: a maximum flow around it,
     where every other cell may grow by up[e] and shrink by down[e]. Returns the amount; the nodes on the
@@ -99,47 +130,77 @@ def _max_push(net, up, down, cell, limit):
     the flow runs through, which keep that room open as long as they stay hidden. The networks are tiny
     and the limits small: plain augmenting paths over the cells in use, kept in dicts, are fastest."""
     import numpy as np
+
     tail, head, free, n = net
     limit = int(min(limit, 2**62))
     cells = np.flatnonzero((up > 0) | (down > 0))
     cells = cells[cells != cell]
-    arcs = list(zip(cells.tolist(), tail[cells].tolist(), head[cells].tolist(),
-                    [int(min(x, limit)) for x in up[cells]], [int(min(x, limit)) for x in down[cells]]))
+    arcs = list(
+        zip(
+            cells.tolist(),
+            tail[cells].tolist(),
+            head[cells].tolist(),
+            [int(min(x, limit)) for x in up[cells]],
+            [int(min(x, limit)) for x in down[cells]],
+        )
+    )
     residual = [{} for _ in range(n)]
-    for _, u, v, grow, shrink in arcs:  # a pair of nodes has one cell between them: its two directions are two arcs
+    for (
+        _,
+        u,
+        v,
+        grow,
+        shrink,
+    ) in arcs:  # a pair of nodes has one cell between them: its two directions are two arcs
         residual[u][v], residual[v][u] = grow, shrink
-    for node in free: residual[node][n - 1] = residual[n - 1][node] = limit
+    for node in free:
+        residual[node][n - 1] = residual[n - 1][node] = limit
     source, sink, flow = int(head[cell]), int(tail[cell]), 0
     while True:
         parent, queue = {source: None}, [source]
         for u in queue:
             for v, capacity in residual[u].items():
-                if capacity > 0 and v not in parent: parent[v] = u; queue.append(v)
-            if sink in parent: break
-        if sink not in parent or flow >= limit: break
+                if capacity > 0 and v not in parent:
+                    parent[v] = u
+                    queue.append(v)
+            if sink in parent:
+                break
+        if sink not in parent or flow >= limit:
+            break
         path, v = [], sink
-        while v != source: path.append((parent[v], v)); v = parent[v]
+        while v != source:
+            path.append((parent[v], v))
+            v = parent[v]
         push = min(min(residual[u][v] for u, v in path), limit - flow)
-        for u, v in path: residual[u][v] -= push; residual[v][u] += push
+        for u, v in path:
+            residual[u][v] -= push
+            residual[v][u] += push
         flow += push
     side = np.zeros(n, dtype=bool)
     side[list(parent)] = True
     return flow, side, [e for e, u, v, grow, _ in arcs if residual[u][v] != grow]
 
+
 def _room(net, a, hidden, cell, p, witness=None):
     """How far a hidden cell can fall (at most to zero) and rise (counted up to p) while the shown table
     stays true. The cells that make the room are added to `witness` (a set), when given."""
     import numpy as np
+
     up, down = np.where(hidden, np.inf, 0), np.where(hidden, a, 0).astype(float)
     rise, _, rise_cells = _max_push(net, up, down, cell, p)
-    fall, _, fall_cells = _max_push(net, down, up, cell, a[cell])  # shrinking the cell is growing it with every arc reversed
-    if witness is not None: witness.update(rise_cells, fall_cells)
+    fall, _, fall_cells = _max_push(
+        net, down, up, cell, a[cell]
+    )  # shrinking the cell is growing it with every arc reversed
+    if witness is not None:
+        witness.update(rise_cells, fall_cells)
     return fall, rise
+
 
 def _push_cut(net, grow, shrink, cell, side):
     """Coefficients c with push <= sum(c * hidden) for every pattern: the arcs crossing the minimum cut
     that stopped a push, each counted at what it can carry (`grow` forward, `shrink` backward)."""
     import numpy as np
+
     tail, head, _, _ = net
     out = side[tail] & ~side[head]
     back = side[head] & ~side[tail]
@@ -147,27 +208,43 @@ def _push_cut(net, grow, shrink, cell, side):
     coef[cell] = 0
     return coef.astype(float)
 
+
 def _protection_cut(net, a, p, hidden, cell, witness=None):
     """None if the hidden pattern lets `cell` move over a range at least p wide (the cells that let it
     are added to `witness`, when given); else the cut (coefficients, right-hand side) that every
     protecting pattern meets and this one does not."""
     import numpy as np
+
     grow, shrink = np.full(len(a), p), np.minimum(a, p)  # more than p either way is never needed
     up, down = np.where(hidden, grow, 0), np.where(hidden, shrink, 0)
     rise, rise_side, rise_cells = _max_push(net, up, down, cell, p)
     fall_limit = min(int(a[cell]), p)  # a count cannot fall below zero
-    fall, fall_side, fall_cells = _max_push(net, down, up, cell, fall_limit)  # falling is rising with every arc reversed
+    fall, fall_side, fall_cells = _max_push(
+        net, down, up, cell, fall_limit
+    )  # falling is rising with every arc reversed
     if rise + fall >= p:
-        if witness is not None: witness.update(rise_cells, fall_cells)
+        if witness is not None:
+            witness.update(rise_cells, fall_cells)
         return None
     coef = _push_cut(net, grow, shrink, cell, rise_side)
-    if fall < fall_limit: coef += _push_cut(net, shrink, grow, cell, fall_side); rhs = p
-    else: rhs = p - fall_limit  # the fall is as large as it can ever be: the rise must make up the rest
+    if fall < fall_limit:
+        coef += _push_cut(net, shrink, grow, cell, fall_side)
+        rhs = p
+    else:
+        rhs = p - fall_limit  # the fall is as large as it can ever be: the rise must make up the rest
     return np.minimum(coef, rhs), rhs
 
 # %% ../../nbs/analysis/privacy.ipynb #6abca0b3
-ROUNDS, NODES, STRIKES = 40, 5000, 2  # rounds of cuts; nodes per solve; cuts after which a cell's flows go in whole
-FLOW_VARIABLES, STALL = 20_000, 3  # size of the flows written in full (4 variables per cell of the table, per flow); rounds without progress
+ROUNDS, NODES, STRIKES = (
+    40,
+    5000,
+    2,
+)  # rounds of cuts; nodes per solve; cuts after which a cell's flows go in whole
+FLOW_VARIABLES, STALL = (
+    20_000,
+    3,
+)  # size of the flows written in full (4 variables per cell of the table, per flow); rounds without progress
+
 
 def _highs(cost, matrix, lower, upper, low, high, integer=None, **options):
     """A HiGHS model ready to run: minimize `cost @ x` subject to `lower <= matrix @ x <= upper` and
@@ -177,9 +254,15 @@ def _highs(cost, matrix, lower, upper, low, high, integer=None, **options):
     the process's standard output before any option can turn it off (HiGHS issue 2749)."""
     import highspy, numpy as np
     from scipy.sparse import csr_array
+
     matrix = csr_array(matrix)
     model = highspy._Highs()
-    for name, value in {"output_flag": False, "threads": 1, "mip_heuristic_run_feasibility_jump": False, **options}.items():
+    for name, value in {
+        "output_flag": False,
+        "threads": 1,
+        "mip_heuristic_run_feasibility_jump": False,
+        **options,
+    }.items():
         model.setOptionValue(name, value)
     lp = highspy.HighsLp()
     lp.num_row_, lp.num_col_ = matrix.shape
@@ -189,9 +272,12 @@ def _highs(cost, matrix, lower, upper, low, high, integer=None, **options):
     lp.a_matrix_.num_row_, lp.a_matrix_.num_col_ = matrix.shape
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = matrix.indptr, matrix.indices, matrix.data
     if integer is not None:
-        lp.integrality_ = [highspy.HighsVarType.kInteger if x else highspy.HighsVarType.kContinuous for x in integer]
+        lp.integrality_ = [
+            highspy.HighsVarType.kInteger if x else highspy.HighsVarType.kContinuous for x in integer
+        ]
     model.passModel(lp)
     return model
+
 
 def _push_model(net, a, cell, forward, backward, most):
     """One push around `cell` written out as a flow (a rise; or a fall, with the capacities swapped), as
@@ -200,19 +286,48 @@ def _push_model(net, a, cell, forward, backward, most):
     variables' lower and upper bounds. Its variables: how much each cell grows, how much it shrinks, the
     flow to ground of each free node, and the amount (last)."""
     import numpy as np
+
     tail, head, free, n = net
     m, nf = len(a), len(free)
     span, free = np.arange(m), np.asarray(free, dtype=int)
     grow, shrink, ground, amount = m + span, 2 * m + span, 3 * m + np.arange(nf), 3 * m + nf
-    rows = np.r_[tail, head, head, tail, free, np.full(nf, n - 1), int(head[cell]), int(tail[cell]),  # each node: out - in = 0,
-                 n + span, n + span, n + m + span, n + m + span]  # but the amount at the source; flow <= capacity * hidden
+    rows = np.r_[
+        tail,
+        head,
+        head,
+        tail,
+        free,
+        np.full(nf, n - 1),
+        int(head[cell]),
+        int(tail[cell]),  # each node: out - in = 0,
+        n + span,
+        n + span,
+        n + m + span,
+        n + m + span,
+    ]  # but the amount at the source; flow <= capacity * hidden
     cols = np.r_[grow, grow, shrink, shrink, ground, ground, amount, amount, grow, span, shrink, span]
-    vals = np.r_[np.ones(m), -np.ones(m), np.ones(m), -np.ones(m), np.ones(nf), -np.ones(nf), -1.0, 1.0,
-                 np.ones(m), -np.asarray(forward, float), np.ones(m), -np.asarray(backward, float)]
+    vals = np.r_[
+        np.ones(m),
+        -np.ones(m),
+        np.ones(m),
+        -np.ones(m),
+        np.ones(nf),
+        -np.ones(nf),
+        -1.0,
+        1.0,
+        np.ones(m),
+        -np.asarray(forward, float),
+        np.ones(m),
+        -np.asarray(backward, float),
+    ]
     lower, upper = np.r_[np.zeros(n), np.full(2 * m, -np.inf)], np.zeros(n + 2 * m)
-    low, high = np.r_[np.zeros(2 * m), np.full(nf, -np.inf), 0.0], np.r_[np.full(2 * m + nf, np.inf), float(most)]
+    low, high = (
+        np.r_[np.zeros(2 * m), np.full(nf, -np.inf), 0.0],
+        np.r_[np.full(2 * m + nf, np.inf), float(most)],
+    )
     high[[cell, m + cell]] = 0  # the cell itself is the one being moved
     return rows, cols - m, vals, lower, upper, low, high
+
 
 def _solve_pattern(weights, must, never, cuts, flows, net, a, p, seconds, models=None):
     """The cheapest set of cells to hide that meets every cut so far and, for each cell in `flows`, its rise
@@ -220,16 +335,33 @@ def _solve_pattern(weights, must, never, cuts, flows, net, a, p, seconds, models
     Returns (hidden or None, whether it is proven the cheapest)."""
     import highspy, numpy as np
     from scipy.sparse import coo_array
+
     m = len(weights)
     models = {} if models is None else models
     grow, shrink = np.full(m, float(p)), np.minimum(a, p).astype(float)
     for cell in flows:
         if cell not in models:
-            models[cell] = [_push_model(net, a, cell, grow, shrink, p),
-                            _push_model(net, a, cell, shrink, grow, min(int(a[cell]), p))]
-    rows, cols, vals, lower, upper, low, high = [], [], [], [], [], [must.astype(float)], [(~never).astype(float)]
+            models[cell] = [
+                _push_model(net, a, cell, grow, shrink, p),
+                _push_model(net, a, cell, shrink, grow, min(int(a[cell]), p)),
+            ]
+    rows, cols, vals, lower, upper, low, high = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [must.astype(float)],
+        [(~never).astype(float)],
+    )
+
     def add(r, c, v, lo, up):
-        rows.append(r + sum(map(len, lower))); cols.append(c); vals.append(v); lower.append(lo); upper.append(up)
+        rows.append(r + sum(map(len, lower)))
+        cols.append(c)
+        vals.append(v)
+        lower.append(lo)
+        upper.append(up)
+
     for n, (coef, rhs, cell) in enumerate(cuts):  # binds only when `cell` is hidden
         on = np.flatnonzero(coef)
         add(np.zeros(len(on) + 1, int), np.r_[on, cell], np.r_[coef[on], -rhs], [0.0], [np.inf])
@@ -237,81 +369,125 @@ def _solve_pattern(weights, must, never, cuts, flows, net, a, p, seconds, models
     for cell in flows:
         amounts = []
         for r, c, v, lo, up, lb, ub in models[cell]:
-            add(r, np.where(c < 0, c + m, c + width), v, lo, up)  # the flow's own variables after those so far
-            low.append(lb); high.append(ub)
+            add(
+                r, np.where(c < 0, c + m, c + width), v, lo, up
+            )  # the flow's own variables after those so far
+            low.append(lb)
+            high.append(ub)
             width += len(lb)
             amounts.append(width - 1)
-        add(np.zeros(3, int), np.r_[amounts, cell], np.r_[1.0, 1.0, -p], [0.0], [np.inf])  # rise + fall >= p, if hidden
-    matrix = coo_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(sum(map(len, lower)), width))
-    model = _highs(np.r_[weights, np.zeros(width - m)], matrix, np.concatenate(lower), np.concatenate(upper),
-                   np.concatenate(low), np.concatenate(high), integer=np.arange(width) < m,
-                   mip_max_nodes=NODES, time_limit=max(seconds, 0.1))
+        add(
+            np.zeros(3, int), np.r_[amounts, cell], np.r_[1.0, 1.0, -p], [0.0], [np.inf]
+        )  # rise + fall >= p, if hidden
+    matrix = coo_array(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(sum(map(len, lower)), width),
+    )
+    model = _highs(
+        np.r_[weights, np.zeros(width - m)],
+        matrix,
+        np.concatenate(lower),
+        np.concatenate(upper),
+        np.concatenate(low),
+        np.concatenate(high),
+        integer=np.arange(width) < m,
+        mip_max_nodes=NODES,
+        time_limit=max(seconds, 0.1),
+    )
     model.run()
-    if model.getInfo().primal_solution_status != highspy.kSolutionStatusFeasible: return None, False
+    if model.getInfo().primal_solution_status != highspy.kSolutionStatusFeasible:
+        return None, False
     x = np.asarray(model.getSolution().col_value)
     return x[:m] > 0.5, model.getModelStatus() == highspy.HighsModelStatus.kOptimal
+
 
 def _exposed(net, a, hidden, guarded, witness, k, p):
     """The cuts for the hidden cells this pattern leaves exposed. A hidden cell that is not small only needs
     protecting when an attacker could place it below k; from then on it is guarded like a small one."""
     import numpy as np
+
     cuts = []
     for cell in np.flatnonzero(hidden).tolist():
-        if cell in witness and hidden[witness[cell]].all(): continue
+        if cell in witness and hidden[witness[cell]].all():
+            continue
         room = set()
         if cell not in guarded:
             fall, rise = _room(net, a, hidden, cell, p, room)
-            if fall + rise >= p: witness[cell] = list(room)
-            if a[cell] - fall >= k or fall + rise >= p: continue  # (provably not small: checked again each round)
+            if fall + rise >= p:
+                witness[cell] = list(room)
+            if a[cell] - fall >= k or fall + rise >= p:
+                continue  # (provably not small: checked again each round)
             guarded.add(cell)
             room = set()
-        if (cut := _protection_cut(net, a, p, hidden, cell, room)) is None: witness[cell] = list(room)
-        else: cuts.append((*cut, cell))
+        if (cut := _protection_cut(net, a, p, hidden, cell, room)) is None:
+            witness[cell] = list(room)
+        else:
+            cuts.append((*cut, cell))
     return cuts
+
 
 def _path_cover(net, a, hidden, never, cell, p, weights):
     """The cheapest cells to add so that `cell` can rise by p along one chain of hidden cells (each cell on
     it growing, or shrinking when it holds at least p), by Dijkstra over the table's network; None when
     no such chain exists. Cells already hidden cost nothing."""
     import heapq, numpy as np
+
     tail, head, free, n = net
     edges = [[] for _ in range(n)]
     for e in np.flatnonzero(~never).tolist():
-        if e == cell: continue
+        if e == cell:
+            continue
         cost = 0.0 if hidden[e] else float(weights[e])
         edges[tail[e]].append((int(head[e]), cost, e))  # the cell grows
-        if a[e] >= p: edges[head[e]].append((int(tail[e]), cost, e))  # the cell shrinks
-    for node in free: edges[node].append((n - 1, 0.0, None)); edges[n - 1].append((node, 0.0, None))
+        if a[e] >= p:
+            edges[head[e]].append((int(tail[e]), cost, e))  # the cell shrinks
+    for node in free:
+        edges[node].append((n - 1, 0.0, None))
+        edges[n - 1].append((node, 0.0, None))
     source, sink = int(head[cell]), int(tail[cell])
     best, via, queue = {source: 0.0}, {}, [(0.0, source)]
     while queue:
         d, u = heapq.heappop(queue)
-        if u == sink: break
-        if d > best[u]: continue
+        if u == sink:
+            break
+        if d > best[u]:
+            continue
         for v, cost, e in edges[u]:
-            if d + cost < best.get(v, np.inf): best[v], via[v] = d + cost, (u, e); heapq.heappush(queue, (d + cost, v))
-    if sink not in via: return None
+            if d + cost < best.get(v, np.inf):
+                best[v], via[v] = d + cost, (u, e)
+                heapq.heappush(queue, (d + cost, v))
+    if sink not in via:
+        return None
     cells, v = [], sink
-    while v != source: v, e = via[v]; cells.append(e)
+    while v != source:
+        v, e = via[v]
+        cells.append(e)
     return [e for e in cells if e is not None]
+
 
 def _repair(a, hidden, never, net, k, p, weights, guarded, witness, models):
     """Protect each exposed cell in turn with the cheapest cells to add (a chain found by `_path_cover`, or
     else the cell's own flows solved in full); None when even hiding every cell leaves one exposed."""
     import numpy as np
+
     hidden = hidden.copy()
     while cuts := _exposed(net, a, hidden, guarded, witness, k, p):
         for cell in [cell for *_, cell in cuts]:
-            if _protection_cut(net, a, p, hidden, cell) is None: continue  # covered on the way
+            if _protection_cut(net, a, p, hidden, cell) is None:
+                continue  # covered on the way
             if (chain := _path_cover(net, a, hidden, never, cell, p, weights)) is not None:
                 hidden[chain] = True
                 continue
-            more, _ = _solve_pattern(np.where(hidden, 0.0, weights), hidden, never, [], [cell], net, a, p, 60.0, models)
+            more, _ = _solve_pattern(
+                np.where(hidden, 0.0, weights), hidden, never, [], [cell], net, a, p, 60.0, models
+            )
             if more is None or not (more & ~hidden).any():
-                if (hidden == ~never).all(): return None
+                if (hidden == ~never).all():
+                    return None
                 more = ~never
             hidden = more
     return hidden
+
 
 def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
     """Hide the primary cells and the cheapest set of others such that every primary cell can move over
@@ -320,35 +496,52 @@ def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
     Returns (hidden, optimal), or (None, False) when no pattern protects every small count."""
     import numpy as np, time
     from collections import Counter
+
     deadline = time.monotonic() + seconds
     guarded, witness, strikes = set(np.flatnonzero(primary).tolist()), {}, Counter()
     cuts, flows, hidden, optimal, models = [], [], primary.copy(), True, {}
     most_flows, best, stalled = max(1, FLOW_VARIABLES // (4 * len(a))), -1.0, 0
     for _ in range(ROUNDS):
         new = _exposed(net, a, hidden, guarded, witness, k, p)
-        if not new: return hidden, optimal
+        if not new:
+            return hidden, optimal
         cuts += new
         strikes.update(cell for *_, cell in new)
         if stalled:  # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole (they make the model large)
-            stubborn = sorted((c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c])
-            flows += stubborn[:max(most_flows - len(flows), 0)]
-        if (left := deadline - time.monotonic()) <= 0: break
+            stubborn = sorted(
+                (c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c]
+            )
+            flows += stubborn[: max(most_flows - len(flows), 0)]
+        if (left := deadline - time.monotonic()) <= 0:
+            break
         found, proven = _solve_pattern(weights, primary, never, cuts, flows, net, a, p, left, models)
-        if found is None: break
+        if found is None:
+            break
         hidden, optimal = found, optimal and proven
-        stalled = stalled + 1 if weights[hidden].sum() <= best else 0  # cuts that no longer raise the cost: many equal alternatives
+        stalled = (
+            stalled + 1 if weights[hidden].sum() <= best else 0
+        )  # cuts that no longer raise the cost: many equal alternatives
         best = max(best, weights[hidden].sum())
-        if stalled >= STALL: break
+        if stalled >= STALL:
+            break
     # out of budget: the last pattern, completed; or the primary cells alone, completed, if that is cheaper
-    done = [h for h in (_repair(a, start, never, net, k, p, weights, guarded, witness, models) for start in (hidden, primary))
-            if h is not None]
+    done = [
+        h
+        for h in (
+            _repair(a, start, never, net, k, p, weights, guarded, witness, models)
+            for start in (hidden, primary)
+        )
+        if h is not None
+    ]
     return (min(done, key=lambda h: (weights[h].sum(), h.sum())) if done else None), False
 
 # %% ../../nbs/analysis/privacy.ipynb #2e4149c3
 def _margins(given, labels, what):
     "Totals published elsewhere, one per row (or column), as a float array (NaN: not published)."
     import numpy as np, pandas as pd
-    if given is None: return np.full(len(labels), np.nan)
+
+    if given is None:
+        return np.full(len(labels), np.nan)
     if isinstance(given, (pd.Series, dict)):
         given = pd.Series(given)
         if unknown := [str(x) for x in given.index if x not in labels]:
@@ -356,44 +549,62 @@ def _margins(given, labels, what):
         return given.reindex(labels).astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     given = np.asarray(given, dtype=float)
     if given.shape != (len(labels),):
-        raise AnalysisError(f"{what}s: expected {len(labels)} values, one per {what.split()[0]}, got {given.shape[0] if given.ndim else 1}")
+        raise AnalysisError(
+            f"{what}s: expected {len(labels)} values, one per {what.split()[0]}, got {given.shape[0] if given.ndim else 1}"
+        )
     return given
+
 
 def _table_shape(table, count_columns, total_row, total_column):
     "The count columns (total column last) and the positions of the total row and column."
     counts = _names(count_columns)
     total_row = _single_label(total_row, "total_row")
     total_column = _single_label(total_column, "total_column")
-    if total_column is not None and total_column not in counts: counts.append(total_column)
-    if not counts: raise AnalysisError("count_columns is empty: name the columns that hold counts")
+    if total_column is not None and total_column not in counts:
+        counts.append(total_column)
+    if not counts:
+        raise AnalysisError("count_columns is empty: name the columns that hold counts")
     _require_columns(table, counts)
-    if not table.index.is_unique: raise AnalysisError("the table's index has repeated labels; reset_index() first")
+    if not table.index.is_unique:
+        raise AnalysisError("the table's index has repeated labels; reset_index() first")
     total_i = None
     if total_row is not None:
         if total_row not in table.index:
-            raise UnknownNameError("total row", total_row, [str(i) for i in table.index], where="the table's index")
+            raise UnknownNameError(
+                "total row", total_row, [str(i) for i in table.index], where="the table's index"
+            )
         total_i = table.index.get_loc(total_row)
     total_j = counts.index(total_column) if total_column is not None else None
     return counts, total_i, total_j
+
 
 def _equations(values, lines, margins):
     """The relations an attacker can write about the hidden cells (NaN in `values`): one row
     `sum(coefficients * hidden cells) = right-hand side` per line with a hidden cell and a known total."""
     import numpy as np
+
     hidden = np.isnan(values)
     where = {cell: n for n, cell in enumerate(zip(*np.nonzero(hidden)))}
     rows, rhs = [], []
     for (parts, total), margin in zip(lines, margins):
         row, known = np.zeros(len(where)), 0.0
         for cell in parts:
-            if hidden[cell]: row[where[cell]] += 1
-            else: known += values[cell]
+            if hidden[cell]:
+                row[where[cell]] += 1
+            else:
+                known += values[cell]
         if total is not None:
-            if hidden[total]: row[where[total]] -= 1; margin = 0.0
-            else: margin = values[total]
-        if np.isnan(margin) or not row.any(): continue
-        rows.append(row); rhs.append(margin - known)
+            if hidden[total]:
+                row[where[total]] -= 1
+                margin = 0.0
+            else:
+                margin = values[total]
+        if np.isnan(margin) or not row.any():
+            continue
+        rows.append(row)
+        rhs.append(margin - known)
     return list(where), np.array(rows).reshape(len(rows), len(where)), np.array(rhs)
+
 
 def _extremes(A, b, cap, enough=None):
     """Every hidden cell's smallest and largest feasible value: one linear program over the relations,
@@ -402,22 +613,30 @@ def _extremes(A, b, cap, enough=None):
     at `cap`, above anything the known totals allow, so 'unbounded' shows as reaching the cap. A cell
     whose smallest value is at least `enough` (when given) gets no largest (NaN): it cannot be small."""
     import highspy, numpy as np
+
     h = A.shape[1]
     low, high = np.zeros(h), np.zeros(h)
-    if h == 0: return low, high
+    if h == 0:
+        return low, high
     model = _highs(np.zeros(h), A, b, b, np.zeros(h), np.full(h, np.inf), presolve="off", simplex_strategy=4)
+
     def optimum(cell, sense):
         model.changeColCost(cell, sense)
         model.run()
         if model.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            raise AnalysisError("the shown table is inconsistent: no table of whole, non-negative counts fits what it "
-                                "shows (do its totals add up?)")
+            raise AnalysisError(
+                "the shown table is inconsistent: no table of whole, non-negative counts fits what it "
+                "shows (do its totals add up?)"
+            )
         value = sense * model.getInfo().objective_function_value
         model.changeColCost(cell, 0.0)  # (a change to the model clears what the last solve found)
         return value
+
     for cell in range(h):
         low[cell] = optimum(cell, 1.0)
-        if enough is not None and low[cell] >= enough: high[cell] = np.nan; continue
+        if enough is not None and low[cell] >= enough:
+            high[cell] = np.nan
+            continue
         model.changeColBounds(cell, 0.0, cap)
         high[cell] = optimum(cell, -1.0)
         model.changeColBounds(cell, 0.0, np.inf)
@@ -428,119 +647,222 @@ def _intervals(values, lines, margins, enough=None):
     """The attack on arrays: each hidden cell (NaN in `values`), its smallest and largest value in whole numbers
     (inf: unbounded; NaN: not computed, the smallest being at least `enough`)."""
     import numpy as np
+
     cells, A, b = _equations(values, lines, margins)
     known = np.nansum(np.abs(values)) + np.nansum(np.abs(margins))
-    low, high = _extremes(A, b, 2 * known + 1, enough)  # no cell bounded by what is shown can exceed the largest shown total
+    low, high = _extremes(
+        A, b, 2 * known + 1, enough
+    )  # no cell bounded by what is shown can exceed the largest shown total
     lower = np.ceil(low - 1e-6)  # the attacker knows counts are whole numbers
     return cells, lower, np.where(high > known + 0.5, np.inf, np.floor(high + 1e-6))
 
-def feasible_intervals(shown, count_columns, *, total_row=None, total_column: str | None = None,
-                       row_totals=None, column_totals=None):
+
+def feasible_intervals(
+    shown,
+    count_columns,
+    *,
+    total_row=None,
+    total_column: str | None = None,
+    row_totals=None,
+    column_totals=None,
+):
     "Attack a published table by linear programming: the smallest and largest value each hidden cell can hold."
     import pandas as pd
+
     counts, total_i, total_j = _table_shape(shown, count_columns, total_row, total_column)
     values = _count_values(shown, counts)
     rows, cols = list(shown.index), counts
-    lines = _lines(values.shape, [i for i in range(len(rows)) if i != total_i],
-                   [j for j in range(len(cols)) if j != total_j], total_i, total_j)
+    lines = _lines(
+        values.shape,
+        [i for i in range(len(rows)) if i != total_i],
+        [j for j in range(len(cols)) if j != total_j],
+        total_i,
+        total_j,
+    )
     margins = [*_margins(row_totals, rows, "row total"), *_margins(column_totals, cols, "column total")]
     cells, lower, upper = _intervals(values, lines, margins)
     out = [(rows[i], cols[j], lo, hi) for (i, j), lo, hi in zip(cells, lower, upper)]
     return pd.DataFrame(out, columns=["row", "column", "lower", "upper"])
 
-def check_protection(shown, count_columns, k: int, *, p: int | None = None, total_row=None,
-                     total_column: str | None = None, row_totals=None, column_totals=None):
+
+def check_protection(
+    shown,
+    count_columns,
+    k: int,
+    *,
+    p: int | None = None,
+    total_row=None,
+    total_column: str | None = None,
+    row_totals=None,
+    column_totals=None,
+):
     "The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` and its range is narrower than `p`."
     k = _check_threshold(k)
     p = _check_protection(p, k)
-    out = feasible_intervals(shown, count_columns, total_row=total_row, total_column=total_column,
-                             row_totals=row_totals, column_totals=column_totals)
+    out = feasible_intervals(
+        shown,
+        count_columns,
+        total_row=total_row,
+        total_column=total_column,
+        row_totals=row_totals,
+        column_totals=column_totals,
+    )
     return out.assign(protected=(out["lower"] >= k) | (out["upper"] - out["lower"] >= p))
 
 # %% ../../nbs/analysis/privacy.ipynb #53d8974c
 def _label(x):
     "A row or column label as plain JSON (numpy scalars become Python numbers)."
-    return x.item() if hasattr(x, "item") else x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+    return (
+        x.item()
+        if hasattr(x, "item")
+        else x
+        if isinstance(x, (str, int, float, bool)) or x is None
+        else str(x)
+    )
+
 
 def _unprotectable(net, a, primary, never, p, rows, cols):
     "The error for a table no pattern protects: the small cell that stays exposed with every other cell hidden, when there is one."
     import numpy as np
+
     for cell in np.flatnonzero(primary):
         if _protection_cut(net, a, p, ~never, cell) is not None:
             i, j = divmod(int(cell), len(cols))
-            return AnalysisError(f"the count in row {rows[i]!r}, column {cols[j]!r} cannot be protected: even with every other "
-                                 f"cell hidden, the row and column totals pin it to a range narrower than p={p}; merge it "
-                                 "with a neighbouring category, or publish the table with its totals")
-    return AnalysisError(f"no suppression pattern keeps every masked count at least p={p} wide: merge small categories")
+            return AnalysisError(
+                f"the count in row {rows[i]!r}, column {cols[j]!r} cannot be protected: even with every other "
+                f"cell hidden, the row and column totals pin it to a range narrower than p={p}; merge it "
+                "with a neighbouring category, or publish the table with its totals"
+            )
+    return AnalysisError(
+        f"no suppression pattern keeps every masked count at least p={p} wide: merge small categories"
+    )
+
 
 def _known_margins(values, lines, n_rows):
     "The totals an attacker is assumed to know although the table does not show them (published elsewhere)."
     import numpy as np
-    margins = [np.nan if total is not None or len(parts) < 2 else sum(values[c] for c in parts) for parts, total in lines]
+
+    margins = [
+        np.nan if total is not None or len(parts) < 2 else sum(values[c] for c in parts)
+        for parts, total in lines
+    ]
     return margins[:n_rows], margins[n_rows:]
+
 
 def _proof(rows, counts, values, hidden, lines, total_row, total_column, k, p, primary, objective, optimal):
     """Attack the table as it will be shown, by linear programming (the attack of `feasible_intervals`, on
     the arrays); return the intervals of the primary cells, after checking every hidden one."""
     import numpy as np
+
     rows_known, cols_known = _known_margins(values, lines, len(rows))
     # a cell that cannot fall below k needs no largest value; a primary one always can (its value is below k)
-    cells, lower, upper = _intervals(np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known], enough=k)
+    cells, lower, upper = _intervals(
+        np.where(hidden, np.nan, values), lines, [*rows_known, *cols_known], enough=k
+    )
     for (i, j), lo, hi in zip(cells, lower, upper):
-        if lo < k and hi - lo < p:  # the search and this attack model the same relations; never publish if they differ
-            raise RuntimeError(f"suppress: the pattern found leaves row {rows[i]!r}, column {counts[j]!r} "
-                               f"within [{lo:g}, {hi:g}]; please report this table")
-    cells = [{"row": _label(rows[i]), "column": _label(counts[j]), "lower": int(lo), "upper": None if hi == np.inf else int(hi)}
-             for (i, j), lo, hi in zip(cells, lower, upper) if primary[i, j]]
+        if (
+            lo < k and hi - lo < p
+        ):  # the search and this attack model the same relations; never publish if they differ
+            raise RuntimeError(
+                f"suppress: the pattern found leaves row {rows[i]!r}, column {counts[j]!r} "
+                f"within [{lo:g}, {hi:g}]; please report this table"
+            )
+    cells = [
+        {
+            "row": _label(rows[i]),
+            "column": _label(counts[j]),
+            "lower": int(lo),
+            "upper": None if hi == np.inf else int(hi),
+        }
+        for (i, j), lo, hi in zip(cells, lower, upper)
+        if primary[i, j]
+    ]
     whole = lambda margins: [None if x != x else int(x) for x in margins]  # NaN: not assumed known
-    return {"k": k, "p": p, "objective": objective, "optimal": bool(optimal), "cells": cells,
-            # what the attack assumed, so that the table as published can be attacked again (`published_pattern`)
-            "counts": [_label(c) for c in counts], "total_row": _label(total_row), "total_column": _label(total_column),
-            "index": [_label(i) for i in rows], "row_totals": whole(rows_known), "column_totals": whole(cols_known)}
+    return {
+        "k": k,
+        "p": p,
+        "objective": objective,
+        "optimal": bool(optimal),
+        "cells": cells,
+        # what the attack assumed, so that the table as published can be attacked again (`published_pattern`)
+        "counts": [_label(c) for c in counts],
+        "total_row": _label(total_row),
+        "total_column": _label(total_column),
+        "index": [_label(i) for i in rows],
+        "row_totals": whole(rows_known),
+        "column_totals": whole(cols_known),
+    }
+
 
 def _total_cells(shape, total_i, total_j):
     "The cells of the total row and column, flattened."
     import numpy as np
+
     i, j = np.divmod(np.arange(shape[0] * shape[1]), shape[1])
     return (i == total_i) | (j == total_j)
+
 
 def _check_shared_totals(small, rows, cols):
     "A small total that another table also shows is out in the open: no pattern in this table can protect it."
     import numpy as np
+
     if small.any():
         i, j = divmod(int(np.flatnonzero(small)[0]), len(cols))
-        raise AnalysisError(f"the total in row {rows[i]!r}, column {cols[j]!r} is below k, and shared_totals=True says "
-                            "another table shows it: suppress the tables without shared_totals, or merge small groups")
+        raise AnalysisError(
+            f"the total in row {rows[i]!r}, column {cols[j]!r} is below k, and shared_totals=True says "
+            "another table shows it: suppress the tables without shared_totals, or merge small groups"
+        )
+
 
 def _check_seconds(time_limit) -> float:
     from numbers import Real
+
     if isinstance(time_limit, bool) or not isinstance(time_limit, Real) or not time_limit >= 0:
         raise AnalysisError(f"time_limit={time_limit!r}: expected a number of seconds, 0 or more")
     return float(time_limit)
 
+
 def _weights(a, primary, objective):
     "What hiding each cell costs: its value plus one (so equal values prefer fewer cells), or one."
     import numpy as np
+
     if objective not in OBJECTIVES:
         raise AnalysisError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
     cost = a + 1.0 if objective == "value" else np.ones_like(a)
     return np.where(primary, 0.0, cost)
 
 # %% ../../nbs/analysis/privacy.ipynb #77bff60e
-def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns=None, total_row=None,
-             total_column: str | None = None, shared_totals: bool = False, objective: str = "value",
-             time_limit: float = 30.0):
+def suppress(
+    table,
+    count_columns,
+    k: int,
+    *,
+    p: int | None = None,
+    rate_columns=None,
+    total_row=None,
+    total_column: str | None = None,
+    shared_totals: bool = False,
+    objective: str = "value",
+    time_limit: float = 30.0,
+):
     "Mask counts below `k` and the fewest, smallest cells that keep them protected: returns `(shown, masked)`, proof in `shown.attrs['protection']`."
     import numpy as np, pandas as pd
+
     counts, total_i, total_j = _table_shape(table, count_columns, total_row, total_column)
     k, p = _check_threshold(k), _check_protection(p, _check_threshold(k))
     rates = [c for c in RATE_COLUMNS if c in table.columns] if rate_columns is None else _names(rate_columns)
     _require_columns(table, rates)
-    if overlap := set(rates) & set(counts): raise AnalysisError(f"column {sorted(overlap)[0]!r} is both a count and a rate column")
+    if overlap := set(rates) & set(counts):
+        raise AnalysisError(f"column {sorted(overlap)[0]!r} is both a count and a rate column")
     values = _count_values(table, counts)
     rows = list(table.index)
-    lines = _lines(values.shape, [i for i in range(len(rows)) if i != total_i],
-                   [j for j in range(len(counts)) if j != total_j], total_i, total_j)
+    lines = _lines(
+        values.shape,
+        [i for i in range(len(rows)) if i != total_i],
+        [j for j in range(len(counts)) if j != total_j],
+        total_i,
+        total_j,
+    )
     _check_totals(values, lines, rows, counts)
     missing = np.isnan(values).ravel()
     a = np.nan_to_num(values).ravel().astype(np.int64)
@@ -548,16 +870,36 @@ def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns
     never = missing | (_total_cells(values.shape, total_i, total_j) if shared_totals else False)
     _check_shared_totals(primary & never, rows, counts)
     net = _network(values.shape, total_i, total_j)
-    hidden, optimal = _choose_hidden(a, primary, never, net, k, p, _weights(a, primary, objective), _check_seconds(time_limit))
-    if hidden is None: raise _unprotectable(net, a, primary, never, p, rows, counts)
+    hidden, optimal = _choose_hidden(
+        a, primary, never, net, k, p, _weights(a, primary, objective), _check_seconds(time_limit)
+    )
+    if hidden is None:
+        raise _unprotectable(net, a, primary, never, p, rows, counts)
     grid = hidden.reshape(values.shape)
     flags = {col: grid[:, j] for j, col in enumerate(counts)} | {col: grid.any(axis=1) for col in rates}
     shown = table.copy()
-    for j, col in enumerate(counts):  # nullable integers straight from the checked values: missing or masked is <NA>
-        shown[col] = pd.arrays.IntegerArray(np.nan_to_num(values[:, j]).astype(np.int64), np.isnan(values[:, j]) | grid[:, j])
-    for col in rates: shown[col] = shown[col].astype("Float64").mask(flags[col])
-    proof = _proof(rows, counts, values, grid, lines, total_row, total_column, k, p,
-                   primary.reshape(values.shape), objective, optimal)
+    for j, col in enumerate(
+        counts
+    ):  # nullable integers straight from the checked values: missing or masked is <NA>
+        shown[col] = pd.arrays.IntegerArray(
+            np.nan_to_num(values[:, j]).astype(np.int64), np.isnan(values[:, j]) | grid[:, j]
+        )
+    for col in rates:
+        shown[col] = shown[col].astype("Float64").mask(flags[col])
+    proof = _proof(
+        rows,
+        counts,
+        values,
+        grid,
+        lines,
+        total_row,
+        total_column,
+        k,
+        p,
+        primary.reshape(values.shape),
+        objective,
+        optimal,
+    )
     masked = pd.DataFrame({col: flags[col] for col in table.columns if col in flags}, index=table.index)
     shown.attrs["protection"] = masked.attrs["protection"] = proof
     shown.attrs[SUPPRESSED] = k
@@ -566,26 +908,34 @@ def suppress(table, count_columns, k: int, *, p: int | None = None, rate_columns
 # %% ../../nbs/analysis/privacy.ipynb #c59c8840
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class SuppressedCount:
     "A count as it may be published: `value` is None when the count was below `k`."
+
     value: int | None
     k: int
+
 
 def suppress_count(count, k: int) -> SuppressedCount:
     "One count, masked (None) when 0 < count < k; missing stays missing."
     import pandas as pd
+
     k = _check_threshold(k)
-    if isinstance(count, SuppressedCount): count = count.value
-    if count is None or pd.isna(count): return SuppressedCount(None, k)
+    if isinstance(count, SuppressedCount):
+        count = count.value
+    if count is None or pd.isna(count):
+        return SuppressedCount(None, k)
     if isinstance(count, bool) or float(count) % 1 != 0 or count < 0:
         raise AnalysisError(f"count={count!r}: expected a whole number >= 0")
     count = int(count)
     return SuppressedCount(None if 0 < count < k else count, k)
 
+
 def suppressed_at(obj) -> int | None:
     "The threshold `obj` (a table or Series from `suppress`, or a `SuppressedCount`) was suppressed with, else None."
-    if isinstance(obj, SuppressedCount): return obj.k
+    if isinstance(obj, SuppressedCount):
+        return obj.k
     attrs = getattr(obj, "attrs", None)
     k = attrs.get(SUPPRESSED) if isinstance(attrs, dict) else None
     return k if isinstance(k, int) and not isinstance(k, bool) else None
@@ -593,38 +943,53 @@ def suppressed_at(obj) -> int | None:
 # %% ../../nbs/analysis/privacy.ipynb #bf938594
 AUDIENCES = ("consortium", "public")
 
+
 def check_audience(audience) -> str:
     "`audience` if it is consortium or public; otherwise `UnknownNameError` naming the choices."
-    if audience in AUDIENCES: return audience
+    if audience in AUDIENCES:
+        return audience
     raise UnknownNameError("audience", str(audience), AUDIENCES)
+
 
 def counts_table(table, counts, k: int, *, audience: str, **totals):
     "A table of counts as this audience may see it: `suppress`'s shown table when public, else `table`."
-    if check_audience(audience) == "consortium": return table
+    if check_audience(audience) == "consortium":
+        return table
     return suppress(table, counts, k, **totals)[0]
+
 
 def rates_table(table, k: int, *, audience: str):
     "A `rates()` table as this audience may see it: `n`, `events` and the non-events protected together when public."
-    if check_audience(audience) == "consortium": return table
+    if check_audience(audience) == "consortium":
+        return table
     _require_columns(table, ["n", "events"])
     parts = table.assign(non_events=table["n"] - table["events"])
     return suppress(parts, ["events", "non_events"], k, total_column="n")[0].drop(columns="non_events")
 
+
 def count_value(n, k: int, *, audience: str):
     "One count as this audience may see it: a `SuppressedCount` when public, else an int (None when missing)."
     import pandas as pd
-    if check_audience(audience) == "public": return suppress_count(n, k)
+
+    if check_audience(audience) == "public":
+        return suppress_count(n, k)
     return None if n is None or pd.isna(n) else int(n)
 
 # %% ../../nbs/analysis/privacy.ipynb #51e70a49
 def _shown_counts(frame, column) -> list:
     "One count column of a shown table as JSON numbers, None where masked; all None when the table left it out."
     import numpy as np
-    if column not in frame.columns: return [None] * len(frame)
-    try: values = frame[column].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+
+    if column not in frame.columns:
+        return [None] * len(frame)
+    try:
+        values = frame[column].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     except (TypeError, ValueError):
-        raise AnalysisError(f"count column {column!r} no longer holds numbers: keep the counts numeric until they are shown") from None
+        raise AnalysisError(
+            f"count column {column!r} no longer holds numbers: keep the counts numeric until they are shown"
+        ) from None
     return [None if np.isnan(v) else int(v) if v % 1 == 0 else float(v) for v in values]
+
 
 def _rows_shown(labels, index):
     """Where each row of the proven table is in the shown one (None: left out), and whether the shown rows are
@@ -634,37 +999,62 @@ def _rows_shown(labels, index):
         return [where.get(label) for label in index], True
     return list(range(len(labels))), len(labels) == len(index)
 
+
 def published_pattern(shown) -> dict | None:
     "What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), as plain JSON for `check_published`; None without a proof."
     import pandas as pd
+
     proof, k = getattr(shown, "attrs", {}).get("protection"), suppressed_at(shown)
-    if k is None or not isinstance(proof, dict) or "counts" not in proof: return None
+    if k is None or not isinstance(proof, dict) or "counts" not in proof:
+        return None
     frame = shown.to_frame() if isinstance(shown, pd.Series) else shown
     labels = [_label(x) for x in frame.index]
     order, same = _rows_shown(labels, proof["index"])
     rows = [label if i is None else labels[i] for label, i in zip(proof["index"], order)] if same else labels
     columns = {c: _shown_counts(frame, c) for c in proof["counts"]}
-    known = lambda totals: [t if t is not None and t >= k else None for t in totals]  # a small total is never written down
-    return {"k": k, "p": proof["p"], "counts": proof["counts"], "rows": rows,
-            "total_row": proof["index"].index(proof["total_row"]) if same and proof["total_row"] is not None else None,
-            "total_column": proof["counts"].index(proof["total_column"]) if proof["total_column"] is not None else None,
-            "values": [[None if i is None else columns[c][i] for c in proof["counts"]] for i in order],
-            "row_totals": known(proof["row_totals"]) if same else None,
-            "column_totals": known(proof["column_totals"]) if same else None}
+    known = lambda totals: [
+        t if t is not None and t >= k else None for t in totals
+    ]  # a small total is never written down
+    return {
+        "k": k,
+        "p": proof["p"],
+        "counts": proof["counts"],
+        "rows": rows,
+        "total_row": proof["index"].index(proof["total_row"])
+        if same and proof["total_row"] is not None
+        else None,
+        "total_column": proof["counts"].index(proof["total_column"])
+        if proof["total_column"] is not None
+        else None,
+        "values": [[None if i is None else columns[c][i] for c in proof["counts"]] for i in order],
+        "row_totals": known(proof["row_totals"]) if same else None,
+        "column_totals": known(proof["column_totals"]) if same else None,
+    }
+
 
 def check_published(pattern, *, k: int | None = None, p: int | None = None):
     "`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` given): one row per masked cell, named by the labels a reader sees."
     import numpy as np, pandas as pd
+
     try:
         counts, rows, values = list(pattern["counts"]), list(pattern["rows"]), pattern["values"]
-        grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float).reshape(len(rows), len(counts))
+        grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float).reshape(
+            len(rows), len(counts)
+        )
         k, p = max(pattern["k"], k or 0), max(pattern["p"], p or 0)
         total_row, total_column = pattern["total_row"], pattern["total_column"]
         row_totals, column_totals = pattern["row_totals"], pattern["column_totals"]
     except (KeyError, TypeError, ValueError) as e:
         raise AnalysisError(f"not a published pattern ({type(e).__name__}: {e})") from None
     unknown = lambda totals: None if totals is None else [np.nan if t is None else t for t in totals]
-    out = check_protection(pd.DataFrame(grid, columns=range(len(counts))), [j for j in range(len(counts)) if j != total_column],
-                           k, p=p, total_row=total_row, total_column=total_column, row_totals=unknown(row_totals),
-                           column_totals=None if column_totals is None else dict(enumerate(unknown(column_totals))))
+    out = check_protection(
+        pd.DataFrame(grid, columns=range(len(counts))),
+        [j for j in range(len(counts)) if j != total_column],
+        k,
+        p=p,
+        total_row=total_row,
+        total_column=total_column,
+        row_totals=unknown(row_totals),
+        column_totals=None if column_totals is None else dict(enumerate(unknown(column_totals))),
+    )
     return out.assign(row=[rows[i] for i in out["row"]], column=[counts[j] for j in out["column"]])

@@ -18,8 +18,10 @@ def _check_options(df, names, ci, method=None) -> float:
     "The columns exist, the method is known; returns alpha = 1 - ci."
     columns = [str(c) for c in df.columns]
     for name in names:
-        if name not in df.columns: raise UnknownNameError("column", name, columns, where="the DataFrame")
-    if method is not None and method not in METHODS: raise UnknownNameError("method", method, METHODS)
+        if name not in df.columns:
+            raise UnknownNameError("column", name, columns, where="the DataFrame")
+    if method is not None and method not in METHODS:
+        raise UnknownNameError("method", method, METHODS)
     if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
         raise AnalysisError(f"ci={ci!r}: expected a confidence level between 0 and 1, e.g. 0.95")
     return round(1 - float(ci), 12)
@@ -27,6 +29,7 @@ def _check_options(df, names, ci, method=None) -> float:
 
 def _numeric(s, name: str, role: str):
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     if is_bool_dtype(s.dtype) or not is_numeric_dtype(s.dtype):
         raise AnalysisError(f"{role} column {name!r} must be numeric, got dtype {s.dtype}")
     return s.astype("Float64").astype(float)
@@ -35,27 +38,42 @@ def _numeric(s, name: str, role: str):
 def _one_per_unit(data, column: str, name: str, what: str) -> None:
     varies = data.groupby("unit", sort=True)[column].nunique(dropna=False)
     if (varies > 1).any():
-        raise AnalysisError(f"column {name!r} must hold one {what} per unit; unit {varies.index[varies > 1][0]!r} has {varies.max()}")
+        raise AnalysisError(
+            f"column {name!r} must hold one {what} per unit; unit {varies.index[varies > 1][0]!r} has {varies.max()}"
+        )
 
 
 def _panel(df, outcome, unit, time, first_treated, cluster):
     "Columns y, unit, time, g (first treated period, inf if never) and cluster, checked."
     import numpy as np, pandas as pd
-    data = pd.DataFrame({"y": _numeric(df[outcome], outcome, "outcome"), "unit": df[unit],
-                         "time": _numeric(df[time], time, "period"),
-                         "g": _numeric(df[first_treated], first_treated, "first-treated period"),
-                         "cluster": df[cluster if cluster else unit]}, index=df.index)
+
+    data = pd.DataFrame(
+        {
+            "y": _numeric(df[outcome], outcome, "outcome"),
+            "unit": df[unit],
+            "time": _numeric(df[time], time, "period"),
+            "g": _numeric(df[first_treated], first_treated, "first-treated period"),
+            "cluster": df[cluster if cluster else unit],
+        },
+        index=df.index,
+    )
     data = data[data["y"].notna() & data["unit"].notna() & data["time"].notna()].reset_index(drop=True)
-    if data.empty: raise AnalysisError(f"no rows with {outcome!r}, {unit!r} and {time!r} all present")
-    if (data["time"] % 1 != 0).any(): raise AnalysisError(f"period column {time!r} must hold whole numbers (years or period numbers)")
+    if data.empty:
+        raise AnalysisError(f"no rows with {outcome!r}, {unit!r} and {time!r} all present")
+    if (data["time"] % 1 != 0).any():
+        raise AnalysisError(f"period column {time!r} must hold whole numbers (years or period numbers)")
     data["g"] = data["g"].fillna(np.inf)
     twice = data.duplicated(["unit", "time"])
     if twice.any():
         row = data[twice].iloc[0]
-        raise AnalysisError(f"more than one row for unit {row['unit']!r} and {time} {row['time']:g}: expected one row per unit and period")
+        raise AnalysisError(
+            f"more than one row for unit {row['unit']!r} and {time} {row['time']:g}: expected one row per unit and period"
+        )
     _one_per_unit(data, "g", first_treated, "first-treated period")
-    if cluster: _one_per_unit(data, "cluster", cluster, "cluster")
-    if data["cluster"].isna().any(): raise AnalysisError(f"cluster column {cluster!r} has missing values")
+    if cluster:
+        _one_per_unit(data, "cluster", cluster, "cluster")
+    if data["cluster"].isna().any():
+        raise AnalysisError(f"cluster column {cluster!r} has missing values")
     return data
 
 
@@ -63,6 +81,7 @@ def _t_table(est, se, df_t, alpha: float):
     "(lower, upper, p_value) from Student's t with `df_t` degrees of freedom (one for all, or one per estimate)."
     import numpy as np
     from scipy import stats
+
     est, se = np.asarray(est, dtype=float), np.asarray(se, dtype=float)
     q = stats.t.ppf(1 - alpha / 2, df_t)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,6 +92,7 @@ def _t_table(est, se, df_t, alpha: float):
 def _demean(X, codes: list, tol: float = 1e-11, max_iter: int = 10_000):
     "`X` with the fixed effects of each code array in `codes` projected out."
     import numpy as np
+
     X = np.array(X, dtype=float)
     scale = max(1.0, float(np.abs(X).max()))
     for _ in range(max_iter):
@@ -82,31 +102,41 @@ def _demean(X, codes: list, tol: float = 1e-11, max_iter: int = 10_000):
             means = np.column_stack([np.bincount(c, weights=X[:, j]) / counts for j in range(X.shape[1])])
             X -= means[c]
             largest = max(largest, float(np.abs(means).max()))
-        if largest < tol * scale: return X
+        if largest < tol * scale:
+            return X
     raise AnalysisError("the unit and period effects did not converge: is the panel connected?")
 
 
 def _within_ols(data, X, names: list):
     "OLS of data.y on the columns of X with unit and period fixed effects: (beta, cluster-robust covariance, clusters)."
     import numpy as np, pandas as pd
+
     unit, period, cluster = (pd.factorize(data[c])[0] for c in ("unit", "time", "cluster"))
     Z = _demean(np.column_stack([data["y"].to_numpy(), X]), [unit, period])
     y, Xd = Z[:, 0], Z[:, 1:]
     if np.linalg.matrix_rank(Xd) < Xd.shape[1]:
-        raise AnalysisError(f"{', '.join(names)}: not identified next to the unit and period effects "
-                            "(every unit starts at the same time, or no unit is untreated in some period)")
+        raise AnalysisError(
+            f"{', '.join(names)}: not identified next to the unit and period effects "
+            "(every unit starts at the same time, or no unit is untreated in some period)"
+        )
     bread = np.linalg.inv(Xd.T @ Xd)
     beta = bread @ Xd.T @ y
-    scores = np.column_stack([np.bincount(cluster, weights=Xd[:, j] * (y - Xd @ beta)) for j in range(Xd.shape[1])])
+    scores = np.column_stack(
+        [np.bincount(cluster, weights=Xd[:, j] * (y - Xd @ beta)) for j in range(Xd.shape[1])]
+    )
     n, g = len(y), cluster.max() + 1
-    k = Xd.shape[1] + unit.max() + 1 + period.max()  # the regressors, every unit effect, all but one period effect
-    if g < 2: raise AnalysisError("cluster-robust errors need at least two clusters")
+    k = (
+        Xd.shape[1] + unit.max() + 1 + period.max()
+    )  # the regressors, every unit effect, all but one period effect
+    if g < 2:
+        raise AnalysisError("cluster-robust errors need at least two clusters")
     return beta, g / (g - 1) * (n - 1) / (n - k) * bread @ scores.T @ scores @ bread, g
 
 # %% ../../nbs/analysis/staggered.ipynb #8c518409
 def _cells(data):
     "ATT(g, t) for every estimable cell: a list of (g, t, estimate, n_treated, n_control, influence, treated, control), the units."
     import numpy as np
+
     wide = data.pivot(index="unit", columns="time", values="y")
     g_of = data.groupby("unit")["g"].first().reindex(wide.index).to_numpy()
     periods = list(wide.columns)
@@ -114,14 +144,17 @@ def _cells(data):
     for g in sorted({g for g in g_of if np.isfinite(g) and g - 1 in periods}):
         base = wide[g - 1].to_numpy()
         for t in periods:
-            if t == g - 1: continue
+            if t == g - 1:
+                continue
             change = wide[t].to_numpy() - base
             treated = (g_of == g) & ~np.isnan(change)
             control = (g_of > max(t, g)) & ~np.isnan(change)
-            if not treated.any() or not control.any(): continue
+            if not treated.any() or not control.any():
+                continue
             m1, m0 = change[treated].mean(), change[control].mean()
             n1, n0 = treated.sum(), control.sum()
-            if n1 < 2 or n0 < 2: continue  # a mean of one unit has no variance to estimate
+            if n1 < 2 or n0 < 2:
+                continue  # a mean of one unit has no variance to estimate
             # scaled by sqrt(n / (n - 1)): the variance of one cell is then the unbiased two-sample (Welch) one
             influence = np.zeros(len(g_of))
             influence[treated] = (change[treated] - m1) / np.sqrt(n1 * (n1 - 1))
@@ -133,15 +166,18 @@ def _cells(data):
 def _clusters(data, units):
     "Each unit's cluster as a code 0..G-1, and G."
     import pandas as pd
+
     cluster = pd.factorize(data.groupby("unit")["cluster"].first().reindex(units))[0]
     g = int(cluster.max()) + 1
-    if g < 2: raise AnalysisError("cluster-robust errors need at least two clusters")
+    if g < 2:
+        raise AnalysisError("cluster-robust errors need at least two clusters")
     return cluster, g
 
 
 def _terms_by_period(members, weight):
     "The average of the cells as a linear map of the outcomes, period by period: {period: [(mask, n, influence coefficient, estimate coefficient)]}."
     import numpy as np
+
     terms = {}
     for w, (g, t, *_, treated, control) in zip(weight, members):
         for mask, sign in ((treated, 1.0), (control, -1.0)):
@@ -157,6 +193,7 @@ def _small_sample(members, weight, cluster, g: int):
     """Bell–McCaffrey for the average of `members` with `weight`: (factor making the cluster-robust variance unbiased,
     Satterthwaite degrees of freedom), both under independent errors of equal variance."""
     import numpy as np
+
     gram, aa = np.zeros((g, g)), 0.0
     for terms in _terms_by_period(members, weight).values():
         # In one period, the clusters' influence sums are E diag(d) - C L' (E: unit -> cluster, L: the groups' masks);
@@ -170,15 +207,21 @@ def _small_sample(members, weight, cluster, g: int):
         ed = np.zeros((g, masks.shape[1]))
         np.add.at(ed, cluster, d[:, None] * masks)
         cross = ed @ c.T
-        gram += np.diag(np.bincount(cluster, weights=d ** 2, minlength=g)) - cross - cross.T + c @ (masks.T @ masks) @ c.T
+        gram += (
+            np.diag(np.bincount(cluster, weights=d**2, minlength=g))
+            - cross
+            - cross.T
+            + c @ (masks.T @ masks) @ c.T
+        )
         aa += float(np.sum((masks @ a) ** 2))
     trace = np.trace(gram)
-    return aa / trace, trace ** 2 / np.sum(gram ** 2)
+    return aa / trace, trace**2 / np.sum(gram**2)
 
 
 def _aggregate(cells, keys, units, data, alpha):
     "Cohort-size weighted averages of the cells by `keys` (one per cell): estimate, std_error, interval, p, n, df, clusters."
     import numpy as np
+
     cluster, g = _clusters(data, units)
     rows = []
     for key in dict.fromkeys(keys):
@@ -187,25 +230,58 @@ def _aggregate(cells, keys, units, data, alpha):
         weight /= weight.sum()
         sums = np.bincount(cluster, weights=weight @ np.array([c[5] for c in members]), minlength=g)
         factor, dof = _small_sample(members, weight, cluster, g)
-        rows.append((key, float(weight @ [c[2] for c in members]), np.sqrt(factor * np.sum(sums ** 2)), dof,
-                     int(sum(c[3] for c in members))))
+        rows.append(
+            (
+                key,
+                float(weight @ [c[2] for c in members]),
+                np.sqrt(factor * np.sum(sums**2)),
+                dof,
+                int(sum(c[3] for c in members)),
+            )
+        )
     est, se, dof = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
     lower, upper, p = _t_table(est, se, dof, alpha)
     return [r[0] for r in rows], est, se, lower, upper, p, [r[4] for r in rows], dof, g
 
 
-def att_gt(df, outcome: str, unit: str, time: str, first_treated: str, *, cluster: str | None = None, ci: float = 0.95):
+def att_gt(
+    df,
+    outcome: str,
+    unit: str,
+    time: str,
+    first_treated: str,
+    *,
+    cluster: str | None = None,
+    ci: float = 0.95,
+):
     "Callaway–Sant'Anna group-time effects ATT(g, t) with not-yet-treated controls: one tidy row per cohort and period."
     import pandas as pd
+
     alpha = _check_options(df, [outcome, unit, time, first_treated, *([cluster] if cluster else [])], ci)
     data = _panel(df, outcome, unit, time, first_treated, cluster)
     cells, units = _cells(data)
-    if not cells: raise AnalysisError(f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison")
-    _, est, se, lower, upper, p, _, dof, clusters = _aggregate(cells, list(range(len(cells))), units, data, alpha)
-    out = pd.DataFrame({"group": [int(c[0]) for c in cells], "time": [int(c[1]) for c in cells],
-                        "event_time": [int(c[1] - c[0]) for c in cells], "estimate": est, "std_error": se,
-                        "lower": lower, "upper": upper, "p_value": p, "df": dof,
-                        "n_treated": [c[3] for c in cells], "n_control": [c[4] for c in cells]})
+    if not cells:
+        raise AnalysisError(
+            f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison"
+        )
+    _, est, se, lower, upper, p, _, dof, clusters = _aggregate(
+        cells, list(range(len(cells))), units, data, alpha
+    )
+    out = pd.DataFrame(
+        {
+            "group": [int(c[0]) for c in cells],
+            "time": [int(c[1]) for c in cells],
+            "event_time": [int(c[1] - c[0]) for c in cells],
+            "estimate": est,
+            "std_error": se,
+            "lower": lower,
+            "upper": upper,
+            "p_value": p,
+            "df": dof,
+            "n_treated": [c[3] for c in cells],
+            "n_control": [c[4] for c in cells],
+        }
+    )
     out.attrs.update(method="callaway_santanna", control="not_yet_treated", clusters=clusters)
     return out
 
@@ -213,22 +289,39 @@ def att_gt(df, outcome: str, unit: str, time: str, first_treated: str, *, cluste
 def _twfe_event_dummies(data):
     "Columns of event-time dummies for treated units and their event times (the reference -1 left out)."
     import numpy as np
+
     rel = (data["time"] - data["g"]).to_numpy()
     treated = np.isfinite(rel)
     times = sorted({int(r) for r in rel[treated]} - {-1})
-    if np.isfinite(data["g"]).all() and times: times = times[1:]  # no never-treated units: one more period is not identified
-    return np.column_stack([treated & (rel == e) for e in times]).astype(float) if times else np.zeros((len(data), 0)), times
+    if np.isfinite(data["g"]).all() and times:
+        times = times[1:]  # no never-treated units: one more period is not identified
+    return np.column_stack([treated & (rel == e) for e in times]).astype(float) if times else np.zeros(
+        (len(data), 0)
+    ), times
 
 
-def event_study(df, outcome: str, unit: str, time: str, first_treated: str, *, method: str = "callaway_santanna",
-                cluster: str | None = None, ci: float = 0.95):
+def event_study(
+    df,
+    outcome: str,
+    unit: str,
+    time: str,
+    first_treated: str,
+    *,
+    method: str = "callaway_santanna",
+    cluster: str | None = None,
+    ci: float = 0.95,
+):
     "Effects by time since the start (event time), with event time -1 as the reference: one tidy row per event time."
     import numpy as np, pandas as pd
-    alpha = _check_options(df, [outcome, unit, time, first_treated, *([cluster] if cluster else [])], ci, method)
+
+    alpha = _check_options(
+        df, [outcome, unit, time, first_treated, *([cluster] if cluster else [])], ci, method
+    )
     data = _panel(df, outcome, unit, time, first_treated, cluster)
     if method == "twfe":
         X, times = _twfe_event_dummies(data)
-        if not times: raise AnalysisError(f"no treated unit in {first_treated!r}: nothing to estimate")
+        if not times:
+            raise AnalysisError(f"no treated unit in {first_treated!r}: nothing to estimate")
         beta, cov, clusters = _within_ols(data, X, [f"event time {e}" for e in times])
         se = np.sqrt(np.diag(cov))
         dof = np.full(len(times), clusters - 1.0)
@@ -236,12 +329,37 @@ def event_study(df, outcome: str, unit: str, time: str, first_treated: str, *, m
         n = [int(X[:, j].sum()) for j in range(len(times))]
     else:
         cells, units = _cells(data)
-        if not cells: raise AnalysisError(f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison")
-        times, beta, se, lower, upper, p, n, dof, clusters = _aggregate(cells, [int(c[1] - c[0]) for c in cells], units, data, alpha)
-    out = pd.DataFrame({"event_time": times, "estimate": beta, "std_error": se, "lower": lower, "upper": upper, "p_value": p,
-                        "df": dof, "n": n})
-    reference = pd.DataFrame({"event_time": [-1], "estimate": [0.0], "std_error": [np.nan], "lower": [np.nan],
-                              "upper": [np.nan], "p_value": [np.nan], "df": [np.nan], "n": [0]})
+        if not cells:
+            raise AnalysisError(
+                f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison"
+            )
+        times, beta, se, lower, upper, p, n, dof, clusters = _aggregate(
+            cells, [int(c[1] - c[0]) for c in cells], units, data, alpha
+        )
+    out = pd.DataFrame(
+        {
+            "event_time": times,
+            "estimate": beta,
+            "std_error": se,
+            "lower": lower,
+            "upper": upper,
+            "p_value": p,
+            "df": dof,
+            "n": n,
+        }
+    )
+    reference = pd.DataFrame(
+        {
+            "event_time": [-1],
+            "estimate": [0.0],
+            "std_error": [np.nan],
+            "lower": [np.nan],
+            "upper": [np.nan],
+            "p_value": [np.nan],
+            "df": [np.nan],
+            "n": [0],
+        }
+    )
     out = pd.concat([out, reference]).sort_values("event_time", ignore_index=True)
     out.insert(0, "term", [f"event_time[{e}]" for e in out["event_time"]])
     out["method"] = method
@@ -249,11 +367,23 @@ def event_study(df, outcome: str, unit: str, time: str, first_treated: str, *, m
     return out
 
 # %% ../../nbs/analysis/staggered.ipynb #eeb17caa
-def did(df, outcome: str, unit: str, time: str, first_treated: str, *, method: str = "callaway_santanna",
-        cluster: str | None = None, ci: float = 0.95):
+def did(
+    df,
+    outcome: str,
+    unit: str,
+    time: str,
+    first_treated: str,
+    *,
+    method: str = "callaway_santanna",
+    cluster: str | None = None,
+    ci: float = 0.95,
+):
     "The average effect of the treatment on the treated: one tidy row (estimate, std_error, CI, p-value, n)."
     import numpy as np, pandas as pd
-    alpha = _check_options(df, [outcome, unit, time, first_treated, *([cluster] if cluster else [])], ci, method)
+
+    alpha = _check_options(
+        df, [outcome, unit, time, first_treated, *([cluster] if cluster else [])], ci, method
+    )
     data = _panel(df, outcome, unit, time, first_treated, cluster)
     if method == "twfe":
         treated = (data["time"] >= data["g"]).to_numpy(dtype=float)[:, None]
@@ -263,9 +393,27 @@ def did(df, outcome: str, unit: str, time: str, first_treated: str, *, method: s
     else:
         cells, units = _cells(data)
         post = [c for c in cells if c[1] >= c[0]]
-        if not post: raise AnalysisError(f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison")
-        _, est, se, lower, upper, p, _, dof, clusters = _aggregate(post, ["ATT"] * len(post), units, data, alpha)
-    out = pd.DataFrame({"term": ["ATT"], "estimate": est, "std_error": se, "lower": lower, "upper": upper, "p_value": p, "df": dof,
-                        "n": [len(data)], "units": [data["unit"].nunique()], "clusters": [clusters], "method": [method]})
+        if not post:
+            raise AnalysisError(
+                f"no cohort in {first_treated!r} has both its period before the start and a not-yet-treated comparison"
+            )
+        _, est, se, lower, upper, p, _, dof, clusters = _aggregate(
+            post, ["ATT"] * len(post), units, data, alpha
+        )
+    out = pd.DataFrame(
+        {
+            "term": ["ATT"],
+            "estimate": est,
+            "std_error": se,
+            "lower": lower,
+            "upper": upper,
+            "p_value": p,
+            "df": dof,
+            "n": [len(data)],
+            "units": [data["unit"].nunique()],
+            "clusters": [clusters],
+            "method": [method],
+        }
+    )
     out.attrs.update(method=method)
     return out

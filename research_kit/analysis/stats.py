@@ -13,16 +13,22 @@ __all__ = ['CI_METHODS', 'AnalysisError', 'rates', 'compare', 'effect']
 class AnalysisError(RKError, ValueError):
     "An analysis asked for something the data or options cannot give (non-binary outcome, bad level, ...)."
 
+
 def _names(cols) -> list[str]:
     "None, one column name or several, as a list."
-    if cols is None: return []
-    if isinstance(cols, str): return [cols]
+    if cols is None:
+        return []
+    if isinstance(cols, str):
+        return [cols]
     return list(cols)
+
 
 def _require_columns(df, names) -> None:
     columns = [str(c) for c in df.columns]
     for name in names:
-        if name not in df.columns: raise UnknownNameError("column", name, columns, where="the DataFrame")
+        if name not in df.columns:
+            raise UnknownNameError("column", name, columns, where="the DataFrame")
+
 
 def _alpha(ci) -> float:
     "1 - ci, after checking that ci is a confidence level strictly between 0 and 1."
@@ -32,40 +38,59 @@ def _alpha(ci) -> float:
     # intervals (binom_test) would then differ from statsmodels' at alpha=0.05 by more than rounding
     return round(1 - float(ci), 12)
 
+
 def _binary(s, name: str, required: bool = True):
     "`s` as float 0/1 with NaN for missing values, or None (when not `required`) if it is not binary."
     import numpy as np, pandas as pd
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
-    if is_bool_dtype(s.dtype): return s.astype("Float64").astype(float)
+
+    if is_bool_dtype(s.dtype):
+        return s.astype("Float64").astype(float)
     if is_numeric_dtype(s.dtype):
         values = s.astype("Float64").astype(float)
-        if np.isin(values.dropna().unique(), [0.0, 1.0]).all(): return values
-        if not required: return None
+        if np.isin(values.dropna().unique(), [0.0, 1.0]).all():
+            return values
+        if not required:
+            return None
         bad = [float(v) for v in values.dropna().unique() if v not in (0.0, 1.0)][:3]
-        raise AnalysisError(f"outcome column {name!r} is not binary: it holds {', '.join(f'{v:g}' for v in bad)}; "
-                            f"expected booleans or 0/1")
-    if not required: return None
+        raise AnalysisError(
+            f"outcome column {name!r} is not binary: it holds {', '.join(f'{v:g}' for v in bad)}; "
+            f"expected booleans or 0/1"
+        )
+    if not required:
+        return None
     example = s.dropna().iloc[0] if s.notna().any() else None
-    raise AnalysisError(f"outcome column {name!r} is not binary (dtype {s.dtype}, e.g. {example!r}); "
-                        f"expected booleans or 0/1 — e.g. pass df.assign(y=df[{name!r}] == {example!r})")
+    raise AnalysisError(
+        f"outcome column {name!r} is not binary (dtype {s.dtype}, e.g. {example!r}); "
+        f"expected booleans or 0/1 — e.g. pass df.assign(y=df[{name!r}] == {example!r})"
+    )
 
 # %% ../../nbs/analysis/stats.ipynb #a53dc8d1
 CI_METHODS = ("wilson", "normal", "agresti_coull", "beta", "jeffreys", "binom_test")
 
-def rates(df, outcome: str, by=None, *, ci: float = 0.95, method: str = "wilson", min_cell: int | None = None):
+
+def rates(
+    df, outcome: str, by=None, *, ci: float = 0.95, method: str = "wilson", min_cell: int | None = None
+):
     "Per group (`by`): `n`, `events`, `rate` of binary `outcome`, and its confidence interval `lower`-`upper`."
     import numpy as np, pandas as pd
     from statsmodels.stats.proportion import proportion_confint
+
     by = _names(by)
     _require_columns(df, [outcome, *by])
     alpha = _alpha(ci)
-    if method not in CI_METHODS: raise UnknownNameError("interval method", method, CI_METHODS)
+    if method not in CI_METHODS:
+        raise UnknownNameError("interval method", method, CI_METHODS)
     if min_cell is not None and (isinstance(min_cell, bool) or not isinstance(min_cell, int) or min_cell < 1):
         raise AnalysisError(f"min_cell={min_cell!r}: expected a whole number of at least 1, or None")
     y = _binary(df[outcome], outcome)
     frame = pd.DataFrame({**{b: df[b] for b in by}, "__y": y}, index=df.index).dropna(subset=["__y"])
     if by:
-        counts = frame.groupby(by, observed=True, sort=True, dropna=False)["__y"].agg(["count", "sum"]).reset_index()
+        counts = (
+            frame.groupby(by, observed=True, sort=True, dropna=False)["__y"]
+            .agg(["count", "sum"])
+            .reset_index()
+        )
     else:
         counts = pd.DataFrame({"count": [len(frame)], "sum": [frame["__y"].sum()]})
     out = counts[by].copy()
@@ -73,23 +98,28 @@ def rates(df, outcome: str, by=None, *, ci: float = 0.95, method: str = "wilson"
     out["events"] = counts["sum"].round().astype("int64")
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty selection gives NaN, not a warning
         out["rate"] = out["events"] / out["n"]
-        lower, upper = proportion_confint(out["events"].to_numpy(), out["n"].to_numpy(), alpha=alpha, method=method)
+        lower, upper = proportion_confint(
+            out["events"].to_numpy(), out["n"].to_numpy(), alpha=alpha, method=method
+        )
     out["lower"], out["upper"], out["method"] = lower, upper, method
     if min_cell is not None:
         out["suppressed"] = out["n"] < min_cell
         out["events"] = out["events"].astype("Int64").mask(out["suppressed"])
-        for col in ("rate", "lower", "upper"): out[col] = out[col].mask(out["suppressed"])
+        for col in ("rate", "lower", "upper"):
+            out[col] = out[col].mask(out["suppressed"])
     return out
 
 # %% ../../nbs/analysis/stats.ipynb #a712521f
 def _levels(s) -> list:
     "The observed values of `s`: in category order for categoricals, else sorted."
     import pandas as pd
+
     present = s.dropna()
     if isinstance(s.dtype, pd.CategoricalDtype):
         seen = set(present.unique())
         return [c for c in s.cat.categories if c in seen]
     return sorted(present.unique().tolist())
+
 
 def _compare_rates(x, x0, alpha):
     "(estimate, lower, upper, p_value, test, effect size) of rate(x) - rate(x0)."
@@ -97,62 +127,99 @@ def _compare_rates(x, x0, alpha):
     from scipy.stats import chi2_contingency, fisher_exact
     from scipy.stats.contingency import expected_freq
     from statsmodels.stats.proportion import confint_proportions_2indep
+
     e1, n1, e0, n0 = int(x.sum()), len(x), int(x0.sum()), len(x0)
     p1, p0 = e1 / n1, e0 / n0
     lower, upper = confint_proportions_2indep(e1, n1, e0, n0, method="newcomb", compare="diff", alpha=alpha)
     table = np.array([[e1, n1 - e1], [e0, n0 - e0]])
-    if (expected_freq(table) < 5).any(): p, test = fisher_exact(table).pvalue, "fisher"
-    else: p, test = chi2_contingency(table, correction=False).pvalue, "chi2"
+    if (expected_freq(table) < 5).any():
+        p, test = fisher_exact(table).pvalue, "fisher"
+    else:
+        p, test = chi2_contingency(table, correction=False).pvalue, "chi2"
     h = 2 * np.arcsin(np.sqrt(p1)) - 2 * np.arcsin(np.sqrt(p0))
     return p1 - p0, float(lower), float(upper), float(p), test, float(h)
+
 
 def _compare_means(x, x0, alpha):
     "(estimate, lower, upper, p_value, test, effect size) of mean(x) - mean(x0), Welch's t."
     import numpy as np
     from scipy.stats import ttest_ind
+
     n1, n0 = len(x), len(x0)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = ttest_ind(x, x0, equal_var=False)
         interval = t.confidence_interval(confidence_level=1 - alpha)
         pooled = np.sqrt(((n1 - 1) * np.var(x, ddof=1) + (n0 - 1) * np.var(x0, ddof=1)) / (n1 + n0 - 2))
         d = (np.mean(x) - np.mean(x0)) / pooled
-    return float(np.mean(x) - np.mean(x0)), float(interval.low), float(interval.high), float(t.pvalue), "welch_t", float(d)
+    return (
+        float(np.mean(x) - np.mean(x0)),
+        float(interval.low),
+        float(interval.high),
+        float(t.pvalue),
+        "welch_t",
+        float(d),
+    )
+
 
 def _holm(p):
     "Holm-adjusted p-values; comparisons without a p-value keep NaN and are not counted."
     import numpy as np
     from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(p, dtype=float)
     out, ok = np.full(p.shape, np.nan), np.isfinite(p)
-    if ok.any(): out[ok] = multipletests(p[ok], method="holm")[1]
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
+
 
 def compare(df, outcome: str, group: str, *, reference=None, ci: float = 0.95):
     "Each group of `group` against `reference`: difference in rate (binary `outcome`) or mean, CI, p-value, effect size."
     import numpy as np, pandas as pd
     from pandas.api.types import is_numeric_dtype
+
     _require_columns(df, [outcome, group])
     alpha = _alpha(ci)
     y = _binary(df[outcome], outcome, required=False)
     binary = y is not None
     if not binary:
         if not is_numeric_dtype(df[outcome].dtype):
-            raise AnalysisError(f"outcome column {outcome!r} (dtype {df[outcome].dtype}) is neither binary nor numeric")
+            raise AnalysisError(
+                f"outcome column {outcome!r} (dtype {df[outcome].dtype}) is neither binary nor numeric"
+            )
         y = df[outcome].astype("Float64").astype(float)
     frame = pd.DataFrame({"g": df[group], "y": y}, index=df.index).dropna()
     levels = _levels(frame["g"])
-    if reference is None and levels: reference = levels[0]
-    if reference not in levels: raise UnknownNameError("group", reference, [str(l) for l in levels], where=f"column {group!r}")
-    if len(levels) < 2: raise AnalysisError(f"column {group!r} has only one group ({reference!r}) with a known outcome: nothing to compare")
+    if reference is None and levels:
+        reference = levels[0]
+    if reference not in levels:
+        raise UnknownNameError("group", reference, [str(l) for l in levels], where=f"column {group!r}")
+    if len(levels) < 2:
+        raise AnalysisError(
+            f"column {group!r} has only one group ({reference!r}) with a known outcome: nothing to compare"
+        )
     values = {level: part["y"].to_numpy() for level, part in frame.groupby("g", observed=True, sort=False)}
     x0, stats = values[reference], _compare_rates if binary else _compare_means
     rows = []
     for level in levels:
-        if level == reference: continue
+        if level == reference:
+            continue
         est, lo, hi, p, test, es = stats(values[level], x0, alpha)
-        rows.append({"group": level, "reference": reference, "n": len(values[level]), "n_reference": len(x0),
-                     "estimate": est, "lower": lo, "upper": hi, "p_value": p, "test": test,
-                     "effect_size": es, "effect_size_kind": "cohen_h" if binary else "cohen_d"})
+        rows.append(
+            {
+                "group": level,
+                "reference": reference,
+                "n": len(values[level]),
+                "n_reference": len(x0),
+                "estimate": est,
+                "lower": lo,
+                "upper": hi,
+                "p_value": p,
+                "test": test,
+                "effect_size": es,
+                "effect_size_kind": "cohen_h" if binary else "cohen_d",
+            }
+        )
     out = pd.DataFrame(rows)
     out.insert(out.columns.get_loc("p_value") + 1, "p_adjusted", _holm(out["p_value"]))
     return out
@@ -161,66 +228,115 @@ def compare(df, outcome: str, group: str, *, reference=None, ci: float = 0.95):
 _KINDS = ("ols", "logit")
 _ROBUST = ("HC1", "HC0", "HC2", "HC3", "nonrobust")
 
+
 def _is_categorical(s) -> bool:
     import pandas as pd
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     return isinstance(s.dtype, pd.CategoricalDtype) or is_bool_dtype(s.dtype) or not is_numeric_dtype(s.dtype)
+
 
 def _reference_levels(reference, treatment: str, categorical: list[str]) -> dict:
     "The `reference` option as {column: level}."
-    if reference is None: return {}
-    if not isinstance(reference, dict): reference = {treatment: reference}
+    if reference is None:
+        return {}
+    if not isinstance(reference, dict):
+        reference = {treatment: reference}
     for col in reference:
-        if col not in categorical: raise UnknownNameError("categorical column", col, categorical, where="reference=")
+        if col not in categorical:
+            raise UnknownNameError("categorical column", col, categorical, where="reference=")
     return dict(reference)
+
 
 def _term(col: str, data, references: dict):
     "(formula fragment, {statsmodels name: tidy name}) for one column of the model."
-    if not _is_categorical(data[col]): return f"Q({col!r})", {f"Q({col!r})": col}
+    if not _is_categorical(data[col]):
+        return f"Q({col!r})", {f"Q({col!r})": col}
     levels = _levels(data[col])
     ref = references.get(col, levels[0] if levels else None)
-    if ref not in levels: raise UnknownNameError("level", ref, [str(l) for l in levels], where=f"column {col!r}")
+    if ref not in levels:
+        raise UnknownNameError("level", ref, [str(l) for l in levels], where=f"column {col!r}")
     fragment = f"C(Q({col!r}), Treatment(reference={ref!r}))"
     return fragment, {f"{fragment}[T.{level}]": f"{col}[{level}]" for level in levels if level != ref}
+
 
 def _model_frame(df, outcome, treatment, controls, cluster, kind):
     "The rows and columns the model uses, missing values dropped, in the types the formula needs."
     import pandas as pd
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     used = list(dict.fromkeys([outcome, treatment, *controls, *([cluster] if cluster else [])]))
     data = df[used].dropna()
-    if kind == "logit": data[outcome] = _binary(data[outcome], outcome)
-    elif is_bool_dtype(data[outcome].dtype) or is_numeric_dtype(data[outcome].dtype): data[outcome] = data[outcome].astype(float)
-    else: raise AnalysisError(f"outcome column {outcome!r} (dtype {data[outcome].dtype}) is not numeric")
-    if is_bool_dtype(data[treatment].dtype): data[treatment] = data[treatment].astype(float)  # one row: treated vs not
+    if kind == "logit":
+        data[outcome] = _binary(data[outcome], outcome)
+    elif is_bool_dtype(data[outcome].dtype) or is_numeric_dtype(data[outcome].dtype):
+        data[outcome] = data[outcome].astype(float)
+    else:
+        raise AnalysisError(f"outcome column {outcome!r} (dtype {data[outcome].dtype}) is not numeric")
+    if is_bool_dtype(data[treatment].dtype):
+        data[treatment] = data[treatment].astype(float)  # one row: treated vs not
     for col in used:
-        if isinstance(data[col].dtype, pd.CategoricalDtype): data[col] = data[col].cat.remove_unused_categories()
-        elif is_bool_dtype(data[col].dtype): data[col] = data[col].astype(bool)  # nullable -> numpy, for patsy
-    if len(data) == 0: raise AnalysisError(f"no rows left: every row has a missing value in one of {', '.join(used)}")
+        if isinstance(data[col].dtype, pd.CategoricalDtype):
+            data[col] = data[col].cat.remove_unused_categories()
+        elif is_bool_dtype(data[col].dtype):
+            data[col] = data[col].astype(bool)  # nullable -> numpy, for patsy
+    if len(data) == 0:
+        raise AnalysisError(f"no rows left: every row has a missing value in one of {', '.join(used)}")
     return data
+
 
 def _fit(formula, data, kind, cluster, robust):
     import pandas as pd
     import statsmodels.formula.api as smf
-    if cluster: cov = {"cov_type": "cluster", "cov_kwds": {"groups": pd.factorize(data[cluster])[0]}}
-    else: cov = {"cov_type": robust}
-    if kind == "ols": return smf.ols(formula, data).fit(**cov)
+
+    if cluster:
+        cov = {"cov_type": "cluster", "cov_kwds": {"groups": pd.factorize(data[cluster])[0]}}
+    else:
+        cov = {"cov_type": robust}
+    if kind == "ols":
+        return smf.ols(formula, data).fit(**cov)
     return smf.logit(formula, data).fit(disp=0, **cov)
+
 
 def _tidy(est, se, ci, p, names, n, scale):
     import pandas as pd
-    return pd.DataFrame({"term": names, "estimate": est, "std_error": se, "lower": ci[:, 0], "upper": ci[:, 1],
-                         "p_value": p, "n": n, "scale": scale})
 
-def effect(df, outcome: str, treatment: str, controls=(), *, cluster: str | None = None, kind: str = "ols",
-           robust: str = "HC1", reference=None, ci: float = 0.95):
+    return pd.DataFrame(
+        {
+            "term": names,
+            "estimate": est,
+            "std_error": se,
+            "lower": ci[:, 0],
+            "upper": ci[:, 1],
+            "p_value": p,
+            "n": n,
+            "scale": scale,
+        }
+    )
+
+
+def effect(
+    df,
+    outcome: str,
+    treatment: str,
+    controls=(),
+    *,
+    cluster: str | None = None,
+    kind: str = "ols",
+    robust: str = "HC1",
+    reference=None,
+    ci: float = 0.95,
+):
     "Regression of `outcome` on `treatment` and `controls`: one tidy row per term (estimate, std_error, CI, p-value, n)."
     import numpy as np, pandas as pd
+
     controls = _names(controls)
     _require_columns(df, [outcome, treatment, *controls, *([cluster] if cluster else [])])
     alpha = _alpha(ci)
-    if kind not in _KINDS: raise UnknownNameError("model kind", kind, _KINDS)
-    if robust not in _ROBUST: raise UnknownNameError("robust covariance", robust, _ROBUST)
+    if kind not in _KINDS:
+        raise UnknownNameError("model kind", kind, _KINDS)
+    if robust not in _ROBUST:
+        raise UnknownNameError("robust covariance", robust, _ROBUST)
     data = _model_frame(df, outcome, treatment, controls, cluster, kind)
     categorical = [c for c in dict.fromkeys([treatment, *controls]) if _is_categorical(data[c])]
     references = _reference_levels(reference, treatment, categorical)
@@ -229,20 +345,38 @@ def effect(df, outcome: str, treatment: str, controls=(), *, cluster: str | None
         fragment, tidy_names = _term(col, data, references)
         fragments.append(fragment)
         names.update(tidy_names)
-        if col == treatment: treated = list(tidy_names.values())
-    if not treated: raise AnalysisError(f"treatment column {treatment!r} has a single level in the rows used: no effect to estimate")
+        if col == treatment:
+            treated = list(tidy_names.values())
+    if not treated:
+        raise AnalysisError(
+            f"treatment column {treatment!r} has a single level in the rows used: no effect to estimate"
+        )
     formula = f"Q({outcome!r}) ~ " + " + ".join(fragments)
     res = _fit(formula, data, kind, cluster, robust)
     terms = [names.get(t, t) for t in res.params.index]
     n = int(res.nobs)
-    out = _tidy(res.params.to_numpy(), res.bse.to_numpy(), np.asarray(res.conf_int(alpha)), res.pvalues.to_numpy(),
-                terms, n, "coefficient" if kind == "ols" else "log_odds")
+    out = _tidy(
+        res.params.to_numpy(),
+        res.bse.to_numpy(),
+        np.asarray(res.conf_int(alpha)),
+        res.pvalues.to_numpy(),
+        terms,
+        n,
+        "coefficient" if kind == "ols" else "log_odds",
+    )
     if kind == "logit":
         mfx = res.get_margeff(at="overall", method="dydx", dummy=True)
         ame_names = [names.get(t, t) for t in res.model.exog_names if t != "Intercept"]
         keep = [i for i, t in enumerate(ame_names) if t in treated]
-        ame = _tidy(mfx.margeff[keep], mfx.margeff_se[keep], np.asarray(mfx.conf_int(alpha))[keep], mfx.pvalues[keep],
-                    [ame_names[i] for i in keep], n, "ame")
+        ame = _tidy(
+            mfx.margeff[keep],
+            mfx.margeff_se[keep],
+            np.asarray(mfx.conf_int(alpha))[keep],
+            mfx.pvalues[keep],
+            [ame_names[i] for i in keep],
+            n,
+            "ame",
+        )
         out = pd.concat([out[~out["term"].isin(treated)], ame], ignore_index=True)
     # the treatment first after the intercept, as in a published regression table
     order = {"Intercept": 0, **{t: 1 for t in treated}}

@@ -21,215 +21,334 @@ class AuthoringError(RKError):
     "A file or name that `datasets new` or `datasets rehash` cannot use; nothing was written."
 
 # %% ../../nbs/data/authoring.ipynb #d710fecc
-_BINARY_SIGNATURES = {b"PK\x03\x04": "a spreadsheet (XLSX or ODS) or other ZIP file",
-                      b"\xd0\xcf\x11\xe0": "an old Excel (XLS) file", b"%PDF": "a PDF file"}
+_BINARY_SIGNATURES = {
+    b"PK\x03\x04": "a spreadsheet (XLSX or ODS) or other ZIP file",
+    b"\xd0\xcf\x11\xe0": "an old Excel (XLS) file",
+    b"%PDF": "a PDF file",
+}
+
 
 def _read_source(path: Path) -> bytes:
     "The bytes of the researcher's file, or AuthoringError when they cannot be a CSV."
-    if not path.exists(): raise AuthoringError(f"{path}: no such file")
-    if not path.is_file(): raise AuthoringError(f"{path}: not a file")
-    try: data = path.read_bytes()
-    except OSError as e: raise AuthoringError(f"{path}: cannot be read ({e.strerror})") from None
-    if not data.strip(): raise AuthoringError(f"{path}: the file is empty")
+    if not path.exists():
+        raise AuthoringError(f"{path}: no such file")
+    if not path.is_file():
+        raise AuthoringError(f"{path}: not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AuthoringError(f"{path}: cannot be read ({e.strerror})") from None
+    if not data.strip():
+        raise AuthoringError(f"{path}: the file is empty")
     for signature, what in _BINARY_SIGNATURES.items():
-        if data.startswith(signature): raise AuthoringError(f"{path}: {what}, not CSV; save it as 'CSV UTF-8' and try again")
-    if b"\x00" in data[:1 << 16]: raise AuthoringError(f"{path}: binary data, not CSV text")
+        if data.startswith(signature):
+            raise AuthoringError(f"{path}: {what}, not CSV; save it as 'CSV UTF-8' and try again")
+    if b"\x00" in data[: 1 << 16]:
+        raise AuthoringError(f"{path}: binary data, not CSV text")
     return data
+
 
 def _encoding(data: bytes, path: Path) -> str:
     "utf-8 (a byte-order mark is allowed), else cp1251."
     try:
         data.decode("utf-8")
         return "utf-8"
-    except UnicodeDecodeError: pass
+    except UnicodeDecodeError:
+        pass
     try:
         data.decode("cp1251")
         return "cp1251"
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise AuthoringError(f"{path}:{line}: neither UTF-8 nor cp1251 text "
-                             f"(byte 0x{data[e.start]:02x}); save it as 'CSV UTF-8' and try again") from None
+        raise AuthoringError(
+            f"{path}:{line}: neither UTF-8 nor cp1251 text "
+            f"(byte 0x{data[e.start]:02x}); save it as 'CSV UTF-8' and try again"
+        ) from None
+
 
 def _delimiter(text: str) -> str:
-    try: return csv.Sniffer().sniff(text[:1 << 16], delimiters=",;\t").delimiter
-    except csv.Error: return ","  # one column, or too little to tell
+    try:
+        return csv.Sniffer().sniff(text[: 1 << 16], delimiters=",;\t").delimiter
+    except csv.Error:
+        return ","  # one column, or too little to tell
 
 # %% ../../nbs/data/authoring.ipynb #0af94c51
 def _read_csv(data: bytes, encoding: str, delimiter: str, path: Path, as_text: bool = False, names=()):
     "The CSV as an Arrow table, read as the loader reads it (types inferred, or every column as text)."
     import pyarrow as pa, pyarrow.csv as pcsv
+
     try:
-        return pcsv.read_csv(pa.BufferReader(data), read_options=pcsv.ReadOptions(encoding=encoding),
-                             parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False),
-                             convert_options=pcsv.ConvertOptions(
-                                 column_types={n: pa.string() for n in names} if as_text else None,
-                                 null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False))
+        return pcsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pcsv.ReadOptions(encoding=encoding),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={n: pa.string() for n in names} if as_text else None,
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         raise AuthoringError(f"{path}: cannot be read as CSV ({' '.join(str(e).split())[:200]})") from None
 
+
 def _check_header(names: list[str], path: Path) -> None:
     for i, n in enumerate(names, 1):
-        if not n.strip(): raise AuthoringError(f"{path}: column {i} of the header has no name")
+        if not n.strip():
+            raise AuthoringError(f"{path}: column {i} of the header has no name")
     repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated: raise AuthoringError(f"{path}: the header names column(s) {', '.join(map(repr, repeated))} more than once")
+    if repeated:
+        raise AuthoringError(
+            f"{path}: the header names column(s) {', '.join(map(repr, repeated))} more than once"
+        )
 
 # %% ../../nbs/data/authoring.ipynb #586ccee6
 _INTEGER_TEXT = r"^[+-]?[0-9]+$"
 
+
 def _field_type(inferred, text) -> str:
     "The Table Schema type of a column, from pyarrow's inferred column and the same column as text."
     import pyarrow as pa, pyarrow.compute as pc
+
     t = inferred.type
     if pa.types.is_integer(t):
         return "string" if pc.any(pc.match_substring_regex(text, r"^[+-]?0[0-9]")).as_py() else "integer"
     if pa.types.is_floating(t):  # whole numbers beyond 64 bits become floats, and lose digits
-        return "string" if pc.all(pc.match_substring_regex(text.drop_null(), _INTEGER_TEXT)).as_py() else "number"
-    if pa.types.is_boolean(t): return "boolean"
-    if pa.types.is_date(t): return "date"
-    if pa.types.is_timestamp(t): return "datetime"
+        return (
+            "string"
+            if pc.all(pc.match_substring_regex(text.drop_null(), _INTEGER_TEXT)).as_py()
+            else "number"
+        )
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "datetime"
     return "string"
+
 
 def infer_fields(table, text) -> list[dict]:
     "Table Schema fields (name, type) for an Arrow table as pyarrow inferred it, given the same table read as text."
-    return [{"name": name, "type": _field_type(table.column(name), text.column(name))} for name in table.column_names]
+    return [
+        {"name": name, "type": _field_type(table.column(name), text.column(name))}
+        for name in table.column_names
+    ]
 
 # %% ../../nbs/data/authoring.ipynb #926e4827
 def key_candidates(text, fields: list[dict]) -> list[str]:
     "Fields whose values are never missing and never repeated (candidates for the primary key)."
     import pyarrow.compute as pc
-    return [f["name"] for f in fields if f["type"] in ("string", "integer")
-            and text.column(f["name"]).null_count == 0
-            and pc.count_distinct(text.column(f["name"])).as_py() == text.num_rows]
+
+    return [
+        f["name"]
+        for f in fields
+        if f["type"] in ("string", "integer")
+        and text.column(f["name"]).null_count == 0
+        and pc.count_distinct(text.column(f["name"])).as_py() == text.num_rows
+    ]
 
 # %% ../../nbs/data/authoring.ipynb #46efc2cd
 def checklist(fields: list[dict], candidates: list[str], kept_as_text: list[str], titled: bool) -> list[str]:
     "What the author of a new package must still fill in, one line each."
-    def names(ns, most=12): return ", ".join(ns[:most]) + (f" and {len(ns) - most} more" if len(ns) > most else "")
-    todo = ["licence: replace the TODO entry of `licenses` with the licence of the data (e.g. CC-BY-4.0) or the terms of its owner",
-            "description: say what the data is, who collected it, when and how (`description`, `sources`, `contributors`)"]
-    if not titled: todo.append("title: give the package a `title` people will recognise")
-    todo += [f"field descriptions: give each field a `description` (units, codes): {names([f['name'] for f in fields])}",
-             "types: check the type inferred for each field" + (f"; kept as text (leading zeros, or too long for a number): "
-                                                          f"{names(kept_as_text)}" if kept_as_text else ""),
-             "constraints: add the rules the data must keep (required, unique, minimum, maximum, enum, pattern)",
-             "primary key: set `primaryKey` to the field(s) that identify a row; rk datasets rehash reports changes by it ("
-             + (f"candidates: {names(candidates, 5)}" if candidates else "no single field is unique and never missing") + ")",
-             "labels: add `x-labels` {kk, ru, en} to the package, the resource and each field, and `x-value-labels` for codes",
-             "access: set `x-access` (`public`, `consortium`, or `restricted` with `x-owner`); without it the data is `consortium`"]
+
+    def names(ns, most=12):
+        return ", ".join(ns[:most]) + (f" and {len(ns) - most} more" if len(ns) > most else "")
+
+    todo = [
+        "licence: replace the TODO entry of `licenses` with the licence of the data (e.g. CC-BY-4.0) or the terms of its owner",
+        "description: say what the data is, who collected it, when and how (`description`, `sources`, `contributors`)",
+    ]
+    if not titled:
+        todo.append("title: give the package a `title` people will recognise")
+    todo += [
+        f"field descriptions: give each field a `description` (units, codes): {names([f['name'] for f in fields])}",
+        "types: check the type inferred for each field"
+        + (
+            f"; kept as text (leading zeros, or too long for a number): {names(kept_as_text)}"
+            if kept_as_text
+            else ""
+        ),
+        "constraints: add the rules the data must keep (required, unique, minimum, maximum, enum, pattern)",
+        "primary key: set `primaryKey` to the field(s) that identify a row; rk datasets rehash reports changes by it ("
+        + (
+            f"candidates: {names(candidates, 5)}"
+            if candidates
+            else "no single field is unique and never missing"
+        )
+        + ")",
+        "labels: add `x-labels` {kk, ru, en} to the package, the resource and each field, and `x-value-labels` for codes",
+        "access: set `x-access` (`public`, `consortium`, or `restricted` with `x-owner`); without it the data is `consortium`",
+    ]
     return todo
 
+
 def _descriptor(name: str, title: str | None, source: str, resource: dict, todo: list[str]) -> dict:
-    return {"name": name, "title": title or name,
-            "description": f"TODO: what this data is, who collected it, when and how (created from {source}).",
-            "version": "0.1.0",
-            "licenses": [{"name": "TODO", "title": "TODO: the data's licence, e.g. CC-BY-4.0"}],
-            "sources": [{"title": f"TODO: where the data came from (the file was {source})"}],
-            "contributors": [{"title": "TODO: who collected and prepared the data"}],
-            "x-todo": todo, "resources": [resource]}
+    return {
+        "name": name,
+        "title": title or name,
+        "description": f"TODO: what this data is, who collected it, when and how (created from {source}).",
+        "version": "0.1.0",
+        "licenses": [{"name": "TODO", "title": "TODO: the data's licence, e.g. CC-BY-4.0"}],
+        "sources": [{"title": f"TODO: where the data came from (the file was {source})"}],
+        "contributors": [{"title": "TODO: who collected and prepared the data"}],
+        "x-todo": todo,
+        "resources": [resource],
+    }
+
 
 def _resource(name: str, fields: list[dict], encoding: str, delimiter: str, data: bytes, rows: int) -> dict:
     r = {"name": name, "path": f"{name}.csv", "format": "csv", "mediatype": "text/csv", "encoding": encoding}
-    if delimiter != ",": r["dialect"] = {"delimiter": delimiter}
-    r.update({"hash": f"sha256:{hashlib.sha256(data).hexdigest()}", "bytes": len(data), "x-rows": rows,
-              "schema": {"fields": fields}})
+    if delimiter != ",":
+        r["dialect"] = {"delimiter": delimiter}
+    r.update(
+        {
+            "hash": f"sha256:{hashlib.sha256(data).hexdigest()}",
+            "bytes": len(data),
+            "x-rows": rows,
+            "schema": {"fields": fields},
+        }
+    )
     return r
 
 # %% ../../nbs/data/authoring.ipynb #dbc3da24
 def _as_resource(package: dict, folder: str):
     from research_kit.data.catalog import DESCRIPTOR, Resource
+
     r = package["resources"][0]
     return Resource(package["name"], r["name"], r, f"{folder}/{r['path']}", f"{folder}/{DESCRIPTOR}", package)
+
 
 def _validate_demoting_types(package: dict, data: bytes, folder: str, path: Path):
     "(typed Arrow table, the fields declared text because their inferred type failed) after the loader's validation passes."
     from research_kit.data.load import validate_bytes
+
     demoted = []
     while True:
         res = _as_resource(package, folder)
-        try: return validate_bytes(data, res)[0], demoted
+        try:
+            return validate_bytes(data, res)[0], demoted
         except DataValidationError as e:
             failed = {f.column for f in e.failures if f.rule.startswith("type:")}
             fields = [f for f in res.fields if f["name"] in failed and f["type"] != "string"]
             if not fields:
                 first = e.failures[0].describe() if e.failures else str(e)
                 raise AuthoringError(f"{path}: not usable as a data package: {first}") from None
-            for f in fields: f["type"] = "string"
+            for f in fields:
+                f["type"] = "string"
             demoted += [f["name"] for f in fields]
 
 # %% ../../nbs/data/authoring.ipynb #2232f23a
 def _place(root: Path, name: str, data: bytes, descriptor: dict) -> Path:
     from research_kit.data.catalog import DESCRIPTOR
     from research_kit.data.descriptor import write_descriptor
+
     target, assembly = root / name, root / f".{name}.{uuid.uuid4().hex[:12]}.partial"
-    if target.exists() or target.is_symlink(): raise AuthoringError(_exists(target, name))
+    if target.exists() or target.is_symlink():
+        raise AuthoringError(_exists(target, name))
     assembly.mkdir()
     try:
         (assembly / descriptor["resources"][0]["path"]).write_bytes(data)
         write_descriptor(assembly / DESCRIPTOR, descriptor)
-        try: os.rename(assembly, target)  # fails if the name was taken meanwhile (unless by an empty folder)
-        except OSError: raise AuthoringError(_exists(target, name)) from None
+        try:
+            os.rename(assembly, target)  # fails if the name was taken meanwhile (unless by an empty folder)
+        except OSError:
+            raise AuthoringError(_exists(target, name)) from None
     finally:
-        if assembly.exists(): shutil.rmtree(assembly)
+        if assembly.exists():
+            shutil.rmtree(assembly)
     return target
 
+
 def _exists(target: Path, name: str) -> str:
-    return (f"{target} already exists; choose another name, or, to change that package's data, edit its file "
-            f"and run `rk datasets rehash {name}`")
+    return (
+        f"{target} already exists; choose another name, or, to change that package's data, edit its file "
+        f"and run `rk datasets rehash {name}`"
+    )
+
 
 def _cache(res, table) -> None:
     "Keep the validated table in the Parquet cache; a cache that cannot be written only costs speed."
     import warnings
     from research_kit.data.load import ParquetCache, cache_key
     from research_kit.settings import load_settings
-    try: ParquetCache(load_settings().cache_dir).write(res, cache_key(res.sha256, res.schema, _referenced_hashes(res)), table)
-    except OSError as e: warnings.warn(f"could not cache {res.package}/{res.name}: {e}")
+
+    try:
+        ParquetCache(load_settings().cache_dir).write(
+            res, cache_key(res.sha256, res.schema, _referenced_hashes(res)), table
+        )
+    except OSError as e:
+        warnings.warn(f"could not cache {res.package}/{res.name}: {e}")
+
 
 def _referenced_hashes(res) -> list:
     "(resource, sha256) of every other resource of the package that a foreign key of `res` points to, as the loader keys its cache."
     from research_kit.data.load import resource_sha256
-    refs = sorted({fk["reference"].get("resource") or res.name for fk in res.schema.get("foreignKeys", [])} - {res.name})
+
+    refs = sorted(
+        {fk["reference"].get("resource") or res.name for fk in res.schema.get("foreignKeys", [])} - {res.name}
+    )
     return [(r, resource_sha256(res.package, r)) for r in refs]
 
 # %% ../../nbs/data/authoring.ipynb #780d9118
 @dataclass(frozen=True)
 class NewPackage:
     "What `new_package` wrote: where, the rows, the inferred fields, and the author's checklist."
+
     name: str
     folder: Path
     rows: int
     fields: tuple
     todo: tuple
 
+
 def new_package(name: str, source, *, title: str | None = None) -> NewPackage:
     "Write data package `name` in the data root from the CSV file `source`: inferred schema, hash, bytes, rows, checklist."
     from research_kit.data.catalog import check_name, data_root
     from research_kit.settings import is_url
+
     check_name("package", name)
     root = data_root()
-    if is_url(root): raise AuthoringError(f"the data root {root} is not a local folder; create packages in a local data root")
-    if not os.path.isdir(root): raise AuthoringError(f"the data root {root} is not a folder")
-    if os.path.lexists(os.path.join(root, name)): raise AuthoringError(_exists(Path(root) / name, name))
+    if is_url(root):
+        raise AuthoringError(
+            f"the data root {root} is not a local folder; create packages in a local data root"
+        )
+    if not os.path.isdir(root):
+        raise AuthoringError(f"the data root {root} is not a folder")
+    if os.path.lexists(os.path.join(root, name)):
+        raise AuthoringError(_exists(Path(root) / name, name))
     source = Path(source)
     data = _read_source(source)
     encoding = _encoding(data, source)
     delimiter = _delimiter(data.decode(encoding))
     table = _read_csv(data, encoding, delimiter, source)
     _check_header(table.column_names, source)
-    if table.num_rows == 0: raise AuthoringError(f"{source}: a header but no data rows; a package needs data to infer its types")
+    if table.num_rows == 0:
+        raise AuthoringError(f"{source}: a header but no data rows; a package needs data to infer its types")
     text = _read_csv(data, encoding, delimiter, source, as_text=True, names=table.column_names)
     fields = infer_fields(table, text)
-    kept_as_text = [f["name"] for f in fields if f["type"] == "string" and str(table.column(f["name"]).type) not in ("string", "null")]
-    package = _descriptor(name, title, source.name, _resource(name, fields, encoding, delimiter, data, table.num_rows), [])
+    kept_as_text = [
+        f["name"]
+        for f in fields
+        if f["type"] == "string" and str(table.column(f["name"]).type) not in ("string", "null")
+    ]
+    package = _descriptor(
+        name, title, source.name, _resource(name, fields, encoding, delimiter, data, table.num_rows), []
+    )
     typed, demoted = _validate_demoting_types(package, data, os.path.join(root, name), source)
     package["x-todo"] = checklist(fields, key_candidates(text, fields), kept_as_text + demoted, bool(title))
     folder = _place(Path(root), name, data, package)
     _cache(_as_resource(package, str(folder)), typed)
-    return NewPackage(name, folder, table.num_rows, tuple((f["name"], f["type"]) for f in fields), tuple(package["x-todo"]))
+    return NewPackage(
+        name, folder, table.num_rows, tuple((f["name"], f["type"]) for f in fields), tuple(package["x-todo"])
+    )
 
 # %% ../../nbs/data/authoring.ipynb #2ab6dcad
 @dataclass(frozen=True)
 class Changes:
     "Rows added, removed and changed between two versions of a table; `key` is the primary key compared by, () for whole rows."
+
     added: int
     removed: int
     changed: int | None
@@ -237,61 +356,94 @@ class Changes:
 
     def __str__(self):
         if self.key:
-            return (f"by primary key {', '.join(self.key)}: {self.added} row(s) added, {self.removed} removed, "
-                    f"{self.changed} changed")
-        return (f"by whole rows (no primary key): {self.added} row(s) added, {self.removed} removed "
-                "(a changed row counts as one removed and one added)")
+            return (
+                f"by primary key {', '.join(self.key)}: {self.added} row(s) added, {self.removed} removed, "
+                f"{self.changed} changed"
+            )
+        return (
+            f"by whole rows (no primary key): {self.added} row(s) added, {self.removed} removed "
+            "(a changed row counts as one removed and one added)"
+        )
+
 
 def _row_hashes(df):
     import pandas as pd
-    if not len(df.columns): return pd.Series(0, index=df.index, dtype="uint64")
+
+    if not len(df.columns):
+        return pd.Series(0, index=df.index, dtype="uint64")
     return pd.util.hash_pandas_object(df, index=False)
+
 
 def compare_rows(old, new, key=()) -> Changes:
     "The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the `key` fields or as whole rows."
     import pandas as pd
+
     key = list(key)
     if not key:
         before, after = Counter(_row_hashes(old).tolist()), Counter(_row_hashes(new).tolist())
         return Changes(sum((after - before).values()), sum((before - after).values()), None)
     others = [c for c in new.columns if c not in key]
+
     def by_key(df):
-        return pd.Series(_row_hashes(df[others]).to_numpy(), index=pd.MultiIndex.from_frame(df[key].astype(object)))
+        return pd.Series(
+            _row_hashes(df[others]).to_numpy(), index=pd.MultiIndex.from_frame(df[key].astype(object))
+        )
+
     before, after = by_key(old), by_key(new)
     common = after.index.intersection(before.index)
     changed = int((before.reindex(common).to_numpy() != after.reindex(common).to_numpy()).sum())
-    return Changes(int((~after.index.isin(before.index)).sum()), int((~before.index.isin(after.index)).sum()), changed, tuple(key))
+    return Changes(
+        int((~after.index.isin(before.index)).sum()),
+        int((~before.index.isin(after.index)).sum()),
+        changed,
+        tuple(key),
+    )
 
 # %% ../../nbs/data/authoring.ipynb #d929cf76
 def _cached_frame(res):
     "The validated previous content of `res` (its recorded hash) from the Parquet cache, or None."
     from research_kit.data.load import ParquetCache, cache_key
     from research_kit.settings import load_settings
-    return ParquetCache(load_settings().cache_dir).read(res, cache_key(res.sha256, res.schema, _referenced_hashes(res)))
+
+    return ParquetCache(load_settings().cache_dir).read(
+        res, cache_key(res.sha256, res.schema, _referenced_hashes(res))
+    )
+
 
 def _committed_bytes(res) -> bytes | None:
     "The file as git last committed it, when that is the content the descriptor records; else None."
     folder, name = os.path.split(res.url)
-    try: out = subprocess.run(["git", "-C", folder, "show", f"HEAD:./{name}"], capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError): return None
-    if out.returncode != 0 or hashlib.sha256(out.stdout).hexdigest() != res.sha256: return None
+    try:
+        out = subprocess.run(["git", "-C", folder, "show", f"HEAD:./{name}"], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0 or hashlib.sha256(out.stdout).hexdigest() != res.sha256:
+        return None
     return out.stdout
+
 
 def _previous_frame(res):
     "The content `res`'s descriptor records, as a validated DataFrame, or None when it is not available."
     from research_kit.data.load import validate_bytes
-    if not res.sha256: return None
+
+    if not res.sha256:
+        return None
     df = _cached_frame(res)
-    if df is not None: return df
+    if df is not None:
+        return df
     data = _committed_bytes(res)
-    if data is None: return None
-    try: return validate_bytes(data, res)[1]
-    except RKError: return None  # the committed version no longer passes (a foreign key elsewhere changed)
+    if data is None:
+        return None
+    try:
+        return validate_bytes(data, res)[1]
+    except RKError:
+        return None  # the committed version no longer passes (a foreign key elsewhere changed)
 
 # %% ../../nbs/data/authoring.ipynb #db07a848
 @dataclass(frozen=True)
 class Rehashed:
     "One resource's outcome of `rehash`: the recorded hash, bytes and rows before and after, and what changed (None: not known)."
+
     package: str
     resource: str
     file: str
@@ -300,26 +452,42 @@ class Rehashed:
     changes: Changes | None
 
     @property
-    def unchanged(self) -> bool: return self.before == self.after
+    def unchanged(self) -> bool:
+        return self.before == self.after
 
     def __str__(self):
         head = f"{self.package}/{self.resource} ({self.file})"
-        if self.unchanged: return f"{head}: unchanged, it matches its descriptor"
-        def pair(k): return f"{self.before.get(k)} -> {self.after[k]}"
-        short = lambda h: None if h is None else str(h)[:7 + 12] + "..."
-        lines = [f"{head}: rows {pair('x-rows')}, bytes {pair('bytes')}, hash {short(self.before.get('hash'))} -> {short(self.after['hash'])}",
-                 f"  {self.changes}" if self.changes is not None else
-                 "  what changed is not known: the previous content is neither cached under the current schema nor committed in git"]
+        if self.unchanged:
+            return f"{head}: unchanged, it matches its descriptor"
+
+        def pair(k):
+            return f"{self.before.get(k)} -> {self.after[k]}"
+
+        short = lambda h: None if h is None else str(h)[: 7 + 12] + "..."
+        lines = [
+            f"{head}: rows {pair('x-rows')}, bytes {pair('bytes')}, hash {short(self.before.get('hash'))} -> {short(self.after['hash'])}",
+            f"  {self.changes}"
+            if self.changes is not None
+            else "  what changed is not known: the previous content is neither cached under the current schema nor committed in git",
+        ]
         return "\n".join(lines)
+
 
 def _local_file(res) -> bytes:
     from research_kit.settings import is_url
+
     if is_url(res.url) or is_url(res.descriptor_url):
-        raise AuthoringError(f"{res.package}/{res.name} is at {res.url}; rehash changes only a local data root")
+        raise AuthoringError(
+            f"{res.package}/{res.name} is at {res.url}; rehash changes only a local data root"
+        )
     try:
-        with open(res.url, "rb") as f: return f.read()
-    except FileNotFoundError: raise AuthoringError(f"{res.url}: the file of {res.package}/{res.name} does not exist") from None
-    except OSError as e: raise AuthoringError(f"{res.url}: cannot be read ({e.strerror})") from None
+        with open(res.url, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise AuthoringError(f"{res.url}: the file of {res.package}/{res.name} does not exist") from None
+    except OSError as e:
+        raise AuthoringError(f"{res.url}: cannot be read ({e.strerror})") from None
+
 
 def _recorded(res) -> dict:
     return {k: res.descriptor.get(k) for k in ("hash", "bytes", "x-rows")}
@@ -330,6 +498,7 @@ def _check_one(res):
     import dataclasses
     from research_kit.data.load import check_access, validate_bytes
     from research_kit.settings import load_settings
+
     check_access(res, load_settings().institution)
     data = _local_file(res)
     after = {"hash": f"sha256:{hashlib.sha256(data).hexdigest()}", "bytes": len(data)}
@@ -339,38 +508,49 @@ def _check_one(res):
     after["x-rows"] = len(df)
     previous = _previous_frame(res)
     from research_kit.data.schema import primary_key
+
     changes = None if previous is None else compare_rows(previous, df, primary_key(res.schema))
     edited = dataclasses.replace(res, descriptor={**res.descriptor, **after})
     return Rehashed(res.package, res.name, res.file, _recorded(res), after, changes), (edited, table)
+
 
 def _write(package, edited: list, descriptor_bytes: bytes) -> None:
     "Record the new hash, bytes and rows of the edited resources, unless the descriptor or a file changed meanwhile."
     from research_kit.data.descriptor import read_descriptor, write_descriptor
     from research_kit.files import sha256_file
+
     durl = edited[0][0].descriptor_url
     with open(durl, "rb") as f:
-        if f.read() != descriptor_bytes: raise AuthoringError(f"{durl} changed while rehashing; nothing was written, run again")
+        if f.read() != descriptor_bytes:
+            raise AuthoringError(f"{durl} changed while rehashing; nothing was written, run again")
     for res, _ in edited:
         if f"sha256:{sha256_file(res.url)}" != res.descriptor["hash"]:
-            raise AuthoringError(f"{res.url} changed while rehashing; nothing was written, run again when it is saved")
+            raise AuthoringError(
+                f"{res.url} changed while rehashing; nothing was written, run again when it is saved"
+            )
     descriptor = read_descriptor(durl)
     for res, _ in edited:
         entry = next(r for r in descriptor["resources"] if r["name"] == res.name)
         entry.update({k: res.descriptor[k] for k in ("hash", "bytes", "x-rows")})
     write_descriptor(durl, descriptor)
 
+
 def rehash(package: str, resource: str | None = None) -> list[Rehashed]:
     "Validate the edited file of `resource` (default: every resource of `package`), then record its hash, bytes and rows."
     from research_kit.data.catalog import open_package
+
     pkg = open_package(package)
     names = [pkg.resource(resource).name] if resource is not None else list(pkg.resources)
-    with open(pkg.resources[names[0]].descriptor_url, "rb") as f: descriptor_bytes = f.read()
+    with open(pkg.resources[names[0]].descriptor_url, "rb") as f:
+        descriptor_bytes = f.read()
     results, edited = [], []
     for name in names:
         result, new = _check_one(pkg.resources[name])
         results.append(result)
-        if new is not None: edited.append(new)
+        if new is not None:
+            edited.append(new)
     if edited:
         _write(pkg, edited, descriptor_bytes)
-        for res, table in edited: _cache(res, table)
+        for res, table in edited:
+            _cache(res, table)
     return results

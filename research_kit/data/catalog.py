@@ -18,44 +18,66 @@ __all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'check_name', 'read_text
 DESCRIPTOR = "datapackage.yaml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
+
 def check_name(kind: str, name: str) -> str:
     "Refuse names that could escape a folder or are not Data Package names (lowercase, digits, `._-`)."
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or len(name) > 100:
-        raise DescriptorError(f"invalid {kind} name {quoted(name, 120)}: use at most 100 lowercase letters, digits, '.', '_' or '-'")
+        raise DescriptorError(
+            f"invalid {kind} name {quoted(name, 120)}: use at most 100 lowercase letters, digits, '.', '_' or '-'"
+        )
     return name
+
 
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
+
 ROOT_HINT = "the data root is [workspace] data in settings.ini, or RK_WORKSPACE_DATA"
+
 
 def _fs(url: str):
     import fsspec
-    try: return fsspec.core.url_to_fs(url)
-    except ImportError as e: raise DescriptorError(f"{quoted(url)}: reading it needs a package that is not installed: {e}") from None
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise DescriptorError(
+            f"{quoted(url)}: reading it needs a package that is not installed: {e}"
+        ) from None
     except ValueError as e:
-        raise DescriptorError(f"{quoted(url)}: not a URL fsspec can read ({e}); expected https://, s3://, gs://, file://, ...") from None
+        raise DescriptorError(
+            f"{quoted(url)}: not a URL fsspec can read ({e}); expected https://, s3://, gs://, file://, ..."
+        ) from None
+
 
 def _remote(url: str, read):
     "`read(fs, path)` on the file system of `url`; a failure to reach it is a DescriptorError naming the URL."
     fs, path = _fs(url)
-    try: return read(fs, path)
-    except FileNotFoundError: raise
+    try:
+        return read(fs, path)
+    except FileNotFoundError:
+        raise
     except Exception as e:  # network stacks (aiohttp, botocore, ...) raise their own types, not OSError
         detail = str(e).splitlines()[0] if str(e) else ""
-        raise DescriptorError(f"{url} cannot be read ({type(e).__name__}: {detail[:200]}); "
-                              f"check the address and the network ({ROOT_HINT})") from None
+        raise DescriptorError(
+            f"{url} cannot be read ({type(e).__name__}: {detail[:200]}); "
+            f"check the address and the network ({ROOT_HINT})"
+        ) from None
+
 
 def read_text(url: str) -> str:
     "The text of a local file or fsspec URL."
     if not is_url(url):
-        with open(url, encoding="utf-8") as f: return f.read()
+        with open(url, encoding="utf-8") as f:
+            return f.read()
     return _remote(url, lambda fs, path: fs.cat_file(path)).decode("utf-8")
+
 
 def read_bytes(url: str) -> bytes:
     "The bytes of a local file or fsspec URL."
     if not is_url(url):
-        with open(url, "rb") as f: return f.read()
+        with open(url, "rb") as f:
+            return f.read()
     return _remote(url, lambda fs, path: fs.cat_file(path))
 
 # %% ../../nbs/data/catalog.ipynb #7239f2c3
@@ -65,64 +87,91 @@ def one_line(error) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
+
 MAX_YAML_NODES = 1_000_000
+
 
 def _expanded_size(yaml, text: str, loader) -> tuple[int, int]:
     "(number of nodes once every alias is written out in full, line where that passed MAX_YAML_NODES or 0)."
     sizes, open_, total = {}, [], 0  # anchor -> expanded size; [anchor, size] of each open collection
     for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            open_.append([event.anchor, 1]); continue
+            open_.append([event.anchor, 1])
+            continue
         if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             anchor, size = open_.pop()
-        elif isinstance(event, yaml.AliasEvent): anchor, size = None, sizes.get(event.anchor, 1)
-        elif isinstance(event, yaml.ScalarEvent): anchor, size = event.anchor, 1
-        else: continue
-        if anchor: sizes[anchor] = size
-        if open_: open_[-1][1] += size
-        else: total += size
-        if total + sum(s for _, s in open_) > MAX_YAML_NODES: return MAX_YAML_NODES + 1, event.start_mark.line + 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, size = None, sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = size
+        if open_:
+            open_[-1][1] += size
+        else:
+            total += size
+        if total + sum(s for _, s in open_) > MAX_YAML_NODES:
+            return MAX_YAML_NODES + 1, event.start_mark.line + 1
     return total, 0
+
 
 def load_yaml(text: str, where: str, error=DescriptorError):
     "YAML `text` (from `where`) as Python data; malformed YAML, or aliases that expand beyond MAX_YAML_NODES, raise `error`."
     import yaml
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         if "&" in text:  # an alias needs an anchor (&name): only then can the data be larger than its text
             size, line = _expanded_size(yaml, text, loader)
-            if line: raise error(f"{where}: line {line}: YAML aliases expand to more than {MAX_YAML_NODES} values; "
-                                 "write the values out instead of nesting aliases")
+            if line:
+                raise error(
+                    f"{where}: line {line}: YAML aliases expand to more than {MAX_YAML_NODES} values; "
+                    "write the values out instead of nesting aliases"
+                )
         return yaml.load(text, Loader=loader)
     except yaml.YAMLError as e:
         raise error(f"{where}: malformed YAML: {one_line(e)}") from None
 
+
 def _check_resource(d, where: str, i: int):
-    if not isinstance(d, dict): raise DescriptorError(f"{where}: resources[{i}] is not a mapping")
+    if not isinstance(d, dict):
+        raise DescriptorError(f"{where}: resources[{i}] is not a mapping")
     for key in ("name", "path", "schema"):
-        if key not in d: raise DescriptorError(f"{where}: resources[{i}] has no {key!r}")
+        if key not in d:
+            raise DescriptorError(f"{where}: resources[{i}] has no {key!r}")
     check_name("resource", d["name"])
     path = d["path"]
-    if not isinstance(path, str) or (not is_url(path) and (path.startswith(("/", "\\")) or ".." in path.split("/"))):
-        raise DescriptorError(f"{where}: resource {quoted(d['name'])} path {quoted(path)} must be relative, inside the package, or a URL")
+    if not isinstance(path, str) or (
+        not is_url(path) and (path.startswith(("/", "\\")) or ".." in path.split("/"))
+    ):
+        raise DescriptorError(
+            f"{where}: resource {quoted(d['name'])} path {quoted(path)} must be relative, inside the package, or a URL"
+        )
     fields = d["schema"].get("fields") if isinstance(d["schema"], dict) else None
     if not isinstance(fields, list) or not fields:
         raise DescriptorError(f"{where}: resource {d['name']!r} schema has no fields")
 
+
 def parse_descriptor(text: str, where: str) -> dict:
     "A descriptor's YAML as a dict, after checking the structure research_kit relies on."
     d = load_yaml(text, where)
-    if not isinstance(d, dict): raise DescriptorError(f"{where}: a descriptor must be a mapping, got {type(d).__name__}")
-    if "name" not in d: raise DescriptorError(f"{where}: no 'name'")
+    if not isinstance(d, dict):
+        raise DescriptorError(f"{where}: a descriptor must be a mapping, got {type(d).__name__}")
+    if "name" not in d:
+        raise DescriptorError(f"{where}: no 'name'")
     if not isinstance(d.get("resources"), list) or not d["resources"]:
         raise DescriptorError(f"{where}: no 'resources' list")
-    for i, r in enumerate(d["resources"]): _check_resource(r, where, i)
+    for i, r in enumerate(d["resources"]):
+        _check_resource(r, where, i)
     return d
 
 # %% ../../nbs/data/catalog.ipynb #a0da08bb
 @dataclass
 class Resource:
     "One table of a data package: its descriptor and where its file is."
+
     package: str
     name: str
     descriptor: dict
@@ -135,34 +184,49 @@ class Resource:
         return self.descriptor.get(key, self.package_descriptor.get(key, default))
 
     @property
-    def schema(self) -> dict: return self.descriptor["schema"]
+    def schema(self) -> dict:
+        return self.descriptor["schema"]
+
     @property
-    def fields(self) -> list[dict]: return self.schema["fields"]
+    def fields(self) -> list[dict]:
+        return self.schema["fields"]
+
     @property
-    def file(self) -> str: return self.descriptor["path"]
+    def file(self) -> str:
+        return self.descriptor["path"]
+
     @property
     def sha256(self) -> str | None:
         "The declared sha256 (hex), from `hash: sha256:<hex>`."
         h = self.descriptor.get("hash")
-        if h is None: return None
+        if h is None:
+            return None
         algo, _, hexdigest = str(h).partition(":")
         if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
-            raise DescriptorError(f"{self.descriptor_url}: resource {self.name!r} hash must be 'sha256:<64 hex digits>', got {quoted(h)}")
+            raise DescriptorError(
+                f"{self.descriptor_url}: resource {self.name!r} hash must be 'sha256:<64 hex digits>', got {quoted(h)}"
+            )
         return hexdigest
+
     @property
     def access(self) -> str:
         "public, consortium (the default) or restricted: the resource's `x-access`, else its package's."
         return self._own_or_package("x-access", "consortium")
+
     @property
     def owner(self) -> str | None:
         "The institution a restricted resource belongs to: the resource's `x-owner`, else its package's."
         return self._own_or_package("x-owner")
+
     @property
-    def encoding(self) -> str: return self.descriptor.get("encoding", "utf-8")
+    def encoding(self) -> str:
+        return self.descriptor.get("encoding", "utf-8")
+
 
 @dataclass
 class Package:
     "A data package: its descriptor and its resources by name."
+
     name: str
     url: str
     descriptor: dict
@@ -171,9 +235,13 @@ class Package:
     def resource(self, name: str | None = None) -> Resource:
         "A resource by name; the name may be omitted when the package has only one."
         if name is None:
-            if len(self.resources) == 1: return next(iter(self.resources.values()))
-            raise UnknownNameError("resource", "(none given)", self.resources, where=f"package {self.name!r}; it has several")
-        if name not in self.resources: raise UnknownNameError("resource", name, self.resources, where=f"package {self.name!r}")
+            if len(self.resources) == 1:
+                return next(iter(self.resources.values()))
+            raise UnknownNameError(
+                "resource", "(none given)", self.resources, where=f"package {self.name!r}; it has several"
+            )
+        if name not in self.resources:
+            raise UnknownNameError("resource", name, self.resources, where=f"package {self.name!r}")
         return self.resources[name]
 
 # %% ../../nbs/data/catalog.ipynb #400606ba
@@ -181,31 +249,50 @@ def data_root(root: str | None = None) -> str:
     "The data root to use: `root` if given, else the workspace setting."
     return root.rstrip("/") if root else load_settings().data
 
+
 def package_names(root: str | None = None) -> list[str]:
     "Names of the data packages under the data root."
     root = data_root(root)
     if not is_url(root):
         import os
-        if not os.path.isdir(root): raise DescriptorError(f"data root {root} is not a folder")
-        return sorted(n for n in os.listdir(root) if not n.startswith(".") and os.path.isfile(os.path.join(root, n, DESCRIPTOR)))
+
+        if not os.path.isdir(root):
+            raise DescriptorError(f"data root {root} is not a folder")
+        return sorted(
+            n
+            for n in os.listdir(root)
+            if not n.startswith(".") and os.path.isfile(os.path.join(root, n, DESCRIPTOR))
+        )
+
     def names(fs, path):
         entries = fs.ls(path, detail=False)
-        found = sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
+        found = sorted(
+            {e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")}
+        )
         return [n for n in found if _NAME.fullmatch(n) and fs.exists(_join(path, n, DESCRIPTOR))]
-    try: return _remote(root, names)
-    except FileNotFoundError: raise DescriptorError(f"data root {root} does not exist ({ROOT_HINT})") from None
+
+    try:
+        return _remote(root, names)
+    except FileNotFoundError:
+        raise DescriptorError(f"data root {root} does not exist ({ROOT_HINT})") from None
+
 
 @functools.lru_cache(maxsize=256)  # parse each version of a local descriptor once
 def _parsed(durl: str, text: str) -> bytes:
     "The descriptor `text` read from `durl`, parsed and pickled."
     import pickle
+
     return pickle.dumps(parse_descriptor(text, durl))
+
 
 def _read_descriptor(durl: str) -> dict:
     import pickle
+
     text = read_text(durl)  # reading a few kilobytes is cheap; parsing YAML is not
-    if is_url(durl): return parse_descriptor(text, durl)
+    if is_url(durl):
+        return parse_descriptor(text, durl)
     return pickle.loads(_parsed(durl, text))  # a fresh copy: callers may change theirs
+
 
 def open_package(name: str, root: str | None = None) -> Package:
     "Read package `name`'s descriptor from the data root."
@@ -213,15 +300,24 @@ def open_package(name: str, root: str | None = None) -> Package:
     check_name("package", name)
     url = _join(root, name)
     durl = _join(url, DESCRIPTOR)
-    try: d = _read_descriptor(durl)
+    try:
+        d = _read_descriptor(durl)
     except FileNotFoundError:
         import os
-        if not is_url(root) and os.path.isdir(url): raise DescriptorError(f"{url} has no {DESCRIPTOR}") from None
+
+        if not is_url(root) and os.path.isdir(url):
+            raise DescriptorError(f"{url} has no {DESCRIPTOR}") from None
         raise UnknownNameError("package", name, package_names(root), where=root) from None
-    except UnicodeDecodeError as e: raise DescriptorError(f"{durl}: not UTF-8 text ({e})") from None
-    resources = {r["name"]: Resource(name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root)
-                 for r in d["resources"]}
+    except UnicodeDecodeError as e:
+        raise DescriptorError(f"{durl}: not UTF-8 text ({e})") from None
+    resources = {
+        r["name"]: Resource(
+            name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root
+        )
+        for r in d["resources"]
+    }
     return Package(name, url, d, resources)
+
 
 def get_resource(package: str, resource: str | None = None, root: str | None = None) -> Resource:
     "Resource `resource` of `package` (the name may be omitted for one-resource packages)."
@@ -231,16 +327,28 @@ def get_resource(package: str, resource: str | None = None, root: str | None = N
 def _licence(d: dict) -> str:
     return ", ".join(str(l.get("name") or l.get("title") or l.get("path")) for l in d.get("licenses", []))
 
+
 def catalog(root: str | None = None):
     "One row per resource of every data package: package, resource, title, rows, bytes, licence, access."
     import pandas as pd
+
     rows = []
     for name in package_names(root):
         p = open_package(name, root)
         for r in p.resources.values():
-            rows.append(dict(package=name, resource=r.name, title=r.descriptor.get("title", ""),
-                             rows=r.descriptor.get("x-rows"), bytes=r.descriptor.get("bytes"),
-                             licence=_licence(p.descriptor), access=r.access,
-                             synthetic=bool(p.descriptor.get("x-synthetic", False))))
-    df = pd.DataFrame(rows, columns=["package", "resource", "title", "rows", "bytes", "licence", "access", "synthetic"])
+            rows.append(
+                dict(
+                    package=name,
+                    resource=r.name,
+                    title=r.descriptor.get("title", ""),
+                    rows=r.descriptor.get("x-rows"),
+                    bytes=r.descriptor.get("bytes"),
+                    licence=_licence(p.descriptor),
+                    access=r.access,
+                    synthetic=bool(p.descriptor.get("x-synthetic", False)),
+                )
+            )
+    df = pd.DataFrame(
+        rows, columns=["package", "resource", "title", "rows", "bytes", "licence", "access", "synthetic"]
+    )
     return df.astype({"rows": "Int64", "bytes": "Int64"})

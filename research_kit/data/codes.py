@@ -15,36 +15,49 @@ __all__ = ['Institution', 'ColumnValues', 'column_source', 'check_institution_se
 @dataclasses.dataclass(frozen=True)
 class ColumnValues:
     "Where the values of a text type come from: one column of a data resource, plus `extra` values."
-    package: str # the data package
-    resource: str # its resource (table)
-    column: str # the column whose values are allowed
-    noun: str # what one value is called in messages: "unknown institution 'KITG'"
-    extra: tuple = () # values allowed besides the column's, such as "all"
+
+    package: str  # the data package
+    resource: str  # its resource (table)
+    column: str  # the column whose values are allowed
+    noun: str  # what one value is called in messages: "unknown institution 'KITG'"
+    extra: tuple = ()  # values allowed besides the column's, such as "all"
 
     @property
-    def source(self) -> str: return f"{self.package}/{self.resource}.{self.column}"
+    def source(self) -> str:
+        return f"{self.package}/{self.resource}.{self.column}"
 
     def allowed(self) -> tuple[str, ...]:
         "The column's values as text, in the table's order, then the extra ones; the read is noted in the lineage."
         from research_kit.data import lineage
         from research_kit.data.load import resource_sha256
         from research_kit.settings import load_settings
+
         sha = resource_sha256(self.package, self.resource)
         values = _column_text(load_settings().data, self.package, self.resource, self.column, sha)
         lineage.note_read(self.package, self.resource, sha)
         return tuple(dict.fromkeys(values + self.extra))
 
+
 @functools.lru_cache(maxsize=64)
 def _column_text(root: str, package: str, resource: str, column: str, sha256: str | None) -> tuple[str, ...]:
     "The distinct values of a column as text, read once per data root and content of its resource (without pandas when cached)."
     from research_kit.data.load import column_values
-    return tuple(dict.fromkeys(str(v) for v in column_values(package, resource, column, root=root, as_input=False) if v is not None))
+
+    return tuple(
+        dict.fromkeys(
+            str(v)
+            for v in column_values(package, resource, column, root=root, as_input=False)
+            if v is not None
+        )
+    )
 
 # %% ../../nbs/data/codes.ipynb #61c4dd9e
-def column_source(annotation, # a type, as a template's annotation evaluates to it
-                 ) -> ColumnValues | None:
+def column_source(
+    annotation,  # a type, as a template's annotation evaluates to it
+) -> ColumnValues | None:
     "The `ColumnValues` of `Annotated[str, ColumnValues(...)]`, or None for any other type."
-    if get_origin(annotation) is not Annotated: return None
+    if get_origin(annotation) is not Annotated:
+        return None
     base, *notes = get_args(annotation)
     return next((n for n in notes if isinstance(n, ColumnValues)), None) if base is str else None
 
@@ -52,14 +65,24 @@ def column_source(annotation, # a type, as a template's annotation evaluates to 
 Institution = Annotated[str, ColumnValues("consortium", "institutions", "institution_id", noun="institution")]
 
 # %% ../../nbs/data/codes.ipynb #1e1dae46
-def check_institution_setting(settings=None, # the workspace's settings; None to read them
-                             ) -> None:
+def check_institution_setting(
+    settings=None,  # the workspace's settings; None to read them
+) -> None:
     "Refuse a `[workspace] institution` that the institutions table does not list."
     from research_kit.settings import load_settings
+
     s = settings or load_settings()
-    if not s.institution: return
+    if not s.institution:
+        return
     source = column_source(Institution)
-    try: known = source.allowed()
-    except UnknownNameError: return  # a workspace without the consortium package has nothing to check against
+    try:
+        known = source.allowed()
+    except UnknownNameError:
+        return  # a workspace without the consortium package has nothing to check against
     if s.institution not in known:
-        raise UnknownNameError(source.noun, s.institution, known, where=f"[workspace] institution ({s.source_of('workspace', 'institution')})")
+        raise UnknownNameError(
+            source.noun,
+            s.institution,
+            known,
+            where=f"[workspace] institution ({s.source_of('workspace', 'institution')})",
+        )

@@ -29,10 +29,24 @@ TRUTH = {
     "employment_6m_intercept": 0.12,
     "employment_6m_per_gpa_point": 0.12,
     "employment_6m_state_grant": 0.04,
-    "employment_6m_institution_shift": {"METU": 0.06, "METU-C": 0.03, "ATK": 0.02, "ASTK": 0.04, "APC": 0.02, "KITIG": 0.0},
+    "employment_6m_institution_shift": {
+        "METU": 0.06,
+        "METU-C": 0.03,
+        "ATK": 0.02,
+        "ASTK": 0.04,
+        "APC": 0.02,
+        "KITIG": 0.0,
+    },
     "employment_6m_field_shift": {
-        "engineering": 0.07, "construction": 0.08, "energy": 0.1, "transport": 0.05, "it": 0.09,
-        "business": 0.02, "tourism_hospitality": 0.04, "education": 0.0, "design": 0.01,
+        "engineering": 0.07,
+        "construction": 0.08,
+        "energy": 0.1,
+        "transport": 0.05,
+        "it": 0.09,
+        "business": 0.02,
+        "tourism_hospitality": 0.04,
+        "education": 0.0,
+        "design": 0.01,
     },
     "employment_6m_probability_bounds": [0.02, 0.98],
     "internship_log_odds_intercept": -0.3,
@@ -54,8 +68,15 @@ TRUTH = {
     "wage_log_per_gpa_point": 0.1,
     "wage_log_in_field": 0.15,
     "wage_log_field_shift": {
-        "engineering": 0.05, "construction": 0.08, "energy": 0.1, "transport": 0.05, "it": 0.15,
-        "business": 0.0, "tourism_hospitality": -0.05, "education": -0.1, "design": 0.0,
+        "engineering": 0.05,
+        "construction": 0.08,
+        "energy": 0.1,
+        "transport": 0.05,
+        "it": 0.15,
+        "business": 0.0,
+        "tourism_hospitality": -0.05,
+        "education": -0.1,
+        "design": 0.0,
     },
     "wage_log_sd": 0.35,
     "joint_enrolment_log_odds_intercept": -0.4,
@@ -63,7 +84,13 @@ TRUTH = {
     "pathway_continue_intercept": 0.1,
     "pathway_continue_per_gpa_point": 0.12,
     "pathway_continue_joint_effect": 0.15,
-    "pathway_continue_institution_shift": {"METU-C": 0.05, "ATK": 0.0, "ASTK": 0.02, "APC": 0.0, "KITIG": -0.03},
+    "pathway_continue_institution_shift": {
+        "METU-C": 0.05,
+        "ATK": 0.0,
+        "ASTK": 0.02,
+        "APC": 0.0,
+        "KITIG": -0.03,
+    },
     "credits_recognised_intercept": 30,
     "credits_recognised_joint_effect": 30,
     "credits_recognised_per_gpa_point": 8,
@@ -92,10 +119,22 @@ TRUTH = {
     "applications_trend_log_per_year": -0.03,
     "applications_noise_log_sd": 0.08,
     "applicants_per_place_by_field": {
-        "engineering": 2.2, "construction": 2.2, "energy": 2.4, "transport": 2.0, "it": 3.5,
-        "business": 2.8, "tourism_hospitality": 2.0, "education": 1.9, "design": 2.6,
+        "engineering": 2.2,
+        "construction": 2.2,
+        "energy": 2.4,
+        "transport": 2.0,
+        "it": 3.5,
+        "business": 2.8,
+        "tourism_hospitality": 2.0,
+        "education": 1.9,
+        "design": 2.6,
     },
-    "research_outputs_per_project_year": {"publication": 0.8, "patent": 0.05, "curriculum_change": 0.3, "prototype": 0.15},
+    "research_outputs_per_project_year": {
+        "publication": 0.8,
+        "patent": 0.05,
+        "curriculum_change": 0.3,
+        "prototype": 0.15,
+    },
     "research_outputs_log_per_log_amount": 0.3,
     "research_outputs_amount_reference_kzt": 30000000,
 }
@@ -104,11 +143,22 @@ TRUTH = {
 def _check_employment_bounds(truth: dict) -> None:
     "Fail loudly if the planted coefficients could push an employment probability outside its bounds."
     low, high = truth["employment_6m_probability_bounds"]
-    lowest = truth["employment_6m_intercept"] + min(truth["employment_6m_institution_shift"].values()) + min(truth["employment_6m_field_shift"].values())
-    highest = (truth["employment_6m_intercept"] + 4 * truth["employment_6m_per_gpa_point"] + max(truth["employment_6m_institution_shift"].values())
-               + max(truth["employment_6m_field_shift"].values()) + truth["employment_6m_state_grant"] + truth["internship_effect_on_employment_6m"])
+    lowest = (
+        truth["employment_6m_intercept"]
+        + min(truth["employment_6m_institution_shift"].values())
+        + min(truth["employment_6m_field_shift"].values())
+    )
+    highest = (
+        truth["employment_6m_intercept"]
+        + 4 * truth["employment_6m_per_gpa_point"]
+        + max(truth["employment_6m_institution_shift"].values())
+        + max(truth["employment_6m_field_shift"].values())
+        + truth["employment_6m_state_grant"]
+        + truth["internship_effect_on_employment_6m"]
+    )
     # Clipping would make the linear probability model wrong, so the bounds must hold for every GPA in 0-4.
     assert low < lowest and highest < high, (lowest, highest)
+
 
 _check_employment_bounds(TRUTH)
 
@@ -116,12 +166,14 @@ _check_employment_bounds(TRUTH)
 def _outreach_truth(truth: dict) -> dict:
     "The planted outreach effects on the log scale, per roll-out cohort and averaged over treated programme-years."
     import math
+
     last = truth["applications_years"][1]
     effect = {g: math.log(1 + pct / 100) for g, pct in truth["outreach_effect_pct"].items()}
     # every treated programme-year counts once: a cohort weighs its programmes times its years after the first event
     weights = {g: len(truth["outreach_rollout"][g]) * (last - int(g)) for g in effect}
     att = sum(weights[g] * effect[g] for g in effect) / sum(weights.values())
     return {"outreach_effect_log": effect, "outreach_att_log": att}
+
 
 TRUTH.update(_outreach_truth(TRUTH))
 
@@ -130,9 +182,14 @@ def _check_pathway_bounds(truth: dict) -> None:
     "The continuation probability must stay inside 0-1 for every GPA in 0-4, so the linear model holds exactly."
     shifts = truth["pathway_continue_institution_shift"].values()
     lowest = truth["pathway_continue_intercept"] + min(shifts)
-    highest = (truth["pathway_continue_intercept"] + 4 * truth["pathway_continue_per_gpa_point"]
-               + truth["pathway_continue_joint_effect"] + max(shifts))
+    highest = (
+        truth["pathway_continue_intercept"]
+        + 4 * truth["pathway_continue_per_gpa_point"]
+        + truth["pathway_continue_joint_effect"]
+        + max(shifts)
+    )
     assert 0 < lowest and highest < 1, (lowest, highest)
+
 
 _check_pathway_bounds(TRUTH)
 
@@ -177,20 +234,54 @@ PROGRAMS = [
     ("KITIG-04", "Event Management", "business", "vocational", "russian"),
 ]
 
-FIELDS = ["engineering", "construction", "energy", "transport", "it", "business", "tourism_hospitality", "education", "design"]
+FIELDS = [
+    "engineering",
+    "construction",
+    "energy",
+    "transport",
+    "it",
+    "business",
+    "tourism_hospitality",
+    "education",
+    "design",
+]
 
 # Cities of republican significance first, then the regions (oblystar) in alphabetical order.
 REGIONS = [
-    "almaty_city", "astana_city", "shymkent_city", "abai", "akmola", "aktobe", "almaty_region", "atyrau",
-    "east_kazakhstan", "jambyl", "jetisu", "karaganda", "kostanay", "kyzylorda", "mangystau",
-    "north_kazakhstan", "pavlodar", "turkistan", "ulytau", "west_kazakhstan",
+    "almaty_city",
+    "astana_city",
+    "shymkent_city",
+    "abai",
+    "akmola",
+    "aktobe",
+    "almaty_region",
+    "atyrau",
+    "east_kazakhstan",
+    "jambyl",
+    "jetisu",
+    "karaganda",
+    "kostanay",
+    "kyzylorda",
+    "mangystau",
+    "north_kazakhstan",
+    "pavlodar",
+    "turkistan",
+    "ulytau",
+    "west_kazakhstan",
 ]
 _REGION_SHARES = [40, 4, 3, 2, 1, 1, 16, 1, 2, 6, 6, 2, 1, 3, 1, 1, 1, 7, 1, 1]
 
 # OKED (NACE-based) sections where students of each field usually do their internships.
 _FIELD_SECTOR = {
-    "engineering": "C", "construction": "F", "energy": "D", "transport": "H", "it": "J",
-    "business": "M", "tourism_hospitality": "I", "education": "P", "design": "M",
+    "engineering": "C",
+    "construction": "F",
+    "energy": "D",
+    "transport": "H",
+    "it": "J",
+    "business": "M",
+    "tourism_hospitality": "I",
+    "education": "P",
+    "design": "M",
 }
 SECTORS = list("ABCDEFGHIJKLMNOPQRSTU")
 
@@ -213,8 +304,15 @@ JOINT_PROGRAMS = [
 
 # The METU programme a college graduate of each field usually continues in.
 _METU_PROGRAM_FOR_FIELD = {
-    "construction": "METU-01", "it": "METU-02", "engineering": "METU-03", "energy": "METU-04", "business": "METU-05",
-    "education": "METU-06", "transport": "METU-03", "tourism_hospitality": "METU-05", "design": "METU-01",
+    "construction": "METU-01",
+    "it": "METU-02",
+    "engineering": "METU-03",
+    "energy": "METU-04",
+    "business": "METU-05",
+    "education": "METU-06",
+    "transport": "METU-03",
+    "tourism_hospitality": "METU-05",
+    "design": "METU-01",
 }
 
 EVENT_TYPES = ["career_day", "open_day", "school_visit", "profession_week"]
@@ -274,29 +372,42 @@ def _simulate_students(seed: int, n: int) -> pd.DataFrame:
     habit = 0.5 * ability + np.sqrt(0.75) * habit
     grant_log_odds = np.where(university, -0.5, 0.4) + 1.2 * ability
     state_grant = rng.random(n) < _logistic(grant_log_odds)
-    male_share = pd.Series({"engineering": 0.85, "construction": 0.8, "energy": 0.85, "transport": 0.85, "it": 0.65,
-                            "business": 0.35, "tourism_hospitality": 0.25, "education": 0.3, "design": 0.45})
+    male_share = pd.Series(
+        {
+            "engineering": 0.85,
+            "construction": 0.8,
+            "energy": 0.85,
+            "transport": 0.85,
+            "it": 0.65,
+            "business": 0.35,
+            "tourism_hospitality": 0.25,
+            "education": 0.3,
+            "design": 0.45,
+        }
+    )
     male = rng.random(n) < male_share.reindex(field).to_numpy()
     entry_age = np.where(grade_9, 15, 17) + (rng.random(n) < 0.2) + rng.binomial(4, 0.05, n)
     program_language = programs["language"].to_numpy()[prog]
     other_language = np.where(program_language == "kazakh", "russian", "kazakh")
     region = rng.choice(len(REGIONS), size=n, p=np.array(_REGION_SHARES) / sum(_REGION_SHARES))
-    return pd.DataFrame({
-        "student_id": _random_codes(_rng(seed, 0), "S-", n),
-        "institution_id": np.array(inst_ids)[inst],
-        "program_id": programs["program_id"].to_numpy()[prog],
-        "cohort": cohort,
-        "gender": np.where(male, "male", "female"),
-        "birth_year": cohort - entry_age,
-        "entry_basis": np.where(grade_9, "grade_9", "grade_11"),
-        "funding": np.where(state_grant, "state_grant", "paid"),
-        "language": np.where(rng.random(n) < 0.85, program_language, other_language),
-        "region": np.array(REGIONS)[region],
-        "_field": field,
-        "_terms": np.where(university | grade_9, 8, 6),
-        "_ability": 2.9 + 0.45 * ability,
-        "_habit": 0.86 + 0.07 * habit,
-    })
+    return pd.DataFrame(
+        {
+            "student_id": _random_codes(_rng(seed, 0), "S-", n),
+            "institution_id": np.array(inst_ids)[inst],
+            "program_id": programs["program_id"].to_numpy()[prog],
+            "cohort": cohort,
+            "gender": np.where(male, "male", "female"),
+            "birth_year": cohort - entry_age,
+            "entry_basis": np.where(grade_9, "grade_9", "grade_11"),
+            "funding": np.where(state_grant, "state_grant", "paid"),
+            "language": np.where(rng.random(n) < 0.85, program_language, other_language),
+            "region": np.array(REGIONS)[region],
+            "_field": field,
+            "_terms": np.where(university | grade_9, 8, 6),
+            "_ability": 2.9 + 0.45 * ability,
+            "_habit": 0.86 + 0.07 * habit,
+        }
+    )
 
 # %% ../../nbs/data/demo.ipynb #e90b84c4
 def _simulate_terms(seed: int, students: pd.DataFrame) -> dict:
@@ -306,22 +417,39 @@ def _simulate_terms(seed: int, students: pd.DataFrame) -> dict:
     cohort = students["cohort"].to_numpy()
     length = students["_terms"].to_numpy()
     observable = np.minimum(length, 2 * (LAST_YEAR - cohort))
-    attendance = np.round(np.clip(students["_habit"].to_numpy()[:, None] + 0.04 * rng.standard_normal((n, width)), 0, 1), 3)
-    gpa = students["_ability"].to_numpy()[:, None] + 0.6 * (attendance - 0.86) + 0.3 * rng.standard_normal((n, width))
+    attendance = np.round(
+        np.clip(students["_habit"].to_numpy()[:, None] + 0.04 * rng.standard_normal((n, width)), 0, 1), 3
+    )
+    gpa = (
+        students["_ability"].to_numpy()[:, None]
+        + 0.6 * (attendance - 0.86)
+        + 0.3 * rng.standard_normal((n, width))
+    )
     gpa = np.round(np.clip(gpa, 0, 4), 2)
     failed = np.minimum(rng.poisson(np.exp(-1.0 - 1.5 * (gpa - 2.5))), 6)
     t = TRUTH
-    hazard = _logistic(t["dropout_hazard_log_odds_intercept"]
-                       + t["dropout_hazard_log_odds_state_grant"] * (students["funding"].to_numpy() == "state_grant")[:, None]
-                       + t["dropout_hazard_log_odds_per_10pp_attendance"] * (attendance - t["dropout_attendance_reference"]) / 0.1)
+    hazard = _logistic(
+        t["dropout_hazard_log_odds_intercept"]
+        + t["dropout_hazard_log_odds_state_grant"]
+        * (students["funding"].to_numpy() == "state_grant")[:, None]
+        + t["dropout_hazard_log_odds_per_10pp_attendance"]
+        * (attendance - t["dropout_attendance_reference"])
+        / 0.1
+    )
     term = np.arange(1, width + 1)
     # No decision after the programme's last term, nor after the last term we can observe.
     can_drop = term[None, :] < observable[:, None]
     drops = can_drop & (rng.random((n, width)) < hazard)
     dropped = drops.any(axis=1)
     last_term = np.where(dropped, drops.argmax(axis=1) + 1, observable)
-    return {"attendance": attendance, "gpa": gpa, "credits": 30 - 5 * failed, "last_term": last_term,
-            "dropped": dropped, "graduated": ~dropped & (observable == length)}
+    return {
+        "attendance": attendance,
+        "gpa": gpa,
+        "credits": 30 - 5 * failed,
+        "last_term": last_term,
+        "dropped": dropped,
+        "graduated": ~dropped & (observable == length),
+    }
 
 
 def _terms_table(students: pd.DataFrame, sim: dict) -> pd.DataFrame:
@@ -329,19 +457,30 @@ def _terms_table(students: pd.DataFrame, sim: dict) -> pd.DataFrame:
     row, col = np.nonzero(attended)  # row-major: sorted by student, then term
     start = students["cohort"].to_numpy()[row] + col // 2
     years = np.array([f"{y}/{y + 1}" for y in range(min(COHORTS), LAST_YEAR)])
-    return pd.DataFrame({
-        "student_id": students["student_id"].to_numpy()[row],
-        "term": col + 1,
-        "academic_year": years[start - min(COHORTS)],
-        "gpa": sim["gpa"][row, col],
-        "attendance": sim["attendance"][row, col],
-        "credits": sim["credits"][row, col],
-    })
+    return pd.DataFrame(
+        {
+            "student_id": students["student_id"].to_numpy()[row],
+            "term": col + 1,
+            "academic_year": years[start - min(COHORTS)],
+            "gpa": sim["gpa"][row, col],
+            "attendance": sim["attendance"][row, col],
+            "credits": sim["credits"][row, col],
+        }
+    )
 
 # %% ../../nbs/data/demo.ipynb #ed2a03b5
 _INTERNSHIP_INST_SHIFT = {"METU": 0.4, "METU-C": 0.0, "ATK": 0.0, "ASTK": 0.2, "APC": 0.0, "KITIG": -0.2}
-_INTERNSHIP_FIELD_SHIFT = {"engineering": 0.2, "construction": 0.3, "energy": 0.4, "transport": 0.1, "it": 0.3,
-                           "business": -0.2, "tourism_hospitality": 0.0, "education": -0.4, "design": -0.3}
+_INTERNSHIP_FIELD_SHIFT = {
+    "engineering": 0.2,
+    "construction": 0.3,
+    "energy": 0.4,
+    "transport": 0.1,
+    "it": 0.3,
+    "business": -0.2,
+    "tourism_hospitality": 0.0,
+    "education": -0.4,
+    "design": -0.3,
+}
 
 
 def _simulate_internships(seed: int, students: pd.DataFrame, sim: dict) -> pd.DataFrame:
@@ -355,9 +494,12 @@ def _simulate_internships(seed: int, students: pd.DataFrame, sim: dict) -> pd.Da
     so_far = np.arange(1, 9)[None, :] <= 2 * year_k[:, None]
     gpa_so_far = (sim["gpa"] * so_far).sum(axis=1) / so_far.sum(axis=1)
     t = TRUTH
-    log_odds = (t["internship_log_odds_intercept"] + t["internship_log_odds_per_gpa_point"] * (gpa_so_far - 2.9)
-                + pd.Series(_INTERNSHIP_INST_SHIFT).reindex(students["institution_id"]).to_numpy()
-                + pd.Series(_INTERNSHIP_FIELD_SHIFT).reindex(students["_field"]).to_numpy())
+    log_odds = (
+        t["internship_log_odds_intercept"]
+        + t["internship_log_odds_per_gpa_point"] * (gpa_so_far - 2.9)
+        + pd.Series(_INTERNSHIP_INST_SHIFT).reindex(students["institution_id"]).to_numpy()
+        + pd.Series(_INTERNSHIP_FIELD_SHIFT).reindex(students["_field"]).to_numpy()
+    )
     intern = present & (rng.random(n) < _logistic(log_odds))
     earlier = intern & (year_k >= 2) & (rng.random(n) < 0.2)
     who = np.concatenate([np.flatnonzero(earlier), np.flatnonzero(intern)])
@@ -368,17 +510,21 @@ def _simulate_internships(seed: int, students: pd.DataFrame, sim: dict) -> pd.Da
     usual = pd.Series(_FIELD_SECTOR).reindex(students["_field"].to_numpy()[who]).to_numpy()
     sector = np.where(rng.random(m) < 0.75, usual, np.array(SECTORS)[rng.integers(0, len(SECTORS), m)])
     rating = np.clip(np.round(3.2 + 1.0 * (gpa_so_far[who] - 2.9) + 0.8 * rng.standard_normal(m)), 1, 5)
-    return pd.DataFrame({
-        "internship_id": _codes("I-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
-        "student_id": students["student_id"].to_numpy()[who],
-        "sector": sector,
-        "weeks": rng.integers(4, 13, m),
-        "supervisor_rating": rating.astype(np.int64),
-        "year": students["cohort"].to_numpy()[who] + k,
-    })
+    return pd.DataFrame(
+        {
+            "internship_id": _codes("I-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
+            "student_id": students["student_id"].to_numpy()[who],
+            "sector": sector,
+            "weeks": rng.integers(4, 13, m),
+            "supervisor_rating": rating.astype(np.int64),
+            "year": students["cohort"].to_numpy()[who] + k,
+        }
+    )
 
 # %% ../../nbs/data/demo.ipynb #044064df
-def _simulate_outcomes(seed: int, students: pd.DataFrame, sim: dict, internships: pd.DataFrame) -> pd.DataFrame:
+def _simulate_outcomes(
+    seed: int, students: pd.DataFrame, sim: dict, internships: pd.DataFrame
+) -> pd.DataFrame:
     rng = _rng(seed, 4)
     n, t = len(students), TRUTH
     cohort, last = students["cohort"].to_numpy(), sim["last_term"]
@@ -389,26 +535,38 @@ def _simulate_outcomes(seed: int, students: pd.DataFrame, sim: dict, internships
     gpa = (sim["gpa"] * (np.arange(1, 9)[None, :] <= last[:, None])).sum(axis=1) / last
     had_internship = students["student_id"].isin(internships["student_id"]).to_numpy()
     field = students["_field"]
-    p_employed = (t["employment_6m_intercept"] + t["employment_6m_per_gpa_point"] * gpa
-                  + pd.Series(t["employment_6m_institution_shift"]).reindex(students["institution_id"]).to_numpy()
-                  + pd.Series(t["employment_6m_field_shift"]).reindex(field).to_numpy()
-                  + t["employment_6m_state_grant"] * (students["funding"].to_numpy() == "state_grant")
-                  + t["internship_effect_on_employment_6m"] * had_internship)
+    p_employed = (
+        t["employment_6m_intercept"]
+        + t["employment_6m_per_gpa_point"] * gpa
+        + pd.Series(t["employment_6m_institution_shift"]).reindex(students["institution_id"]).to_numpy()
+        + pd.Series(t["employment_6m_field_shift"]).reindex(field).to_numpy()
+        + t["employment_6m_state_grant"] * (students["funding"].to_numpy() == "state_grant")
+        + t["internship_effect_on_employment_6m"] * had_internship
+    )
     u_employed, u_field, z_wage = rng.random(n), rng.random(n), rng.standard_normal(n)
     employed = graduated & (u_employed < p_employed)
-    in_field = employed & (u_field < t["employed_in_field_base"] + t["internship_effect_on_employed_in_field"] * had_internship)
-    log_wage = (np.log(t["wage_median_kzt"]) + t["wage_log_per_gpa_point"] * (gpa - 3) + t["wage_log_in_field"] * in_field
-                + pd.Series(t["wage_log_field_shift"]).reindex(field).to_numpy() + t["wage_log_sd"] * z_wage)
+    in_field = employed & (
+        u_field < t["employed_in_field_base"] + t["internship_effect_on_employed_in_field"] * had_internship
+    )
+    log_wage = (
+        np.log(t["wage_median_kzt"])
+        + t["wage_log_per_gpa_point"] * (gpa - 3)
+        + t["wage_log_in_field"] * in_field
+        + pd.Series(t["wage_log_field_shift"]).reindex(field).to_numpy()
+        + t["wage_log_sd"] * z_wage
+    )
     wage = pd.array(np.round(np.exp(log_wage) / 1000).astype(np.int64) * 1000, dtype="Int64")
     wage[~employed] = pd.NA
-    return pd.DataFrame({
-        "student_id": students["student_id"].to_numpy(),
-        "status": np.select([graduated, dropped], ["graduated", "dropped"], "enrolled"),
-        "exit_year": exit_year,
-        "employed_6m": _flags(employed, graduated),
-        "employed_in_field": _flags(in_field, employed),
-        "monthly_wage_kzt": wage,
-    })
+    return pd.DataFrame(
+        {
+            "student_id": students["student_id"].to_numpy(),
+            "status": np.select([graduated, dropped], ["graduated", "dropped"], "enrolled"),
+            "exit_year": exit_year,
+            "employed_6m": _flags(employed, graduated),
+            "employed_in_field": _flags(in_field, employed),
+            "monthly_wage_kzt": wage,
+        }
+    )
 
 
 def _flags(values: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -430,15 +588,29 @@ def _simulate_joint_enrolments(seed: int, students: pd.DataFrame, sim: dict) -> 
     "Second-year students of joint programmes selected for the joint track by their first-year GPA."
     rng = _rng(seed, 5)
     t = TRUTH
-    start = pd.Series({c: y for c, _, y in JOINT_PROGRAMS}, dtype=float).reindex(students["program_id"]).to_numpy()
+    start = (
+        pd.Series({c: y for c, _, y in JOINT_PROGRAMS}, dtype=float)
+        .reindex(students["program_id"])
+        .to_numpy()
+    )
     year = students["cohort"].to_numpy() + 1
     # in the programme when its joint track runs, back for term 3, and that year is in the data
     eligible = (year >= np.nan_to_num(start, nan=np.inf)) & (sim["last_term"] >= 3) & (year < LAST_YEAR)
     first_year_gpa = sim["gpa"][:, :2].mean(axis=1)
-    chosen = eligible & (rng.random(len(students)) < _logistic(
-        t["joint_enrolment_log_odds_intercept"] + t["joint_enrolment_log_odds_per_gpa_point"] * (first_year_gpa - 2.9)))
-    return pd.DataFrame({"student_id": students["student_id"].to_numpy()[chosen],
-                         "program_id": students["program_id"].to_numpy()[chosen], "year": year[chosen]})
+    chosen = eligible & (
+        rng.random(len(students))
+        < _logistic(
+            t["joint_enrolment_log_odds_intercept"]
+            + t["joint_enrolment_log_odds_per_gpa_point"] * (first_year_gpa - 2.9)
+        )
+    )
+    return pd.DataFrame(
+        {
+            "student_id": students["student_id"].to_numpy()[chosen],
+            "program_id": students["program_id"].to_numpy()[chosen],
+            "year": year[chosen],
+        }
+    )
 
 
 def _simulate_pathways(seed: int, students: pd.DataFrame, sim: dict, joint: pd.DataFrame) -> pd.DataFrame:
@@ -449,30 +621,50 @@ def _simulate_pathways(seed: int, students: pd.DataFrame, sim: dict, joint: pd.D
     institution = students["institution_id"].to_numpy()
     gpa = _mean_gpa(sim)
     is_joint = students["student_id"].isin(joint["student_id"]).to_numpy()
-    p_continue = (t["pathway_continue_intercept"] + t["pathway_continue_per_gpa_point"] * gpa
-                  + t["pathway_continue_joint_effect"] * is_joint
-                  + pd.Series(t["pathway_continue_institution_shift"]).reindex(institution).fillna(0.0).to_numpy())
+    p_continue = (
+        t["pathway_continue_intercept"]
+        + t["pathway_continue_per_gpa_point"] * gpa
+        + t["pathway_continue_joint_effect"] * is_joint
+        + pd.Series(t["pathway_continue_institution_shift"]).reindex(institution).fillna(0.0).to_numpy()
+    )
     go = sim["graduated"] & (institution != "METU") & (u[0] < p_continue)
     year = students["cohort"].to_numpy() + sim["last_term"] // 2  # the year they graduate
     metu = np.array([p[0] for p in PROGRAMS if p[0].rsplit("-", 1)[0] == "METU"])
     usual = pd.Series(_METU_PROGRAM_FOR_FIELD).reindex(students["_field"]).to_numpy()
     target = np.where(is_joint | (u[1] < 0.85), usual, metu[np.floor(u[2] * len(metu)).astype(np.intp)])
-    credits = (t["credits_recognised_intercept"] + t["credits_recognised_joint_effect"] * is_joint
-               + t["credits_recognised_per_gpa_point"] * (gpa - 3) + t["credits_recognised_sd"] * z[0])
-    metu_gpa = np.clip(np.round(t["metu_gpa_intercept"] + t["metu_gpa_per_college_gpa_point"] * gpa
-                                + t["metu_gpa_joint_effect"] * is_joint + t["metu_gpa_sd"] * z[1], 2), 0, 4)
-    completed = u[3] < _logistic(t["metu_completion_log_odds_intercept"] + t["metu_completion_log_odds_per_gpa_point"] * metu_gpa)
+    credits = (
+        t["credits_recognised_intercept"]
+        + t["credits_recognised_joint_effect"] * is_joint
+        + t["credits_recognised_per_gpa_point"] * (gpa - 3)
+        + t["credits_recognised_sd"] * z[0]
+    )
+    metu_gpa = np.clip(
+        np.round(
+            t["metu_gpa_intercept"]
+            + t["metu_gpa_per_college_gpa_point"] * gpa
+            + t["metu_gpa_joint_effect"] * is_joint
+            + t["metu_gpa_sd"] * z[1],
+            2,
+        ),
+        0,
+        4,
+    )
+    completed = u[3] < _logistic(
+        t["metu_completion_log_odds_intercept"] + t["metu_completion_log_odds_per_gpa_point"] * metu_gpa
+    )
     first_year_over = year < LAST_YEAR  # entered in September of `year`; the data end with 2024/2025
     first_year_gpa = pd.array(metu_gpa, dtype="Float64")
     first_year_gpa[~first_year_over] = pd.NA
-    return pd.DataFrame({
-        "student_id": students["student_id"].to_numpy(),
-        "metu_program_id": target,
-        "year": year,
-        "credits_recognised": np.clip(np.round(credits), 0, 120).astype(np.int64),
-        "first_year_gpa": first_year_gpa,
-        "first_year_completed": _flags(completed, first_year_over),
-    })[go].reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "student_id": students["student_id"].to_numpy(),
+            "metu_program_id": target,
+            "year": year,
+            "credits_recognised": np.clip(np.round(credits), 0, 120).astype(np.int64),
+            "first_year_gpa": first_year_gpa,
+            "first_year_completed": _flags(completed, first_year_over),
+        }
+    )[go].reset_index(drop=True)
 
 # %% ../../nbs/data/demo.ipynb #b8303a74
 def _capacity(n: int) -> pd.Series:
@@ -502,23 +694,45 @@ def _simulate_applications(seed: int, students: pd.DataFrame, n: int) -> pd.Data
     known = counts.reindex(pd.MultiIndex.from_product([ids, years])).to_numpy().reshape(grid.shape)
     drawn = rng.poisson(np.broadcast_to(capacity[:, None], grid.shape))
     admitted = np.where(np.isin(grid, np.array(COHORTS)), np.nan_to_num(known), drawn).astype(np.int64)
-    places = np.maximum(1, admitted + np.round(admitted * rng.uniform(0.02, 0.15, grid.shape)).astype(np.int64))
+    places = np.maximum(
+        1, admitted + np.round(admitted * rng.uniform(0.02, 0.15, grid.shape)).astype(np.int64)
+    )
     first_event = _first_events().to_numpy()
-    effect = pd.Series({float(g): e for g, e in t["outreach_effect_log"].items()}).reindex(first_event).fillna(0.0).to_numpy()
+    effect = (
+        pd.Series({float(g): e for g, e in t["outreach_effect_log"].items()})
+        .reindex(first_event)
+        .fillna(0.0)
+        .to_numpy()
+    )
     treated = grid > np.nan_to_num(first_event, nan=np.inf)[:, None]
     demand = pd.Series(t["applicants_per_place_by_field"]).reindex(programs["field_of_study"]).to_numpy()
-    log_mean = (np.log(capacity * demand)[:, None] + t["applications_trend_log_per_year"] * (grid - first)
-                + treated * effect[:, None] + t["applications_noise_log_sd"] * rng.standard_normal(grid.shape))
+    log_mean = (
+        np.log(capacity * demand)[:, None]
+        + t["applications_trend_log_per_year"] * (grid - first)
+        + treated * effect[:, None]
+        + t["applications_noise_log_sd"] * rng.standard_normal(grid.shape)
+    )
     applicants = np.maximum(admitted, rng.poisson(np.exp(log_mean)))
-    return pd.DataFrame({"program_id": np.repeat(ids, len(years)), "year": grid.ravel(),
-                         "applicants": applicants.ravel(), "places": places.ravel(), "admitted": admitted.ravel()})
+    return pd.DataFrame(
+        {
+            "program_id": np.repeat(ids, len(years)),
+            "year": grid.ravel(),
+            "applicants": applicants.ravel(),
+            "places": places.ravel(),
+            "admitted": admitted.ravel(),
+        }
+    )
 
 
 def _event_dates(rng, years: np.ndarray) -> np.ndarray:
     "A school-term day in each of `years` (February-May or October-November)."
     month = rng.choice(np.array([2, 3, 4, 5, 10, 11]), size=len(years))
     day = rng.integers(1, 29, len(years))
-    return pd.to_datetime(pd.DataFrame({"year": years, "month": month, "day": day})).dt.strftime("%Y-%m-%d").to_numpy()
+    return (
+        pd.to_datetime(pd.DataFrame({"year": years, "month": month, "day": day}))
+        .dt.strftime("%Y-%m-%d")
+        .to_numpy()
+    )
 
 
 def _simulate_outreach_events(seed: int, n: int) -> pd.DataFrame:
@@ -536,49 +750,114 @@ def _simulate_outreach_events(seed: int, n: int) -> pd.DataFrame:
     colleges = np.array([i[0] for i in INSTITUTIONS if i[2] == "college"])
     wide = np.array([(f, y) for f in FIELDS for y in range(first, last + 1)], dtype=object)
     per_wide = rng.poisson(0.3 * scale, len(wide))
-    wide_field, wide_year = np.repeat(wide[:, 0], per_wide).astype(str), np.repeat(wide[:, 1], per_wide).astype(np.int64)
-    institution = np.concatenate([programs["institution_id"].reindex(program).to_numpy(),
-                                  colleges[rng.integers(0, len(colleges), len(wide_year))]])
+    wide_field, wide_year = (
+        np.repeat(wide[:, 0], per_wide).astype(str),
+        np.repeat(wide[:, 1], per_wide).astype(np.int64),
+    )
+    institution = np.concatenate(
+        [
+            programs["institution_id"].reindex(program).to_numpy(),
+            colleges[rng.integers(0, len(colleges), len(wide_year))],
+        ]
+    )
     field = np.concatenate([programs["field_of_study"].reindex(program).to_numpy(), wide_field])
     year = np.concatenate([year, wide_year])
     m = len(year)
     kind = rng.choice(np.array(EVENT_TYPES), size=m, p=[0.3, 0.25, 0.3, 0.15])
-    schools = np.select([kind == "school_visit", kind == "career_day", kind == "open_day"],
-                        [1, 2 + rng.poisson(4, m), 1 + rng.poisson(6, m)], 5 + rng.poisson(10, m))
-    events = pd.DataFrame({
-        "event_id": _codes("E-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
-        "type": kind,
-        "institution_id": institution,
-        "program_id": np.concatenate([program, np.full(len(wide_year), None)]),
-        "field_of_study": field,
-        "date": _event_dates(rng, year),
-        "schools_reached": schools,
-        "pupils_reached": schools * (15 + rng.poisson(25, m)),
-    })
+    schools = np.select(
+        [kind == "school_visit", kind == "career_day", kind == "open_day"],
+        [1, 2 + rng.poisson(4, m), 1 + rng.poisson(6, m)],
+        5 + rng.poisson(10, m),
+    )
+    events = pd.DataFrame(
+        {
+            "event_id": _codes("E-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
+            "type": kind,
+            "institution_id": institution,
+            "program_id": np.concatenate([program, np.full(len(wide_year), None)]),
+            "field_of_study": field,
+            "date": _event_dates(rng, year),
+            "schools_reached": schools,
+            "pupils_reached": schools * (15 + rng.poisson(25, m)),
+        }
+    )
     return events.sort_values(["date", "event_id"], ignore_index=True)
 
 # %% ../../nbs/data/demo.ipynb #9e31da55
 _TOPICS = {
-    "engineering": ["Additive manufacturing of spare parts", "Predictive maintenance of machine tools", "Automated control of weld quality"],
-    "construction": ["Energy-efficient building envelopes", "Seismic retrofitting of school buildings", "Recycled aggregates in concrete"],
-    "energy": ["Smart metering in district heating", "Solar power for rural schools", "Losses in low-voltage networks"],
-    "transport": ["Route planning for urban freight", "Maintenance of electric buses", "Road safety near colleges"],
-    "it": ["Learning analytics for vocational students", "Cybersecurity training ranges", "An open data platform for employers"],
-    "business": ["Accounting for small firms in the digital economy", "Work-based learning contracts", "Entrepreneurship education"],
-    "tourism_hospitality": ["Service quality in Almaty hotels", "Ethno-tourism routes in the Almaty region", "Food safety in school catering"],
-    "education": ["Dual training in technical colleges", "Teacher internships in industry", "Career guidance for school pupils"],
-    "design": ["Accessible design of public spaces", "BIM in architectural education", "Traditional ornament in modern design"],
+    "engineering": [
+        "Additive manufacturing of spare parts",
+        "Predictive maintenance of machine tools",
+        "Automated control of weld quality",
+    ],
+    "construction": [
+        "Energy-efficient building envelopes",
+        "Seismic retrofitting of school buildings",
+        "Recycled aggregates in concrete",
+    ],
+    "energy": [
+        "Smart metering in district heating",
+        "Solar power for rural schools",
+        "Losses in low-voltage networks",
+    ],
+    "transport": [
+        "Route planning for urban freight",
+        "Maintenance of electric buses",
+        "Road safety near colleges",
+    ],
+    "it": [
+        "Learning analytics for vocational students",
+        "Cybersecurity training ranges",
+        "An open data platform for employers",
+    ],
+    "business": [
+        "Accounting for small firms in the digital economy",
+        "Work-based learning contracts",
+        "Entrepreneurship education",
+    ],
+    "tourism_hospitality": [
+        "Service quality in Almaty hotels",
+        "Ethno-tourism routes in the Almaty region",
+        "Food safety in school catering",
+    ],
+    "education": [
+        "Dual training in technical colleges",
+        "Teacher internships in industry",
+        "Career guidance for school pupils",
+    ],
+    "design": [
+        "Accessible design of public spaces",
+        "BIM in architectural education",
+        "Traditional ornament in modern design",
+    ],
 }
-_TITLE_ENDINGS = ["a pilot study", "a joint study of METU and the colleges", "from prototype to practice", "evidence from Almaty"]
-_FUNDING_MEDIAN_KZT = {"ministry_grant": 30e6, "programme_targeted": 150e6, "industry": 12e6, "international": 45e6, "own_funds": 3e6}
+_TITLE_ENDINGS = [
+    "a pilot study",
+    "a joint study of METU and the colleges",
+    "from prototype to practice",
+    "evidence from Almaty",
+]
+_FUNDING_MEDIAN_KZT = {
+    "ministry_grant": 30e6,
+    "programme_targeted": 150e6,
+    "industry": 12e6,
+    "international": 45e6,
+    "own_funds": 3e6,
+}
 _COLLEGES = [i[0] for i in INSTITUTIONS if i[2] == "college"]
 
 
 def _partners(rng, home: np.ndarray, to_metu: float) -> np.ndarray:
     "For each institution in `home`, another one: a college for METU; METU (with chance `to_metu`) or another college for a college."
     colleges = np.array(_COLLEGES)
-    u, k, j = rng.random(len(home)), rng.integers(0, len(colleges), len(home)), rng.integers(0, len(colleges) - 1, len(home))
-    position = pd.Series(range(len(colleges)), index=colleges).reindex(home).fillna(-1).to_numpy().astype(np.intp)
+    u, k, j = (
+        rng.random(len(home)),
+        rng.integers(0, len(colleges), len(home)),
+        rng.integers(0, len(colleges) - 1, len(home)),
+    )
+    position = (
+        pd.Series(range(len(colleges)), index=colleges).reindex(home).fillna(-1).to_numpy().astype(np.intp)
+    )
     other_college = colleges[(position + 1 + j) % len(colleges)]
     return np.where(home == "METU", colleges[k], np.where(u < to_metu, "METU", other_college))
 
@@ -588,7 +867,12 @@ def _simulate_staff(seed: int, n: int) -> pd.DataFrame:
     m = max(2 * len(INSTITUTIONS), round(n / 20))
     inst_ids = np.array([i[0] for i in INSTITUTIONS])
     # at least one member of staff everywhere, however small the package
-    inst = np.concatenate([np.arange(len(INSTITUTIONS)), rng.choice(len(INSTITUTIONS), size=m - len(INSTITUTIONS), p=[i[4] for i in INSTITUTIONS])])
+    inst = np.concatenate(
+        [
+            np.arange(len(INSTITUTIONS)),
+            rng.choice(len(INSTITUTIONS), size=m - len(INSTITUTIONS), p=[i[4] for i in INSTITUTIONS]),
+        ]
+    )
     university = np.array([i[2] == "university" for i in INSTITUTIONS])[inst]
     academic = rng.choice(np.array(STAFF_POSITIONS[:3]), size=m, p=[0.15, 0.25, 0.6])
     college = rng.choice(np.array(STAFF_POSITIONS[3:]), size=m, p=[0.8, 0.2])
@@ -597,8 +881,14 @@ def _simulate_staff(seed: int, n: int) -> pd.DataFrame:
     pick = rng.random(m)
     field = [fields[i][int(u * len(fields[i]))] for i, u in zip(inst_ids[inst], pick)]
     order = rng.permutation(m)  # staff codes are sorted, so shuffle who gets which
-    return pd.DataFrame({"staff_id": _random_codes(rng, "T-", m), "institution_id": inst_ids[inst][order],
-                         "position": np.where(university, academic, college)[order], "field_of_study": np.array(field)[order]})
+    return pd.DataFrame(
+        {
+            "staff_id": _random_codes(rng, "T-", m),
+            "institution_id": inst_ids[inst][order],
+            "position": np.where(university, academic, college)[order],
+            "field_of_study": np.array(field)[order],
+        }
+    )
 
 
 def _simulate_projects(seed: int, n: int) -> pd.DataFrame:
@@ -607,26 +897,45 @@ def _simulate_projects(seed: int, n: int) -> pd.DataFrame:
     lead = np.where(rng.random(m) < 0.5, "METU", np.array(_COLLEGES)[rng.integers(0, len(_COLLEGES), m)])
     partner = _partners(rng, lead, to_metu=0.7)
     field = np.array(FIELDS)[rng.integers(0, len(FIELDS), m)]
-    start_year, start_month, months = rng.integers(2019, LAST_YEAR + 1, m), rng.integers(1, 13, m), rng.integers(12, 37, m)
+    start_year, start_month, months = (
+        rng.integers(2019, LAST_YEAR + 1, m),
+        rng.integers(1, 13, m),
+        rng.integers(12, 37, m),
+    )
     end = start_year * 12 + start_month - 1 + months
     funding = rng.choice(np.array(FUNDING_SOURCES), size=m, p=[0.35, 0.1, 0.25, 0.1, 0.2])
-    amount = np.round(pd.Series(_FUNDING_MEDIAN_KZT).reindex(funding).to_numpy() * np.exp(0.5 * rng.standard_normal(m)) / 1000) * 1000
+    amount = (
+        np.round(
+            pd.Series(_FUNDING_MEDIAN_KZT).reindex(funding).to_numpy()
+            * np.exp(0.5 * rng.standard_normal(m))
+            / 1000
+        )
+        * 1000
+    )
     topic, ending = rng.integers(0, 3, m), rng.integers(0, len(_TITLE_ENDINGS), m)
-    ends = pd.to_datetime(pd.DataFrame({"year": end // 12, "month": end % 12 + 1, "day": 1})) - pd.Timedelta(days=1)
-    return pd.DataFrame({
-        "project_id": _random_codes(rng, "R-", m),
-        "title": [f"{_TOPICS[f][k]}: {_TITLE_ENDINGS[e]}" for f, k, e in zip(field, topic, ending)],
-        "lead_institution_id": lead,
-        "partner_institution_id": partner,
-        "field_of_study": field,
-        "start_date": pd.to_datetime(pd.DataFrame({"year": start_year, "month": start_month, "day": 1})).dt.strftime("%Y-%m-%d"),
-        "end_date": ends.dt.strftime("%Y-%m-%d"),
-        "funding_source": funding,
-        "amount_kzt": amount.astype(np.int64),
-    })
+    ends = pd.to_datetime(pd.DataFrame({"year": end // 12, "month": end % 12 + 1, "day": 1})) - pd.Timedelta(
+        days=1
+    )
+    return pd.DataFrame(
+        {
+            "project_id": _random_codes(rng, "R-", m),
+            "title": [f"{_TOPICS[f][k]}: {_TITLE_ENDINGS[e]}" for f, k, e in zip(field, topic, ending)],
+            "lead_institution_id": lead,
+            "partner_institution_id": partner,
+            "field_of_study": field,
+            "start_date": pd.to_datetime(
+                pd.DataFrame({"year": start_year, "month": start_month, "day": 1})
+            ).dt.strftime("%Y-%m-%d"),
+            "end_date": ends.dt.strftime("%Y-%m-%d"),
+            "funding_source": funding,
+            "amount_kzt": amount.astype(np.int64),
+        }
+    )
 
 
-def _simulate_participants(seed: int, projects: pd.DataFrame, staff: pd.DataFrame, students: pd.DataFrame) -> pd.DataFrame:
+def _simulate_participants(
+    seed: int, projects: pd.DataFrame, staff: pd.DataFrame, students: pd.DataFrame
+) -> pd.DataFrame:
     "Per project: its principal investigator and researchers from both institutions, and up to three students."
     rng = _rng(seed, 11)
     staff_of = staff.groupby("institution_id")["staff_id"].agg(list)
@@ -636,14 +945,26 @@ def _simulate_participants(seed: int, projects: pd.DataFrame, staff: pd.DataFram
         lead, partner = staff_of[p.lead_institution_id], staff_of[p.partner_institution_id]
         pi = lead[rng.integers(len(lead))]
         rows.append((p.project_id, pi, "staff", p.lead_institution_id, "principal_investigator"))
-        for inst, pool, k in [(p.lead_institution_id, [s for s in lead if s != pi], rng.integers(0, 3)),
-                              (p.partner_institution_id, partner, rng.integers(1, 4))]:
-            for who in rng.choice(np.array(pool, dtype=object), size=min(k, len(pool)), replace=False) if pool else []:
+        for inst, pool, k in [
+            (p.lead_institution_id, [s for s in lead if s != pi], rng.integers(0, 3)),
+            (p.partner_institution_id, partner, rng.integers(1, 4)),
+        ]:
+            for who in (
+                rng.choice(np.array(pool, dtype=object), size=min(k, len(pool)), replace=False)
+                if pool
+                else []
+            ):
                 rows.append((p.project_id, who, "staff", inst, "researcher"))
         # students studying when the project starts, of the lead institution
         cohort = min(max(int(p.start_date[:4]) - int(rng.integers(0, 3)), min(COHORTS)), max(COHORTS))
         pool = students_of.get((p.lead_institution_id, cohort), [])
-        for who in rng.choice(np.array(pool, dtype=object), size=min(int(rng.integers(0, 4)), len(pool)), replace=False) if pool else []:
+        for who in (
+            rng.choice(
+                np.array(pool, dtype=object), size=min(int(rng.integers(0, 4)), len(pool)), replace=False
+            )
+            if pool
+            else []
+        ):
             rows.append((p.project_id, who, "student", p.lead_institution_id, "student_researcher"))
     return pd.DataFrame(rows, columns=["project_id", "person_id", "kind", "institution_id", "role"])
 
@@ -656,18 +977,26 @@ def _simulate_outputs(seed: int, projects: pd.DataFrame) -> pd.DataFrame:
     stop = np.minimum(projects["end_date"].str[:4].astype(int).to_numpy(), LAST_YEAR)
     years = stop - start + 1
     project = np.repeat(np.arange(len(projects)), years)
-    year = np.repeat(start, years) + np.concatenate([np.arange(k) for k in years]) if len(projects) else np.array([], dtype=np.int64)
-    size = (projects["amount_kzt"].to_numpy() / t["research_outputs_amount_reference_kzt"]) ** t["research_outputs_log_per_log_amount"]
+    year = (
+        np.repeat(start, years) + np.concatenate([np.arange(k) for k in years])
+        if len(projects)
+        else np.array([], dtype=np.int64)
+    )
+    size = (projects["amount_kzt"].to_numpy() / t["research_outputs_amount_reference_kzt"]) ** t[
+        "research_outputs_log_per_log_amount"
+    ]
     rates = np.array([t["research_outputs_per_project_year"][k] for k in OUTPUT_TYPES])
     counts = rng.poisson(size[project][:, None] * rates[None, :])
     row, kind = np.nonzero(counts)
     row, kind = np.repeat(row, counts[row, kind]), np.repeat(kind, counts[row, kind])
-    return pd.DataFrame({
-        "output_id": _codes("O-", rng.choice(2**32, size=len(row), replace=False).astype(np.uint64)),
-        "project_id": projects["project_id"].to_numpy()[project[row]],
-        "type": np.array(OUTPUT_TYPES)[kind],
-        "year": year[row],
-    })
+    return pd.DataFrame(
+        {
+            "output_id": _codes("O-", rng.choice(2**32, size=len(row), replace=False).astype(np.uint64)),
+            "project_id": projects["project_id"].to_numpy()[project[row]],
+            "type": np.array(OUTPUT_TYPES)[kind],
+            "year": year[row],
+        }
+    )
 
 
 def _simulate_visits(seed: int, n: int, staff: pd.DataFrame) -> pd.DataFrame:
@@ -679,28 +1008,43 @@ def _simulate_visits(seed: int, n: int, staff: pd.DataFrame) -> pd.DataFrame:
     from_metu = rng.choice(np.array(VISIT_PURPOSES), size=m, p=[0.35, 0.15, 0.05, 0.3, 0.15])
     from_college = rng.choice(np.array(VISIT_PURPOSES), size=m, p=[0.1, 0.2, 0.4, 0.2, 0.1])
     year = rng.integers(2019, LAST_YEAR + 1, m)
-    visits = pd.DataFrame({
-        "visit_id": _codes("V-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
-        "staff_id": staff["staff_id"].to_numpy()[who],
-        "from_institution_id": home,
-        "to_institution_id": host,
-        "purpose": np.where(home == "METU", from_metu, from_college),
-        "start_date": _event_dates(rng, year),
-        "weeks": np.minimum(rng.geometric(0.35, m), 26),
-    })
+    visits = pd.DataFrame(
+        {
+            "visit_id": _codes("V-", rng.choice(2**32, size=m, replace=False).astype(np.uint64)),
+            "staff_id": staff["staff_id"].to_numpy()[who],
+            "from_institution_id": home,
+            "to_institution_id": host,
+            "purpose": np.where(home == "METU", from_metu, from_college),
+            "start_date": _event_dates(rng, year),
+            "weeks": np.minimum(rng.geometric(0.35, m), 26),
+        }
+    )
     return visits.sort_values(["start_date", "visit_id"], ignore_index=True)
 
 # %% ../../nbs/data/demo.ipynb #ef25493f
 def _l(kk: str, ru: str, en: str) -> dict:
     return {"kk": kk, "ru": ru, "en": en}
 
+
 _INSTITUTION_LABELS = {
     "METU": _l("METU", "METU", "METU"),
     "METU-C": _l("METU колледжі", "Колледж METU", "METU College"),
-    "ATK": _l("Алматы технологиялық колледжі", "Алматинский технологический колледж", "Almaty College of Technology"),
-    "ASTK": _l("Алматы құрылыс-техникалық колледжі", "Алматинский строительно-технический колледж", "Almaty Construction and Technical College"),
-    "APC": _l("Алматы политехникалық колледжі", "Алматинский политехнический колледж", "Almaty Polytechnic College"),
-    "KITIG": _l("Туризм және қонақжайлылық индустриясы колледжі", "Колледж индустрии туризма и гостеприимства", "College of Tourism and Hospitality Industry"),
+    "ATK": _l(
+        "Алматы технологиялық колледжі", "Алматинский технологический колледж", "Almaty College of Technology"
+    ),
+    "ASTK": _l(
+        "Алматы құрылыс-техникалық колледжі",
+        "Алматинский строительно-технический колледж",
+        "Almaty Construction and Technical College",
+    ),
+    "APC": _l(
+        "Алматы политехникалық колледжі", "Алматинский политехнический колледж", "Almaty Polytechnic College"
+    ),
+    "KITIG": _l(
+        "Туризм және қонақжайлылық индустриясы колледжі",
+        "Колледж индустрии туризма и гостеприимства",
+        "College of Tourism and Hospitality Industry",
+    ),
 }
 
 _PROGRAM_NAMES = {  # English name in PROGRAMS: (kk, ru)
@@ -710,19 +1054,34 @@ _PROGRAM_NAMES = {  # English name in PROGRAMS: (kk, ru)
     "Electrical Power Engineering": ("Электр энергетикасы", "Электроэнергетика"),
     "Management": ("Менеджмент", "Менеджмент"),
     "Vocational Education": ("Кәсіптік оқыту", "Профессиональное обучение"),
-    "Computer Engineering Technology": ("Есептеуіш техника және бағдарламалық қамтамасыз ету", "Вычислительная техника и программное обеспечение"),
+    "Computer Engineering Technology": (
+        "Есептеуіш техника және бағдарламалық қамтамасыз ету",
+        "Вычислительная техника и программное обеспечение",
+    ),
     "Accounting and Auditing": ("Есеп және аудит", "Учёт и аудит"),
     "Welding Production": ("Дәнекерлеу ісі", "Сварочное дело"),
     "Software Development": ("Бағдарламалық қамтамасыз етуді әзірлеу", "Разработка программного обеспечения"),
-    "Motor Vehicle Maintenance and Repair": ("Автомобиль көлігіне техникалық қызмет көрсету және жөндеу", "Техническое обслуживание и ремонт автомобильного транспорта"),
+    "Motor Vehicle Maintenance and Repair": (
+        "Автомобиль көлігіне техникалық қызмет көрсету және жөндеу",
+        "Техническое обслуживание и ремонт автомобильного транспорта",
+    ),
     "Electrical Equipment Operation": ("Электр жабдықтарын пайдалану", "Эксплуатация электрооборудования"),
     "Machine Building Technology": ("Машина жасау технологиясы", "Технология машиностроения"),
-    "Construction and Operation of Buildings": ("Ғимараттар мен құрылыстарды салу және пайдалану", "Строительство и эксплуатация зданий и сооружений"),
+    "Construction and Operation of Buildings": (
+        "Ғимараттар мен құрылыстарды салу және пайдалану",
+        "Строительство и эксплуатация зданий и сооружений",
+    ),
     "Architectural Design": ("Сәулеттік жобалау", "Архитектурное проектирование"),
-    "Heat and Gas Supply Systems": ("Жылумен және газбен жабдықтау жүйелері", "Системы тепло- и газоснабжения"),
+    "Heat and Gas Supply Systems": (
+        "Жылумен және газбен жабдықтау жүйелері",
+        "Системы тепло- и газоснабжения",
+    ),
     "Computer Networks": ("Компьютерлік желілер", "Компьютерные сети"),
     "Electrical Engineering Technology": ("Электр техникасы", "Электротехника"),
-    "Metalworking and CNC Machining": ("Металл өңдеу және сандық бағдарламалық басқарылатын станоктар", "Металлообработка и станки с ЧПУ"),
+    "Metalworking and CNC Machining": (
+        "Металл өңдеу және сандық бағдарламалық басқарылатын станоктар",
+        "Металлообработка и станки с ЧПУ",
+    ),
     "Road Construction": ("Автомобиль жолдарын салу", "Строительство автомобильных дорог"),
     "Transport Logistics": ("Көлік логистикасы", "Транспортная логистика"),
     "Tourism": ("Туризм", "Туризм"),
@@ -733,27 +1092,85 @@ _PROGRAM_NAMES = {  # English name in PROGRAMS: (kk, ru)
 _PROGRAM_LABELS = {p[0]: _l(*_PROGRAM_NAMES[p[1]], p[1]) for p in PROGRAMS}
 
 OKED_SECTIONS = {
-    "A": _l("Ауыл, орман және балық шаруашылығы", "Сельское, лесное и рыбное хозяйство", "Agriculture, forestry and fishing"),
-    "B": _l("Тау-кен өндіру өнеркәсібі және карьерлерді қазу", "Горнодобывающая промышленность и разработка карьеров", "Mining and quarrying"),
+    "A": _l(
+        "Ауыл, орман және балық шаруашылығы",
+        "Сельское, лесное и рыбное хозяйство",
+        "Agriculture, forestry and fishing",
+    ),
+    "B": _l(
+        "Тау-кен өндіру өнеркәсібі және карьерлерді қазу",
+        "Горнодобывающая промышленность и разработка карьеров",
+        "Mining and quarrying",
+    ),
     "C": _l("Өңдеу өнеркәсібі", "Обрабатывающая промышленность", "Manufacturing"),
-    "D": _l("Электр энергиясымен, газбен, бумен, ыстық сумен және ауаны кондициялаумен жабдықтау", "Электроснабжение, подача газа, пара и воздушное кондиционирование", "Electricity, gas, steam and air conditioning supply"),
-    "E": _l("Сумен жабдықтау; кәріз жүйесі, қалдықтардың жиналуын және таратылуын бақылау", "Водоснабжение; водоотведение, сбор, обработка и удаление отходов, деятельность по ликвидации загрязнений", "Water supply; sewerage, waste management and remediation activities"),
+    "D": _l(
+        "Электр энергиясымен, газбен, бумен, ыстық сумен және ауаны кондициялаумен жабдықтау",
+        "Электроснабжение, подача газа, пара и воздушное кондиционирование",
+        "Electricity, gas, steam and air conditioning supply",
+    ),
+    "E": _l(
+        "Сумен жабдықтау; кәріз жүйесі, қалдықтардың жиналуын және таратылуын бақылау",
+        "Водоснабжение; водоотведение, сбор, обработка и удаление отходов, деятельность по ликвидации загрязнений",
+        "Water supply; sewerage, waste management and remediation activities",
+    ),
     "F": _l("Құрылыс", "Строительство", "Construction"),
-    "G": _l("Көтерме және бөлшек сауда; автомобильдер мен мотоциклдерді жөндеу", "Оптовая и розничная торговля; ремонт автомобилей и мотоциклов", "Wholesale and retail trade; repair of motor vehicles and motorcycles"),
+    "G": _l(
+        "Көтерме және бөлшек сауда; автомобильдер мен мотоциклдерді жөндеу",
+        "Оптовая и розничная торговля; ремонт автомобилей и мотоциклов",
+        "Wholesale and retail trade; repair of motor vehicles and motorcycles",
+    ),
     "H": _l("Көлік және қоймалау", "Транспорт и складирование", "Transportation and storage"),
-    "I": _l("Тұру және тамақтану бойынша қызметтер", "Услуги по проживанию и питанию", "Accommodation and food service activities"),
+    "I": _l(
+        "Тұру және тамақтану бойынша қызметтер",
+        "Услуги по проживанию и питанию",
+        "Accommodation and food service activities",
+    ),
     "J": _l("Ақпарат және байланыс", "Информация и связь", "Information and communication"),
-    "K": _l("Қаржы және сақтандыру қызметі", "Финансовая и страховая деятельность", "Financial and insurance activities"),
+    "K": _l(
+        "Қаржы және сақтандыру қызметі",
+        "Финансовая и страховая деятельность",
+        "Financial and insurance activities",
+    ),
     "L": _l("Жылжымайтын мүлікпен операциялар", "Операции с недвижимым имуществом", "Real estate activities"),
-    "M": _l("Кәсіби, ғылыми және техникалық қызмет", "Профессиональная, научная и техническая деятельность", "Professional, scientific and technical activities"),
-    "N": _l("Әкімшілік және қосалқы қызмет көрсету саласындағы қызмет", "Деятельность в области административного и вспомогательного обслуживания", "Administrative and support service activities"),
-    "O": _l("Мемлекеттік басқару және қорғаныс; міндетті әлеуметтік қамсыздандыру", "Государственное управление и оборона; обязательное социальное обеспечение", "Public administration and defence; compulsory social security"),
+    "M": _l(
+        "Кәсіби, ғылыми және техникалық қызмет",
+        "Профессиональная, научная и техническая деятельность",
+        "Professional, scientific and technical activities",
+    ),
+    "N": _l(
+        "Әкімшілік және қосалқы қызмет көрсету саласындағы қызмет",
+        "Деятельность в области административного и вспомогательного обслуживания",
+        "Administrative and support service activities",
+    ),
+    "O": _l(
+        "Мемлекеттік басқару және қорғаныс; міндетті әлеуметтік қамсыздандыру",
+        "Государственное управление и оборона; обязательное социальное обеспечение",
+        "Public administration and defence; compulsory social security",
+    ),
     "P": _l("Білім беру", "Образование", "Education"),
-    "Q": _l("Денсаулық сақтау және халықты әлеуметтік қамтамасыз ету", "Здравоохранение и социальное обслуживание населения", "Human health and social work activities"),
-    "R": _l("Өнер, ойын-сауық және демалыс", "Искусство, развлечения и отдых", "Arts, entertainment and recreation"),
-    "S": _l("Басқа да қызмет түрлерін ұсыну", "Предоставление прочих видов услуг", "Other service activities"),
-    "T": _l("Үй қызметшілерін жалдайтын және өз тұтынуы үшін тауарлар мен қызметтер өндіретін үй шаруашылықтарының қызметі", "Деятельность домашних хозяйств, нанимающих домашнюю прислугу и производящих товары и услуги для собственного потребления", "Activities of households as employers; undifferentiated goods- and services-producing activities of households for own use"),
-    "U": _l("Экстерриториялық ұйымдар мен органдардың қызметі", "Деятельность экстерриториальных организаций и органов", "Activities of extraterritorial organisations and bodies"),
+    "Q": _l(
+        "Денсаулық сақтау және халықты әлеуметтік қамтамасыз ету",
+        "Здравоохранение и социальное обслуживание населения",
+        "Human health and social work activities",
+    ),
+    "R": _l(
+        "Өнер, ойын-сауық және демалыс",
+        "Искусство, развлечения и отдых",
+        "Arts, entertainment and recreation",
+    ),
+    "S": _l(
+        "Басқа да қызмет түрлерін ұсыну", "Предоставление прочих видов услуг", "Other service activities"
+    ),
+    "T": _l(
+        "Үй қызметшілерін жалдайтын және өз тұтынуы үшін тауарлар мен қызметтер өндіретін үй шаруашылықтарының қызметі",
+        "Деятельность домашних хозяйств, нанимающих домашнюю прислугу и производящих товары и услуги для собственного потребления",
+        "Activities of households as employers; undifferentiated goods- and services-producing activities of households for own use",
+    ),
+    "U": _l(
+        "Экстерриториялық ұйымдар мен органдардың қызметі",
+        "Деятельность экстерриториальных организаций и органов",
+        "Activities of extraterritorial organisations and bodies",
+    ),
 }
 
 _REGION_LABELS = {
@@ -765,23 +1182,31 @@ _REGION_LABELS = {
     "aktobe": _l("Ақтөбе облысы", "Актюбинская область", "Aktobe Region"),
     "almaty_region": _l("Алматы облысы", "Алматинская область", "Almaty Region"),
     "atyrau": _l("Атырау облысы", "Атырауская область", "Atyrau Region"),
-    "east_kazakhstan": _l("Шығыс Қазақстан облысы", "Восточно-Казахстанская область", "East Kazakhstan Region"),
+    "east_kazakhstan": _l(
+        "Шығыс Қазақстан облысы", "Восточно-Казахстанская область", "East Kazakhstan Region"
+    ),
     "jambyl": _l("Жамбыл облысы", "Жамбылская область", "Jambyl Region"),
     "jetisu": _l("Жетісу облысы", "область Жетісу", "Jetisu Region"),
     "karaganda": _l("Қарағанды облысы", "Карагандинская область", "Karaganda Region"),
     "kostanay": _l("Қостанай облысы", "Костанайская область", "Kostanay Region"),
     "kyzylorda": _l("Қызылорда облысы", "Кызылординская область", "Kyzylorda Region"),
     "mangystau": _l("Маңғыстау облысы", "Мангистауская область", "Mangystau Region"),
-    "north_kazakhstan": _l("Солтүстік Қазақстан облысы", "Северо-Казахстанская область", "North Kazakhstan Region"),
+    "north_kazakhstan": _l(
+        "Солтүстік Қазақстан облысы", "Северо-Казахстанская область", "North Kazakhstan Region"
+    ),
     "pavlodar": _l("Павлодар облысы", "Павлодарская область", "Pavlodar Region"),
     "turkistan": _l("Түркістан облысы", "Туркестанская область", "Turkistan Region"),
     "ulytau": _l("Ұлытау облысы", "область Улытау", "Ulytau Region"),
-    "west_kazakhstan": _l("Батыс Қазақстан облысы", "Западно-Казахстанская область", "West Kazakhstan Region"),
+    "west_kazakhstan": _l(
+        "Батыс Қазақстан облысы", "Западно-Казахстанская область", "West Kazakhstan Region"
+    ),
 }
 
 # Every code of the string enums, by code (no code means two things across the package).
 _VALUE_LABELS = {
-    **_INSTITUTION_LABELS, **OKED_SECTIONS, **_REGION_LABELS,
+    **_INSTITUTION_LABELS,
+    **OKED_SECTIONS,
+    **_REGION_LABELS,
     "university": _l("Университет", "Университет", "University"),
     "college": _l("Колледж", "Колледж", "College"),
     "engineering": _l("Инженерия", "Инженерное дело", "Engineering"),
@@ -790,10 +1215,16 @@ _VALUE_LABELS = {
     "transport": _l("Көлік", "Транспорт", "Transport"),
     "it": _l("Ақпараттық технологиялар", "Информационные технологии", "Information technology"),
     "business": _l("Бизнес және басқару", "Бизнес и управление", "Business and management"),
-    "tourism_hospitality": _l("Туризм және қонақжайлылық", "Туризм и гостеприимство", "Tourism and hospitality"),
+    "tourism_hospitality": _l(
+        "Туризм және қонақжайлылық", "Туризм и гостеприимство", "Tourism and hospitality"
+    ),
     "education": _l("Білім беру", "Образование", "Education"),
     "design": _l("Дизайн және сәулет", "Дизайн и архитектура", "Design and architecture"),
-    "vocational": _l("Техникалық және кәсіптік білім", "Техническое и профессиональное образование", "Technical and vocational education"),
+    "vocational": _l(
+        "Техникалық және кәсіптік білім",
+        "Техническое и профессиональное образование",
+        "Technical and vocational education",
+    ),
     "bachelor": _l("Бакалавриат", "Бакалавриат", "Bachelor's degree"),
     "kazakh": _l("Қазақ тілі", "Казахский язык", "Kazakh"),
     "russian": _l("Орыс тілі", "Русский язык", "Russian"),
@@ -810,20 +1241,34 @@ _VALUE_LABELS = {
     "open_day": _l("Ашық есік күні", "День открытых дверей", "Open day"),
     "school_visit": _l("Мектепке бару", "Выезд в школу", "School visit"),
     "profession_week": _l("Мамандық апталығы", "Неделя профессии", "Profession week"),
-    "ministry_grant": _l("Ғылым және жоғары білім министрлігінің гранты", "Грант Министерства науки и высшего образования", "Ministry grant"),
-    "programme_targeted": _l("Бағдарламалық-нысаналы қаржыландыру", "Программно-целевое финансирование", "Programme-targeted funding"),
+    "ministry_grant": _l(
+        "Ғылым және жоғары білім министрлігінің гранты",
+        "Грант Министерства науки и высшего образования",
+        "Ministry grant",
+    ),
+    "programme_targeted": _l(
+        "Бағдарламалық-нысаналы қаржыландыру",
+        "Программно-целевое финансирование",
+        "Programme-targeted funding",
+    ),
     "industry": _l("Өнеркәсіптік серіктес", "Промышленный партнёр", "Industry partner"),
     "international": _l("Халықаралық қор", "Международный фонд", "International funder"),
     "own_funds": _l("Өз қаражаты", "Собственные средства", "Own funds"),
     "publication": _l("Жарияланым", "Публикация", "Publication"),
     "patent": _l("Патент", "Патент", "Patent"),
-    "curriculum_change": _l("Оқу бағдарламасының өзгерісі", "Изменение учебной программы", "Curriculum change"),
+    "curriculum_change": _l(
+        "Оқу бағдарламасының өзгерісі", "Изменение учебной программы", "Curriculum change"
+    ),
     "prototype": _l("Прототип", "Прототип", "Prototype"),
     "professor": _l("Профессор", "Профессор", "Professor"),
-    "associate_professor": _l("Қауымдастырылған профессор", "Ассоциированный профессор", "Associate professor"),
+    "associate_professor": _l(
+        "Қауымдастырылған профессор", "Ассоциированный профессор", "Associate professor"
+    ),
     "lecturer": _l("Оқытушы", "Преподаватель", "Lecturer"),
     "teacher": _l("Колледж оқытушысы", "Преподаватель колледжа", "College teacher"),
-    "industrial_training_master": _l("Өндірістік оқыту шебері", "Мастер производственного обучения", "Master of industrial training"),
+    "industrial_training_master": _l(
+        "Өндірістік оқыту шебері", "Мастер производственного обучения", "Master of industrial training"
+    ),
     "staff": _l("Қызметкер", "Сотрудник", "Staff"),
     "student": _l("Студент", "Студент", "Student"),
     "principal_investigator": _l("Ғылыми жетекші", "Научный руководитель", "Principal investigator"),
@@ -832,8 +1277,12 @@ _VALUE_LABELS = {
     "teaching": _l("Сабақ беру", "Преподавание", "Teaching"),
     "research": _l("Зерттеу", "Исследования", "Research"),
     "training": _l("Біліктілікті арттыру", "Повышение квалификации", "Training"),
-    "curriculum_development": _l("Оқу бағдарламаларын әзірлеу", "Разработка учебных программ", "Curriculum development"),
-    "internship_supervision": _l("Практикаға жетекшілік ету", "Руководство практикой", "Internship supervision"),
+    "curriculum_development": _l(
+        "Оқу бағдарламаларын әзірлеу", "Разработка учебных программ", "Curriculum development"
+    ),
+    "internship_supervision": _l(
+        "Практикаға жетекшілік ету", "Руководство практикой", "Internship supervision"
+    ),
 }
 
 _TITLE_LABELS = {  # English title: (kk, ru)
@@ -872,7 +1321,10 @@ _TITLE_LABELS = {  # English title: (kk, ru)
     "Start year": ("Басталған жылы", "Год начала"),
     "Entry year": ("METU-ға түскен жылы", "Год поступления в METU"),
     "Credits recognised": ("Қайта есептелген кредиттер", "Перезачтённые кредиты"),
-    "First-year GPA at METU": ("METU-дағы бірінші курстың орташа балы (GPA)", "Средний балл (GPA) за первый курс в METU"),
+    "First-year GPA at METU": (
+        "METU-дағы бірінші курстың орташа балы (GPA)",
+        "Средний балл (GPA) за первый курс в METU",
+    ),
     "First year completed": ("Бірінші курсты аяқтады", "Первый курс завершён"),
     "Admission year": ("Қабылдау жылы", "Год приёма"),
     "Applicants": ("Өтініш берушілер", "Подано заявлений"),
@@ -921,17 +1373,34 @@ _TITLE_LABELS = {  # English title: (kk, ru)
     "Staff visits": ("Қызметкерлердің сапарлары", "Визиты сотрудников"),
     "Consortium of METU and its partner colleges (SYNTHETIC)": (
         "METU мен серіктес колледждер консорциумы (СИНТЕТИКАЛЫҚ)",
-        "Консорциум METU и колледжей-партнёров (СИНТЕТИЧЕСКИЕ)"),
+        "Консорциум METU и колледжей-партнёров (СИНТЕТИЧЕСКИЕ)",
+    ),
 }
+
 
 def _title_labels(title: str) -> dict:
     kk, ru = _TITLE_LABELS[title]
     return _l(kk, ru, title)
 
 # %% ../../nbs/data/demo.ipynb #840b7355
-RESOURCES = ["institutions", "programs", "students", "terms", "internships", "outcomes",
-             "joint_programs", "joint_enrolments", "pathways", "applications", "outreach_events",
-             "staff", "projects", "project_participants", "research_outputs", "staff_visits"]
+RESOURCES = [
+    "institutions",
+    "programs",
+    "students",
+    "terms",
+    "internships",
+    "outcomes",
+    "joint_programs",
+    "joint_enrolments",
+    "pathways",
+    "applications",
+    "outreach_events",
+    "staff",
+    "projects",
+    "project_participants",
+    "research_outputs",
+    "staff_visits",
+]
 
 _INSTITUTION_IDS = [i[0] for i in INSTITUTIONS]
 _STUDENT_ID = {"required": True, "pattern": "^S-[0-9A-F]{8}$"}
@@ -940,7 +1409,13 @@ _STAFF_ID = {"required": True, "pattern": "^T-[0-9A-F]{8}$"}
 
 
 def _field(name: str, type_: str, title: str, description: str, **constraints) -> dict:
-    field = {"name": name, "type": type_, "title": title, "description": description, "x-labels": _title_labels(title)}
+    field = {
+        "name": name,
+        "type": type_,
+        "title": title,
+        "description": description,
+        "x-labels": _title_labels(title),
+    }
     if type_ == "boolean":
         field |= {"trueValues": ["true"], "falseValues": ["false"]}
     if constraints:
@@ -963,9 +1438,24 @@ _SCHEMAS = {
         "title": "Institutions",
         "description": "The consortium's university and partner colleges.",
         "fields": [
-            _field("institution_id", "string", "Institution", "Institution code.", required=True, unique=True, enum=_INSTITUTION_IDS),
+            _field(
+                "institution_id",
+                "string",
+                "Institution",
+                "Institution code.",
+                required=True,
+                unique=True,
+                enum=_INSTITUTION_IDS,
+            ),
             _field("name", "string", "Name", "Institution name in English.", required=True, unique=True),
-            _field("kind", "string", "Kind", "University or college (technical and vocational education).", required=True, enum=["university", "college"]),
+            _field(
+                "kind",
+                "string",
+                "Kind",
+                "University or college (technical and vocational education).",
+                required=True,
+                enum=["university", "college"],
+            ),
             _field("city", "string", "City", "City of the main campus.", required=True),
         ],
         "primaryKey": ["institution_id"],
@@ -974,12 +1464,47 @@ _SCHEMAS = {
         "title": "Programmes",
         "description": "Educational programmes; a programme taught in two languages has two codes.",
         "fields": [
-            _field("program_id", "string", "Programme", "Programme code: institution code and number.", unique=True, **_PROGRAM_ID),
-            _field("institution_id", "string", "Institution", "Institution offering the programme.", required=True, enum=_INSTITUTION_IDS),
+            _field(
+                "program_id",
+                "string",
+                "Programme",
+                "Programme code: institution code and number.",
+                unique=True,
+                **_PROGRAM_ID,
+            ),
+            _field(
+                "institution_id",
+                "string",
+                "Institution",
+                "Institution offering the programme.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
             _field("name", "string", "Name", "Programme name in English.", required=True),
-            _field("field_of_study", "string", "Field of study", "Broad field the programme prepares for.", required=True, enum=FIELDS),
-            _field("level", "string", "Level", "vocational: college (TVET) qualification; bachelor: university degree.", required=True, enum=["vocational", "bachelor"]),
-            _field("language", "string", "Language of instruction", "Language the programme is taught in.", required=True, enum=["kazakh", "russian"]),
+            _field(
+                "field_of_study",
+                "string",
+                "Field of study",
+                "Broad field the programme prepares for.",
+                required=True,
+                enum=FIELDS,
+            ),
+            _field(
+                "level",
+                "string",
+                "Level",
+                "vocational: college (TVET) qualification; bachelor: university degree.",
+                required=True,
+                enum=["vocational", "bachelor"],
+            ),
+            _field(
+                "language",
+                "string",
+                "Language of instruction",
+                "Language the programme is taught in.",
+                required=True,
+                enum=["kazakh", "russian"],
+            ),
         ],
         "primaryKey": ["program_id"],
         "foreignKeys": [_foreign_key("institution_id", "institutions")],
@@ -988,30 +1513,134 @@ _SCHEMAS = {
         "title": "Students",
         "description": "One row per student admitted in 2019-2024 (pseudonymous codes only).",
         "fields": [
-            _field("student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID),
-            _field("institution_id", "string", "Institution", "Institution the student is admitted to.", required=True, enum=_INSTITUTION_IDS),
-            _field("program_id", "string", "Programme", "Programme the student is admitted to.", **_PROGRAM_ID),
-            _field("cohort", "year", "Cohort", "Calendar year of admission (studies start in September).", required=True, minimum=2019, maximum=2024),
-            _field("gender", "string", "Gender", "Gender as recorded at admission.", required=True, enum=["female", "male"]),
-            _field("birth_year", "year", "Birth year", "Year of birth.", required=True, minimum=1980, maximum=2010),
-            _field("entry_basis", "string", "Entry basis", "School grade completed before admission: 9 (basic) or 11 (general secondary).", required=True, enum=["grade_9", "grade_11"]),
-            _field("funding", "string", "Funding", "state_grant: tuition paid by the state educational grant or order; paid: fee-paying.", required=True, enum=["state_grant", "paid"]),
-            _field("language", "string", "First language", "The student's first (home) language as recorded at admission.", required=True, enum=["kazakh", "russian"]),
-            _field("region", "string", "Home region", "Region or city of republican significance of the student's home address.", required=True, enum=REGIONS),
+            _field(
+                "student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID
+            ),
+            _field(
+                "institution_id",
+                "string",
+                "Institution",
+                "Institution the student is admitted to.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "program_id", "string", "Programme", "Programme the student is admitted to.", **_PROGRAM_ID
+            ),
+            _field(
+                "cohort",
+                "year",
+                "Cohort",
+                "Calendar year of admission (studies start in September).",
+                required=True,
+                minimum=2019,
+                maximum=2024,
+            ),
+            _field(
+                "gender",
+                "string",
+                "Gender",
+                "Gender as recorded at admission.",
+                required=True,
+                enum=["female", "male"],
+            ),
+            _field(
+                "birth_year",
+                "year",
+                "Birth year",
+                "Year of birth.",
+                required=True,
+                minimum=1980,
+                maximum=2010,
+            ),
+            _field(
+                "entry_basis",
+                "string",
+                "Entry basis",
+                "School grade completed before admission: 9 (basic) or 11 (general secondary).",
+                required=True,
+                enum=["grade_9", "grade_11"],
+            ),
+            _field(
+                "funding",
+                "string",
+                "Funding",
+                "state_grant: tuition paid by the state educational grant or order; paid: fee-paying.",
+                required=True,
+                enum=["state_grant", "paid"],
+            ),
+            _field(
+                "language",
+                "string",
+                "First language",
+                "The student's first (home) language as recorded at admission.",
+                required=True,
+                enum=["kazakh", "russian"],
+            ),
+            _field(
+                "region",
+                "string",
+                "Home region",
+                "Region or city of republican significance of the student's home address.",
+                required=True,
+                enum=REGIONS,
+            ),
         ],
         "primaryKey": ["student_id"],
-        "foreignKeys": [_foreign_key("institution_id", "institutions"), _foreign_key("program_id", "programs")],
+        "foreignKeys": [
+            _foreign_key("institution_id", "institutions"),
+            _foreign_key("program_id", "programs"),
+        ],
     },
     "terms": {
         "title": "Terms",
         "description": "One row per student and term actually attended; a student who drops out has no later terms.",
         "fields": [
             _field("student_id", "string", "Student", "Pseudonymous student code.", **_STUDENT_ID),
-            _field("term", "integer", "Term", "Term of study: 1 is the autumn of the cohort year, 2 the following spring, and so on.", required=True, minimum=1, maximum=8),
-            _field("academic_year", "string", "Academic year", "Academic year of the term, e.g. 2023/2024.", required=True, pattern="^[0-9]{4}/[0-9]{4}$"),
-            _field("gpa", "number", "Term GPA", "Grade point average for the term on the 0-4 scale (2 decimals).", required=True, minimum=0, maximum=4),
-            _field("attendance", "number", "Attendance", "Share of scheduled classes attended in the term (3 decimals).", required=True, minimum=0, maximum=1),
-            _field("credits", "integer", "Credits earned", "Credits earned in the term (30 when every course is passed).", required=True, minimum=0, maximum=30),
+            _field(
+                "term",
+                "integer",
+                "Term",
+                "Term of study: 1 is the autumn of the cohort year, 2 the following spring, and so on.",
+                required=True,
+                minimum=1,
+                maximum=8,
+            ),
+            _field(
+                "academic_year",
+                "string",
+                "Academic year",
+                "Academic year of the term, e.g. 2023/2024.",
+                required=True,
+                pattern="^[0-9]{4}/[0-9]{4}$",
+            ),
+            _field(
+                "gpa",
+                "number",
+                "Term GPA",
+                "Grade point average for the term on the 0-4 scale (2 decimals).",
+                required=True,
+                minimum=0,
+                maximum=4,
+            ),
+            _field(
+                "attendance",
+                "number",
+                "Attendance",
+                "Share of scheduled classes attended in the term (3 decimals).",
+                required=True,
+                minimum=0,
+                maximum=1,
+            ),
+            _field(
+                "credits",
+                "integer",
+                "Credits earned",
+                "Credits earned in the term (30 when every course is passed).",
+                required=True,
+                minimum=0,
+                maximum=30,
+            ),
         ],
         "primaryKey": ["student_id", "term"],
         "foreignKeys": [_foreign_key("student_id", "students")],
@@ -1020,12 +1649,51 @@ _SCHEMAS = {
         "title": "Internships",
         "description": "One row per completed internship (professional practice) at an employer.",
         "fields": [
-            _field("internship_id", "string", "Internship", "Pseudonymous internship code.", required=True, unique=True, pattern="^I-[0-9A-F]{8}$"),
+            _field(
+                "internship_id",
+                "string",
+                "Internship",
+                "Pseudonymous internship code.",
+                required=True,
+                unique=True,
+                pattern="^I-[0-9A-F]{8}$",
+            ),
             _field("student_id", "string", "Student", "Pseudonymous student code.", **_STUDENT_ID),
-            _field("sector", "string", "Sector", "Employer's economic activity: OKED (NACE Rev. 2) section letter.", required=True, enum=SECTORS),
-            _field("weeks", "integer", "Weeks", "Length of the internship in weeks.", required=True, minimum=1, maximum=52),
-            _field("supervisor_rating", "integer", "Supervisor rating", "The workplace supervisor's rating, 1 (poor) to 5 (excellent).", required=True, minimum=1, maximum=5),
-            _field("year", "year", "Year", "Calendar year of the internship (summer).", required=True, minimum=2019, maximum=LAST_YEAR),
+            _field(
+                "sector",
+                "string",
+                "Sector",
+                "Employer's economic activity: OKED (NACE Rev. 2) section letter.",
+                required=True,
+                enum=SECTORS,
+            ),
+            _field(
+                "weeks",
+                "integer",
+                "Weeks",
+                "Length of the internship in weeks.",
+                required=True,
+                minimum=1,
+                maximum=52,
+            ),
+            _field(
+                "supervisor_rating",
+                "integer",
+                "Supervisor rating",
+                "The workplace supervisor's rating, 1 (poor) to 5 (excellent).",
+                required=True,
+                minimum=1,
+                maximum=5,
+            ),
+            _field(
+                "year",
+                "year",
+                "Year",
+                "Calendar year of the internship (summer).",
+                required=True,
+                minimum=2019,
+                maximum=LAST_YEAR,
+            ),
         ],
         "primaryKey": ["internship_id"],
         "foreignKeys": [_foreign_key("student_id", "students")],
@@ -1034,12 +1702,44 @@ _SCHEMAS = {
         "title": "Outcomes",
         "description": "Each student's status after the 2024/2025 academic year and, for graduates, employment six months after graduation.",
         "fields": [
-            _field("student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID),
-            _field("status", "string", "Status", "enrolled: still studying; graduated: completed the programme; dropped: left without completing.", required=True, enum=["enrolled", "graduated", "dropped"]),
-            _field("exit_year", "year", "Exit year", "Year the student graduated or left; empty while enrolled.", minimum=2019, maximum=LAST_YEAR),
-            _field("employed_6m", "boolean", "Employed at 6 months", "Employed six months after graduation; empty unless graduated."),
-            _field("employed_in_field", "boolean", "Employed in field", "Job matches the field of study; empty unless employed at 6 months."),
-            _field("monthly_wage_kzt", "integer", "Monthly wage (KZT)", "Gross monthly wage in tenge, rounded to 1,000; empty unless employed at 6 months.", minimum=0),
+            _field(
+                "student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID
+            ),
+            _field(
+                "status",
+                "string",
+                "Status",
+                "enrolled: still studying; graduated: completed the programme; dropped: left without completing.",
+                required=True,
+                enum=["enrolled", "graduated", "dropped"],
+            ),
+            _field(
+                "exit_year",
+                "year",
+                "Exit year",
+                "Year the student graduated or left; empty while enrolled.",
+                minimum=2019,
+                maximum=LAST_YEAR,
+            ),
+            _field(
+                "employed_6m",
+                "boolean",
+                "Employed at 6 months",
+                "Employed six months after graduation; empty unless graduated.",
+            ),
+            _field(
+                "employed_in_field",
+                "boolean",
+                "Employed in field",
+                "Job matches the field of study; empty unless employed at 6 months.",
+            ),
+            _field(
+                "monthly_wage_kzt",
+                "integer",
+                "Monthly wage (KZT)",
+                "Gross monthly wage in tenge, rounded to 1,000; empty unless employed at 6 months.",
+                minimum=0,
+            ),
         ],
         "primaryKey": ["student_id"],
         "foreignKeys": [_foreign_key("student_id", "students")],
@@ -1049,19 +1749,46 @@ _SCHEMAS = {
         "description": "College programmes run jointly with a METU programme, and the first academic year of their joint track.",
         "fields": [
             _field("program_id", "string", "Programme", "The college programme.", unique=True, **_PROGRAM_ID),
-            _field("metu_program_id", "string", "METU programme", "The METU programme it is run with.", **_PROGRAM_ID),
-            _field("start_year", "year", "Start year", "First academic year (starting in September) of the joint track.", required=True, minimum=2015, maximum=LAST_YEAR),
+            _field(
+                "metu_program_id",
+                "string",
+                "METU programme",
+                "The METU programme it is run with.",
+                **_PROGRAM_ID,
+            ),
+            _field(
+                "start_year",
+                "year",
+                "Start year",
+                "First academic year (starting in September) of the joint track.",
+                required=True,
+                minimum=2015,
+                maximum=LAST_YEAR,
+            ),
         ],
         "primaryKey": ["program_id"],
-        "foreignKeys": [_foreign_key("program_id", "programs"), _foreign_key("metu_program_id", "programs", "program_id")],
+        "foreignKeys": [
+            _foreign_key("program_id", "programs"),
+            _foreign_key("metu_program_id", "programs", "program_id"),
+        ],
     },
     "joint_enrolments": {
         "title": "Joint-track students",
         "description": "One row per college student selected for the joint track of a joint programme, at the start of the second year.",
         "fields": [
-            _field("student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID),
+            _field(
+                "student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID
+            ),
             _field("program_id", "string", "Programme", "The joint programme.", **_PROGRAM_ID),
-            _field("year", "year", "Year", "Calendar year the joint track began for the student (September).", required=True, minimum=2015, maximum=LAST_YEAR),
+            _field(
+                "year",
+                "year",
+                "Year",
+                "Calendar year the joint track began for the student (September).",
+                required=True,
+                minimum=2015,
+                maximum=LAST_YEAR,
+            ),
         ],
         "primaryKey": ["student_id"],
         "foreignKeys": [_foreign_key("student_id", "students"), _foreign_key("program_id", "joint_programs")],
@@ -1070,25 +1797,87 @@ _SCHEMAS = {
         "title": "Pathways to METU",
         "description": "One row per college graduate who continued at METU: programme, year, credits recognised and the first year there.",
         "fields": [
-            _field("student_id", "string", "Student", "Pseudonymous code of the college graduate.", unique=True, **_STUDENT_ID),
-            _field("metu_program_id", "string", "METU programme", "The METU programme entered.", **_PROGRAM_ID),
-            _field("year", "year", "Entry year", "Calendar year of entry to METU (September); the year of graduation from college.", required=True, minimum=2019, maximum=LAST_YEAR),
-            _field("credits_recognised", "integer", "Credits recognised", "Credits of the college programme recognised towards the METU degree.", required=True, minimum=0, maximum=120),
-            _field("first_year_gpa", "number", "First-year GPA at METU", "GPA of the first year at METU (0-4, 2 decimals); empty if the first year ends after 2024/2025.", minimum=0, maximum=4),
-            _field("first_year_completed", "boolean", "First year completed", "Completed the first year at METU; empty if it ends after 2024/2025."),
+            _field(
+                "student_id",
+                "string",
+                "Student",
+                "Pseudonymous code of the college graduate.",
+                unique=True,
+                **_STUDENT_ID,
+            ),
+            _field(
+                "metu_program_id", "string", "METU programme", "The METU programme entered.", **_PROGRAM_ID
+            ),
+            _field(
+                "year",
+                "year",
+                "Entry year",
+                "Calendar year of entry to METU (September); the year of graduation from college.",
+                required=True,
+                minimum=2019,
+                maximum=LAST_YEAR,
+            ),
+            _field(
+                "credits_recognised",
+                "integer",
+                "Credits recognised",
+                "Credits of the college programme recognised towards the METU degree.",
+                required=True,
+                minimum=0,
+                maximum=120,
+            ),
+            _field(
+                "first_year_gpa",
+                "number",
+                "First-year GPA at METU",
+                "GPA of the first year at METU (0-4, 2 decimals); empty if the first year ends after 2024/2025.",
+                minimum=0,
+                maximum=4,
+            ),
+            _field(
+                "first_year_completed",
+                "boolean",
+                "First year completed",
+                "Completed the first year at METU; empty if it ends after 2024/2025.",
+            ),
         ],
         "primaryKey": ["student_id"],
-        "foreignKeys": [_foreign_key("student_id", "students"), _foreign_key("metu_program_id", "programs", "program_id")],
+        "foreignKeys": [
+            _foreign_key("student_id", "students"),
+            _foreign_key("metu_program_id", "programs", "program_id"),
+        ],
     },
     "applications": {
         "title": "Applications",
         "description": "Admission campaigns per programme and year: applicants, places and students admitted.",
         "fields": [
             _field("program_id", "string", "Programme", "Programme applied to.", **_PROGRAM_ID),
-            _field("year", "year", "Admission year", "Calendar year of the admission campaign (studies start in September).", required=True, minimum=2016, maximum=LAST_YEAR),
+            _field(
+                "year",
+                "year",
+                "Admission year",
+                "Calendar year of the admission campaign (studies start in September).",
+                required=True,
+                minimum=2016,
+                maximum=LAST_YEAR,
+            ),
             _field("applicants", "integer", "Applicants", "Applications received.", required=True, minimum=0),
-            _field("places", "integer", "Places", "Places offered (state grant and fee-paying).", required=True, minimum=1),
-            _field("admitted", "integer", "Admitted", "Students admitted; for 2019-2024 the cohort in students.", required=True, minimum=0),
+            _field(
+                "places",
+                "integer",
+                "Places",
+                "Places offered (state grant and fee-paying).",
+                required=True,
+                minimum=1,
+            ),
+            _field(
+                "admitted",
+                "integer",
+                "Admitted",
+                "Students admitted; for 2019-2024 the cohort in students.",
+                required=True,
+                minimum=0,
+            ),
         ],
         "primaryKey": ["program_id", "year"],
         "foreignKeys": [_foreign_key("program_id", "programs")],
@@ -1097,26 +1886,102 @@ _SCHEMAS = {
         "title": "Outreach events",
         "description": "Events that present working professions to school pupils: the programme targeted (empty for a field-wide event), date and reach.",
         "fields": [
-            _field("event_id", "string", "Event", "Pseudonymous event code.", required=True, unique=True, pattern="^E-[0-9A-F]{8}$"),
-            _field("type", "string", "Event type", "Career day, open day, school visit or profession week.", required=True, enum=EVENT_TYPES),
-            _field("institution_id", "string", "Institution", "Institution that organised the event.", required=True, enum=_INSTITUTION_IDS),
-            _field("program_id", "string", "Programme", "Programme presented; empty when the event presents a whole field.", pattern=_PROGRAM_ID["pattern"]),
-            _field("field_of_study", "string", "Field of study", "Field presented.", required=True, enum=FIELDS),
-            _field("date", "date", "Date", "Date of the event (the first day of a profession week).", required=True),
-            _field("schools_reached", "integer", "Schools reached", "Schools whose pupils took part.", required=True, minimum=0),
-            _field("pupils_reached", "integer", "Pupils reached", "Pupils who took part.", required=True, minimum=0),
+            _field(
+                "event_id",
+                "string",
+                "Event",
+                "Pseudonymous event code.",
+                required=True,
+                unique=True,
+                pattern="^E-[0-9A-F]{8}$",
+            ),
+            _field(
+                "type",
+                "string",
+                "Event type",
+                "Career day, open day, school visit or profession week.",
+                required=True,
+                enum=EVENT_TYPES,
+            ),
+            _field(
+                "institution_id",
+                "string",
+                "Institution",
+                "Institution that organised the event.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "program_id",
+                "string",
+                "Programme",
+                "Programme presented; empty when the event presents a whole field.",
+                pattern=_PROGRAM_ID["pattern"],
+            ),
+            _field(
+                "field_of_study", "string", "Field of study", "Field presented.", required=True, enum=FIELDS
+            ),
+            _field(
+                "date",
+                "date",
+                "Date",
+                "Date of the event (the first day of a profession week).",
+                required=True,
+            ),
+            _field(
+                "schools_reached",
+                "integer",
+                "Schools reached",
+                "Schools whose pupils took part.",
+                required=True,
+                minimum=0,
+            ),
+            _field(
+                "pupils_reached",
+                "integer",
+                "Pupils reached",
+                "Pupils who took part.",
+                required=True,
+                minimum=0,
+            ),
         ],
         "primaryKey": ["event_id"],
-        "foreignKeys": [_foreign_key("institution_id", "institutions"), _foreign_key("program_id", "programs")],
+        "foreignKeys": [
+            _foreign_key("institution_id", "institutions"),
+            _foreign_key("program_id", "programs"),
+        ],
     },
     "staff": {
         "title": "Staff",
         "description": "Academic staff and teachers (pseudonymous codes only).",
         "fields": [
-            _field("staff_id", "string", "Staff member", "Pseudonymous staff code.", unique=True, **_STAFF_ID),
-            _field("institution_id", "string", "Institution", "Employing institution.", required=True, enum=_INSTITUTION_IDS),
-            _field("position", "string", "Position", "Academic position at METU, teaching position at a college.", required=True, enum=STAFF_POSITIONS),
-            _field("field_of_study", "string", "Field of study", "Field the staff member teaches in.", required=True, enum=FIELDS),
+            _field(
+                "staff_id", "string", "Staff member", "Pseudonymous staff code.", unique=True, **_STAFF_ID
+            ),
+            _field(
+                "institution_id",
+                "string",
+                "Institution",
+                "Employing institution.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "position",
+                "string",
+                "Position",
+                "Academic position at METU, teaching position at a college.",
+                required=True,
+                enum=STAFF_POSITIONS,
+            ),
+            _field(
+                "field_of_study",
+                "string",
+                "Field of study",
+                "Field the staff member teaches in.",
+                required=True,
+                enum=FIELDS,
+            ),
         ],
         "primaryKey": ["staff_id"],
         "foreignKeys": [_foreign_key("institution_id", "institutions")],
@@ -1125,41 +1990,136 @@ _SCHEMAS = {
         "title": "Joint research projects",
         "description": "Research and innovation projects led by one consortium institution with another as partner.",
         "fields": [
-            _field("project_id", "string", "Project", "Project code.", required=True, unique=True, pattern="^R-[0-9A-F]{8}$"),
+            _field(
+                "project_id",
+                "string",
+                "Project",
+                "Project code.",
+                required=True,
+                unique=True,
+                pattern="^R-[0-9A-F]{8}$",
+            ),
             _field("title", "string", "Title", "Project title in English.", required=True),
-            _field("lead_institution_id", "string", "Lead institution", "Institution leading the project.", required=True, enum=_INSTITUTION_IDS),
-            _field("partner_institution_id", "string", "Partner institution", "Main partner institution.", required=True, enum=_INSTITUTION_IDS),
-            _field("field_of_study", "string", "Field of study", "Field of the project.", required=True, enum=FIELDS),
+            _field(
+                "lead_institution_id",
+                "string",
+                "Lead institution",
+                "Institution leading the project.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "partner_institution_id",
+                "string",
+                "Partner institution",
+                "Main partner institution.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "field_of_study",
+                "string",
+                "Field of study",
+                "Field of the project.",
+                required=True,
+                enum=FIELDS,
+            ),
             _field("start_date", "date", "Start date", "Start of the project.", required=True),
-            _field("end_date", "date", "End date", "Planned end of the project (may be after 2025).", required=True),
-            _field("funding_source", "string", "Funding source", "Who funds the project.", required=True, enum=FUNDING_SOURCES),
-            _field("amount_kzt", "integer", "Amount (KZT)", "Total funding in tenge, rounded to 1,000.", required=True, minimum=0),
+            _field(
+                "end_date",
+                "date",
+                "End date",
+                "Planned end of the project (may be after 2025).",
+                required=True,
+            ),
+            _field(
+                "funding_source",
+                "string",
+                "Funding source",
+                "Who funds the project.",
+                required=True,
+                enum=FUNDING_SOURCES,
+            ),
+            _field(
+                "amount_kzt",
+                "integer",
+                "Amount (KZT)",
+                "Total funding in tenge, rounded to 1,000.",
+                required=True,
+                minimum=0,
+            ),
         ],
         "primaryKey": ["project_id"],
-        "foreignKeys": [_foreign_key("lead_institution_id", "institutions", "institution_id"),
-                        _foreign_key("partner_institution_id", "institutions", "institution_id")],
+        "foreignKeys": [
+            _foreign_key("lead_institution_id", "institutions", "institution_id"),
+            _foreign_key("partner_institution_id", "institutions", "institution_id"),
+        ],
     },
     "project_participants": {
         "title": "Project participants",
         "description": "Staff and students taking part in each project (staff codes T-..., student codes S-...).",
         "fields": [
-            _field("project_id", "string", "Project", "Project code.", required=True, pattern="^R-[0-9A-F]{8}$"),
-            _field("person_id", "string", "Participant", "Pseudonymous code: a staff code (T-...) or a student code (S-...).", required=True, pattern="^[ST]-[0-9A-F]{8}$"),
-            _field("kind", "string", "Participant kind", "staff or student.", required=True, enum=["staff", "student"]),
-            _field("institution_id", "string", "Institution", "The participant's institution.", required=True, enum=_INSTITUTION_IDS),
+            _field(
+                "project_id", "string", "Project", "Project code.", required=True, pattern="^R-[0-9A-F]{8}$"
+            ),
+            _field(
+                "person_id",
+                "string",
+                "Participant",
+                "Pseudonymous code: a staff code (T-...) or a student code (S-...).",
+                required=True,
+                pattern="^[ST]-[0-9A-F]{8}$",
+            ),
+            _field(
+                "kind",
+                "string",
+                "Participant kind",
+                "staff or student.",
+                required=True,
+                enum=["staff", "student"],
+            ),
+            _field(
+                "institution_id",
+                "string",
+                "Institution",
+                "The participant's institution.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
             _field("role", "string", "Role", "Role in the project.", required=True, enum=PARTICIPANT_ROLES),
         ],
         "primaryKey": ["project_id", "person_id"],
-        "foreignKeys": [_foreign_key("project_id", "projects"), _foreign_key("institution_id", "institutions")],
+        "foreignKeys": [
+            _foreign_key("project_id", "projects"),
+            _foreign_key("institution_id", "institutions"),
+        ],
     },
     "research_outputs": {
         "title": "Research outputs",
         "description": "Outputs of the joint projects by year: publications, patents, curriculum changes, prototypes.",
         "fields": [
-            _field("output_id", "string", "Output", "Output code.", required=True, unique=True, pattern="^O-[0-9A-F]{8}$"),
-            _field("project_id", "string", "Project", "Project code.", required=True, pattern="^R-[0-9A-F]{8}$"),
+            _field(
+                "output_id",
+                "string",
+                "Output",
+                "Output code.",
+                required=True,
+                unique=True,
+                pattern="^O-[0-9A-F]{8}$",
+            ),
+            _field(
+                "project_id", "string", "Project", "Project code.", required=True, pattern="^R-[0-9A-F]{8}$"
+            ),
             _field("type", "string", "Output type", "Kind of output.", required=True, enum=OUTPUT_TYPES),
-            _field("year", "year", "Year", "Calendar year of the output.", required=True, minimum=2019, maximum=LAST_YEAR),
+            _field(
+                "year",
+                "year",
+                "Year",
+                "Calendar year of the output.",
+                required=True,
+                minimum=2019,
+                maximum=LAST_YEAR,
+            ),
         ],
         "primaryKey": ["output_id"],
         "foreignKeys": [_foreign_key("project_id", "projects")],
@@ -1168,17 +2128,54 @@ _SCHEMAS = {
         "title": "Staff visits",
         "description": "Staff exchange: visits of staff members to another consortium institution.",
         "fields": [
-            _field("visit_id", "string", "Visit", "Visit code.", required=True, unique=True, pattern="^V-[0-9A-F]{8}$"),
-            _field("staff_id", "string", "Staff member", "Pseudonymous staff code of the visitor.", **_STAFF_ID),
-            _field("from_institution_id", "string", "From institution", "The visitor's own institution.", required=True, enum=_INSTITUTION_IDS),
-            _field("to_institution_id", "string", "Host institution", "Institution visited.", required=True, enum=_INSTITUTION_IDS),
-            _field("purpose", "string", "Purpose", "Purpose of the visit.", required=True, enum=VISIT_PURPOSES),
+            _field(
+                "visit_id",
+                "string",
+                "Visit",
+                "Visit code.",
+                required=True,
+                unique=True,
+                pattern="^V-[0-9A-F]{8}$",
+            ),
+            _field(
+                "staff_id", "string", "Staff member", "Pseudonymous staff code of the visitor.", **_STAFF_ID
+            ),
+            _field(
+                "from_institution_id",
+                "string",
+                "From institution",
+                "The visitor's own institution.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "to_institution_id",
+                "string",
+                "Host institution",
+                "Institution visited.",
+                required=True,
+                enum=_INSTITUTION_IDS,
+            ),
+            _field(
+                "purpose", "string", "Purpose", "Purpose of the visit.", required=True, enum=VISIT_PURPOSES
+            ),
             _field("start_date", "date", "Start date", "First day of the visit.", required=True),
-            _field("weeks", "integer", "Weeks", "Length of the visit in weeks.", required=True, minimum=1, maximum=52),
+            _field(
+                "weeks",
+                "integer",
+                "Weeks",
+                "Length of the visit in weeks.",
+                required=True,
+                minimum=1,
+                maximum=52,
+            ),
         ],
         "primaryKey": ["visit_id"],
-        "foreignKeys": [_foreign_key("staff_id", "staff"), _foreign_key("from_institution_id", "institutions", "institution_id"),
-                        _foreign_key("to_institution_id", "institutions", "institution_id")],
+        "foreignKeys": [
+            _foreign_key("staff_id", "staff"),
+            _foreign_key("from_institution_id", "institutions", "institution_id"),
+            _foreign_key("to_institution_id", "institutions", "institution_id"),
+        ],
     },
 }
 
@@ -1190,10 +2187,20 @@ def _resource_descriptor(name: str, path: pathlib.Path, rows: int, present: list
     foreign = [fk for fk in spec.get("foreignKeys", []) if fk["reference"]["resource"] in present]
     if foreign:
         schema["foreignKeys"] = foreign
-    return {"name": name, "title": spec["title"], "x-labels": _title_labels(spec["title"]),
-            "description": spec["description"], "path": path.name,
-            "format": "csv", "mediatype": "text/csv", "encoding": "utf-8", **file_stats(path),
-            "x-rows": rows, "x-access": "consortium", "schema": schema}
+    return {
+        "name": name,
+        "title": spec["title"],
+        "x-labels": _title_labels(spec["title"]),
+        "description": spec["description"],
+        "path": path.name,
+        "format": "csv",
+        "mediatype": "text/csv",
+        "encoding": "utf-8",
+        **file_stats(path),
+        "x-rows": rows,
+        "x-access": "consortium",
+        "schema": schema,
+    }
 
 
 _PACKAGE_TITLE = "Consortium of METU and its partner colleges (SYNTHETIC)"
@@ -1213,9 +2220,18 @@ def _package_descriptor(seed: int, students: int, resources: list) -> dict:
             "outputs, and staff visits. It has known effects planted in it: see x-ground-truth."
         ),
         "version": "1.0.0",
-        "licenses": [{"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/",
-                      "title": "Creative Commons Zero v1.0 Universal"}],
-        "sources": [{"title": f"Synthetic data generator research_kit.data.demo, generate(seed={seed}, students={students})"}],
+        "licenses": [
+            {
+                "name": "CC0-1.0",
+                "path": "https://creativecommons.org/publicdomain/zero/1.0/",
+                "title": "Creative Commons Zero v1.0 Universal",
+            }
+        ],
+        "sources": [
+            {
+                "title": f"Synthetic data generator research_kit.data.demo, generate(seed={seed}, students={students})"
+            }
+        ],
         "contributors": [{"title": "research_kit contributors", "roles": ["creator"]}],
         "x-synthetic": True,
         "x-seed": seed,
@@ -1240,7 +2256,16 @@ def _check_count(name: str, value, smallest: int) -> None:
         raise RKError(f"generate: {name} must be a whole number >= {smallest}, got {value!r}")
 
 
-_NEEDS_STUDENTS = {"students", "terms", "internships", "outcomes", "joint_enrolments", "pathways", "applications", "project_participants"}
+_NEEDS_STUDENTS = {
+    "students",
+    "terms",
+    "internships",
+    "outcomes",
+    "joint_enrolments",
+    "pathways",
+    "applications",
+    "project_participants",
+}
 _NEEDS_TERMS = {"terms", "internships", "outcomes", "joint_enrolments", "pathways"}
 _NEEDS_STAFF = {"staff", "project_participants", "staff_visits"}
 _NEEDS_PROJECTS = {"projects", "project_participants", "research_outputs"}
@@ -1271,7 +2296,9 @@ def _simulate(seed: int, n: int, names: list) -> dict:
         tables["projects"] = _simulate_projects(seed, n)
         tables["research_outputs"] = _simulate_outputs(seed, tables["projects"])
     if "project_participants" in wanted:
-        tables["project_participants"] = _simulate_participants(seed, tables["projects"], tables["staff"], students)
+        tables["project_participants"] = _simulate_participants(
+            seed, tables["projects"], tables["staff"], students
+        )
     if "staff_visits" in wanted:
         tables["staff_visits"] = _simulate_visits(seed, n, tables["staff"])
     return tables
@@ -1292,6 +2319,8 @@ def generate(out, *, seed: int = 2024, students: int = 20_000, resources=None) -
     tables = _simulate(int(seed), int(students), names)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    entries = [_resource_descriptor(name, _write_csv(tables[name], out / f"{name}.csv"), len(tables[name]), names)
-               for name in names]
+    entries = [
+        _resource_descriptor(name, _write_csv(tables[name], out / f"{name}.csv"), len(tables[name]), names)
+        for name in names
+    ]
     return write_descriptor(out / "datapackage.yaml", _package_descriptor(int(seed), int(students), entries))

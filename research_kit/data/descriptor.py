@@ -26,7 +26,9 @@ def write_descriptor(path, descriptor: dict) -> pathlib.Path:
     import yaml
 
     path = pathlib.Path(path)
-    text = yaml.safe_dump(descriptor, allow_unicode=True, sort_keys=False, default_flow_style=False, width=100)
+    text = yaml.safe_dump(
+        descriptor, allow_unicode=True, sort_keys=False, default_flow_style=False, width=100
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="\n")
     return path
@@ -34,7 +36,9 @@ def write_descriptor(path, descriptor: dict) -> pathlib.Path:
 
 def read_descriptor(path) -> dict:
     "The descriptor at `path` as a dict."
-    from research_kit.data.catalog import load_yaml  # malformed YAML and alias bombs: one error naming the file
+    from research_kit.data.catalog import (
+        load_yaml,
+    )  # malformed YAML and alias bombs: one error naming the file
 
     path = pathlib.Path(path)
     try:
@@ -43,5 +47,7 @@ def read_descriptor(path) -> dict:
         raise RKError(f"{path}: no such descriptor file") from None
     descriptor = load_yaml(text, str(path))
     if not isinstance(descriptor, dict):
-        raise RKError(f"{path}: expected a YAML mapping (name, resources, ...), got {type(descriptor).__name__}")
+        raise RKError(
+            f"{path}: expected a YAML mapping (name, resources, ...), got {type(descriptor).__name__}"
+        )
     return descriptor

@@ -15,22 +15,26 @@ def _writable(a):
     "`a`, or a copy of it when it is a read-only view of Arrow memory (users may change what `load` returns)."
     return a if a.flags.writeable else a.copy()
 
+
 def _numpy(col, private: bool):
     """A numeric or datetime column as a writable numpy array (missing: NaN, NaT). A `private` column (nobody
     else holds its table) with one chunk and no missing values lends its memory instead of being copied."""
     import numpy as np
+
     if private and col.num_chunks == 1 and not col.null_count:
         chunk = col.chunks[0]
         view, data = chunk.to_numpy(), chunk.buffers()[1]
         if data.is_mutable:
-            return np.frombuffer(data, dtype=view.dtype)[chunk.offset: chunk.offset + len(chunk)]
+            return np.frombuffer(data, dtype=view.dtype)[chunk.offset : chunk.offset + len(chunk)]
     return _writable(col.to_numpy())
 
 # %% ../../nbs/data/frames.ipynb #d91666c1
-def as_large_text(col, # a text column: string, large_string, dictionary of text, or fixed-size binary
-                 ):
+def as_large_text(
+    col,  # a text column: string, large_string, dictionary of text, or fixed-size binary
+):
     "A text column (plain, dictionary-encoded or fixed-width) as the large_string that pandas' `str` holds."
     import numpy as np, pyarrow as pa
+
     chunks = []
     for c in col.chunks:
         # the cache's form of fixed-width text, read without a copy
@@ -45,44 +49,55 @@ def as_large_text(col, # a text column: string, large_string, dictionary of text
 def _categorical(col, dtype):
     "An enum column (dictionary = the declared categories) as a pandas Categorical, built from its codes."
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
+
     declared = list(dtype.categories)
     coded = pa.types.is_dictionary(col.type) and all(c.dictionary.to_pylist() == declared for c in col.chunks)
     if not coded:  # plain text, or a dictionary of other categories: convert by value
         return pd.Categorical(to_pandas(col, None), dtype=dtype)
     codes = pa.chunked_array([c.indices for c in col.chunks], col.type.index_type)
-    if codes.null_count: codes = pc.fill_null(codes, -1)
+    if codes.null_count:
+        codes = pc.fill_null(codes, -1)
     codes = _writable(codes.to_numpy().astype(np.int8 if len(declared) < 127 else np.int32, copy=False))
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 # %% ../../nbs/data/frames.ipynb #b022814b
-def to_pandas(col, # a typed Arrow column (array or chunked)
-              dtype, # its declared pandas dtype (None: whatever suits its Arrow type)
-              private: bool = False, # nobody else holds the column: its memory may be taken over
-             ):
+def to_pandas(
+    col,  # a typed Arrow column (array or chunked)
+    dtype,  # its declared pandas dtype (None: whatever suits its Arrow type)
+    private: bool = False,  # nobody else holds the column: its memory may be taken over
+):
     "One typed Arrow column as the pandas array of `dtype`."
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
-    if isinstance(col, pa.Array): col = pa.chunked_array([col])
+
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
     t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-    if isinstance(dtype, pd.CategoricalDtype): return _categorical(col, dtype)
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _categorical(col, dtype)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t):
         text = dtype if dtype is not None else pd.StringDtype(na_value=np.nan)
         return pd.array(as_large_text(col), dtype=text)
-    if pa.types.is_dictionary(col.type): col = col.cast(t)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(t)
     if pa.types.is_integer(t) and (dtype == "Int64" or col.null_count):  # so a missing value is reported
-        return pd.arrays.IntegerArray(_writable(pc.fill_null(col, 0).to_numpy()).astype(np.int64, copy=False),
-                                      _writable(col.is_null().to_numpy()))
+        return pd.arrays.IntegerArray(
+            _writable(pc.fill_null(col, 0).to_numpy()).astype(np.int64, copy=False),
+            _writable(col.is_null().to_numpy()),
+        )
     if pa.types.is_boolean(t):
         values = _writable(pc.fill_null(col, False).to_numpy())
         return pd.arrays.BooleanArray(values, _writable(col.is_null().to_numpy()))
     return _numpy(col, private)  # int64, float64, datetime64[us]
 
 # %% ../../nbs/data/frames.ipynb #7a665dee
-def to_frame(table, # a typed Arrow table (parsed, or read from the cache)
-             schema: dict, # its Table Schema
-             private: bool = False, # nobody else holds `table`: the frame may take over its memory
-            ):
+def to_frame(
+    table,  # a typed Arrow table (parsed, or read from the cache)
+    schema: dict,  # its Table Schema
+    private: bool = False,  # nobody else holds `table`: the frame may take over its memory
+):
     "The DataFrame of a typed Arrow table, every column in its declared dtype (see `data.types.dtypes`)."
     import pandas as pd
+
     want = dtypes(schema)
     arrays = each(lambda name: to_pandas(table.column(name), want.get(name), private), table.column_names)
     return pd.DataFrame(dict(zip(table.column_names, arrays)), copy=False)

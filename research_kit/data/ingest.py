@@ -21,22 +21,34 @@ class IngestError(RKError):
 from ..identifiers import find_iins, iin_problem, key_from_env, pseudonym
 
 # %% ../../nbs/data/ingest.ipynb #390bc399
-def _line_of_byte(data: bytes, at: int) -> int: return data.count(b"\n", 0, at) + 1
+def _line_of_byte(data: bytes, at: int) -> int:
+    return data.count(b"\n", 0, at) + 1
+
 
 def _decode(data: bytes, encoding: str | None, name: str) -> tuple[str, str]:
     "(text, encoding used): the given encoding, else UTF-8 (BOM or not), else cp1251."
     if encoding:
-        try: return data.decode(encoding), encoding
-        except LookupError: raise IngestError(f"unknown encoding {encoding!r}") from None
+        try:
+            return data.decode(encoding), encoding
+        except LookupError:
+            raise IngestError(f"unknown encoding {encoding!r}") from None
         except UnicodeDecodeError as e:
-            raise IngestError(f"{name}:{_line_of_byte(data, e.start)}: not valid {encoding} text "
-                              f"(byte 0x{data[e.start]:02x}); try another --encoding") from None
-    try: return data.decode("utf-8-sig"), ("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8")
-    except UnicodeDecodeError: pass
-    try: return data.decode("cp1251"), "cp1251"
+            raise IngestError(
+                f"{name}:{_line_of_byte(data, e.start)}: not valid {encoding} text "
+                f"(byte 0x{data[e.start]:02x}); try another --encoding"
+            ) from None
+    try:
+        return data.decode("utf-8-sig"), ("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1251"), "cp1251"
     except UnicodeDecodeError as e:
-        raise IngestError(f"{name}:{_line_of_byte(data, e.start)}: neither UTF-8 nor cp1251 text "
-                          f"(byte 0x{data[e.start]:02x}); give the file's encoding with --encoding") from None
+        raise IngestError(
+            f"{name}:{_line_of_byte(data, e.start)}: neither UTF-8 nor cp1251 text "
+            f"(byte 0x{data[e.start]:02x}); give the file's encoding with --encoding"
+        ) from None
+
 
 def _sniff_delimiter(text: str) -> str:
     "The delimiter among , ; and tab that splits the first non-empty lines into the same, largest number of fields."
@@ -44,10 +56,13 @@ def _sniff_delimiter(text: str) -> str:
     best, best_score = ",", (0, 0)
     for d in (",", ";", "\t"):
         counts = [len(r) for r in csv.reader(lines, delimiter=d)]
-        if not counts or counts[0] < 2: continue
+        if not counts or counts[0] < 2:
+            continue
         score = (sum(c == counts[0] for c in counts), counts[0])
-        if score > best_score: best, best_score = d, score
+        if score > best_score:
+            best, best_score = d, score
     return best
+
 
 def _csv_rows(text: str, delimiter: str, name: str):
     "(line where the row starts, values) for every row of the CSV text."
@@ -64,18 +79,29 @@ def _csv_rows(text: str, delimiter: str, name: str):
 def _cell_text(v) -> str:
     "A spreadsheet cell as the text Excel shows for it."
     import pandas as pd
-    if v is None or (isinstance(v, float) and v != v) or v is pd.NaT: return ""
-    if isinstance(v, bool): return "true" if v else "false"
-    if isinstance(v, float) and v.is_integer(): return str(int(v))
+
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NaT:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
     if isinstance(v, (datetime.datetime, pd.Timestamp)):
         return v.date().isoformat() if v.time() == datetime.time(0) else v.isoformat(sep=" ")
-    if isinstance(v, datetime.date): return v.isoformat()
+    if isinstance(v, datetime.date):
+        return v.isoformat()
     return str(v)
+
 
 def _xlsx_rows(path: Path):
     import pandas as pd
-    try: raw = pd.read_excel(path, sheet_name=0, header=None, dtype=object)  # keeps empty rows, so row i is line i + 1
-    except Exception as e: raise IngestError(f"{path.name}: cannot be read as XLSX ({type(e).__name__})") from None
+
+    try:
+        raw = pd.read_excel(
+            path, sheet_name=0, header=None, dtype=object
+        )  # keeps empty rows, so row i is line i + 1
+    except Exception as e:
+        raise IngestError(f"{path.name}: cannot be read as XLSX ({type(e).__name__})") from None
     for i, values in enumerate(raw.itertuples(index=False), start=1):
         yield i, [_cell_text(v) for v in values]
 
@@ -84,32 +110,43 @@ def _norm(name) -> str:
     "A name or label compared case-insensitively and with whitespace collapsed."
     return " ".join(str(name).split()).casefold()
 
+
 def _frame(rows, name: str):
     "DataFrame of text from (line, values) rows: header = first non-empty row; index = line."
     import pandas as pd
+
     rows = [(line, [v.strip() for v in values]) for line, values in rows]
     rows = [(line, values) for line, values in rows if any(values)]  # blank lines and Excel's ';;;;' rows
-    if not rows: raise IngestError(f"{name}: the file is empty")
+    if not rows:
+        raise IngestError(f"{name}: the file is empty")
     (header_line, header), data = rows[0], rows[1:]
     header = [h.lstrip("\ufeff").strip() for h in header]
     width = len(header)
     for i in range(len(header) - 1, -1, -1):  # trailing unnamed, empty columns (a trailing delimiter)
-        if header[i] or any(i < len(v) and v[i] for _, v in data): break
+        if header[i] or any(i < len(v) and v[i] for _, v in data):
+            break
         width = i
     header = header[:width]
-    if "" in header: raise IngestError(f"{name}:{header_line}: column {header.index('') + 1} has values but no name")
+    if "" in header:
+        raise IngestError(f"{name}:{header_line}: column {header.index('') + 1} has values but no name")
     named_by_iin = [i + 1 for i, h in enumerate(header) if find_iins(h, short_forms=True)]
     if named_by_iin:  # a header that is a student's row: its cells must not be quoted as column names
-        raise IngestError(f"{name}:{header_line}: column {named_by_iin[0]} of the first row holds an IIN, not a column "
-                          "name; the export needs a header row")
+        raise IngestError(
+            f"{name}:{header_line}: column {named_by_iin[0]} of the first row holds an IIN, not a column "
+            "name; the export needs a header row"
+        )
     seen = {}
     for h in header:
-        if _norm(h) in seen: raise IngestError(f"{name}:{header_line}: two columns are named {h!r}")
+        if _norm(h) in seen:
+            raise IngestError(f"{name}:{header_line}: two columns are named {h!r}")
         seen[_norm(h)] = h
     bad = [f"{line} ({len(v)} values)" for line, v in data if len(v) < width or any(v[width:])]
     if bad:
-        raise IngestError(f"{name}: the header has {width} columns, but the row(s) at line {', '.join(bad[:10])}"
-                          + (f" and {len(bad) - 10} more" if len(bad) > 10 else "") + " do not")
+        raise IngestError(
+            f"{name}: the header has {width} columns, but the row(s) at line {', '.join(bad[:10])}"
+            + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            + " do not"
+        )
     columns = {h: [v[i] or None for _, v in data] for i, h in enumerate(header)}
     return pd.DataFrame(columns, index=pd.Index([line for line, _ in data], name="line"), dtype="str")
 
@@ -117,10 +154,13 @@ def _frame(rows, name: str):
 def read_export(path, encoding: str | None = None):
     "(DataFrame of text indexed by line, encoding used or None for XLSX) of a CSV or XLSX export."
     path = Path(path)
-    if not path.is_file(): raise IngestError(f"{path}: no such file")
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix == ".xls": raise IngestError(f"{path.name}: old Excel format; save it as .xlsx or CSV")
-    with open(path, "rb") as f: data = f.read()
+    if suffix == ".xls":
+        raise IngestError(f"{path.name}: old Excel format; save it as .xlsx or CSV")
+    with open(path, "rb") as f:
+        data = f.read()
     if suffix in (".xlsx", ".xlsm") or data[:4] == b"PK\x03\x04":
         return _frame(_xlsx_rows(path), path.name), None
     text, used = _decode(data, encoding, path.name)
@@ -130,9 +170,11 @@ def read_export(path, encoding: str | None = None):
 PSEUDONYM_FIELD, INSTITUTION_FIELD = "student_id", "institution_id"
 _MAPPING_KEYS = ("identifier", "drop", "columns", "values", "constants")
 
+
 @dataclass(frozen=True)
 class Mapping:
     "How an export becomes a resource's columns (see the mapping file format above)."
+
     identifier: str
     columns: dict[str, str]
     values: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -140,41 +182,68 @@ class Mapping:
     constants: dict[str, str] = field(default_factory=dict)
     source: str = "mapping"
 
+
 def _scalar_text(v) -> str:
     "A YAML scalar as text (YAML reads `yes` as True and `9` as 9)."
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
+
 def _mapping_section(d, where: str, what: str) -> dict:
-    if d is None: return {}
-    if not isinstance(d, dict): raise IngestError(f"{where}: '{what}' must be a mapping of {what.rstrip('s')} names")
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise IngestError(f"{where}: '{what}' must be a mapping of {what.rstrip('s')} names")
     return d
+
 
 def read_mapping(mapping) -> Mapping:
     "A Mapping from a YAML file (path) or a dict with the keys identifier, drop, columns, values, constants."
-    if isinstance(mapping, Mapping): return mapping
+    if isinstance(mapping, Mapping):
+        return mapping
     where = "mapping"
     if not isinstance(mapping, dict):
         from research_kit.data.catalog import load_yaml  # one YAML reader: aliases capped, errors named
+
         path = Path(mapping)
         where = str(path)
-        try: text = path.read_text(encoding="utf-8")
-        except FileNotFoundError: raise IngestError(f"{path}: no such mapping file") from None
-        except UnicodeDecodeError as e: raise IngestError(f"{path}: not a YAML mapping file ({e})") from None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise IngestError(f"{path}: no such mapping file") from None
+        except UnicodeDecodeError as e:
+            raise IngestError(f"{path}: not a YAML mapping file ({e})") from None
         mapping = load_yaml(text, where, error=IngestError)
-        if not isinstance(mapping, dict): raise IngestError(f"{path}: expected a YAML mapping with keys {', '.join(_MAPPING_KEYS)}")
+        if not isinstance(mapping, dict):
+            raise IngestError(f"{path}: expected a YAML mapping with keys {', '.join(_MAPPING_KEYS)}")
     for k in mapping:
-        if k not in _MAPPING_KEYS: raise UnknownNameError("mapping key", k, _MAPPING_KEYS, where=where)
+        if k not in _MAPPING_KEYS:
+            raise UnknownNameError("mapping key", k, _MAPPING_KEYS, where=where)
     if not isinstance(mapping.get("identifier"), str) or not mapping["identifier"].strip():
         raise IngestError(f"{where}: 'identifier' must name the export column that holds the IIN")
     drop = mapping.get("drop") or []
-    if isinstance(drop, str) or not isinstance(drop, list): raise IngestError(f"{where}: 'drop' must be a list of column names")
-    values = {_scalar_text(f): {_norm(_scalar_text(k)): _scalar_text(v) for k, v in _mapping_section(vs, where, f"values of {f}").items()}
-              for f, vs in _mapping_section(mapping.get("values"), where, "values").items()}
-    return Mapping(identifier=mapping["identifier"].strip(),
-                   columns={_scalar_text(k).strip(): _scalar_text(v).strip() for k, v in _mapping_section(mapping.get("columns"), where, "columns").items()},
-                   values=values, drop=tuple(_scalar_text(c).strip() for c in drop),
-                   constants={_scalar_text(k): _scalar_text(v) for k, v in _mapping_section(mapping.get("constants"), where, "constants").items()},
-                   source=where)
+    if isinstance(drop, str) or not isinstance(drop, list):
+        raise IngestError(f"{where}: 'drop' must be a list of column names")
+    values = {
+        _scalar_text(f): {
+            _norm(_scalar_text(k)): _scalar_text(v)
+            for k, v in _mapping_section(vs, where, f"values of {f}").items()
+        }
+        for f, vs in _mapping_section(mapping.get("values"), where, "values").items()
+    }
+    return Mapping(
+        identifier=mapping["identifier"].strip(),
+        columns={
+            _scalar_text(k).strip(): _scalar_text(v).strip()
+            for k, v in _mapping_section(mapping.get("columns"), where, "columns").items()
+        },
+        values=values,
+        drop=tuple(_scalar_text(c).strip() for c in drop),
+        constants={
+            _scalar_text(k): _scalar_text(v)
+            for k, v in _mapping_section(mapping.get("constants"), where, "constants").items()
+        },
+        source=where,
+    )
 
 # %% ../../nbs/data/ingest.ipynb #cfe54cd2
 def _plan(columns, m: Mapping, res, export: str) -> dict[str, str]:
@@ -182,85 +251,133 @@ def _plan(columns, m: Mapping, res, export: str) -> dict[str, str]:
     header = {_norm(c): c for c in columns}
     names = [f["name"] for f in res.fields]
     where = f"{m.source} (for {export})"
+
     def source(c, what):
         if _norm(c) not in header:
-            raise UnknownNameError(f"{what} column", c, list(header.values()), where=f"{export}; named in {m.source}")
+            raise UnknownNameError(
+                f"{what} column", c, list(header.values()), where=f"{export}; named in {m.source}"
+            )
         return header[_norm(c)]
+
     ident = source(m.identifier, "identifier")
     dropped = {_norm(c) for c in m.drop if _norm(c) in header}  # a dropped column may be absent
     mapped = {_norm(source(c, "mapped")): f for c, f in m.columns.items()}
     if _norm(ident) in mapped or _norm(ident) in dropped:
         raise IngestError(f"{where}: the identifier column {ident!r} must not also be mapped or dropped")
     both = [header[c] for c in mapped if c in dropped]
-    if both: raise IngestError(f"{where}: column(s) {', '.join(map(repr, both))} are both mapped and dropped")
+    if both:
+        raise IngestError(f"{where}: column(s) {', '.join(map(repr, both))} are both mapped and dropped")
     unplanned = [c for n, c in header.items() if n not in mapped and n not in dropped and n != _norm(ident)]
     if unplanned:
-        raise IngestError(f"{export}: column(s) {', '.join(map(repr, unplanned))} are neither mapped ('columns') nor "
-                          f"dropped ('drop') in {m.source}; add each to one of them, so nothing unexpected is written")
+        raise IngestError(
+            f"{export}: column(s) {', '.join(map(repr, unplanned))} are neither mapped ('columns') nor "
+            f"dropped ('drop') in {m.source}; add each to one of them, so nothing unexpected is written"
+        )
     if PSEUDONYM_FIELD not in names or INSTITUTION_FIELD not in names:
-        raise IngestError(f"{res.package}/{res.name} has no {PSEUDONYM_FIELD!r} or {INSTITUTION_FIELD!r} field; "
-                          "ingest adds one institution's students by IIN")
+        raise IngestError(
+            f"{res.package}/{res.name} has no {PSEUDONYM_FIELD!r} or {INSTITUTION_FIELD!r} field; "
+            "ingest adds one institution's students by IIN"
+        )
     plan = {}
     for f in [*mapped.values(), *m.constants, *m.values]:
-        if f not in names: raise UnknownNameError("field", f, names, where=f"{res.package}/{res.name}; named in {m.source}")
+        if f not in names:
+            raise UnknownNameError("field", f, names, where=f"{res.package}/{res.name}; named in {m.source}")
     for n, f in mapped.items():
         if f in (PSEUDONYM_FIELD, INSTITUTION_FIELD) or f in m.constants:
-            raise IngestError(f"{where}: field {f!r} is set by the ingest or a constant; do not map column {header[n]!r} to it")
-        if f in plan: raise IngestError(f"{where}: columns {plan[f]!r} and {header[n]!r} are both mapped to {f!r}")
+            raise IngestError(
+                f"{where}: field {f!r} is set by the ingest or a constant; do not map column {header[n]!r} to it"
+            )
+        if f in plan:
+            raise IngestError(f"{where}: columns {plan[f]!r} and {header[n]!r} are both mapped to {f!r}")
         plan[f] = header[n]
     for f in (PSEUDONYM_FIELD, INSTITUTION_FIELD):
-        if f in m.constants: raise IngestError(f"{where}: {f!r} cannot be a constant; it is set by the ingest")
+        if f in m.constants:
+            raise IngestError(f"{where}: {f!r} cannot be a constant; it is set by the ingest")
     from research_kit.data.schema import is_required
-    missing = [f["name"] for f in res.fields if is_required(f, res.schema) and f["name"] not in plan
-               and f["name"] not in m.constants and f["name"] not in (PSEUDONYM_FIELD, INSTITUTION_FIELD)]
-    if missing: raise IngestError(f"{where}: required field(s) {', '.join(map(repr, missing))} get no column or constant")
+
+    missing = [
+        f["name"]
+        for f in res.fields
+        if is_required(f, res.schema)
+        and f["name"] not in plan
+        and f["name"] not in m.constants
+        and f["name"] not in (PSEUDONYM_FIELD, INSTITUTION_FIELD)
+    ]
+    if missing:
+        raise IngestError(
+            f"{where}: required field(s) {', '.join(map(repr, missing))} get no column or constant"
+        )
     return plan
 
 # %% ../../nbs/data/ingest.ipynb #07e8e863
 class Described(str):
     "What a value looked like, in words; printed in angle brackets so it is never taken for the value."
-    def __repr__(self): return f"<{self}>"
 
-def _count(n: int, what: str) -> str: return f"{n} {what}{'' if n == 1 else 's'}"
+    def __repr__(self):
+        return f"<{self}>"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
 
 def _kinds(text: str) -> list[str]:
     kinds = [("digits", str.isdigit), ("letters", str.isalpha), ("spaces", str.isspace)]
     found = [k for k, test in kinds if any(test(c) for c in text)]
     return found + (["other signs"] if any(not (c.isalnum() or c.isspace()) for c in text) else [])
 
+
 def _missing(value) -> bool:
-    try: return value is None or bool(value != value)  # None, NaN, NaT
-    except TypeError: return True  # pandas' NA refuses to be compared
+    try:
+        return value is None or bool(value != value)  # None, NaN, NaT
+    except TypeError:
+        return True  # pandas' NA refuses to be compared
+
 
 def describe_value(value) -> Described | None:
     "The kind and length of `value` (text, number, date, several values), never the value; None stays None."
     import numbers
-    if isinstance(value, Described): return value
-    if _missing(value): return None
-    if isinstance(value, tuple): return Described("several values: " + "; ".join(str(describe_value(v)) for v in value))
-    if isinstance(value, bool): return Described("a boolean")
+
+    if isinstance(value, Described):
+        return value
+    if _missing(value):
+        return None
+    if isinstance(value, tuple):
+        return Described("several values: " + "; ".join(str(describe_value(v)) for v in value))
+    if isinstance(value, bool):
+        return Described("a boolean")
     if isinstance(value, numbers.Number):
-        text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)  # 2005.0 is Excel's 2005
+        text = (
+            str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        )  # 2005.0 is Excel's 2005
         digits = sum(c.isdigit() for c in text.split("e")[0])
-        return Described("a number without digits" if not digits else f"a number with {_count(digits, 'digit')}")
-    if isinstance(value, (datetime.date, datetime.time)): return Described(f"a {type(value).__name__}")
+        return Described(
+            "a number without digits" if not digits else f"a number with {_count(digits, 'digit')}"
+        )
+    if isinstance(value, (datetime.date, datetime.time)):
+        return Described(f"a {type(value).__name__}")
     text = str(value)
-    if not text: return Described("empty text")
+    if not text:
+        return Described("empty text")
     kinds = _kinds(text)
     how = f"{kinds[0]} only" if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
     return Described(f"text of {_count(len(text), 'character')}, {how}")
 
+
 def _described(f: Failure) -> Failure:
     "The failure with its value described; a CSV reader's message is left out, as it may quote a row."
     rule = f.rule
-    if rule.startswith("cannot be read as CSV"): rule = "cannot be read as CSV (the reader's message is not shown: it may quote a row)"
+    if rule.startswith("cannot be read as CSV"):
+        rule = "cannot be read as CSV (the reader's message is not shown: it may quote a row)"
     return Failure(f.package, f.resource, f.file, f.column, f.line, describe_value(f.value), rule)
 
 # %% ../../nbs/data/ingest.ipynb #64005e92
 def _identifier(v) -> str | None:
-    if v is None or v != v: return None
+    if v is None or v != v:
+        return None
     v = str(v).strip()
     return v.zfill(12) if v.isdigit() and 9 <= len(v) < 12 else v
+
 
 def _short_forms(iins) -> set:
     "Each IIN as written, and as a number cell stores it (one to three leading zeros lost)."
@@ -269,50 +386,84 @@ def _short_forms(iins) -> set:
         forms.update(iin[k:] for k in range(4) if set(iin[:k]) <= {"0"})
     return forms
 
+
 def _holds_iin(value: str, forms: set) -> bool:
     digits = re.sub(r"[^0-9]", "", value)
-    if len(digits) < 9: return False  # too few digits for any form of an IIN: most values, decided at once
-    if find_iins(value, short_forms=True): return True
+    if len(digits) < 9:
+        return False  # too few digits for any form of an IIN: most values, decided at once
+    if find_iins(value, short_forms=True):
+        return True
     # an IIN of the export inside other digits, or split by other signs
-    return any(digits[i:i + n] in forms for n in range(9, 13) for i in range(len(digits) - n + 1))
+    return any(digits[i : i + n] in forms for n in range(9, 13) for i in range(len(digits) - n + 1))
+
 
 def _iin_leaks(rows, iins, where) -> list[Failure]:
     "A failure for each value of a column to be written that holds an IIN (a shifted column, a mapping mistake)."
     forms = _short_forms(iins)
-    return [Failure(where.package, where.resource, where.file, name, line, describe_value(v),
-                    "holds an IIN, which is never written: map this field from another column")
-            for name in rows.columns if name != PSEUDONYM_FIELD
-            for line, v in rows[name].dropna().items() if _holds_iin(str(v), forms)]
+    return [
+        Failure(
+            where.package,
+            where.resource,
+            where.file,
+            name,
+            line,
+            describe_value(v),
+            "holds an IIN, which is never written: map this field from another column",
+        )
+        for name in rows.columns
+        if name != PSEUDONYM_FIELD
+        for line, v in rows[name].dropna().items()
+        if _holds_iin(str(v), forms)
+    ]
+
 
 def _candidates(frame, plan: dict, m: Mapping, res, institution: str, key: bytes, where):
     "(DataFrame of the resource's fields as text, indexed by export line; failures of invalid IINs; IINs pseudonymized)."
     import pandas as pd
+
     ident = next(c for c in frame.columns if _norm(c) == _norm(m.identifier))
     iins = frame[ident].map(_identifier, na_action=None)
     failures, codes, owner = [], {}, {}
     for line, iin in iins.items():
         problem = "missing" if iin is None else iin_problem(iin)
         if problem:
-            failures.append(Failure(where.package, where.resource, where.file, ident, line,
-                                    None if iin is None else describe_value(frame.at[line, ident]), f"invalid IIN ({problem})"))
+            failures.append(
+                Failure(
+                    where.package,
+                    where.resource,
+                    where.file,
+                    ident,
+                    line,
+                    None if iin is None else describe_value(frame.at[line, ident]),
+                    f"invalid IIN ({problem})",
+                )
+            )
             continue
         code = pseudonym(iin, key)
         if code in owner and owner[code][0] != iin:
-            raise IngestError(f"{where.file}: lines {owner[code][1]} and {line} hold different IINs with the same pseudonym "
-                              f"{code} (a 32-bit collision); nothing was written — ask the consortium to widen student_id")
+            raise IngestError(
+                f"{where.file}: lines {owner[code][1]} and {line} hold different IINs with the same pseudonym "
+                f"{code} (a 32-bit collision); nothing was written — ask the consortium to widen student_id"
+            )
         owner.setdefault(code, (iin, line))
         codes[line] = code
     lines = list(codes)
     out = {}
     for f in res.fields:
         name = f["name"]
-        if name == PSEUDONYM_FIELD: col = [codes[l] for l in lines]
-        elif name == INSTITUTION_FIELD: col = [institution] * len(lines)
-        elif name in plan: col = frame.loc[lines, plan[name]].tolist()
-        elif name in m.constants: col = [m.constants[name]] * len(lines)
-        else: col = [None] * len(lines)
+        if name == PSEUDONYM_FIELD:
+            col = [codes[l] for l in lines]
+        elif name == INSTITUTION_FIELD:
+            col = [institution] * len(lines)
+        elif name in plan:
+            col = frame.loc[lines, plan[name]].tolist()
+        elif name in m.constants:
+            col = [m.constants[name]] * len(lines)
+        else:
+            col = [None] * len(lines)
         recode = m.values.get(name)
-        if recode: col = [v if v is None or v != v else recode.get(_norm(v), v) for v in col]
+        if recode:
+            col = [v if v is None or v != v else recode.get(_norm(v), v) for v in col]
         out[name] = col
     rows = pd.DataFrame(out, index=pd.Index(lines, name="line"), dtype="str")
     leaks = _iin_leaks(rows, [i for i, _ in owner.values()], where)
@@ -326,31 +477,41 @@ def _csv_bytes(header: list, rows: list, encoding: str, delimiter: str = ",", ne
     w.writerows(rows)
     return buf.getvalue().encode(encoding)
 
+
 def _row_text(rows, header) -> list[list[str]]:
     return [["" if v is None or v != v else str(v) for v in r] for r in rows[header].itertuples(index=False)]
+
 
 def _at_export(f: Failure, lines: list, first: int, where) -> Failure:
     "The failure at the export's line (`first` = line of the first candidate row in the in-memory CSV), its value described."
     line = None if f is None or f.line is None or f.line < first else lines[f.line - first]
     return _described(Failure(where.package, where.resource, where.file, f.column, line, f.value, f.rule))
 
+
 def _without_echoes(failures: list) -> list:
     "Drop 'required' failures of cells already reported as not of their type or enum (the bad value became missing)."
     reported = {(f.line, f.column) for f in failures if not f.rule.startswith("required")}
-    def echo(f): return f.rule.startswith("required") and (f.line, f.column) in reported
+
+    def echo(f):
+        return f.rule.startswith("required") and (f.line, f.column) in reported
+
     return [f for f in failures if not echo(f)]
+
 
 @dataclass(frozen=True)
 class _NewRows:
     "The candidate rows after validation on their own."
+
     rows: object  # the rows that pass: a DataFrame of text indexed by export line
     typed: object  # the same rows in their declared types, or None when none pass
     failures: list  # the failures of the rows left out
     refused: bool = False  # a failure on no row of the export: leaving rows out cannot fix it
 
+
 def _validate_new(rows, res, header: list, where) -> _NewRows:
     "The candidate rows on their own: validated until what is left passes."
     from research_kit.data.load import validate_bytes
+
     failures = []
     while len(rows):  # until clean, so the one error lists every failing row (foreign keys are checked last)
         lines = rows.index.tolist()
@@ -360,7 +521,8 @@ def _validate_new(rows, res, header: list, where) -> _NewRows:
         except DataValidationError as e:
             found = _without_echoes([_at_export(f, lines, 2, where) for f in e.failures])
             failures += found
-            if any(f.line is None for f in found): return _NewRows(rows, None, failures, refused=True)
+            if any(f.line is None for f in found):
+                return _NewRows(rows, None, failures, refused=True)
             rows = rows.drop(index=sorted({f.line for f in found}))
     return _NewRows(rows, None, failures)
 
@@ -369,13 +531,21 @@ def _formatted(typed, header: list, res) -> list[list[str]]:
     "The typed rows as text, one list per row in header order."
     import pandas as pd
     from research_kit.data.schema import DEFAULT_FALSE, DEFAULT_TRUE
+
     fields = {f["name"]: f for f in res.fields}
+
     def cell(v, f):
-        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v): return ""
+        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
+            return ""
         typ = f.get("type", "string")
-        if typ == "boolean": return (f.get("trueValues") or DEFAULT_TRUE)[0] if v else (f.get("falseValues") or DEFAULT_FALSE)[0]
-        if typ in ("integer", "year"): return str(int(v))
-        if typ == "number": return repr(float(v))
+        if typ == "boolean":
+            return (
+                (f.get("trueValues") or DEFAULT_TRUE)[0] if v else (f.get("falseValues") or DEFAULT_FALSE)[0]
+            )
+        if typ in ("integer", "year"):
+            return str(int(v))
+        if typ == "number":
+            return repr(float(v))
         if typ == "date":
             fmt = f.get("format", "default")
             return pd.Timestamp(v).strftime("%Y-%m-%d" if fmt in ("default", "any") else fmt)
@@ -383,6 +553,7 @@ def _formatted(typed, header: list, res) -> list[list[str]]:
             fmt = f.get("format", "default")
             return pd.Timestamp(v).isoformat() if fmt in ("default", "any") else pd.Timestamp(v).strftime(fmt)
         return str(v)
+
     columns = [[cell(v, fields[h]) for v in typed[h].astype(object).tolist()] for h in header]
     return [list(r) for r in zip(*columns)]
 
@@ -395,41 +566,53 @@ class _Existing:
     newline: str
     descriptor_bytes: bytes
 
+
 def _existing(res) -> _Existing:
     "The resource's current file as text rows, after checking it against the descriptor's hash."
     delimiter = (res.descriptor.get("dialect") or {}).get("delimiter", ",")
-    with open(res.descriptor_url, "rb") as f: descriptor_bytes = f.read()
+    with open(res.descriptor_url, "rb") as f:
+        descriptor_bytes = f.read()
     if not os.path.exists(res.url):
         return _Existing([f["name"] for f in res.fields], [], delimiter, "\n", descriptor_bytes)
-    with open(res.url, "rb") as f: data = f.read()
+    with open(res.url, "rb") as f:
+        data = f.read()
     if res.sha256 and hashlib.sha256(data).hexdigest() != res.sha256:
-        raise IngestError(f"{res.url} does not match the hash in {res.descriptor_url} (changed by hand, or an ingest "
-                          f"was interrupted after writing it): restore the published file (e.g. git checkout -- {res.url}) "
-                          "and run the ingest again")
+        raise IngestError(
+            f"{res.url} does not match the hash in {res.descriptor_url} (changed by hand, or an ingest "
+            f"was interrupted after writing it): restore the published file (e.g. git checkout -- {res.url}) "
+            "and run the ingest again"
+        )
     newline = "\r\n" if data.split(b"\n", 1)[0].endswith(b"\r") else "\n"
     rows = list(csv.reader(io.StringIO(data.decode(res.encoding), newline=""), delimiter=delimiter))
     rows = [r for r in rows if r]
-    if not rows: return _Existing([f["name"] for f in res.fields], [], delimiter, newline, descriptor_bytes)
+    if not rows:
+        return _Existing([f["name"] for f in res.fields], [], delimiter, newline, descriptor_bytes)
     return _Existing(rows[0], rows[1:], delimiter, newline, descriptor_bytes)
 
 # %% ../../nbs/data/ingest.ipynb #82d97711
 @dataclass(frozen=True)
 class _Combined:
     "The resource's file with the new rows, after validation as a whole."
+
     data: bytes | None  # the file to write, or None when refused
     rows: list  # the new rows that pass, as text
     lines: list  # their export lines
     failures: list  # the failures of the new rows left out, and of published rows
     refused: bool = False  # a failure of the rows already published: not the export's to skip
 
+
 def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, res, where) -> _Combined:
     "The kept rows and the new ones as one file, validated until the new rows left pass."
     from research_kit.data.load import validate_bytes
     from research_kit.data.schema import primary_key
+
     failures = []
     first = len(kept) + 2  # the file's line of the first new row
     pk = ", ".join(primary_key(res.schema))
-    def duplicate_key(f): return f.column == pk and ("unique" in f.rule or "primary key" in f.rule)
+
+    def duplicate_key(f):
+        return f.column == pk and ("unique" in f.rule or "primary key" in f.rule)
+
     while True:
         data = _csv_bytes(existing.header, kept + new, res.encoding, existing.delimiter, existing.newline)
         try:
@@ -441,13 +624,23 @@ def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, 
                 if f.line is not None and f.line >= first:
                     f = _at_export(f, lines, first, where)
                     if duplicate_key(f):
-                        f = Failure(f.package, f.resource, f.file, f.column, f.line, f.value,
-                                    f"primary key: already in {res.file} (ingested before, or at another institution)")
+                        f = Failure(
+                            f.package,
+                            f.resource,
+                            f.file,
+                            f.column,
+                            f.line,
+                            f.value,
+                            f"primary key: already in {res.file} (ingested before, or at another institution)",
+                        )
                     found.append(f)
                 elif not duplicate_key(f):  # the other half of a duplicate is reported on the export's line
-                    hard.append(_described(f))  # a problem of the rows already published: not this export's to skip
+                    hard.append(
+                        _described(f)
+                    )  # a problem of the rows already published: not this export's to skip
             failures += found + hard
-            if hard or not found: return _Combined(None, new, lines, failures, refused=True)
+            if hard or not found:
+                return _Combined(None, new, lines, failures, refused=True)
             bad = {f.line for f in found}
             keep = [i for i, l in enumerate(lines) if l not in bad]
             new, lines = [new[i] for i in keep], [lines[i] for i in keep]
@@ -455,52 +648,72 @@ def _validate_combined(existing: _Existing, kept: list, new: list, lines: list, 
 # %% ../../nbs/data/ingest.ipynb #0fbd3332
 def _check_referrers(res, removed: set) -> None:
     "Refuse when rows of other resources of the package refer to keys that would disappear."
-    if not removed: return
+    if not removed:
+        return
     from research_kit.data.catalog import open_package
     from research_kit.data.load import column_values
     from research_kit.data.schema import as_list
+
     for other in open_package(res.package, res.root).resources.values():
         for fk in other.schema.get("foreignKeys", []):
-            if other.name == res.name or fk["reference"].get("resource") != res.name: continue
+            if other.name == res.name or fk["reference"].get("resource") != res.name:
+                continue
             fields = as_list(fk["fields"])
-            if len(fields) != 1: continue
+            if len(fields) != 1:
+                continue
             values = column_values(res.package, other.name, fields[0], root=res.root, as_input=False)
             stranded = [v for v in values if v in removed]
             if len(stranded):
-                raise IngestError(f"replacing would leave {len(stranded)} row(s) of {res.package}/{other.name} referring to "
-                                  f"{len(set(stranded))} {res.name} no longer present (e.g. {sorted(set(stranded))[0]}); "
-                                  f"include those students in the export, or use --mode append")
+                raise IngestError(
+                    f"replacing would leave {len(stranded)} row(s) of {res.package}/{other.name} referring to "
+                    f"{len(set(stranded))} {res.name} no longer present (e.g. {sorted(set(stranded))[0]}); "
+                    f"include those students in the export, or use --mode append"
+                )
 
 # %% ../../nbs/data/ingest.ipynb #72fd58bb
 def _write(res, existing: _Existing, data: bytes, rows: int) -> None:
     from research_kit.data.descriptor import file_stats, read_descriptor, write_descriptor
     from research_kit.files import atomic_path
+
     with open(res.descriptor_url, "rb") as f:
         if f.read() != existing.descriptor_bytes:
-            raise IngestError(f"{res.descriptor_url} changed while ingesting (another ingest?); nothing was written, run again")
-    with atomic_path(res.url) as tmp: tmp.write_bytes(data)
+            raise IngestError(
+                f"{res.descriptor_url} changed while ingesting (another ingest?); nothing was written, run again"
+            )
+    with atomic_path(res.url) as tmp:
+        tmp.write_bytes(data)
     descriptor = read_descriptor(res.descriptor_url)
     entry = next(r for r in descriptor["resources"] if r["name"] == res.name)
     entry.update(file_stats(res.url))
     entry["x-rows"] = rows
     write_descriptor(res.descriptor_url, descriptor)
 
+
 _REPORT_HEADER = ["line", "field", "reason", "value (described)"]
+
 
 def _write_report(path: Path, failures: list) -> None:
     "The skipped rows as CSV (line, field, reason, what the value looked like), UTF-8 with BOM so Excel shows Cyrillic."
     from research_kit.files import atomic_path
-    rows = sorted({(f.line, f.column or "", f.rule, "" if f.value is None else str(describe_value(f.value))) for f in failures},
-                  key=lambda r: (r[0] or 0, r[1]))
+
+    rows = sorted(
+        {
+            (f.line, f.column or "", f.rule, "" if f.value is None else str(describe_value(f.value)))
+            for f in failures
+        },
+        key=lambda r: (r[0] or 0, r[1]),
+    )
     with atomic_path(path) as tmp:
         tmp.write_bytes(_csv_bytes(_REPORT_HEADER, rows, "utf-8-sig"))
 
 # %% ../../nbs/data/ingest.ipynb #38379947
 MODES = ("append", "replace")
 
+
 @dataclass(frozen=True)
 class IngestResult:
     "What an ingest did: rows added, existing rows replaced, export rows skipped, IINs pseudonymized, the skipped-rows report."
+
     rows_added: int
     rows_replaced: int
     rows_skipped: int
@@ -512,13 +725,17 @@ class IngestResult:
     skipped: tuple = ()
 
     def __str__(self):
-        s = (f"{self.resource}: {self.rows_added} row(s) added, {self.rows_replaced} replaced, {self.rows_skipped} skipped; "
-             f"{self.pseudonymized} IIN(s) pseudonymized; {self.rows_total} rows in total")
+        s = (
+            f"{self.resource}: {self.rows_added} row(s) added, {self.rows_replaced} replaced, {self.rows_skipped} skipped; "
+            f"{self.pseudonymized} IIN(s) pseudonymized; {self.rows_total} rows in total"
+        )
         return s + (f"\nskipped rows are listed in {self.report_path}" if self.report_path else "")
+
 
 def _refuse(failures: list):
     "Raise the failures, in line order: nothing has been written."
     raise DataValidationError(sorted(failures, key=lambda f: (f.line or 0, f.column or "")))
+
 
 def _local_resource(package, resource, institution, root):
     "The resource to ingest into, from the data root `root` (None: the workspace's), after checking access and the institution."
@@ -526,23 +743,45 @@ def _local_resource(package, resource, institution, root):
     from research_kit.data.load import check_access, column_values
     from research_kit.data.schema import as_list
     from research_kit.settings import is_url, load_settings
+
     res = get_resource(package, resource, root)
     check_access(res, load_settings().institution)  # before its rows are read, or anything is said about them
     if is_url(res.url) or is_url(res.descriptor_url):
         raise IngestError(f"{package}/{resource} is at {res.url}; ingest writes only to a local data root")
-    ref = next((fk["reference"] for fk in res.schema.get("foreignKeys", []) if fk["fields"] in (INSTITUTION_FIELD, [INSTITUTION_FIELD])), None)
+    ref = next(
+        (
+            fk["reference"]
+            for fk in res.schema.get("foreignKeys", [])
+            if fk["fields"] in (INSTITUTION_FIELD, [INSTITUTION_FIELD])
+        ),
+        None,
+    )
     if ref is not None:
         values = column_values(package, ref["resource"], as_list(ref["fields"])[0], root=root, as_input=False)
         known = {str(v) for v in values if v is not None}
-        if institution not in known: raise UnknownNameError("institution", institution, known, where=f"{package}/{ref['resource']}")
+        if institution not in known:
+            raise UnknownNameError("institution", institution, known, where=f"{package}/{ref['resource']}")
     return res
 
 # %% ../../nbs/data/ingest.ipynb #134e47fb
-def ingest(path, *, package: str, resource: str, institution: str, mapping, encoding: str | None = None,
-           mode: str = "append", skip_invalid: bool = False, report_path=None, root=None) -> IngestResult:
+def ingest(
+    path,
+    *,
+    package: str,
+    resource: str,
+    institution: str,
+    mapping,
+    encoding: str | None = None,
+    mode: str = "append",
+    skip_invalid: bool = False,
+    report_path=None,
+    root=None,
+) -> IngestResult:
     "Pseudonymize, validate and add (or replace) one institution's rows of a resource from a CSV/XLSX export."
     from research_kit.data.schema import Where, primary_key
-    if mode not in MODES: raise IngestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+    if mode not in MODES:
+        raise IngestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     key = key_from_env()
     path = Path(path)
     res = _local_resource(package, resource, institution, root)
@@ -557,16 +796,19 @@ def ingest(path, *, package: str, resource: str, institution: str, mapping, enco
         raise IngestError(f"{res.url}: its header does not match the schema; validate the package first")
     alone = _validate_new(rows, res, header, where)
     failures += alone.failures
-    if alone.refused: _refuse(failures)
+    if alone.refused:
+        _refuse(failures)
     ins = header.index(INSTITUTION_FIELD)
     kept = existing.rows if mode == "append" else [r for r in existing.rows if r[ins] != institution]
     new = _formatted(alone.typed, header, res) if alone.typed is not None else []
     combined = _validate_combined(existing, kept, new, alone.rows.index.tolist(), res, where)
     failures += combined.failures
-    if combined.refused or (failures and not skip_invalid): _refuse(failures)
+    if combined.refused or (failures and not skip_invalid):
+        _refuse(failures)
     new = combined.rows
     if not new:
-        if failures: _refuse(failures)  # every row failed: nothing to write
+        if failures:
+            _refuse(failures)  # every row failed: nothing to write
         raise IngestError(f"{path.name}: the export has no data rows")
     if mode == "replace":
         pk = header.index(primary_key(res.schema)[0])
@@ -576,7 +818,14 @@ def ingest(path, *, package: str, resource: str, institution: str, mapping, enco
         report = Path(report_path) if report_path else path.with_name(path.name + ".skipped.csv")
         _write_report(report, failures)
     _write(res, existing, combined.data, len(kept) + len(new))
-    return IngestResult(rows_added=len(new), rows_replaced=len(existing.rows) - len(kept),
-                        rows_skipped=len({f.line for f in failures}), pseudonymized=pseudonymized, report_path=report,
-                        resource=f"{package}/{resource}", rows_total=len(kept) + len(new), encoding=used,
-                        skipped=tuple(sorted(failures, key=lambda f: (f.line or 0, f.column or ""))))
+    return IngestResult(
+        rows_added=len(new),
+        rows_replaced=len(existing.rows) - len(kept),
+        rows_skipped=len({f.line for f in failures}),
+        pseudonymized=pseudonymized,
+        report_path=report,
+        resource=f"{package}/{resource}",
+        rows_total=len(kept) + len(new),
+        encoding=used,
+        skipped=tuple(sorted(failures, key=lambda f: (f.line or 0, f.column or ""))),
+    )

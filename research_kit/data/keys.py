@@ -12,22 +12,28 @@ __all__ = ['fixed_width_keys', 'has_duplicates', 'unique_failures', 'column_keys
 # %% ../../nbs/data/keys.ipynb #48de7019
 _MIX = 0x9E3779B97F4A7C15
 
-def fixed_width_keys(col, # a text column (Arrow, one or more chunks)
-                    ):
+
+def fixed_width_keys(
+    col,  # a text column (Arrow, one or more chunks)
+):
     """One uint64 per value when every value of a text column is 1-16 bytes long and all the same length
     (codes, pseudonyms), else None. Equal values get equal keys; up to 8 bytes, unequal values never share
     one."""
     import numpy as np, pyarrow as pa
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) or col.null_count: return None
+
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) or col.null_count:
+        return None
     width, keys = None, []
     for chunk in col.chunks:
-        if not len(chunk): continue
+        if not len(chunk):
+            continue
         large = pa.types.is_large_string(col.type)
         offsets = np.frombuffer(chunk.buffers()[1], np.int64 if large else np.int32)
-        offsets = offsets[chunk.offset: chunk.offset + len(chunk) + 1]
+        offsets = offsets[chunk.offset : chunk.offset + len(chunk) + 1]
         width = width or int(offsets[1] - offsets[0])
-        if not 1 <= width <= 16 or (np.diff(offsets) != width).any(): return None
-        text = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]: offsets[-1]].reshape(-1, width)
+        if not 1 <= width <= 16 or (np.diff(offsets) != width).any():
+            return None
+        text = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(-1, width)
         padded = np.zeros((len(chunk), 16), np.uint8)
         padded[:, :width] = text
         halves = padded.view(np.uint64)
@@ -35,55 +41,70 @@ def fixed_width_keys(col, # a text column (Arrow, one or more chunks)
     return np.concatenate(keys) if keys else None
 
 # %% ../../nbs/data/keys.ipynb #40ec8cf5
-def has_duplicates(col, # a column (Arrow, one or more chunks); missing values are ignored
-                  ) -> bool:
+def has_duplicates(
+    col,  # a column (Arrow, one or more chunks); missing values are ignored
+) -> bool:
     "True when a value occurs twice."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
+
     col = col.drop_null()
-    if len(col) < 2: return False
+    if len(col) < 2:
+        return False
     numbers = pa.types.is_integer(col.type) or pa.types.is_temporal(col.type)
     keys = col.to_numpy() if numbers else fixed_width_keys(col)
     if keys is not None:
         keys = np.sort(keys)
-        if not (keys[1:] == keys[:-1]).any(): return False
+        if not (keys[1:] == keys[:-1]).any():
+            return False
     ordered = col.take(pc.sort_indices(col))
     return pc.any(pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py()
 
 # %% ../../nbs/data/keys.ipynb #05a13dce
-def unique_failures(col, # the column of a `unique` field (Arrow)
-                    name: str, # its name
-                    where: Where, # where the table came from
-                   ) -> list:
+def unique_failures(
+    col,  # the column of a `unique` field (Arrow)
+    name: str,  # its name
+    where: Where,  # where the table came from
+) -> list:
     "A failure for every row whose value occurs more than once."
     import numpy as np, pyarrow as pa
-    if pa.types.is_dictionary(col.type): col = col.cast(col.type.value_type)
-    if not has_duplicates(col): return []
+
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not has_duplicates(col):
+        return []
     s = col.to_pandas()
     rows = np.flatnonzero((s.duplicated(keep=False) & s.notna()).to_numpy())
-    values = [s.iloc[r] for r in rows[:where.listed]]
+    values = [s.iloc[r] for r in rows[: where.listed]]
     return where.failures(name, rows, values, "unique: value occurs more than once")
 
 # %% ../../nbs/data/keys.ipynb #eeb8d2d9
-def column_keys(col, # a column (Arrow, one or more chunks)
-               ):
+def column_keys(
+    col,  # a column (Arrow, one or more chunks)
+):
     "One uint64 per value of a column: equal values get equal keys (missing values share one)."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
+
     if (pa.types.is_integer(col.type) or pa.types.is_temporal(col.type)) and not col.null_count:
         return col.to_numpy().astype(np.int64, copy=False).view(np.uint64)
     keys = fixed_width_keys(col)
-    if keys is not None: return keys
-    if pa.types.is_dictionary(col.type): col = col.cast(col.type.value_type)
+    if keys is not None:
+        return keys
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
     codes = pc.dictionary_encode(col).combine_chunks().indices
     return pc.fill_null(codes, -1).to_numpy().astype(np.int64).view(np.uint64)
 
 # %% ../../nbs/data/keys.ipynb #429ab073
-def key_may_repeat(table, # a typed Arrow table
-                   schema: dict, # its Table Schema
-                  ) -> bool:
+def key_may_repeat(
+    table,  # a typed Arrow table
+    schema: dict,  # its Table Schema
+) -> bool:
     "Whether a primary key of several columns may hold a combination twice (False proves it does not)."
     import numpy as np
+
     pk = primary_key(schema)
-    if len(pk) < 2 or table.num_rows < 2: return False
+    if len(pk) < 2 or table.num_rows < 2:
+        return False
     mixed = np.zeros(table.num_rows, np.uint64)
     for name in pk:
         mixed = (mixed ^ column_keys(table.column(name))) * np.uint64(_MIX)

@@ -16,77 +16,108 @@ __all__ = ['field_title', 'value_labels', 'labels', 'title', 'resource_labels', 
 def _in(labels, lang: str) -> str | None:
     return labels.get(lang) if isinstance(labels, dict) else None
 
+
 def field_title(field: dict, lang: str) -> str:
     "A field's (or resource's) title in language `lang`: `x-labels`, else its title, else its name."
     lang = check_lang(lang)
     return _in(field.get("x-labels"), lang) or field.get("title") or field["name"]
 
+
 def value_labels(field: dict, lang: str) -> dict[str, str]:
     "Each code of a field with its label in language `lang` (codes without one are left out)."
     lang = check_lang(lang)
-    return {str(code): _in(labels, lang) for code, labels in (field.get("x-value-labels") or {}).items()
-            if _in(labels, lang)}
+    return {
+        str(code): _in(labels, lang)
+        for code, labels in (field.get("x-value-labels") or {}).items()
+        if _in(labels, lang)
+    }
 
 # %% ../../nbs/data/labels.ipynb #da1e0284
 def _field(package: str, resource: str | None, field: str, root: str | None = None) -> dict:
     r = get_resource(package, resource, root)
     for f in r.fields:
-        if f["name"] == field: return f
+        if f["name"] == field:
+            return f
     raise UnknownNameError("field", field, [f["name"] for f in r.fields], where=f"{package}/{r.name}")
 
-def labels(package: str, resource: str | None, field: str, lang: str, root: str | None = None) -> dict[str, str]:
+
+def labels(
+    package: str, resource: str | None, field: str, lang: str, root: str | None = None
+) -> dict[str, str]:
     "The labels of field `field`'s codes in language `lang`, from the package's descriptor."
     lang = check_lang(lang)
     return value_labels(_field(package, resource, field, root), lang)
+
 
 def title(package: str, resource: str | None, field: str, lang: str, root: str | None = None) -> str:
     "The title of field `field` in language `lang`, from the package's descriptor."
     lang = check_lang(lang)
     return field_title(_field(package, resource, field, root), lang)
 
-def resource_labels(package: str, resource: str | None, lang: str, root: str | None = None) -> dict[str, dict[str, str]]:
+
+def resource_labels(
+    package: str, resource: str | None, lang: str, root: str | None = None
+) -> dict[str, dict[str, str]]:
     "For every field of a resource that has labelled codes, its code → label mapping in `lang`."
     lang = check_lang(lang)
     out = {f["name"]: value_labels(f, lang) for f in get_resource(package, resource, root).fields}
     return {name: mapping for name, mapping in out.items() if mapping}
 
+
 def package_labels(package: str, lang: str, root: str | None = None) -> dict[str, dict[str, str]]:
     "Every labelled field of every resource of a package, field → code → label in `lang` (a field named alike in two resources: their labels merged)."
     from research_kit.data.catalog import open_package
+
     lang = check_lang(lang)
     out: dict[str, dict[str, str]] = {}
     for resource in open_package(package, root).resources:
-        for name, mapping in resource_labels(package, resource, lang, root).items(): out.setdefault(name, {}).update(mapping)
+        for name, mapping in resource_labels(package, resource, lang, root).items():
+            out.setdefault(name, {}).update(mapping)
     return out
+
 
 def package_titles(package: str, lang: str, root: str | None = None) -> dict[str, str]:
     "Every field of a package with its title in `lang` (a field named alike in two resources: the first resource's title)."
     from research_kit.data.catalog import open_package
+
     lang = check_lang(lang)
     out: dict[str, str] = {}
     for resource in open_package(package, root).resources:
-        for f in get_resource(package, resource, root).fields: out.setdefault(f["name"], field_title(f, lang))
+        for f in get_resource(package, resource, root).fields:
+            out.setdefault(f["name"], field_title(f, lang))
     return out
 
 # %% ../../nbs/data/labels.ipynb #11606280
 def _missing_languages(labels) -> list[str]:
-    return [lang for lang in LANGUAGES if not (isinstance(labels, dict) and str(labels.get(lang) or "").strip())]
+    return [
+        lang for lang in LANGUAGES if not (isinstance(labels, dict) and str(labels.get(lang) or "").strip())
+    ]
+
 
 def _field_problems(where: str, f: dict) -> list[str]:
     problems = []
-    if missing := _missing_languages(f.get("x-labels")): problems.append(f"{where}: title lacks {', '.join(missing)}")
+    if missing := _missing_languages(f.get("x-labels")):
+        problems.append(f"{where}: title lacks {', '.join(missing)}")
     enum = [str(v) for v in (f.get("constraints") or {}).get("enum") or []]
     given = {str(k): v for k, v in (f.get("x-value-labels") or {}).items()}
     for code in enum:
-        if missing := _missing_languages(given.get(code)): problems.append(f"{where}: code {code!r} lacks {', '.join(missing)}")
+        if missing := _missing_languages(given.get(code)):
+            problems.append(f"{where}: code {code!r} lacks {', '.join(missing)}")
     if enum:
-        problems += [f"{where}: label for {code!r}, which is not one of its codes" for code in given if code not in enum]
+        problems += [
+            f"{where}: label for {code!r}, which is not one of its codes"
+            for code in given
+            if code not in enum
+        ]
     return problems
+
 
 def label_problems(descriptor: dict) -> list[str]:
     "Every label a descriptor lacks in kk, ru or en, one line each (empty when complete)."
     name, problems = descriptor.get("name", "?"), []
     for r in descriptor.get("resources", []):
-        if missing := _missing_languages(r.get("x-labels")): problems.append(f"{name}/{r['name']}: title lacks {', '.join(missing)}")
-        for f in r["schema"]["fields"]: problems += _field_problems(f"{name}/{r['name']}/{f['name']}", f)
+        if missing := _missing_languages(r.get("x-labels")):
+            problems.append(f"{name}/{r['name']}: title lacks {', '.join(missing)}")
+        for f in r["schema"]["fields"]:
+            problems += _field_problems(f"{name}/{r['name']}/{f['name']}", f)
     return problems

@@ -13,14 +13,18 @@ __all__ = ['LINEAGE_FILE_ENV', 'Input', 'note_read', 'entries', 'clear', 'read_f
 # %% ../../nbs/data/lineage.ipynb #bc660041
 LINEAGE_FILE_ENV = "RK_LINEAGE_FILE"
 
+
 @dataclass(frozen=True)
 class Input:
     "One dataset read: package, resource and the sha256 of its file."
+
     package: str
     resource: str
     sha256: str
 
+
 _log: list[Input] = []
+
 
 def note_read(package: str, resource: str, sha256: str) -> None:
     "Note that `package/resource` with content `sha256` was read (and append it to RK_LINEAGE_FILE if set)."
@@ -28,18 +32,23 @@ def note_read(package: str, resource: str, sha256: str) -> None:
     _log.append(entry)
     path = os.environ.get(LINEAGE_FILE_ENV)
     if path:
-        with open(path, "a", encoding="utf-8") as f: f.write(json.dumps(asdict(entry)) + "\n")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(entry)) + "\n")
+
 
 def entries(unique: bool = True) -> list[Input]:
     "What was read so far in this process (each input once, in first-read order, unless `unique=False`)."
     return list(dict.fromkeys(_log)) if unique else list(_log)
 
+
 def clear() -> None:
     "Forget this process's log (the runner does this between reports)."
     _log.clear()
 
+
 def read_file(path: str) -> list[Input]:
     "The inputs recorded in a lineage file, each once, in first-read order."
-    if not os.path.exists(path): return []
+    if not os.path.exists(path):
+        return []
     with open(path, encoding="utf-8") as f:
         return list(dict.fromkeys(Input(**json.loads(line)) for line in f if line.strip()))

@@ -27,12 +27,15 @@ LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache 
 # %% ../../nbs/data/load.ipynb #0d23f0e4
 class HashMemo:
     "Remembers the sha256 of local files per (path, inode, size, mtime, ctime), in the cache folder."
+
     settle_ns = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
 
-    def __init__(self,
-                 folder: Path,  # the workspace's cache folder; the hashes go into its `hashes/`
-                 trust: bool = True,  # False: remember nothing read before, hash every file (`validate`)
-                ): self.folder, self.trust = folder / "hashes", trust
+    def __init__(
+        self,
+        folder: Path,  # the workspace's cache folder; the hashes go into its `hashes/`
+        trust: bool = True,  # False: remember nothing read before, hash every file (`validate`)
+    ):
+        self.folder, self.trust = folder / "hashes", trust
 
     def _entry(self, path: str) -> Path:
         return self.folder / (hashlib.sha1(os.path.abspath(path).encode()).hexdigest() + ".json")
@@ -44,16 +47,20 @@ class HashMemo:
 
     def get(self, path: str) -> str | None:
         "The remembered sha256 of the file as it is now, or None."
-        if not self.trust: return None
+        if not self.trust:
+            return None
         try:
             entry = json.loads(self._entry(path).read_text(encoding="utf-8"))
             return entry["sha256"] if entry["stamp"] == self.stamp(path) else None
-        except (OSError, ValueError, KeyError): return None
+        except (OSError, ValueError, KeyError):
+            return None
 
     def put(self, path: str, sha256: str, stamp: list) -> None:
         "Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not changed since and has settled."
         import time
-        if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns: return
+
+        if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._entry(path)) as tmp:
             tmp.write_text(json.dumps({"stamp": stamp, "sha256": sha256}), encoding="utf-8")
@@ -68,117 +75,204 @@ class HashMemo:
         return known
 
 # %% ../../nbs/data/load.ipynb #40874a99
-def resource_sha256(package: str,  # a data package's name
-                    resource: str,  # one of its resources
-                   ) -> str | None:
+def resource_sha256(
+    package: str,  # a data package's name
+    resource: str,  # one of its resources
+) -> str | None:
     "The sha256 of a resource's current content, or None if it no longer exists."
     from research_kit.errors import RKError
-    try: res = get_resource(package, resource)
-    except RKError: return None
+
+    try:
+        res = get_resource(package, resource)
+    except RKError:
+        return None
     return _current_sha256(res, HashMemo(load_settings().cache_dir))
 
+
 def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:
-    if res is None or (not is_url(res.url) and not os.path.isfile(res.url)): return None
+    if res is None or (not is_url(res.url) and not os.path.isfile(res.url)):
+        return None
     return res.sha256 if is_url(res.url) else memo.sha256(res.url)
 
 # %% ../../nbs/data/load.ipynb #4408d5a5
 def _raise_failure(where: Where, rule: str, value=None, column=None, line=None):
     from research_kit.errors import Failure
+
     raise DataValidationError([Failure(where.package, where.resource, where.file, column, line, value, rule)])
 
+
 def _check_encoding(data: bytes, encoding: str, where: Where) -> None:
-    try: data.decode(encoding)
+    try:
+        data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        _raise_failure(where, f"not valid {encoding} text (byte 0x{data[e.start]:02x}); is the file in another "
-                     f"encoding, e.g. cp1251? Declare it as the resource's 'encoding'", line=line)
-    except LookupError: _raise_failure(where, f"unknown encoding {encoding!r} in the descriptor")
+        _raise_failure(
+            where,
+            f"not valid {encoding} text (byte 0x{data[e.start]:02x}); is the file in another "
+            f"encoding, e.g. cp1251? Declare it as the resource's 'encoding'",
+            line=line,
+        )
+    except LookupError:
+        _raise_failure(where, f"unknown encoding {encoding!r} in the descriptor")
+
 
 def _line_of(data: bytes, row) -> int | None:
     "The 1-based line of a malformed row (Arrow knows it only when reading on one thread)."
-    if row.number is not None and row.number > 0: return row.number
+    if row.number is not None and row.number > 0:
+        return row.number
     at = data.find(row.text.encode("utf-8", "replace"))
     return data.count(b"\n", 0, at) + 1 if at >= 0 else None
 
 # %% ../../nbs/data/load.ipynb #1259e226
-def read_table(data: bytes,  # the whole file
-               res: Resource,  # the resource it is the file of: encoding, dialect, schema
-               where: Where,  # package, resource and file, for failure messages
-               as_text: bool = False,  # read every column as text (after a value was not of its type)
-              ):
+def read_table(
+    data: bytes,  # the whole file
+    res: Resource,  # the resource it is the file of: encoding, dialect, schema
+    where: Where,  # package, resource and file, for failure messages
+    as_text: bool = False,  # read every column as text (after a value was not of its type)
+):
     "The CSV bytes as an Arrow table in the declared types (or all text), after checking rows and header."
     import pyarrow as pa, pyarrow.csv as pcsv
-    if not data[:4096].strip() and not data.strip(): _raise_failure(where, "the file is empty")
+
+    if not data[:4096].strip() and not data.strip():
+        _raise_failure(where, "the file is empty")
     bad_rows = []
+
     def on_bad_row(row):
         bad_rows.append(row)
         return "skip"
+
     dialect = res.descriptor.get("dialect") or {}
     try:
-        table = pcsv.read_csv(pa.BufferReader(pa.py_buffer(data)),  # no copy, unlike io.BytesIO
+        table = pcsv.read_csv(
+            pa.BufferReader(pa.py_buffer(data)),  # no copy, unlike io.BytesIO
             read_options=pcsv.ReadOptions(encoding=res.encoding, block_size=4 << 20),
-            parse_options=pcsv.ParseOptions(delimiter=dialect.get("delimiter", ","), invalid_row_handler=on_bad_row,
-                                            ignore_empty_lines=False),
-            convert_options=pcsv.ConvertOptions(column_types=csv_types(res.schema, as_text),
-                                                null_values=res.schema.get("missingValues", [""]),
-                                                strings_can_be_null=True, quoted_strings_can_be_null=False))
+            parse_options=pcsv.ParseOptions(
+                delimiter=dialect.get("delimiter", ","),
+                invalid_row_handler=on_bad_row,
+                ignore_empty_lines=False,
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types=csv_types(res.schema, as_text),
+                null_values=res.schema.get("missingValues", [""]),
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         _check_encoding(data, res.encoding, where)  # names the line of a bad byte, if that is the cause
-        if not as_text and "conversion error" in str(e): return None  # a value not of its type: read as text
+        if not as_text and "conversion error" in str(e):
+            return None  # a value not of its type: read as text
         _raise_failure(where, f"cannot be read as CSV: {e}")
     if bad_rows:
         from research_kit.errors import Failure
-        raise DataValidationError([Failure(where.package, where.resource, where.file, None, _line_of(data, r), r.text[:80],
-                                           f"row has {r.actual_columns} values, the header has {r.expected_columns}")
-                                   for r in bad_rows[:1000]], total=len(bad_rows))
+
+        raise DataValidationError(
+            [
+                Failure(
+                    where.package,
+                    where.resource,
+                    where.file,
+                    None,
+                    _line_of(data, r),
+                    r.text[:80],
+                    f"row has {r.actual_columns} values, the header has {r.expected_columns}",
+                )
+                for r in bad_rows[:1000]
+            ],
+            total=len(bad_rows),
+        )
     names = [f["name"] for f in res.fields]
     missing = [n for n in names if n not in table.column_names]
     extra = [c for c in table.column_names if c not in names]
     if missing or extra:
         from research_kit.errors import Failure
+
         raise DataValidationError(
-            [Failure(where.package, where.resource, where.file, c, 1, None, "column declared in the schema is missing from the file") for c in missing]
-            + [Failure(where.package, where.resource, where.file, c, 1, None, "column is not declared in the schema") for c in extra])
+            [
+                Failure(
+                    where.package,
+                    where.resource,
+                    where.file,
+                    c,
+                    1,
+                    None,
+                    "column declared in the schema is missing from the file",
+                )
+                for c in missing
+            ]
+            + [
+                Failure(
+                    where.package,
+                    where.resource,
+                    where.file,
+                    c,
+                    1,
+                    None,
+                    "column is not declared in the schema",
+                )
+                for c in extra
+            ]
+        )
     return table.select(names)
 
 # %% ../../nbs/data/load.ipynb #ecadd006
 def _key_values(target, fields):
     import pyarrow as pa, pandas as pd
+
     col = target[fields[0]].dropna()
-    return pa.array(col.astype(object).unique() if isinstance(col.dtype, pd.CategoricalDtype) else col.unique())
+    return pa.array(
+        col.astype(object).unique() if isinstance(col.dtype, pd.CategoricalDtype) else col.unique()
+    )
+
 
 def _dangling_rows(col, keys):
     "Rows of `col` holding a value (not missing) that is not among `keys`; a dictionary column's values are looked up once each."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
+
     if not pa.types.is_dictionary(col.type):  # one call: the set of keys is hashed once, not once per chunk
-        return np.flatnonzero(pc.and_(col.is_valid(), pc.invert(pc.is_in(col, value_set=keys.cast(col.type)))).to_numpy())
+        return np.flatnonzero(
+            pc.and_(col.is_valid(), pc.invert(pc.is_in(col, value_set=keys.cast(col.type)))).to_numpy()
+        )
     masks = []
     for chunk in col.chunks:
         unknown = pc.invert(pc.is_in(chunk.dictionary, value_set=keys.cast(chunk.dictionary.type)))
-        masks.append(pc.fill_null(pc.take(unknown, chunk.indices), False) if pc.any(unknown).as_py()
-                     else pa.array(np.zeros(len(chunk), dtype=bool)))
+        masks.append(
+            pc.fill_null(pc.take(unknown, chunk.indices), False)
+            if pc.any(unknown).as_py()
+            else pa.array(np.zeros(len(chunk), dtype=bool))
+        )
     return np.flatnonzero(pa.chunked_array(masks, pa.bool_()).to_numpy())
 
 # %% ../../nbs/data/load.ipynb #1c72532e
 def _foreign_key_failures(table, res: Resource, where: Where) -> list:
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
+
     failures = []
     for fk in res.schema.get("foreignKeys", []):
         fields, ref = _as_list(fk["fields"]), fk["reference"]
         ref_name, ref_fields = ref.get("resource") or res.name, _as_list(ref["fields"])
-        target = table.select(ref_fields).to_pandas() if ref_name == res.name else \
-            _load(res.package, ref_name, ref_fields, as_input=False, root=res.root or None)
+        target = (
+            table.select(ref_fields).to_pandas()
+            if ref_name == res.name
+            else _load(res.package, ref_name, ref_fields, as_input=False, root=res.root or None)
+        )
         if len(fields) == 1:
             col = table.column(fields[0])
             dangling = _dangling_rows(col, _key_values(target, ref_fields))
             values = col.take(pa.array(dangling[:1000])).to_pylist()
         else:
             own = table.select(fields).to_pandas().astype(object)
-            found = pd.MultiIndex.from_frame(own).isin(pd.MultiIndex.from_frame(target[ref_fields].astype(object)))
+            found = pd.MultiIndex.from_frame(own).isin(
+                pd.MultiIndex.from_frame(target[ref_fields].astype(object))
+            )
             dangling = np.flatnonzero(own.notna().all(axis=1).to_numpy() & ~found)
             values = [tuple(own.iloc[r]) for r in dangling[:1000]]
-        failures += [where.failure(", ".join(fields), r, v, f"foreign key: not found in {ref_name}.{', '.join(ref_fields)}")
-                     for r, v in zip(dangling, values)] + [None] * max(0, len(dangling) - 1000)
+        failures += [
+            where.failure(
+                ", ".join(fields), r, v, f"foreign key: not found in {ref_name}.{', '.join(ref_fields)}"
+            )
+            for r, v in zip(dangling, values)
+        ] + [None] * max(0, len(dangling) - 1000)
     return failures
 
 # %% ../../nbs/data/load.ipynb #09a6077e
@@ -186,27 +280,33 @@ def _read_validated(data: bytes, res: Resource):
     "(typed Arrow table, DataFrame) of a resource's bytes, fully validated, or DataValidationError."
     where = Where(res.package, res.name, res.file)
     table = read_table(data, res, where)
-    if table is None: table = read_table(data, res, where, as_text=True)
+    if table is None:
+        table = read_table(data, res, where, as_text=True)
     table, df, failures = validate_table(table, res.schema, where)
-    if not failures: failures += _foreign_key_failures(table, res, where)
+    if not failures:
+        failures += _foreign_key_failures(table, res, where)
     if failures:
         described = [f for f in failures if f is not None]
-        raise DataValidationError(sorted(described, key=lambda f: (f.line or 0, f.column or "")), total=len(failures))
+        raise DataValidationError(
+            sorted(described, key=lambda f: (f.line or 0, f.column or "")), total=len(failures)
+        )
     return table, df
 
 # %% ../../nbs/data/load.ipynb #67bc3309
-def validate_bytes(data: bytes,  # content to check as the file of `res`
-                   res: Resource,  # the resource whose schema and foreign keys it must satisfy
-                  ):
+def validate_bytes(
+    data: bytes,  # content to check as the file of `res`
+    res: Resource,  # the resource whose schema and foreign keys it must satisfy
+):
     "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and foreign keys (not its hash)."
     check_schema(res.schema, res.descriptor_url)
     return _read_validated(data, res)
 
 # %% ../../nbs/data/load.ipynb #044c8cf5
-def cache_key(sha256: str,  # the content hash of the resource's file
-              schema: dict,  # its Table Schema
-              references=(),  # (resource, sha256) of each resource its foreign keys point to
-             ) -> str:
+def cache_key(
+    sha256: str,  # the content hash of the resource's file
+    schema: dict,  # its Table Schema
+    references=(),  # (resource, sha256) of each resource its foreign keys point to
+) -> str:
     "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the resources its foreign keys point to."
     blob = json.dumps([sha256, schema, LOADER_VERSION, list(references)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -219,6 +319,7 @@ def _fast_to_read(table, schema: dict):
     same length (codes, pseudonyms), as fixed-size binary, which reads back at memcpy speed. Enums and numbers
     keep Parquet's dictionary encoding. `to_frame` turns each column back into its declared dtype."""
     import pyarrow as pa, pyarrow.compute as pc
+
     enums = {f["name"] for f in schema["fields"] if "enum" in (f.get("constraints") or {})}
     fields, columns, encoded = [], [], []
     for field, col in zip(table.schema, table.columns):
@@ -226,7 +327,8 @@ def _fast_to_read(table, schema: dict):
         if field.name not in enums and (pa.types.is_string(t) or pa.types.is_large_string(t)):
             col = col.cast(pa.large_string())
             lo, hi = (v.as_py() for v in pc.min_max(pc.binary_length(col)).values())
-            if lo and lo == hi and not col.null_count: col = col.cast(pa.binary(lo))
+            if lo and lo == hi and not col.null_count:
+                col = col.cast(pa.binary(lo))
         else:
             encoded.append(field.name)
         fields.append(pa.field(field.name, col.type, nullable=bool(col.null_count)))
@@ -236,9 +338,12 @@ def _fast_to_read(table, schema: dict):
 # %% ../../nbs/data/load.ipynb #156494a3
 class ParquetCache:
     "Validated tables as Parquet files under `<cache>/data/<package>/<resource>-<key>.parquet`."
-    def __init__(self,
-                 folder: Path,  # the workspace's cache folder; the tables go into its `data/`
-                ): self.folder = folder / "data"
+
+    def __init__(
+        self,
+        folder: Path,  # the workspace's cache folder; the tables go into its `data/`
+    ):
+        self.folder = folder / "data"
 
     def path(self, res: Resource, key: str) -> Path:
         return self.folder / res.package / f"{res.name}-{key[:24]}.parquet"
@@ -250,13 +355,17 @@ class ParquetCache:
     def read(self, res: Resource, key: str, columns=None, as_table: bool = False):
         "The cached table as a DataFrame (or Arrow table), or None when there is none or it is damaged (then it is removed)."
         path = self.path(res, key)
-        if not path.exists(): return None
+        if not path.exists():
+            return None
         import pyarrow.parquet as pq
+
         try:
             table = pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns)
             meta = table.schema.metadata or {}
-            if meta.get(b"research_kit.key") != key.encode(): raise ValueError("cache key does not match")
-            if table.num_rows != int(meta[b"research_kit.rows"]): raise ValueError("row count does not match")
+            if meta.get(b"research_kit.key") != key.encode():
+                raise ValueError("cache key does not match")
+            if table.num_rows != int(meta[b"research_kit.rows"]):
+                raise ValueError("row count does not match")
             return table if as_table else to_frame(table, res.schema, private=True)
         except Exception as e:  # any damage means: rebuild from the source
             warnings.warn(f"cache file {path} is damaged ({type(e).__name__}: {e}); rebuilding it")
@@ -266,129 +375,185 @@ class ParquetCache:
     def write(self, res: Resource, key: str, table) -> None:
         "Store a validated Arrow table: temporary file, then rename; superseded versions are removed."
         import pyarrow.parquet as pq
+
         path = self.path(res, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         table, encoded = _fast_to_read(table, res.schema)
-        table = table.replace_schema_metadata({b"research_kit.key": key.encode(), b"research_kit.rows": str(table.num_rows).encode()})
+        table = table.replace_schema_metadata(
+            {b"research_kit.key": key.encode(), b"research_kit.rows": str(table.num_rows).encode()}
+        )
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="lz4", use_dictionary=encoded, write_page_checksum=True)
         for old in path.parent.glob(f"{res.name}-*.parquet"):
-            if old != path and old.name[len(res.name) + 1:-8].isalnum(): old.unlink(missing_ok=True)
+            if old != path and old.name[len(res.name) + 1 : -8].isalnum():
+                old.unlink(missing_ok=True)
 
 # %% ../../nbs/data/load.ipynb #f7513048
 import threading
 
 _writers: list[threading.Thread] = []
 
+
 def _write_quietly(cache: ParquetCache, res: Resource, key: str, table) -> None:
-    try: cache.write(res, key, table)
+    try:
+        cache.write(res, key, table)
     except OSError as e:  # a cache that cannot be written only costs speed
         warnings.warn(f"could not cache {res.package}/{res.name}: {e}")
 
+
 def _write_in_background(cache: ParquetCache, res: Resource, key: str, table) -> None:
-    t = threading.Thread(target=_write_quietly, args=(cache, res, key, table), name=f"rk-cache-{res.package}-{res.name}")
+    t = threading.Thread(
+        target=_write_quietly, args=(cache, res, key, table), name=f"rk-cache-{res.package}-{res.name}"
+    )
     t.start()
     _writers.append(t)
 
+
 def wait_for_cache_writes() -> None:
     "Block until every cache file this process started writing is in place."
-    while _writers: _writers.pop().join()
+    while _writers:
+        _writers.pop().join()
 
 # %% ../../nbs/data/load.ipynb #f514632c
 ACCESS_LEVELS = ("public", "consortium", "restricted")
 
-def check_access(res: Resource,  # the resource to load
-                 institution: str,  # the researcher's institution (`[workspace] institution`)
-                ) -> None:
+
+def check_access(
+    res: Resource,  # the resource to load
+    institution: str,  # the researcher's institution (`[workspace] institution`)
+) -> None:
     "Raise AccessDenied unless the researcher's institution may load `res`."
     from research_kit.errors import AccessDenied, DescriptorError
     from research_kit.settings import user_settings_path
+
     if res.access not in ACCESS_LEVELS:
-        raise DescriptorError(f"{res.descriptor_url}: resource {res.name!r} has x-access {res.access!r}; use one of {', '.join(ACCESS_LEVELS)}")
-    if res.access != "restricted": return
-    if not res.owner: raise DescriptorError(f"{res.descriptor_url}: restricted resource {res.name!r} names no x-owner")
+        raise DescriptorError(
+            f"{res.descriptor_url}: resource {res.name!r} has x-access {res.access!r}; use one of {', '.join(ACCESS_LEVELS)}"
+        )
+    if res.access != "restricted":
+        return
+    if not res.owner:
+        raise DescriptorError(f"{res.descriptor_url}: restricted resource {res.name!r} names no x-owner")
     if institution != res.owner:
-        raise AccessDenied(f"{res.package}/{res.name} is restricted to its owner {res.owner}; your settings name "
-                           f"{institution or 'no institution'} ([workspace] institution in {user_settings_path()} or the workspace's "
-                           "settings.ini, or RK_WORKSPACE_INSTITUTION)")
+        raise AccessDenied(
+            f"{res.package}/{res.name} is restricted to its owner {res.owner}; your settings name "
+            f"{institution or 'no institution'} ([workspace] institution in {user_settings_path()} or the workspace's "
+            "settings.ini, or RK_WORKSPACE_INSTITUTION)"
+        )
 
 # %% ../../nbs/data/load.ipynb #8d1cf611
 def _in_jupyter_kernel() -> bool:
     ipython = sys.modules.get("IPython")
     return ipython is not None and type(ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
 
-def show_progress(stream=None,  # where the bar would go; None: stderr, or a widget in JupyterLab
-                 ) -> bool:
+
+def show_progress(
+    stream=None,  # where the bar would go; None: stderr, or a widget in JupyterLab
+) -> bool:
     "Should a load show a progress bar on `stream` (default: stderr)? Only for a terminal or a JupyterLab widget."
-    if os.environ.get("RK_PROGRESS", "1") == "0": return False
+    if os.environ.get("RK_PROGRESS", "1") == "0":
+        return False
     if stream is None and _in_jupyter_kernel():
         import importlib.util
+
         return importlib.util.find_spec("ipywidgets") is not None  # a widget, not text on stderr
     stream = stream if stream is not None else sys.stderr
-    try: return bool(stream.isatty())
-    except (AttributeError, ValueError): return False  # no isatty, or a closed stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False  # no isatty, or a closed stream
 
 # %% ../../nbs/data/load.ipynb #4c9f28bf
 class _NoBar:
-    def update(self, n=1): pass
-    def __enter__(self): return self
-    def __exit__(self, *exc): pass
+    def update(self, n=1):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
 
 def _load_progress_bar(name: str):
     "A progress bar that appears only if the load takes more than a second, where someone watches it."
-    if not show_progress(): return _NoBar()
-    if _in_jupyter_kernel(): from tqdm.notebook import tqdm
-    else: from tqdm.std import tqdm
+    if not show_progress():
+        return _NoBar()
+    if _in_jupyter_kernel():
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
     # leave=False: the bar is erased when the load ends, also when it ends in an error
     return tqdm(total=2, desc=f"loading {name}", delay=1.0, leave=False, unit="step")
 
 # %% ../../nbs/data/load.ipynb #340799be
 def _selected_columns(res: Resource, columns):
-    if columns is None: return None
+    if columns is None:
+        return None
     columns = [columns] if isinstance(columns, str) else list(columns)
     names = [f["name"] for f in res.fields]
     for c in columns:
-        if c not in names: raise UnknownNameError("column", c, names, where=f"{res.package}/{res.name}")
+        if c not in names:
+            raise UnknownNameError("column", c, names, where=f"{res.package}/{res.name}")
     return columns
 
 # %% ../../nbs/data/load.ipynb #41c977f9
 def _hash_mismatch(res: Resource, actual: str):
-    _raise_failure(Where(res.package, res.name, res.file), f"hash: the file's sha256 differs from the descriptor's "
-          f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)", value=f"sha256:{actual}")
+    _raise_failure(
+        Where(res.package, res.name, res.file),
+        f"hash: the file's sha256 differs from the descriptor's "
+        f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)",
+        value=f"sha256:{actual}",
+    )
+
 
 def _referenced_hashes(res: Resource, pkg, memo: HashMemo) -> list:
     "(resource, current sha256) of every other resource of package `pkg` a foreign key of `res` points to."
-    refs = sorted({(fk["reference"].get("resource") or res.name) for fk in res.schema.get("foreignKeys", [])} - {res.name})
+    refs = sorted(
+        {(fk["reference"].get("resource") or res.name) for fk in res.schema.get("foreignKeys", [])}
+        - {res.name}
+    )
     return [(r, _current_sha256(pkg.resources.get(r), memo)) for r in refs]
 
 # %% ../../nbs/data/load.ipynb #73364df3
 def _read_whole(url: str):
     "The bytes of a local file or fsspec URL; None when a local file keeps changing while it is read."
-    if is_url(url): return read_bytes(url)
+    if is_url(url):
+        return read_bytes(url)
     for attempt in range(3):
         with open(url, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             data = f.read()
-            if len(data) == size and not f.read(1): return data
+            if len(data) == size and not f.read(1):
+                return data
     return None
 
 # %% ../../nbs/data/load.ipynb #0d676905
 def _fetch_and_validate(res: Resource, bar):
     "(DataFrame, typed Arrow table, sha256) of a resource's file: read, hash-checked, validated."
     where = Where(res.package, res.name, res.file)
-    try: data = _read_whole(res.url)
-    except FileNotFoundError: _raise_failure(where, f"the resource's file {res.url} does not exist")
-    if data is None: _raise_failure(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
+    try:
+        data = _read_whole(res.url)
+    except FileNotFoundError:
+        _raise_failure(where, f"the resource's file {res.url} does not exist")
+    if data is None:
+        _raise_failure(
+            where, f"the file {res.url} kept changing while it was read; load it again when it is written"
+        )
     bar.update(1)
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while Arrow parses
         hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        try: table, df = _read_validated(data, res)
+        try:
+            table, df = _read_validated(data, res)
         except DataValidationError:  # a changed file is reported as that, before what changed in it
-            if res.sha256 and hashing.result() != res.sha256: _hash_mismatch(res, hashing.result())
+            if res.sha256 and hashing.result() != res.sha256:
+                _hash_mismatch(res, hashing.result())
             raise
         sha = hashing.result()
-    if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
+    if res.sha256 and sha != res.sha256:
+        _hash_mismatch(res, sha)
     bar.update(1)
     return df, table, sha
 
@@ -408,82 +573,111 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
     cache_dir = settings.cache_dir
     cache, memo, local = ParquetCache(cache_dir), HashMemo(cache_dir, trust=not rehash), not is_url(res.url)
     if local and not os.path.isfile(res.url):
-        _raise_failure(Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist")
+        _raise_failure(
+            Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist"
+        )
     sha = memo.get(res.url) if local else res.sha256
     if sha is None and local and cache.holds_any(res):
-        sha = memo.sha256(res.url)  # a file touched but unchanged (a checkout, a copy): hashing it finds its cache
+        sha = memo.sha256(
+            res.url
+        )  # a file touched but unchanged (a checkout, a copy): hashing it finds its cache
     if sha is not None:
-        if res.sha256 and sha != res.sha256: _hash_mismatch(res, sha)
-        df = cache.read(res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), columns, as_table)
+        if res.sha256 and sha != res.sha256:
+            _hash_mismatch(res, sha)
+        df = cache.read(
+            res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), columns, as_table
+        )
         if df is not None:
-            if as_input: lineage.note_read(res.package, res.name, sha)
+            if as_input:
+                lineage.note_read(res.package, res.name, sha)
             return df
-    stamp = memo.stamp(res.url) if local else None  # before reading: a change while it is read is not remembered
+    stamp = (
+        memo.stamp(res.url) if local else None
+    )  # before reading: a change while it is read is not remembered
     with _load_progress_bar(f"{res.package}/{res.name}") as bar:
         df, table, sha = _fetch_and_validate(res, bar)
-    if local: memo.put(res.url, sha, stamp)
+    if local:
+        memo.put(res.url, sha, stamp)
     _write_in_background(cache, res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), table)
-    if as_input: lineage.note_read(res.package, res.name, sha)
-    if as_table: return table.select(columns) if columns else table
+    if as_input:
+        lineage.note_read(res.package, res.name, sha)
+    if as_table:
+        return table.select(columns) if columns else table
     return df[columns] if columns else df
 
 # %% ../../nbs/data/load.ipynb #4a5654d4
-def load(package: str, # a data package's name
-         resource: str | None = None, # one of its resources; may be left out when the package has only one
-         *,
-         columns=None, # a column name or a list of them; None for all
-         root: str | None = None, # the data root to read from; None for the workspace's (`[workspace] data`)
-        ):
+def load(
+    package: str,  # a data package's name
+    resource: str | None = None,  # one of its resources; may be left out when the package has only one
+    *,
+    columns=None,  # a column name or a list of them; None for all
+    root: str | None = None,  # the data root to read from; None for the workspace's (`[workspace] data`)
+):
     "The resource as a typed DataFrame, verified against its hash and validated against its schema."
     return _load(package, resource, columns, as_input=True, root=root)
 
 # %% ../../nbs/data/load.ipynb #6af8eea4
-def column_values(package: str,  # a data package's name
-                  resource: str,  # one of its resources
-                  column: str,  # one of its columns
-                  *,
-                  root: str | None = None, # the data root to read from; None for the workspace's
-                  as_input: bool = True, # False for a check's read, which is not an input of the work: not noted in the lineage
-                 ) -> list:
+def column_values(
+    package: str,  # a data package's name
+    resource: str,  # one of its resources
+    column: str,  # one of its columns
+    *,
+    root: str | None = None,  # the data root to read from; None for the workspace's
+    as_input: bool = True,  # False for a check's read, which is not an input of the work: not noted in the lineage
+) -> list:
     "The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it is there."
     import pyarrow as pa
+
     col = _load(package, resource, [column], as_input=as_input, as_table=True, root=root).column(0)
     t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t): col = _as_large_text(col)
-    elif pa.types.is_dictionary(col.type): col = col.cast(t)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t):
+        col = _as_large_text(col)
+    elif pa.types.is_dictionary(col.type):
+        col = col.cast(t)
     return col.to_pylist()
 
 # %% ../../nbs/data/load.ipynb #cfec925a
 from typing import NamedTuple
 
+
 class Checked(NamedTuple):
     "One resource's outcome in `validate`: rows when valid, the error when not, or why it was skipped."
+
     package: str
     resource: str
     rows: int | None
     error: Exception | None
     skipped: str | None = None
 
+
 def _restricted_to_another(res: Resource, institution: str) -> bool:
     return res.access == "restricted" and bool(res.owner) and res.owner != institution
 
-def validate(package: str | None = None,  # a data package's name; None for every package
-             resource: str | None = None,  # one of its resources; None for all of them
-            ) -> list[Checked]:
+
+def validate(
+    package: str | None = None,  # a data package's name; None for every package
+    resource: str | None = None,  # one of its resources; None for all of them
+) -> list[Checked]:
     "Load `resource` of `package`, or every resource of it, or of every package, hashing every file: one `Checked` each."
     from research_kit.errors import RKError
     from research_kit.data.catalog import open_package, package_names
+
     institution = load_settings().institution
     results = []
     for name in [package] if package else package_names():
         try:
             p = open_package(name)
-            if resource is not None: p.resource(resource)
+            if resource is not None:
+                p.resource(resource)
         except RKError as e:
-            results.append(Checked(name, resource or "", None, e)); continue
+            results.append(Checked(name, resource or "", None, e))
+            continue
         for r in [resource] if resource else p.resources:
             if resource is None and _restricted_to_another(p.resources[r], institution):
-                results.append(Checked(name, r, None, None, f"restricted to {p.resources[r].owner}")); continue
-            try: results.append(Checked(name, r, len(_load(name, r, None, as_input=True, rehash=True)), None))
-            except RKError as e: results.append(Checked(name, r, None, e))
+                results.append(Checked(name, r, None, None, f"restricted to {p.resources[r].owner}"))
+                continue
+            try:
+                results.append(Checked(name, r, len(_load(name, r, None, as_input=True, rehash=True)), None))
+            except RKError as e:
+                results.append(Checked(name, r, None, e))
     return results

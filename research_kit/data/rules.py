@@ -16,77 +16,104 @@ __all__ = ['RULES', 'Rule', 'rules_of', 'is_missing', 'may_fail', 'constraint_sc
 def _plain(values):
     "A dictionary array's values decoded, booleans as 0 and 1 (as pandas compares them)."
     import pyarrow as pa
-    if pa.types.is_dictionary(values.type): values = values.cast(values.type.value_type)
+
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
     return values.cast(pa.int64()) if pa.types.is_boolean(values.type) else values
+
 
 def _text_only(values):
     "`values`, refusing anything that is not text: a length or pattern means nothing for other types."
     import pyarrow as pa
+
     values = _plain(values)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise TypeError(f"{values.type} values are not text")
     return values
 
+
 def _extremes(values):
     "The smallest and the largest of `values` (NaN counts only when there is nothing else)."
     import pyarrow as pa, pyarrow.compute as pc
+
     values = _plain(values)
     return pa.array([v.as_py() for v in pc.min_max(values).values()], type=values.type)
 
 # %% ../../nbs/data/rules.ipynb #18fd99d1
 def _below(values, limit):
     import pyarrow.compute as pc
+
     return pc.less(_plain(values), limit)
+
 
 def _above(values, limit):
     import pyarrow.compute as pc
+
     return pc.greater(_plain(values), limit)
+
 
 def _unmatched(values, pattern):
     "Table Schema patterns match the whole value."
     import pyarrow.compute as pc
+
     return pc.invert(pc.match_substring_regex(_text_only(values), f"^(?:{pattern})$"))
+
 
 def _shorter(values, limit):
     import pyarrow.compute as pc
+
     return pc.less(pc.utf8_length(_text_only(values)), limit)
+
 
 def _longer(values, limit):
     import pyarrow.compute as pc
+
     return pc.greater(pc.utf8_length(_text_only(values)), limit)
 
 # %% ../../nbs/data/rules.ipynb #38e67121
 @dataclass(frozen=True)
 class Rule:
     "One value rule of Table Schema, defined by which values break it."
+
     constraint: str  # its name in a field's `constraints`
     breaks: Callable  # (Arrow values, limit) -> Arrow booleans: true where a value breaks the rule
     as_text: bool = False  # pandera hands `breaks` the column as text
     ordered: bool = False  # whether a value breaks the rule depends only on its place in the order of values
 
-    def limit(self, f: dict, # a field with this rule
-             ):
+    def limit(
+        self,
+        f: dict,  # a field with this rule
+    ):
         "The constraint's value, as `breaks` compares it (a date for a date field's bounds)."
         import pandas as pd
+
         value = constraints(f)[self.constraint]
         if self.constraint in ("minimum", "maximum") and f.get("type") in ("date", "datetime"):
             return pd.Timestamp(value)
         return value
 
-    def screen(self, values, # Arrow values of the field (each distinct value once is enough)
-               f: dict, # the field
-              ) -> bool:
+    def screen(
+        self,
+        values,  # Arrow values of the field (each distinct value once is enough)
+        f: dict,  # the field
+    ) -> bool:
         "Whether some of `values` may break the rule (also when the rule cannot decide it in Arrow)."
         import pyarrow as pa, pyarrow.compute as pc
-        try:
-            if self.ordered: values = _extremes(values)
-            return bool(pc.any(self.breaks(values, self.limit(f))).as_py())
-        except (pa.ArrowException, TypeError, ValueError): return True
 
-    def check(self, f: dict, # a field with this rule
-             ):
+        try:
+            if self.ordered:
+                values = _extremes(values)
+            return bool(pc.any(self.breaks(values, self.limit(f))).as_py())
+        except (pa.ArrowException, TypeError, ValueError):
+            return True
+
+    def check(
+        self,
+        f: dict,  # a field with this rule
+    ):
         "The pandera Check of the rule: `breaks` asked about the pandas column."
         import pandera.pandas as pa
+
         limit = self.limit(f)
         error = f"{self.constraint} {constraints(f)[self.constraint]}"
         return pa.Check(lambda s: self._holds(s, limit), error=error)
@@ -94,61 +121,81 @@ class Rule:
     def _holds(self, s, limit):
         "Which values of the pandas Series `s` keep the rule (missing values do)."
         import pandas as pd, pyarrow as pa, pyarrow.compute as pc
+
         values = pa.array(s.astype("str") if self.as_text else s, from_pandas=True)
         ok = pc.fill_null(pc.invert(self.breaks(values, limit)), True)
         return pd.Series(ok.to_numpy(zero_copy_only=False), index=s.index)
 
 # %% ../../nbs/data/rules.ipynb #540aa265
-RULES = (Rule("minimum", _below, ordered=True), Rule("maximum", _above, ordered=True),
-         Rule("pattern", _unmatched, as_text=True),
-         Rule("minLength", _shorter), Rule("maxLength", _longer))
+RULES = (
+    Rule("minimum", _below, ordered=True),
+    Rule("maximum", _above, ordered=True),
+    Rule("pattern", _unmatched, as_text=True),
+    Rule("minLength", _shorter),
+    Rule("maxLength", _longer),
+)
 
-def rules_of(f: dict, # a field of a Table Schema
-            ) -> list[Rule]:
+
+def rules_of(
+    f: dict,  # a field of a Table Schema
+) -> list[Rule]:
     "The value rules the field declares."
     return [r for r in RULES if r.constraint in constraints(f)]
 
 # %% ../../nbs/data/rules.ipynb #5a7d95eb
-def is_missing(col, # a column (Arrow)
-              ) -> bool:
+def is_missing(
+    col,  # a column (Arrow)
+) -> bool:
     "Whether the column has a value pandas counts as missing (null, or NaN in a number column)."
     import pyarrow as pa, pyarrow.compute as pc
+
     return bool(col.null_count) or (pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py())
 
 # %% ../../nbs/data/rules.ipynb #ebc8bdec
 def _distinct_values(col):
     "The values a rule must look at: a dictionary column's dictionary (each distinct value once), else all."
     import pyarrow as pa
-    if not pa.types.is_dictionary(col.type): return col
+
+    if not pa.types.is_dictionary(col.type):
+        return col
     return pa.chunked_array([c.dictionary for c in col.chunks], col.type.value_type)
 
-def may_fail(col, # a typed column (Arrow)
-             f: dict, # its field
-             schema: dict, # the Table Schema holding it
-            ) -> bool:
+
+def may_fail(
+    col,  # a typed column (Arrow)
+    f: dict,  # its field
+    schema: dict,  # the Table Schema holding it
+) -> bool:
     "Whether the column may break one of the field's rules (required and the value rules)."
-    if is_required(f, schema) and is_missing(col): return True
+    if is_required(f, schema) and is_missing(col):
+        return True
     rules = rules_of(f)
     values = _distinct_values(col) if rules else None
     return any(r.screen(values, f) for r in rules)
 
 # %% ../../nbs/data/rules.ipynb #66202e65
-def constraint_schema(schema: dict, # a Table Schema
-                      columns=None, # check these columns only (None: all)
-                      key: bool = True, # check a primary key of several columns
-                     ):
+def constraint_schema(
+    schema: dict,  # a Table Schema
+    columns=None,  # check these columns only (None: all)
+    key: bool = True,  # check a primary key of several columns
+):
     "The pandera DataFrameSchema of required, the value rules and a primary key of several columns."
     import pandera.pandas as pa
+
     pk = primary_key(schema)
+
     def column(f):
         return pa.Column(None, checks=[r.check(f) for r in rules_of(f)], nullable=not is_required(f, schema))
+
     cols = {f["name"]: column(f) for f in schema["fields"] if columns is None or f["name"] in columns}
     return pa.DataFrameSchema(cols, unique=pk if len(pk) > 1 and key else None, strict=False)
 
 # %% ../../nbs/data/rules.ipynb #c0d1c220
 _PANDERA_WORDS = {  # pandera's names of its own checks, as a reader says them
     "not_nullable": "required: value is missing",
-    "multiple_fields_uniqueness": "primary key: combination occurs more than once"}
+    "multiple_fields_uniqueness": "primary key: combination occurs more than once",
+}
+
 
 def _key_failures(cases, df, schema, where) -> list:
     "One failure per row of a repeated primary key, naming the whole key."
@@ -158,14 +205,16 @@ def _key_failures(cases, df, schema, where) -> list:
     return [where.failure(", ".join(pk), i, tuple(df.loc[i, pk]), rule) for i in rows]
 
 # %% ../../nbs/data/rules.ipynb #280fd273
-def check(df, # a DataFrame as made by `data.frames.to_frame`
-          schema: dict, # its Table Schema
-          where: Where, # where the table came from
-          columns=None, # as in `constraint_schema`
-          key: bool = True, # as in `constraint_schema`
-         ) -> list:
+def check(
+    df,  # a DataFrame as made by `data.frames.to_frame`
+    schema: dict,  # its Table Schema
+    where: Where,  # where the table came from
+    columns=None,  # as in `constraint_schema`
+    key: bool = True,  # as in `constraint_schema`
+) -> list:
     "Every constraint failure pandera finds in `df`, in line order."
     import pandera.pandas as pa
+
     try:
         constraint_schema(schema, columns, key).validate(df, lazy=True)
         return []

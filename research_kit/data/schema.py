@@ -17,25 +17,31 @@ CONSTRAINTS = ("required", "unique", "minimum", "maximum", "enum", "pattern", "m
 DEFAULT_TRUE, DEFAULT_FALSE = ["true", "True", "TRUE", "1"], ["false", "False", "FALSE", "0"]
 
 # %% ../../nbs/data/schema.ipynb #8219dd77
-def as_list(v, # a name, a list of names, or None
-           ) -> list:
+def as_list(
+    v,  # a name, a list of names, or None
+) -> list:
     "One name or several, as a list."
     return [v] if isinstance(v, str) else list(v or [])
 
-def primary_key(schema: dict, # a Table Schema
-               ) -> list[str]:
+
+def primary_key(
+    schema: dict,  # a Table Schema
+) -> list[str]:
     "The primary key's field names (a Table Schema may give one name or a list)."
     return as_list(schema.get("primaryKey"))
 
 # %% ../../nbs/data/schema.ipynb #d707d997
-def constraints(f: dict, # a field of a Table Schema
-               ) -> dict:
+def constraints(
+    f: dict,  # a field of a Table Schema
+) -> dict:
     "The field's constraints (an empty dict when it has none)."
     return f.get("constraints") or {}
 
-def is_required(f: dict, # a field of `schema`
-                schema: dict, # the Table Schema holding it
-               ) -> bool:
+
+def is_required(
+    f: dict,  # a field of `schema`
+    schema: dict,  # the Table Schema holding it
+) -> bool:
     "Whether every row must have a value in the field: it says `required`, or it is part of the primary key."
     return bool(constraints(f).get("required")) or f["name"] in primary_key(schema)
 
@@ -43,20 +49,28 @@ def is_required(f: dict, # a field of `schema`
 def _constraint_problem(name: str, value, typ: str) -> str | None:
     "What is wrong with a constraint's value, or None."
     import re
+
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if name in ("required", "unique") and not isinstance(value, bool): return "must be true or false"
-    if name == "enum" and (not isinstance(value, list) or not value): return "must be a non-empty list"
+    if name in ("required", "unique") and not isinstance(value, bool):
+        return "must be true or false"
+    if name == "enum" and (not isinstance(value, list) or not value):
+        return "must be a non-empty list"
     if name in ("minimum", "maximum"):
         if typ in ("date", "datetime"):
-            try: __import__("pandas").Timestamp(value)
-            except (ValueError, TypeError): return "must be a date"
-        elif not number(value): return "must be a number"
+            try:
+                __import__("pandas").Timestamp(value)
+            except (ValueError, TypeError):
+                return "must be a date"
+        elif not number(value):
+            return "must be a number"
     whole = isinstance(value, int) and not isinstance(value, bool)
     if name in ("minLength", "maxLength") and (not whole or value < 0):
         return "must be a whole number >= 0"
     if name == "pattern":
-        try: re.compile(str(value))
-        except re.error as e: return f"is not a valid regular expression ({e})"
+        try:
+            re.compile(str(value))
+        except re.error as e:
+            return f"is not a valid regular expression ({e})"
     return None
 
 # %% ../../nbs/data/schema.ipynb #fd457574
@@ -66,51 +80,62 @@ def _check_field(f, where: str) -> str:
         raise DescriptorError(f"{where}: a field has no name: {f!r}")
     name, typ = f["name"], f.get("type", "string")
     at = f"{where}: field {name!r}"
-    if typ not in TYPES: raise DescriptorError(f"{at} has type {typ!r}; supported types: {', '.join(TYPES)}")
+    if typ not in TYPES:
+        raise DescriptorError(f"{at} has type {typ!r}; supported types: {', '.join(TYPES)}")
     declared = f.get("constraints") or {}
-    if not isinstance(declared, dict): raise DescriptorError(f"{at}: constraints must be a mapping")
+    if not isinstance(declared, dict):
+        raise DescriptorError(f"{at}: constraints must be a mapping")
     for c, value in declared.items():
         if c not in CONSTRAINTS:
             raise DescriptorError(f"{at} has constraint {c!r}; supported: {', '.join(CONSTRAINTS)}")
         problem = _constraint_problem(c, value, typ)
-        if problem: raise DescriptorError(f"{where}: field {name!r} constraint {c}: {value!r} {problem}")
+        if problem:
+            raise DescriptorError(f"{where}: field {name!r} constraint {c}: {value!r} {problem}")
     return name
 
 # %% ../../nbs/data/schema.ipynb #8b9b4a8b
-def check_schema(schema: dict, # a resource's Table Schema
-                 where: str, # the descriptor it is in, for messages
-                ) -> None:
+def check_schema(
+    schema: dict,  # a resource's Table Schema
+    where: str,  # the descriptor it is in, for messages
+) -> None:
     "Raise DescriptorError for an unsupported type or constraint, or a key naming an unknown field."
     names = [_check_field(f, where) for f in schema["fields"]]
-    if len(set(names)) != len(names): raise DescriptorError(f"{where}: duplicate field names in the schema")
+    if len(set(names)) != len(names):
+        raise DescriptorError(f"{where}: duplicate field names in the schema")
     foreign = [c for fk in schema.get("foreignKeys", []) for c in as_list(fk.get("fields"))]
     for key in primary_key(schema) + foreign:
-        if key not in names: raise DescriptorError(f"{where}: key field {key!r} is not a field of the schema")
+        if key not in names:
+            raise DescriptorError(f"{where}: key field {key!r} is not a field of the schema")
 
 # %% ../../nbs/data/schema.ipynb #06bd246c
 @dataclass(frozen=True)
 class Where:
     "Where data came from, for failure messages."
+
     package: str
     resource: str
     file: str
     first_line: int = 2  # the header is line 1
     listed = 1000  # failures described per column and rule; the rest are only counted
 
-    def failure(self, column, # the column (or key) with the broken rule
-                row, # 0-based row in the table, or None when the failure has no row
-                value, # the value that breaks it
-                rule: str, # what the rule says
-               ) -> Failure:
+    def failure(
+        self,
+        column,  # the column (or key) with the broken rule
+        row,  # 0-based row in the table, or None when the failure has no row
+        value,  # the value that breaks it
+        rule: str,  # what the rule says
+    ) -> Failure:
         "The Failure of one broken rule at one row."
         line = None if row is None else int(row) + self.first_line
         return Failure(self.package, self.resource, self.file, column, line, value, rule)
 
-    def failures(self, column, # the column with the broken rule
-                 rows, # the 0-based rows that break it
-                 values, # their values (the first `listed` suffice)
-                 rule: str, # what the rule says
-                ) -> list:
+    def failures(
+        self,
+        column,  # the column with the broken rule
+        rows,  # the 0-based rows that break it
+        values,  # their values (the first `listed` suffice)
+        rule: str,  # what the rule says
+    ) -> list:
         "The failures of one rule at many rows: the first `listed` described, the rest counted as None."
-        described = [self.failure(column, r, v, rule) for r, v in zip(rows[:self.listed], values)]
+        described = [self.failure(column, r, v, rule) for r, v in zip(rows[: self.listed], values)]
         return described + [None] * max(0, len(rows) - self.listed)

@@ -12,18 +12,23 @@ __all__ = ['each']
 # %% ../../nbs/data/threads.ipynb #18519561
 _PREFIX = "rk-columns"
 
+
 @functools.cache
 def _pool():
     from concurrent.futures import ThreadPoolExecutor
+
     return ThreadPoolExecutor(max(2, os.cpu_count() or 1), thread_name_prefix=_PREFIX)
+
 
 os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of its parent's threads
 
 # %% ../../nbs/data/threads.ipynb #faf064fa
-def each(fn, # called with each item, on one of the pool's threads
-         items, # the items (an iterable)
-        ) -> list:
+def each(
+    fn,  # called with each item, on one of the pool's threads
+    items,  # the items (an iterable)
+) -> list:
     "`[fn(x) for x in items]`, on one thread per core (serially when called from one of those threads)."
     items = list(items)
-    if len(items) < 2 or threading.current_thread().name.startswith(_PREFIX): return [fn(x) for x in items]
+    if len(items) < 2 or threading.current_thread().name.startswith(_PREFIX):
+        return [fn(x) for x in items]
     return list(_pool().map(fn, items))

@@ -11,72 +11,101 @@ from .schema import DEFAULT_FALSE, DEFAULT_TRUE, constraints, is_required, prima
 __all__ = ['enum_dtype', 'dtypes', 'csv_types', 'typed_column', 'enum_column']
 
 # %% ../../nbs/data/types.ipynb #580ec529
-def enum_dtype(f: dict, # a field with an `enum` constraint
-              ):
+def enum_dtype(
+    f: dict,  # a field with an `enum` constraint
+):
     "The pandas CategoricalDtype of an enum field: the declared values, in their order, of the field's type."
     import pandas as pd
+
     values = constraints(f)["enum"]
-    if f.get("type", "string") in ("integer", "year"): values = [int(v) for v in values]
-    elif f.get("type") == "number": values = [float(v) for v in values]
+    if f.get("type", "string") in ("integer", "year"):
+        values = [int(v) for v in values]
+    elif f.get("type") == "number":
+        values = [float(v) for v in values]
     return pd.CategoricalDtype(list(values), ordered=bool(f.get("categoriesOrdered", False)))
 
 # %% ../../nbs/data/types.ipynb #39e8b98c
 def _make_dtypes(schema: dict) -> dict:
     import pandas as pd
+
     out = {}
     for f in schema["fields"]:
         typ = f.get("type", "string")
-        if "enum" in constraints(f): out[f["name"]] = enum_dtype(f)
-        elif typ in ("integer", "year"): out[f["name"]] = "int64" if is_required(f, schema) else "Int64"
-        elif typ == "number": out[f["name"]] = "float64"
-        elif typ == "boolean": out[f["name"]] = "boolean"
-        elif typ in ("date", "datetime"): out[f["name"]] = "datetime64[us]"
-        else: out[f["name"]] = pd.StringDtype(na_value=float("nan"))
+        if "enum" in constraints(f):
+            out[f["name"]] = enum_dtype(f)
+        elif typ in ("integer", "year"):
+            out[f["name"]] = "int64" if is_required(f, schema) else "Int64"
+        elif typ == "number":
+            out[f["name"]] = "float64"
+        elif typ == "boolean":
+            out[f["name"]] = "boolean"
+        elif typ in ("date", "datetime"):
+            out[f["name"]] = "datetime64[us]"
+        else:
+            out[f["name"]] = pd.StringDtype(na_value=float("nan"))
     return out
 
 # %% ../../nbs/data/types.ipynb #ac49f1f2
 class _Keyed:
     "A schema that functools can cache on: hashed and compared by the JSON text of its fields and key."
+
     def __init__(self, schema: dict):
         import json
+
         self.schema = schema
         self.key = json.dumps([schema["fields"], primary_key(schema)], sort_keys=True, default=str)
 
-    def __hash__(self): return hash(self.key)
-    def __eq__(self, other): return isinstance(other, _Keyed) and other.key == self.key
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Keyed) and other.key == self.key
 
 # %% ../../nbs/data/types.ipynb #fc2b4062
-@functools.lru_cache(maxsize=256)  # a process reads a few dozen schemas; the bound only guards against many more
+@functools.lru_cache(
+    maxsize=256
+)  # a process reads a few dozen schemas; the bound only guards against many more
 def _dtypes_made(schema: _Keyed) -> dict:
     return _make_dtypes(schema.schema)
 
-def dtypes(schema: dict, # a Table Schema
-          ) -> dict:
+
+def dtypes(
+    schema: dict,  # a Table Schema
+) -> dict:
     "Field name → the pandas dtype `load` returns for it."
     return dict(_dtypes_made(_Keyed(schema)))
 
 # %% ../../nbs/data/types.ipynb #6b0d1f92
-def csv_types(schema: dict, # a Table Schema
-              as_text: bool = False, # read every column as text
-             ) -> dict:
+def csv_types(
+    schema: dict,  # a Table Schema
+    as_text: bool = False,  # read every column as text
+) -> dict:
     "Field name -> the Arrow type to ask the CSV reader for (all text when `as_text`)."
     import pyarrow as pa
+
     out = {}
     for f in schema["fields"]:
         typ = f.get("type", "string")
-        if as_text or typ in ("boolean", "date", "datetime"): out[f["name"]] = pa.string()
-        elif typ in ("integer", "year"): out[f["name"]] = pa.int64()
-        elif typ == "number": out[f["name"]] = pa.float64()
-        elif "enum" in constraints(f): out[f["name"]] = pa.dictionary(pa.int32(), pa.string())
-        else: out[f["name"]] = pa.string()
+        if as_text or typ in ("boolean", "date", "datetime"):
+            out[f["name"]] = pa.string()
+        elif typ in ("integer", "year"):
+            out[f["name"]] = pa.int64()
+        elif typ == "number":
+            out[f["name"]] = pa.float64()
+        elif "enum" in constraints(f):
+            out[f["name"]] = pa.dictionary(pa.int32(), pa.string())
+        else:
+            out[f["name"]] = pa.string()
     return out
 
 # %% ../../nbs/data/types.ipynb #0f7d779b
 _INT = r"^[+-]?[0-9]+$"
 _NUM = r"^([+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|NaN|INF|-INF|nan|inf|-inf)$"
 
+
 def _numbers(col, typ):
     import pyarrow as pa, pyarrow.compute as pc
+
     target, pattern = (pa.float64(), _NUM) if typ == "number" else (pa.int64(), _INT)
     bad = pc.and_(pc.is_valid(col), pc.invert(pc.match_substring_regex(col, pattern)))
     clean = pc.if_else(bad, None, col) if pc.any(bad).as_py() else col
@@ -85,6 +114,7 @@ def _numbers(col, typ):
 # %% ../../nbs/data/types.ipynb #539a1ca0
 def _booleans(col, f):
     import pyarrow as pa, pyarrow.compute as pc
+
     is_true = pc.is_in(col, pa.array(f.get("trueValues", DEFAULT_TRUE)))
     is_false = pc.is_in(col, pa.array(f.get("falseValues", DEFAULT_FALSE)))
     bad = pc.and_(pc.is_valid(col), pc.invert(pc.or_(is_true, is_false)))
@@ -94,6 +124,7 @@ def _booleans(col, f):
 def _dates(col, f):
     "Parsed by pandas, because Arrow's strptime turns 2024-02-30 into March 1st."
     import pandas as pd, pyarrow as pa, pyarrow.compute as pc
+
     fmt = f.get("format", "default")
     fmt = {"default": "%Y-%m-%d" if f.get("type") == "date" else "ISO8601", "any": "mixed"}.get(fmt, fmt)
     parsed = pd.to_datetime(col.to_pandas(), format=fmt, errors="coerce").astype("datetime64[us]")
@@ -101,27 +132,34 @@ def _dates(col, f):
     return parsed, pc.and_(pc.is_valid(col), pc.is_null(parsed))
 
 # %% ../../nbs/data/types.ipynb #70b23b30
-def typed_column(col, # one column as read by the CSV reader (Arrow)
-                 f: dict, # its field
-                ):
+def typed_column(
+    col,  # one column as read by the CSV reader (Arrow)
+    f: dict,  # its field
+):
     "(typed Arrow column, mask of rows whose text is not of the field's type, or None when none can be)."
     import pyarrow as pa
+
     typ = f.get("type", "string")
-    if typ == "string" or not pa.types.is_string(col.type): return col, None  # already typed by the reader
-    if typ in ("integer", "year", "number"): return _numbers(col, typ)
-    if typ == "boolean": return _booleans(col, f)
+    if typ == "string" or not pa.types.is_string(col.type):
+        return col, None  # already typed by the reader
+    if typ in ("integer", "year", "number"):
+        return _numbers(col, typ)
+    if typ == "boolean":
+        return _booleans(col, f)
     return _dates(col, f)
 
 # %% ../../nbs/data/types.ipynb #87df703d
-def enum_column(col, # a typed column (plain or dictionary-encoded, one or more chunks)
-                f: dict, # its field, with an `enum` constraint
-               ):
+def enum_column(
+    col,  # a typed column (plain or dictionary-encoded, one or more chunks)
+    f: dict,  # its field, with an `enum` constraint
+):
     "(dictionary column whose dictionary is the declared enum, mask of values outside it)."
     import pyarrow as pa, pyarrow.compute as pc
+
     dtype = enum_dtype(f)
     values = pa.array(list(dtype.categories))
     chunks, bad = [], []
-    for chunk in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
+    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
         if pa.types.is_dictionary(chunk.type):  # look up each distinct value once
             codes = pc.take(pc.index_in(chunk.dictionary.cast(values.type), value_set=values), chunk.indices)
         else:

@@ -18,34 +18,42 @@ __all__ = ['parse_column', 'parse', 'validate_table']
 def _bad_rows(bad, raw, column, rule, where) -> list:
     "One Failure per row flagged in `bad`, with the row's value as read."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
-    if bad is None or not pc.any(bad).as_py(): return []
+
+    if bad is None or not pc.any(bad).as_py():
+        return []
     rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False) == True)
-    return where.failures(column, rows, raw.take(pa.array(rows[:where.listed])).to_pylist(), rule)
+    return where.failures(column, rows, raw.take(pa.array(rows[: where.listed])).to_pylist(), rule)
 
 # %% ../../nbs/data/validate.ipynb #3af2211d
 def _few_distinct(col, sample: int = 4096) -> bool:
     "Whether a text column repeats its values a lot, judged on an evenly spread sample."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
+
     n = len(col)
-    if n < 16 or not pa.types.is_string(col.type): return False
+    if n < 16 or not pa.types.is_string(col.type):
+        return False
     picked = col.take(pa.array(np.linspace(0, n - 1, min(n, sample)).astype(np.int64)))
     return pc.count_distinct(picked).as_py() * 4 <= len(picked)
+
 
 def _enum_rule(f) -> str:
     values = constraints(f)["enum"]
     return "enum: not one of " + ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
 
 # %% ../../nbs/data/validate.ipynb #a44d19e9
-def parse_column(raw, # one column as read by the CSV reader (Arrow)
-                 f: dict, # its field
-                 schema: dict, # the Table Schema holding it
-                 where: Where, # where the table came from
-                ):
+def parse_column(
+    raw,  # one column as read by the CSV reader (Arrow)
+    f: dict,  # its field
+    schema: dict,  # the Table Schema holding it
+    where: Where,  # where the table came from
+):
     "(typed Arrow column, failures of type, enum and single-column uniqueness) of one field."
     import pyarrow as pa, pyarrow.compute as pc
+
     name = f["name"]
     typed, bad = typed_column(raw, f)
-    if isinstance(typed, pa.Array): typed = pa.chunked_array([typed])
+    if isinstance(typed, pa.Array):
+        typed = pa.chunked_array([typed])
     failures = _bad_rows(bad, raw, name, f"type: not a valid {f.get('type', 'string')}", where)
     if "enum" in constraints(f):
         typed, bad = enum_column(typed, f)
@@ -58,12 +66,14 @@ def parse_column(raw, # one column as read by the CSV reader (Arrow)
     return typed, failures
 
 # %% ../../nbs/data/validate.ipynb #c0ea115c
-def parse(table, # a table as read by the CSV reader (Arrow)
-          schema: dict, # its Table Schema
-          where: Where, # where the table came from
-         ):
+def parse(
+    table,  # a table as read by the CSV reader (Arrow)
+    schema: dict,  # its Table Schema
+    where: Where,  # where the table came from
+):
     "Typed Arrow table and the failures of types, enums and single-column uniqueness (see `parse_column`)."
     import pyarrow as pa
+
     done = each(lambda f: parse_column(table.column(f["name"]), f, schema, where), schema["fields"])
     typed = pa.table({f["name"]: column for f, (column, _) in zip(schema["fields"], done)})
     return typed, [x for _, fs in done for x in fs]
@@ -77,14 +87,19 @@ def _column(raw, f: dict, schema: dict, where: Where, dtype):
     return typed, failures, may_fail(typed, f, schema), to_pandas(raw if text else typed, dtype)
 
 # %% ../../nbs/data/validate.ipynb #b9e1ed0d
-def validate_table(table, # a table as read by the CSV reader (Arrow)
-                   schema: dict, # its Table Schema
-                   where: Where, # where the table came from
-                  ):
+def validate_table(
+    table,  # a table as read by the CSV reader (Arrow)
+    schema: dict,  # its Table Schema
+    where: Where,  # where the table came from
+):
     "(typed Arrow table, DataFrame, every failure) of a table as read from a CSV."
     import pandas as pd, pyarrow as pa
+
     names, want = [f["name"] for f in schema["fields"]], dtypes(schema)
-    def one(f): return _column(table.column(f["name"]), f, schema, where, want[f["name"]])
+
+    def one(f):
+        return _column(table.column(f["name"]), f, schema, where, want[f["name"]])
+
     done = each(one, schema["fields"])
     typed = pa.table(dict(zip(names, (d[0] for d in done))))
     df = pd.DataFrame(dict(zip(names, (d[3] for d in done))), copy=False)

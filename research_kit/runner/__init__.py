@@ -9,7 +9,13 @@ __all__ = ['records', 'record', 'plan', 'run_batch', 'run_runs', 'verify_runs', 
 from ..lazy import lazy_exports as _lazy_exports
 
 _all_ = ["records", "record", "plan", "run_batch", "run_runs", "verify_runs", "build_index"]
-_ORIGINS = {"records": "research_kit.runner.record", "record": "research_kit.runner.record", "plan": "research_kit.runner.runs",
-            "run_batch": "research_kit.runner.batch", "run_runs": "research_kit.runner.batch",
-            "verify_runs": "research_kit.runner.verify", "build_index": "research_kit.runner.site"}
+_ORIGINS = {
+    "records": "research_kit.runner.record",
+    "record": "research_kit.runner.record",
+    "plan": "research_kit.runner.runs",
+    "run_batch": "research_kit.runner.batch",
+    "run_runs": "research_kit.runner.batch",
+    "verify_runs": "research_kit.runner.verify",
+    "build_index": "research_kit.runner.site",
+}
 __getattr__, __dir__ = _lazy_exports(__name__, _ORIGINS)

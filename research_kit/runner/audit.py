@@ -24,7 +24,8 @@ AUDIT_RULES = 3  # raised whenever the rules change, so verdicts made under olde
 
 # %% ../../nbs/runner/audit.ipynb #3e95c3b4
 KINDS = {  # kind: how the summary names it
-    "pseudonym": "pseudonym", "iin": "IIN",
+    "pseudonym": "pseudonym",
+    "iin": "IIN",
     "unvetted": "unvetted output",  # a table, figure, number or recorded count that did not go through rk.show / suppress
     "small_count": "small count",  # a count below the threshold in an output marked as vetted
     "altered": "altered output",  # changed after the run wrote it (a vetted output's hash, report.html's sha256)
@@ -32,25 +33,32 @@ KINDS = {  # kind: how the summary names it
     "unprotected": "unprotected count",  # a masked count of a vetted table that an attacker can narrow down (LP attack)
 }
 
+
 def mask(value: str, keep_start: int, keep_end: int = 0) -> str:
     "`value` with all but its first `keep_start` and last `keep_end` characters replaced by `*`."
     hidden = len(value) - keep_start - keep_end
-    if hidden < 1: return "*" * len(value)
-    return value[:keep_start] + "*" * hidden + value[len(value) - keep_end:]
+    if hidden < 1:
+        return "*" * len(value)
+    return value[:keep_start] + "*" * hidden + value[len(value) - keep_end :]
+
 
 @dataclass(frozen=True)
 class Finding:
     "One thing that must not be published: where it is, what kind, and a masked detail."
+
     file: str
     location: str
     kind: str  # one of KINDS
     detail: str
 
-    def describe(self) -> str: return f"{self.file} {self.location}: {self.kind} {self.detail}"
+    def describe(self) -> str:
+        return f"{self.file} {self.location}: {self.kind} {self.detail}"
+
 
 @dataclass
 class AuditResult:
     "The verdict on one run: `publishable`, the findings, and why not (empty when publishable)."
+
     publishable: bool
     findings: list[Finding] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
@@ -62,10 +70,12 @@ class AuditResult:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=\s]*")
 
+
 def _strip_noise(text: str) -> str:
     "`text` without colour codes and base64 data URIs (whose newlines are kept, so line numbers hold)."
     text = _ANSI.sub("", text)
     return _DATA_URI.sub(lambda m: "\n" * m.group().count("\n"), text)
+
 
 def _identifiers(text: str, pseudonym: re.Pattern | None = None) -> list[tuple[str, str, str]]:
     "(kind, identifier, masked identifier) for every pseudonym and IIN in `text`."
@@ -74,19 +84,23 @@ def _identifiers(text: str, pseudonym: re.Pattern | None = None) -> list[tuple[s
     found = [("pseudonym", c, mask(c, max(0, min(6, len(c) - 4)))) for c in codes]
     return found + [("iin", s, mask(s, 4, 2)) for s in find_iins(text)]
 
+
 class _Findings:
     "Collects findings, once per (file, location, kind, value): a table shown as text and HTML counts once."
+
     def __init__(self, pseudonym: str | None = None):
         self.pseudonym, self.items, self._seen = re.compile(pseudonym) if pseudonym else None, [], set()
 
     def add(self, file: str, location: str, kind: str, detail: str, raw=None) -> None:
         key = (file, location, kind, raw if raw is not None else detail)
-        if key in self._seen: return
+        if key in self._seen:
+            return
         self._seen.add(key)
         self.items.append(Finding(file, location, kind, detail))
 
     def scan(self, file: str, location: str, text: str) -> None:
-        for kind, raw, masked in _identifiers(text, self.pseudonym): self.add(file, location, kind, masked, raw)
+        for kind, raw, masked in _identifiers(text, self.pseudonym):
+            self.add(file, location, kind, masked, raw)
 
     def clean(self, text: str) -> bool:
         "No identifier in `text` (so it may be quoted in a finding)."
@@ -95,35 +109,57 @@ class _Findings:
 # %% ../../nbs/runner/audit.ipynb #78170364
 def _text(value) -> str:
     "An output field as text: strings and lists of lines joined, JSON data dumped."
-    if isinstance(value, str): return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value): return "".join(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "".join(value)
     return json.dumps(value, ensure_ascii=False)
 
+
 def _output_texts(output: dict) -> list[str]:
-    if output.get("output_type") == "stream": return [_text(output.get("text", ""))]
+    if output.get("output_type") == "stream":
+        return [_text(output.get("text", ""))]
     if output.get("output_type") == "error":
-        return [f"{output.get('ename', '')}: {output.get('evalue', '')}", "\n".join(output.get("traceback", []))]
-    return [_text(v) for k, v in output.get("data", {}).items() if not k.startswith("image/") or k == "image/svg+xml"]
+        return [
+            f"{output.get('ename', '')}: {output.get('evalue', '')}",
+            "\n".join(output.get("traceback", [])),
+        ]
+    return [
+        _text(v)
+        for k, v in output.get("data", {}).items()
+        if not k.startswith("image/") or k == "image/svg+xml"
+    ]
+
 
 def _record_payload(output: dict):
     entry = output.get("data", {}).get(MIMETYPE)
     if isinstance(entry, str):
-        try: entry = json.loads(entry)
-        except ValueError: return None
+        try:
+            entry = json.loads(entry)
+        except ValueError:
+            return None
     return entry if isinstance(entry, dict) and "name" in entry else None
+
 
 def _whole_numbers(value, where: str = "", strings: bool = True):
     "(where, number) for each whole number in a record value: ints, whole floats beyond ±1, and numbers in strings (`strings`)."
-    if isinstance(value, bool) or value is None: return
-    if isinstance(value, int): yield where, value
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        yield where, value
     elif isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) > 1: yield where, int(value)
+        if math.isfinite(value) and value.is_integer() and abs(value) > 1:
+            yield where, int(value)
     elif isinstance(value, str):
-        if strings: yield from ((where, n) for n in integers(value))
+        if strings:
+            yield from ((where, n) for n in integers(value))
     elif isinstance(value, dict):
-        for k, v in value.items(): yield from _whole_numbers(v, f"{where} {k!r}".strip(), strings)
+        for k, v in value.items():
+            yield from _whole_numbers(v, f"{where} {k!r}".strip(), strings)
     elif isinstance(value, list):
-        for i, v in enumerate(value, 1): yield from _whole_numbers(v, f"{where} item {i}".strip(), strings)
+        for i, v in enumerate(value, 1):
+            yield from _whole_numbers(v, f"{where} item {i}".strip(), strings)
+
 
 def _vetting_problem(output: dict, threshold: int) -> tuple[str, str] | None:
     "(kind, detail) when an output carries a vetted mark that does not hold; None when it holds."
@@ -135,9 +171,11 @@ def _vetting_problem(output: dict, threshold: int) -> tuple[str, str] | None:
         return "low_threshold", f"vetted with threshold {k!r}, below {threshold}"
     return None
 
+
 def _is_vetted(output: dict) -> bool:
     mark = (output.get("metadata") or {}).get(VETTED)
     return isinstance(mark, dict) and mark.get("vetted") is True
+
 
 def _quote(text: str, found: _Findings) -> str:
     "The first line of `text` with a number, shortened, to show in a finding (only when it holds no identifier)."
@@ -145,16 +183,24 @@ def _quote(text: str, found: _Findings) -> str:
     line = line if len(line) <= 60 else line[:57] + "..."
     return f": {line!r}" if line and found.clean(line) else ""
 
+
 def _unvetted_output(output: dict, found: _Findings) -> str | None:
     "What an unvetted output shows that only a vetted one may: a table, a figure, or text with a number."
     kind = output.get("output_type")
     if kind == "stream":
         text = _text(output.get("text", ""))
-        return f"printed text with the number {integers(text)[0]}{_quote(text, found)}" if integers(text) else None
-    if kind not in ("display_data", "execute_result"): return None
+        return (
+            f"printed text with the number {integers(text)[0]}{_quote(text, found)}"
+            if integers(text)
+            else None
+        )
+    if kind not in ("display_data", "execute_result"):
+        return None
     data = output.get("data", {})
-    if any(k.startswith("image/") for k in data): return "a figure not shown with rk.show"
-    if "<table" in _text(data.get("text/html", "")).lower(): return f"a table not shown with rk.show{_quote(_text(data.get('text/plain', '')), found)}"
+    if any(k.startswith("image/") for k in data):
+        return "a figure not shown with rk.show"
+    if "<table" in _text(data.get("text/html", "")).lower():
+        return f"a table not shown with rk.show{_quote(_text(data.get('text/plain', '')), found)}"
     for key, value in data.items():
         if key.startswith("text/") and (numbers := integers(_text(value))):
             return f"{key} with the number {numbers[0]} not shown with rk.show{_quote(_text(value), found)}"
@@ -165,45 +211,70 @@ def _cell_label(i: int, cell: dict) -> str:
     count = cell.get("execution_count")
     return f"cell {i}" + (f" [{count}]" if isinstance(count, int) else "")
 
+
 def _check_pattern(output: dict, where: str, found: _Findings, threshold: int) -> None:
     "A vetted table's suppression pattern, attacked again by linear programming: each count it leaves exposed is a finding."
     pattern = output.get("data", {}).get(PATTERN)
-    if pattern is None: return
+    if pattern is None:
+        return
     from research_kit.analysis.privacy import check_published
+
     p = -(-threshold // 2)
-    try: attack = check_published(pattern, k=threshold, p=p)
+    try:
+        attack = check_published(pattern, k=threshold, p=p)
     except RKError as e:
         found.add("report.ipynb", where, "unprotected", f"its suppression pattern cannot be checked ({e})")
         return
     p = max(p, pattern.get("p", 0))
     for cell in attack[~attack["protected"]].itertuples():
         row, column = (repr(x) if found.clean(str(x)) else "(an identifier)" for x in (cell.row, cell.column))
-        found.add("report.ipynb", where, "unprotected", f"row {row}, column {column}: a masked count that can be "
-                  f"narrowed to a range narrower than {p} from what the table shows")
+        found.add(
+            "report.ipynb",
+            where,
+            "unprotected",
+            f"row {row}, column {column}: a masked count that can be "
+            f"narrowed to a range narrower than {p} from what the table shows",
+        )
+
 
 def _check_record(payload: dict, output: dict, where: str, found: _Findings, threshold: int) -> None:
     file, name, value = "report.ipynb", str(payload["name"]), payload.get("value")
     location = f"{where} record {name!r}"
     if _is_vetted(output):
-        if problem := _vetting_problem(output, threshold): found.add(file, location, *problem); return
+        if problem := _vetting_problem(output, threshold):
+            found.add(file, location, *problem)
+            return
         k = output["metadata"][VETTED]["threshold"]
         for at, n in _whole_numbers(value, strings=False):  # labels such as a programme code are not counts
-            if 0 < n < k: found.add(file, location, "small_count", f"{at or 'value'} = {n} (below {k})"); return
+            if 0 < n < k:
+                found.add(file, location, "small_count", f"{at or 'value'} = {n} (below {k})")
+                return
         _check_pattern(output, location, found, threshold)
         return
     numbers = list(_whole_numbers(value))
     if numbers:
         at, n = numbers[0]
         more = f" ({len(numbers)} numbers in all)" if len(numbers) > 1 else ""
-        found.add(file, location, "unvetted", f"a number recorded without suppress: {at + ' = ' if at else ''}{n}{more}")
+        found.add(
+            file,
+            location,
+            "unvetted",
+            f"a number recorded without suppress: {at + ' = ' if at else ''}{n}{more}",
+        )
+
 
 def _check_output(output: dict, where: str, found: _Findings, threshold: int) -> None:
     payload = _record_payload(output)
-    if payload is not None: return _check_record(payload, output, where, found, threshold)
+    if payload is not None:
+        return _check_record(payload, output, where, found, threshold)
     if _is_vetted(output):
-        if problem := _vetting_problem(output, threshold): found.add("report.ipynb", where, *problem)
-        else: _check_pattern(output, where, found, threshold)
-    elif detail := _unvetted_output(output, found): found.add("report.ipynb", where, "unvetted", detail)
+        if problem := _vetting_problem(output, threshold):
+            found.add("report.ipynb", where, *problem)
+        else:
+            _check_pattern(output, where, found, threshold)
+    elif detail := _unvetted_output(output, found):
+        found.add("report.ipynb", where, "unvetted", detail)
+
 
 def _scan_notebook(nb: dict, found: _Findings, threshold: int | None) -> None:
     "Identifiers everywhere in the notebook; the public rules too when `threshold` is given (public runs)."
@@ -211,40 +282,63 @@ def _scan_notebook(nb: dict, found: _Findings, threshold: int | None) -> None:
     for i, cell in enumerate(nb.get("cells", [])):
         found.scan(file, f"cell {i}", _text(cell.get("source", "")))
         for j, output in enumerate(cell.get("outputs", []), 1):
-            for text in _output_texts(output): found.scan(file, f"cell {i}", text)
+            for text in _output_texts(output):
+                found.scan(file, f"cell {i}", text)
             if threshold is not None and isinstance(output, dict):
                 _check_output(output, f"{_cell_label(i, cell)} output {j}", found, threshold)
 
+
 def _scan_html(text: str, found: _Findings) -> None:
-    for n, line in enumerate(_strip_noise(text).splitlines(), 1): found.scan("report.html", f"line {n}", line)
+    for n, line in enumerate(_strip_noise(text).splitlines(), 1):
+        found.scan("report.html", f"line {n}", line)
+
 
 def _check_written(folder: Path, manifest: Manifest, found: _Findings) -> None:
     "Public runs: report.ipynb and report.html are the files the run wrote (their sha256 as in the manifest)."
     outputs = manifest.outputs
     for name in ("report.ipynb", "report.html"):
         path = folder / name
-        if not path.is_file(): continue
+        if not path.is_file():
+            continue
         if outputs.get(name) != sha256_file(path):
-            found.add(name, "file", "altered", "not the file the run wrote (its sha256 differs from the manifest's outputs)")
+            found.add(
+                name,
+                "file",
+                "altered",
+                "not the file the run wrote (its sha256 differs from the manifest's outputs)",
+            )
+
 
 MANIFEST_FIELDS = ("slug", "parameters", "records", "error")  # what the index page shows
 
+
 def _scan_manifest(manifest: Manifest, found: _Findings) -> None:
     for key in MANIFEST_FIELDS:
-        if manifest.data.get(key) is not None: found.scan("manifest.json", key, _text(manifest.data[key]))
+        if manifest.data.get(key) is not None:
+            found.scan("manifest.json", key, _text(manifest.data[key]))
 
 # %% ../../nbs/runner/audit.ipynb #39d6c241
 def _findings_line(findings: list[Finding]) -> str:
     counts = Counter(f.kind for f in findings)
-    return ", ".join(f"{counts[k]} {name}{'s' if counts[k] != 1 and k != 'low_threshold' else ''}"
-                     for k, name in KINDS.items() if counts[k]) + " found"
+    return (
+        ", ".join(
+            f"{counts[k]} {name}{'s' if counts[k] != 1 and k != 'low_threshold' else ''}"
+            for k, name in KINDS.items()
+            if counts[k]
+        )
+        + " found"
+    )
+
 
 def _check_threshold(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RKError(f"privacy {what} must be a whole number > 0, not {value!r}")
     return value
 
-def audit_run(folder, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None) -> AuditResult:
+
+def audit_run(
+    folder, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None
+) -> AuditResult:
     "Scan a run folder for identifiers and (public runs) anything shown or recorded without suppression; decide whether it is publishable."
     threshold = _check_threshold(threshold, "threshold")
     policy = threshold if policy is None else _check_threshold(policy, "threshold policy")
@@ -253,51 +347,82 @@ def audit_run(folder, *, threshold: int, policy: int | None = None, pseudonym_pa
     audience = manifest.audience
     public = audience == "public"
     found, reasons = _Findings(pseudonym_pattern), []
-    if manifest.status != "succeeded": reasons.append(f"run status is {manifest.status!r}")
+    if manifest.status != "succeeded":
+        reasons.append(f"run status is {manifest.status!r}")
     if not public:
-        reasons.append(f"audience is {audience}" if isinstance(audience, str) else "the report has no audience parameter")
+        reasons.append(
+            f"audience is {audience}" if isinstance(audience, str) else "the report has no audience parameter"
+        )
     elif threshold < policy:
         reasons.append(f"threshold {threshold} is below the workspace's policy ({policy}, settings.ini)")
     _scan_manifest(manifest, found)
-    try: nb = json.loads((folder / "report.ipynb").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e: reasons.append(f"report.ipynb cannot be read ({type(e).__name__})")
-    else: _scan_notebook(nb if isinstance(nb, dict) else {}, found, max(threshold, policy) if public else None)
+    try:
+        nb = json.loads((folder / "report.ipynb").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reasons.append(f"report.ipynb cannot be read ({type(e).__name__})")
+    else:
+        _scan_notebook(nb if isinstance(nb, dict) else {}, found, max(threshold, policy) if public else None)
     if (folder / "report.html").is_file():
         _scan_html((folder / "report.html").read_text(encoding="utf-8", errors="replace"), found)
-    if public: _check_written(folder, manifest, found)
-    if found.items: reasons.append(_findings_line(found.items))
-    return AuditResult(publishable=not reasons, findings=found.items, reasons=reasons, audience=audience,
-                       threshold=threshold, policy=policy)
+    if public:
+        _check_written(folder, manifest, found)
+    if found.items:
+        reasons.append(_findings_line(found.items))
+    return AuditResult(
+        publishable=not reasons,
+        findings=found.items,
+        reasons=reasons,
+        audience=audience,
+        threshold=threshold,
+        policy=policy,
+    )
 
 # %% ../../nbs/runner/audit.ipynb #896678ee
-def audit_runs(folders, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None) -> dict[Path, AuditResult]:
+def audit_runs(
+    folders, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None
+) -> dict[Path, AuditResult]:
     "`audit_run` for each folder: {folder: AuditResult}, in the order given."
-    return {Path(f): audit_run(f, threshold=threshold, policy=policy, pseudonym_pattern=pseudonym_pattern) for f in folders}
+    return {
+        Path(f): audit_run(f, threshold=threshold, policy=policy, pseudonym_pattern=pseudonym_pattern)
+        for f in folders
+    }
+
 
 def _outputs_stamp(folder: Path) -> list:
     "[name, size, modification time] of each output a verdict is about."
     stamps = []
     for name in ("report.ipynb", "report.html"):
-        try: st = (folder / name).stat()
-        except OSError: continue
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            continue
         stamps.append([name, st.st_size, st.st_mtime_ns])
     return stamps
 
+
 def _stamp(folder: Path, threshold: int, policy: int | None) -> list:
     return [AUDIT_RULES, threshold, threshold if policy is None else policy, _outputs_stamp(folder)]
+
 
 def mark_publishable(folder, result: AuditResult) -> Manifest:
     "Write `result` into the run's manifest (`publishable`, `audit`, `audit_reasons`, `audit_threshold`, `threshold_policy`, `audit_stamp`), atomically; return the manifest."
     folder = Path(folder)
     manifest = read_manifest(folder).with_(
-        publishable=bool(result.publishable), audit=[asdict(f) for f in result.findings], audit_reasons=list(result.reasons),
-        audit_threshold=result.threshold, threshold_policy=result.policy, audit_stamp=_stamp(folder, result.threshold, result.policy))
+        publishable=bool(result.publishable),
+        audit=[asdict(f) for f in result.findings],
+        audit_reasons=list(result.reasons),
+        audit_threshold=result.threshold,
+        threshold_policy=result.policy,
+        audit_stamp=_stamp(folder, result.threshold, result.policy),
+    )
     write_manifest(folder, manifest)
     return manifest
+
 
 def audit_unless_current(folder, *, threshold: int, policy: int | None = None) -> Manifest:
     "The run's manifest with a verdict: the one it holds if the rules, threshold, policy and outputs are unchanged since, else a new one."
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.audited and manifest.data.get("audit_stamp") == _stamp(folder, threshold, policy): return manifest
+    if manifest.audited and manifest.data.get("audit_stamp") == _stamp(folder, threshold, policy):
+        return manifest
     return mark_publishable(folder, audit_run(folder, threshold=threshold, policy=policy))

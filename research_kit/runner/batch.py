@@ -19,14 +19,18 @@ __all__ = ['BATCHES_FILE', 'MAX_RUNS', 'BatchError', 'load_batches', 'expand', '
 BATCHES_FILE = "batches.yaml"
 MAX_RUNS = 1000
 
+
 class BatchError(RKError):
     "A batches.yaml that cannot be used: malformed, an unknown batch, a bad entry, too many runs."
+
 
 def load_batches(reports_dir: Path) -> dict:
     "The batches defined in `reports_dir/batches.yaml`."
     from research_kit.data.catalog import load_yaml
+
     path = Path(reports_dir) / BATCHES_FILE
-    if not path.is_file(): raise BatchError(f"{path} does not exist; define batches there")
+    if not path.is_file():
+        raise BatchError(f"{path} does not exist; define batches there")
     batches = load_yaml(path.read_text(encoding="utf-8"), str(path), error=BatchError)
     if not isinstance(batches, dict) or not all(isinstance(v, list) for v in batches.values()):
         raise BatchError(f"{path}: expected a mapping of batch names to lists of entries")
@@ -38,8 +42,12 @@ def expand(entry, where: str, max_runs: int = MAX_RUNS) -> list[dict]:
     if not isinstance(entry, dict) or "report" not in entry:
         raise BatchError(f"{where}: each entry needs a 'report' and a 'grid' or 'parameters'")
     unknown = set(entry) - {"report", "grid", "parameters"}
-    if unknown: raise BatchError(f"{where}: unknown key(s) {', '.join(sorted(map(quoted, unknown)))}; use report, grid or parameters")
-    if "grid" in entry and "parameters" in entry: raise BatchError(f"{where}: give either 'grid' or 'parameters', not both")
+    if unknown:
+        raise BatchError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(quoted, unknown)))}; use report, grid or parameters"
+        )
+    if "grid" in entry and "parameters" in entry:
+        raise BatchError(f"{where}: give either 'grid' or 'parameters', not both")
     if "parameters" in entry:
         sets = entry["parameters"]
         if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
@@ -49,80 +57,150 @@ def expand(entry, where: str, max_runs: int = MAX_RUNS) -> list[dict]:
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise BatchError(f"{where}: 'grid' must map each parameter to a non-empty list of values")
     size = 1
-    for values in grid.values(): size *= len(values)
-    if size > max_runs: raise BatchError(f"{where}: the grid has {size} runs, more than --max-runs {max_runs}")
+    for values in grid.values():
+        size *= len(values)
+    if size > max_runs:
+        raise BatchError(f"{where}: the grid has {size} runs, more than --max-runs {max_runs}")
     return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
 
-def plan_batch(name: str, settings: Settings | None = None, *, force: bool = False, only: str | None = None,
-               max_runs: int = MAX_RUNS) -> list[Run]:
+
+def plan_batch(
+    name: str,
+    settings: Settings | None = None,
+    *,
+    force: bool = False,
+    only: str | None = None,
+    max_runs: int = MAX_RUNS,
+) -> list[Run]:
     "Every run of batch `name`, validated, deduplicated, filtered by `only` (a glob on report/slug)."
     s = settings or load_settings()
     batches = load_batches(s.reports_dir)
-    if name not in batches: raise UnknownNameError("batch", name, batches, where=str(s.reports_dir / BATCHES_FILE))
+    if name not in batches:
+        raise UnknownNameError("batch", name, batches, where=str(s.reports_dir / BATCHES_FILE))
     runs, seen = [], set()
     for i, entry in enumerate(batches[name]):
         where = f"{BATCHES_FILE}: batch {name!r}, entry {i + 1}"
         for given in expand(entry, where, max_runs):
-            try: run = plan(entry["report"], given, s, force=force)
-            except RKError as e: raise BatchError(f"{where}: {e}") from None
-            if run.name in seen: continue
+            try:
+                run = plan(entry["report"], given, s, force=force)
+            except RKError as e:
+                raise BatchError(f"{where}: {e}") from None
+            if run.name in seen:
+                continue
             seen.add(run.name)
             runs.append(run)
-            if len(runs) > max_runs: raise BatchError(f"batch {name!r} has more than --max-runs {max_runs} runs")
-    if only: runs = [r for r in runs if fnmatch.fnmatch(r.name, only) or fnmatch.fnmatch(r.report, only)]
+            if len(runs) > max_runs:
+                raise BatchError(f"batch {name!r} has more than --max-runs {max_runs} runs")
+    if only:
+        runs = [r for r in runs if fnmatch.fnmatch(r.name, only) or fnmatch.fnmatch(r.report, only)]
     return runs
 
 # %% ../../nbs/runner/batch.ipynb #a933e8d5
-def _restore_from_share(todo: list[Run], settings: Settings, on_result=None, on_share=None) -> dict[str, Manifest]:
+def _restore_from_share(
+    todo: list[Run], settings: Settings, on_result=None, on_share=None
+) -> dict[str, Manifest]:
     "{name: manifest} of the runs the shared store held and that were restored instead of executed."
     from research_kit.runner.store import ShareError, restore
+
     restored = {}
+
     def note(r):
         if r.manifest:
             restored[r.run.name] = r.manifest
-            if on_result: on_result(r.run, r.manifest)
-        if on_share and (r.manifest or r.refused): on_share(r.run, r.manifest, r.refused)
-    try: restore(todo, settings, on_result=note)
+            if on_result:
+                on_result(r.run, r.manifest)
+        if on_share and (r.manifest or r.refused):
+            on_share(r.run, r.manifest, r.refused)
+
+    try:
+        restore(todo, settings, on_result=note)
     except ShareError as e:  # an unreachable store must not stop the batch: what it did not give runs here
-        if on_share: on_share(None, None, f"{e}; running the rest locally")
+        if on_share:
+            on_share(None, None, f"{e}; running the rest locally")
     return restored
 
-def run_runs(runs: list[Run], settings: Settings, *, engine: str | None = None, executor: str = "local",
-             workers: int | None = None, scheduler: str | None = None, wait: bool = False, on_result=None,
-             share: bool = True, on_share=None) -> list[tuple[Run, Manifest | None]]:
+
+def run_runs(
+    runs: list[Run],
+    settings: Settings,
+    *,
+    engine: str | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    wait: bool = False,
+    on_result=None,
+    share: bool = True,
+    on_share=None,
+) -> list[tuple[Run, Manifest | None]]:
     "Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run, manifest or None) pairs."
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
+
     with build_lock(settings.build_dir, wait=wait):
         # what is cached is decided only now: the rk process we waited for may have run these same reports
-        for r in runs: r.cached = still_cached(r, settings)
+        for r in runs:
+            r.cached = still_cached(r, settings)
         todo = [r for r in runs if not r.cached]
         clean_stale(settings.build_dir)
         # the shared store first (`[workspace] share`): a run another institution already made is restored, not repeated
-        restored = _restore_from_share(todo, settings, on_result, on_share) if share and settings.share and todo else {}
+        restored = (
+            _restore_from_share(todo, settings, on_result, on_share)
+            if share and settings.share and todo
+            else {}
+        )
         todo = [r for r in todo if r.name not in restored]
-        done = dict((r.name, m) for r, m in execute(todo, settings, engine=engine or settings.engine, executor=executor,
-                                                    workers=workers, scheduler=scheduler, on_result=on_result)) if todo else {}
+        done = (
+            dict(
+                (r.name, m)
+                for r, m in execute(
+                    todo,
+                    settings,
+                    engine=engine or settings.engine,
+                    executor=executor,
+                    workers=workers,
+                    scheduler=scheduler,
+                    on_result=on_result,
+                )
+            )
+            if todo
+            else {}
+        )
         done.update(restored)
         for r in runs:  # cached runs too: the threshold may have changed since they ran
             if (r.folder / MANIFEST).is_file():
-                manifest = audit_unless_current(r.folder, threshold=settings.threshold, policy=settings.threshold_policy)
-                if r.name in done: done[r.name] = manifest
+                manifest = audit_unless_current(
+                    r.folder, threshold=settings.threshold, policy=settings.threshold_policy
+                )
+                if r.name in done:
+                    done[r.name] = manifest
         build_index(settings.build_dir)
     return [(r, done.get(r.name)) for r in runs]
+
 
 def unpublishable(results: list[tuple[Run, Manifest | None]]) -> list[tuple[Run, Manifest]]:
     "The public-audience runs whose outputs failed the audit."
     out = []
     for run, m in results:
         if m is None:  # cached: its manifest is on disk
-            try: m = read_manifest(run.folder)
-            except ManifestError: continue
-        if run.parameters.get("audience") == "public" and m.publishable is False: out.append((run, m))
+            try:
+                m = read_manifest(run.folder)
+            except ManifestError:
+                continue
+        if run.parameters.get("audience") == "public" and m.publishable is False:
+            out.append((run, m))
     return out
 
-def run_batch(name: str, settings: Settings | None = None, *, force: bool = False, only: str | None = None,
-              max_runs: int = MAX_RUNS, **options):
+
+def run_batch(
+    name: str,
+    settings: Settings | None = None,
+    *,
+    force: bool = False,
+    only: str | None = None,
+    max_runs: int = MAX_RUNS,
+    **options,
+):
     "Run batch `name`; see `run_runs` for the options and the result."
     s = settings or load_settings()
     return run_runs(plan_batch(name, s, force=force, only=only, max_runs=max_runs), s, **options)

@@ -20,11 +20,23 @@ __all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'T
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
-    "index": N_("All reports"), "provenance": N_("About this document"), "data": N_("Data"), "version": N_("version"),
-    "software": N_("Software"), "commit": N_("commit"), "uncommitted": N_("with uncommitted changes"), "run": N_("Run"),
-    "engine": N_("engine"), "disclosure": N_("Disclosure control"), "figure": N_("Figure"),
-    "threshold": N_("Counts below {threshold} are not shown, nor any count from which they could be worked out."),
-    "yes": "{name}", "no": N_("without {name}"), "other": "{name} {value}",
+    "index": N_("All reports"),
+    "provenance": N_("About this document"),
+    "data": N_("Data"),
+    "version": N_("version"),
+    "software": N_("Software"),
+    "commit": N_("commit"),
+    "uncommitted": N_("with uncommitted changes"),
+    "run": N_("Run"),
+    "engine": N_("engine"),
+    "disclosure": N_("Disclosure control"),
+    "figure": N_("Figure"),
+    "threshold": N_(
+        "Counts below {threshold} are not shown, nor any count from which they could be worked out."
+    ),
+    "yes": "{name}",
+    "no": N_("without {name}"),
+    "other": "{name} {value}",
 }
 PARAMETER_WORDS = {
     "year": N_("cohort {value}"),
@@ -37,30 +49,49 @@ PARAMETER_WORDS = {
     "controls": {"True": N_("with controls"), "False": N_("without controls")},
     "method": {"callaway_santanna": N_("group-time effects"), "twfe": N_("two-way fixed effects")},
     "since": N_("since {value}"),
-    "admission_year": N_("applications for {value}"),  # working professions: the year applicants applied, not a cohort
+    "admission_year": N_(
+        "applications for {value}"
+    ),  # working professions: the year applicants applied, not a cohort
 }
-PARAMETER_FIELDS = {"institution": ("consortium", "institution_id")}  # parameters whose values are a package's codes
+PARAMETER_FIELDS = {
+    "institution": ("consortium", "institution_id")
+}  # parameters whose values are a package's codes
 LEAD_PARAMETERS = ("institution",)  # named before the report's title: "KITIG — Institution profile"
 TITLE_SKIP = ("lang",)  # the document's language is not part of its title
 LANGUAGES = ("kk", "ru", "en")
 
+
 def reader_words(lang: str) -> dict:
     "`WORDS` in language `lang` (kk, ru or en)."
-    return {key: translate(message, lang) for key, message in WORDS.items()}  # unmarked formats stay as they are
+    return {
+        key: translate(message, lang) for key, message in WORDS.items()
+    }  # unmarked formats stay as they are
+
 
 def parameter_words(lang: str) -> dict:
     "`PARAMETER_WORDS` in language `lang`."
-    return {name: {v: translate(m, lang) for v, m in spelled.items()} if isinstance(spelled, dict) else translate(spelled, lang)
-            for name, spelled in PARAMETER_WORDS.items()}
+    return {
+        name: {v: translate(m, lang) for v, m in spelled.items()}
+        if isinstance(spelled, dict)
+        else translate(spelled, lang)
+        for name, spelled in PARAMETER_WORDS.items()
+    }
+
 
 def parameter_labels(lang: str, data_root: str | None = None):
     "`label(name, value)` for `document_title`: the name of a code (an institution) in `lang`, None when unknown."
+
     def label(name, value):
-        if name not in PARAMETER_FIELDS: return None
+        if name not in PARAMETER_FIELDS:
+            return None
         from research_kit.data.labels import package_labels
+
         package, field = PARAMETER_FIELDS[name]
-        try: return package_labels(package, lang, data_root).get(field, {}).get(str(value))
-        except (RKError, OSError, ValueError): return None  # a workspace without the package: the code is shown
+        try:
+            return package_labels(package, lang, data_root).get(field, {}).get(str(value))
+        except (RKError, OSError, ValueError):
+            return None  # a workspace without the package: the code is shown
+
     return label
 
 # %% ../../nbs/runner/documents.ipynb #da25292d
@@ -68,19 +99,33 @@ def _describe(name: str, value, label, words: dict, parameter_words: dict) -> st
     "One parameter in words: its label, its entry in `parameter_words`, or `name value`."
     shown = label(name, value) if label else None
     spelled = parameter_words.get(name)
-    if shown is None and isinstance(spelled, dict) and str(value) in spelled: return spelled[str(value)]
+    if shown is None and isinstance(spelled, dict) and str(value) in spelled:
+        return spelled[str(value)]
     if isinstance(value, bool) and shown is None:
         return words["yes" if value else "no"].format(name=name.replace("_", " "))
     text = str(value) if shown is None else shown
-    if isinstance(spelled, str): return spelled.format(value=text)
-    if name in LEAD_PARAMETERS: return text
+    if isinstance(spelled, str):
+        return spelled.format(value=text)
+    if name in LEAD_PARAMETERS:
+        return text
     return words["other"].format(name=name.replace("_", " "), value=text)
 
-def document_title(heading: str, parameters: dict, *, label=None, words: dict | None = None,
-                   parameter_words: dict | None = None) -> str:
+
+def document_title(
+    heading: str,
+    parameters: dict,
+    *,
+    label=None,
+    words: dict | None = None,
+    parameter_words: dict | None = None,
+) -> str:
     "The title of a run in words: `LEAD — heading, other parameters`."
     words, parameter_words = words or WORDS, PARAMETER_WORDS if parameter_words is None else parameter_words
-    said = {k: _describe(k, v, label, words, parameter_words) for k, v in parameters.items() if k not in TITLE_SKIP}
+    said = {
+        k: _describe(k, v, label, words, parameter_words)
+        for k, v in parameters.items()
+        if k not in TITLE_SKIP
+    }
     lead = [said.pop(k) for k in LEAD_PARAMETERS if k in said]
     title = " — ".join([*lead, heading.strip()])
     return ", ".join([title, *said.values()])
@@ -90,79 +135,130 @@ def first_heading(nb, fallback: str = "Report", lang: str | None = None) -> str:
     "The text of the first level-1 markdown heading in notebook `nb` (of the cells for `lang`, when given), or `fallback`."
     others = {f"lang-{l}" for l in LANGUAGES if l != lang} if lang else set()
     for cell in nb.cells:
-        if cell.cell_type != "markdown" or others & set(cell.get("metadata", {}).get("tags", [])): continue
+        if cell.cell_type != "markdown" or others & set(cell.get("metadata", {}).get("tags", [])):
+            continue
         for line in cell.source.splitlines():
             m = re.match(r"#\s+(.+?)\s*#*\s*$", line)
-            if m: return re.sub(r"[`*_]", "", m.group(1)).strip()
+            if m:
+                return re.sub(r"[`*_]", "", m.group(1)).strip()
     return fallback.replace("_", " ").capitalize()
 
 # %% ../../nbs/runner/documents.ipynb #82f89d7c
 def _package_version(package: str, data_root: str | None) -> str | None:
     from research_kit.data.catalog import open_package
-    try: return str(open_package(package, data_root).descriptor.get("version") or "") or None
-    except (RKError, OSError, ValueError): return None
 
-def provenance(*, inputs=(), engine: str = "", started: str = "", git: dict | None = None,
-               audience: str | None = None, threshold: int | None = None, data_root: str | None = None) -> dict:
+    try:
+        return str(open_package(package, data_root).descriptor.get("version") or "") or None
+    except (RKError, OSError, ValueError):
+        return None
+
+
+def provenance(
+    *,
+    inputs=(),
+    engine: str = "",
+    started: str = "",
+    git: dict | None = None,
+    audience: str | None = None,
+    threshold: int | None = None,
+    data_root: str | None = None,
+) -> dict:
     "What the reader document's footer says about where a run came from."
     import research_kit
+
     versions = {}
     for i in inputs:
-        if i["package"] not in versions: versions[i["package"]] = _package_version(i["package"], data_root)
+        if i["package"] not in versions:
+            versions[i["package"]] = _package_version(i["package"], data_root)
     git = git or {}
-    return {"inputs": [dict(i, version=versions[i["package"]]) for i in inputs],
-            "research_kit": research_kit.__version__, "commit": git.get("commit"), "dirty": bool(git.get("dirty")),
-            "started": started, "date": started[:10], "engine": engine,
-            "threshold": threshold if audience == "public" else None}
+    return {
+        "inputs": [dict(i, version=versions[i["package"]]) for i in inputs],
+        "research_kit": research_kit.__version__,
+        "commit": git.get("commit"),
+        "dirty": bool(git.get("dirty")),
+        "started": started,
+        "date": started[:10],
+        "engine": engine,
+        "threshold": threshold if audience == "public" else None,
+    }
 
 # %% ../../nbs/runner/documents.ipynb #9bbb85a2
 def _safe_attribute(tag: str, attribute: str, value: str) -> str | None:
     "data: URLs only as images: a data:text/html link is a page of its own."
-    if value.strip().lower().startswith("data:") and not (tag == "img" and attribute == "src"
-                                                          and value.strip().lower().startswith("data:image/")):
+    if value.strip().lower().startswith("data:") and not (
+        tag == "img" and attribute == "src" and value.strip().lower().startswith("data:image/")
+    ):
         return None
     return value
+
 
 def sanitize_html(fragment: str) -> str:
     "`fragment` with every script, event handler, javascript: URL, frame and form removed; text, tables, images and styles kept."
     import nh3
+
     tags = (nh3.ALLOWED_TAGS | {"style", "tfoot", "section", "main", "label"}) - {"area", "map"}
     attributes = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
     attributes["*"] = {"class", "id", "style", "title", "lang", "dir"}
     attributes["img"] = attributes.get("img", set()) | {"src", "alt", "width", "height"}
     attributes["a"] = attributes.get("a", set()) | {"href", "title", "name"}
-    return nh3.clean(fragment, tags=tags, attributes=attributes, attribute_filter=_safe_attribute,
-                     clean_content_tags={"script", "iframe", "object", "embed", "noscript", "template", "svg", "math",
-                                         "textarea", "select"},
-                     url_schemes={"http", "https", "mailto", "data"}, link_rel="noopener noreferrer", strip_comments=True)
+    return nh3.clean(
+        fragment,
+        tags=tags,
+        attributes=attributes,
+        attribute_filter=_safe_attribute,
+        clean_content_tags={
+            "script",
+            "iframe",
+            "object",
+            "embed",
+            "noscript",
+            "template",
+            "svg",
+            "math",
+            "textarea",
+            "select",
+        },
+        url_schemes={"http", "https", "mailto", "data"},
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    )
+
 
 _SCRIPT_TYPES = ("application/javascript", "text/javascript", "application/vnd.jupyter.widget-view+json")
+
 
 def sanitize_outputs(nb) -> None:
     "Make every output of `nb` safe to show: HTML and markdown sanitized, SVG as an image, scripts dropped."
     import base64
+
     for cell in nb.cells:
         for o in cell.get("outputs", []):
             data = o.get("data", {})
-            for kind in _SCRIPT_TYPES: data.pop(kind, None)
+            for kind in _SCRIPT_TYPES:
+                data.pop(kind, None)
             if "image/svg+xml" in data:
                 svg = data.pop("image/svg+xml")
                 svg = "".join(svg) if isinstance(svg, list) else svg
-                data.setdefault("text/html", f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">')
+                data.setdefault(
+                    "text/html",
+                    f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">',
+                )
             for kind in ("text/html", "text/markdown"):
                 if kind in data:
                     text = "".join(data[kind]) if isinstance(data[kind], list) else data[kind]
                     data[kind] = sanitize_html(text)
 
 
-
 def _safe_exporter(**options):
     "An nbconvert HTMLExporter whose rendered markdown cells pass through `sanitize_html` too."
     import jinja2
     from nbconvert import HTMLExporter
+
     class SafeHTMLExporter(HTMLExporter):
         @jinja2.pass_context  # as nbconvert's own filter: Jinja hands it the cell's context
-        def markdown2html(self, context, source): return sanitize_html(super().markdown2html(context, source))
+        def markdown2html(self, context, source):
+            return sanitize_html(super().markdown2html(context, source))
+
     return SafeHTMLExporter(**options)
 
 # %% ../../nbs/runner/documents.ipynb #4685507e
@@ -189,60 +285,100 @@ pre{white-space:pre-wrap;word-break:break-word;font:.85rem/1.4 "DejaVu Sans Mono
 @media print{body{max-width:none;padding:0;font-size:10.5pt}.rk-masthead a,.rk-provenance p{display:none}
  h1,h2,h3{break-after:avoid}table,img,svg,.rk-record{break-inside:avoid}a{color:inherit;text-decoration:none}
  .output_html,.output_text{overflow:visible}}"""
-PARAMETER_TAGS = ("parameters", "injected-parameters")  # papermill's: the template's defaults, then the values of the run
+PARAMETER_TAGS = (
+    "parameters",
+    "injected-parameters",
+)  # papermill's: the template's defaults, then the values of the run
+
 
 def template_dir() -> Path:
     "The folder of nbconvert templates shipped in the package."
     import research_kit
+
     return Path(research_kit.__file__).parent / "templates"
+
 
 @functools.cache  # compiled once per process: a batch renders many pages
 def _reader_exporter():
     from nbconvert.preprocessors import TagRemovePreprocessor
-    exporter = _safe_exporter(template_name="reader", extra_template_basedirs=[str(template_dir())],
-                              exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+
+    exporter = _safe_exporter(
+        template_name="reader",
+        extra_template_basedirs=[str(template_dir())],
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        embed_images=True,
+    )
     tags = TagRemovePreprocessor(enabled=True)
     exporter.register_preprocessor(tags, enabled=True)
     return exporter, tags
 
+
 @functools.cache
-def _notebook_exporter(): return _safe_exporter(template_name="basic")
+def _notebook_exporter():
+    return _safe_exporter(template_name="basic")
+
 
 def _figure_html(name: str, value, lang: str, labels: dict | None, columns=None) -> str | None:
     "A recorded key figure as a reader sees it: its name in words, the value formatted (None: leave the output as it is)."
     import pandas as pd
     from research_kit.analysis.presentation import format_figure, header, present_html
+
     title = html.escape(header(name, lang))
     if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
         table = pd.DataFrame(value)
-        if isinstance(columns, list) and set(columns) == set(table.columns): table = table[columns]  # the order rk.record saw
+        if isinstance(columns, list) and set(columns) == set(table.columns):
+            table = table[columns]  # the order rk.record saw
         return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(table, lang, labels=labels)}</div>'
-    if isinstance(value, (dict, list)): return None
+    if isinstance(value, (dict, list)):
+        return None
     return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>: {html.escape(format_figure(value, lang, name=name))}</div>'
+
 
 def present_records(nb, lang: str, labels: dict | None = None):
     "A copy of `nb` whose `rk.record` outputs show their key figures formatted for readers in `lang` (the data keeps full precision)."
     import copy
     from research_kit.runner.record import MIMETYPE
+
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             entry = output.get("data", {}).get(MIMETYPE)
             if isinstance(entry, dict) and "name" in entry:
-                shown = _figure_html(str(entry["name"]), entry.get("value"), lang, labels, entry.get("columns"))
-                if shown is not None: output["data"]["text/html"] = shown
+                shown = _figure_html(
+                    str(entry["name"]), entry.get("value"), lang, labels, entry.get("columns")
+                )
+                if shown is not None:
+                    output["data"]["text/html"] = shown
     return nb
 
-def write_reader(nb, html_path, *, title: str, lang: str = "en", provenance: dict | None = None,
-                 words: dict | None = None, index_href: str = "../../index.html", labels: dict | None = None) -> None:
+
+def write_reader(
+    nb,
+    html_path,
+    *,
+    title: str,
+    lang: str = "en",
+    provenance: dict | None = None,
+    words: dict | None = None,
+    index_href: str = "../../index.html",
+    labels: dict | None = None,
+) -> None:
     "Render the executed notebook `nb` as the reader document at `html_path`, in language `lang`."
     exporter, tags = _reader_exporter()
     other_languages = {f"lang-{l}" for l in LANGUAGES if l != lang}
     tags.remove_cell_tags = {*PARAMETER_TAGS, "remove-cell", *other_languages}
-    if lang in LANGUAGES: nb = present_records(nb, lang, labels)
-    rk = {"title": title, "lang": lang, "css": READER_CSS,
-          "words": {**(reader_words(lang) if lang in LANGUAGES else WORDS), **(words or {})},
-          "provenance": provenance or globals()["provenance"](), "index_href": index_href}
+    if lang in LANGUAGES:
+        nb = present_records(nb, lang, labels)
+    rk = {
+        "title": title,
+        "lang": lang,
+        "css": READER_CSS,
+        "words": {**(reader_words(lang) if lang in LANGUAGES else WORDS), **(words or {})},
+        "provenance": provenance or globals()["provenance"](),
+        "index_href": index_href,
+    }
     page, _ = exporter.from_notebook_node(nb, resources={"rk": rk})
     write_text_atomic(Path(html_path), page)
 
@@ -253,49 +389,81 @@ pre,code{font-family:ui-monospace,monospace;font-size:.9em}div.input_area pre,di
 .output_error pre,.output_stderr pre{background:#fdecea}.rk-record{background:#eef6ee;padding:.3em .6em;margin:.3em 0;border-left:3px solid #3a7}
 img{max-width:100%}"""
 
+
 def write_notebook_html(nb, html_path, title: str) -> None:
     "Render the notebook `nb` with its code as a self-contained page at `html_path`."
     body, _ = _notebook_exporter().from_notebook_node(nb)
-    write_text_atomic(Path(html_path), f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                                 f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n")
+    write_text_atomic(
+        Path(html_path),
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n",
+    )
+
 
 def write_html(nb_path, html_path, title: str | None = None) -> None:
     "Render the notebook file `nb_path` with its code as a self-contained page."
     import nbformat
+
     nb = nbformat.read(str(nb_path), as_version=4)
     sanitize_outputs(nb)
-    write_notebook_html(nb, html_path, title or Path(nb_path).parent.parent.name + " · " + Path(nb_path).parent.name)
+    write_notebook_html(
+        nb, html_path, title or Path(nb_path).parent.parent.name + " · " + Path(nb_path).parent.name
+    )
 
 # %% ../../nbs/runner/documents.ipynb #786c4f7a
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PDF_MODES = ("auto", "on", "off")
 
+
 class PdfError(RKError):
     "chromium could not print a page."
+
 
 def find_chromium() -> str | None:
     "The path of a chromium (or Chrome) executable on PATH, or None."
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
+
 def print_pdf(html_path, pdf_path, *, chromium: str | None = None, timeout: float = 120) -> None:
     "Print the page `html_path` to `pdf_path` with headless chromium; raise `PdfError` on failure."
     chromium = chromium or find_chromium()
-    if not chromium: raise PdfError(f"no chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH)")
+    if not chromium:
+        raise PdfError(f"no chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH)")
     html_path, pdf_path = Path(html_path).resolve(), Path(pdf_path)
     tmp = pdf_path.with_name(f".{pdf_path.name}.tmp-{os.getpid()}.pdf")
     with tempfile.TemporaryDirectory(prefix="rk-chromium-") as profile:
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-pdf-header-footer", "--print-to-pdf-no-header", f"--user-data-dir={profile}",
-               f"--print-to-pdf={tmp}", html_path.as_uri()]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                **own_group(die_with_parent=True))
-        try: out, _ = proc.communicate(timeout=timeout)
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-pdf-header-footer",
+            "--print-to-pdf-no-header",
+            f"--user-data-dir={profile}",
+            f"--print-to-pdf={tmp}",
+            html_path.as_uri(),
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            **own_group(die_with_parent=True),
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            end_group(proc); proc.communicate()
+            end_group(proc)
+            proc.communicate()
             tmp.unlink(missing_ok=True)
             raise PdfError(f"chromium did not print {html_path.name} within {timeout:g} s") from None
-        finally: end_group(proc)  # helpers it left behind
+        finally:
+            end_group(proc)  # helpers it left behind
     if proc.returncode or not tmp.is_file() or tmp.read_bytes()[:5] != b"%PDF-":
         tmp.unlink(missing_ok=True)
         last = out.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -303,12 +471,18 @@ def print_pdf(html_path, pdf_path, *, chromium: str | None = None, timeout: floa
     os.replace(tmp, pdf_path)
 
 # %% ../../nbs/runner/documents.ipynb #68c42ccf
-def pdf_wanted(mode: str, *, audience: str | None, succeeded: bool = True, chromium: str | None = None) -> tuple[bool, str | None]:
+def pdf_wanted(
+    mode: str, *, audience: str | None, succeeded: bool = True, chromium: str | None = None
+) -> tuple[bool, str | None]:
     "(print a PDF?, why not) for a run, under the `[runner] pdf` setting `mode`."
-    if mode == "off": return False, "[runner] pdf = off"
-    if not succeeded: return False, "the run failed"
-    if mode == "auto" and audience != "public": return False, "not a public run ([runner] pdf = auto prints public runs only)"
-    if not chromium: return False, f"no chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH)"
+    if mode == "off":
+        return False, "[runner] pdf = off"
+    if not succeeded:
+        return False, "the run failed"
+    if mode == "auto" and audience != "public":
+        return False, "not a public run ([runner] pdf = auto prints public runs only)"
+    if not chromium:
+        return False, f"no chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH)"
     return True, None
 
 # %% ../../nbs/runner/documents.ipynb #f7768801
@@ -316,38 +490,74 @@ def _lang(parameters: dict) -> str:
     lang = parameters.get("lang")
     return lang if lang in LANGUAGES else "en"
 
+
 def _heading(nb, report: str, lang: str) -> str:
     "The report's title in `lang`: from the catalogs for a shipped report, else the template's own heading."
-    return translate(REPORT_TITLES[report], lang) if report in REPORT_TITLES else first_heading(nb, report, lang)
+    return (
+        translate(REPORT_TITLES[report], lang) if report in REPORT_TITLES else first_heading(nb, report, lang)
+    )
+
 
 def _code_labels(lang: str, data_root: str | None) -> dict | None:
     "Labels of the consortium's codes in `lang`, for the key figures (None in a workspace without that package)."
     from research_kit.data.labels import package_labels
-    try: return package_labels("consortium", lang, data_root)
-    except (RKError, OSError, ValueError): return None
 
-def write_documents(nb_path, out, context: dict | None = None, *, label=None, words: dict | None = None) -> dict:
+    try:
+        return package_labels("consortium", lang, data_root)
+    except (RKError, OSError, ValueError):
+        return None
+
+
+def write_documents(
+    nb_path, out, context: dict | None = None, *, label=None, words: dict | None = None
+) -> dict:
     "Write a run's `notebook.html`, `report.html` and (when wanted) `report.pdf` into `out`; return `{'pdf': ...}`."
     import nbformat
+
     c, out = context or {}, Path(out)
     nb = nbformat.read(str(nb_path), as_version=4)
     sanitize_outputs(nb)
     report, parameters = c.get("report") or Path(nb_path).parent.name, dict(c.get("parameters") or {})
     lang = _lang(parameters)
     label = label or parameter_labels(lang, c.get("data"))
-    title = document_title(_heading(nb, report, lang), parameters, label=label, words={**reader_words(lang), **(words or {})},
-                           parameter_words=parameter_words(lang))
+    title = document_title(
+        _heading(nb, report, lang),
+        parameters,
+        label=label,
+        words={**reader_words(lang), **(words or {})},
+        parameter_words=parameter_words(lang),
+    )
     write_notebook_html(nb, out / "notebook.html", title)
-    if c.get("reader", "on") == "off": return {"pdf": {"made": False, "reason": "[runner] reader = off"}}
+    if c.get("reader", "on") == "off":
+        return {"pdf": {"made": False, "reason": "[runner] reader = off"}}
     audience = parameters.get("audience")
-    facts = provenance(inputs=c.get("inputs", ()), engine=c.get("engine", ""), started=c.get("started", ""), git=c.get("git"),
-                       audience=audience, threshold=c.get("threshold"), data_root=c.get("data"))
-    write_reader(nb, out / "report.html", title=title, lang=lang, provenance=facts, words=words,
-                 labels=_code_labels(lang, c.get("data")))
+    facts = provenance(
+        inputs=c.get("inputs", ()),
+        engine=c.get("engine", ""),
+        started=c.get("started", ""),
+        git=c.get("git"),
+        audience=audience,
+        threshold=c.get("threshold"),
+        data_root=c.get("data"),
+    )
+    write_reader(
+        nb,
+        out / "report.html",
+        title=title,
+        lang=lang,
+        provenance=facts,
+        words=words,
+        labels=_code_labels(lang, c.get("data")),
+    )
     chromium = find_chromium()
-    wanted, why_not = pdf_wanted(c.get("pdf", "auto"), audience=audience, succeeded=c.get("succeeded", True), chromium=chromium)
-    if not wanted: return {"pdf": {"made": False, "reason": why_not}}
+    wanted, why_not = pdf_wanted(
+        c.get("pdf", "auto"), audience=audience, succeeded=c.get("succeeded", True), chromium=chromium
+    )
+    if not wanted:
+        return {"pdf": {"made": False, "reason": why_not}}
     t0 = time.perf_counter()
-    try: print_pdf(out / "report.html", out / "report.pdf", chromium=chromium)
-    except PdfError as e: return {"pdf": {"made": False, "reason": str(e)}}
+    try:
+        print_pdf(out / "report.html", out / "report.pdf", chromium=chromium)
+    except PdfError as e:
+        return {"pdf": {"made": False, "reason": str(e)}}
     return {"pdf": {"made": True, "seconds": round(time.perf_counter() - t0, 3)}}

@@ -19,17 +19,28 @@ __all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'RUN_ENV', 'KERNEL_START_RETR
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
 # IPython's exit() and quit() ask the shell to exit: in a kernel that ends it after the cell (the
 # report goes on), the warm shell cannot. Both raise SystemExit instead, like sys.exit().
-EXIT_CODE = "def _rk_exit(*args, **kwargs): raise SystemExit()\nget_ipython().ask_exit = _rk_exit\ndel _rk_exit"
+EXIT_CODE = (
+    "def _rk_exit(*args, **kwargs): raise SystemExit()\nget_ipython().ask_exit = _rk_exit\ndel _rk_exit"
+)
 # Both engines run this before the first cell: seeds, exit, and the discovery of what the run reads.
 SETUP_CODE = "\n".join([SEED_CODE, EXIT_CODE, reads.START_CODE])
-RUN_ENV = ("RK_LINEAGE_FILE", "PYTHONHASHSEED", "MPLBACKEND", "RK_PROGRESS", reads.READS_ENV)  # environment a report runs with
+RUN_ENV = (
+    "RK_LINEAGE_FILE",
+    "PYTHONHASHSEED",
+    "MPLBACKEND",
+    "RK_PROGRESS",
+    reads.READS_ENV,
+)  # environment a report runs with
 
 # %% ../../nbs/runner/engines.ipynb #a5f2070a
 class Engine:
     "One way to execute a report's cells, behind papermill; the engines `rk` offers are in `ENGINES`, by name."
+
     name = ""  # what `--engine` and `[runner] engine` call it
     start_retries = 0  # times to try again when the kernel fails to start (never when a cell fails)
-    save_each_cell = False  # papermill saves the notebook after each cell, so a killed run leaves its progress
+    save_each_cell = (
+        False  # papermill saves the notebook after each cell, so a killed run leaves its progress
+    )
 
     def warm_up(self) -> None:
         "What a worker process does once, before its first report."
@@ -43,21 +54,27 @@ class Engine:
 def _pandas_options(node=None, prefix="") -> dict:
     "Every pandas option and its value (public names only: walking `pd.options`)."
     import pandas as pd
+
     out = {}
     for name in dir(node if node is not None else pd.options):
         value = getattr(node if node is not None else pd.options, name)
-        if type(value).__name__ == "DictWrapper": out.update(_pandas_options(value, f"{prefix}{name}."))
-        else: out[prefix + name] = value
+        if type(value).__name__ == "DictWrapper":
+            out.update(_pandas_options(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
     return out
+
 
 class _WarmState:
     "The shell of this worker process and the state every report starts from."
+
     shell = None
     spent = False  # a timed-out cell still occupies the shell: this process can run no further report
     context = None  # the report's context variables, carried from cell to cell
 
     def capture(self):
         import builtins, locale, matplotlib, numpy as np
+
         self.rc = matplotlib.rcParams.copy()
         self.env, self.path, self.filters = dict(os.environ), list(sys.path), list(warnings.filters)
         self.show, self.format = warnings.showwarning, warnings.formatwarning
@@ -70,6 +87,7 @@ class _WarmState:
 
     def reset(self, cwd):
         import contextvars
+
         self._reset_libraries()
         self._reset_namespace()
         self._reset_process(cwd)
@@ -83,29 +101,38 @@ class _WarmState:
     def keep_context(self):
         "After each cell, in the cell's own asyncio task: keep its context variables for the next cell."
         import contextvars
+
         self.context = contextvars.copy_context()
 
     def _reset_libraries(self):
         import matplotlib, matplotlib.pyplot as plt, numpy as np, pandas as pd
+
         plt.close("all")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             matplotlib.rcParams.update(self.rc)
             for key, value in self.pandas.items():
-                if pd.get_option(key) != value: pd.set_option(key, value)  # setting all 75 takes 0.4 s
+                if pd.get_option(key) != value:
+                    pd.set_option(key, value)  # setting all 75 takes 0.4 s
         np.set_printoptions(**self.np_print)
-        np.seterr(**self.np_err); np.seterrcall(self.np_errcall)
+        np.seterr(**self.np_err)
+        np.seterrcall(self.np_errcall)
 
     def _reset_namespace(self):
         # IPython's reset ends with a full gc.collect(): 0.2 s on a heap holding pandas, statsmodels
         # and scikit-learn, for every report. The generational collector frees the old namespace anyway.
         import builtins, gc
+
         collect, gc.collect = gc.collect, lambda *args: 0
-        try: self.shell.reset(new_session=True)
-        finally: gc.collect = collect
-        for name in set(vars(builtins)) - set(self.builtins): delattr(builtins, name)
+        try:
+            self.shell.reset(new_session=True)
+        finally:
+            gc.collect = collect
+        for name in set(vars(builtins)) - set(self.builtins):
+            delattr(builtins, name)
         for name, value in self.builtins.items():
-            if vars(builtins).get(name) is not value: setattr(builtins, name, value)
+            if vars(builtins).get(name) is not value:
+                setattr(builtins, name, value)
 
     def release(self):
         "Drop the report's namespace, and the exception whose frames hold it."
@@ -114,8 +141,12 @@ class _WarmState:
 
     def _reset_process(self, cwd):
         import locale
-        run_env = {k: os.environ[k] for k in RUN_ENV if k in os.environ}  # set for this report by execute_report
-        os.environ.clear(); os.environ.update({**self.env, **run_env})
+
+        run_env = {
+            k: os.environ[k] for k in RUN_ENV if k in os.environ
+        }  # set for this report by execute_report
+        os.environ.clear()
+        os.environ.update({**self.env, **run_env})
         time.tzset()  # TZ may have changed
         locale.setlocale(locale.LC_ALL, self.locale)
         sys.path[:] = self.path
@@ -127,56 +158,74 @@ class _WarmState:
         warnings.showwarning, warnings.formatwarning = self.show, self.format
         os.chdir(cwd)
 
+
 _state = _WarmState()
+
 
 class WorkerSpent(RuntimeError):
     "This process's shell is still running a cell that timed out: the process must be replaced."
 
+
 def warm_shell():
     "This process's shell, created (and the heavy libraries imported) on first use."
-    if _state.spent: raise WorkerSpent("this worker is still running an earlier report's cell that timed out; restart the worker")
+    if _state.spent:
+        raise WorkerSpent(
+            "this worker is still running an earlier report's cell that timed out; restart the worker"
+        )
     if _state.shell is None:
         import matplotlib
+
         matplotlib.use("module://matplotlib_inline.backend_inline")
         from execnb.shell import CaptureShell
+
         _state.shell = CaptureShell(mpl_format="png")
         _state.shell.events.register("post_execute", _state.keep_context)
         preload()
         _state.capture()
     return _state.shell
 
+
 def preload():
     "Import the libraries reports use, once per worker."
     import numpy, pandas, scipy.stats, statsmodels.api, statsmodels.formula.api, sklearn.linear_model  # noqa: F401
     import matplotlib.pyplot, research_kit.data.load, research_kit.runner.record  # noqa: F401
-    try: import research_kit.analysis.stats  # noqa: F401
-    except ImportError: pass
+
+    try:
+        import research_kit.analysis.stats  # noqa: F401
+    except ImportError:
+        pass
 
 # %% ../../nbs/runner/engines.ipynb #fee07fe0
 def _shell_is_free(shell) -> bool:
     "Can the shell's event loop run code? Not while a cell that timed out still blocks it (a cancel cannot stop `time.sleep`)."
     import asyncio, concurrent.futures
+
     probe = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), shell.loop)
-    try: probe.result(timeout=2)
+    try:
+        probe.result(timeout=2)
     except concurrent.futures.TimeoutError:
         probe.cancel()
         return False
     return True
 
+
 def _run_warm(nb_man, timeout: float | None) -> None:
     "Run the notebook's code cells in the warm shell, from a fresh namespace, up to the first that fails."
     import nbformat
+
     shell = warm_shell()
     _state.reset(os.getcwd())
     try:
         for index, cell in enumerate(nb_man.nb.cells):
             nb_man.cell_start(cell, index)
             try:
-                if cell.cell_type != "code": continue
+                if cell.cell_type != "code":
+                    continue
                 outputs = _state.run(cell.source, timeout=timeout)
                 cell.outputs = [nbformat.from_dict(o) for o in outputs]
                 cell.execution_count = shell.execution_count - 1
-                if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell): _state.spent = True
+                if isinstance(shell.exc, TimeoutError) and not _shell_is_free(shell):
+                    _state.spent = True
                 if shell.exc is not None:
                     nb_man.cell_exception(cell, index)
                     break
@@ -185,62 +234,106 @@ def _run_warm(nb_man, timeout: float | None) -> None:
     finally:
         # what the report made goes now, not when the next report starts: this process writes its
         # documents next, and a report that filled the memory limit would leave them no room
-        if not _state.spent: _state.release()
+        if not _state.spent:
+            _state.release()
+
 
 class WarmEngine(Engine):
     "Cells run in this worker's warm IPython shell, in a fresh namespace per report."
+
     name = "warm"
 
-    def warm_up(self) -> None: warm_shell()
+    def warm_up(self) -> None:
+        warm_shell()
 
     def papermill_engine(self) -> type:
         from papermill.engines import Engine as PapermillEngine
+
         class WarmPapermillEngine(PapermillEngine):
             @classmethod
             def execute_managed_notebook(cls, nb_man, kernel_name, execution_timeout=None, **kwargs):
                 _run_warm(nb_man, execution_timeout)
+
         return WarmPapermillEngine
 
 # %% ../../nbs/runner/engines.ipynb #02bfb292
 def _seeded_client():
     from papermill.clientwrap import PapermillNotebookClient
+
     class SeededClient(PapermillNotebookClient):
         def papermill_execute_cells(self):
             self.wait_for_reply(self.kc.execute(SETUP_CODE, silent=True, store_history=False))
             super().papermill_execute_cells()
+
     return SeededClient
+
 
 KERNEL_START_RETRIES = 2
 
+
 class KernelEngine(Engine):
     "papermill's nbclient engine: a fresh Jupyter kernel per report, seeded like the warm engine."
+
     name, start_retries, save_each_cell = "kernel", KERNEL_START_RETRIES, True
 
     def papermill_engine(self) -> type:
         from papermill.engines import NBClientEngine
+
         class SeededNBClientEngine(NBClientEngine):
             @classmethod
-            def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
-                                         start_timeout=60, execution_timeout=None, **kwargs):
+            def execute_managed_notebook(
+                cls,
+                nb_man,
+                kernel_name,
+                log_output=False,
+                stdout_file=None,
+                stderr_file=None,
+                start_timeout=60,
+                execution_timeout=None,
+                **kwargs,
+            ):
                 from papermill.log import logger
+
                 kwargs.pop("input_path", None)
-                client = _seeded_client()(nb_man, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
-                                          log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)
+                client = _seeded_client()(
+                    nb_man,
+                    timeout=execution_timeout,
+                    startup_timeout=start_timeout,
+                    kernel_name=kernel_name,
+                    log=logger,
+                    log_output=log_output,
+                    stdout_file=stdout_file,
+                    stderr_file=stderr_file,
+                    **kwargs,
+                )
                 return client.execute()
+
         return SeededNBClientEngine
+
 
 def _kernel_start_failed(e: Exception) -> bool:
     "Did the kernel fail to start (worth a retry), rather than a cell fail?"
     from papermill.exceptions import PapermillExecutionError
-    if isinstance(e, PapermillExecutionError): return False
+
+    if isinstance(e, PapermillExecutionError):
+        return False
     text = f"{type(e).__name__}: {e}".lower()
-    return any(s in text for s in ("kernel died before replying", "address already in use", "zmq", "kernel didn't respond",
-                                   "timeout waiting for kernel", "kernel_info", "failed to start"))
-
-
+    return any(
+        s in text
+        for s in (
+            "kernel died before replying",
+            "address already in use",
+            "zmq",
+            "kernel didn't respond",
+            "timeout waiting for kernel",
+            "kernel_info",
+            "failed to start",
+        )
+    )
 
 # %% ../../nbs/runner/engines.ipynb #b1c5c635
 ENGINES = {engine.name: engine for engine in (WarmEngine(), KernelEngine())}
+
 
 @functools.cache
 def papermill_name(
@@ -248,40 +341,58 @@ def papermill_name(
 ) -> str:
     "The name papermill knows `engine` by; it is registered with papermill on first use, once per process."
     from papermill.engines import papermill_engines
+
     papermill_engines.register(f"rk-{engine}", ENGINES[engine].papermill_engine())
     return f"rk-{engine}"
 
 # %% ../../nbs/runner/engines.ipynb #a94e88cc
 def adopt_orphans() -> bool:
     "Make this process the parent of its descendants' orphans (Linux), so they can be found and ended; True if it is."
-    if not sys.platform.startswith("linux"): return False
+    if not sys.platform.startswith("linux"):
+        return False
     import ctypes
+
     PR_SET_CHILD_SUBREAPER = 36
-    try: return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError): return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
 
 def descendants(pid: int | None = None) -> set[int]:
     "The process ids of every process descended from `pid` (default: this process)."
     import psutil
-    try: return {p.pid for p in psutil.Process(pid).children(recursive=True)}
-    except psutil.NoSuchProcess: return set()
+
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
 
 def end_descendants(pid: int | None = None, keep: set[int] = frozenset()) -> list[int]:
     "Kill every process descended from `pid` (default: this process) except those in `keep`; the ids of those killed."
     import psutil
-    try: victims = [p for p in psutil.Process(pid).children(recursive=True) if p.pid not in keep]
-    except psutil.NoSuchProcess: return []
+
+    try:
+        victims = [p for p in psutil.Process(pid).children(recursive=True) if p.pid not in keep]
+    except psutil.NoSuchProcess:
+        return []
     from research_kit.processes import kill_all
+
     return kill_all(victims)
 
 # %% ../../nbs/runner/engines.ipynb #de5a12fd
 def _failure(e: Exception) -> RunFailure:
     from papermill.exceptions import PapermillExecutionError
-    if isinstance(e, PapermillExecutionError): return RunFailure(e.ename, str(e.evalue)[:2000], e.cell_index)
+
+    if isinstance(e, PapermillExecutionError):
+        return RunFailure(e.ename, str(e.evalue)[:2000], e.cell_index)
     return RunFailure(type(e).__name__, str(e)[:2000])
+
 
 def _run_papermill(task: Task, nb_path: Path) -> None:
     import logging, papermill
+
     # parameters are validated before a run (runner.params); papermill's guess at the declared
     # names cannot read Literal[...] annotations and would warn about "unknown" parameters
     logging.getLogger("papermill").setLevel(logging.ERROR)
@@ -289,32 +400,67 @@ def _run_papermill(task: Task, nb_path: Path) -> None:
     for attempt in range(1 + engine.start_retries):
         try:
             papermill.execute_notebook(
-                task.template, str(nb_path), parameters=task.parameters, engine_name=papermill_name(task.engine),
-                cwd=task.cwd, progress_bar=False, request_save_on_cell_execute=engine.save_each_cell,
-                execution_timeout=task.timeout, start_timeout=60)
+                task.template,
+                str(nb_path),
+                parameters=task.parameters,
+                engine_name=papermill_name(task.engine),
+                cwd=task.cwd,
+                progress_bar=False,
+                request_save_on_cell_execute=engine.save_each_cell,
+                execution_timeout=task.timeout,
+                start_timeout=60,
+            )
             return
         except Exception as e:
-            if attempt < engine.start_retries and _kernel_start_failed(e): continue
+            if attempt < engine.start_retries and _kernel_start_failed(e):
+                continue
             raise
+
 
 def _document_context(task: Task, started, inputs: list, succeeded: bool) -> dict:
     "What the run's documents say about it: the settings and git state the task carries, and how the run went."
-    return {"reader": task.reader, "pdf": task.pdf, "threshold": task.threshold, "data": task.data, "git": task.git,
-            "report": task.report, "parameters": task.parameters, "engine": task.engine,
-            "started": started.isoformat(timespec="seconds"), "inputs": inputs, "succeeded": succeeded}
+    return {
+        "reader": task.reader,
+        "pdf": task.pdf,
+        "threshold": task.threshold,
+        "data": task.data,
+        "git": task.git,
+        "report": task.report,
+        "parameters": task.parameters,
+        "engine": task.engine,
+        "started": started.isoformat(timespec="seconds"),
+        "inputs": inputs,
+        "succeeded": succeeded,
+    }
+
 
 def _exit_error(nb_path: Path) -> RunFailure | None:
     "The error of a report that called exit (sys.exit, exit(), quit(), raise SystemExit), whatever its code; else None."
     import nbformat
+
     # papermill counts sys.exit(0) as success, though the cells after it never ran
-    cells = [c for c in nbformat.read(str(nb_path), as_version=4).cells
-             if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    cells = [
+        c
+        for c in nbformat.read(str(nb_path), as_version=4).cells
+        if "papermill-error-cell-tag" not in c.metadata.get("tags", [])
+    ]
     for index, cell in enumerate(cells):
         for o in cell.get("outputs", []):
             if o.output_type == "error" and o.ename == "SystemExit":
-                code = "" if o.evalue in ("", "None") else f" with code {o.evalue}" if o.evalue.lstrip("-").isdigit() else f" ({o.evalue})"
-                return RunFailure("SystemExit", f"the report called exit{code} in cell {index}; the cells after it did not run", index)
+                code = (
+                    ""
+                    if o.evalue in ("", "None")
+                    else f" with code {o.evalue}"
+                    if o.evalue.lstrip("-").isdigit()
+                    else f" ({o.evalue})"
+                )
+                return RunFailure(
+                    "SystemExit",
+                    f"the report called exit{code} in cell {index}; the cells after it did not run",
+                    index,
+                )
     return None
+
 
 def execute_report(
     task: Task,  # what to run, where, and what its documents show
@@ -323,31 +469,61 @@ def execute_report(
     from research_kit.data import lineage
     from research_kit.runner.documents import write_documents
     from research_kit.runner.record import records
+
     out = Path(task.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nb_path, lineage_path = out / "report.ipynb", out / "lineage.jsonl"
     saved_env = dict(os.environ)
-    os.environ.update({"RK_LINEAGE_FILE": str(lineage_path), "PYTHONHASHSEED": "0", "RK_PROGRESS": "0",
-                       "MPLBACKEND": "module://matplotlib_inline.backend_inline", **reads.run_environment(task)})
+    os.environ.update(
+        {
+            "RK_LINEAGE_FILE": str(lineage_path),
+            "PYTHONHASHSEED": "0",
+            "RK_PROGRESS": "0",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            **reads.run_environment(task),
+        }
+    )
     adopt_orphans()
     before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
-    try: _run_papermill(task, nb_path)
-    except Exception as e: error = _failure(e)
+    try:
+        _run_papermill(task, nb_path)
+    except Exception as e:
+        error = _failure(e)
     finally:
         reads.stop()  # a warm worker recorded in this process
-        os.environ.clear(); os.environ.update(saved_env)
+        os.environ.clear()
+        os.environ.update(saved_env)
         end_descendants(keep=before)  # what the report started ends with it
     duration = time.perf_counter() - t0
     pdf, found = None, reads.Reads()
     try:
         recs = records(nb_path) if nb_path.exists() else {}
-        if nb_path.exists(): error = _exit_error(nb_path) or error
+        if nb_path.exists():
+            error = _exit_error(nb_path) or error
         inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
         found = reads.collect(task, inputs)
-        if nb_path.exists(): pdf = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))["pdf"]
+        if nb_path.exists():
+            pdf = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))[
+                "pdf"
+            ]
     except (OSError, ValueError) as e:  # e.g. the output folder was deleted under the run
-        recs, inputs, error = {}, [], error or RunFailure("OutputsLost", f"the run's outputs could not be read back: {e}")
-    return Outcome("failed" if error else "succeeded", task.engine, started.isoformat(timespec="seconds"), round(duration, 3),
-                   error, recs, inputs, pdf, worker_spent=_state.spent,
-                   files=found.files, settings=found.settings, unkeyed=found.unkeyed)
+        recs, inputs, error = (
+            {},
+            [],
+            error or RunFailure("OutputsLost", f"the run's outputs could not be read back: {e}"),
+        )
+    return Outcome(
+        "failed" if error else "succeeded",
+        task.engine,
+        started.isoformat(timespec="seconds"),
+        round(duration, 3),
+        error,
+        recs,
+        inputs,
+        pdf,
+        worker_spent=_state.spent,
+        files=found.files,
+        settings=found.settings,
+        unkeyed=found.unkeyed,
+    )

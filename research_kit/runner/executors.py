@@ -18,19 +18,27 @@ __all__ = ['GRACE', 'EXECUTORS', 'LocalExecutor', 'DaskExecutor']
 # %% ../../nbs/runner/executors.ipynb #a994a16c
 GRACE = 30  # seconds beyond the report timeout (kernel start, writing outputs) before a worker is killed
 
+
 def _worker_main(conn, engine: str, memory: int = 0) -> None:
     "A worker process: warm up, then run tasks until told to stop."
-    limit_memory(memory)  # before the kernel engine starts kernels: they inherit the limit (else the parent watches)
-    if engine in ENGINES: ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
+    limit_memory(
+        memory
+    )  # before the kernel engine starts kernels: they inherit the limit (else the parent watches)
+    if engine in ENGINES:
+        ENGINES[engine].warm_up()  # an unknown engine fails each report, with the reason
     conn.send("ready")
     while True:
         task = conn.recv()
-        if task is None: return
-        try: outcome = execute_report(task)
+        if task is None:
+            return
+        try:
+            outcome = execute_report(task)
         except Exception as e:  # never let one report take the worker down
             outcome = Outcome.failed(task, type(e).__name__, f"the report could not be run: {e}")
         conn.send(outcome)
-        if outcome.worker_spent: return  # the parent replaces this worker
+        if outcome.worker_spent:
+            return  # the parent replaces this worker
+
 
 class _Worker:
     def __init__(self, ctx, engine: str, memory: int = 0):
@@ -38,31 +46,42 @@ class _Worker:
         saved = os.environ.get("PYTHONHASHSEED")
         os.environ["PYTHONHASHSEED"] = "0"  # read once, when the interpreter starts
         try:
-            self.proc = ctx.Process(target=_worker_main, args=(child, engine, memory), daemon=True, name="rk-worker")
+            self.proc = ctx.Process(
+                target=_worker_main, args=(child, engine, memory), daemon=True, name="rk-worker"
+            )
             self.proc.start()
         finally:
-            if saved is None: os.environ.pop("PYTHONHASHSEED")
-            else: os.environ["PYTHONHASHSEED"] = saved
+            if saved is None:
+                os.environ.pop("PYTHONHASHSEED")
+            else:
+                os.environ["PYTHONHASHSEED"] = saved
         child.close()
         self.task, self.deadline, self.ready, self.memory_seen = None, None, False, 0
 
     def kill(self):
         from research_kit.runner.engines import end_descendants
+
         end_descendants(self.proc.pid)  # first: once the worker is gone, its children can no longer be found
         self.proc.kill()
         self.proc.join(5)
 
+
 class LocalExecutor:
     "Runs tasks in `workers` local processes, replacing any that die or hang."
+
     def __init__(self, workers: int = 1, memory: int = 0, **_):
         self.workers, self.memory = max(1, int(workers)), int(memory or 0)
-        self.watch = self.memory > 0 and not memory_enforced()  # no OS cap here: look at each busy worker's memory
+        self.watch = (
+            self.memory > 0 and not memory_enforced()
+        )  # no OS cap here: look at each busy worker's memory
 
     def run(self, tasks: list[Task]):
         "Yield (task, outcome) for every task, in the order they finish."
         import multiprocessing as mp
         from multiprocessing.connection import wait
-        if not tasks: return
+
+        if not tasks:
+            return
         ctx = mp.get_context("spawn")
         engine = tasks[0].engine
         pending = deque(tasks)
@@ -72,49 +91,67 @@ class LocalExecutor:
                 for w in pool:
                     if w.ready and w.task is None and pending:
                         w.task = pending.popleft()
-                        w.deadline = time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
+                        w.deadline = (
+                            time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
+                        )
                         w.conn.send(w.task)
                 deadlines = [w.deadline for w in pool if w.task]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-                if self.watch and deadlines: timeout = min(timeout, MEMORY_POLL)
+                if self.watch and deadlines:
+                    timeout = min(timeout, MEMORY_POLL)
                 ready = wait([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout)
                 for i, w in enumerate(list(pool)):
                     outcome = None
                     if w.conn in ready:
-                        try: message = w.conn.recv()
-                        except (EOFError, OSError): message = None
-                        if message == "ready": w.ready = True
+                        try:
+                            message = w.conn.recv()
+                        except (EOFError, OSError):
+                            message = None
+                        if message == "ready":
+                            w.ready = True
                         elif message is not None:
                             outcome, w.task = (w.task, self._explain(message)), None
                             # a worker whose shell still runs a timed-out cell would hold its next report
                             # until that report's own deadline: replace it now, before it is given one
-                            if message.worker_spent: self._replace(pool, i, ctx, engine, "Spent")
-                        else: outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
+                            if message.worker_spent:
+                                self._replace(pool, i, ctx, engine, "Spent")
+                        else:
+                            outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
                     elif w.proc.sentinel in ready or not w.proc.is_alive():
                         outcome = self._replace(pool, i, ctx, engine, "WorkerDied")
-                    elif w.task and not w.conn.poll() and self._over_memory(w):  # a result that just came stands
+                    elif (
+                        w.task and not w.conn.poll() and self._over_memory(w)
+                    ):  # a result that just came stands
                         outcome = self._replace(pool, i, ctx, engine, "MemoryError")
-                    elif w.task and time.monotonic() > w.deadline and not w.conn.poll():  # a result that just came is not a timeout
+                    elif (
+                        w.task and time.monotonic() > w.deadline and not w.conn.poll()
+                    ):  # a result that just came is not a timeout
                         outcome = self._replace(pool, i, ctx, engine, "Timeout")
-                    if outcome and outcome[0] is not None: yield outcome
+                    if outcome and outcome[0] is not None:
+                        yield outcome
         finally:
             for w in pool:
-                try: w.conn.send(None)
-                except (OSError, ValueError): pass
+                try:
+                    w.conn.send(None)
+                except (OSError, ValueError):
+                    pass
             for w in pool:
                 w.proc.join(2)
-                if w.proc.is_alive(): w.kill()
+                if w.proc.is_alive():
+                    w.kill()
 
     def _explain(self, outcome: Outcome) -> Outcome:
         "Say plainly when a report failed because it hit the memory limit."
         err = outcome.error
-        if not (self.memory and err and err.type == "MemoryError"): return outcome
+        if not (self.memory and err and err.type == "MemoryError"):
+            return outcome
         message = f"the report exceeded its memory limit of {self.memory} MB ([runner] memory): {err.message}"
         return replace(outcome, error=replace(err, message=message))
 
     def _over_memory(self, w) -> bool:
         "Has a process of worker `w` (the worker, or a kernel it started) grown past the memory limit? Only where it is watched."
-        if not self.watch: return False
+        if not self.watch:
+            return False
         w.memory_seen = largest_memory(w.proc.pid)
         return w.memory_seen > self.memory
 
@@ -124,35 +161,57 @@ class LocalExecutor:
         w.kill()
         pool[i] = _Worker(ctx, engine, self.memory)
         if w.task is None:
-            if kind == "WorkerDied" and not w.ready: raise RKError(f"a worker process failed to start (exit code {w.proc.exitcode})")
+            if kind == "WorkerDied" and not w.ready:
+                raise RKError(f"a worker process failed to start (exit code {w.proc.exitcode})")
             return None
         if kind == "Timeout":
-            return w.task, Outcome.failed(w.task, "Timeout", f"the report ran longer than its timeout of {w.task.timeout} s and was stopped")
+            return w.task, Outcome.failed(
+                w.task,
+                "Timeout",
+                f"the report ran longer than its timeout of {w.task.timeout} s and was stopped",
+            )
         if kind == "MemoryError":
-            return w.task, Outcome.failed(w.task, "MemoryError", f"the report exceeded its memory limit of {self.memory} MB ([runner] memory) "
-                                          f"and was stopped: one of its processes held {w.memory_seen} MB")
-        return w.task, Outcome.failed(w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})")
+            return w.task, Outcome.failed(
+                w.task,
+                "MemoryError",
+                f"the report exceeded its memory limit of {self.memory} MB ([runner] memory) "
+                f"and was stopped: one of its processes held {w.memory_seen} MB",
+            )
+        return w.task, Outcome.failed(
+            w.task, "WorkerDied", f"the worker process running the report died (exit code {w.proc.exitcode})"
+        )
 
 # %% ../../nbs/runner/executors.ipynb #0ee51a1d
 class DaskExecutor:
     "Runs each task as a task on the dask.distributed cluster at `scheduler`."
+
     def __init__(self, workers: int = 1, scheduler: str | None = None, **_):
-        if not scheduler: raise RKError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        if not scheduler:
+            raise RKError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
         self.scheduler = scheduler
 
     def run(self, tasks: list[Task]):
         "Yield (task, outcome) for every task, in the order they finish."
-        try: from distributed import Client, as_completed
-        except ImportError: raise RKError("the dask executor needs the 'dask' extra: pip install 'research_kit[dask]'") from None
-        try: client = Client(self.scheduler, timeout=30)
-        except (OSError, TimeoutError) as e: raise RKError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}") from None
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise RKError(
+                "the dask executor needs the 'dask' extra: pip install 'research_kit[dask]'"
+            ) from None
+        try:
+            client = Client(self.scheduler, timeout=30)
+        except (OSError, TimeoutError) as e:
+            raise RKError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}") from None
         try:
             futures = {client.submit(execute_report, t, pure=False): t for t in tasks}
             for future in as_completed(futures):
                 task = futures[future]
-                try: yield task, future.result()
-                except Exception as e: yield task, Outcome.failed(task, type(e).__name__, f"the Dask task failed: {e}")
+                try:
+                    yield task, future.result()
+                except Exception as e:
+                    yield task, Outcome.failed(task, type(e).__name__, f"the Dask task failed: {e}")
         finally:
             client.close()
+
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}

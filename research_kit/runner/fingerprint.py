@@ -18,28 +18,43 @@ def normalized(
     "The distribution's name in its one comparable form (PEP 503): `scikit-learn`."
     return re.sub(r"[-_.]+", "-", name).lower()
 
+
 def installed(
     path: list[str] | None = None,  # folders to look in; the interpreter's search path when None
 ) -> dict[str, tuple[str, Path]]:
     "`{normalized name: (version, metadata folder)}` of every distribution installed on `path`."
     found = {}
     for entry in sys.path if path is None else path:
-        if not os.path.isdir(entry): continue
+        if not os.path.isdir(entry):
+            continue
         for name in sorted(os.listdir(entry)):
             m = re.fullmatch(r"(.+?)-([^-]+)\.(?:dist|egg)-info", name)
-            if m: found.setdefault(normalized(m.group(1)), (m.group(2), Path(entry) / name))
+            if m:
+                found.setdefault(normalized(m.group(1)), (m.group(2), Path(entry) / name))
     return found
 
 # %% ../../nbs/runner/fingerprint.ipynb #98932a35
-PLATFORM_MARKERS = ("sys_platform", "platform_system", "os_name", "platform_machine", "platform_release",
-                    "platform_version", "platform_python_implementation", "implementation_name")
+PLATFORM_MARKERS = (
+    "sys_platform",
+    "platform_system",
+    "os_name",
+    "platform_machine",
+    "platform_release",
+    "platform_version",
+    "platform_python_implementation",
+    "implementation_name",
+)
+
 
 def _requires(folder: Path) -> list[str]:
     "The `Requires-Dist` lines of a distribution's metadata (the headers, before the long description)."
     meta = folder / ("METADATA" if folder.suffix == ".dist-info" else "PKG-INFO")
-    try: head = meta.read_text(encoding="utf-8", errors="replace").split("\n\n", 1)[0]
-    except OSError: return []
+    try:
+        head = meta.read_text(encoding="utf-8", errors="replace").split("\n\n", 1)[0]
+    except OSError:
+        return []
     return [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Requires-Dist:")]
+
 
 def closure(
     root: str = "research-kit",  # the distribution to start from
@@ -47,53 +62,87 @@ def closure(
 ) -> dict[str, str]:
     "`{name: version}` of every installed distribution `root` requires, directly or not, on every platform alike; without `root`."
     from packaging.requirements import Requirement  # 50 ms to import: only when the closure is worked out
+
     dists = installed() if dists is None else dists
     found, todo = {}, [(normalized(root), frozenset())]
     while todo:
         name, extras = todo.pop()
-        if name not in dists or (name in found and extras <= found[name][1]): continue
+        if name not in dists or (name in found and extras <= found[name][1]):
+            continue
         version, folder = dists[name]
         found[name] = (version, extras | (found[name][1] if name in found else frozenset()))
         for line in _requires(folder):
             req = Requirement(line)
             if req.marker is not None:
-                if any(m in str(req.marker) for m in PLATFORM_MARKERS): continue
-                if not any(req.marker.evaluate({"extra": e}) for e in {"", *extras}): continue
+                if any(m in str(req.marker) for m in PLATFORM_MARKERS):
+                    continue
+                if not any(req.marker.evaluate({"extra": e}) for e in {"", *extras}):
+                    continue
             todo.append((normalized(req.name), frozenset(req.extras)))
     found.pop(normalized(root), None)
     return {name: version for name, (version, _) in sorted(found.items())}
 
 # %% ../../nbs/runner/fingerprint.ipynb #59ffabdd
-KEY_PACKAGES = ("pandas", "numpy", "pyarrow", "scipy", "statsmodels", "scikit-learn", "matplotlib", "pandera",
-                "papermill", "nbclient", "ipykernel", "nbconvert")
+KEY_PACKAGES = (
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "scipy",
+    "statsmodels",
+    "scikit-learn",
+    "matplotlib",
+    "pandera",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "nbconvert",
+)
+
 
 def cache_dir() -> Path:
     "research_kit's folder in the researcher's cache: %LOCALAPPDATA% on Windows, else $XDG_CACHE_HOME or ~/.cache."
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"): return Path(os.environ["LOCALAPPDATA"]) / "research_kit"
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "research_kit"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "research_kit"
 
-def _python() -> str: return "{}.{}".format(*sys.version_info[:2])
+
+def _python() -> str:
+    return "{}.{}".format(*sys.version_info[:2])
+
 
 def keyed_packages(dists: dict | None = None) -> dict[str, str]:
     "`closure()` of research_kit, read from the researcher's cache when this set of installed distributions was seen before."
     dists = installed() if dists is None else dists
-    seen = hashlib.sha256(json.dumps([_python(), sorted((n, v) for n, (v, _) in dists.items())]).encode()).hexdigest()
+    seen = hashlib.sha256(
+        json.dumps([_python(), sorted((n, v) for n, (v, _) in dists.items())]).encode()
+    ).hexdigest()
     cached = cache_dir() / "environments" / f"{seen}.json"
-    try: return json.loads(cached.read_text(encoding="utf-8"))
-    except (OSError, ValueError): pass  # not seen yet, or a damaged entry: work it out again
+    try:
+        return json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass  # not seen yet, or a damaged entry: work it out again
     packages = closure("research-kit", dists)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached) as tmp: tmp.write_text(json.dumps(packages), encoding="utf-8")
-    except OSError: pass  # a read-only home still gets the right answer, only slower
+        with atomic_path(cached) as tmp:
+            tmp.write_text(json.dumps(packages), encoding="utf-8")
+    except OSError:
+        pass  # a read-only home still gets the right answer, only slower
     return packages
+
 
 @functools.cache  # once per process: the environment does not change under a running rk
 def environment() -> dict:
     "What a manifest records of the environment; `packages_sha256` (Python major.minor and the requirement closure) enters the cache key."
     import platform
+
     dists = installed()
     packages = keyed_packages(dists)
-    return {"python": sys.version.split()[0], "platform": f"{platform.system()} {platform.machine()}",
-            "packages": {k: dists[k][0] if k in dists else None for k in KEY_PACKAGES},
-            "packages_sha256": hashlib.sha256(json.dumps([_python(), sorted(packages.items())]).encode()).hexdigest()}
+    return {
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "packages": {k: dists[k][0] if k in dists else None for k in KEY_PACKAGES},
+        "packages_sha256": hashlib.sha256(
+            json.dumps([_python(), sorted(packages.items())]).encode()
+        ).hexdigest(),
+    }

@@ -19,6 +19,7 @@ __all__ = ['STATUSES', 'MANIFEST', 'UNKEYED', 'IRREPRODUCIBLE', 'Task', 'RunFail
 @dataclass(frozen=True)
 class Task:
     "What a worker needs to run one report and write its documents."
+
     run: str  # the run's name, `report/slug`: how an outcome finds its run again
     template: str  # path of the report template
     parameters: dict  # the validated parameter values
@@ -31,23 +32,30 @@ class Task:
     threshold: int | None = None  # `[privacy] threshold`, named in a public document's footer
     data: str | None = None  # the workspace's data root, for the labels of codes
     git: dict | None = None  # the workspace's git commit, for the footer
-    reads: dict | None = None  # where to discover the files and settings the run reads; None: `[runner] discovery = off`
+    reads: dict | None = (
+        None  # where to discover the files and settings the run reads; None: `[runner] discovery = off`
+    )
 
     @property
-    def report(self) -> str: return Path(self.template).stem
+    def report(self) -> str:
+        return Path(self.template).stem
 
     @property
-    def audience(self): return self.parameters.get("audience")
+    def audience(self):
+        return self.parameters.get("audience")
 
     @property
-    def lang(self): return self.parameters.get("lang")
+    def lang(self):
+        return self.parameters.get("lang")
 
 # %% ../../nbs/runner/manifest.ipynb #0bad9363
 STATUSES = ("succeeded", "failed")
 
+
 @dataclass(frozen=True)
 class RunFailure:
     "Why a run failed: the exception's type and message, and the code cell it came from (None: not from a cell)."
+
     type: str
     message: str
     cell: int | None = None
@@ -56,9 +64,11 @@ class RunFailure:
         "As the manifest's `error` holds it."
         return {"cell": self.cell, "type": self.type, "message": self.message}
 
+
 @dataclass(frozen=True)
 class Outcome:
     "What became of one task, as the worker reports it."
+
     status: str  # one of STATUSES
     engine: str
     started: str  # ISO time, UTC, to the second
@@ -68,12 +78,17 @@ class Outcome:
     inputs: list = field(default_factory=list)  # the data it read: package, resource, sha256, ... each
     pdf: dict | None = None  # `{"made": ...}` from the documents; None: no documents were written
     worker_spent: bool = False  # the worker's shell still runs a cell that timed out
-    files: list = field(default_factory=list)  # the other files it read: root (`workspace` or `data`), path, sha256 each
+    files: list = field(
+        default_factory=list
+    )  # the other files it read: root (`workspace` or `data`), path, sha256 each
     settings: dict = field(default_factory=dict)  # the settings it read: name (`section.key`) -> value
-    unkeyed: list = field(default_factory=list)  # what it did that no cache key covers, in words: it is never reused
+    unkeyed: list = field(
+        default_factory=list
+    )  # what it did that no cache key covers, in words: it is never reused
 
     @property
-    def succeeded(self) -> bool: return self.status == "succeeded"
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
 
     @classmethod
     def failed(
@@ -83,76 +98,104 @@ class Outcome:
         message: str,  # in words, for the reader of the summary and the index
     ) -> Outcome:
         "The outcome of a task that failed before or outside its report."
-        return cls("failed", task.engine, datetime.now(timezone.utc).isoformat(timespec="seconds"), 0.0, RunFailure(kind, message))
+        return cls(
+            "failed",
+            task.engine,
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            0.0,
+            RunFailure(kind, message),
+        )
 
 # %% ../../nbs/runner/manifest.ipynb #6de38297
 def _of_type(value, kind):
     return value if isinstance(value, kind) else kind()
 
+
 @dataclass(frozen=True)
 class Manifest:
     "A run's manifest.json: the mapping as written (other workspaces read it too), with typed access to what the runner reads."
+
     data: dict
 
     @property
-    def report(self) -> str | None: return self.data.get("report")
+    def report(self) -> str | None:
+        return self.data.get("report")
 
     @property
-    def slug(self) -> str | None: return self.data.get("slug")
+    def slug(self) -> str | None:
+        return self.data.get("slug")
 
     @property
-    def status(self) -> str | None: return self.data.get("status")  # one of STATUSES
+    def status(self) -> str | None:
+        return self.data.get("status")  # one of STATUSES
 
     @property
-    def engine(self) -> str | None: return self.data.get("engine")
+    def engine(self) -> str | None:
+        return self.data.get("engine")
 
     @property
-    def started(self) -> str | None: return self.data.get("started")  # ISO time, UTC
+    def started(self) -> str | None:
+        return self.data.get("started")  # ISO time, UTC
 
     @property
-    def duration(self) -> float | None: return self.data.get("duration")  # seconds
+    def duration(self) -> float | None:
+        return self.data.get("duration")  # seconds
 
     @property
-    def cache_key(self) -> str | None: return self.data.get("cache_key")  # `runs.run_key`
+    def cache_key(self) -> str | None:
+        return self.data.get("cache_key")  # `runs.run_key`
 
     @property
-    def error(self) -> dict | None: return self.data.get("error")  # `RunFailure.as_dict()`, for a failed run
+    def error(self) -> dict | None:
+        return self.data.get("error")  # `RunFailure.as_dict()`, for a failed run
 
     @property
-    def parameters(self) -> dict: return _of_type(self.data.get("parameters"), dict)
+    def parameters(self) -> dict:
+        return _of_type(self.data.get("parameters"), dict)
 
     @property
-    def audience(self): return self.parameters.get("audience")
+    def audience(self):
+        return self.parameters.get("audience")
 
     @property
-    def records(self) -> dict: return _of_type(self.data.get("records"), dict)
+    def records(self) -> dict:
+        return _of_type(self.data.get("records"), dict)
 
     @property
-    def succeeded(self) -> bool: return self.status == "succeeded"
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
 
     @property
-    def inputs(self) -> list: return _of_type(self.data.get("inputs"), list)
+    def inputs(self) -> list:
+        return _of_type(self.data.get("inputs"), list)
 
     @property
-    def files(self) -> list: return _of_type(self.data.get("files"), list)  # root, path, sha256 each
+    def files(self) -> list:
+        return _of_type(self.data.get("files"), list)  # root, path, sha256 each
 
     @property
-    def settings(self) -> dict: return _of_type(self.data.get("settings"), dict)  # `section.key` -> value
+    def settings(self) -> dict:
+        return _of_type(self.data.get("settings"), dict)  # `section.key` -> value
 
     @property
-    def unkeyed(self) -> list: return _of_type(self.data.get("unkeyed"), list)  # in words; a run older than the discovery has none
+    def unkeyed(self) -> list:
+        return _of_type(self.data.get("unkeyed"), list)  # in words; a run older than the discovery has none
 
     @property
-    def outputs(self) -> dict: return _of_type(self.data.get("outputs"), dict)  # output file -> sha256
+    def outputs(self) -> dict:
+        return _of_type(self.data.get("outputs"), dict)  # output file -> sha256
 
     @property
-    def template(self) -> dict: return _of_type(self.data.get("template"), dict)  # path, sha256, cells
+    def template(self) -> dict:
+        return _of_type(self.data.get("template"), dict)  # path, sha256, cells
 
     @property
-    def code(self) -> dict: return _of_type(self.data.get("code"), dict)  # research_kit version, source_sha256
+    def code(self) -> dict:
+        return _of_type(self.data.get("code"), dict)  # research_kit version, source_sha256
 
     @property
-    def environment(self) -> dict: return _of_type(self.data.get("environment"), dict)  # python, packages, packages_sha256
+    def environment(self) -> dict:
+        return _of_type(self.data.get("environment"), dict)  # python, packages, packages_sha256
 
     @property
     def shared(self) -> dict | None:
@@ -160,22 +203,28 @@ class Manifest:
         return self.data.get("shared") if isinstance(self.data.get("shared"), dict) else None
 
     @property
-    def audited(self) -> bool: return "publishable" in self.data
+    def audited(self) -> bool:
+        return "publishable" in self.data
 
     @property
-    def publishable(self): return self.data.get("publishable")  # True or False once audited
+    def publishable(self):
+        return self.data.get("publishable")  # True or False once audited
 
     @property
-    def findings(self) -> list: return _of_type(self.data.get("audit"), list)
+    def findings(self) -> list:
+        return _of_type(self.data.get("audit"), list)
 
     @property
-    def audit_reasons(self) -> list: return _of_type(self.data.get("audit_reasons"), list)
+    def audit_reasons(self) -> list:
+        return _of_type(self.data.get("audit_reasons"), list)
 
     @property
-    def audit_threshold(self): return self.data.get("audit_threshold")
+    def audit_threshold(self):
+        return self.data.get("audit_threshold")
 
     @property
-    def threshold_policy(self): return self.data.get("threshold_policy")
+    def threshold_policy(self):
+        return self.data.get("threshold_policy")
 
     def with_(self, **fields) -> Manifest:
         "This manifest with `fields` set; every other key kept, in its place."
@@ -184,25 +233,34 @@ class Manifest:
 # %% ../../nbs/runner/manifest.ipynb #47019f64
 MANIFEST = "manifest.json"
 
+
 class ManifestError(RKError):
     "A run folder's manifest.json is missing, cannot be read, or is not a run's manifest."
+
     def __init__(self, path: Path, problem: str, message: str | None = None):
         self.path, self.problem = Path(path), problem
         super().__init__(message or f"{path}: {problem}")
+
 
 def read_manifest(
     folder,  # a run folder, `<build>/<report>/<slug>`
 ) -> Manifest:
     "The manifest of the run in `folder`; `ManifestError` naming the file when it is missing, unreadable or not a run's."
     path = Path(folder) / MANIFEST
-    try: data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ManifestError(path, f"no {MANIFEST}", f"{folder} is not a run folder: it has no {MANIFEST}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e: raise ManifestError(path, f"{type(e).__name__}: {e}") from None
-    if not isinstance(data, dict): raise ManifestError(path, f"expected a JSON object, found {type(data).__name__}")
+        raise ManifestError(
+            path, f"no {MANIFEST}", f"{folder} is not a run folder: it has no {MANIFEST}"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(path, f"{type(e).__name__}: {e}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(path, f"expected a JSON object, found {type(data).__name__}")
     if data.get("status") not in STATUSES:
         raise ManifestError(path, f"status {data.get('status')!r}, expected 'succeeded' or 'failed'")
     return Manifest(data)
+
 
 def write_manifest(
     folder,  # the run folder (or the temporary folder a run writes into)
@@ -213,11 +271,15 @@ def write_manifest(
 
 # %% ../../nbs/runner/manifest.ipynb #d20bf9e1
 UNKEYED = "not keyed: "  # how a run's `why` begins a reason that its earlier run read what no key covers
-IRREPRODUCIBLE = "rk verify: "  # how an `unkeyed` reason begins that a re-run with the same inputs gave other results
+IRREPRODUCIBLE = (
+    "rk verify: "  # how an `unkeyed` reason begins that a re-run with the same inputs gave other results
+)
+
 
 @dataclass
 class Run:
     "One run of a report: its folder, and when planned its template and cache state, when read its manifest or its problem."
+
     report: str
     slug: str  # the parameters as the folder name spells them
     folder: Path  # `<build>/<report>/<slug>`
@@ -232,7 +294,8 @@ class Run:
     problem: str | None = None  # why the manifest cannot be read
 
     @property
-    def name(self) -> str: return f"{self.report}/{self.slug}"
+    def name(self) -> str:
+        return f"{self.report}/{self.slug}"
 
     @property
     def unkeyed(self) -> list[str]:
@@ -242,17 +305,22 @@ class Run:
     @property
     def status(self) -> str | None:
         "`succeeded`, `failed` or `unreadable`; None for a run without a manifest (yet)."
-        if self.problem: return "unreadable"
+        if self.problem:
+            return "unreadable"
         return self.manifest.status if self.manifest else None
 
     @property
     def state(self) -> str | None:
         "What a reader may do with the run: `publishable`, `audit-failed`, `internal`, `unaudited`, `failed` or `unreadable`."
-        if self.problem or self.manifest is None or self.status == "failed": return self.status
+        if self.problem or self.manifest is None or self.status == "failed":
+            return self.status
         m = self.manifest
-        if m.audience != "public": return "internal"
-        if not m.audited: return "unaudited"
+        if m.audience != "public":
+            return "internal"
+        if not m.audited:
+            return "unaudited"
         return "publishable" if m.publishable is True else "audit-failed"
+
 
 def read_run(
     folder,  # a run folder, `<build>/<report>/<slug>`
@@ -260,14 +328,21 @@ def read_run(
     "The run in `folder`, with its manifest, or the problem that keeps the manifest from being read."
     folder = Path(folder)
     run = Run(folder.parent.name, folder.name, folder)
-    try: run.manifest = read_manifest(folder)
-    except ManifestError as e: run.problem = e.problem
-    else: run.parameters = run.manifest.parameters
+    try:
+        run.manifest = read_manifest(folder)
+    except ManifestError as e:
+        run.problem = e.problem
+    else:
+        run.parameters = run.manifest.parameters
     return run
+
 
 def run_folders(
     build_dir,  # the build folder, `reports/_build`
 ) -> list[Path]:
     "Every run folder under `build_dir` (`<report>/<slug>/manifest.json`), sorted; folders still being written (`.tmp-…`) left out."
-    return sorted(p.parent for p in Path(build_dir).glob(f"*/*/{MANIFEST}")
-                  if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith("."))
+    return sorted(
+        p.parent
+        for p in Path(build_dir).glob(f"*/*/{MANIFEST}")
+        if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith(".")
+    )

@@ -19,24 +19,32 @@ __all__ = ['ParameterError', 'TemplateError', 'template_names', 'find_template',
 class ParameterError(RKError):
     "A parameter value that does not fit its template's declaration."
 
+
 class TemplateError(RKError):
     "A report template that is missing or malformed (no parameters cell, an untyped parameter, ...)."
 
 # %% ../../nbs/runner/params.ipynb #897689da
 _REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
+
 def template_names(reports_dir: Path) -> list[str]:
     "The report templates in `reports_dir` (every notebook there)."
     return sorted(p.stem for p in Path(reports_dir).glob("*.ipynb"))
+
 
 def _template_path(text: str, reports_dir: Path) -> Path:
     "The template a path names, if it is a notebook directly in `reports_dir`."
     path = Path(text).expanduser().resolve()
     if path.parent != Path(reports_dir).resolve():
-        raise TemplateError(f"{quoted(text)} is not a template of this workspace: templates are the notebooks in {reports_dir}")
+        raise TemplateError(
+            f"{quoted(text)} is not a template of this workspace: templates are the notebooks in {reports_dir}"
+        )
     if not _REPORT_NAME.fullmatch(path.stem):
-        raise TemplateError(f"invalid report name {quoted(path.stem)} (from {quoted(text)}): use letters, digits, '_' or '-'")
+        raise TemplateError(
+            f"invalid report name {quoted(path.stem)} (from {quoted(text)}): use letters, digits, '_' or '-'"
+        )
     return path
+
 
 def find_template(name: str, reports_dir: Path) -> Path:
     "The path of report template `name` (a report name, or the path of a template), or a clear error with close matches."
@@ -44,21 +52,28 @@ def find_template(name: str, reports_dir: Path) -> Path:
         path = _template_path(name, reports_dir)
         name = path.stem
     elif not isinstance(name, str) or not _REPORT_NAME.fullmatch(name):
-        raise TemplateError(f"invalid report name {quoted(name)}: use letters, digits, '_' or '-', or give the template's path")
-    else: path = Path(reports_dir) / f"{name}.ipynb"
-    if not path.is_file(): raise UnknownNameError("report", name, template_names(reports_dir), where=str(reports_dir))
+        raise TemplateError(
+            f"invalid report name {quoted(name)}: use letters, digits, '_' or '-', or give the template's path"
+        )
+    else:
+        path = Path(reports_dir) / f"{name}.ipynb"
+    if not path.is_file():
+        raise UnknownNameError("report", name, template_names(reports_dir), where=str(reports_dir))
     return path
 
 # %% ../../nbs/runner/params.ipynb #55113a7f
 @dataclass(frozen=True)
 class Param:
     "One declared parameter: name, type (`int`, `list[str]`, `Literal`, `Institution`, ...), default, choices, help, where its values come from."
+
     name: str
     type: str
     default: object
     choices: tuple | None = None
     help: str = ""
-    values: ColumnValues | None = None  # for a type such as Institution: the column of the data that lists its values
+    values: ColumnValues | None = (
+        None  # for a type such as Institution: the column of the data that lists its values
+    )
 
     def describe_type(self) -> str:
         return f"Literal[{', '.join(map(repr, self.choices))}]" if self.choices is not None else self.type
@@ -66,28 +81,40 @@ class Param:
     @property
     def kind(self) -> str:
         "What a value is parsed and checked as: the type, or text (a list of text) for a type whose values the data lists."
-        if self.values is None: return self.type
+        if self.values is None:
+            return self.type
         return "list[str]" if self.type.startswith("list[") else "str"
 
     def allowed(self) -> tuple | None:
         "The values the parameter may take (a type such as Institution reads them from the data now), or None: any of its type."
-        if self.values is not None: return self.values.allowed()
+        if self.values is not None:
+            return self.values.allowed()
         return self.choices
 
-_SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
-_SUPPORTED = ("use str, int, float, bool, list[str], list[int], Literal[...], or a type whose values the data lists, "
-              "such as Institution (from research_kit.data.codes import Institution, in a cell before the parameters cell)")
 
-def _no_names(name: str): return None
+_SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
+_SUPPORTED = (
+    "use str, int, float, bool, list[str], list[int], Literal[...], or a type whose values the data lists, "
+    "such as Institution (from research_kit.data.codes import Institution, in a cell before the parameters cell)"
+)
+
+
+def _no_names(name: str):
+    return None
+
 
 def _literal(node, where) -> tuple:
     "The choices of a `Literal[...]` node."
     items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-    try: choices = tuple(ast.literal_eval(i) for i in items)
-    except (ValueError, TypeError, SyntaxError): raise TemplateError(f"{where}: Literal choices must be literal values") from None
+    try:
+        choices = tuple(ast.literal_eval(i) for i in items)
+    except (ValueError, TypeError, SyntaxError):
+        raise TemplateError(f"{where}: Literal choices must be literal values") from None
     kinds = {type(c) for c in choices}
-    if not kinds <= {str, int} or len(kinds) != 1: raise TemplateError(f"{where}: Literal choices must all be str or all int")
+    if not kinds <= {str, int} or len(kinds) != 1:
+        raise TemplateError(f"{where}: Literal choices must all be str or all int")
     return choices
+
 
 def _union(node, where, resolve) -> tuple[str, None, ColumnValues]:
     "`Institution | Literal[...]`: the type's values and the Literal's text choices."
@@ -95,164 +122,244 @@ def _union(node, where, resolve) -> tuple[str, None, ColumnValues]:
     data = [s for s in sides if s[2] is not None and not s[0].startswith("list[")]
     literal = [s for s in sides if s[0] == "Literal" and all(isinstance(c, str) for c in s[1])]
     if len(data) != 1 or len(literal) != 1:
-        raise TemplateError(f"{where}: unsupported type {ast.unparse(node)}; a union is a type such as Institution "
-                            "with Literal[...] text choices, e.g. Institution | Literal[\"all\"]")
+        raise TemplateError(
+            f"{where}: unsupported type {ast.unparse(node)}; a union is a type such as Institution "
+            'with Literal[...] text choices, e.g. Institution | Literal["all"]'
+        )
     values = data[0][2]
     return ast.unparse(node), None, dataclasses.replace(values, extra=values.extra + literal[0][1])
 
+
 def _annotation(node, where, resolve=_no_names) -> tuple[str, tuple | None, ColumnValues | None]:
     "(type name, Literal choices, where the data lists its values) of an annotation node; `resolve` gives the object a name is bound to."
-    if isinstance(node, ast.Name) and node.id in _SCALARS: return node.id, None, None
+    if isinstance(node, ast.Name) and node.id in _SCALARS:
+        return node.id, None, None
     if isinstance(node, ast.Name) and column_source(resolve(node.id)) is not None:
         return node.id, None, column_source(resolve(node.id))
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr): return _union(node, where, resolve)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _union(node, where, resolve)
     if isinstance(node, ast.Subscript):
         base = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
-        if base == "Literal": return "Literal", _literal(node, where), None
+        if base == "Literal":
+            return "Literal", _literal(node, where), None
         if base in ("list", "List") and isinstance(node.slice, ast.Name):
-            if node.slice.id in ("str", "int"): return f"list[{node.slice.id}]", None, None
+            if node.slice.id in ("str", "int"):
+                return f"list[{node.slice.id}]", None, None
             values = column_source(resolve(node.slice.id))
-            if values is not None: return f"list[{node.slice.id}]", None, values
+            if values is not None:
+                return f"list[{node.slice.id}]", None, values
     raise TemplateError(f"{where}: unsupported type {ast.unparse(node)}; {_SUPPORTED}")
+
 
 def _comments(source: str) -> dict[int, str]:
     "Line number -> trailing comment text."
     out = {}
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.COMMENT: out[tok.start[0]] = tok.string.lstrip("#").strip()
-    except (tokenize.TokenError, IndentationError): pass
+            if tok.type == tokenize.COMMENT:
+                out[tok.start[0]] = tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError):
+        pass
     return out
+
 
 def parameters_cell(nb, where: str = "template"):
     "(index, cell) of the cell tagged `parameters`."
     for i, cell in enumerate(nb.cells):
         tags = cell.get("metadata", {}).get("tags", [])
-        if isinstance(tags, list) and "parameters" in tags: return i, cell
+        if isinstance(tags, list) and "parameters" in tags:
+            return i, cell
     raise TemplateError(f"{where} has no cell tagged 'parameters'; tag the cell that declares the parameters")
 
-def parse_parameters(source: str, # the parameters cell's source
-                     where: str = "parameters cell", # for messages
-                     resolve=_no_names, # name -> the object the template binds it to before this cell (its imports)
-                    ) -> dict[str, Param]:
+
+def parse_parameters(
+    source: str,  # the parameters cell's source
+    where: str = "parameters cell",  # for messages
+    resolve=_no_names,  # name -> the object the template binds it to before this cell (its imports)
+) -> dict[str, Param]:
     "The parameters declared in a parameters cell's source."
-    try: tree = ast.parse(source)
-    except SyntaxError as e: raise TemplateError(f"{where}: line {e.lineno}: {e.msg}") from None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise TemplateError(f"{where}: line {e.lineno}: {e.msg}") from None
     comments, params = _comments(source), {}
     for node in tree.body:
         line = f"{where}, line {node.lineno}"
-        if isinstance(node, ast.Assign): raise TemplateError(f"{line}: give the parameter a type, e.g. `name: str = ...`")
+        if isinstance(node, ast.Assign):
+            raise TemplateError(f"{line}: give the parameter a type, e.g. `name: str = ...`")
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name) or node.value is None:
             raise TemplateError(f"{line}: a parameters cell holds only `name: type = default` lines")
         typ, choices, values = _annotation(node.annotation, line, resolve)
-        try: default = ast.literal_eval(node.value)
+        try:
+            default = ast.literal_eval(node.value)
         except (ValueError, TypeError, SyntaxError, RecursionError):
-            raise TemplateError(f"{line}: the default of {quoted(node.target.id)} must be a literal value") from None
+            raise TemplateError(
+                f"{line}: the default of {quoted(node.target.id)} must be a literal value"
+            ) from None
         p = Param(node.target.id, typ, default, choices, comments.get(node.lineno, ""), values)
-        try: default = check_value(p, default, where=f"{line}: default")  # e.g. `f: float = 1` -> 1.0
-        except ParameterError as e: raise TemplateError(str(e)) from None
+        try:
+            default = check_value(p, default, where=f"{line}: default")  # e.g. `f: float = 1` -> 1.0
+        except ParameterError as e:
+            raise TemplateError(str(e)) from None
         p = dataclasses.replace(p, default=default)
         params[p.name] = p
     return params
+
 
 def read_cells(path: str | Path) -> list[dict]:
     "A notebook's cells as plain dicts with `source` as one string (plain JSON: `import nbformat` alone takes most of a second)."
     try:
         nb = json.loads(Path(path).read_text(encoding="utf-8"))
         cells = nb["cells"]
-    except (OSError, ValueError, KeyError, TypeError) as e: raise TemplateError(f"{path}: not a readable notebook ({e})") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TemplateError(f"{path}: not a readable notebook ({e})") from None
     out = []
     for i, c in enumerate(cells if isinstance(cells, list) else [None]):
         source = c.get("source", "") if isinstance(c, dict) else None
-        if isinstance(source, list) and all(isinstance(t, str) for t in source): source = "".join(source)
-        if not isinstance(c, dict) or not isinstance(source, str) or not isinstance(c.get("metadata", {}), dict) \
-                or not isinstance(c.get("cell_type"), str):
+        if isinstance(source, list) and all(isinstance(t, str) for t in source):
+            source = "".join(source)
+        if (
+            not isinstance(c, dict)
+            or not isinstance(source, str)
+            or not isinstance(c.get("metadata", {}), dict)
+            or not isinstance(c.get("cell_type"), str)
+        ):
             raise TemplateError(f"{path}: not a valid notebook (cell {i + 1} is malformed)")
         out.append({**c, "source": source})
     return out
+
 
 def _imports(cells: list[dict]) -> dict[str, tuple[str, str]]:
     "name -> (module, attribute) of each `from research_kit... import attribute [as name]` in the code cells."
     names = {}
     for cell in cells:
-        if cell.get("cell_type") != "code": continue
-        lines = [l for l in cell["source"].splitlines() if not l.lstrip().startswith(("%", "!"))]  # IPython's magics
-        try: tree = ast.parse("\n".join(lines))
-        except (SyntaxError, ValueError): continue
+        if cell.get("cell_type") != "code":
+            continue
+        lines = [
+            l for l in cell["source"].splitlines() if not l.lstrip().startswith(("%", "!"))
+        ]  # IPython's magics
+        try:
+            tree = ast.parse("\n".join(lines))
+        except (SyntaxError, ValueError):
+            continue
         for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "research_kit":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and not node.level
+                and (node.module or "").split(".")[0] == "research_kit"
+            ):
                 names.update({a.asname or a.name: (node.module, a.name) for a in node.names})
     return names
 
+
 def _resolver(imports: dict):
     "A `resolve` for `parse_parameters`: the object a name is imported as (types are only looked up in the library)."
+
     def resolve(name: str):
-        if name not in imports: return None
+        if name not in imports:
+            return None
         import importlib
+
         module, attribute = imports[name]
-        try: return getattr(importlib.import_module(module), attribute, None)
-        except ImportError: return None
+        try:
+            return getattr(importlib.import_module(module), attribute, None)
+        except ImportError:
+            return None
+
     return resolve
+
 
 def template_parameters(path: str | Path) -> dict[str, Param]:
     "The declared parameters of the template notebook at `path`."
     from types import SimpleNamespace
+
     cells = read_cells(path)
     index, cell = parameters_cell(SimpleNamespace(cells=cells), str(path))
-    return parse_parameters(cell["source"], f"{Path(path).name} parameters cell", _resolver(_imports(cells[:index])))
+    return parse_parameters(
+        cell["source"], f"{Path(path).name} parameters cell", _resolver(_imports(cells[:index]))
+    )
 
 # %% ../../nbs/runner/params.ipynb #9d594b5f
 _INT = re.compile(r"^[+-]?[0-9]+$")
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
+
 def _fail(p: Param, value, expected: str, where=None):
     raise ParameterError(f"{where or 'parameter'} {p.name}={quoted(value)}: expected {expected}")
 
+
 def _is_text(v) -> bool:
     "A str that can be written anywhere: no NUL byte, and valid Unicode (no stray surrogates from undecodable bytes)."
-    if not isinstance(v, str) or "\x00" in v: return False
-    try: v.encode("utf-8")
-    except UnicodeEncodeError: return False
+    if not isinstance(v, str) or "\x00" in v:
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True
+
 
 def parse_value(p: Param, text: str):
     "Command-line text for parameter `p`, parsed by its declared type (never guessed)."
-    if not isinstance(text, str): return check_value(p, text)
-    if not _is_text(text): _fail(p, text, "valid text without NUL bytes")
-    if p.kind == "str": value = text
+    if not isinstance(text, str):
+        return check_value(p, text)
+    if not _is_text(text):
+        _fail(p, text, "valid text without NUL bytes")
+    if p.kind == "str":
+        value = text
     elif p.kind == "int":
-        if not _INT.fullmatch(text.strip()) or len(text.strip()) > 30: _fail(p, text, "a whole number")
+        if not _INT.fullmatch(text.strip()) or len(text.strip()) > 30:
+            _fail(p, text, "a whole number")
         value = int(text)
     elif p.kind == "float":
-        try: value = float(text)
-        except ValueError: _fail(p, text, "a number")
+        try:
+            value = float(text)
+        except ValueError:
+            _fail(p, text, "a number")
     elif p.kind == "bool":
-        if text.strip().lower() not in _TRUE | _FALSE: _fail(p, text, "true or false")
+        if text.strip().lower() not in _TRUE | _FALSE:
+            _fail(p, text, "true or false")
         value = text.strip().lower() in _TRUE
     elif p.kind.startswith("list["):
         if text.strip().startswith("["):
-            try: items = json.loads(text)
-            except (ValueError, RecursionError): _fail(p, text, "a JSON list or comma-separated values")
-            if not isinstance(items, list): _fail(p, text, "a JSON list or comma-separated values")
-        else: items = [t.strip() for t in text.split(",") if t.strip()]
+            try:
+                items = json.loads(text)
+            except (ValueError, RecursionError):
+                _fail(p, text, "a JSON list or comma-separated values")
+            if not isinstance(items, list):
+                _fail(p, text, "a JSON list or comma-separated values")
+        else:
+            items = [t.strip() for t in text.split(",") if t.strip()]
         inner = Param(p.name, p.kind[5:-1], None)
         value = [parse_value(inner, str(i)) for i in items]
     else:  # Literal
         matches = [c for c in p.choices if str(c) == text]
-        if not matches: _fail(p, text, f"one of {', '.join(map(str, p.choices))}")
+        if not matches:
+            _fail(p, text, f"one of {', '.join(map(str, p.choices))}")
         value = matches[0]
     return check_value(p, value)
 
+
 def check_value(p: Param, value, where=None):
     "`value` if it fits parameter `p`'s declaration, else ParameterError."
-    ok = {"str": _is_text,
-          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "bool": lambda v: isinstance(v, bool),
-          "list[str]": lambda v: isinstance(v, list) and all(_is_text(i) for i in v),
-          "list[int]": lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v),
-          "Literal": lambda v: v in (p.choices or ()) and type(v) in {type(c) for c in p.choices}}[p.kind]
-    if not ok(value): _fail(p, value, p.describe_type() if p.type != "Literal" else f"one of {', '.join(map(str, p.choices))}", where)
+    ok = {
+        "str": _is_text,
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "list[str]": lambda v: isinstance(v, list) and all(_is_text(i) for i in v),
+        "list[int]": lambda v: (
+            isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        ),
+        "Literal": lambda v: v in (p.choices or ()) and type(v) in {type(c) for c in p.choices},
+    }[p.kind]
+    if not ok(value):
+        _fail(
+            p,
+            value,
+            p.describe_type() if p.type != "Literal" else f"one of {', '.join(map(str, p.choices))}",
+            where,
+        )
     return float(value) if p.kind == "float" else value
 
 # %% ../../nbs/runner/params.ipynb #a0a034a2
@@ -260,18 +367,24 @@ def _check_listed(p: Param, value, of: str) -> None:
     "Refuse a value (or an item of a list) that the data does not list for `p`'s type."
     known = p.values.allowed()
     for v in value if isinstance(value, list) else [value]:
-        if v not in known: raise UnknownNameError(p.values.noun, v, known, where=f"parameter {p.name}{of}")
+        if v not in known:
+            raise UnknownNameError(p.values.noun, v, known, where=f"parameter {p.name}{of}")
+
 
 def validate(params: dict[str, Param], given: dict, *, report: str | None = None) -> dict:
     "The full, typed parameter set for a run: given values parsed and checked, defaults filled in."
     of = f" of report {quoted(report)}" if report else ""
     for name in given:
-        if name not in params: raise UnknownNameError("parameter", name, params, where=f"report {quoted(report)}" if report else "")
+        if name not in params:
+            raise UnknownNameError(
+                "parameter", name, params, where=f"report {quoted(report)}" if report else ""
+            )
     out = {}
     for name, p in params.items():
         out[name] = parse_value(p, given[name]) if name in given else p.default
     for name, p in params.items():
-        if p.values is not None: _check_listed(p, out[name], of)
+        if p.values is not None:
+            _check_listed(p, out[name], of)
     return out
 
 # %% ../../nbs/runner/params.ipynb #1acd4ae8
@@ -279,16 +392,25 @@ def _annotation_text(annotation, namespace: dict, names: dict) -> str:
     """Source text of an evaluated annotation (`int`, `typing.Literal['a', 'b']`, `list[str]`), or the string itself;
     a type such as Institution is written as the name `namespace` binds it to, and that name is added to `names`."""
     import typing
-    if isinstance(annotation, str): return annotation  # `from __future__ import annotations` keeps them as text
-    if isinstance(annotation, type): return annotation.__name__
+
+    if isinstance(annotation, str):
+        return annotation  # `from __future__ import annotations` keeps them as text
+    if isinstance(annotation, type):
+        return annotation.__name__
     if column_source(annotation) is not None:
-        name = next((k for k, v in namespace.items() if v is annotation and k.isidentifier()), f"_declared_type_{len(names)}")
+        name = next(
+            (k for k, v in namespace.items() if v is annotation and k.isidentifier()),
+            f"_declared_type_{len(names)}",
+        )
         names[name] = annotation
         return name
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is list and len(args) == 1: return f"list[{_annotation_text(args[0], namespace, names)}]"
-    if origin is typing.Union: return " | ".join(_annotation_text(a, namespace, names) for a in args)
+    if origin is list and len(args) == 1:
+        return f"list[{_annotation_text(args[0], namespace, names)}]"
+    if origin is typing.Union:
+        return " | ".join(_annotation_text(a, namespace, names) for a in args)
     return repr(annotation)
+
 
 def declared_parameters(namespace: dict) -> dict[str, Param]:
     "The parameters a template's parameters cell declared, from the annotations it left in `namespace`."
@@ -296,17 +418,23 @@ def declared_parameters(namespace: dict) -> dict[str, Param]:
     resolve = lambda name: names[name] if name in names else namespace.get(name)
     for name, annotation in dict(namespace.get("__annotations__") or {}).items():
         where = f"parameter {name}"
-        try: node = ast.parse(_annotation_text(annotation, namespace, names), mode="eval").body
-        except SyntaxError: raise TemplateError(f"{where}: unsupported type {quoted(annotation)}") from None
+        try:
+            node = ast.parse(_annotation_text(annotation, namespace, names), mode="eval").body
+        except SyntaxError:
+            raise TemplateError(f"{where}: unsupported type {quoted(annotation)}") from None
         typ, choices, values = _annotation(node, where, resolve)
         params[name] = Param(name, typ, None, choices, values=values)
     if not params:
-        raise TemplateError("no declared parameters: call check_parameters(globals()) after the cell tagged 'parameters'")
+        raise TemplateError(
+            "no declared parameters: call check_parameters(globals()) after the cell tagged 'parameters'"
+        )
     return params
+
 
 def _as_typed_text(value):
     "A number papermill's `-p` guessed from text, given back as that text (`rk run` parses text by the declared type)."
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
 
 def check_parameters(namespace: dict) -> None:
     "Check and type the parameters in a template's `namespace` (its `globals()`) with `rk run`'s rules; write them back."
@@ -318,15 +446,22 @@ def check_parameters(namespace: dict) -> None:
 # %% ../../nbs/runner/params.ipynb #94d0ada2
 def _encode(value) -> str:
     from urllib.parse import quote
-    if isinstance(value, bool): return "true" if value else "false"
-    if isinstance(value, list): return "+".join(_encode(v) for v in value) if value else "%5B%5D"  # [] and [""] differ
-    if value == "": return "%22%22"
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "+".join(_encode(v) for v in value) if value else "%5B%5D"  # [] and [""] differ
+    if value == "":
+        return "%22%22"
     text = quote(str(value), safe="-_")
     return text.replace(".", "%2E") if text in (".", "..") or text.startswith(".") else text
+
 
 def slug(parameters: dict) -> str:
     "A readable, filesystem-safe, stable folder name for a parameter set."
     import hashlib
+
     s = ",".join(f"{k}={_encode(v)}" for k, v in sorted(parameters.items())) or "defaults"
-    if len(s) > 150: s = s[:120] + "," + hashlib.sha256(s.encode()).hexdigest()[:16]
+    if len(s) > 150:
+        s = s[:120] + "," + hashlib.sha256(s.encode()).hexdigest()[:16]
     return s

@@ -18,65 +18,115 @@ __all__ = ['READS_ENV', 'LOG', 'PLACES', 'START_CODE', 'NOT_KEYED', 'discovery_c
 # %% ../../nbs/runner/reads.ipynb #e5cada40
 READS_ENV = "RK_READS"  # the run's discovery configuration, as JSON, in the process the report runs in
 LOG = "reads.jsonl"  # in the run's output folder while it runs: one line per read discovered
-PLACES = frozenset({"workspace.data", "workspace.cache", "workspace.reports", "workspace.build",
-                    "workspace.share", "workspace.signing_key"})
-START_CODE = ("try:\n    from research_kit.runner.reads import start_from_environment as _rk_start\n"
-              "    _rk_start(); del _rk_start\nexcept ImportError: pass")  # in each engine's set-up code
+PLACES = frozenset(
+    {
+        "workspace.data",
+        "workspace.cache",
+        "workspace.reports",
+        "workspace.build",
+        "workspace.share",
+        "workspace.signing_key",
+    }
+)
+START_CODE = (
+    "try:\n    from research_kit.runner.reads import start_from_environment as _rk_start\n"
+    "    _rk_start(); del _rk_start\nexcept ImportError: pass"
+)  # in each engine's set-up code
+
 
 @functools.cache  # one name lookup per host and process
 def _addresses(host: str) -> list[str]:
     "`host` and the addresses it resolves to (only `host` when it does not resolve)."
     import socket
-    try: return sorted({host, *(a[4][0] for a in socket.getaddrinfo(host, None))})
-    except OSError: return [host]
+
+    try:
+        return sorted({host, *(a[4][0] for a in socket.getaddrinfo(host, None))})
+    except OSError:
+        return [host]
+
 
 def _host_addresses(url: str) -> list[str]:
     "The data root's host name and its addresses: connections there fetch data that is keyed by its hash."
     from urllib.parse import urlsplit
+
     host = urlsplit(url).hostname
     return _addresses(host) if host else []
+
 
 def discovery_config(settings) -> dict | None:
     "What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts; None when `[runner] discovery = off`."
     from research_kit.i18n import locales_dir
-    if settings.discovery == "off": return None
+
+    if settings.discovery == "off":
+        return None
     url = _settings.is_url(settings.data)
-    return {"workspace": str(settings.root), "data": None if url else settings.data, "cache": str(settings.cache_dir),
-            "hosts": _host_addresses(settings.data) if url else [],
-            # both settings files: the values read from them are keyed as settings
-            "skip": [str(settings.cache_dir), str(settings.root / _settings.SETTINGS_FILE), str(_settings.user_settings_path().resolve()),
-                     str(Path(research_kit.__file__).resolve().parent), str(locales_dir())]}
+    return {
+        "workspace": str(settings.root),
+        "data": None if url else settings.data,
+        "cache": str(settings.cache_dir),
+        "hosts": _host_addresses(settings.data) if url else [],
+        # both settings files: the values read from them are keyed as settings
+        "skip": [
+            str(settings.cache_dir),
+            str(settings.root / _settings.SETTINGS_FILE),
+            str(_settings.user_settings_path().resolve()),
+            str(Path(research_kit.__file__).resolve().parent),
+            str(locales_dir()),
+        ],
+    }
+
 
 def run_environment(task: Task) -> dict:
     "The environment variable that starts the discovery in the process running `task` (none when it has no `reads`)."
-    if not task.reads: return {}
+    if not task.reads:
+        return {}
     out = str(Path(task.output_dir).resolve())
-    return {READS_ENV: json.dumps({**task.reads, "log": os.path.join(out, LOG), "skip": [*task.reads["skip"], out, task.template]})}
+    return {
+        READS_ENV: json.dumps(
+            {**task.reads, "log": os.path.join(out, LOG), "skip": [*task.reads["skip"], out, task.template]}
+        )
+    }
 
 # %% ../../nbs/runner/reads.ipynb #8e329df9
 _environment: list[str] = []
+
 
 def _environment_dirs() -> list[str]:
     "The folders of this Python and its installed packages: keyed by the environment hash."
     if not _environment:
         import site, sysconfig
-        dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), *site.getsitepackages()}
+
+        dirs = {
+            sys.prefix,
+            sys.base_prefix,
+            sys.exec_prefix,
+            *sysconfig.get_paths().values(),
+            *site.getsitepackages(),
+        }
         _environment.extend(d for d in dirs if d)
     return _environment
+
 
 def _under(path: str, folders: tuple) -> bool:
     return any(path == f or path.startswith(f + os.sep) for f in folders)
 
+
 class Recorder:
     "The reads of one run: files opened under the roots, settings read, and what no key covers, appended to its log."
+
     def __init__(self, config: dict):
         import tempfile
+
         roots = [r for r in (config.get("data"), config["workspace"]) if r]
         skip = [*config["skip"], *_environment_dirs(), tempfile.gettempdir()]
         # a folder that holds a root (the temporary folder holding a test's workspace) leaves nothing out
         skip = [s for s in skip if not any(_under(r, (s,)) for r in roots)]
         # prefixes for str.startswith, which tests them all in one call: every path a run opens comes here
-        self.roots, self.skip, self.skip_exactly = tuple(r + os.sep for r in roots), tuple(s + os.sep for s in skip), frozenset(skip)
+        self.roots, self.skip, self.skip_exactly = (
+            tuple(r + os.sep for r in roots),
+            tuple(s + os.sep for s in skip),
+            frozenset(skip),
+        )
         self.hosts = set(config.get("hosts", ()))
         self.seen, self.values, self.told = set(), {}, set()
         self.modules = set(sys.modules)  # what was imported before the run
@@ -89,66 +139,93 @@ class Recorder:
 
     def wanted(self, path: str) -> bool:
         "Is the absolute `path` an input this discovery records?"
-        return path.startswith(self.roots) and not path.startswith(self.skip) and path not in self.skip_exactly
+        return (
+            path.startswith(self.roots) and not path.startswith(self.skip) and path not in self.skip_exactly
+        )
 
     def by_the_loader(self) -> bool:
         "Is the file being opened by the data loader, or by what it called?"
         frame = sys._getframe(2)
-        while frame is not None and frame.f_code.co_filename != self.loader: frame = frame.f_back
+        while frame is not None and frame.f_code.co_filename != self.loader:
+            frame = frame.f_back
         return frame is not None
 
     def opened(self, path, flags: int) -> None:
-        if isinstance(path, int) or flags & getattr(os, "O_DIRECTORY", 0): return
+        if isinstance(path, int) or flags & getattr(os, "O_DIRECTORY", 0):
+            return
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
-        if (path, writing) in self.seen: return
+        if (path, writing) in self.seen:
+            return
         name = os.fsdecode(path)
         full = os.path.normpath(name if os.path.isabs(name) else os.path.join(os.getcwd(), name))
         wanted = self.wanted(full)
-        if wanted and not writing and self.by_the_loader(): return  # not remembered: the report may read the file itself too
+        if wanted and not writing and self.by_the_loader():
+            return  # not remembered: the report may read the file itself too
         self.seen.add((path, writing))
-        if not wanted: return
+        if not wanted:
+            return
         if not writing and full.endswith(".pyc") and f"{os.sep}__pycache__{os.sep}" in full:
             from importlib.util import source_from_cache
-            try: full = source_from_cache(full)  # the module's source is what the run depends on
-            except ValueError: pass
+
+            try:
+                full = source_from_cache(full)  # the module's source is what the run depends on
+            except ValueError:
+                pass
         self.note(**{"written" if writing else "read": full})
 
     def connected(self, host, port) -> None:
-        if not host: return  # an address to listen on, not a host to read from
+        if not host:
+            return  # an address to listen on, not a host to read from
         host = host.decode() if isinstance(host, bytes) else str(host)
-        if host in self.hosts or (host, port) in self.told: return
+        if host in self.hosts or (host, port) in self.told:
+            return
         self.told.add((host, port))
-        self.note(unkeyed=f"it connected to {host}:{port}, outside the data root: what it read there is not keyed")
+        self.note(
+            unkeyed=f"it connected to {host}:{port}, outside the data root: what it read there is not keyed"
+        )
 
     def setting(self, name: str, value: str) -> None:
-        if name in PLACES or self.values.get(name) == value: return
+        if name in PLACES or self.values.get(name) == value:
+            return
         self.values[name] = value
         self.note(setting=name, value=value)
 
     def close(self) -> None:
         os.close(self.fd)
 
+
 _recorder: Recorder | None = None
 _installed = False
 
+
 def _audit(event: str, args: tuple) -> None:
     recorder = _recorder
-    if recorder is None: return  # no run is being recorded: the hook stays installed, and costs this test
+    if recorder is None:
+        return  # no run is being recorded: the hook stays installed, and costs this test
     try:
-        if event == "open": recorder.opened(args[0], args[2] or 0)
+        if event == "open":
+            recorder.opened(args[0], args[2] or 0)
         elif event == "socket.connect":
             # not AF_UNIX (a path on this machine); with a remote data root, whose addresses may change from one
             # lookup to the next, the names looked up tell where a run connects
-            if isinstance(args[1], tuple) and not recorder.hosts: recorder.connected(*args[1][:2])
-        elif event == "socket.getaddrinfo": recorder.connected(args[0], args[1])
-        elif event == "sqlite3.connect" and args[0] not in ("", ":memory:"): recorder.opened(args[0], 0)
-    except Exception: pass  # an exception here would fail the report's own call
+            if isinstance(args[1], tuple) and not recorder.hosts:
+                recorder.connected(*args[1][:2])
+        elif event == "socket.getaddrinfo":
+            recorder.connected(args[0], args[1])
+        elif event == "sqlite3.connect" and args[0] not in ("", ":memory:"):
+            recorder.opened(args[0], 0)
+    except Exception:
+        pass  # an exception here would fail the report's own call
 
 # %% ../../nbs/runner/reads.ipynb #0e5b938b
 def _forget_workspace_modules(recorder: Recorder) -> None:
     for name in set(sys.modules) - recorder.modules:
-        path = getattr(sys.modules[name], "__dict__", {}).get("__file__")  # not getattr: a lazy module would import on it
-        if isinstance(path, str) and recorder.wanted(path if os.path.isabs(path) else os.path.abspath(path)): del sys.modules[name]
+        path = getattr(sys.modules[name], "__dict__", {}).get(
+            "__file__"
+        )  # not getattr: a lazy module would import on it
+        if isinstance(path, str) and recorder.wanted(path if os.path.isabs(path) else os.path.abspath(path)):
+            del sys.modules[name]
+
 
 def start(config: dict) -> None:
     "Record the reads of the run `config` describes (see `run_environment`) until `stop`."
@@ -161,10 +238,13 @@ def start(config: dict) -> None:
     _settings.on_read(recorder.setting)
     _recorder = recorder
 
+
 def start_from_environment() -> None:
     "`start` with the configuration in `RK_READS`, if it is set (the engines' set-up code calls this)."
     config = os.environ.get(READS_ENV)
-    if config: start(json.loads(config))
+    if config:
+        start(json.loads(config))
+
 
 def stop() -> None:
     "Stop recording (nothing happens when nothing is recorded)."
@@ -179,12 +259,16 @@ def stop() -> None:
 NOT_KEYED = {
     "reads the current date or time": re.compile(
         r"\b(?:datetime|date|Timestamp)\.(?:now|today|utcnow)\(|\btime\.(?:time|time_ns|localtime|gmtime|ctime|asctime)\(\s*\)"
-        r"|\b(?:Timestamp|to_datetime|datetime64)\(\s*['\"](?:now|today)['\"]"),
+        r"|\b(?:Timestamp|to_datetime|datetime64)\(\s*['\"](?:now|today)['\"]"
+    ),
     "draws unseeded random numbers": re.compile(
-        r"\bdefault_rng\(\s*\)|\bRandomState\(\s*\)|\bRandom\(\s*\)|\bSystemRandom\b|\burandom\(|\bsecrets\.|\buuid[14]\("),
+        r"\bdefault_rng\(\s*\)|\bRandomState\(\s*\)|\bRandom\(\s*\)|\bSystemRandom\b|\burandom\(|\bsecrets\.|\buuid[14]\("
+    ),
     "reads a file through pyarrow, which the discovery cannot see": re.compile(
-        r"\bread_(?:parquet|feather|orc)\(|\b(?:pq|parquet|feather)\.read_table\(|\bParquetFile\(|\bpyarrow\.dataset\b|\bds\.dataset\("),
+        r"\bread_(?:parquet|feather|orc)\(|\b(?:pq|parquet|feather)\.read_table\(|\bParquetFile\(|\bpyarrow\.dataset\b|\bds\.dataset\("
+    ),
 }
+
 
 def not_keyed(source: str, where: str) -> list[str]:
     "What the code `source` does that no cache key covers, each said with `where` it is."
@@ -195,55 +279,85 @@ def not_keyed(source: str, where: str) -> list[str]:
 def read_log(path: str | Path) -> dict:
     "The entries of a run's log: `started`, the files `read` and `written`, `settings` and `unkeyed`."
     out = {"started": False, "read": [], "written": set(), "settings": {}, "unkeyed": []}
-    try: lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError: return out
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return out
     for line in lines:
-        try: entry = json.loads(line)
-        except ValueError: continue  # a line cut short by a killed process
-        if "started" in entry: out["started"] = True
-        elif "read" in entry and entry["read"] not in out["read"]: out["read"].append(entry["read"])
-        elif "written" in entry: out["written"].add(entry["written"])
-        elif "setting" in entry: out["settings"][entry["setting"]] = entry["value"]
-        elif "unkeyed" in entry: out["unkeyed"].append(entry["unkeyed"])
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed process
+        if "started" in entry:
+            out["started"] = True
+        elif "read" in entry and entry["read"] not in out["read"]:
+            out["read"].append(entry["read"])
+        elif "written" in entry:
+            out["written"].add(entry["written"])
+        elif "setting" in entry:
+            out["settings"][entry["setting"]] = entry["value"]
+        elif "unkeyed" in entry:
+            out["unkeyed"].append(entry["unkeyed"])
     return out
+
 
 def _hasher(cache: str | None):
     from research_kit.data.load import HashMemo
+
     memo = HashMemo(Path(cache)) if cache else None
+
     def sha256(path: str) -> str | None:
-        if not os.path.isfile(path): return None
-        if memo: return memo.sha256(path)
+        if not os.path.isfile(path):
+            return None
+        if memo:
+            return memo.sha256(path)
         from research_kit.data.descriptor import sha256_file
+
         return sha256_file(path)
+
     return sha256
+
 
 def _named(path: str, bases: dict) -> dict:
     for root in ("data", "workspace"):
         base = bases.get(root)
-        if base and _under(path, (base,)): return {"root": root, "path": Path(os.path.relpath(path, base)).as_posix()}
+        if base and _under(path, (base,)):
+            return {"root": root, "path": Path(os.path.relpath(path, base)).as_posix()}
     return {"root": "workspace", "path": path}
+
 
 def _code_of(task: Task, read: list[str]) -> list[str]:
     "What the run's code does that no key covers: the template's code cells and the workspace modules it read."
     from research_kit.errors import RKError
     from research_kit.runner.params import read_cells
-    try: cells = read_cells(task.template)
-    except RKError: cells = []  # the template went away during the run: the next plan says so
+
+    try:
+        cells = read_cells(task.template)
+    except RKError:
+        cells = []  # the template went away during the run: the next plan says so
     found, n = [], 0
     for cell in cells:
         n += 1
-        if cell["cell_type"] == "code": found += not_keyed(cell["source"], f"template cell {n}")
+        if cell["cell_type"] == "code":
+            found += not_keyed(cell["source"], f"template cell {n}")
     for path in read:
         if path.endswith(".py") and os.path.isfile(path):
-            found += not_keyed(Path(path).read_text(encoding="utf-8", errors="replace"), os.path.basename(path))
+            found += not_keyed(
+                Path(path).read_text(encoding="utf-8", errors="replace"), os.path.basename(path)
+            )
     return found
+
 
 @dataclass(frozen=True)
 class Reads:
     "What a run read besides its data, as its outcome and its manifest hold it."
-    files: list = field(default_factory=list)  # root (`workspace` or `data`), path (relative to the root), sha256 each
+
+    files: list = field(
+        default_factory=list
+    )  # root (`workspace` or `data`), path (relative to the root), sha256 each
     settings: dict = field(default_factory=dict)  # `section.key` -> value
     unkeyed: list = field(default_factory=list)  # what no key covers, in words
+
 
 def collect(
     task: Task,  # the task that ran
@@ -251,48 +365,86 @@ def collect(
 ) -> Reads:
     "The files (with sha256), settings (with values) and what no key covers that the run of `task` read, from its log."
     config = task.reads
-    if config is None: return Reads(unkeyed=["the files and settings it read were not discovered ([runner] discovery = off)"])
+    if config is None:
+        return Reads(
+            unkeyed=["the files and settings it read were not discovered ([runner] discovery = off)"]
+        )
     path = Path(task.output_dir) / LOG
     log = read_log(path)
     path.unlink(missing_ok=True)
     from research_kit.data.catalog import DESCRIPTOR
+
     sha256 = _hasher(config.get("cache"))
-    descriptors = [os.path.join(config["data"], p, DESCRIPTOR) for p in dict.fromkeys(i["package"] for i in inputs)] if config.get("data") else []
-    read = list(dict.fromkeys(log["read"] + descriptors))  # a loaded package's schema and labels shape what the run saw
-    files = [{**_named(p, config), "sha256": sha256(p)} for p in read if p not in log["written"] and not os.path.isdir(p)]
+    descriptors = (
+        [os.path.join(config["data"], p, DESCRIPTOR) for p in dict.fromkeys(i["package"] for i in inputs)]
+        if config.get("data")
+        else []
+    )
+    read = list(
+        dict.fromkeys(log["read"] + descriptors)
+    )  # a loaded package's schema and labels shape what the run saw
+    files = [
+        {**_named(p, config), "sha256": sha256(p)}
+        for p in read
+        if p not in log["written"] and not os.path.isdir(p)
+    ]
     unkeyed = log["unkeyed"] + _code_of(task, log["read"])
-    if not log["started"]: unkeyed.append("the files and settings it read could not be discovered (the recording did not start)")
-    return Reads(sorted(files, key=lambda f: (f["root"], f["path"])), dict(sorted(log["settings"].items())), unkeyed)
+    if not log["started"]:
+        unkeyed.append("the files and settings it read could not be discovered (the recording did not start)")
+    return Reads(
+        sorted(files, key=lambda f: (f["root"], f["path"])), dict(sorted(log["settings"].items())), unkeyed
+    )
 
 # %% ../../nbs/runner/reads.ipynb #67f6096b
 def current(m: Manifest, settings) -> tuple[list, list, dict]:
     "(data inputs, files, settings) that the run of manifest `m` read, with their sha256 and values as they are now."
     from research_kit.data.load import resource_sha256
+
     inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.inputs]
-    bases = {"workspace": str(settings.root), "data": None if _settings.is_url(settings.data) else settings.data}
+    bases = {
+        "workspace": str(settings.root),
+        "data": None if _settings.is_url(settings.data) else settings.data,
+    }
     sha256 = _hasher(str(settings.cache_dir))
+
     def now(f):
         base = bases.get(f["root"])
         return dict(f, sha256=sha256(os.path.join(base, f["path"])) if base else None)
+
     return inputs, [now(f) for f in m.files], {name: settings.lookup(name) for name in m.settings}
+
 
 def _gone(name: str, then, now) -> str:
     return f"{name} {'is gone' if now is None else 'appeared' if then is None else 'changed'}"
+
 
 def changes(run: Run, m: Manifest, settings) -> list[str]:
     "What differs between the run of manifest `m` and the planned `run` now: template cells, parameters, code, environment, data, files, settings."
     from research_kit.runner.runs import code_sha256, environment
     from research_kit.runner.verify import template_changes
+
     diffs = template_changes(run.name, m, run.template)
     out = [f"template {d.name}" for d in diffs[1:]] or (["template changed"] if diffs else [])
-    if m.parameters != run.parameters: out.append("parameters changed")
-    if m.code.get("source_sha256") != code_sha256(): out.append("research_kit code changed")
+    if m.parameters != run.parameters:
+        out.append("parameters changed")
+    if m.code.get("source_sha256") != code_sha256():
+        out.append("research_kit code changed")
     if m.environment.get("packages_sha256") != environment()["packages_sha256"]:
         out.append("environment changed (installed packages)")
     inputs, files, values = current(m, settings)
-    out += [_gone(f"data {i['package']}/{i['resource']}", old["sha256"], i["sha256"])
-            for old, i in zip(m.inputs, inputs) if old["sha256"] != i["sha256"]]
-    out += [_gone(f"file {f['path']}", old["sha256"], f["sha256"])
-            for old, f in zip(m.files, files) if old["sha256"] != f["sha256"]]
-    out += [f"setting {name}: {m.settings[name]!r} -> {value!r}" for name, value in values.items() if m.settings[name] != value]
+    out += [
+        _gone(f"data {i['package']}/{i['resource']}", old["sha256"], i["sha256"])
+        for old, i in zip(m.inputs, inputs)
+        if old["sha256"] != i["sha256"]
+    ]
+    out += [
+        _gone(f"file {f['path']}", old["sha256"], f["sha256"])
+        for old, f in zip(m.files, files)
+        if old["sha256"] != f["sha256"]
+    ]
+    out += [
+        f"setting {name}: {m.settings[name]!r} -> {value!r}"
+        for name, value in values.items()
+        if m.settings[name] != value
+    ]
     return out

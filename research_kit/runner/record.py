@@ -20,39 +20,63 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 # %% ../../nbs/runner/record.ipynb #5efcc920
 def to_json_value(value, name: str = "value"):
     "`value` as plain JSON data (numpy scalars to Python, DataFrames to records, NaN to None)."
-    if value is None or isinstance(value, (bool, str)): return value
-    if isinstance(value, int): return value
-    if isinstance(value, float): return None if math.isnan(value) or math.isinf(value) else value
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0: return to_json_value(value.item(), name)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return to_json_value(value.item(), name)
     if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a DataFrame
-        if len(value) > MAX_ROWS: raise RKError(f"record {name!r}: a table of {len(value)} rows is too large (at most {MAX_ROWS})")
-        return [{str(k): to_json_value(v, name) for k, v in row.items()} for row in value.to_dict(orient="records")]
-    if hasattr(value, "tolist"): return to_json_value(value.tolist(), name)  # numpy arrays, Series
-    if isinstance(value, (list, tuple)): return [to_json_value(v, name) for v in value]
-    if isinstance(value, dict): return {str(k): to_json_value(v, name) for k, v in value.items()}
-    if hasattr(value, "isoformat"): return value.isoformat()
-    raise RKError(f"record {name!r}: cannot store a {type(value).__name__}; use a number, string, list, dict or small DataFrame")
+        if len(value) > MAX_ROWS:
+            raise RKError(f"record {name!r}: a table of {len(value)} rows is too large (at most {MAX_ROWS})")
+        return [
+            {str(k): to_json_value(v, name) for k, v in row.items()}
+            for row in value.to_dict(orient="records")
+        ]
+    if hasattr(value, "tolist"):
+        return to_json_value(value.tolist(), name)  # numpy arrays, Series
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v, name) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v, name) for k, v in value.items()}
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise RKError(
+        f"record {name!r}: cannot store a {type(value).__name__}; use a number, string, list, dict or small DataFrame"
+    )
 
 # %% ../../nbs/runner/record.ipynb #e83d7a39
 _INTEGER = re.compile(r"(?<![\w.])\d+(?:[,\u00a0\u202f]\d{3})*(?!\w|[.,]\d)")
+
 
 def integers(text: str) -> list[int]:
     "The whole numbers written in `text` (not digits inside words, not decimals), in order."
     return [int(re.sub(r"\D", "", m.group())) for m in _INTEGER.finditer(str(text))]
 
+
 def _suppressed_at(value) -> int | None:
     from research_kit.analysis.privacy import suppressed_at
+
     return suppressed_at(value)
+
 
 def _whole(v) -> bool:
     "A finite whole number, integer or float; not a flag."
     import numbers
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
+
+    return (
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
+    )
+
 
 def _is_int(v) -> bool:
     "A whole number: an integer, or a whole float beyond ±1 (a count stored as float; rates and flags stay within ±1)."
     import numbers
+
     return (isinstance(v, numbers.Integral) and not isinstance(v, bool)) or (_whole(v) and abs(v) > 1)
+
 
 def _interval_columns(columns) -> set[str]:
     "Columns of complete intervals: `estimate` or `rate` with `lower`, `upper`; `x_estimate` or `x_rate` with `x_lower`, `x_upper`."
@@ -61,67 +85,103 @@ def _interval_columns(columns) -> set[str]:
     for name in names:
         for centre in ("estimate", "rate"):
             stem = name.removesuffix(centre)
-            if name.endswith(centre) and (stem == "" or stem.endswith("_")) and {stem + "lower", stem + "upper"} <= names:
+            if (
+                name.endswith(centre)
+                and (stem == "" or stem.endswith("_"))
+                and {stem + "lower", stem + "upper"} <= names
+            ):
                 found |= {name, stem + "lower", stem + "upper"}
     return found
 
+
 def _is_share(column) -> bool:
     return str(column) in ("rate", "share") or str(column).endswith(("_rate", "_share"))
+
 
 def _count_column(column, values) -> bool:
     "Counts: an integer column, or one whose every number is whole (a merge turns counts into floats), unless named as a share."
     import numbers
     from pandas.api.types import is_integer_dtype
-    if is_integer_dtype(values.dtype): return True
-    present = [v for v in values.tolist() if isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)]
+
+    if is_integer_dtype(values.dtype):
+        return True
+    present = [
+        v
+        for v in values.tolist()
+        if isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)
+    ]
     return not _is_share(column) and bool(present) and all(_whole(v) for v in present)
+
 
 def _small_cells(value, k: int):
     "(where, count) for each count in a table, Series, list or dict that is above 0 and below `k`."
     if hasattr(value, "columns"):  # a DataFrame: by column and row label
         from pandas.api.types import is_integer_dtype
+
         intervals = _interval_columns(value.columns)
         for column in value.columns:
             # 2.0 applicants per place, between its bounds, is an estimate; an integer column holds counts whatever its name
-            if str(column) in intervals and not is_integer_dtype(value[column].dtype): continue
+            if str(column) in intervals and not is_integer_dtype(value[column].dtype):
+                continue
             counts = _count_column(column, value[column])  # then 1.0 is one person, not 100%
             for row, v in value[column].items():
-                if (_is_int(v) or (counts and _whole(v))) and 0 < v < k: yield f"column {str(column)!r} row {row!r}", int(v)
+                if (_is_int(v) or (counts and _whole(v))) and 0 < v < k:
+                    yield f"column {str(column)!r} row {row!r}", int(v)
     elif hasattr(value, "items") and hasattr(value, "dtype"):  # a Series
         counts = _count_column(value.name, value)
         for row, v in value.items():
-            if (_is_int(v) or (counts and _whole(v))) and 0 < v < k: yield f"row {row!r}", int(v)
+            if (_is_int(v) or (counts and _whole(v))) and 0 < v < k:
+                yield f"row {row!r}", int(v)
     elif isinstance(value, dict):
-        for key, v in value.items(): yield from ((f"{key!r} {w}".strip(), c) for w, c in _small_cells(v, k))
+        for key, v in value.items():
+            yield from ((f"{key!r} {w}".strip(), c) for w, c in _small_cells(v, k))
     elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value): yield from ((f"item {i} {w}".strip(), c) for w, c in _small_cells(v, k))
-    elif _is_int(value) and 0 < value < k: yield "", int(value)
+        for i, v in enumerate(value):
+            yield from ((f"item {i} {w}".strip(), c) for w, c in _small_cells(v, k))
+    elif _is_int(value) and 0 < value < k:
+        yield "", int(value)
+
 
 def _check_vetted_counts(value, k: int, what: str) -> None:
     for where, count in _small_cells(value, k):
-        raise RKError(f"{what}: {where + ' ' if where else ''}holds {count}, below the threshold {k} it was suppressed with; "
-                      "a column added after suppress is not suppressed: suppress the finished table")
+        raise RKError(
+            f"{what}: {where + ' ' if where else ''}holds {count}, below the threshold {k} it was suppressed with; "
+            "a column added after suppress is not suppressed: suppress the finished table"
+        )
+
 
 def output_digest(data: dict) -> str:
     "sha256 of an output's data (every mimetype; text given as a list of lines is joined first)."
     import hashlib
-    plain = {k: "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in data.items()}
+
+    plain = {
+        k: "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+        for k, v in data.items()
+    }
     return hashlib.sha256(json.dumps(plain, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
 
 def _pattern(x, what: str):
     "The suppression pattern of a table `suppress` made, else None; a table with suppress's mark but not its proof is refused."
-    if not (hasattr(x, "to_frame") or hasattr(x, "columns")) or _suppressed_at(x) is None: return None
+    if not (hasattr(x, "to_frame") or hasattr(x, "columns")) or _suppressed_at(x) is None:
+        return None
     from research_kit.analysis.privacy import published_pattern
+
     if (pattern := published_pattern(x)) is None:
-        raise RKError(f"{what}: this table carries suppress's threshold but not its proof of protection; "
-                      "pass the finished table through research_kit.analysis.privacy.suppress")
+        raise RKError(
+            f"{what}: this table carries suppress's threshold but not its proof of protection; "
+            "pass the finished table through research_kit.analysis.privacy.suppress"
+        )
     return pattern
+
 
 def _display(data: dict, k: int | None, metadata: dict | None = None) -> None:
     "Display `data` with `metadata`; when `k` is given, with the vetted mark in it too."
     from IPython.display import display
+
     metadata = dict(metadata or {})
-    if k is not None: metadata[VETTED] = {"vetted": True, "threshold": k, "sha256": output_digest(data)}
+    if k is not None:
+        metadata[VETTED] = {"vetted": True, "threshold": k, "sha256": output_digest(data)}
     display(data, raw=True, metadata=metadata or None)
 
 # %% ../../nbs/runner/record.ipynb #7589fa89
@@ -129,21 +189,32 @@ def _html(name, value) -> str:
     if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
         cols = list(value[0])
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in value[:50])
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+            for r in value[:50]
+        )
         return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b><table><tr>{head}</tr>{body}</table></div>'
-    return (f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b> = '
-            f'<code>{html.escape(json.dumps(value, ensure_ascii=False))}</code></div>')
+    return (
+        f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b> = '
+        f"<code>{html.escape(json.dumps(value, ensure_ascii=False))}</code></div>"
+    )
+
 
 def _shell():
     try:
         from IPython import get_ipython
+
         return get_ipython()
-    except ImportError: return None
+    except ImportError:
+        return None
+
 
 def record(name: str, value) -> None:
     "Store `value` under `name` in the running notebook (and show it); a suppressed table or count is marked as vetted."
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RKError(f"record name {name!r} must start with a letter and use letters, digits, '_', '.' or '-'")
+        raise RKError(
+            f"record name {name!r} must start with a letter and use letters, digits, '_', '.' or '-'"
+        )
     k = _suppressed_at(value)
     pattern = _pattern(value, f"record {name!r}")
     if k is not None:
@@ -156,80 +227,120 @@ def record(name: str, value) -> None:
         return
     entry = {"name": name, "value": value}
     if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
-        entry["columns"] = list(value[0])  # a notebook stores JSON with sorted keys: the table's column order, kept
+        entry["columns"] = list(
+            value[0]
+        )  # a notebook stores JSON with sorted keys: the table's column order, kept
     data = {MIMETYPE: entry, "text/plain": text, "text/html": _html(name, value)}
-    if pattern is not None: data[PATTERN] = pattern
+    if pattern is not None:
+        data[PATTERN] = pattern
     _display(data, k)
 
 # %% ../../nbs/runner/record.ipynb #24cacf4b
 def _workspace_threshold() -> int:
     from research_kit.settings import load_settings
+
     s = load_settings()
     return max(s.threshold, s.threshold_policy)
+
 
 def _table_data(table) -> dict:
     frame = table.to_frame() if not hasattr(table, "columns") else table
     return {"text/plain": repr(table), "text/html": frame._repr_html_() or frame.to_html()}
 
+
 def _figure_data(fig) -> dict:
     import base64, io
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     return {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": "<figure>"}
+
 
 def _check_public(x, k: int) -> None:
     "Refuse what a public report may not show: small numbers in text, tables not made by suppress, other objects."
     if isinstance(x, str):
         if small := [n for n in integers(x) if 0 < n < k]:
-            raise RKError(f"rk.show: the text holds {small[0]}, below the privacy threshold {k}; "
-                          "a count must go through suppress, and other numbers below it cannot be told from counts")
+            raise RKError(
+                f"rk.show: the text holds {small[0]}, below the privacy threshold {k}; "
+                "a count must go through suppress, and other numbers below it cannot be told from counts"
+            )
     elif hasattr(x, "to_frame") or hasattr(x, "columns"):
         at = _suppressed_at(x)
         if at is None and next(_small_cells(x, math.inf), None) is not None:
-            raise RKError("rk.show: this table holds whole numbers and was not made by suppress; pass its counts through "
-                          "research_kit.analysis.privacy.suppress with the workspace's threshold first")
-        if at is not None and at < k: raise RKError(f"rk.show: this table was suppressed with k={at}, below the workspace's threshold {k}")
+            raise RKError(
+                "rk.show: this table holds whole numbers and was not made by suppress; pass its counts through "
+                "research_kit.analysis.privacy.suppress with the workspace's threshold first"
+            )
+        if at is not None and at < k:
+            raise RKError(
+                f"rk.show: this table was suppressed with k={at}, below the workspace's threshold {k}"
+            )
         _check_vetted_counts(x, at or k, "rk.show")
     elif not hasattr(x, "savefig"):
-        raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a suppressed table, a figure or a text")
+        raise RKError(
+            f"rk.show: cannot show a {type(x).__name__}; give a suppressed table, a figure or a text"
+        )
+
 
 def _reader_table_data(table, lang: str, labels, headers) -> dict:
     from research_kit.analysis.presentation import present, present_html
+
     shown = present(table, lang, labels=labels, headers=headers)
     note = shown.attrs.get("footnote")
     text = shown.to_string(index=False) + (f"\n{note}" if note else "")
     return {"text/plain": text, "text/html": present_html(table, lang, labels=labels, headers=headers)}
 
+
 def _output_data(x, lang, labels, headers) -> dict:
-    if isinstance(x, str): return {"text/markdown": x, "text/plain": x}
-    if hasattr(x, "savefig"): return _figure_data(x)
+    if isinstance(x, str):
+        return {"text/markdown": x, "text/plain": x}
+    if hasattr(x, "savefig"):
+        return _figure_data(x)
     if hasattr(x, "to_frame") or hasattr(x, "columns"):
         return _table_data(x) if lang is None else _reader_table_data(x, lang, labels, headers)
     raise RKError(f"rk.show: cannot show a {type(x).__name__}; give a table, a figure or a text")
 
+
 def _output_metadata(x) -> dict | None:
     "A figure's words as its image's alternative text: what the reader document gives readers who cannot see it."
-    if not hasattr(x, "savefig"): return None
+    if not hasattr(x, "savefig"):
+        return None
     from research_kit.analysis.plots import figure_text
+
     return {"image/png": {"alt": figure_text(x)}}
 
-def show(x, *, lang: str | None = None, labels: dict | None = None, audience: str = "public", headers: dict | None = None) -> None:
+
+def show(
+    x,
+    *,
+    lang: str | None = None,
+    labels: dict | None = None,
+    audience: str = "public",
+    headers: dict | None = None,
+) -> None:
     "Display a table, figure or text as a reader sees it (in `lang`); in a public report only what is safe, marked as vetted."
     from research_kit.analysis.privacy import check_audience
+
     public = check_audience(audience) == "public"
     k = _workspace_threshold() if public else None
-    if public: _check_public(x, k)
+    if public:
+        _check_public(x, k)
     data = _output_data(x, lang, labels, headers)
-    if public and (pattern := _pattern(x, "rk.show")) is not None: data[PATTERN] = pattern
-    if _shell() is None: print(data["text/plain"]); return
+    if public and (pattern := _pattern(x, "rk.show")) is not None:
+        data[PATTERN] = pattern
+    if _shell() is None:
+        print(data["text/plain"])
+        return
     _display(data, k, _output_metadata(x))
 
 # %% ../../nbs/runner/record.ipynb #85112adc
 def records(notebook) -> dict:
     "The records of an executed notebook (path or nbformat node), name -> value."
     import nbformat
+
     nb = nbformat.read(str(notebook), as_version=4) if not hasattr(notebook, "cells") else notebook
     out = {}
     for cell in nb.cells:
@@ -237,6 +348,7 @@ def records(notebook) -> dict:
             data = output.get("data", {})
             if MIMETYPE in data:
                 entry = data[MIMETYPE]
-                if isinstance(entry, str): entry = json.loads(entry)
+                if isinstance(entry, str):
+                    entry = json.loads(entry)
                 out[entry["name"]] = entry["value"]
     return out

@@ -12,8 +12,8 @@ from ..settings import Settings, load_settings
 from .fingerprint import environment  # what of the environment enters the key
 from ..files import sha256_file, swap_into_place
 from . import params as P
-from .manifest import (IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestError, Outcome, Run, RunFailure, Task,
-                                          read_manifest, write_manifest)
+from .manifest import IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestError, Outcome
+from .manifest import Run, RunFailure, Task, read_manifest, write_manifest
 
 # %% auto #0
 __all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'git_state', 'run_key', 'current_key',
@@ -21,32 +21,43 @@ __all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha
            'build_lock']
 
 # %% ../../nbs/runner/runs.ipynb #c30e164b
-def template_sha256(path: str | Path,  # a report template (.ipynb)
-                   ) -> str:
+def template_sha256(
+    path: str | Path,  # a report template (.ipynb)
+) -> str:
     "sha256 of a template's cell types and sources only: outputs and metadata do not count."
     blob = json.dumps([[c["cell_type"], c["source"]] for c in P.read_cells(path)], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
-def cell_sha256s(path: str | Path,  # a report template (.ipynb)
-                ) -> list[str]:
+
+def cell_sha256s(
+    path: str | Path,  # a report template (.ipynb)
+) -> list[str]:
     "sha256 of each cell's type and source, in order: which cells changed, when the template did."
-    return [hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
-            for c in P.read_cells(path)]
+    return [
+        hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
+        for c in P.read_cells(path)
+    ]
 
 # %% ../../nbs/runner/runs.ipynb #fd5cc97c
 def code_files() -> list[Path]:
     "What a run's code is: research_kit's source files, its document templates, and the message catalogs (a translation changes the documents)."
     from research_kit.i18n import locales_dir
     import research_kit
+
     root = Path(research_kit.__file__).parent
-    files = [p for p in root.rglob("*.py") if p.name != "_modidx.py"] + [p for p in (root / "templates").rglob("*") if p.is_file()]
+    files = [p for p in root.rglob("*.py") if p.name != "_modidx.py"] + [
+        p for p in (root / "templates").rglob("*") if p.is_file()
+    ]
     return sorted(files) + sorted(locales_dir().glob("*/LC_MESSAGES/*.po"))
+
 
 def _files_sha256(files) -> str:
     h = hashlib.sha256()
     for p in files:
-        h.update("/".join(p.parts[-3:]).encode()); h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
+        h.update("/".join(p.parts[-3:]).encode())
+        h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
     return h.hexdigest()
+
 
 @functools.cache  # once per process: the code does not change under a running rk
 def code_sha256() -> str:
@@ -54,29 +65,54 @@ def code_sha256() -> str:
     return _files_sha256(code_files())
 
 # %% ../../nbs/runner/runs.ipynb #e17cafc8
-def git_state(root: Path,  # the workspace root
-             ) -> dict:
+def git_state(
+    root: Path,  # the workspace root
+) -> dict:
     "The workspace's git commit and whether its tree has uncommitted changes (None outside git)."
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, encoding="utf-8", errors="replace", timeout=10)
-        if commit.returncode: return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, encoding="utf-8", errors="replace", timeout=30)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=10,
+        )
+        if commit.returncode:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=30,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 # %% ../../nbs/runner/runs.ipynb #b80042b2
-def run_key(template_hash: str,  # `template_sha256` of the template
-            parameters: dict,  # the validated parameter values
-            inputs: list[dict],  # the data read: package, resource, sha256 each
-            files: list[dict] = (),  # the other files read: root, path, sha256 each
-            settings: dict | None = None,  # the settings read: name -> value
-           ) -> str:
+def run_key(
+    template_hash: str,  # `template_sha256` of the template
+    parameters: dict,  # the validated parameter values
+    inputs: list[dict],  # the data read: package, resource, sha256 each
+    files: list[dict] = (),  # the other files read: root, path, sha256 each
+    settings: dict | None = None,  # the settings read: name -> value
+) -> str:
     "The cache key: template cell sources, validated parameters, code, environment, data hashes, and the files and settings the run read."
-    key = {"template": template_hash, "parameters": parameters, "code": code_sha256(), "environment": environment()["packages_sha256"],
-           "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs)}
+    key = {
+        "template": template_hash,
+        "parameters": parameters,
+        "code": code_sha256(),
+        "environment": environment()["packages_sha256"],
+        "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs),
+    }
     # the files and settings it read (`research_kit.runner.reads`) enter only when there are any: a run that read neither keeps its key
-    if files: key["files"] = sorted((f["root"], f["path"], f["sha256"] or "") for f in files)
-    if settings: key["settings"] = sorted(settings.items())
+    if files:
+        key["files"] = sorted((f["root"], f["path"], f["sha256"] or "") for f in files)
+    if settings:
+        key["settings"] = sorted(settings.items())
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../../nbs/runner/runs.ipynb #86a463f1
@@ -87,29 +123,42 @@ def current_key(
 ) -> str:
     "The cache key `run` has now, given what its earlier run read: data, files and settings as they are now."
     from research_kit.runner.reads import current
+
     return run_key(run.template_hash, run.parameters, *current(m, settings or load_settings()))
 
-def stale_reasons(run: Run,  # a planned run
-                  settings: Settings | None = None,  # the workspace's settings now; None to read them
-                 ) -> list[str]:
+
+def stale_reasons(
+    run: Run,  # a planned run
+    settings: Settings | None = None,  # the workspace's settings now; None to read them
+) -> list[str]:
     "Why `run` cannot be served from its folder's earlier run; [] when it can."
     from research_kit.runner.reads import changes
-    try: m = read_manifest(run.folder)
+
+    try:
+        m = read_manifest(run.folder)
     except ManifestError as e:  # never run, or a manifest damaged since: run it
-        return ["no earlier run"] if not (run.folder / MANIFEST).exists() else [f"its manifest cannot be read: {e.problem}"]
-    if not m.succeeded or not (run.folder / "report.ipynb").is_file(): return ["its earlier run did not succeed"]
-    if m.unkeyed: return [UNKEYED + u for u in m.unkeyed]
+        return (
+            ["no earlier run"]
+            if not (run.folder / MANIFEST).exists()
+            else [f"its manifest cannot be read: {e.problem}"]
+        )
+    if not m.succeeded or not (run.folder / "report.ipynb").is_file():
+        return ["its earlier run did not succeed"]
+    if m.unkeyed:
+        return [UNKEYED + u for u in m.unkeyed]
     s = settings or load_settings()
-    if m.cache_key == current_key(run, m, s): return []
+    if m.cache_key == current_key(run, m, s):
+        return []
     return changes(run, m, s) or ["its cache key differs"]
 
 # %% ../../nbs/runner/runs.ipynb #27fceea4
-def plan(report: str,  # a template's name (or path) in the workspace's reports folder
-         given: dict | None = None,  # parameter values, as text (from the command line) or typed
-         settings: Settings | None = None,  # the workspace's settings; None to read them
-         *,
-         force: bool = False,  # run even if cached
-        ) -> Run:
+def plan(
+    report: str,  # a template's name (or path) in the workspace's reports folder
+    given: dict | None = None,  # parameter values, as text (from the command line) or typed
+    settings: Settings | None = None,  # the workspace's settings; None to read them
+    *,
+    force: bool = False,  # run even if cached
+) -> Run:
     "Validate `report` and its parameters `given` (text or typed values) and decide whether it is cached."
     s = settings or load_settings()
     template = P.find_template(report, s.reports_dir)
@@ -118,14 +167,24 @@ def plan(report: str,  # a template's name (or path) in the workspace's reports 
     parameters = P.validate(declared, dict(given or {}), report=report)
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
-    run = Run(report, slug, folder, parameters, template=template, template_hash=template_sha256(template),
-              cells=tuple(cell_sha256s(template)), forced=force)
+    run = Run(
+        report,
+        slug,
+        folder,
+        parameters,
+        template=template,
+        template_hash=template_sha256(template),
+        cells=tuple(cell_sha256s(template)),
+        forced=force,
+    )
     run.cached = still_cached(run, s)
     return run
 
-def still_cached(run: Run,  # a planned run; its `why` is set
-                 settings: Settings | None = None,  # the workspace's settings now; None to read them
-                ) -> bool:
+
+def still_cached(
+    run: Run,  # a planned run; its `why` is set
+    settings: Settings | None = None,  # the workspace's settings now; None to read them
+) -> bool:
     "Decide again whether a planned run is cached (and why not): another rk process may have finished it since it was planned."
     run.why = ("--force",) if run.forced else tuple(stale_reasons(run, settings))
     return not run.why
@@ -141,19 +200,41 @@ def make_task(
 ) -> Task:
     "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`)."
     from research_kit.runner.reads import discovery_config
+
     output_dir = output_dir or run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
-    return Task(run.name, str(run.template), run.parameters, engine, cwd=str(settings.root), output_dir=str(output_dir),
-                timeout=settings.timeout, reader=settings.reader, pdf=settings.pdf, threshold=settings.threshold,
-                data=settings.data, git=git, reads=discovery_config(settings))
+    return Task(
+        run.name,
+        str(run.template),
+        run.parameters,
+        engine,
+        cwd=str(settings.root),
+        output_dir=str(output_dir),
+        timeout=settings.timeout,
+        reader=settings.reader,
+        pdf=settings.pdf,
+        threshold=settings.threshold,
+        data=settings.data,
+        git=git,
+        reads=discovery_config(settings),
+    )
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
-OUTPUTS = ("report.ipynb", "report.html", "notebook.html", "report.pdf")  # what a run leaves; each one's sha256 goes into the manifest
+OUTPUTS = (
+    "report.ipynb",
+    "report.html",
+    "notebook.html",
+    "report.pdf",
+)  # what a run leaves; each one's sha256 goes into the manifest
+
 
 def _irreproducible(folder: Path, key: str) -> list[str]:
     "What `rk verify` found of the earlier run in `folder` (other results from the same inputs): still so for a run with its key."
-    try: earlier = read_manifest(folder)
-    except ManifestError: return []
+    try:
+        earlier = read_manifest(folder)
+    except ManifestError:
+        return []
     return [u for u in earlier.unkeyed if u.startswith(IRREPRODUCIBLE)] if earlier.cache_key == key else []
+
 
 def finish(
     run: Run,  # the planned run
@@ -164,50 +245,81 @@ def finish(
     "Write the run's manifest and move its folder into place; return the manifest."
     tmp = Path(task.output_dir)
     tmp.mkdir(parents=True, exist_ok=True)  # again: the build folder may have been deleted meanwhile
-    for log in ("lineage.jsonl", "reads.jsonl"): (tmp / log).unlink(missing_ok=True)  # left by a run whose worker died
+    for log in ("lineage.jsonl", "reads.jsonl"):
+        (tmp / log).unlink(missing_ok=True)  # left by a run whose worker died
     if outcome.succeeded and not (tmp / "report.ipynb").is_file():
-        outcome = replace(outcome, status="failed", error=RunFailure(
-            "OutputsLost", "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again"))
+        outcome = replace(
+            outcome,
+            status="failed",
+            error=RunFailure(
+                "OutputsLost",
+                "the run's outputs disappeared before they were saved (was the build folder deleted?); run it again",
+            ),
+        )
     outputs = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in OUTPUTS}
     key = run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings)
-    manifest = Manifest({
-        "report": run.report, "slug": run.slug, "parameters": run.parameters, "status": outcome.status,
-        "engine": outcome.engine, "started": outcome.started, "duration": outcome.duration,
-        "cache_key": key,
-        "template": {"path": str(Path("reports") / run.template.name), "sha256": run.template_hash, "cells": list(run.cells)},
-        "inputs": outcome.inputs, "files": outcome.files, "settings": outcome.settings,
-        "unkeyed": outcome.unkeyed + _irreproducible(run.folder, key),
-        "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
-        "environment": environment(), "git": git, "outputs": outputs, "records": outcome.records,
-        "error": outcome.error.as_dict() if outcome.error else None,
-        "pdf": outcome.pdf or {"made": False, "reason": "the run left no notebook"}})
+    manifest = Manifest(
+        {
+            "report": run.report,
+            "slug": run.slug,
+            "parameters": run.parameters,
+            "status": outcome.status,
+            "engine": outcome.engine,
+            "started": outcome.started,
+            "duration": outcome.duration,
+            "cache_key": key,
+            "template": {
+                "path": str(Path("reports") / run.template.name),
+                "sha256": run.template_hash,
+                "cells": list(run.cells),
+            },
+            "inputs": outcome.inputs,
+            "files": outcome.files,
+            "settings": outcome.settings,
+            "unkeyed": outcome.unkeyed + _irreproducible(run.folder, key),
+            "code": {"research_kit": __import__("research_kit").__version__, "source_sha256": code_sha256()},
+            "environment": environment(),
+            "git": git,
+            "outputs": outputs,
+            "records": outcome.records,
+            "error": outcome.error.as_dict() if outcome.error else None,
+            "pdf": outcome.pdf or {"made": False, "reason": "the run left no notebook"},
+        }
+    )
     write_manifest(tmp, manifest)
     swap_into_place(tmp, run.folder)
     return manifest
 
 # %% ../../nbs/runner/runs.ipynb #c08078d8
-def clean_stale(build_dir: Path,  # the workspace's build folder
-               ) -> None:
+def clean_stale(
+    build_dir: Path,  # the workspace's build folder
+) -> None:
     "Remove temporary folders a killed run left behind (only called while holding the build lock)."
     for stale in list(build_dir.glob("*/.tmp-*")) + list(build_dir.glob("*/.old-*")):
         shutil.rmtree(stale, ignore_errors=True)
 
 # %% ../../nbs/runner/runs.ipynb #9091a008
-def execute(runs: list[Run],  # planned runs
-            settings: Settings,  # the workspace's settings
-            *,
-            engine: str,  # `warm` or `kernel` (`research_kit.runner.engines`)
-            executor: str = "local",  # `local` or `dask` (`research_kit.runner.executors`)
-            workers: int | None = None,  # parallel runs; None: `[runner] workers`
-            scheduler: str | None = None,  # the dask scheduler's address, for the `dask` executor
-            on_result=None,  # called with (run, manifest) as each run is in place
-           ) -> list[tuple[Run, Manifest]]:
+def execute(
+    runs: list[Run],  # planned runs
+    settings: Settings,  # the workspace's settings
+    *,
+    engine: str,  # `warm` or `kernel` (`research_kit.runner.engines`)
+    executor: str = "local",  # `local` or `dask` (`research_kit.runner.executors`)
+    workers: int | None = None,  # parallel runs; None: `[runner] workers`
+    scheduler: str | None = None,  # the dask scheduler's address, for the `dask` executor
+    on_result=None,  # called with (run, manifest) as each run is in place
+) -> list[tuple[Run, Manifest]]:
     "Run every run; return (run, manifest) pairs in the order they finished."
     from research_kit.runner.engines import ENGINES
     from research_kit.runner.executors import EXECUTORS
-    if engine not in ENGINES: raise P.UnknownNameError("engine", engine, ENGINES)
-    if executor not in EXECUTORS: raise P.UnknownNameError("executor", executor, EXECUTORS)
-    runner = EXECUTORS[executor](workers=workers or settings.workers, scheduler=scheduler, memory=settings.memory)
+
+    if engine not in ENGINES:
+        raise P.UnknownNameError("engine", engine, ENGINES)
+    if executor not in EXECUTORS:
+        raise P.UnknownNameError("executor", executor, EXECUTORS)
+    runner = EXECUTORS[executor](
+        workers=workers or settings.workers, scheduler=scheduler, memory=settings.memory
+    )
     git = git_state(settings.root)
     by_name = {r.name: r for r in runs}
     done = []
@@ -215,27 +327,37 @@ def execute(runs: list[Run],  # planned runs
         run = by_name[task.run]
         manifest = finish(run, task, outcome, git)
         done.append((run, manifest))
-        if on_result: on_result(run, manifest)
+        if on_result:
+            on_result(run, manifest)
     return done
 
 # %% ../../nbs/runner/runs.ipynb #28340b8f
 class BuildLocked(RKError):
     "Another rk process is writing the same build folder."
 
+
 class build_lock:
     "Hold the build folder's lock for the duration of a `with` block."
-    def __init__(self,
-                 build_dir: Path,  # the workspace's build folder
-                 wait: bool = False,  # wait for the holder to finish, instead of raising `BuildLocked`
-                ):
+
+    def __init__(
+        self,
+        build_dir: Path,  # the workspace's build folder
+        wait: bool = False,  # wait for the holder to finish, instead of raising `BuildLocked`
+    ):
         self.path, self.wait = Path(build_dir) / ".lock", wait
+
     def __enter__(self):
         from research_kit.files import LockHeld, exclusive_lock
+
         self.lock = exclusive_lock(self.path, wait=self.wait, holder=f"pid {os.getpid()}")
-        try: self.lock.__enter__()
+        try:
+            self.lock.__enter__()
         except LockHeld as e:
-            raise BuildLocked(f"another rk run or batch ({e.holder or 'unknown process'}) is writing {self.path.parent}; "
-                              "wait for it to finish, or pass --wait") from None
+            raise BuildLocked(
+                f"another rk run or batch ({e.holder or 'unknown process'}) is writing {self.path.parent}; "
+                "wait for it to finish, or pass --wait"
+            ) from None
         return self
+
     def __exit__(self, *exc):
         self.lock.__exit__(*exc)

@@ -17,35 +17,46 @@ __all__ = ['MAX_TITLE', 'check_new_name', 'default_title', 'check_title', 'skele
 _NEW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_TITLE = 200
 
+
 def check_new_name(
     name: str,  # the name asked for
     reports_dir,  # the workspace's report templates
 ) -> None:
     "Refuse a name a new template may not have: not a plain lowercase name, or the name of an existing template."
     if not isinstance(name, str) or not _NEW_NAME.fullmatch(name):
-        raise TemplateError(f"invalid report name {quoted(name)}: use a lowercase letter, then lowercase letters, "
-                            "digits or '_' (at most 64 characters), e.g. retention_by_region")
+        raise TemplateError(
+            f"invalid report name {quoted(name)}: use a lowercase letter, then lowercase letters, "
+            "digits or '_' (at most 64 characters), e.g. retention_by_region"
+        )
     taken = [n for n in template_names(reports_dir) if n.lower() == name]
     if taken or (Path(reports_dir) / f"{name}.ipynb").exists():
-        raise TemplateError(f"report {quoted(name)} exists already ({Path(reports_dir) / f'{(taken or [name])[0]}.ipynb'}); "
-                            "choose another name: rk new never replaces a template")
+        raise TemplateError(
+            f"report {quoted(name)} exists already ({Path(reports_dir) / f'{(taken or [name])[0]}.ipynb'}); "
+            "choose another name: rk new never replaces a template"
+        )
+
 
 def default_title(name: str) -> str:
     "A title made from a template's name: `retention_by_region` -> `Retention by region`."
     return name.replace("_", " ").strip().capitalize()
 
+
 def check_title(title: str) -> str:
     "`title` without surrounding spaces, if it is one line of text; else TemplateError."
     text = title.strip() if isinstance(title, str) else ""
     if not text or len(text) > MAX_TITLE or any(c in text for c in "\r\n\x00") or not text.isprintable():
-        raise TemplateError(f"invalid title {quoted(title)}: give one line of text, at most {MAX_TITLE} characters")
+        raise TemplateError(
+            f"invalid title {quoted(title)}: give one line of text, at most {MAX_TITLE} characters"
+        )
     return text
 
 # %% ../../nbs/runner/scaffold.ipynb #a4d5facc
 def skeleton_path() -> Path:
     "The skeleton template shipped in the package."
     import research_kit
+
     return Path(research_kit.__file__).parent / "skeleton" / "report.ipynb"
+
 
 def _with_title(nb: dict, title: str) -> dict:
     "`nb` with `title` as the level-1 heading of each of its title cells."
@@ -55,10 +66,12 @@ def _with_title(nb: dict, title: str) -> dict:
             cell["source"] = [f"# {title}\n", *lines[1:]]
     return nb
 
+
 def notebook_text(nb: dict) -> str:
     "A notebook as nbdev-clean writes it: sorted keys, one-space indent, each source a list of lines."
     cells = [{**c, "source": "".join(c["source"]).splitlines(keepends=True)} for c in nb["cells"]]
     return json.dumps({**nb, "cells": cells}, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
 
 def new_template(
     name: str,  # the new template's name: reports/NAME.ipynb

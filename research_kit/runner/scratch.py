@@ -16,12 +16,17 @@ __all__ = ['SCRATCH', 'user_folder_name', 'scratch_path', 'injected_notebook', '
 # %% ../../nbs/runner/scratch.ipynb #4c0865ff
 SCRATCH = "scratch"
 
+
 def user_folder_name() -> str:
     "Your login name, made safe as a folder name."
-    try: user = getpass.getuser()
+    try:
+        user = getpass.getuser()
     except (KeyError, OSError):  # no login variables, and no account name for this user id
-        raise RKError("cannot tell your login name for your scratch folder: set the USER environment variable") from None
+        raise RKError(
+            "cannot tell your login name for your scratch folder: set the USER environment variable"
+        ) from None
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", user).strip("._") or "user"
+
 
 def scratch_path(
     root,  # the workspace root
@@ -39,12 +44,16 @@ def injected_notebook(
     "The template as a run executes it: papermill's `injected-parameters` cell after the parameters cell holds `parameters`."
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
+
     return parameterize_notebook(load_notebook_node(str(template)), parameters)
+
 
 def _keep_out_of_git(folder: Path) -> None:
     "A `.gitignore` that ignores everything in `folder`, itself included: scratch copies never reach a commit."
     ignore = folder / ".gitignore"
-    if not ignore.exists(): write_text_atomic(ignore, "# personal working copies (rk open): never committed\n*\n")
+    if not ignore.exists():
+        write_text_atomic(ignore, "# personal working copies (rk open): never committed\n*\n")
+
 
 def open_copy(
     report: str,  # the template's name, or its path
@@ -56,12 +65,15 @@ def open_copy(
     "Write your working copy of `report` with the parameters `given` injected as `rk run` would inject them; return its path."
     import nbformat
     from research_kit.runner.runs import plan
+
     s = settings or load_settings()
     run = plan(report, given, s)  # the template found and the values checked exactly as for a run
     path = scratch_path(s.root, run.report)
     if path.exists() and not replace:
-        raise RKError(f"{path} exists: your earlier copy, perhaps with your changes; open it in JupyterLab, "
-                      "or pass --replace to start again from the template")
+        raise RKError(
+            f"{path} exists: your earlier copy, perhaps with your changes; open it in JupyterLab, "
+            "or pass --replace to start again from the template"
+        )
     nb = injected_notebook(run.template, run.parameters)
     path.parent.mkdir(parents=True, exist_ok=True)
     _keep_out_of_git(path.parent.parent)
@@ -74,11 +86,14 @@ def running_lab(
 ) -> dict | None:
     "The running Jupyter server whose root folder holds the workspace `root`, as jupyter_server lists it; None if none does."
     from jupyter_server.serverapp import list_running_servers
+
     root = Path(root).resolve()
     for server in list_running_servers():
         served = server.get("root_dir") or server.get("notebook_dir")
-        if served and (Path(served).resolve() == root or Path(served).resolve() in root.parents): return server
+        if served and (Path(served).resolve() == root or Path(served).resolve() in root.parents):
+            return server
     return None
+
 
 def lab_url(
     server: dict,  # a running server, as `running_lab` gives it
@@ -86,6 +101,7 @@ def lab_url(
 ) -> str:
     "The address that opens notebook `path` in JupyterLab on `server`, with the server's token."
     from urllib.parse import quote
+
     served = Path(server.get("root_dir") or server["notebook_dir"]).resolve()
     url = f"{server['url'].rstrip('/')}/lab/tree/{quote(Path(path).resolve().relative_to(served).as_posix())}"
     return f"{url}?token={quote(server['token'])}" if server.get("token") else url

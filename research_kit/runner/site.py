@@ -29,18 +29,25 @@ def _plain(value) -> str:
     "A JSON value as a reader writes it: strings bare, `true`/`false`/`null` for the rest."
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
+
 def format_started(started) -> str:
     "An ISO timestamp as `YYYY-MM-DD HH:MM` in UTC (naive times are taken as UTC)."
-    try: t = datetime.fromisoformat(str(started))
-    except ValueError: return str(started)
-    if t.tzinfo is None: t = t.replace(tzinfo=timezone.utc)
+    try:
+        t = datetime.fromisoformat(str(started))
+    except ValueError:
+        return str(started)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
 
 def key_records(records, n: int = MAX_RECORDS, lang: str = "en") -> list[tuple[str, str]]:
     "The first `n` scalar records as `(name, value as readers of `lang` write it)`; tables and lists are left to the report."
     from research_kit.analysis.presentation import format_figure
     from research_kit.i18n import LANGUAGES
-    if not isinstance(records, dict): return []
+
+    if not isinstance(records, dict):
+        return []
     lang = lang if lang in LANGUAGES else "en"  # a template's own language parameter may name another
     scalars = [(str(k), v) for k, v in records.items() if v is None or isinstance(v, (bool, int, float, str))]
     return [(k, format_figure(v, lang, name=k)) for k, v in scalars[:n]]
@@ -48,127 +55,204 @@ def key_records(records, n: int = MAX_RECORDS, lang: str = "en") -> list[tuple[s
 # %% ../../nbs/runner/site.ipynb #005e2d91
 _e = html.escape
 
+
 def _href(*segments: str) -> str:
     "A relative URL from path segments; `./` keeps a name with ':' from reading as a scheme."
     return "./" + "/".join(quote(s, safe="=,") for s in segments)
 
+
 OUTPUT_LINKS = (  # (file, link class, label): the reader's document first, then the researcher's
-    ("report.html", "report-link", "document"), ("report.pdf", "pdf-link", "PDF"),
-    ("notebook.html", "notebook-link", "notebook"), ("report.ipynb", "ipynb-link", ".ipynb"),
-    ("manifest.json", "manifest-link", "manifest"))
+    ("report.html", "report-link", "document"),
+    ("report.pdf", "pdf-link", "PDF"),
+    ("notebook.html", "notebook-link", "notebook"),
+    ("report.ipynb", "ipynb-link", ".ipynb"),
+    ("manifest.json", "manifest-link", "manifest"),
+)
+
 
 def _links(run: Run) -> str:
-    links = [f'<a class="{cls}" href="{_e(_href(run.report, run.slug, name))}">{label}</a>'
-             for name, cls, label in OUTPUT_LINKS if (run.folder / name).is_file()]
+    links = [
+        f'<a class="{cls}" href="{_e(_href(run.report, run.slug, name))}">{label}</a>'
+        for name, cls, label in OUTPUT_LINKS
+        if (run.folder / name).is_file()
+    ]
     return " ".join(links) or '<span class="missing">no outputs</span>'
 
+
 def _error(error) -> str:
-    if not isinstance(error, dict): return f'<div class="error"><span class="error-message">{_e(_plain(error))}</span></div>' if error else ""
+    if not isinstance(error, dict):
+        return (
+            f'<div class="error"><span class="error-message">{_e(_plain(error))}</span></div>'
+            if error
+            else ""
+        )
     cell = error.get("cell")
     where = f'<span class="error-cell">cell {_e(_plain(cell))}</span> ' if cell is not None else ""
-    return (f'<div class="error">{where}<span class="error-type">{_e(_plain(error.get("type", "Error")))}</span>: '
-            f'<span class="error-message">{_e(_plain(error.get("message", "")))}</span></div>')
+    return (
+        f'<div class="error">{where}<span class="error-type">{_e(_plain(error.get("type", "Error")))}</span>: '
+        f'<span class="error-message">{_e(_plain(error.get("message", "")))}</span></div>'
+    )
 
-STATE_LABELS = {"publishable": "publishable", "audit-failed": "audit failed", "internal": "internal",
-                "unaudited": "not audited", "failed": "run failed", "unreadable": "unreadable manifest"}
+
+STATE_LABELS = {
+    "publishable": "publishable",
+    "audit-failed": "audit failed",
+    "internal": "internal",
+    "unaudited": "not audited",
+    "failed": "run failed",
+    "unreadable": "unreadable manifest",
+}
 MAX_FINDINGS = 5  # findings listed per run; the manifest has them all
+
 
 def _manifest(run: Run) -> Manifest:
     "The run's manifest; an empty one for a run whose manifest cannot be read (its row shows the problem)."
     return run.manifest or Manifest({})
 
+
 def _threshold(m: Manifest) -> str:
     "The threshold an audited run was audited with, and the policy when the threshold was below it."
     k, policy = m.audit_threshold, m.threshold_policy
-    if not m.audited or not isinstance(k, int): return ""
+    if not m.audited or not isinstance(k, int):
+        return ""
     below = f", policy {_e(_plain(policy))}" if isinstance(policy, int) and policy > k else ""
     return f' <span class="audit-threshold">threshold {k}{below}</span>'
 
+
 def _findings(m: Manifest) -> str:
     findings = m.findings
-    items = "".join(f'<li class="finding">{_e(_plain(f.get("file", "")))} {_e(_plain(f.get("location", "")))}: '
-                    f'{_e(_plain(f.get("kind", "")))} {_e(_plain(f.get("detail", "")))}</li>'
-                    for f in findings[:MAX_FINDINGS] if isinstance(f, dict))
-    more = f'<li class="more">and {len(findings) - MAX_FINDINGS} more (see the manifest)</li>' if len(findings) > MAX_FINDINGS else ""
+    items = "".join(
+        f'<li class="finding">{_e(_plain(f.get("file", "")))} {_e(_plain(f.get("location", "")))}: '
+        f"{_e(_plain(f.get('kind', '')))} {_e(_plain(f.get('detail', '')))}</li>"
+        for f in findings[:MAX_FINDINGS]
+        if isinstance(f, dict)
+    )
+    more = (
+        f'<li class="more">and {len(findings) - MAX_FINDINGS} more (see the manifest)</li>'
+        if len(findings) > MAX_FINDINGS
+        else ""
+    )
     return f'<ul class="findings">{items}{more}</ul>' if items else ""
+
 
 def _reason(run: Run) -> str:
     "Why the run is in its state, in words (HTML)."
     state, m = run.state, _manifest(run)
     if state == "unreadable":
         path = f"{run.report}/{run.slug}/manifest.json"  # relative to the build folder, like the links
-        return (f'<div class="error"><code class="manifest-path">{_e(path)}</code>: '
-                f'<span class="error-message">{_e(run.problem)}</span></div>')
-    if state == "failed": return _error(m.error)
+        return (
+            f'<div class="error"><code class="manifest-path">{_e(path)}</code>: '
+            f'<span class="error-message">{_e(run.problem)}</span></div>'
+        )
+    if state == "failed":
+        return _error(m.error)
     if state == "internal":
         audience = m.audience
-        said = ("consortium audience: not for publication" if audience == "consortium" else
-                "no audience parameter: for the consortium only" if audience is None else
-                f"audience {_plain(audience)}: not for publication")
+        said = (
+            "consortium audience: not for publication"
+            if audience == "consortium"
+            else "no audience parameter: for the consortium only"
+            if audience is None
+            else f"audience {_plain(audience)}: not for publication"
+        )
         return f'<div class="reason">{_e(said)}</div>'
-    if state == "unaudited": return '<div class="reason">public audience, not audited yet (rk audit)</div>'
+    if state == "unaudited":
+        return '<div class="reason">public audience, not audited yet (rk audit)</div>'
     if state == "publishable":
         said = "public audience, passed the disclosure audit"
         return f'<div class="reason">{_e(said)}</div>'
     reasons = m.audit_reasons
-    said = "public audience, failed the disclosure audit" + (f": {'; '.join(map(_plain, reasons))}" if reasons else "")
+    said = "public audience, failed the disclosure audit" + (
+        f": {'; '.join(map(_plain, reasons))}" if reasons else ""
+    )
     return f'<div class="reason">{_e(said)}</div>{_findings(m)}'
+
 
 def _state(run: Run) -> str:
     m = _manifest(run)
     badge = ' <span class="not-publishable">not publishable</span>' if m.publishable is False else ""
-    return f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(m)}{_reason(run)}'
+    return (
+        f'<span class="state-label">{_e(STATE_LABELS[run.state])}</span>{badge}{_threshold(m)}{_reason(run)}'
+    )
+
 
 def _parameters(parameters) -> str:
-    if not isinstance(parameters, dict): return _e(_plain(parameters))
-    return " ".join(f'<span class="param">{_e(str(k))}={_e(_plain(v))}</span>' for k, v in sorted(parameters.items()))
+    if not isinstance(parameters, dict):
+        return _e(_plain(parameters))
+    return " ".join(
+        f'<span class="param">{_e(str(k))}={_e(_plain(v))}</span>' for k, v in sorted(parameters.items())
+    )
+
 
 def _duration(duration) -> str:
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)): return ""
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+        return ""
     return f"{duration:.1f}"
 
+
 FACETS = ("report", "institution", "lang", "state", "run_by")  # what the index filters by
+
 
 def facets(run: Run) -> dict[str, str]:
     "The run's value for each filter of the index: report, institution, language (its `lang` parameter), state."
     m = _manifest(run)
     parameters, shared = m.parameters, m.shared or {}
-    return {"report": run.report, "institution": _plain(parameters.get("institution", "")),
-            "lang": _plain(parameters.get("lang", "")), "state": run.state, "run_by": _plain(shared.get("institution", ""))}
+    return {
+        "report": run.report,
+        "institution": _plain(parameters.get("institution", "")),
+        "lang": _plain(parameters.get("lang", "")),
+        "state": run.state,
+        "run_by": _plain(shared.get("institution", "")),
+    }
+
 
 def _run_by(m: Manifest) -> str:
     "Who made a run that came from the consortium's shared store (`research_kit.runner.store`)."
     shared = m.shared
-    if shared is None: return ""
+    if shared is None:
+        return ""
     who = " · ".join(_e(_plain(shared[k])) for k in ("institution", "researcher") if shared.get(k))
     return f'<div class="run-by">run by {who}</div>'
+
 
 def _row(run: Run, classes: str = "") -> str:
     m, f = _manifest(run), facets(run)
     publishable = ' data-publishable="false"' if m.publishable is False else ""
     full = m.records if isinstance(m.records, dict) else {}
-    records = "".join(f'<div class="record"><span class="record-name">{_e(k)}</span> = <span class="record-value" '
-                      f'title="{_e(_plain(full.get(k)))}">{_e(v)}</span></div>' for k, v in key_records(full, lang=f["lang"]))
-    cells = [("report", f'{_e(run.report)}<div class="slug">{_e(run.slug)}</div>'),
-             ("institution", _e(f["institution"])),
-             ("lang", _e(f["lang"])),
-             ("parameters", _parameters(m.data.get("parameters", {}))),  # as written, whatever it holds
-             ("state", _state(run)),
-             ("engine", _e(_plain(m.data.get("engine", "")))),
-             ("duration", _duration(m.duration)),
-             ("started", (_e(format_started(m.started)) if m.started else "") + _run_by(m)),
-             ("records", records),
-             ("links", _links(run))]
+    records = "".join(
+        f'<div class="record"><span class="record-name">{_e(k)}</span> = <span class="record-value" '
+        f'title="{_e(_plain(full.get(k)))}">{_e(v)}</span></div>'
+        for k, v in key_records(full, lang=f["lang"])
+    )
+    cells = [
+        ("report", f'{_e(run.report)}<div class="slug">{_e(run.slug)}</div>'),
+        ("institution", _e(f["institution"])),
+        ("lang", _e(f["lang"])),
+        ("parameters", _parameters(m.data.get("parameters", {}))),  # as written, whatever it holds
+        ("state", _state(run)),
+        ("engine", _e(_plain(m.data.get("engine", "")))),
+        ("duration", _duration(m.duration)),
+        ("started", (_e(format_started(m.started)) if m.started else "") + _run_by(m)),
+        ("records", records),
+        ("links", _links(run)),
+    ]
     tds = "".join(f'<td class="{name}">{content}</td>' for name, content in cells)
-    return (f'<tr class="run status-{_e(run.status)} state-{_e(run.state)}{classes}" data-status="{_e(run.status)}" '
-            f'data-state="{_e(run.state)}" data-report="{_e(run.report)}" data-slug="{_e(run.slug)}"{publishable} '
-            f'data-institution="{_e(f["institution"])}" data-lang="{_e(f["lang"])}">{tds}</tr>')
+    return (
+        f'<tr class="run status-{_e(run.status)} state-{_e(run.state)}{classes}" data-status="{_e(run.status)}" '
+        f'data-state="{_e(run.state)}" data-report="{_e(run.report)}" data-slug="{_e(run.slug)}"{publishable} '
+        f'data-institution="{_e(f["institution"])}" data-lang="{_e(f["lang"])}">{tds}</tr>'
+    )
+
 
 def _safe_row(run: Run, classes: str = "") -> str:
     "A row, or an unreadable row when the manifest holds something the renderer did not expect."
-    try: return _row(run, classes)
+    try:
+        return _row(run, classes)
     except Exception as e:  # one odd manifest must not take the whole page down
-        return _row(Run(run.report, run.slug, run.folder, problem=f"cannot show manifest: {type(e).__name__}: {e}"), classes)
+        return _row(
+            Run(run.report, run.slug, run.folder, problem=f"cannot show manifest: {type(e).__name__}: {e}"),
+            classes,
+        )
 
 # %% ../../nbs/runner/site.ipynb #af663c20
 _CSS = """
@@ -207,29 +291,45 @@ tr.state-failed,tr.state-unreadable,tr.state-audit-failed{background:#fffafa}
 .empty{color:#666;font-style:italic}
 """
 
+
 def _index_summary_html(runs: list[Run], generated: datetime) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in ("succeeded", "failed", "unreadable")}
     attrs = f'data-total="{len(runs)}"' + "".join(f' data-{s}="{n}"' for s, n in counts.items())
-    parts = [f'<span class="n-total">{len(runs)} run{"s" if len(runs) != 1 else ""}</span>',
-             f'<span class="n-succeeded">{counts["succeeded"]} succeeded</span>',
-             f'<span class="n-failed">{counts["failed"]} failed</span>']
-    if counts["unreadable"]: parts.append(f'<span class="n-unreadable">{counts["unreadable"]} unreadable</span>')
+    parts = [
+        f'<span class="n-total">{len(runs)} run{"s" if len(runs) != 1 else ""}</span>',
+        f'<span class="n-succeeded">{counts["succeeded"]} succeeded</span>',
+        f'<span class="n-failed">{counts["failed"]} failed</span>',
+    ]
+    if counts["unreadable"]:
+        parts.append(f'<span class="n-unreadable">{counts["unreadable"]} unreadable</span>')
     states = {s: sum(r.state == s for r in runs) for s in ("publishable", "audit-failed", "internal")}
     parts += [f'<span class="n-{s}">{n} {STATE_LABELS[s]}</span>' for s, n in states.items() if n]
     stamp = generated.astimezone(timezone.utc)
-    parts.append(f'generated <time datetime="{stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}">{stamp.strftime("%Y-%m-%d %H:%M")} UTC</time>')
+    parts.append(
+        f'generated <time datetime="{stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}">{stamp.strftime("%Y-%m-%d %H:%M")} UTC</time>'
+    )
     return f'<p class="summary" {attrs}>{" · ".join(parts)}</p>'
 
-FACET_NAMES = {"report": "report", "institution": "institution", "lang": "language", "state": "state", "run_by": "run by"}
+
+FACET_NAMES = {
+    "report": "report",
+    "institution": "institution",
+    "lang": "language",
+    "state": "state",
+    "run_by": "run by",
+}
+
 
 def _facet_values(runs: list[Run]) -> dict[str, list[str]]:
     "For each facet, its values in the runs (states in their fixed order), when there are at least two to choose between."
     seen = {f: set() for f in FACETS}
     for r in runs:
         for f, v in facets(r).items():
-            if v: seen[f].add(v)
+            if v:
+                seen[f].add(v)
     ordered = {f: [s for s in STATE_LABELS if s in v] if f == "state" else sorted(v) for f, v in seen.items()}
     return {f: v for f, v in ordered.items() if len(v) > 1}
+
 
 def _filters(runs: list[Run], values: dict[str, list[str]]) -> tuple[str, str]:
     "(the filter form, its CSS): radio buttons per facet; a checked one hides the rows without that value, no script needed."
@@ -238,20 +338,41 @@ def _filters(runs: list[Run], values: dict[str, list[str]]) -> tuple[str, str]:
         counts = [sum(facets(r)[f] == v for r in runs) for v in vs]
         shown = [STATE_LABELS[v] if f == "state" else v for v in vs]
         radios = [f'<label><input type="radio" name="f-{f}" id="f-{f}-all" checked> all</label>']
-        radios += [f'<label><input type="radio" name="f-{f}" id="f-{f}-{i}" value="{_e(v)}"> {_e(label)} ({n})</label>'
-                   for i, (v, label, n) in enumerate(zip(vs, shown, counts))]
-        groups.append(f'<fieldset class="filter" data-facet="{f}"><legend>{FACET_NAMES[f]}</legend>{"".join(radios)}</fieldset>')
-        rules += [f"body:has(#f-{f}-{i}:checked) tr.run:not(.f-{f}-{i}){{display:none}}" for i in range(len(vs))]
+        radios += [
+            f'<label><input type="radio" name="f-{f}" id="f-{f}-{i}" value="{_e(v)}"> {_e(label)} ({n})</label>'
+            for i, (v, label, n) in enumerate(zip(vs, shown, counts))
+        ]
+        groups.append(
+            f'<fieldset class="filter" data-facet="{f}"><legend>{FACET_NAMES[f]}</legend>{"".join(radios)}</fieldset>'
+        )
+        rules += [
+            f"body:has(#f-{f}-{i}:checked) tr.run:not(.f-{f}-{i}){{display:none}}" for i in range(len(vs))
+        ]
     form = f'<form class="filters">{"".join(groups)}</form>\n' if groups else ""
     return form, "\n".join(rules)
 
+
 def _facet_classes(run: Run, values: dict[str, list[str]]) -> str:
-    try: f = facets(run)
-    except Exception: return ""  # the row itself will say what is wrong with the manifest
+    try:
+        f = facets(run)
+    except Exception:
+        return ""  # the row itself will say what is wrong with the manifest
     return "".join(f" f-{k}-{vs.index(f[k])}" for k, vs in values.items() if f[k] in vs)
 
-_COLUMNS = ("report", "institution", "language", "parameters", "state", "engine", "duration (s)", "started (UTC)",
-            "key records", "outputs")
+
+_COLUMNS = (
+    "report",
+    "institution",
+    "language",
+    "parameters",
+    "state",
+    "engine",
+    "duration (s)",
+    "started (UTC)",
+    "key records",
+    "outputs",
+)
+
 
 def render_index(runs: list[Run], generated: datetime | None = None, *, lang: str = "en") -> str:
     "The index page for `runs` as one self-contained HTML document, in language `lang` (its `<html lang>`)."
@@ -261,17 +382,21 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
     form, rules = _filters(runs, values)
     body = "\n".join(_safe_row(r, _facet_classes(r, values)) for r in runs)
     empty = '<p class="empty">No runs yet.</p>\n' if not runs else ""
-    return (f"<!DOCTYPE html>\n<html lang=\"{_e(lang)}\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
-            f"{_index_summary_html(runs, generated)}\n{form}{empty}"
-            f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
-            "</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
+        f"{_index_summary_html(runs, generated)}\n{form}{empty}"
+        f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
+        "</body>\n</html>\n"
+    )
+
 
 def build_index(build_dir, *, lang: str = "en") -> Path:
     "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
     build_dir = Path(build_dir)
-    if not build_dir.is_dir(): raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
+    if not build_dir.is_dir():
+        raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
     write_text_atomic(index, render_index(read_runs(build_dir), lang=lang))
     return index

@@ -24,15 +24,28 @@ __all__ = ['KEYED_FIELDS', 'SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_m
 class ShareError(RKError):
     "The shared run store is not set, cannot be reached, or refuses what is asked of it."
 
+
 def lookup_key(template_sha256: str, parameters: dict, code_sha256: str, environment_sha256: str) -> str:
     "What a workspace knows before it runs a report: template, parameters, code and environment."
-    blob = json.dumps({"template": template_sha256, "parameters": parameters, "code": code_sha256,
-                       "environment": environment_sha256}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "template": template_sha256,
+            "parameters": parameters,
+            "code": code_sha256,
+            "environment": environment_sha256,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
+
 
 def lookup_of_manifest(m: Manifest) -> str:
     "The lookup key of a finished run, from its manifest."
-    return lookup_key(m.template["sha256"], m.parameters, m.code["source_sha256"], m.environment["packages_sha256"])
+    return lookup_key(
+        m.template["sha256"], m.parameters, m.code["source_sha256"], m.environment["packages_sha256"]
+    )
+
 
 def lookup_of_run(run: Run) -> str:
     "The lookup key of a planned run, from this workspace's code and environment."
@@ -41,26 +54,40 @@ def lookup_of_run(run: Run) -> str:
 # %% ../../nbs/runner/store.ipynb #99097a0d
 class Share:
     "One shared run store: an fsspec file system and the root path inside it."
+
     def __init__(self, url: str, source: str = "[workspace] share"):
         import fsspec
+
         self.url, self.source = url, source
-        try: self.fs, self.root = fsspec.core.url_to_fs(url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
         except ImportError as e:
-            raise ShareError(f"{source} = {url!r} needs a package that is not installed ({e}); "
-                             "for s3:// install the s3 extra: pip install -e '.[s3]'") from None
-        except (ValueError, TypeError) as e: raise ShareError(f"{source} = {url!r} is not a usable fsspec URL: {e}") from None
+            raise ShareError(
+                f"{source} = {url!r} needs a package that is not installed ({e}); "
+                "for s3:// install the s3 extra: pip install -e '.[s3]'"
+            ) from None
+        except (ValueError, TypeError) as e:
+            raise ShareError(f"{source} = {url!r} is not a usable fsspec URL: {e}") from None
         self.root = self.root.rstrip("/")
         self.local = "file" in self.fs.protocol
-        if self.local and not self.fs.isdir(self.root):  # an unmounted drive must not look like an empty store
-            raise ShareError(f"{source} = {url!r}: {self.root} is not a folder (is the shared drive mounted?)")
+        if self.local and not self.fs.isdir(
+            self.root
+        ):  # an unmounted drive must not look like an empty store
+            raise ShareError(
+                f"{source} = {url!r}: {self.root} is not a folder (is the shared drive mounted?)"
+            )
 
-    def run_path(self, lookup: str, key: str) -> str: return f"{self.root}/runs/{lookup}/{key}"
-    def blob_path(self, lookup: str, key: str, sha: str, name: str) -> str: return f"{self.run_path(lookup, key)}/files/{sha}/{name}"
+    def run_path(self, lookup: str, key: str) -> str:
+        return f"{self.root}/runs/{lookup}/{key}"
+
+    def blob_path(self, lookup: str, key: str, sha: str, name: str) -> str:
+        return f"{self.run_path(lookup, key)}/files/{sha}/{name}"
 
     def put(self, path: str, data: bytes) -> None:
         "Write `data` at `path` so a reader sees all of it or nothing."
         if not self.local:  # an object store's PUT is already all or nothing
-            self.fs.pipe_file(path, data); return
+            self.fs.pipe_file(path, data)
+            return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"  # a killed push leaves only this, under a name no reader looks at
         self.fs.pipe_file(tmp, data)
@@ -68,156 +95,241 @@ class Share:
 
     def read_envelope(self, lookup: str, key: str) -> dict | None:
         "The signed manifest of a run, or None if the run is not (yet) in the store."
-        try: text = self.fs.cat_file(f"{self.run_path(lookup, key)}/{MANIFEST}")
-        except FileNotFoundError: return None
-        try: return json.loads(text)
-        except ValueError: return {}
+        try:
+            text = self.fs.cat_file(f"{self.run_path(lookup, key)}/{MANIFEST}")
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return {}
 
     def candidates(self, lookup: str) -> list[str]:
         "The cache keys stored under `lookup`."
-        try: return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(f"{self.root}/runs/{lookup}", detail=False))
-        except FileNotFoundError: return []
+        try:
+            return sorted(
+                p.rstrip("/").rsplit("/", 1)[-1]
+                for p in self.fs.ls(f"{self.root}/runs/{lookup}", detail=False)
+            )
+        except FileNotFoundError:
+            return []
 
     def manifests(self) -> list[tuple[str, str]]:
         "(lookup, cache key) of every run in the store that has its manifest."
         paths = self.fs.glob(f"{self.root}/runs/*/*/{MANIFEST}")
         return sorted(tuple(p.rstrip("/").split("/")[-3:-1]) for p in paths)
 
+
 def open_share(settings: Settings) -> Share:
     "The workspace's shared run store; `ShareError` when none is set."
     if not settings.share:
-        raise ShareError("no shared run store: set [workspace] share in settings.ini (a folder or an fsspec URL) "
-                         "or RK_WORKSPACE_SHARE")
+        raise ShareError(
+            "no shared run store: set [workspace] share in settings.ini (a folder or an fsspec URL) "
+            "or RK_WORKSPACE_SHARE"
+        )
     return Share(settings.share, f"[workspace] share ({settings.values['workspace', 'share'].source})")
+
 
 def reaching(share: Share, action):
     "Run `action()`; a failure to reach the store becomes one `ShareError` naming it."
-    try: return action()
-    except RKError: raise
+    try:
+        return action()
+    except RKError:
+        raise
     except Exception as e:  # network, permissions, credentials: fsspec back ends raise many kinds
-        raise ShareError(f"the shared run store {share.url} could not be used: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ShareError(
+            f"the shared run store {share.url} could not be used: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 # %% ../../nbs/runner/store.ipynb #ca9b5106
 def access_problem(manifest: Manifest, settings: Settings) -> str | None:
     "Why a run may not go to this workspace's store, or None when it may."
     from research_kit.data.catalog import get_resource
+
     restricted = []
     for i in manifest.inputs:
         name = f"{i['package']}/{i['resource']}"
-        try: res = get_resource(i["package"], i["resource"])
-        except RKError: return f"it read {name}, which this workspace no longer has, so its access level is unknown"
-        if res.access == "restricted": restricted.append((name, res.owner))
-    if not restricted: return None
-    if settings.share_owner and all(owner == settings.share_owner for _, owner in restricted): return None
-    if manifest.audience == "public" and manifest.publishable is True: return None
+        try:
+            res = get_resource(i["package"], i["resource"])
+        except RKError:
+            return f"it read {name}, which this workspace no longer has, so its access level is unknown"
+        if res.access == "restricted":
+            restricted.append((name, res.owner))
+    if not restricted:
+        return None
+    if settings.share_owner and all(owner == settings.share_owner for _, owner in restricted):
+        return None
+    if manifest.audience == "public" and manifest.publishable is True:
+        return None
     what = ", ".join(f"{n} (restricted to {o})" for n, o in restricted)
-    return (f"it read {what}; such a run goes only to that institution's own store ([workspace] share_owner), "
-            "or once it is public and passed the audit")
+    return (
+        f"it read {what}; such a run goes only to that institution's own store ([workspace] share_owner), "
+        "or once it is public and passed the audit"
+    )
 
 # %% ../../nbs/runner/store.ipynb #d53114d9
 @dataclass
 class Pushed:
     "What happened to one run: `pushed`, `present` (already in the store) or `skipped`, and why."
+
     run: str
     outcome: str
     reason: str = ""
 
+
 KEYED_FIELDS = (("template", "sha256"), ("code", "source_sha256"), ("environment", "packages_sha256"))
 
+
 def _local_problem(folder: Path, m: Manifest) -> str | None:
-    if m.status != "succeeded": return f"it {m.status}: only successful runs are shared"
-    missing = [f"{part}.{key}" for part, key in KEYED_FIELDS if not isinstance(getattr(m, part).get(key), str)]
-    if missing: return f"its manifest has no {', '.join(missing)}, so its lookup key cannot be worked out"
+    if m.status != "succeeded":
+        return f"it {m.status}: only successful runs are shared"
+    missing = [
+        f"{part}.{key}" for part, key in KEYED_FIELDS if not isinstance(getattr(m, part).get(key), str)
+    ]
+    if missing:
+        return f"its manifest has no {', '.join(missing)}, so its lookup key cannot be worked out"
     # no other workspace may reuse it (restore refuses it), so it would only take room in the store
-    if m.unkeyed: return f"no cache key covers what it read ({'; '.join(m.unkeyed)}), so no one else could reuse it"
+    if m.unkeyed:
+        return f"no cache key covers what it read ({'; '.join(m.unkeyed)}), so no one else could reuse it"
     for name, digest in m.outputs.items():
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             return f"{name} differs from its manifest (changed after the run?)"
     return None
 
+
 def _signed_ok(envelope, keys_dir: Path) -> bool:
-    try: verify(envelope, keys_dir); return True
-    except SigningError: return False
+    try:
+        verify(envelope, keys_dir)
+        return True
+    except SigningError:
+        return False
+
 
 def _push_one(share: Share, folder: Path, settings: Settings, private_key) -> Pushed:
     name = f"{folder.parent.name}/{folder.name}"
-    try: m = read_manifest(folder)
-    except ManifestError: return Pushed(name, "skipped", "it has no readable manifest")
+    try:
+        m = read_manifest(folder)
+    except ManifestError:
+        return Pushed(name, "skipped", "it has no readable manifest")
     problem = _local_problem(folder, m) or access_problem(m, settings)
-    if problem: return Pushed(name, "skipped", problem)
+    if problem:
+        return Pushed(name, "skipped", problem)
     lookup, key = lookup_of_manifest(m), m.cache_key
-    if _signed_ok(share.read_envelope(lookup, key), settings.root / KEYS_DIR): return Pushed(name, "present")
+    if _signed_ok(share.read_envelope(lookup, key), settings.root / KEYS_DIR):
+        return Pushed(name, "present")
     for output, digest in m.outputs.items():
         path = share.blob_path(lookup, key, digest, output)
-        if not share.fs.exists(path): share.put(path, (folder / output).read_bytes())
-    run = {k: v for k, v in m.data.items() if k != "shared"}  # where this copy came from is not part of the run
-    payload = {"manifest": run, "institution": settings.institution, "researcher": settings.researcher,
-               "pushed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    share.put(f"{share.run_path(lookup, key)}/{MANIFEST}",
-              json.dumps(sign(payload, settings.institution, private_key), ensure_ascii=False).encode("utf-8"))
+        if not share.fs.exists(path):
+            share.put(path, (folder / output).read_bytes())
+    run = {
+        k: v for k, v in m.data.items() if k != "shared"
+    }  # where this copy came from is not part of the run
+    payload = {
+        "manifest": run,
+        "institution": settings.institution,
+        "researcher": settings.researcher,
+        "pushed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    share.put(
+        f"{share.run_path(lookup, key)}/{MANIFEST}",
+        json.dumps(sign(payload, settings.institution, private_key), ensure_ascii=False).encode("utf-8"),
+    )
     return Pushed(name, "pushed")
+
 
 def push(folders: list[Path], settings: Settings | None = None, on_result=None) -> list[Pushed]:
     "Push the runs in `folders` to the workspace's store, signed with the researcher's key."
     s = settings or load_settings()
     share = open_share(s)
-    if not s.institution: raise ShareError("[workspace] institution is not set; pushed runs are signed in an institution's name")
+    if not s.institution:
+        raise ShareError(
+            "[workspace] institution is not set; pushed runs are signed in an institution's name"
+        )
     private_key = load_private_key(s.signing_key)
     results = []
     for folder in folders:
         result = reaching(share, lambda: _push_one(share, Path(folder), s, private_key))
         results.append(result)
-        if on_result: on_result(result)
+        if on_result:
+            on_result(result)
     return results
 
 # %% ../../nbs/runner/store.ipynb #ed1ffc60
 @dataclass
 class Restored:
     "A planned run and what the store gave: its manifest, or the reason it was refused (or None: not there)."
+
     run: Run
     manifest: Manifest | None = None
     refused: str | None = None
+
 
 def _matching(run: Run, envelope: dict, key: str, settings: Settings) -> dict | None:
     "The signed payload when it is this run with this workspace's data, files and settings; SigningError when it is forged."
     payload = verify(envelope, settings.root / KEYS_DIR)
     m = payload.get("manifest") if isinstance(payload, dict) else None
-    if not isinstance(m, dict) or payload.get("institution") != envelope["institution"] or m.get("cache_key") != key:
+    if (
+        not isinstance(m, dict)
+        or payload.get("institution") != envelope["institution"]
+        or m.get("cache_key") != key
+    ):
         raise SigningError("the signed manifest does not describe the run stored under its key")
-    made = Manifest(m)  # what it read, as this workspace has it now; a run that read something no key covers is run here
-    return payload if made.succeeded and not made.unkeyed and current_key(run, made, settings) == key else None
+    made = Manifest(
+        m
+    )  # what it read, as this workspace has it now; a run that read something no key covers is run here
+    return (
+        payload if made.succeeded and not made.unkeyed and current_key(run, made, settings) == key else None
+    )
+
 
 def _copy_in(share: Share, run: Run, lookup: str, key: str, payload: dict) -> Manifest:
     "Download the run's files into a temporary folder, check each hash, and swap it into place."
     import shutil
+
     m = payload["manifest"]
     tmp = run.folder.parent / f".tmp-{run.slug[:80]}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         for output, digest in m["outputs"].items():
-            if output not in OUTPUTS: raise SigningError(f"the manifest lists {output!r}, which is not a run output")
-            try: data = share.fs.cat_file(share.blob_path(lookup, key, digest, output))
-            except FileNotFoundError: raise SigningError(f"{output} is missing from the store") from None
+            if output not in OUTPUTS:
+                raise SigningError(f"the manifest lists {output!r}, which is not a run output")
+            try:
+                data = share.fs.cat_file(share.blob_path(lookup, key, digest, output))
+            except FileNotFoundError:
+                raise SigningError(f"{output} is missing from the store") from None
             if hashlib.sha256(data).hexdigest() != digest:
-                raise SigningError(f"{output} does not match its sha256 in the signed manifest: it was changed in the store")
+                raise SigningError(
+                    f"{output} does not match its sha256 in the signed manifest: it was changed in the store"
+                )
             (tmp / output).write_bytes(data)
-        m = Manifest({**m, "shared": {k: payload[k] for k in ("institution", "researcher", "pushed")}
-                                     | {"restored": datetime.now(timezone.utc).isoformat(timespec="seconds")}})
+        m = Manifest(
+            {
+                **m,
+                "shared": {k: payload[k] for k in ("institution", "researcher", "pushed")}
+                | {"restored": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            }
+        )
         write_manifest(tmp, m)
         swap_into_place(tmp, run.folder)
         return m
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 def _restore_one(share: Share, run: Run, settings: Settings) -> Restored:
     lookup, problems = lookup_of_run(run), []
     for key in share.candidates(lookup):
         envelope = share.read_envelope(lookup, key)
-        if envelope is None: continue  # files of a push not finished yet
+        if envelope is None:
+            continue  # files of a push not finished yet
         try:
             payload = _matching(run, envelope, key, settings)
-            if payload: return Restored(run, _copy_in(share, run, lookup, key, payload))
-        except SigningError as e: problems.append(f"{run.name}: refused the shared copy ({key[:12]}): {e}")
+            if payload:
+                return Restored(run, _copy_in(share, run, lookup, key, payload))
+        except SigningError as e:
+            problems.append(f"{run.name}: refused the shared copy ({key[:12]}): {e}")
     return Restored(run, refused="; ".join(problems) or None)
+
 
 def restore(runs: list[Run], settings: Settings | None = None, on_result=None) -> list[Restored]:
     "Restore from the store every run of `runs` it holds (call with the build lock held)."
@@ -227,8 +339,10 @@ def restore(runs: list[Run], settings: Settings | None = None, on_result=None) -
     for run in runs:
         result = reaching(share, lambda: _restore_one(share, run, s))
         results.append(result)
-        if on_result: on_result(result)
+        if on_result:
+            on_result(result)
     return results
+
 
 def restored_line(m: Manifest) -> str:
     "How the summary names a restored run: 'restored from the share, run by METU on 2026-11-28'."
@@ -241,6 +355,7 @@ def pull(runs: list[Run], settings: Settings | None = None, *, wait: bool = Fals
     "Restore every run of `runs` not cached locally from the store; rebuild the index."
     from research_kit.runner.runs import build_lock, clean_stale
     from research_kit.runner.site import build_index
+
     s = settings or load_settings()
     todo = [r for r in runs if not r.cached]
     open_share(s)  # fail before taking the lock when no store is set
@@ -253,6 +368,7 @@ def pull(runs: list[Run], settings: Settings | None = None, *, wait: bool = Fals
 # %% ../../nbs/runner/store.ipynb #ca39fbba
 SITE_MARK = ".rk-site"  # marks a folder build_site made, so it may replace it
 
+
 def _site_runs(share: Share, keys_dir: Path):
     "(lookup, key, payload or None, problem or None) for every run in the store."
     for lookup, key in share.manifests():
@@ -263,37 +379,68 @@ def _site_runs(share: Share, keys_dir: Path):
             if m.get("cache_key") != key or payload.get("institution") != envelope["institution"]:
                 raise SigningError("the signed manifest does not describe the run stored under its key")
             yield lookup, key, payload, None
-        except (SigningError, KeyError, TypeError) as e: yield lookup, key, None, f"refused: {e}"
+        except (SigningError, KeyError, TypeError) as e:
+            yield lookup, key, None, f"refused: {e}"
+
 
 def _site_row(share: Share, lookup, key, payload, problem, folder: Path, public: bool):
     "The index's Run for one stored run, with its files copied into `folder` (None when it is left out)."
-    if payload is None: return Run("(refused)", key[:12], folder, problem=problem)
-    m = Manifest(dict(payload["manifest"], shared={"institution": payload["institution"], "pushed": payload["pushed"]}
-                      | ({} if public else {"researcher": payload["researcher"]})))
+    if payload is None:
+        return Run("(refused)", key[:12], folder, problem=problem)
+    m = Manifest(
+        dict(
+            payload["manifest"],
+            shared={"institution": payload["institution"], "pushed": payload["pushed"]}
+            | ({} if public else {"researcher": payload["researcher"]}),
+        )
+    )
     slug = f"{m.slug}@{key[:12]}"
     run = Run(m.report, slug, folder / m.report / slug, m.parameters, manifest=m)
-    if public and run.state != "publishable": return None
+    if public and run.state != "publishable":
+        return None
     run.folder.mkdir(parents=True)
     wanted = ("report.html", "report.pdf") if public else OUTPUTS
     for name, digest in m.outputs.items():
-        if name not in wanted: continue
+        if name not in wanted:
+            continue
         data = share.fs.cat_file(share.blob_path(lookup, key, digest, name))
         if hashlib.sha256(data).hexdigest() != digest:
-            return None if public else Run(run.report, run.slug, run.folder, problem=f"refused: {name} was changed in the store")
+            return (
+                None
+                if public
+                else Run(
+                    run.report, run.slug, run.folder, problem=f"refused: {name} was changed in the store"
+                )
+            )
         (run.folder / name).write_bytes(data)
-    if not public: write_manifest(run.folder, m)
+    if not public:
+        write_manifest(run.folder, m)
     return run
 
-def _matches(run, institution, report, state) -> bool:
-    if run.problem: return not (institution or report or state)
-    return ((not institution or (run.manifest.shared or {}).get("institution") == institution)
-            and (not report or run.report == report) and (not state or state in (run.state, run.status)))
 
-def build_site(out: Path, settings: Settings | None = None, *, public: bool = False, institution: str | None = None,
-               report: str | None = None, state: str | None = None) -> tuple[Path, int]:
+def _matches(run, institution, report, state) -> bool:
+    if run.problem:
+        return not (institution or report or state)
+    return (
+        (not institution or (run.manifest.shared or {}).get("institution") == institution)
+        and (not report or run.report == report)
+        and (not state or state in (run.state, run.status))
+    )
+
+
+def build_site(
+    out: Path,
+    settings: Settings | None = None,
+    *,
+    public: bool = False,
+    institution: str | None = None,
+    report: str | None = None,
+    state: str | None = None,
+) -> tuple[Path, int]:
     "Write the consortium index of the store (or, `public`, the static site of its publishable runs) to `out`: (index path, runs)."
     import shutil
     from research_kit.runner.site import render_index
+
     s = settings or load_settings()
     share, out = open_share(s), Path(out).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SITE_MARK).exists())):
@@ -301,13 +448,19 @@ def build_site(out: Path, settings: Settings | None = None, *, public: bool = Fa
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
+
         def rows():
             made = (_site_row(share, *entry, tmp, public) for entry in _site_runs(share, s.root / KEYS_DIR))
             return [r for r in made if r is not None and _matches(r, institution, report, state)]
+
         runs = sorted(reaching(share, rows), key=lambda r: (r.report, r.slug))
         (tmp / "index.html").write_text(render_index(runs), encoding="utf-8")
-        (tmp / SITE_MARK).write_text("made by rk site; replaced as a whole by the next one\n", encoding="utf-8")
-        if out.exists() and not any(out.iterdir()): out.rmdir()
+        (tmp / SITE_MARK).write_text(
+            "made by rk site; replaced as a whole by the next one\n", encoding="utf-8"
+        )
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
         swap_into_place(tmp, out, mark=SITE_MARK)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out / "index.html", len(runs)

@@ -11,7 +11,8 @@ from ..errors import RKError
 from ..settings import Settings, load_settings
 from .record import MIMETYPE, records
 from . import params as P
-from .manifest import IRREPRODUCIBLE, Manifest, ManifestError, Outcome, Run, read_manifest, write_manifest
+from .manifest import IRREPRODUCIBLE, Manifest, ManifestError, Outcome, Run, read_manifest
+from .manifest import write_manifest
 from .runs import build_lock, cell_sha256s, make_task, plan, run_key, template_sha256
 
 # %% auto #0
@@ -22,102 +23,156 @@ __all__ = ['REL_TOL', 'Difference', 'same', 'text_outputs', 'compare', 'template
 @dataclass(frozen=True)
 class Difference:
     "One difference between a run and its re-run."
+
     run: str
-    kind: str      # template | parameter | status | record | output | cache
+    kind: str  # template | parameter | status | record | output | cache
     name: str
     expected: object
     actual: object
 
+
 REL_TOL = 1e-9
 
 # %% ../../nbs/runner/verify.ipynb #715c2dbd
-def same(a,  # a recorded value of the run
-         b,  # the same record of the re-run
-        ) -> bool:
+def same(
+    a,  # a recorded value of the run
+    b,  # the same record of the re-run
+) -> bool:
     "Equal as records compare: floats to a relative 1e-9, everything else exactly."
-    if isinstance(a, bool) or isinstance(b, bool): return a is b
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
     if isinstance(a, float) or isinstance(b, float):
-        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)): return False
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return False
         return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-12)
-    if isinstance(a, list) and isinstance(b, list): return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict): return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return type(a) == type(b) and a == b
 
 # %% ../../nbs/runner/verify.ipynb #bed38200
-def text_outputs(nb_path: Path,  # an executed notebook
-                ) -> dict[str, str]:
+def text_outputs(
+    nb_path: Path,  # an executed notebook
+) -> dict[str, str]:
     "Cell label -> the text a cell printed or displayed (records and images left out)."
     import nbformat
+
     nb = nbformat.read(str(nb_path), as_version=4)
     out, n = {}, 0
     for cell in nb.cells:
-        if cell.cell_type != "code": continue
+        if cell.cell_type != "code":
+            continue
         n += 1
         parts = []
         for o in cell.get("outputs", []):
-            if o.output_type == "stream": parts.append(o.text)
+            if o.output_type == "stream":
+                parts.append(o.text)
             elif o.output_type in ("display_data", "execute_result") and MIMETYPE not in o.get("data", {}):
                 parts.append(o.get("data", {}).get("text/plain", ""))
-            elif o.output_type == "error": parts.append(f"{o.ename}: {o.evalue}")
+            elif o.output_type == "error":
+                parts.append(f"{o.ename}: {o.evalue}")
         out[f"code cell {n}"] = "".join(parts)
     return out
 
 # %% ../../nbs/runner/verify.ipynb #4b31d74b
-def compare(name: str,  # the run, as `report/slug`
-            expected_nb: Path,  # the run's executed notebook
-            expected_records: dict,  # the records its manifest holds
-            actual_nb: Path,  # the re-run's executed notebook
-           ) -> list[Difference]:
+def compare(
+    name: str,  # the run, as `report/slug`
+    expected_nb: Path,  # the run's executed notebook
+    expected_records: dict,  # the records its manifest holds
+    actual_nb: Path,  # the re-run's executed notebook
+) -> list[Difference]:
     "Differences in records and text outputs between two executions of one run."
     diffs, actual_records = [], records(actual_nb)
     for key in sorted(set(expected_records) | set(actual_records)):
         e, a = expected_records.get(key, "<missing>"), actual_records.get(key, "<missing>")
-        if not same(e, a): diffs.append(Difference(name, "record", key, e, a))
+        if not same(e, a):
+            diffs.append(Difference(name, "record", key, e, a))
     exp, act = text_outputs(expected_nb), text_outputs(actual_nb)
     for cell in sorted(set(exp) | set(act), key=lambda c: int(c.split()[-1])):
-        if exp.get(cell) != act.get(cell): diffs.append(Difference(name, "output", cell, exp.get(cell), act.get(cell)))
+        if exp.get(cell) != act.get(cell):
+            diffs.append(Difference(name, "output", cell, exp.get(cell), act.get(cell)))
     return diffs
 
 # %% ../../nbs/runner/verify.ipynb #0f1159cd
-def template_changes(name: str,  # the run, as `report/slug`
-                     manifest: Manifest,  # the run's manifest, with the template's hashes then
-                     template: Path,  # the template as it is now
-                    ) -> list[Difference]:
+def template_changes(
+    name: str,  # the run, as `report/slug`
+    manifest: Manifest,  # the run's manifest, with the template's hashes then
+    template: Path,  # the template as it is now
+) -> list[Difference]:
     "How the template changed since the run: a first line saying so, then each cell added, removed or edited."
     import difflib
+
     then = manifest.template
-    if then.get("sha256") == template_sha256(template): return []
-    diffs = [Difference(name, "template", "the template changed since this run", then.get("sha256", "?")[:12], template_sha256(template)[:12])]
+    if then.get("sha256") == template_sha256(template):
+        return []
+    diffs = [
+        Difference(
+            name,
+            "template",
+            "the template changed since this run",
+            then.get("sha256", "?")[:12],
+            template_sha256(template)[:12],
+        )
+    ]
     if "cells" not in then:
-        return diffs + [Difference(name, "template", "which cells: unknown", "(the run records no cell hashes)", "")]
+        return diffs + [
+            Difference(name, "template", "which cells: unknown", "(the run records no cell hashes)", "")
+        ]
     old, new = then["cells"], cell_sha256s(template)
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-        if op == "equal": continue
+        if op == "equal":
+            continue
         for k in range(max(i2 - i1, j2 - j1)):  # cells numbered from 1, as a reader counts them
-            if k < i2 - i1 and k < j2 - j1: diffs.append(Difference(name, "template", f"cell {j1 + k + 1} edited", f"cell {i1 + k + 1}", f"cell {j1 + k + 1}"))
-            elif k < i2 - i1: diffs.append(Difference(name, "template", f"cell {i1 + k + 1} removed", f"cell {i1 + k + 1}", "-"))
-            else: diffs.append(Difference(name, "template", f"cell {j1 + k + 1} added", "-", f"cell {j1 + k + 1}"))
+            if k < i2 - i1 and k < j2 - j1:
+                diffs.append(
+                    Difference(
+                        name,
+                        "template",
+                        f"cell {j1 + k + 1} edited",
+                        f"cell {i1 + k + 1}",
+                        f"cell {j1 + k + 1}",
+                    )
+                )
+            elif k < i2 - i1:
+                diffs.append(
+                    Difference(name, "template", f"cell {i1 + k + 1} removed", f"cell {i1 + k + 1}", "-")
+                )
+            else:
+                diffs.append(
+                    Difference(name, "template", f"cell {j1 + k + 1} added", "-", f"cell {j1 + k + 1}")
+                )
     return diffs
 
 # %% ../../nbs/runner/verify.ipynb #46f72200
-def rerun_parameters(name: str,  # the run, as `report/slug`
-                     recorded: dict,  # the parameters its manifest records
-                     declared: dict,  # the template's parameters now (`params.template_parameters`)
-                    ) -> tuple[dict, list[Difference]]:
+def rerun_parameters(
+    name: str,  # the run, as `report/slug`
+    recorded: dict,  # the parameters its manifest records
+    declared: dict,  # the template's parameters now (`params.template_parameters`)
+) -> tuple[dict, list[Difference]]:
     "The run's recorded parameters that the template still declares, and a difference for each one gained or lost."
-    diffs = [Difference(name, "parameter", p, "(not a parameter then)", f"{declared[p].default!r} (its default)")
-             for p in declared if p not in recorded]
-    diffs += [Difference(name, "parameter", p, repr(v), "(no longer a parameter: left out)") for p, v in recorded.items() if p not in declared]
+    diffs = [
+        Difference(name, "parameter", p, "(not a parameter then)", f"{declared[p].default!r} (its default)")
+        for p in declared
+        if p not in recorded
+    ]
+    diffs += [
+        Difference(name, "parameter", p, repr(v), "(no longer a parameter: left out)")
+        for p, v in recorded.items()
+        if p not in declared
+    ]
     return {p: v for p, v in recorded.items() if p in declared}, diffs
 
 # %% ../../nbs/runner/verify.ipynb #53575ce0
-def run_of(folder: Path,  # a finished run's folder: its manifest.json and report.ipynb
-           settings: Settings,  # the workspace's settings
-          ) -> tuple[Run, Manifest, list[Difference]]:
+def run_of(
+    folder: Path,  # a finished run's folder: its manifest.json and report.ipynb
+    settings: Settings,  # the workspace's settings
+) -> tuple[Run, Manifest, list[Difference]]:
     "The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and how the template changed."
     folder = Path(folder)
     m = read_manifest(folder)
-    if not (folder / "report.ipynb").is_file(): raise RKError(f"{folder} has no report.ipynb to compare with")
+    if not (folder / "report.ipynb").is_file():
+        raise RKError(f"{folder} has no report.ipynb to compare with")
     if not isinstance(m.report, str) or not isinstance(m.data.get("parameters"), dict):
         raise RKError(f"{folder / 'manifest.json'}: no 'report' name and 'parameters' mapping to re-run")
     name = f"{folder.parent.name}/{folder.name}"
@@ -128,45 +183,66 @@ def run_of(folder: Path,  # a finished run's folder: its manifest.json and repor
     return run, m, template_changes(name, m, template) + notes
 
 # %% ../../nbs/runner/verify.ipynb #e7be800d
-def irreproducible(diffs: list[Difference],  # what differed: its status, records, outputs
-                  ) -> str:
+def irreproducible(
+    diffs: list[Difference],  # what differed: its status, records, outputs
+) -> str:
     "What a run's manifest says when a re-run with the same inputs gave other results (`diffs`: its status, records, outputs)."
     what = "; ".join(dict.fromkeys(f"{d.kind} {d.name}" for d in diffs))
-    return (f"{IRREPRODUCIBLE}a re-run with the same inputs gave other results ({what}): "
-            "something no key covers decides them, such as unseeded randomness")
+    return (
+        f"{IRREPRODUCIBLE}a re-run with the same inputs gave other results ({what}): "
+        "something no key covers decides them, such as unseeded randomness"
+    )
 
-def same_inputs(run: Run,  # the planned re-run
-                m: Manifest,  # the manifest of the run it re-ran
-                outcome: Outcome,  # what the re-run's worker reported
-               ) -> bool:
+
+def same_inputs(
+    run: Run,  # the planned re-run
+    m: Manifest,  # the manifest of the run it re-ran
+    outcome: Outcome,  # what the re-run's worker reported
+) -> bool:
     "Did the re-run `outcome` of `run` read exactly what the run of manifest `m` read (the same cache key)?"
-    if outcome.unkeyed or m.unkeyed: return False  # such a run is never reused anyway
-    return run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings) == m.cache_key
+    if outcome.unkeyed or m.unkeyed:
+        return False  # such a run is never reused anyway
+    return (
+        run_key(run.template_hash, run.parameters, outcome.inputs, outcome.files, outcome.settings)
+        == m.cache_key
+    )
 
-def mark_irreproducible(folder,  # the run's folder
-                        m: Manifest,  # the manifest of the run that was verified
-                        reason: str,  # what to add to its `unkeyed` (`irreproducible`)
-                       ) -> bool:
+
+def mark_irreproducible(
+    folder,  # the run's folder
+    m: Manifest,  # the manifest of the run that was verified
+    reason: str,  # what to add to its `unkeyed` (`irreproducible`)
+) -> bool:
     "Add `reason` to the `unkeyed` of the run in `folder`, if it is still the run of manifest `m`; True if it was added."
-    try: now = read_manifest(folder)
-    except ManifestError: return False
-    if (now.started, now.cache_key) != (m.started, m.cache_key): return False  # run again since: this one was not verified
-    if reason not in now.unkeyed: write_manifest(folder, now.with_(unkeyed=[*now.unkeyed, reason]))
+    try:
+        now = read_manifest(folder)
+    except ManifestError:
+        return False
+    if (now.started, now.cache_key) != (m.started, m.cache_key):
+        return False  # run again since: this one was not verified
+    if reason not in now.unkeyed:
+        write_manifest(folder, now.with_(unkeyed=[*now.unkeyed, reason]))
     return True
 
 # %% ../../nbs/runner/verify.ipynb #e1c65fdc
-def verify_runs(folders: list[Path],  # finished runs' folders
-                settings: Settings | None = None,  # the workspace's settings; None to read them
-                *,
-                engine: str | None = None,  # `warm` or `kernel`; None: the engine each run recorded
-                workers: int | None = None,  # parallel re-runs; None: `[runner] workers`
-               ) -> list[Difference]:
+def verify_runs(
+    folders: list[Path],  # finished runs' folders
+    settings: Settings | None = None,  # the workspace's settings; None to read them
+    *,
+    engine: str | None = None,  # `warm` or `kernel`; None: the engine each run recorded
+    workers: int | None = None,  # parallel re-runs; None: `[runner] workers`
+) -> list[Difference]:
     "Re-execute each finished run into a temporary folder and list every difference."
     from research_kit.runner.executors import LocalExecutor
+
     s = settings or load_settings()
     planned = [run_of(f, s) for f in folders]
     diffs, tmp = [d for _, _, notes in planned for d in notes], Path(tempfile.mkdtemp(prefix="rk-verify-"))
-    rerun_of, by_engine, to_mark = {}, {}, []  # each re-run writes into a folder of its own, which says whose re-run it is
+    rerun_of, by_engine, to_mark = (
+        {},
+        {},
+        [],
+    )  # each re-run writes into a folder of its own, which says whose re-run it is
     for i, (run, m, _) in enumerate(planned):
         task = make_task(run, s, engine or m.engine or s.engine, output_dir=tmp / str(i))
         rerun_of[task.output_dir] = run, m
@@ -175,15 +251,32 @@ def verify_runs(folders: list[Path],  # finished runs' folders
         for task, outcome in LocalExecutor(workers or s.workers, memory=s.memory).run(group):
             run, m = rerun_of[task.output_dir]
             name = f"{run.folder.parent.name}/{run.folder.name}"
-            found = [Difference(name, "status", "status", m.status, outcome.status)] if outcome.status != m.status else []
+            found = (
+                [Difference(name, "status", "status", m.status, outcome.status)]
+                if outcome.status != m.status
+                else []
+            )
             if (Path(task.output_dir) / "report.ipynb").is_file():
-                found += compare(name, run.folder / "report.ipynb", m.records, Path(task.output_dir) / "report.ipynb")
+                found += compare(
+                    name, run.folder / "report.ipynb", m.records, Path(task.output_dir) / "report.ipynb"
+                )
             diffs += found
-            if found and same_inputs(run, m, outcome): to_mark.append((run.folder, m, name, irreproducible(found)))
+            if found and same_inputs(run, m, outcome):
+                to_mark.append((run.folder, m, name, irreproducible(found)))
     import shutil
+
     shutil.rmtree(tmp, ignore_errors=True)
     if to_mark:
         with build_lock(s.build_dir, wait=True):  # a batch may be writing these very folders
-            diffs += [Difference(name, "cache", "never served from the cache", "cached while its inputs are unchanged", reason)
-                      for folder, m, name, reason in to_mark if mark_irreproducible(folder, m, reason)]
+            diffs += [
+                Difference(
+                    name,
+                    "cache",
+                    "never served from the cache",
+                    "cached while its inputs are unchanged",
+                    reason,
+                )
+                for folder, m, name, reason in to_mark
+                if mark_irreproducible(folder, m, reason)
+            ]
     return diffs
