@@ -44,7 +44,10 @@ def _number_pattern(kind: str, lang: str, digits: int | None):
 
 
 def format_number(x, lang: str, digits: int | None = None, sign: bool = False) -> str:
-    "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign` writes `+` before a positive one."
+    (
+        "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; "
+        "`sign` writes `+` before a positive one."
+    )  # fmt: skip
     lang = check_lang(lang)
     if is_missing(x):
         return MISSING
@@ -402,7 +405,10 @@ def _is_rate(column) -> bool:
 
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
-    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or `x_estimate` with `x_lower, x_upper`."
+    (
+        "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` "
+        "or `x_estimate` with `x_lower, x_upper`."
+    )  # fmt: skip
     names = [str(c) for c in columns]
     groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
@@ -499,7 +505,10 @@ def _format_column(s, name: str, lang: str, k: int | None):
 
 
 def _reset_index(frame):
-    "A named index as columns; an unnamed one dropped when it only numbers the rows (also after a concat), else shown without a header."
+    (
+        "A named index as columns; an unnamed one dropped when it only numbers the rows (also after a "
+        "concat), else shown without a header."
+    )  # fmt: skip
     from pandas.api.types import is_integer_dtype
 
     if any(name is not None for name in frame.index.names):

@@ -507,7 +507,9 @@ def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
             return hidden, optimal
         cuts += new
         strikes.update(cell for *_, cell in new)
-        if stalled:  # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole (they make the model large)
+        # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole
+        # (they make the model large)
+        if stalled:
             stubborn = sorted(
                 (c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c]
             )
@@ -696,7 +698,10 @@ def check_protection(
     row_totals=None,
     column_totals=None,
 ):
-    "The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` and its range is narrower than `p`."
+    (
+        "The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` "
+        "and its range is narrower than `p`."
+    )  # fmt: skip
     k = _check_threshold(k)
     p = _check_protection(p, k)
     out = feasible_intervals(
@@ -722,7 +727,10 @@ def _label(x):
 
 
 def _unprotectable(net, a, primary, never, p, rows, cols):
-    "The error for a table no pattern protects: the small cell that stays exposed with every other cell hidden, when there is one."
+    (
+        "The error for a table no pattern protects: the small cell that stays exposed with every other cell "
+        "hidden, when there is one."
+    )  # fmt: skip
     import numpy as np
 
     for cell in np.flatnonzero(primary):
@@ -845,7 +853,10 @@ def suppress(
     objective: str = "value",
     time_limit: float = 30.0,
 ):
-    "Mask counts below `k` and the fewest, smallest cells that keep them protected: returns `(shown, masked)`, proof in `shown.attrs['protection']`."
+    (
+        "Mask counts below `k` and the fewest, smallest cells that keep them protected: "
+        "returns `(shown, masked)`, proof in `shown.attrs['protection']`."
+    )  # fmt: skip
     import numpy as np, pandas as pd
 
     counts, total_i, total_j = _table_shape(table, count_columns, total_row, total_column)
@@ -1001,7 +1012,10 @@ def _rows_shown(labels, index):
 
 
 def published_pattern(shown) -> dict | None:
-    "What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), as plain JSON for `check_published`; None without a proof."
+    (
+        "What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), "
+        "as plain JSON for `check_published`; None without a proof."
+    )  # fmt: skip
     import pandas as pd
 
     proof, k = getattr(shown, "attrs", {}).get("protection"), suppressed_at(shown)
@@ -1033,7 +1047,10 @@ def published_pattern(shown) -> dict | None:
 
 
 def check_published(pattern, *, k: int | None = None, p: int | None = None):
-    "`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` given): one row per masked cell, named by the labels a reader sees."
+    (
+        "`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` "
+        "given): one row per masked cell, named by the labels a reader sees."
+    )  # fmt: skip
     import numpy as np, pandas as pd
 
     try:
