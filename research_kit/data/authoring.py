@@ -283,7 +283,10 @@ def _cache(res, table) -> None:
 
 
 def _referenced_hashes(res) -> list:
-    "(resource, sha256) of every other resource of the package that a foreign key of `res` points to, as the loader keys its cache."
+    (
+        "(resource, sha256) of every other resource of the package that a foreign key of `res` points to, "
+        "as the loader keys its cache."
+    )  # fmt: skip
     from research_kit.data.load import resource_sha256
 
     refs = sorted(
@@ -375,7 +378,10 @@ def _row_hashes(df):
 
 
 def compare_rows(old, new, key=()) -> Changes:
-    "The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the `key` fields or as whole rows."
+    (
+        "The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the "
+        "`key` fields or as whole rows."
+    )  # fmt: skip
     import pandas as pd
 
     key = list(key)
@@ -465,10 +471,16 @@ class Rehashed:
 
         short = lambda h: None if h is None else str(h)[: 7 + 12] + "..."
         lines = [
-            f"{head}: rows {pair('x-rows')}, bytes {pair('bytes')}, hash {short(self.before.get('hash'))} -> {short(self.after['hash'])}",
+            (
+                f"{head}: rows {pair('x-rows')}, bytes {pair('bytes')}, hash "
+                f"{short(self.before.get('hash'))} -> {short(self.after['hash'])}"
+            ),
             f"  {self.changes}"
             if self.changes is not None
-            else "  what changed is not known: the previous content is neither cached under the current schema nor committed in git",
+            else (
+                "  what changed is not known: the previous content is neither cached under the current "
+                "schema nor committed in git"
+            ),
         ]
         return "\n".join(lines)
 

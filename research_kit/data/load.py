@@ -56,7 +56,10 @@ class HashMemo:
             return None
 
     def put(self, path: str, sha256: str, stamp: list) -> None:
-        "Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not changed since and has settled."
+        (
+            "Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not "
+            "changed since and has settled."
+        )  # fmt: skip
         import time
 
         if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns:
@@ -297,7 +300,10 @@ def validate_bytes(
     data: bytes,  # content to check as the file of `res`
     res: Resource,  # the resource whose schema and foreign keys it must satisfy
 ):
-    "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and foreign keys (not its hash)."
+    (
+        "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema "
+        "and foreign keys (not its hash)."
+    )  # fmt: skip
     check_schema(res.schema, res.descriptor_url)
     return _read_validated(data, res)
 
@@ -307,7 +313,10 @@ def cache_key(
     schema: dict,  # its Table Schema
     references=(),  # (resource, sha256) of each resource its foreign keys point to
 ) -> str:
-    "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the resources its foreign keys point to."
+    (
+        "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of "
+        "the resources its foreign keys point to."
+    )  # fmt: skip
     blob = json.dumps([sha256, schema, LOADER_VERSION, list(references)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
