@@ -54,7 +54,10 @@ def _host_addresses(url: str) -> list[str]:
 
 
 def discovery_config(settings) -> dict | None:
-    "What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts; None when `[runner] discovery = off`."
+    (
+        "What a run's process needs to discover its reads: the roots, what to leave out, the data root's "
+        "hosts; None when `[runner] discovery = off`."
+    )  # fmt: skip
     from research_kit.i18n import locales_dir
 
     if settings.discovery == "off":
@@ -419,7 +422,10 @@ def _gone(name: str, then, now) -> str:
 
 
 def changes(run: Run, m: Manifest, settings) -> list[str]:
-    "What differs between the run of manifest `m` and the planned `run` now: template cells, parameters, code, environment, data, files, settings."
+    (
+        "What differs between the run of manifest `m` and the planned `run` now: template cells, "
+        "parameters, code, environment, data, files, settings."
+    )  # fmt: skip
     from research_kit.runner.runs import code_sha256, environment
     from research_kit.runner.verify import template_changes
 

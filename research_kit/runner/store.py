@@ -437,7 +437,10 @@ def build_site(
     report: str | None = None,
     state: str | None = None,
 ) -> tuple[Path, int]:
-    "Write the consortium index of the store (or, `public`, the static site of its publishable runs) to `out`: (index path, runs)."
+    (
+        "Write the consortium index of the store (or, `public`, the static site of its publishable runs) to "
+        "`out`: (index path, runs)."
+    )  # fmt: skip
     import shutil
     from research_kit.runner.site import render_index
 
