@@ -169,10 +169,8 @@ def cpu_seconds() -> float:
 
 
 def discovery_cost(workers, base, repeat) -> dict:
-    (
-        "Cold warm-engine `rk batch annual` with the discovery of reads off and on, alternating: "
-        "{mode: [(wall, summed durations, cpu)]}."
-    )  # fmt: skip
+    """Cold warm-engine `rk batch annual` with the discovery of reads off and on, alternating: {mode: [(wall,
+    summed durations, cpu)]}."""
     import json
 
     work = Path(tempfile.mkdtemp(prefix="rk-bench-reads-"))

@@ -44,10 +44,8 @@ def _number_pattern(kind: str, lang: str, digits: int | None):
 
 
 def format_number(x, lang: str, digits: int | None = None, sign: bool = False) -> str:
-    (
-        "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; "
-        "`sign` writes `+` before a positive one."
-    )  # fmt: skip
+    """`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign`
+    writes `+` before a positive one."""
     lang = check_lang(lang)
     if is_missing(x):
         return MISSING
@@ -405,10 +403,8 @@ def _is_rate(column) -> bool:
 
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
-    (
-        "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` "
-        "or `x_estimate` with `x_lower, x_upper`."
-    )  # fmt: skip
+    """(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or
+    `x_estimate` with `x_lower, x_upper`."""
     names = [str(c) for c in columns]
     groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
@@ -505,10 +501,8 @@ def _format_column(s, name: str, lang: str, k: int | None):
 
 
 def _reset_index(frame):
-    (
-        "A named index as columns; an unnamed one dropped when it only numbers the rows (also after a "
-        "concat), else shown without a header."
-    )  # fmt: skip
+    """A named index as columns; an unnamed one dropped when it only numbers the rows (also after a concat),
+    else shown without a header."""
     from pandas.api.types import is_integer_dtype
 
     if any(name is not None for name in frame.index.names):

@@ -698,10 +698,8 @@ def check_protection(
     row_totals=None,
     column_totals=None,
 ):
-    (
-        "The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` "
-        "and its range is narrower than `p`."
-    )  # fmt: skip
+    """The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` and
+    its range is narrower than `p`."""
     k = _check_threshold(k)
     p = _check_protection(p, k)
     out = feasible_intervals(
@@ -727,10 +725,8 @@ def _label(x):
 
 
 def _unprotectable(net, a, primary, never, p, rows, cols):
-    (
-        "The error for a table no pattern protects: the small cell that stays exposed with every other cell "
-        "hidden, when there is one."
-    )  # fmt: skip
+    """The error for a table no pattern protects: the small cell that stays exposed with every other cell
+    hidden, when there is one."""
     import numpy as np
 
     for cell in np.flatnonzero(primary):
@@ -853,10 +849,8 @@ def suppress(
     objective: str = "value",
     time_limit: float = 30.0,
 ):
-    (
-        "Mask counts below `k` and the fewest, smallest cells that keep them protected: "
-        "returns `(shown, masked)`, proof in `shown.attrs['protection']`."
-    )  # fmt: skip
+    """Mask counts below `k` and the fewest, smallest cells that keep them protected: returns `(shown,
+    masked)`, proof in `shown.attrs['protection']`."""
     import numpy as np, pandas as pd
 
     counts, total_i, total_j = _table_shape(table, count_columns, total_row, total_column)
@@ -1012,10 +1006,8 @@ def _rows_shown(labels, index):
 
 
 def published_pattern(shown) -> dict | None:
-    (
-        "What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), "
-        "as plain JSON for `check_published`; None without a proof."
-    )  # fmt: skip
+    """What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), as
+    plain JSON for `check_published`; None without a proof."""
     import pandas as pd
 
     proof, k = getattr(shown, "attrs", {}).get("protection"), suppressed_at(shown)
@@ -1047,10 +1039,8 @@ def published_pattern(shown) -> dict | None:
 
 
 def check_published(pattern, *, k: int | None = None, p: int | None = None):
-    (
-        "`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` "
-        "given): one row per masked cell, named by the labels a reader sees."
-    )  # fmt: skip
+    """`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` given):
+    one row per masked cell, named by the labels a reader sees."""
     import numpy as np, pandas as pd
 
     try:

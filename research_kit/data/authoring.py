@@ -283,10 +283,8 @@ def _cache(res, table) -> None:
 
 
 def _referenced_hashes(res) -> list:
-    (
-        "(resource, sha256) of every other resource of the package that a foreign key of `res` points to, "
-        "as the loader keys its cache."
-    )  # fmt: skip
+    """(resource, sha256) of every other resource of the package that a foreign key of `res` points to, as the
+    loader keys its cache."""
     from research_kit.data.load import resource_sha256
 
     refs = sorted(
@@ -378,10 +376,8 @@ def _row_hashes(df):
 
 
 def compare_rows(old, new, key=()) -> Changes:
-    (
-        "The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the "
-        "`key` fields or as whole rows."
-    )  # fmt: skip
+    """The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the `key`
+    fields or as whole rows."""
     import pandas as pd
 
     key = list(key)

@@ -848,10 +848,8 @@ _COLLEGES = [i[0] for i in INSTITUTIONS if i[2] == "college"]
 
 
 def _partners(rng, home: np.ndarray, to_metu: float) -> np.ndarray:
-    (
-        "For each institution in `home`, another one: a college for METU; METU (with chance `to_metu`) or "
-        "another college for a college."
-    )  # fmt: skip
+    """For each institution in `home`, another one: a college for METU; METU (with chance `to_metu`) or
+    another college for a college."""
     colleges = np.array(_COLLEGES)
     u, k, j = (
         rng.random(len(home)),

@@ -56,10 +56,8 @@ class HashMemo:
             return None
 
     def put(self, path: str, sha256: str, stamp: list) -> None:
-        (
-            "Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not "
-            "changed since and has settled."
-        )  # fmt: skip
+        """Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not changed
+        since and has settled."""
         import time
 
         if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns:
@@ -300,10 +298,8 @@ def validate_bytes(
     data: bytes,  # content to check as the file of `res`
     res: Resource,  # the resource whose schema and foreign keys it must satisfy
 ):
-    (
-        "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema "
-        "and foreign keys (not its hash)."
-    )  # fmt: skip
+    """(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and
+    foreign keys (not its hash)."""
     check_schema(res.schema, res.descriptor_url)
     return _read_validated(data, res)
 
@@ -313,10 +309,8 @@ def cache_key(
     schema: dict,  # its Table Schema
     references=(),  # (resource, sha256) of each resource its foreign keys point to
 ) -> str:
-    (
-        "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of "
-        "the resources its foreign keys point to."
-    )  # fmt: skip
+    """The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the
+    resources its foreign keys point to."""
     blob = json.dumps([sha256, schema, LOADER_VERSION, list(references)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -340,10 +340,8 @@ def read_run(
 def run_folders(
     build_dir,  # the build folder, `reports/_build`
 ) -> list[Path]:
-    (
-        "Every run folder under `build_dir` (`<report>/<slug>/manifest.json`), sorted; folders still being "
-        "written (`.tmp-…`) left out."
-    )  # fmt: skip
+    """Every run folder under `build_dir` (`<report>/<slug>/manifest.json`), sorted; folders still being
+    written (`.tmp-…`) left out."""
     return sorted(
         p.parent
         for p in Path(build_dir).glob(f"*/*/{MANIFEST}")

@@ -54,10 +54,8 @@ def _host_addresses(url: str) -> list[str]:
 
 
 def discovery_config(settings) -> dict | None:
-    (
-        "What a run's process needs to discover its reads: the roots, what to leave out, the data root's "
-        "hosts; None when `[runner] discovery = off`."
-    )  # fmt: skip
+    """What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts;
+    None when `[runner] discovery = off`."""
     from research_kit.i18n import locales_dir
 
     if settings.discovery == "off":
@@ -422,10 +420,8 @@ def _gone(name: str, then, now) -> str:
 
 
 def changes(run: Run, m: Manifest, settings) -> list[str]:
-    (
-        "What differs between the run of manifest `m` and the planned `run` now: template cells, "
-        "parameters, code, environment, data, files, settings."
-    )  # fmt: skip
+    """What differs between the run of manifest `m` and the planned `run` now: template cells, parameters,
+    code, environment, data, files, settings."""
     from research_kit.runner.runs import code_sha256, environment
     from research_kit.runner.verify import template_changes
 

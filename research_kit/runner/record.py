@@ -79,10 +79,8 @@ def _is_int(v) -> bool:
 
 
 def _interval_columns(columns) -> set[str]:
-    (
-        "Columns of complete intervals: `estimate` or `rate` with `lower`, `upper`; `x_estimate` or "
-        "`x_rate` with `x_lower`, `x_upper`."
-    )  # fmt: skip
+    """Columns of complete intervals: `estimate` or `rate` with `lower`, `upper`; `x_estimate` or `x_rate`
+    with `x_lower`, `x_upper`."""
     names = {str(c) for c in columns}
     found = set()
     for name in names:

@@ -437,10 +437,8 @@ def build_site(
     report: str | None = None,
     state: str | None = None,
 ) -> tuple[Path, int]:
-    (
-        "Write the consortium index of the store (or, `public`, the static site of its publishable runs) to "
-        "`out`: (index path, runs)."
-    )  # fmt: skip
+    """Write the consortium index of the store (or, `public`, the static site of its publishable runs) to
+    `out`: (index path, runs)."""
     import shutil
     from research_kit.runner.site import render_index
 

@@ -168,10 +168,8 @@ def run_of(
     folder: Path,  # a finished run's folder: its manifest.json and report.ipynb
     settings: Settings,  # the workspace's settings
 ) -> tuple[Run, Manifest, list[Difference]]:
-    (
-        "The planned re-run of the finished run in `folder` (compared against that folder), its manifest, "
-        "and how the template changed."
-    )  # fmt: skip
+    """The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and
+    how the template changed."""
     folder = Path(folder)
     m = read_manifest(folder)
     if not (folder / "report.ipynb").is_file():
