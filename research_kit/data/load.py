@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
 from . import lineage
-from .catalog import Resource, get_resource, open_package, read_bytes
+from .catalog import Resource, data_root, get_resource, open_package, read_bytes
 from ..files import atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
@@ -79,12 +79,13 @@ class HashMemo:
 def resource_sha256(
     package: str,  # a data package's name
     resource: str,  # one of its resources
+    root: str | None = None,  # the data root it is in; None for the workspace's
 ) -> str | None:
     "The sha256 of a resource's current content, or None if it no longer exists."
     from research_kit.errors import RKError
 
     try:
-        res = get_resource(package, resource)
+        res = get_resource(package, resource, root)
     except RKError:
         return None
     return _current_sha256(res, HashMemo(load_settings().cache_dir))
@@ -561,6 +562,18 @@ def _fetch_and_validate(res: Resource, bar):
     return df, table, sha
 
 # %% ../../nbs/data/load.ipynb #5f506f7c
+def _other_root(root: str | None) -> str | None:
+    "The data root a load named when it is not the workspace's (a local one made absolute), else None."
+    if not root:
+        return None
+
+    def where(r):
+        return r if is_url(r) else os.path.abspath(r)
+
+    given = where(data_root(root))
+    return None if given == where(data_root()) else given
+
+
 def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None):
     """`load`; `as_input=False` for the loads checks make (only what a caller asked for is lineage);
     `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
@@ -592,7 +605,7 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
         )
         if df is not None:
             if as_input:
-                lineage.note_read(res.package, res.name, sha)
+                lineage.note_read(res.package, res.name, sha, _other_root(root))
             return df
     stamp = (
         memo.stamp(res.url) if local else None
@@ -603,7 +616,7 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
         memo.put(res.url, sha, stamp)
     _write_in_background(cache, res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), table)
     if as_input:
-        lineage.note_read(res.package, res.name, sha)
+        lineage.note_read(res.package, res.name, sha, _other_root(root))
     if as_table:
         return table.select(columns) if columns else table
     return df[columns] if columns else df

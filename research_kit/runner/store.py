@@ -150,7 +150,7 @@ def access_problem(manifest: Manifest, settings: Settings) -> str | None:
     for i in manifest.inputs:
         name = f"{i['package']}/{i['resource']}"
         try:
-            res = get_resource(i["package"], i["resource"])
+            res = get_resource(i["package"], i["resource"], i.get("root"))
         except RKError:
             return f"it read {name}, which this workspace no longer has, so its access level is unknown"
         if res.access == "restricted":
