@@ -22,6 +22,11 @@ os.environ["XDG_CONFIG_HOME"] = _CONFIG
 os.environ.pop("RK_USER_SETTINGS", None)
 atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 
+# A pytest-xdist worker starts with COLUMNS=80 and LINES=24 set, and `rk` then squeezes its tables to 80
+# columns and wraps the very lines the tests look for; the suite runs as it does without xdist (no terminal).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"): os.environ.pop(_name, None)
+
 
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
     """Run the installed `rk` command; return the CompletedProcess (text output)."""
