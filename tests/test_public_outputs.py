@@ -137,7 +137,9 @@ def scan_run(folder) -> Scan:
 
 
 def build_env(build):
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")}, "RK_WORKSPACE_BUILD": str(build)}
+    "No PDFs: nothing here reads one (test_documents and test_reader_languages do), and chromium would print every public run."
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")}, "RK_WORKSPACE_BUILD": str(build),
+            "RK_RUNNER_PDF": "off"}
 
 
 def find(report, params, build):
