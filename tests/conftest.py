@@ -1,4 +1,5 @@
 """Shared helpers for the pytest suite: the real `rk` command, throwaway workspaces, small data packages."""
+
 import atexit
 import hashlib
 import os
@@ -25,16 +26,25 @@ atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 # A pytest-xdist worker starts with COLUMNS=80 and LINES=24 set, and `rk` then squeezes its tables to 80
 # columns and wraps the very lines the tests look for; the suite runs as it does without xdist (no terminal).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    for _name in ("COLUMNS", "LINES"): os.environ.pop(_name, None)
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
 
 
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
     """Run the installed `rk` command; return the CompletedProcess (text output)."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([str(RK), *map(str, args)], cwd=cwd, env=full_env, capture_output=True, encoding="utf-8",
-                          timeout=timeout)  # rk writes UTF-8 to pipes whatever the locale
+    proc = subprocess.run(
+        [str(RK), *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=timeout,
+    )  # rk writes UTF-8 to pipes whatever the locale
     if check is not None:
-        assert proc.returncode == check, f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == check, (
+            f"rk {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -57,44 +67,95 @@ def write_resource(pkg_dir: Path, descriptor: dict, name: str, text: str | bytes
     path = pkg_dir / f"{name}.csv"
     path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
     res = next(r for r in descriptor["resources"] if r["name"] == name)
-    res.update({"hash": f"sha256:{sha256(path)}", "bytes": path.stat().st_size,
-                "x-rows": max(0, path.read_bytes().count(b"\n") - 1)})
+    res.update(
+        {
+            "hash": f"sha256:{sha256(path)}",
+            "bytes": path.stat().st_size,
+            "x-rows": max(0, path.read_bytes().count(b"\n") - 1),
+        }
+    )
 
 
 def save(pkg_dir: Path, descriptor: dict) -> None:
-    (pkg_dir / "datapackage.yaml").write_text(yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (pkg_dir / "datapackage.yaml").write_text(
+        yaml.safe_dump(descriptor, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
 
 
 INSTITUTIONS = "institution_id,name\nATK,Almaty College of Technology\nKITIG,College of Tourism\n"
-PEOPLE = ("person_id,institution_id,age,funding,gpa,enrolled,active\n"
-          "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
-          "P-002,KITIG,19,state_grant,2.75,2023-09-01,false\n"
-          "P-003,ATK,21,paid,,2022-09-01,\n")
+PEOPLE = (
+    "person_id,institution_id,age,funding,gpa,enrolled,active\n"
+    "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
+    "P-002,KITIG,19,state_grant,2.75,2023-09-01,false\n"
+    "P-003,ATK,21,paid,,2022-09-01,\n"
+)
 
 
 def mini_descriptor() -> dict:
     return {
-        "name": "mini", "title": "Mini", "description": "A small package for tests.", "version": "1.0.0",
-        "licenses": [{"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/", "title": "CC0"}],
+        "name": "mini",
+        "title": "Mini",
+        "description": "A small package for tests.",
+        "version": "1.0.0",
+        "licenses": [
+            {"name": "CC0-1.0", "path": "https://creativecommons.org/publicdomain/zero/1.0/", "title": "CC0"}
+        ],
         "resources": [
-            {"name": "institutions", "path": "institutions.csv", "format": "csv", "encoding": "utf-8",
-             "schema": {"fields": [
-                 {"name": "institution_id", "type": "string", "constraints": {"required": True, "pattern": "[A-Z]+"}},
-                 {"name": "name", "type": "string", "constraints": {"required": True}}],
-                 "primaryKey": ["institution_id"]}},
-            {"name": "people", "path": "people.csv", "format": "csv", "encoding": "utf-8",
-             "schema": {"fields": [
-                 {"name": "person_id", "type": "string", "constraints": {"required": True, "pattern": "P-[0-9]{3}"}},
-                 {"name": "institution_id", "type": "string", "constraints": {"required": True}},
-                 {"name": "age", "type": "integer", "constraints": {"required": True, "minimum": 14, "maximum": 80}},
-                 {"name": "funding", "type": "string", "constraints": {"enum": ["state_grant", "paid"]}},
-                 {"name": "gpa", "type": "number", "constraints": {"minimum": 0, "maximum": 4}},
-                 {"name": "enrolled", "type": "date"},
-                 {"name": "active", "type": "boolean"}],
-                 "primaryKey": ["person_id"],
-                 "foreignKeys": [{"fields": ["institution_id"],
-                                  "reference": {"resource": "institutions", "fields": ["institution_id"]}}]}},
-        ]}
+            {
+                "name": "institutions",
+                "path": "institutions.csv",
+                "format": "csv",
+                "encoding": "utf-8",
+                "schema": {
+                    "fields": [
+                        {
+                            "name": "institution_id",
+                            "type": "string",
+                            "constraints": {"required": True, "pattern": "[A-Z]+"},
+                        },
+                        {"name": "name", "type": "string", "constraints": {"required": True}},
+                    ],
+                    "primaryKey": ["institution_id"],
+                },
+            },
+            {
+                "name": "people",
+                "path": "people.csv",
+                "format": "csv",
+                "encoding": "utf-8",
+                "schema": {
+                    "fields": [
+                        {
+                            "name": "person_id",
+                            "type": "string",
+                            "constraints": {"required": True, "pattern": "P-[0-9]{3}"},
+                        },
+                        {"name": "institution_id", "type": "string", "constraints": {"required": True}},
+                        {
+                            "name": "age",
+                            "type": "integer",
+                            "constraints": {"required": True, "minimum": 14, "maximum": 80},
+                        },
+                        {
+                            "name": "funding",
+                            "type": "string",
+                            "constraints": {"enum": ["state_grant", "paid"]},
+                        },
+                        {"name": "gpa", "type": "number", "constraints": {"minimum": 0, "maximum": 4}},
+                        {"name": "enrolled", "type": "date"},
+                        {"name": "active", "type": "boolean"},
+                    ],
+                    "primaryKey": ["person_id"],
+                    "foreignKeys": [
+                        {
+                            "fields": ["institution_id"],
+                            "reference": {"resource": "institutions", "fields": ["institution_id"]},
+                        }
+                    ],
+                },
+            },
+        ],
+    }
 
 
 def build_workspace(root: Path):
@@ -119,22 +180,31 @@ def workspace(tmp_path):
 def make_template(path: Path, params_source: str, *code_cells: str) -> Path:
     """Write a report template: a parameters cell, then code cells; kernel research-kit."""
     import nbformat
-    nb = nbformat.v4.new_notebook(metadata={
-        "kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"},
-        "language_info": {"name": "python"}})
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
-                nbformat.v4.new_code_cell("from typing import Literal"),
-                nbformat.v4.new_code_cell(params_source, metadata={"tags": ["parameters"]}),
-                *[nbformat.v4.new_code_cell(c) for c in code_cells]]
+
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "research-kit", "display_name": "research_kit", "language": "python"},
+            "language_info": {"name": "python"},
+        }
+    )
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+        nbformat.v4.new_code_cell("from typing import Literal"),
+        nbformat.v4.new_code_cell(params_source, metadata={"tags": ["parameters"]}),
+        *[nbformat.v4.new_code_cell(c) for c in code_cells],
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
 
 
 TINY_PARAMS = 'n: int = 1  # a number\nlabel: str = "x"  # a label\nmode: Literal["a", "b"] = "a"  # a mode'
-TINY_CODE = ("import research_kit as rk\npeople = rk.load('mini', 'people')\n"
-             "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\nrk.record('mean_age', float(people.age.mean()))\n"
-             "print('people:', len(people))")
+TINY_CODE = (
+    "import research_kit as rk\npeople = rk.load('mini', 'people')\n"
+    "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\n"
+    "rk.record('mean_age', float(people.age.mean()))\n"
+    "print('people:', len(people))"
+)
 
 
 def build_report_workspace(root: Path):
@@ -142,14 +212,19 @@ def build_report_workspace(root: Path):
     root, d, env = build_workspace(root)
     reports = root / "reports"
     make_template(reports / "tiny.ipynb", TINY_PARAMS, TINY_CODE)
-    make_template(reports / "flaky.ipynb", "n: int = 1", "import research_kit as rk\nrk.record('n', n)",
-                  "if n == 2: raise ValueError(f'n must not be {n}')")
+    make_template(
+        reports / "flaky.ipynb",
+        "n: int = 1",
+        "import research_kit as rk\nrk.record('n', n)",
+        "if n == 2: raise ValueError(f'n must not be {n}')",
+    )
     make_template(reports / "other.ipynb", "k: int = 0", "import research_kit as rk\nrk.record('k', k)")
     (reports / "batches.yaml").write_text(
         "small:\n"
         "  - report: tiny\n    grid: {n: [1, 2], mode: [a, b]}\n"
         "  - report: flaky\n    parameters: [{n: 1}, {n: 2}, {n: 3}]\n"
-        "  - report: other\n    parameters: [{k: 5}]\n")
+        "  - report: other\n    parameters: [{k: 5}]\n"
+    )
     return root, d, env
 
 
@@ -161,13 +236,16 @@ def report_workspace(tmp_path):
 
 # ---- the suite's tally: bad inputs tried, faults injected, runs checked, files lost or corrupted ----
 
+
 class Tally:
     def __init__(self):
         self.bad_inputs = self.faults = self.runs_checked = self.lost = 0
 
     def line(self):
-        return (f"tally: {self.bad_inputs} bad inputs tried, {self.faults} faults injected, "
-                f"{self.runs_checked} runs checked, {self.lost} files lost or corrupted")
+        return (
+            f"tally: {self.bad_inputs} bad inputs tried, {self.faults} faults injected, "
+            f"{self.runs_checked} runs checked, {self.lost} files lost or corrupted"
+        )
 
 
 TALLY = Tally()
@@ -180,7 +258,8 @@ def tally():
 
 def pytest_sessionfinish(session):
     "Under pytest-xdist each worker counts its own tests: it hands its tally to the controller."
-    if hasattr(session.config, "workeroutput"): session.config.workeroutput["tally"] = vars(TALLY)
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["tally"] = vars(TALLY)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -198,13 +277,22 @@ def pytest_terminal_summary(terminalreporter):
 # pyproject runs the suite on two pytest-xdist workers, a whole file to a worker (`--dist loadfile`:
 # module fixtures such as a batch of reports run once), in the order of collection. Started last, a long
 # file would run alone while the other worker idles; so the files that take longest are handed out first.
-LONGEST_FIRST = ["test_templates.py", "test_public_outputs.py", "test_portable.py", "test_reader_languages.py",
-                 "test_faults.py", "test_guide.py", "test_privacy_attack.py"]  # as measured, longest first
+LONGEST_FIRST = [
+    "test_templates.py",
+    "test_public_outputs.py",
+    "test_portable.py",
+    "test_reader_languages.py",
+    "test_faults.py",
+    "test_guide.py",
+    "test_privacy_attack.py",
+]  # as measured, longest first
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: each file keeps its own order
+    items.sort(
+        key=lambda item: rank.get(item.path.name, len(rank))
+    )  # a stable sort: each file keeps its own order
 
 
 def check_build(build: Path, tally: Tally | None = None) -> dict:
@@ -212,8 +300,13 @@ def check_build(build: Path, tally: Tally | None = None) -> dict:
     output's sha256 matches the manifest. Returns {report/slug: manifest}; counts what it finds."""
     import json
     import nbformat
+
     runs = {}
-    for folder in sorted(p for p in build.glob("*/*") if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")):
+    for folder in sorted(
+        p
+        for p in build.glob("*/*")
+        if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")
+    ):
         problems = []
         try:
             m = json.loads((folder / "manifest.json").read_text())
@@ -221,13 +314,18 @@ def check_build(build: Path, tally: Tally | None = None) -> dict:
             problems.append(f"manifest: {e}")
             m = {}
         for name, digest in m.get("outputs", {}).items():
-            if not (folder / name).is_file() or sha256(folder / name) != digest: problems.append(f"{name} differs from its manifest hash")
+            if not (folder / name).is_file() or sha256(folder / name) != digest:
+                problems.append(f"{name} differs from its manifest hash")
         if (folder / "report.ipynb").is_file():
-            try: nbformat.validate(nbformat.read(folder / "report.ipynb", as_version=4))
-            except Exception as e: problems.append(f"report.ipynb: {e}")
-        if tally: tally.runs_checked += 1
+            try:
+                nbformat.validate(nbformat.read(folder / "report.ipynb", as_version=4))
+            except Exception as e:
+                problems.append(f"report.ipynb: {e}")
+        if tally:
+            tally.runs_checked += 1
         if problems:
-            if tally: tally.lost += len(problems)
+            if tally:
+                tally.lost += len(problems)
             raise AssertionError(f"{folder}: " + "; ".join(problems))
         runs[f"{folder.parent.name}/{folder.name}"] = m
     return runs

@@ -1,6 +1,7 @@
 """`rk datasets new` and `rk datasets rehash` through the real command, and the example ingest mapping:
 a researcher's CSV becomes a package that validates at once; an edit is validated before its hash is
 recorded and the change is reported; every refusal is one `error:` line and writes nothing."""
+
 import os
 import shutil
 import subprocess
@@ -12,8 +13,10 @@ import yaml
 
 from conftest import ROOT, run_rk, save, sha256
 
-SURVEY = ("respondent,school_code,age,score,visited,answered\n"
-          "R1,007,16,4.5,true,2024-03-01\nR2,012,17,,false,2024-03-02\nR3,031,16,3.0,true,2024-03-02\n")
+SURVEY = (
+    "respondent,school_code,age,score,visited,answered\n"
+    "R1,007,16,4.5,true,2024-03-01\nR2,012,17,,false,2024-03-02\nR3,031,16,3.0,true,2024-03-02\n"
+)
 
 
 def tree(folder: Path) -> dict:
@@ -33,20 +36,46 @@ def one_error_line(proc, expected: str) -> str:
 def frictionless_validate(pkg: Path):
     exe = Path(sys.executable).parent / "frictionless"
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "frictionless"]
-    return subprocess.run([*cmd, "validate", "datapackage.yaml"], cwd=pkg, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    return subprocess.run(
+        [*cmd, "validate", "datapackage.yaml"],
+        cwd=pkg,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=600,
+    )
 
 
 # datasets new ---------------------------------------------------------------------------------------
+
 
 def test_new_package_validates_at_once(workspace, tmp_path):
     root, _, env = workspace
     source = tmp_path / "Careers survey 2024.csv"
     source.write_text(SURVEY)
-    proc = run_rk("datasets", "new", "survey", "--from", source, "--title", "Careers survey [2024]", cwd=root, env=env, check=0)
+    proc = run_rk(
+        "datasets",
+        "new",
+        "survey",
+        "--from",
+        source,
+        "--title",
+        "Careers survey [2024]",
+        cwd=root,
+        env=env,
+        check=0,
+    )
     out = proc.stdout
     assert "3 rows, 6 fields" in out and "school_code" in out
-    for item in ("licence:", "description:", "field descriptions:", "constraints:", "primary key:", "labels:", "kk, ru, en"):
+    for item in (
+        "licence:",
+        "description:",
+        "field descriptions:",
+        "constraints:",
+        "primary key:",
+        "labels:",
+        "kk, ru, en",
+    ):
         assert item in out, item
     assert "candidates: respondent, school_code" in out and "kept as text (leading zeros" in out
 
@@ -54,12 +83,23 @@ def test_new_package_validates_at_once(workspace, tmp_path):
     assert sorted(p.name for p in pkg.iterdir()) == ["datapackage.yaml", "survey.csv"]
     assert (pkg / "survey.csv").read_bytes() == source.read_bytes()
     d = yaml.safe_load((pkg / "datapackage.yaml").read_text(encoding="utf-8"))
-    assert d["title"] == "Careers survey [2024]" and d["licenses"][0]["name"] == "TODO" and len(d["x-todo"]) >= 8
+    assert (
+        d["title"] == "Careers survey [2024]" and d["licenses"][0]["name"] == "TODO" and len(d["x-todo"]) >= 8
+    )
     [res] = d["resources"]
-    assert res["hash"] == f"sha256:{sha256(source)}" and res["bytes"] == source.stat().st_size and res["x-rows"] == 3
+    assert (
+        res["hash"] == f"sha256:{sha256(source)}"
+        and res["bytes"] == source.stat().st_size
+        and res["x-rows"] == 3
+    )
     assert [(f["name"], f["type"]) for f in res["schema"]["fields"]] == [
-        ("respondent", "string"), ("school_code", "string"), ("age", "integer"), ("score", "number"),
-        ("visited", "boolean"), ("answered", "date")]
+        ("respondent", "string"),
+        ("school_code", "string"),
+        ("age", "integer"),
+        ("score", "number"),
+        ("visited", "boolean"),
+        ("answered", "date"),
+    ]
 
     assert "survey" in run_rk("datasets", "validate", "survey", cwd=root, env=env, check=0).stdout
     listed = run_rk("datasets", "list", cwd=root, env=env, check=0).stdout
@@ -113,11 +153,13 @@ def test_new_refuses_a_folder_and_bad_names(workspace, tmp_path, tally):
     root, _, env = workspace
     source = tmp_path / "ok.csv"
     source.write_text(SURVEY)
-    cases = [(["survey", "--from", tmp_path], "not a file"),
-             (["mini", "--from", source], "datasets/mini already exists; choose another name"),
-             (["Survey", "--from", source], "invalid package name 'Survey'"),
-             (["../escape", "--from", source], "invalid package name '../escape'"),
-             (["a b", "--from", source], "invalid package name 'a b'")]
+    cases = [
+        (["survey", "--from", tmp_path], "not a file"),
+        (["mini", "--from", source], "datasets/mini already exists; choose another name"),
+        (["Survey", "--from", source], "invalid package name 'Survey'"),
+        (["../escape", "--from", source], "invalid package name '../escape'"),
+        (["a b", "--from", source], "invalid package name 'a b'"),
+    ]
     (root / "datasets" / "notes").mkdir()  # a folder that is not a package is not overwritten either
     before = tree(root)
     cases.append((["notes", "--from", source], "datasets/notes already exists"))
@@ -130,7 +172,9 @@ def test_new_refuses_a_folder_and_bad_names(workspace, tmp_path, tally):
 def test_new_refuses_an_unreadable_file(workspace, tmp_path, tally):
     root, _, env = workspace
     if hasattr(os, "geteuid") and os.geteuid() == 0:
-        source = "/proc/self/mem"  # root reads any file by its permissions; this one fails on read all the same
+        source = (
+            "/proc/self/mem"  # root reads any file by its permissions; this one fails on read all the same
+        )
     else:
         source = tmp_path / "secret.csv"
         source.write_text(SURVEY)
@@ -148,18 +192,22 @@ def test_a_column_that_is_not_a_number_late_in_the_file_is_text(workspace, tmp_p
     source = tmp_path / "late.csv"
     source.write_text("id,code\n" + "".join(f"{i},{i}\n" for i in range(1, 500)) + "500,abc\n")
     run_rk("datasets", "new", "late", "--from", source, cwd=root, env=env, check=0)
-    fields = yaml.safe_load((root / "datasets" / "late" / "datapackage.yaml").read_text())["resources"][0]["schema"]["fields"]
+    fields = yaml.safe_load((root / "datasets" / "late" / "datapackage.yaml").read_text())["resources"][0][
+        "schema"
+    ]["fields"]
     assert [f["type"] for f in fields] == ["integer", "string"]
     run_rk("datasets", "validate", "late", cwd=root, env=env, check=0)
 
 
 # datasets rehash ------------------------------------------------------------------------------------
 
-PEOPLE_EDITED = ("person_id,institution_id,age,funding,gpa,enrolled,active\n"
-                 "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
-                 "P-003,ATK,22,paid,,2022-09-01,\n"              # changed: age 21 -> 22
-                 "P-004,KITIG,18,state_grant,3.1,2024-09-01,true\n"  # added
-                 "P-005,ATK,19,paid,2.9,2023-09-01,false\n")         # added; P-002 removed
+PEOPLE_EDITED = (
+    "person_id,institution_id,age,funding,gpa,enrolled,active\n"
+    "P-001,ATK,17,paid,3.5,2024-09-01,true\n"
+    "P-003,ATK,22,paid,,2022-09-01,\n"  # changed: age 21 -> 22
+    "P-004,KITIG,18,state_grant,3.1,2024-09-01,true\n"  # added
+    "P-005,ATK,19,paid,2.9,2023-09-01,false\n"
+)  # added; P-002 removed
 
 
 def descriptor_of(root: Path, package="mini") -> dict:
@@ -172,7 +220,9 @@ def people_entry(root: Path) -> dict:
 
 def test_rehash_records_an_edit_and_says_what_changed(workspace):
     root, _, env = workspace
-    run_rk("datasets", "validate", "mini", cwd=root, env=env, check=0)  # the published version, as the loader keeps it
+    run_rk(
+        "datasets", "validate", "mini", cwd=root, env=env, check=0
+    )  # the published version, as the loader keeps it
     people = root / "datasets" / "mini" / "people.csv"
     people.write_text(PEOPLE_EDITED)
     stale = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
@@ -182,7 +232,11 @@ def test_rehash_records_an_edit_and_says_what_changed(workspace):
     assert "by primary key person_id: 2 row(s) added, 1 removed, 1 changed" in proc.stdout, proc.stdout
     assert "rows 3 -> 4" in proc.stdout
     entry = people_entry(root)
-    assert entry["hash"] == f"sha256:{sha256(people)}" and entry["bytes"] == people.stat().st_size and entry["x-rows"] == 4
+    assert (
+        entry["hash"] == f"sha256:{sha256(people)}"
+        and entry["bytes"] == people.stat().st_size
+        and entry["x-rows"] == 4
+    )
     run_rk("datasets", "validate", "mini", cwd=root, env=env, check=0)
     assert "unchanged" in run_rk("datasets", "rehash", "mini", "people", cwd=root, env=env, check=0).stdout
 
@@ -222,13 +276,17 @@ def test_rehash_finds_the_previous_content_in_git(workspace):
 def test_rehash_refuses_an_invalid_edit_and_changes_nothing(workspace, tally):
     root, _, env = workspace
     people = root / "datasets" / "mini" / "people.csv"
-    for text, expected in [(PEOPLE_EDITED + "P-006,ATK,9,paid,3.0,2024-09-01,true\n", "people.csv:6 column 'age'"),
-                           (PEOPLE_EDITED + "P-006,XYZ,19,paid,3.0,2024-09-01,true\n", "foreign key"),
-                           (PEOPLE_EDITED + "P-001,ATK,19,paid,3.0,2024-09-01,true\n", "unique")]:
+    for text, expected in [
+        (PEOPLE_EDITED + "P-006,ATK,9,paid,3.0,2024-09-01,true\n", "people.csv:6 column 'age'"),
+        (PEOPLE_EDITED + "P-006,XYZ,19,paid,3.0,2024-09-01,true\n", "foreign key"),
+        (PEOPLE_EDITED + "P-001,ATK,19,paid,3.0,2024-09-01,true\n", "unique"),
+    ]:
         people.write_text(text)
         before = tree(root / "datasets")
         proc = run_rk("datasets", "rehash", "mini", "people", cwd=root, env=env)
-        assert proc.returncode == 1 and proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+        assert proc.returncode == 1 and proc.stderr.startswith("error: ") and expected in proc.stderr, (
+            proc.stderr
+        )
         assert "Traceback" not in proc.stderr
         assert tree(root / "datasets") == before
         tally.bad_inputs += 1
@@ -241,24 +299,43 @@ def test_rehash_unknown_names_suggest_the_right_one(workspace, tally):
     assert "did you mean 'mini'" in run_rk("datasets", "rehash", "minni", cwd=root, env=env).stderr
     one_error_line(run_rk("datasets", "rehash", "mini", "peple", cwd=root, env=env), "did you mean 'people'")
     (root / "datasets" / "mini" / "people.csv").unlink()
-    one_error_line(run_rk("datasets", "rehash", "mini", "people", cwd=root, env=env), "people.csv: the file of mini/people does not exist")
+    one_error_line(
+        run_rk("datasets", "rehash", "mini", "people", cwd=root, env=env),
+        "people.csv: the file of mini/people does not exist",
+    )
     tally.bad_inputs += 3
 
 
 # the example mapping ---------------------------------------------------------------------------------
 
+
 def test_example_export_and_mapping_ingest(tmp_path, monkeypatch):
     from research_kit.identifiers import iin_valid
     from test_ingest import make_workspace
+
     export, mapping = ROOT / "examples" / "kitig_export.csv", ROOT / "examples" / "kitig_mapping.yaml"
     rows = export.read_text(encoding="utf-8-sig").splitlines()[1:]
     assert rows and all(iin_valid(r.split(";")[1]) for r in rows)  # synthetic, but valid by the IIN's rules
     root, pkg, _ = make_workspace(tmp_path, monkeypatch)
     before = descriptor_of(root, "consortium")
     students_before = next(r for r in before["resources"] if r["name"] == "students")["x-rows"]
-    proc = run_rk("ingest", export, "--package", "consortium", "--resource", "students", "--institution", "KITIG",
-                  "--mapping", mapping, cwd=root, check=0)
-    assert f"{len(rows)} row(s) added, 0 replaced, 0 skipped; {len(rows)} IIN(s) pseudonymized" in proc.stdout, proc.stdout
+    proc = run_rk(
+        "ingest",
+        export,
+        "--package",
+        "consortium",
+        "--resource",
+        "students",
+        "--institution",
+        "KITIG",
+        "--mapping",
+        mapping,
+        cwd=root,
+        check=0,
+    )
+    assert (
+        f"{len(rows)} row(s) added, 0 replaced, 0 skipped; {len(rows)} IIN(s) pseudonymized" in proc.stdout
+    ), proc.stdout
     students = next(r for r in descriptor_of(root, "consortium")["resources"] if r["name"] == "students")
     assert students["x-rows"] == students_before + len(rows)
     run_rk("datasets", "validate", "consortium", cwd=root, check=0)

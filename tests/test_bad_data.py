@@ -1,5 +1,6 @@
 """Bad data gets a clear error naming package, resource, file, column, line and value; `rk` exits
 non-zero without a traceback; and nothing is cached for the invalid resource."""
+
 import pytest
 import yaml
 
@@ -20,26 +21,57 @@ def header_with(new_header: str) -> str:
 
 # (case id, new people.csv text, fragments the error message must contain)
 DATA_FAULTS = [
-    ("wrong-type", people_with("P-002,KITIG,19", "P-002,KITIG,nineteen"), ["people.csv:3", "'age'", "'nineteen'", "not a valid integer"]),
+    (
+        "wrong-type",
+        people_with("P-002,KITIG,19", "P-002,KITIG,nineteen"),
+        ["people.csv:3", "'age'", "'nineteen'", "not a valid integer"],
+    ),
     ("null-required", people_with("P-002,KITIG,19", "P-002,KITIG,"), ["people.csv:3", "'age'", "required"]),
-    ("below-minimum", people_with("P-002,KITIG,19", "P-002,KITIG,12"), ["people.csv:3", "'age'", "12", "minimum 14"]),
+    (
+        "below-minimum",
+        people_with("P-002,KITIG,19", "P-002,KITIG,12"),
+        ["people.csv:3", "'age'", "12", "minimum 14"],
+    ),
     ("above-maximum", people_with("paid,3.5", "paid,4.5"), ["people.csv:2", "'gpa'", "4.5", "maximum 4"]),
     ("enum", people_with("state_grant", "grant"), ["people.csv:3", "'funding'", "'grant'", "enum"]),
     ("pattern", people_with("P-003", "X-3"), ["people.csv:4", "'person_id'", "'X-3'", "pattern"]),
-    ("duplicate-primary-key", people_with("P-003", "P-001"), ["people.csv:2", "people.csv:4", "'person_id'", "more than once"]),
-    ("dangling-foreign-key", people_with("P-002,KITIG", "P-002,ZZZ"), ["people.csv:3", "'ZZZ'", "foreign key", "institutions.institution_id"]),
-    ("bad-date", people_with("2023-09-01", "2023-02-30"), ["people.csv:3", "'enrolled'", "'2023-02-30'", "not a valid date"]),
-    ("bad-boolean", people_with("2024-09-01,true", "2024-09-01,yes"), ["people.csv:2", "'active'", "'yes'", "boolean"]),
-    ("missing-column", header_with("person_id,institution_id,age,funding,gpa,enrolled,activ\n"),
-     ["people.csv:1", "'active'", "missing from the file", "'activ'", "not declared"]),
-    ("extra-value", people_with("P-003,ATK,21,paid,,2022-09-01,", "P-003,ATK,21,paid,,2022-09-01,,x"),
-     ["people.csv:4", "8 values", "header has 7"]),
+    (
+        "duplicate-primary-key",
+        people_with("P-003", "P-001"),
+        ["people.csv:2", "people.csv:4", "'person_id'", "more than once"],
+    ),
+    (
+        "dangling-foreign-key",
+        people_with("P-002,KITIG", "P-002,ZZZ"),
+        ["people.csv:3", "'ZZZ'", "foreign key", "institutions.institution_id"],
+    ),
+    (
+        "bad-date",
+        people_with("2023-09-01", "2023-02-30"),
+        ["people.csv:3", "'enrolled'", "'2023-02-30'", "not a valid date"],
+    ),
+    (
+        "bad-boolean",
+        people_with("2024-09-01,true", "2024-09-01,yes"),
+        ["people.csv:2", "'active'", "'yes'", "boolean"],
+    ),
+    (
+        "missing-column",
+        header_with("person_id,institution_id,age,funding,gpa,enrolled,activ\n"),
+        ["people.csv:1", "'active'", "missing from the file", "'activ'", "not declared"],
+    ),
+    (
+        "extra-value",
+        people_with("P-003,ATK,21,paid,,2022-09-01,", "P-003,ATK,21,paid,,2022-09-01,,x"),
+        ["people.csv:4", "8 values", "header has 7"],
+    ),
     ("empty-file", "", ["people.csv", "empty"]),
 ]
 
 
 def assert_failed_cleanly(proc, fragments, root):
     from conftest import TALLY
+
     TALLY.bad_inputs += 1
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -113,10 +145,13 @@ def test_malformed_yaml(workspace):
     assert_failed_cleanly(proc, ["datapackage.yaml", "malformed YAML"], root)
 
 
-@pytest.mark.parametrize("field_change,fragment", [
-    ({"type": "geopoint"}, "type 'geopoint'"),
-    ({"constraints": {"between": [1, 2]}}, "constraint 'between'"),
-])
+@pytest.mark.parametrize(
+    "field_change,fragment",
+    [
+        ({"type": "geopoint"}, "type 'geopoint'"),
+        ({"constraints": {"between": [1, 2]}}, "constraint 'between'"),
+    ],
+)
 def test_unsupported_schema(workspace, field_change, fragment):
     root, d, env = workspace
     d["resources"][1]["schema"]["fields"][2].update(field_change)
@@ -125,12 +160,15 @@ def test_unsupported_schema(workspace, field_change, fragment):
     assert_failed_cleanly(proc, ["datapackage.yaml", "'age'", fragment], root)
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["datasets", "validate", "minni"], ["unknown package 'minni'", "did you mean 'mini'"]),
-    (["datasets", "validate", "mini", "peple"], ["unknown resource 'peple'", "did you mean 'people'"]),
-    (["datasets", "show", "minni"], ["did you mean 'mini'"]),
-    (["datasets", "show", "../mini"], ["invalid package name '../mini'"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["datasets", "validate", "minni"], ["unknown package 'minni'", "did you mean 'mini'"]),
+        (["datasets", "validate", "mini", "peple"], ["unknown resource 'peple'", "did you mean 'people'"]),
+        (["datasets", "show", "minni"], ["did you mean 'mini'"]),
+        (["datasets", "show", "../mini"], ["invalid package name '../mini'"]),
+    ],
+)
 def test_unknown_names(workspace, args, fragments):
     root, d, env = workspace
     proc = run_rk(*args, cwd=root, env=env)
@@ -151,10 +189,24 @@ def test_restricted_resource_needs_its_owner(workspace):
     d["resources"][1].update({"x-access": "restricted", "x-owner": "ATK"})
     save(root.joinpath(*PKG), d)
     proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
-    assert_failed_cleanly(proc, ["mini/people is restricted to its owner ATK", "no institution", "RK_WORKSPACE_INSTITUTION"], root)
-    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+    assert_failed_cleanly(
+        proc,
+        ["mini/people is restricted to its owner ATK", "no institution", "RK_WORKSPACE_INSTITUTION"],
+        root,
+    )
+    proc = run_rk(
+        "datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"}
+    )
     assert_failed_cleanly(proc, ["restricted to its owner ATK", "name KITIG"], root)
-    run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "ATK"}, check=0)
+    run_rk(
+        "datasets",
+        "validate",
+        "mini",
+        "people",
+        cwd=root,
+        env={**env, "RK_WORKSPACE_INSTITUTION": "ATK"},
+        check=0,
+    )
     d["resources"][1]["x-access"] = "secret"
     save(root.joinpath(*PKG), d)
     proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
@@ -173,11 +225,15 @@ def test_validate_skips_restricted_resources_of_others(workspace, level):
         d["resources"][0]["x-access"] = "consortium"
     save(root.joinpath(*PKG), d)
     for args in [(), ("mini",)]:
-        proc = run_rk("datasets", "validate", *args, cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+        proc = run_rk(
+            "datasets", "validate", *args, cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"}
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "mini/people skipped: restricted to ATK" in proc.stdout and "error" not in proc.stderr
         assert not list((root / ".cache").rglob("people-*.parquet"))  # not read at all
-    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"})
+    proc = run_rk(
+        "datasets", "validate", "mini", "people", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "KITIG"}
+    )
     assert_failed_cleanly(proc, ["mini/people is restricted to its owner ATK", "name KITIG"], root)
     proc = run_rk("datasets", "validate", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "ATK"}, check=0)
     assert "skipped" not in proc.stdout and "3" in proc.stdout

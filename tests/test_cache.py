@@ -1,5 +1,6 @@
 """The Parquet cache: a second load reads it and equals the first; a damaged cache file is detected
 and rebuilt, never returned; a changed file is validated again."""
+
 import json
 import os
 import subprocess
@@ -44,7 +45,11 @@ def test_truncated_and_corrupt_cache_is_rebuilt(workspace):
     rows, digest, _ = load_in_process(root, env)
     [cached] = cache_files(root)
     data = cached.read_bytes()
-    for damaged in (data[: len(data) // 2], data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:], b""):
+    for damaged in (
+        data[: len(data) // 2],
+        data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:],
+        b"",
+    ):
         cached.write_bytes(damaged)
         assert load_in_process(root, env) == (rows, digest, 1)
         assert cached.read_bytes() == data  # rebuilt, byte for byte
@@ -76,11 +81,13 @@ def test_touched_but_unchanged_file_finds_its_cache(workspace):
 
 # ---- the hash memo never answers for a file that changed ----
 
+
 @pytest.fixture
 def here(workspace, monkeypatch):
     """The `mini` workspace, loaded in this process; the hash memo remembers a file at once (no settling
     time), so only its stamp can tell an edit."""
     from research_kit.data.load import HashMemo
+
     root, d, env = workspace
     for var in [v for v in os.environ if v.startswith("RK_")]:
         monkeypatch.delenv(var)
@@ -91,6 +98,7 @@ def here(workspace, monkeypatch):
 
 def load_people():
     from research_kit.data.load import load, wait_for_cache_writes
+
     df = load("mini", "people")
     wait_for_cache_writes()
     return df
@@ -106,6 +114,7 @@ def edit_in_place(csv):
 
 def test_same_size_edit_with_mtime_put_back_is_seen(here):
     from research_kit.errors import DataValidationError
+
     root, d = here
     assert load_people().age.tolist() == [17, 19, 21]
     assert load_people().age.tolist() == [17, 19, 21]  # from the cache, with the memo's hash
@@ -129,10 +138,15 @@ def test_descriptor_updated_to_the_edited_file_loads_it(here):
 def test_validate_hashes_every_file(here):
     # a file system whose stamps cannot be trusted (the memo says "unchanged"): validate still sees the edit
     from research_kit.data.load import HashMemo, validate
+
     root, d = here
     csv = root / "datasets" / "mini" / "people.csv"
     load_people()
-    [entry] = [e for e in (root / ".cache" / "hashes").glob("*.json") if json.loads(e.read_text())["stamp"][0] == str(csv)]
+    [entry] = [
+        e
+        for e in (root / ".cache" / "hashes").glob("*.json")
+        if json.loads(e.read_text())["stamp"][0] == str(csv)
+    ]
     remembered = json.loads(entry.read_text())
     edit_in_place(csv)
     entry.write_text(json.dumps({**remembered, "stamp": HashMemo(root / ".cache").stamp(str(csv))}))
@@ -145,4 +159,6 @@ def test_rk_datasets_validate_sees_a_same_size_edit(workspace):
     run_rk("datasets", "validate", "mini", cwd=root, env=env, check=0)
     edit_in_place(root / "datasets" / "mini" / "people.csv")
     proc = run_rk("datasets", "validate", "mini", cwd=root, env=env)
-    assert proc.returncode == 1 and "hash: the file's sha256 differs" in proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "hash: the file's sha256 differs" in proc.stderr, (
+        proc.stdout + proc.stderr
+    )

@@ -1,4 +1,5 @@
 """The `rk` command: settings from any subfolder, environment overrides, clear errors, demo data."""
+
 import os
 import subprocess
 import sys
@@ -24,7 +25,9 @@ def test_help_lists_commands():
 def test_help_shows_flags_as_flags(command):
     "A flag takes no value, and --help shows it so: `--dry-run`, `--force / --no-force`, never `--help <bool>`."
     proc = run_rk(*command, "--help", env={"COLUMNS": "200"}, check=0)
-    assert "<bool>" not in proc.stdout and "bool" not in proc.stdout.lower().replace("boolean", ""), proc.stdout
+    assert "<bool>" not in proc.stdout and "bool" not in proc.stdout.lower().replace("boolean", ""), (
+        proc.stdout
+    )
     help_line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("--help"))
     assert help_line.split() == ["--help", "Show", "this", "message", "and", "exit."], help_line
     if command in (["run"], ["batch"]):
@@ -44,7 +47,9 @@ def test_cached_rows_of_the_summary_show_their_key_figures(report_workspace):
 
 
 def test_config_from_a_subfolder_with_override():
-    proc = run_rk("config", cwd=ROOT / "nbs" / "data", env=clean_env(RK_PRIVACY_THRESHOLD="7", COLUMNS="200"), check=0)  # wide: no name cut short
+    proc = run_rk(
+        "config", cwd=ROOT / "nbs" / "data", env=clean_env(RK_PRIVACY_THRESHOLD="7", COLUMNS="200"), check=0
+    )  # wide: no name cut short
     assert f"workspace: {ROOT}" in proc.stdout
     line = next(l for l in proc.stdout.splitlines() if "threshold" in l)
     assert "7" in line and "RK_PRIVACY_THRESHOLD" in line
@@ -59,6 +64,7 @@ def test_bad_setting_is_a_clear_error():
 
 
 # ---- the researcher's own settings file, layered between the defaults and the workspace's ----
+
 
 def own_settings(tmp_path, text):
     """The researcher's settings file under a configuration folder of their own; returns (file, env)."""
@@ -80,18 +86,31 @@ def config_rows(stdout):
 
 def test_config_shows_the_layer_of_each_value(workspace, tmp_path):
     root, _, _ = workspace
-    (root / "settings.ini").write_text("[workspace]\ndata = datasets\ncache = .cache\n[runner]\nengine = kernel\n")
-    user, env = own_settings(tmp_path, "[workspace]\ninstitution = KITIG\nresearcher = Aigerim\n[runner]\nengine = warm\n")
+    (root / "settings.ini").write_text(
+        "[workspace]\ndata = datasets\ncache = .cache\n[runner]\nengine = kernel\n"
+    )
+    user, env = own_settings(
+        tmp_path, "[workspace]\ninstitution = KITIG\nresearcher = Aigerim\n[runner]\nengine = warm\n"
+    )
     rows = config_rows(run_rk("config", cwd=root, env={**env, "RK_RUNNER_TIMEOUT": "60"}, check=0).stdout)
     assert rows["workspace", "institution"] == ("KITIG", "user", f"{user}:2")
     assert rows["workspace", "researcher"] == ("Aigerim", "user", f"{user}:3")
-    assert rows["runner", "engine"] == ("kernel", "workspace", f"{root / 'settings.ini'}:5")  # the workspace's file wins
+    assert rows["runner", "engine"] == (
+        "kernel",
+        "workspace",
+        f"{root / 'settings.ini'}:5",
+    )  # the workspace's file wins
     assert rows["runner", "timeout"] == ("60", "environment", "RK_RUNNER_TIMEOUT")
     assert rows["runner", "memory"] == ("0", "default", "default")
     other = tmp_path / "elsewhere.ini"  # RK_USER_SETTINGS names another file
     other.write_text("[workspace]\nresearcher = Dana\n")
-    rows = config_rows(run_rk("config", cwd=root, env={**env, "RK_USER_SETTINGS": str(other)}, check=0).stdout)
-    assert rows["workspace", "researcher"] == ("Dana", "user", f"{other}:2") and rows["workspace", "institution"][1] == "default"
+    rows = config_rows(
+        run_rk("config", cwd=root, env={**env, "RK_USER_SETTINGS": str(other)}, check=0).stdout
+    )
+    assert (
+        rows["workspace", "researcher"] == ("Dana", "user", f"{other}:2")
+        and rows["workspace", "institution"][1] == "default"
+    )
 
 
 def test_config_own_threshold_below_the_policy_is_a_local_override(workspace, tmp_path):
@@ -100,30 +119,44 @@ def test_config_own_threshold_below_the_policy_is_a_local_override(workspace, tm
     user, env = own_settings(tmp_path, "[privacy]\nthreshold = 5\n")
     proc = run_rk("config", cwd=root, env=env, check=0)
     assert config_rows(proc.stdout)["privacy", "threshold"] == ("5", "user", f"{user}:2")
-    assert ("note: [privacy] threshold 5 (" + f"{user}:2) is a local override below the workspace's policy 10 (default): "
-            "public runs made with it are not publishable") in proc.stdout
+    assert (
+        "note: [privacy] threshold 5 ("
+        + f"{user}:2) is a local override below the workspace's policy 10 (default): "
+        "public runs made with it are not publishable"
+    ) in proc.stdout
     from research_kit.settings import load_settings
     import os
+
     saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "RK_ROOT")}
     os.environ.update(XDG_CONFIG_HOME=env["XDG_CONFIG_HOME"], RK_ROOT=str(root))
-    try: assert (load_settings().threshold, load_settings().threshold_policy) == (5, 10)  # what the audit holds runs to
+    try:
+        assert (load_settings().threshold, load_settings().threshold_policy) == (
+            5,
+            10,
+        )  # what the audit holds runs to
     finally:
         for k, v in saved.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     user.write_text("[privacy]\nthreshold = 20\n")  # stricter than the policy: no note
     proc = run_rk("config", cwd=root, env=env, check=0)
     assert config_rows(proc.stdout)["privacy", "threshold"][0] == "20" and "note:" not in proc.stdout
 
 
-@pytest.mark.parametrize("text,line,fragment", [
-    ("[workspace]\ninstitution = KITIG\n[runner]\nengin = kernel\n", 4, "did you mean 'engine'"),
-    ("[runner]\n\ntimeout = 0\n", 3, "timeout = '0'; expected a whole number of seconds"),
-    ("[workspace]\ninstitution = KITIG\nthis is not a setting\n", 3, "cannot be read as an ini file"),
-    ("institution = KITIG\n", 1, "before the first [section] header"),
-    ("[privacy]\nthreshold = 5\nthreshold = 6\n", 3, "already exists"),
-    ("[worksapce]\ninstitution = KITIG\n", 1, "did you mean 'workspace'"),
-], ids=["unknown-key", "out-of-range", "not-ini", "no-section", "twice", "unknown-section"])
+@pytest.mark.parametrize(
+    "text,line,fragment",
+    [
+        ("[workspace]\ninstitution = KITIG\n[runner]\nengin = kernel\n", 4, "did you mean 'engine'"),
+        ("[runner]\n\ntimeout = 0\n", 3, "timeout = '0'; expected a whole number of seconds"),
+        ("[workspace]\ninstitution = KITIG\nthis is not a setting\n", 3, "cannot be read as an ini file"),
+        ("institution = KITIG\n", 1, "before the first [section] header"),
+        ("[privacy]\nthreshold = 5\nthreshold = 6\n", 3, "already exists"),
+        ("[worksapce]\ninstitution = KITIG\n", 1, "did you mean 'workspace'"),
+    ],
+    ids=["unknown-key", "out-of-range", "not-ini", "no-section", "twice", "unknown-section"],
+)
 def test_config_bad_user_settings_file_names_file_and_line(workspace, tmp_path, text, line, fragment, tally):
     root, _, _ = workspace
     tally.bad_inputs += 1
@@ -138,7 +171,10 @@ def test_config_user_settings_variable_naming_no_file(workspace, tmp_path, tally
     root, _, env = workspace
     tally.bad_inputs += 1
     proc = run_rk("config", cwd=root, env={**env, "RK_USER_SETTINGS": str(tmp_path / "nope.ini")})
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: RK_USER_SETTINGS={tmp_path / 'nope.ini'}: no such settings file"
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip() == f"error: RK_USER_SETTINGS={tmp_path / 'nope.ini'}: no such settings file"
+    )
 
 
 def test_outside_a_workspace(tmp_path):
@@ -158,16 +194,23 @@ def test_demo_writes_a_valid_package(tmp_path):
     out = tmp_path / "data" / "consortium"
     run_rk("demo", "--seed", "7", "--students", "300", "--out", out, env=clean_env(), check=0)
     assert (out / "datapackage.yaml").is_file()
-    proc = run_rk("datasets", "validate", "consortium", env=clean_env(RK_WORKSPACE_DATA=str(tmp_path / "data"),
-                                                                      RK_WORKSPACE_CACHE=str(tmp_path / "cache")), check=0)
+    proc = run_rk(
+        "datasets",
+        "validate",
+        "consortium",
+        env=clean_env(RK_WORKSPACE_DATA=str(tmp_path / "data"), RK_WORKSPACE_CACHE=str(tmp_path / "cache")),
+        check=0,
+    )
     assert "FAILED" not in proc.stdout and "students" in proc.stdout
 
 
 # ---- rk docs never deletes a folder it did not write ----
 
+
 def docs_workspace(tmp_path):
     """A small workspace with the folders rk docs must never touch, each holding a file."""
     import nbformat
+
     root = tmp_path / "ws"
     for folder in (".git", "datasets", "reports", "nbs", "notes"):
         (root / folder).mkdir(parents=True)
@@ -182,9 +225,12 @@ def files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize("out", [".", "..", "reports", "datasets", ".git", "nbs", "nbs/sub", "notes", "settings.ini"])
+@pytest.mark.parametrize(
+    "out", [".", "..", "reports", "datasets", ".git", "nbs", "nbs/sub", "notes", "settings.ini"]
+)
 def test_docs_refuses_a_folder_it_did_not_write(tmp_path, out, tally):
     from test_bad_input import assert_one_clear_error
+
     tally.bad_inputs += 1
     root = docs_workspace(tmp_path)
     before = files(tmp_path)
@@ -197,7 +243,9 @@ def test_docs_writes_a_new_folder_and_replaces_only_its_own(tmp_path):
     root = docs_workspace(tmp_path)
     before = files(root)
     run_rk("docs", "--out", "site/docs", cwd=root, env=clean_env(), check=0)
-    assert (root / "site" / "docs" / "index.html").is_file() and (root / "site" / "docs" / ".rk-docs").is_file()
+    assert (root / "site" / "docs" / "index.html").is_file() and (
+        root / "site" / "docs" / ".rk-docs"
+    ).is_file()
     (root / "site" / "docs" / "stale.html").write_text("old page")
     run_rk("docs", "--out", "site/docs", cwd=root, env=clean_env(), check=0)
     assert not (root / "site" / "docs" / "stale.html").exists()
@@ -206,6 +254,7 @@ def test_docs_writes_a_new_folder_and_replaces_only_its_own(tmp_path):
 
 def test_docs_failure_leaves_nothing_behind(tmp_path, tally):
     from test_bad_input import assert_one_clear_error
+
     tally.bad_inputs += 1
     root = docs_workspace(tmp_path)
     (root / "nbs" / "broken.ipynb").write_text("{not json")
@@ -217,15 +266,18 @@ def test_docs_failure_leaves_nothing_behind(tmp_path, tally):
 
 # ---- rk verify, rk audit and rk push choose their runs the same way ----
 
+
 @pytest.mark.parametrize("command", ["verify", "audit", "push"])
 def test_run_folder_or_batch_is_chosen_alike(report_workspace, tmp_path, command, tally):
     "The same mistakes in choosing runs get the same message from each command that acts on finished runs."
     root, _, env = report_workspace
     not_a_run = tmp_path / "not-a-run"
     not_a_run.mkdir()
-    cases = [((not_a_run, "--batch", "small"), "give a run folder or --batch NAME, not both"),
-             ((not_a_run,), f"{not_a_run} holds no manifest.json; give a run folder"),
-             (("--batch", "small"), f"batch 'small' has no finished runs to {command}; run it first")]
+    cases = [
+        ((not_a_run, "--batch", "small"), "give a run folder or --batch NAME, not both"),
+        ((not_a_run,), f"{not_a_run} holds no manifest.json; give a run folder"),
+        (("--batch", "small"), f"batch 'small' has no finished runs to {command}; run it first"),
+    ]
     if command != "push":  # push acts on every finished run when given neither
         cases.append(((), "give a run folder or --batch NAME (one of them)"))
     for args, expected in cases:

@@ -102,9 +102,15 @@ def test_resource_metadata(pkg):
         name = res.get("name", f"#{i}")
         at = f"{where}: resource {name!r}"
         h = res.get("hash")
-        assert isinstance(h, str) and h.startswith("sha256:"), f"{at}: hash should be 'sha256:<hex>', got {h!r}"
-        assert isinstance(res.get("bytes"), int), f"{at}: bytes should be an integer, got {res.get('bytes')!r}"
-        assert isinstance(res.get("x-rows"), int), f"{at}: x-rows should be an integer, got {res.get('x-rows')!r}"
+        assert isinstance(h, str) and h.startswith("sha256:"), (
+            f"{at}: hash should be 'sha256:<hex>', got {h!r}"
+        )
+        assert isinstance(res.get("bytes"), int), (
+            f"{at}: bytes should be an integer, got {res.get('bytes')!r}"
+        )
+        assert isinstance(res.get("x-rows"), int), (
+            f"{at}: x-rows should be an integer, got {res.get('x-rows')!r}"
+        )
         schema = _schema(pkg, res)
         assert isinstance(schema, dict) and schema.get("fields"), f"{at}: schema with fields expected"
         for j, f in enumerate(schema["fields"]):
@@ -123,10 +129,14 @@ def test_resource_files_match_hash_bytes_rows(pkg):
         at = f"{pkg / 'datapackage.yaml'}: resource {res.get('name', i)!r} ({path.name})"
         assert path.is_file(), f"{at}: file not found"
         raw = path.read_bytes()
-        assert res.get("hash") == "sha256:" + hashlib.sha256(raw).hexdigest(), f"{at}: sha256 does not match the file"
+        assert res.get("hash") == "sha256:" + hashlib.sha256(raw).hexdigest(), (
+            f"{at}: sha256 does not match the file"
+        )
         assert res.get("bytes") == len(raw), f"{at}: bytes is {res.get('bytes')}, the file has {len(raw)}"
         if res.get("format", path.suffix.lstrip(".")) == "csv":
             text = raw.decode(res.get("encoding", "utf-8"))
             records = list(csv.reader(io.StringIO(text, newline="")))
             rows = len(records) - 1  # header row
-            assert res.get("x-rows") == rows, f"{at}: x-rows is {res.get('x-rows')}, the file has {rows} data rows"
+            assert res.get("x-rows") == rows, (
+                f"{at}: x-rows is {res.get('x-rows')}, the file has {rows} data rows"
+            )

@@ -1,6 +1,7 @@
 """The warm and kernel engines agree on everything a report can do to its process: options and global
 state it changes, exiting early, children it leaves running, HTML it displays. And what the runner
 prints around a run (a load's progress bar) never mixes into an error message."""
+
 import functools
 import http.server
 import json
@@ -23,20 +24,25 @@ def manifest(root, report, slug):
 
 # ---- a load's progress bar ------------------------------------------------------------------------
 
+
 class SlowHandler(http.server.SimpleHTTPRequestHandler):
     "Serves a folder, taking a while over data files: a load long enough for its progress bar to appear."
+
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        if self.path.endswith(".csv"): time.sleep(2.5)
+        if self.path.endswith(".csv"):
+            time.sleep(2.5)
         super().do_GET()
 
 
 @pytest.fixture
 def slow_data(workspace):
     root, d, env = workspace
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SlowHandler, directory=str(root / "datasets")))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(SlowHandler, directory=str(root / "datasets"))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, d, {**env, "RK_WORKSPACE_DATA": f"http://127.0.0.1:{server.server_address[1]}"}
     server.shutdown()
@@ -46,9 +52,13 @@ def slow_data(workspace):
 def test_a_slow_load_that_fails_prints_only_the_error(slow_data, tally):
     root, d, env = slow_data
     tally.bad_inputs += 1
-    write_resource(root / "datasets" / "mini", d, "people", PEOPLE.replace("P-002,KITIG,19", "P-002,KITIG,nineteen"))
+    write_resource(
+        root / "datasets" / "mini", d, "people", PEOPLE.replace("P-002,KITIG,19", "P-002,KITIG,nineteen")
+    )
     save(root / "datasets" / "mini", d)
-    proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)  # stderr is a pipe, not a terminal
+    proc = run_rk(
+        "datasets", "validate", "mini", "people", cwd=root, env=env
+    )  # stderr is a pipe, not a terminal
     assert proc.returncode == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert "loading" not in proc.stderr and "\r" not in proc.stderr and "step" not in proc.stderr, proc.stderr
     assert "people.csv:3" in proc.stderr and "'nineteen'" in proc.stderr
@@ -56,18 +66,33 @@ def test_a_slow_load_that_fails_prints_only_the_error(slow_data, tally):
 
 # ---- a report that exits early ---------------------------------------------------------------------
 
-EXITS = {"sys_exit_0": "import sys\nsys.exit(0)", "sys_exit_3": "import sys\nsys.exit(3)", "sys_exit_text": "import sys\nsys.exit('done')",
-         "exit": "exit()", "quit": "quit()", "raise": "raise SystemExit"}
+EXITS = {
+    "sys_exit_0": "import sys\nsys.exit(0)",
+    "sys_exit_3": "import sys\nsys.exit(3)",
+    "sys_exit_text": "import sys\nsys.exit('done')",
+    "exit": "exit()",
+    "quit": "quit()",
+    "raise": "raise SystemExit",
+}
 
 
 @pytest.mark.parametrize("engine", ["warm", "kernel"])
 def test_a_report_that_exits_early_fails_and_is_not_cached(report_workspace, engine, tally):
     root, _, env = report_workspace
-    make_template(root / "reports" / "leave.ipynb", f"how: Literal{list(EXITS)} = 'exit'",
-                  "import research_kit as rk\nrk.record('before', 1)", f"exec({EXITS!r}[how])", "rk.record('after', 2)")
-    (root / "reports" / "batches.yaml").write_text(f"exits:\n  - report: leave\n    grid: {{how: {list(EXITS)}}}\n")
+    make_template(
+        root / "reports" / "leave.ipynb",
+        f"how: Literal{list(EXITS)} = 'exit'",
+        "import research_kit as rk\nrk.record('before', 1)",
+        f"exec({EXITS!r}[how])",
+        "rk.record('after', 2)",
+    )
+    (root / "reports" / "batches.yaml").write_text(
+        f"exits:\n  - report: leave\n    grid: {{how: {list(EXITS)}}}\n"
+    )
     tally.faults += len(EXITS)
-    proc = run_rk("batch", "exits", "--engine", engine, "--workers", "1", cwd=root, env=env)  # one worker: one after another
+    proc = run_rk(
+        "batch", "exits", "--engine", engine, "--workers", "1", cwd=root, env=env
+    )  # one worker: one after another
     assert proc.returncode == 1 and f"{len(EXITS)} reports failed" in proc.stderr, proc.stdout + proc.stderr
     # the kernels' own log lines reach stderr unfiltered (the TCP warning at every start, "KeyboardInterrupt caught
     # in kernel" when a loaded machine delivers the stop of a finished kernel late): they are not rk's output
@@ -76,7 +101,10 @@ def test_a_report_that_exits_early_fails_and_is_not_cached(report_workspace, eng
     for how in EXITS:
         m = manifest(root, "leave", f"how={how}")
         assert m["status"] == "failed" and m["records"] == {"before": 1}, (how, m)
-        assert "the report called exit" in m["error"]["message"] and m["error"]["cell"] == 5, (how, m["error"])
+        assert "the report called exit" in m["error"]["message"] and m["error"]["cell"] == 5, (
+            how,
+            m["error"],
+        )
     assert "code 3" in manifest(root, "leave", "how=sys_exit_3")["error"]["message"]
     dry = run_rk("batch", "exits", "--dry-run", cwd=root, env=env, check=0).stdout
     assert "cached" not in dry and dry.count("│ run") == len(EXITS), dry  # a failed run is never a cache hit
@@ -141,6 +169,7 @@ PROBE_PRINT = "print(pd.DataFrame({'x': [1.23456, 2.5, 3.75, 4.125]}))\nprint(np
 
 def probe_outputs(root):
     from research_kit.runner.verify import text_outputs
+
     folder = build(root) / "probe" / "n=0"
     m = json.loads((folder / "manifest.json").read_text())
     return m["status"], m["error"], m["records"], text_outputs(folder / "report.ipynb")
@@ -151,12 +180,15 @@ def test_a_report_sees_the_same_state_after_another_on_one_warm_worker_as_in_a_k
     make_template(root / "reports" / "pollute.ipynb", "n: int = 0", POLLUTE)
     make_template(root / "reports" / "probe.ipynb", "n: int = 0", PROBE_STATE, PROBE_WARNINGS, PROBE_PRINT)
     (root / "reports" / "batches.yaml").write_text(
-        "pair:\n  - report: pollute\n    parameters: [{n: 0}]\n  - report: probe\n    parameters: [{n: 0}]\n")
+        "pair:\n  - report: pollute\n    parameters: [{n: 0}]\n  - report: probe\n    parameters: [{n: 0}]\n"
+    )
     run_rk("run", "probe", "--engine", "kernel", cwd=root, env=env, check=0)
     kernel = probe_outputs(root)
     run_rk("run", "probe", "--engine", "warm", "--force", cwd=root, env=env, check=0)
     alone = probe_outputs(root)
-    run_rk("batch", "pair", "--engine", "warm", "--workers", "1", "--force", cwd=root, env=env, check=0)  # one worker: pollute, then probe
+    run_rk(
+        "batch", "pair", "--engine", "warm", "--workers", "1", "--force", cwd=root, env=env, check=0
+    )  # one worker: pollute, then probe
     after = probe_outputs(root)
     assert alone == kernel
     assert after == alone
@@ -166,9 +198,12 @@ def test_a_report_sees_the_same_state_after_another_on_one_warm_worker_as_in_a_k
 def test_numpy_options_set_in_one_cell_hold_in_the_next_in_both_engines(report_workspace):
     "NumPy keeps print options and error handling in context variables: the warm engine lost them between cells."
     root, _, env = report_workspace
-    make_template(root / "reports" / "probe.ipynb", "n: int = 0",
-                  "import numpy as np, research_kit as rk\nnp.set_printoptions(precision=2)\nnp.seterr(divide='raise')",
-                  "rk.record('np_array', str(np.array([1 / 3])))\nrk.record('divide', np.geterr()['divide'])\nprint(np.array([2 / 3]))")
+    make_template(
+        root / "reports" / "probe.ipynb",
+        "n: int = 0",
+        "import numpy as np, research_kit as rk\nnp.set_printoptions(precision=2)\nnp.seterr(divide='raise')",
+        "rk.record('np_array', str(np.array([1 / 3])))\nrk.record('divide', np.geterr()['divide'])\nprint(np.array([2 / 3]))",
+    )
     results = {}
     for engine in ("warm", "kernel"):
         run_rk("run", "probe", "--engine", engine, "--force", cwd=root, env=env, check=0)
@@ -188,9 +223,11 @@ subprocess.Popen(["sleep", "{mark}3"], start_new_session=True)          # a chil
 
 def sleepers(mark):
     import psutil
+
     found = []
     for p in psutil.process_iter(["cmdline"]):
-        if any(arg.startswith(mark) for arg in (p.info["cmdline"] or [])): found.append(p)
+        if any(arg.startswith(mark) for arg in (p.info["cmdline"] or [])):
+            found.append(p)
     return found
 
 
@@ -198,17 +235,29 @@ def sleepers(mark):
 def test_processes_a_report_started_end_with_it(report_workspace, engine, tally):
     root, _, env = report_workspace
     mark = f"600.{abs(hash((str(root), engine))) % 10**6:06d}"  # this test's sleeps, and no one else's
-    make_template(root / "reports" / "spawn.ipynb", "n: int = 0", "import research_kit as rk\nrk.record('n', n)",
-                  CHILDREN.format(mark=mark))
+    make_template(
+        root / "reports" / "spawn.ipynb",
+        "n: int = 0",
+        "import research_kit as rk\nrk.record('n', n)",
+        CHILDREN.format(mark=mark),
+    )
     tally.faults += 1
-    proc = subprocess.Popen([str(RK), "run", "spawn", "--engine", engine], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(RK), "run", "spawn", "--engine", engine],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=120)  # returns only once no process holds rk's output pipes
     finally:
-        if proc.poll() is None: proc.kill()
+        if proc.poll() is None:
+            proc.kill()
         leftover = sleepers(mark)
-        for p in leftover: p.kill()
+        for p in leftover:
+            p.kill()
     assert proc.returncode == 0, out + err
     assert leftover == [], [p.info["cmdline"] for p in leftover]
     assert manifest(root, "spawn", "n=0")["status"] == "succeeded"
@@ -223,14 +272,17 @@ display(HTML("<script>window.__rk_xss = 1</script><b onclick='window.__rk_xss = 
 display(pd.DataFrame({"a": [1.5, 2.5]}).style.set_caption(caption).highlight_max(color="yellow"))
 display(Markdown("<img src=x onerror='window.__rk_xss = 4'> markdown-output"))
 display(Javascript("window.__rk_xss = 5"))
-display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>window.__rk_xss = 6</script><circle r="5"/></svg>'))
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+            '<script>window.__rk_xss = 6</script><circle r="5"/></svg>'))
 """
 
 
 class Elements:
     "Every start tag of an HTML page, with its attributes."
+
     def __init__(self, text):
         from html.parser import HTMLParser
+
         self.tags = []
         parser = HTMLParser()
         parser.handle_starttag = lambda tag, attrs: self.tags.append((tag, dict(attrs)))
@@ -239,37 +291,70 @@ class Elements:
 
 def test_html_a_report_displays_is_sanitized_in_report_html(report_workspace, tally):
     import nbformat
+
     root, _, env = report_workspace
     path = make_template(root / "reports" / "xss.ipynb", 'caption: str = "c"', SHOW_HTML)
     nb = nbformat.read(path, as_version=4)
-    nb.cells.append(nbformat.v4.new_markdown_cell('<a href="javascript:window.__rk_xss = 7">md-link</a> <b onmouseover="x()">md-bold</b>'))
+    nb.cells.append(
+        nbformat.v4.new_markdown_cell(
+            '<a href="javascript:window.__rk_xss = 7">md-link</a> <b onmouseover="x()">md-bold</b>'
+        )
+    )
     nbformat.write(nb, path)
     tally.bad_inputs += 1
-    run_rk("run", "xss", "-p", "caption=<img src=x onerror=window.__rk_xss=8>Caption-text", cwd=root, env=env, check=0)
-    [page] = (build(root) / "xss").glob("*/report.html")  # (the code and the title show the payloads as escaped text)
+    run_rk(
+        "run",
+        "xss",
+        "-p",
+        "caption=<img src=x onerror=window.__rk_xss=8>Caption-text",
+        cwd=root,
+        env=env,
+        check=0,
+    )
+    [page] = (build(root) / "xss").glob(
+        "*/report.html"
+    )  # (the code and the title show the payloads as escaped text)
     text = page.read_text()
     tags = Elements(text).tags
-    assert not [t for t, _ in tags if t in ("script", "iframe", "svg", "object", "embed")], sorted({t for t, _ in tags})
+    assert not [t for t, _ in tags if t in ("script", "iframe", "svg", "object", "embed")], sorted(
+        {t for t, _ in tags}
+    )
     assert not [(t, a) for t, attrs in tags for a in attrs if a.lower().startswith("on")]
     assert not [(t, v) for t, attrs in tags for v in attrs.values() if v and "javascript:" in v.lower()]
     tables = [attrs for t, attrs in tags if t == "table"]
-    assert any(a.get("id", "").startswith("T_") for a in tables), tables  # the Styler's table, its id kept for its <style>
-    assert "cell-html" in text and "Caption-text" in text and "markdown-output" in text and "md-link" in text and "md-bold" in text
+    assert any(a.get("id", "").startswith("T_") for a in tables), (
+        tables
+    )  # the Styler's table, its id kept for its <style>
+    assert (
+        "cell-html" in text
+        and "Caption-text" in text
+        and "markdown-output" in text
+        and "md-link" in text
+        and "md-bold" in text
+    )
     assert "background-color: yellow" in text  # the Styler's own <style> block
-    assert any(t == "img" and a.get("src", "").startswith("data:image/svg+xml;base64,") for t, a in tags)  # the SVG, as an image
+    assert any(
+        t == "img" and a.get("src", "").startswith("data:image/svg+xml;base64,") for t, a in tags
+    )  # the SVG, as an image
 
     import os
-    if not os.path.exists("/usr/bin/chromium"): return
+
+    if not os.path.exists("/usr/bin/chromium"):
+        return
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         try:
             tab = browser.new_page()
             tab.goto(page.as_uri())
             tab.mouse.move(1, 1)
             for selector in ("b", "a"):
                 for element in tab.query_selector_all(selector):
-                    if element.is_visible(): element.hover()  # the reader document hides some links (e.g. on print)
+                    if element.is_visible():
+                        element.hover()  # the reader document hides some links (e.g. on print)
             tab.wait_for_timeout(300)
             assert tab.evaluate("window.__rk_xss") is None
             assert tab.locator("table").count() >= 2

@@ -1,4 +1,5 @@
 """One environment everywhere: rk doctor, rk docs, rk lab (a real JupyterLab on 127.0.0.1)."""
+
 import os
 import re
 import signal
@@ -21,7 +22,13 @@ def clean_env(**extra):
 
 def test_doctor_passes_here():
     proc = run_rk("doctor", env=clean_env(), check=0)
-    for name in ("kernel", "kernel imports research_kit", "package in sync", "data root reachable", "data packages valid"):
+    for name in (
+        "kernel",
+        "kernel imports research_kit",
+        "package in sync",
+        "data root reachable",
+        "data packages valid",
+    ):
         assert f"ok   {name}" in proc.stdout, proc.stdout
 
 
@@ -40,7 +47,8 @@ class Links(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         href = dict(attrs).get("href")
-        if tag == "a" and href: self.hrefs.append(href)
+        if tag == "a" and href:
+            self.hrefs.append(href)
 
 
 def test_docs_build_every_page_and_links_resolve(tmp_path):
@@ -57,6 +65,7 @@ def test_docs_build_every_page_and_links_resolve(tmp_path):
     local = [h for h in parser.hrefs if "://" not in h and not h.startswith("#")]
     assert len(local) == len(notebooks)
     from urllib.parse import unquote
+
     for href in local:
         assert (out / unquote(href)).is_file(), href
     for page in out.rglob("*.html"):
@@ -72,10 +81,19 @@ def free_port():
 
 def test_lab_serves_on_loopback_with_a_token(tmp_path):
     port = free_port()
-    env = clean_env(JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
-                    JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
-    proc = subprocess.Popen([str(RK), "lab", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = clean_env(
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_DATA_DIR=str(tmp_path / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+    )
+    proc = subprocess.Popen(
+        [str(RK), "lab", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         m = re.search(r"(http://127\.0\.0\.1:\d+/lab\?token=(\w+))", first)
@@ -84,22 +102,32 @@ def test_lab_serves_on_loopback_with_a_token(tmp_path):
         deadline = time.time() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=5) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/status?token={token}", timeout=5
+                ) as r:
                     assert r.status == 200
                     break
             except (urllib.error.URLError, ConnectionError):
-                if time.time() > deadline: raise
+                if time.time() > deadline:
+                    raise
                 time.sleep(1)
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=5)
         assert denied.value.code == 403
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/reports?token={token}", timeout=10) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/contents/reports?token={token}", timeout=10
+        ) as r:
             assert b"star_replication.ipynb" in r.read()  # the workspace root is served
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", timeout=10) as r:
-            assert b'"default": "research-kit"' in r.read().replace(b'"default":"research-kit"', b'"default": "research-kit"')
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", timeout=10
+        ) as r:
+            assert b'"default": "research-kit"' in r.read().replace(
+                b'"default":"research-kit"', b'"default": "research-kit"'
+            )
     finally:
         proc.send_signal(signal.SIGINT)
-        try: proc.wait(20)
+        try:
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)

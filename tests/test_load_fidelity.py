@@ -5,6 +5,7 @@ from Arrow buffers, and stores a cache file in a form that reads back fast (fixe
 binary, codes dictionary-encoded). Each of those is checked here against an independent reference:
 `pandas.read_csv` with the declared dtypes, pandera run on every column, Python's `set`.
 """
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -54,12 +55,14 @@ def reference_frame(path, schema) -> pd.DataFrame:
 
 def resources(root):
     from research_kit.data.catalog import open_package
+
     return list(open_package("consortium", str(root / "datasets")).resources.values())
 
 
 def test_fresh_and_cached_loads_equal_pandas(consortium, monkeypatch):
     monkeypatch.setenv("RK_ROOT", str(consortium))
     from research_kit.data.load import load, wait_for_cache_writes
+
     for res in resources(consortium):
         expected = reference_frame(res.url, res.schema)
         fresh = load("consortium", res.name)
@@ -69,6 +72,7 @@ def test_fresh_and_cached_loads_equal_pandas(consortium, monkeypatch):
         pd.testing.assert_frame_equal(cached, expected, obj=f"cached {res.name}")
     cache = list((consortium / ".cache" / "data" / "consortium").glob("students-*.parquet"))
     import pyarrow.parquet as pq
+
     stored = pq.read_schema(cache[0])
     # the forms that make the cache fast really are used (and so are tested above)
     assert pa.types.is_fixed_size_binary(stored.field("student_id").type)
@@ -79,6 +83,7 @@ def test_fresh_and_cached_loads_equal_pandas(consortium, monkeypatch):
 def test_loaded_frames_can_be_changed(consortium, monkeypatch):
     monkeypatch.setenv("RK_ROOT", str(consortium))
     from research_kit.data.load import load, wait_for_cache_writes
+
     for res in resources(consortium):
         for attempt in ("fresh", "cached"):
             df = load("consortium", res.name)
@@ -86,8 +91,11 @@ def test_loaded_frames_can_be_changed(consortium, monkeypatch):
             before = df.copy()
             for c in df.columns:
                 df.loc[0, c] = df[c].iloc[1]
-            pd.testing.assert_frame_equal(df.iloc[[0]].reset_index(drop=True), before.iloc[[1]].reset_index(drop=True),
-                                          obj=f"{attempt} {res.name}")
+            pd.testing.assert_frame_equal(
+                df.iloc[[0]].reset_index(drop=True),
+                before.iloc[[1]].reset_index(drop=True),
+                obj=f"{attempt} {res.name}",
+            )
             # and the next load is not affected by the change
             again = load("consortium", res.name)
             pd.testing.assert_frame_equal(again, before)
@@ -95,18 +103,25 @@ def test_loaded_frames_can_be_changed(consortium, monkeypatch):
 
 # ---- the Arrow screen never lets pass what pandera would report ----
 
-SCHEMA = {"fields": [
-    {"name": "id", "type": "string", "constraints": {"required": True, "pattern": "[A-Z]-[0-9]{2}"}},
-    {"name": "code", "type": "string", "constraints": {"pattern": "[A-Z]{2}", "minLength": 2, "maxLength": 3}},
-    {"name": "n", "type": "integer", "constraints": {"required": True, "minimum": 0, "maximum": 9}},
-    {"name": "x", "type": "number", "constraints": {"required": True, "minimum": -1, "maximum": 1}},
-    {"name": "d", "type": "date", "constraints": {"minimum": "2020-01-01", "maximum": "2024-12-31"}},
-    {"name": "b", "type": "boolean", "constraints": {"required": True}},
-    {"name": "e", "type": "string", "constraints": {"enum": ["lo", "hi"]}},
-    # bounds on an enum and on a boolean: the screen once decided these differently from pandera
-    {"name": "lvl", "type": "integer", "constraints": {"enum": [1, 2, 3], "maximum": 2}},
-    {"name": "ok", "type": "boolean", "constraints": {"minimum": 1}}],
-    "primaryKey": ["id", "n"]}
+SCHEMA = {
+    "fields": [
+        {"name": "id", "type": "string", "constraints": {"required": True, "pattern": "[A-Z]-[0-9]{2}"}},
+        {
+            "name": "code",
+            "type": "string",
+            "constraints": {"pattern": "[A-Z]{2}", "minLength": 2, "maxLength": 3},
+        },
+        {"name": "n", "type": "integer", "constraints": {"required": True, "minimum": 0, "maximum": 9}},
+        {"name": "x", "type": "number", "constraints": {"required": True, "minimum": -1, "maximum": 1}},
+        {"name": "d", "type": "date", "constraints": {"minimum": "2020-01-01", "maximum": "2024-12-31"}},
+        {"name": "b", "type": "boolean", "constraints": {"required": True}},
+        {"name": "e", "type": "string", "constraints": {"enum": ["lo", "hi"]}},
+        # bounds on an enum and on a boolean: the screen once decided these differently from pandera
+        {"name": "lvl", "type": "integer", "constraints": {"enum": [1, 2, 3], "maximum": 2}},
+        {"name": "ok", "type": "boolean", "constraints": {"minimum": 1}},
+    ],
+    "primaryKey": ["id", "n"],
+}
 
 cells = {
     "id": st.sampled_from(["A-01", "B-02", "C-03", "c-04", "D-5", None]),
@@ -130,8 +145,10 @@ def described(failures):
 def test_screen_then_pandera_equals_pandera_on_everything(rows, chunks):
     names = [f["name"] for f in SCHEMA["fields"]]
     per = max(1, len(rows) // chunks)
-    batches = [pa.table({n: pa.array([r[n] for r in rows[i:i + per]], pa.string()) for n in names})
-               for i in range(0, len(rows), per)] or [pa.table({n: pa.array([], pa.string()) for n in names})]
+    batches = [
+        pa.table({n: pa.array([r[n] for r in rows[i : i + per]], pa.string()) for n in names})
+        for i in range(0, len(rows), per)
+    ] or [pa.table({n: pa.array([], pa.string()) for n in names})]
     text = pa.concat_tables(batches)
     where = Where("p", "r", "r.csv")
 
@@ -144,21 +161,36 @@ def test_screen_then_pandera_equals_pandera_on_everything(rows, chunks):
     assert described(actual) == described(expected)
     pd.testing.assert_frame_equal(df, df_reference)
     # to_frame agrees with pandas' own conversion of the same Arrow table
-    via_pandas = typed2.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
+    via_pandas = typed2.to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get
+    )
     for name, want in dtypes(SCHEMA).items():
         col = via_pandas[name]
-        if isinstance(want, pd.CategoricalDtype): col = col.astype(object).astype(want)
-        elif want == "int64" and col.hasnans: want = "Int64"
+        if isinstance(want, pd.CategoricalDtype):
+            col = col.astype(object).astype(want)
+        elif want == "int64" and col.hasnans:
+            want = "Int64"
         pd.testing.assert_series_equal(df[name], col.astype(want), check_names=False, obj=name)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.text("ab", min_size=1, max_size=3), st.text("xy", min_size=9, max_size=9),
-                          st.text("pq", min_size=17, max_size=17), st.none()), max_size=40),
-       st.sampled_from([pa.string(), pa.large_string()]))
+@given(
+    st.lists(
+        st.one_of(
+            st.text("ab", min_size=1, max_size=3),
+            st.text("xy", min_size=9, max_size=9),
+            st.text("pq", min_size=17, max_size=17),
+            st.none(),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([pa.string(), pa.large_string()]),
+)
 def test_duplicate_detection_equals_set(values, typ):
     present = [v for v in values if v is not None]
-    arr = pa.chunked_array([pa.array(values[:len(values) // 2], typ), pa.array(values[len(values) // 2:], typ)])
+    arr = pa.chunked_array(
+        [pa.array(values[: len(values) // 2], typ), pa.array(values[len(values) // 2 :], typ)]
+    )
     assert has_duplicates(arr) == (len(set(present)) < len(present))
 
 
@@ -175,7 +207,11 @@ def test_colliding_keys_are_checked_exactly():
     K = np.uint64(0x9E3779B97F4A7C15)
     while True:
         a0, a1, b0 = (rng.integers(0x20, 0x7F, (4096, 8), dtype=np.uint8) for _ in range(3))
-        b1 = (a0.view(np.uint64) * K ^ a1.view(np.uint64) ^ b0.view(np.uint64) * K).view(np.uint8).reshape(-1, 8)
+        b1 = (
+            (a0.view(np.uint64) * K ^ a1.view(np.uint64) ^ b0.view(np.uint64) * K)
+            .view(np.uint8)
+            .reshape(-1, 8)
+        )
         ok = ((b1 >= 0x20) & (b1 < 0x7F)).all(axis=1)
         if ok.any():
             i = int(np.flatnonzero(ok)[0])
@@ -189,18 +225,23 @@ def test_colliding_keys_are_checked_exactly():
 
 # ---- failures in dictionary-encoded text keep their line numbers ----
 
+
 def repetitive_people(n=40, bad=None):
     lines = ["person_id,institution_id,age,funding,gpa,enrolled,active"]
     for i in range(n):
         lines.append(f"P-{i:03d},{'ATK' if i % 2 else 'KITIG'},20,paid,3.0,2024-09-01,true")
-    if bad: lines[bad[0] - 1] = lines[bad[0] - 1].replace(*bad[1])
+    if bad:
+        lines[bad[0] - 1] = lines[bad[0] - 1].replace(*bad[1])
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("line,change,fragments", [
-    (17, (",ATK,", ",ZZZ,"), ["people.csv:17", "'ZZZ'", "foreign key"]),
-    (30, (",KITIG,", ",ATK,"), None),  # still valid: nothing reported
-])
+@pytest.mark.parametrize(
+    "line,change,fragments",
+    [
+        (17, (",ATK,", ",ZZZ,"), ["people.csv:17", "'ZZZ'", "foreign key"]),
+        (30, (",KITIG,", ",ATK,"), None),  # still valid: nothing reported
+    ],
+)
 def test_foreign_key_in_repetitive_column(workspace, line, change, fragments):
     root, d, env = workspace
     pkg = root / "datasets" / "mini"
@@ -211,9 +252,11 @@ def test_foreign_key_in_repetitive_column(workspace, line, change, fragments):
         assert proc.returncode == 0, proc.stderr
         return
     from conftest import TALLY
+
     TALLY.bad_inputs += 1
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    for fragment in fragments: assert fragment in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
 
 
 def test_pattern_in_repetitive_column(workspace):
@@ -225,6 +268,7 @@ def test_pattern_in_repetitive_column(workspace):
     save(pkg, d)
     proc = run_rk("datasets", "validate", "mini", "people", cwd=root, env=env)
     from conftest import TALLY
+
     TALLY.bad_inputs += 1
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     for fragment in ["people.csv:12", "'institution_id'", "'ATk'", "pattern"]:

@@ -4,6 +4,7 @@ Each dataset is written by `research_kit.data.demo.generate` into a throwaway wo
 with `research_kit.data.load.load`, exactly as a report would, so the whole path (generator, loader,
 `analysis.features`, `analysis.stats`, `analysis.models`) is checked against `TRUTH`.
 """
+
 import os
 from contextlib import contextmanager
 
@@ -22,14 +23,32 @@ from research_kit.data.load import load, wait_for_cache_writes
 
 SEEDS = range(1, 21)
 STUDENTS = 10_000  # about 3,900 graduates per dataset: the adjusted estimate's standard error is about 0.02
-RESOURCES = ["programs", "students", "terms", "internships", "outcomes",
-             "joint_programs", "joint_enrolments", "pathways", "applications", "outreach_events"]
+RESOURCES = [
+    "programs",
+    "students",
+    "terms",
+    "internships",
+    "outcomes",
+    "joint_programs",
+    "joint_enrolments",
+    "pathways",
+    "applications",
+    "outreach_events",
+]
 EFFECT = TRUTH["internship_effect_on_employment_6m"]
 # The adjustment set of the planted employment model: a linear probability model in these is correctly specified.
 CONTROLS = ["gpa", "institution_id", "field_of_study", "funding"]
 # What is known after the first term; the cohort is left out because recent cohorts' outcomes are known
 # mostly for those who already dropped out (the report dropout_risk does the same).
-EARLY = ["first_term_attendance", "first_term_gpa", "funding", "entry_basis", "gender", "language", "institution_id"]
+EARLY = [
+    "first_term_attendance",
+    "first_term_gpa",
+    "funding",
+    "entry_basis",
+    "gender",
+    "language",
+    "institution_id",
+]
 
 
 LEVEL = 0.95  # every interval checked here is a 95% interval
@@ -50,8 +69,10 @@ def assert_covers(table, truth):
     "The intervals in `table` (one per seed) cover `truth` as often as 95% intervals plausibly do."
     n, hits = len(table), covered(table, truth)
     chance = stats.binom.cdf(hits, n, LEVEL)
-    assert chance >= FALSE_ALARM, (f"95% intervals cover {truth:.4f} in only {hits} of {n} seeds: P(X <= {hits}) = {chance:.4f} "
-                                   f"for a correct interval\n{table}")
+    assert chance >= FALSE_ALARM, (
+        f"95% intervals cover {truth:.4f} in only {hits} of {n} seeds: P(X <= {hits}) = {chance:.4f} "
+        f"for a correct interval\n{table}"
+    )
 
 
 def make_workspace(root, seed):
@@ -66,7 +87,8 @@ def make_workspace(root, seed):
 def workspace(root):
     """Make `root` the current workspace, whatever RK_* variables the caller's environment sets."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("RK_")]: mp.delenv(name)
+        for name in [n for n in os.environ if n.startswith("RK_")]:
+            mp.delenv(name)
         mp.setenv("RK_ROOT", str(root))
         yield
         wait_for_cache_writes()
@@ -79,7 +101,9 @@ def tables_of(root):
 
 def features_of(root, tables=None):
     t = tables or tables_of(root)
-    return student_features(t["students"], t["terms"], t["internships"], t["outcomes"], programs=t["programs"])
+    return student_features(
+        t["students"], t["terms"], t["internships"], t["outcomes"], programs=t["programs"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +123,17 @@ def internship_estimates(workspaces):
         adjusted = adjusted.set_index("term").loc["had_internship"]
         naive = compare(graduates, "employed_6m", "had_internship", reference=False)
         assert naive["group"].tolist() == [True]  # interns minus non-interns
-        rows.append({"seed": seed, "n": int(adjusted["n"]), "estimate": adjusted["estimate"],
-                     "std_error": adjusted["std_error"], "lower": adjusted["lower"], "upper": adjusted["upper"],
-                     "naive": naive["estimate"].item()})
+        rows.append(
+            {
+                "seed": seed,
+                "n": int(adjusted["n"]),
+                "estimate": adjusted["estimate"],
+                "std_error": adjusted["std_error"],
+                "lower": adjusted["lower"],
+                "upper": adjusted["upper"],
+                "naive": naive["estimate"].item(),
+            }
+        )
     table = pd.DataFrame(rows)
     print("\n" + table.round(4).to_string(index=False))
     return table
@@ -111,7 +143,9 @@ def test_adjusted_interval_covers_the_planted_effect(internship_estimates):
     t = internship_estimates
     assert_covers(t, EFFECT)
     # and the estimates centre on the truth: the mean of 20 is within ~3 of its standard errors
-    assert abs(t["estimate"].mean() - EFFECT) < 3 * t["std_error"].mean() / np.sqrt(len(t)), t["estimate"].mean()
+    assert abs(t["estimate"].mean() - EFFECT) < 3 * t["std_error"].mean() / np.sqrt(len(t)), t[
+        "estimate"
+    ].mean()
     assert (t["n"] > 3000).all()
 
 
@@ -136,7 +170,10 @@ def test_dropout_model_finds_the_planted_risk_factors(dropout_features, model):
     print(f"\n{model}: {ev}\n{ev.importance.round(4).to_string(index=False)}")
     assert ev.metric("roc_auc") > 0.65, ev.metrics
     # planted: the dropout hazard depends on attendance and on funding (state grant), on nothing else
-    assert "dropout_hazard_log_odds_per_10pp_attendance" in TRUTH and "dropout_hazard_log_odds_state_grant" in TRUTH
+    assert (
+        "dropout_hazard_log_odds_per_10pp_attendance" in TRUTH
+        and "dropout_hazard_log_odds_state_grant" in TRUTH
+    )
     assert ranking.index("first_term_attendance") < 2, ranking
     assert ranking.index("funding") < 4, ranking
     # gender and language play no part in the hazard: they add (almost) nothing
@@ -146,9 +183,16 @@ def test_dropout_model_finds_the_planted_risk_factors(dropout_features, model):
 
 # --- the four lines of work -------------------------------------------------------------------
 
+
 def row(estimate, **extra):
     e = estimate.iloc[0] if len(estimate) == 1 else estimate
-    return {"estimate": e["estimate"], "std_error": e["std_error"], "lower": e["lower"], "upper": e["upper"], **extra}
+    return {
+        "estimate": e["estimate"],
+        "std_error": e["std_error"],
+        "lower": e["lower"],
+        "upper": e["upper"],
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +209,19 @@ def pathway_estimates(workspaces):
         credits = effect(continued, "credits_recognised", "joint", controls).set_index("term").loc["joint"]
         naive_go = compare(graduates, "continued", "joint", reference=False)["estimate"].item()
         naive_credits = compare(continued, "credits_recognised", "joint", reference=False)["estimate"].item()
-        rows += [row(go, seed=seed, outcome="continued", naive=naive_go, n=int(go["n"])),
-                 row(credits, seed=seed, outcome="credits_recognised", naive=naive_credits, n=int(credits["n"]))]
+        rows += [
+            row(go, seed=seed, outcome="continued", naive=naive_go, n=int(go["n"])),
+            row(credits, seed=seed, outcome="credits_recognised", naive=naive_credits, n=int(credits["n"])),
+        ]
     table = pd.DataFrame(rows)
     print("\n" + table.round(4).to_string(index=False))
     return table
 
 
-JOINT_EFFECTS = [("continued", TRUTH["pathway_continue_joint_effect"]), ("credits_recognised", TRUTH["credits_recognised_joint_effect"])]
+JOINT_EFFECTS = [
+    ("continued", TRUTH["pathway_continue_joint_effect"]),
+    ("credits_recognised", TRUTH["credits_recognised_joint_effect"]),
+]
 
 
 @pytest.mark.parametrize("outcome, truth", JOINT_EFFECTS)
@@ -182,11 +231,17 @@ def test_joint_track_intervals_cover_the_planted_effect(pathway_estimates, outco
 
 
 @pytest.mark.parametrize("outcome, truth", JOINT_EFFECTS)
-def test_joint_track_effects_are_recovered_and_the_naive_difference_is_biased(pathway_estimates, outcome, truth):
+def test_joint_track_effects_are_recovered_and_the_naive_difference_is_biased(
+    pathway_estimates, outcome, truth
+):
     t = pathway_estimates[pathway_estimates["outcome"] == outcome]
-    assert abs(t["estimate"].mean() - truth) < 3 * t["std_error"].mean() / np.sqrt(len(t)), t["estimate"].mean()
+    assert abs(t["estimate"].mean() - truth) < 3 * t["std_error"].mean() / np.sqrt(len(t)), t[
+        "estimate"
+    ].mean()
     # planted: the joint track selects by GPA, which raises both outcomes, so the plain difference overstates the effect
-    assert (t["naive"] > t["estimate"]).sum() >= 18 and t["naive"].mean() > truth + 2 * t["std_error"].mean() / np.sqrt(len(t))
+    assert (t["naive"] > t["estimate"]).sum() >= 18 and t["naive"].mean() > truth + 2 * t[
+        "std_error"
+    ].mean() / np.sqrt(len(t))
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +262,9 @@ def outreach_estimates(workspaces):
 def test_outreach_effect_is_recovered(outreach_estimates):
     truth = TRUTH["outreach_att_log"]
     t = outreach_estimates[outreach_estimates["method"] == "callaway_santanna"]
-    assert abs(t["estimate"].mean() - truth) < 3 * t["std_error"].mean() / np.sqrt(len(t)), t["estimate"].mean()
+    assert abs(t["estimate"].mean() - truth) < 3 * t["std_error"].mean() / np.sqrt(len(t)), t[
+        "estimate"
+    ].mean()
 
 
 def test_outreach_intervals_cover_the_planted_effect(outreach_estimates):
@@ -215,7 +272,9 @@ def test_outreach_intervals_cover_the_planted_effect(outreach_estimates):
     # generator's applications: 95.1% coverage; 94.7% with t(25)); seeds 1-20 cover the truth 17 times
     t = outreach_estimates[outreach_estimates["method"] == "callaway_santanna"]
     assert_covers(t, TRUTH["outreach_att_log"])
-    assert (t["df"] < 25).all()  # fewer than clusters - 1: the cohorts, not the programmes, limit what the errors rest on
+    assert (
+        t["df"] < 25
+    ).all()  # fewer than clusters - 1: the cohorts, not the programmes, limit what the errors rest on
 
 
 def few_treated_panel(seed, treated=3, controls=27, periods=4, start=3, effect=0.5):
@@ -253,8 +312,11 @@ def staggered_panel(seed, per_cohort=20, starts=(4, 7, 10), slopes=(0.3, 0.2, 0.
             level = rng.normal(0, 1)
             for period in range(1, end + 1):
                 effect_now = slope * (period - start + 1) if period >= start else 0.0
-                if period >= start: effects.append(effect_now)
-                rows.append((f"u{cohort}-{i}", period, start, level + 0.1 * period + effect_now + rng.normal(0, 0.1)))
+                if period >= start:
+                    effects.append(effect_now)
+                rows.append(
+                    (f"u{cohort}-{i}", period, start, level + 0.1 * period + effect_now + rng.normal(0, 0.1))
+                )
     return pd.DataFrame(rows, columns=["unit", "period", "start", "y"]), float(np.mean(effects))
 
 
@@ -263,7 +325,14 @@ def test_twfe_is_biased_under_staggered_heterogeneous_effects_and_group_time_eff
     for seed in range(1, 201):  # 200 seeds: cheap here (about 30 ms each), and the coverage check gains power
         panel, truth = staggered_panel(seed)
         for method in ("callaway_santanna", "twfe"):
-            rows.append(row(did(panel, "y", "unit", "period", "start", method=method), seed=seed, method=method, truth=truth))
+            rows.append(
+                row(
+                    did(panel, "y", "unit", "period", "start", method=method),
+                    seed=seed,
+                    method=method,
+                    truth=truth,
+                )
+            )
     t = pd.DataFrame(rows)
     print("\n" + t.round(4).to_string(index=False))
     truth = t["truth"].iloc[0]
@@ -271,4 +340,6 @@ def test_twfe_is_biased_under_staggered_heterogeneous_effects_and_group_time_eff
     cs, twfe = t[t["method"] == "callaway_santanna"], t[t["method"] == "twfe"]
     assert_covers(cs, truth)
     assert covered(twfe, truth) == 0, twfe  # every interval of the naive estimate misses ...
-    assert twfe["estimate"].mean() < 0.7 * truth  # ... by far: it puts weight on comparisons with already-treated units
+    assert (
+        twfe["estimate"].mean() < 0.7 * truth
+    )  # ... by far: it puts weight on comparisons with already-treated units

@@ -17,6 +17,7 @@ generator of its own, seeded by its number, so a failure names the table and `ra
 rebuilds it. The tables are attacked in two processes (the machine's two cores);
 PRIVACY_ATTACK_TABLES sets the tables per test, PRIVACY_ATTACK_WORKERS the processes (1: in this one).
 """
+
 import math
 import multiprocessing
 import os
@@ -39,7 +40,9 @@ MIXES = {  # the values a cell is drawn from (k = 10): the issue's mix, then two
 }
 # tables per random test (there are two): by default every shape in every mix 7 times, 1029 tables; raise it for a long run
 TABLES = int(os.environ.get("PRIVACY_ATTACK_TABLES", str(7 * len(SHAPES) * len(MIXES))))
-WORKERS = int(os.environ.get("PRIVACY_ATTACK_WORKERS", str(min(2, os.cpu_count() or 1))))  # 1: in this process
+WORKERS = int(
+    os.environ.get("PRIVACY_ATTACK_WORKERS", str(min(2, os.cpu_count() or 1)))
+)  # 1: in this process
 
 
 def equations(shown, truth, total_i, total_j):
@@ -53,15 +56,23 @@ def equations(shown, truth, total_i, total_j):
     lines = [([(i, j) for j in part_cols], total_j is not None and (i, total_j)) for i in range(n_rows)]
     lines += [([(i, j) for i in part_rows], total_i is not None and (total_i, j)) for j in range(n_cols)]
     for parts, total in lines:
-        if not total and len(parts) < 2: continue  # its total is that one cell: nothing to learn
+        if not total and len(parts) < 2:
+            continue  # its total is that one cell: nothing to learn
         coef, b = np.zeros(len(masked)), 0.0
         for cell in parts:
-            if cell in column: coef[column[cell]] += 1
-            else: b -= shown[cell]
-        if not total: b += sum(truth[c] for c in parts)  # published elsewhere
-        elif total in column: coef[column[total]] -= 1
-        else: b += shown[total]
-        if coef.any(): rows.append(coef); rhs.append(b)
+            if cell in column:
+                coef[column[cell]] += 1
+            else:
+                b -= shown[cell]
+        if not total:
+            b += sum(truth[c] for c in parts)  # published elsewhere
+        elif total in column:
+            coef[column[total]] -= 1
+        else:
+            b += shown[total]
+        if coef.any():
+            rows.append(coef)
+            rhs.append(b)
     return masked, np.array(rows).reshape(len(rows), len(masked)), np.array(rhs)
 
 
@@ -82,7 +93,9 @@ def optimum(model, n, sense):
     "The smallest (sense 1) or, negated, the largest (sense -1) value of variable n; the model's objective is left at zero."
     model.changeColCost(n, sense)
     model.run()
-    assert model.getModelStatus() == highspy.HighsModelStatus.kOptimal, model.modelStatusToString(model.getModelStatus())
+    assert model.getModelStatus() == highspy.HighsModelStatus.kOptimal, model.modelStatusToString(
+        model.getModelStatus()
+    )
     value = model.getInfo().objective_function_value
     model.changeColCost(n, 0.0)
     return value
@@ -94,18 +107,21 @@ def weak_cells(shown, truth, total_i=None, total_j=None, k=K, p=P):
     largest (only the objective changes from one solve to the next, so each starts from the last basis).
     Every value is capped above anything the true table's total allows; reaching the cap means unbounded."""
     masked, A, b = equations(shown, truth, total_i, total_j)
-    if not masked: return []
+    if not masked:
+        return []
     cap = 2 * np.nansum(truth) + 1
     model = bounds_model(A, b, cap)
     weak = []
     for n, cell in enumerate(masked):
         lower = math.ceil(optimum(model, n, 1) - 1e-6)
         assert lower <= truth[cell]  # the true table is one the attacker cannot rule out
-        if lower >= k: continue  # it cannot be a small count: its range does not matter
+        if lower >= k:
+            continue  # it cannot be a small count: its range does not matter
         high = -optimum(model, n, -1)
         upper = math.inf if high > cap - 0.5 else math.floor(high + 1e-6)
         assert truth[cell] <= upper
-        if upper - lower < p: weak.append((cell, lower, upper))
+        if upper - lower < p:
+            weak.append((cell, lower, upper))
     return weak
 
 
@@ -126,7 +142,11 @@ def with_totals(table):
     "The table with a total column and a total row ('all')."
     values = table.to_numpy()
     values = np.column_stack([values, values.sum(axis=1)])
-    return pd.DataFrame(np.vstack([values, values.sum(axis=0)]), index=[*table.index, "all"], columns=[*table.columns, "total"])
+    return pd.DataFrame(
+        np.vstack([values, values.sum(axis=0)]),
+        index=[*table.index, "all"],
+        columns=[*table.columns, "total"],
+    )
 
 
 def attack_with_totals(n):
@@ -165,9 +185,13 @@ def attack_all():
 
 def test_random_tables_with_totals_withstand_the_attack(attack_all):
     results = attack_all(attack_with_totals)
-    weak = {n: cells for n, (_, cells) in enumerate(results) if cells}  # random_table(20240, n) rebuilds table n
+    weak = {
+        n: cells for n, (_, cells) in enumerate(results) if cells
+    }  # random_table(20240, n) rebuilds table n
     small = sum(count for count, _ in results)
-    print(f"attacked {len(results)} random tables with totals, {small} small counts: {len(weak)} with a weak cell")
+    print(
+        f"attacked {len(results)} random tables with totals, {small} small counts: {len(weak)} with a weak cell"
+    )
     assert weak == {}
     assert len(results) == TABLES and small > 3 * TABLES  # the tables were not trivially safe
 
@@ -179,8 +203,10 @@ def test_random_tables_without_totals_withstand_the_attack_or_are_refused(attack
     weak = {n: cells for n, (kind, cells) in enumerate(results) if kind == "protected" and cells}
     # the attacker confirms each refusal: with every cell masked, some small count is still pinned down
     wrongly_refused = [n for n, (kind, cells) in enumerate(results) if kind == "refused" and not cells]
-    print(f"attacked {len(results)} random tables without totals: {kinds.count('protected')} protected, "
-          f"{len(weak)} of them with a weak cell; {kinds.count('refused')} refused, {len(wrongly_refused)} of them wrongly")
+    print(
+        f"attacked {len(results)} random tables without totals: {kinds.count('protected')} protected, "
+        f"{len(weak)} of them with a weak cell; {kinds.count('refused')} refused, {len(wrongly_refused)} of them wrongly"
+    )
     assert weak == {} and wrongly_refused == []
     assert kinds.count("protected") > TABLES // 4 and kinds.count("refused") > 0
 
@@ -188,6 +214,7 @@ def test_random_tables_without_totals_withstand_the_attack_or_are_refused(attack
 def enrolment_tables():
     "The enrolment table of every institution and cohort, built as reports/institution_profile.ipynb builds it."
     from research_kit.data.load import load
+
     students = load("consortium", "students")
     for (institution, cohort), group in students.groupby(["institution_id", "cohort"]):
         cells = pd.crosstab(group["program_id"], [group["gender"], group["language"]])
@@ -203,7 +230,9 @@ def test_every_enrolment_table_withstands_the_attack():
     for name, table, parts in enrolment_tables():
         shown, _ = suppress(table, parts, K, total_row="all", total_column="total_n")
         columns = [*parts, "total_n"]
-        weak = weak_cells(masked_array(shown, columns), table[columns].to_numpy(float), len(table) - 1, len(parts))
+        weak = weak_cells(
+            masked_array(shown, columns), table[columns].to_numpy(float), len(table) - 1, len(parts)
+        )
         assert weak == [], (name, weak)
         seen.add(name)
     assert "METU 2024" in seen and len(seen) >= 12
@@ -214,9 +243,13 @@ def test_the_attacker_finds_the_leak_of_the_old_rule():
     [(_, table, parts)] = [t for t in enrolment_tables() if t[0] == "METU 2024"]
     columns = [*parts, "total_n"]
     old = table[columns].astype(float)
-    for row, cols in {"METU-01": ["female_kazakh_n", "male_kazakh_n"], "METU-03": ["female_kazakh_n", "female_russian_n"],
-                      "METU-04": ["female_russian_n", "male_russian_n"], "METU-05": ["female_kazakh_n", "male_kazakh_n"],
-                      "METU-06": ["female_russian_n", "male_russian_n"]}.items():
+    for row, cols in {
+        "METU-01": ["female_kazakh_n", "male_kazakh_n"],
+        "METU-03": ["female_kazakh_n", "female_russian_n"],
+        "METU-04": ["female_russian_n", "male_russian_n"],
+        "METU-05": ["female_kazakh_n", "male_kazakh_n"],
+        "METU-06": ["female_russian_n", "male_russian_n"],
+    }.items():
         old.loc[row, cols] = np.nan
     weak = weak_cells(old.to_numpy(), table[columns].to_numpy(float), len(table) - 1, len(parts))
     where = table.index.get_loc("METU-03"), columns.index("female_kazakh_n")

@@ -28,6 +28,7 @@ Independently of this scan, the whole `public` batch of reports/batches.yaml run
 the workspace's threshold), and every table, figure and number-bearing output of a public run must
 carry the vetted mark of `rk.show` / `rk.record`. No run here prints a PDF: nothing here reads one.
 """
+
 import json
 import os
 import re
@@ -46,6 +47,7 @@ def reader_count_headers() -> set:
     "The headers readers see over count columns, in every language."
     from research_kit.analysis.presentation import header
     from research_kit.data.labels import package_labels
+
     out = set()
     for lang in ("kk", "ru", "en"):
         out |= {header(c, lang).lower() for c in [*COUNT_NAMES, "total"]}
@@ -69,45 +71,61 @@ CONSORTIUM_RUN = ("institution_profile", ["institution=KITIG", "audience=consort
 
 def is_count_column(name) -> bool:
     name = str(name).strip().lower()
-    return (name in COUNT_NAMES or name in READER_COUNT_HEADERS or name.endswith(("_n", "_count"))
-            or name.startswith("n_"))
+    return (
+        name in COUNT_NAMES
+        or name in READER_COUNT_HEADERS
+        or name.endswith(("_n", "_count"))
+        or name.startswith("n_")
+    )
 
 
 def number(value):
     "A cell as a float, or None for missing values and text."
-    if value is None or isinstance(value, bool): return None
-    if isinstance(value, (int, float)): return None if value != value else float(value)
-    try: return float(re.sub(r"[,\s\u00a0\u202f]", "", str(value)))
-    except ValueError: return None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return None if value != value else float(value)
+    try:
+        return float(re.sub(r"[,\s\u00a0\u202f]", "", str(value)))
+    except ValueError:
+        return None
 
 
 class Scan:
     "What a scan found, plus how much it looked at (so an empty result is not a vacuous one)."
+
     def __init__(self):
         self.identifiers, self.small_counts, self.count_cells, self.tables = [], [], 0, 0
 
     def text(self, where, text):
         from research_kit.identifiers import find_iins, find_pseudonyms
+
         self.identifiers += [(where, m) for m in find_pseudonyms(text) + find_iins(text)]
 
     def table(self, where, columns, rows):
         self.tables += 1
         for i, row in enumerate(rows):
             for column, value in zip(columns, row):
-                if not is_count_column(column): continue
+                if not is_count_column(column):
+                    continue
                 v = number(value)
-                if v is None: continue
+                if v is None:
+                    continue
                 self.count_cells += 1
-                if 0 < v < THRESHOLD: self.small_counts.append((where, i, column, v))
+                if 0 < v < THRESHOLD:
+                    self.small_counts.append((where, i, column, v))
 
     def html(self, where, html):
         self.text(where, html)
         for k, table in enumerate(BeautifulSoup(html, "html.parser").find_all("table")):
             head = table.find("thead")
             header_rows = head.find_all("tr") if head else table.find_all("tr")[:1]
-            if not header_rows: continue
-            columns = max(([c.get_text(strip=True) for c in r.find_all(["th", "td"])] for r in header_rows),
-                          key=lambda cells: sum(1 for c in cells if c))
+            if not header_rows:
+                continue
+            columns = max(
+                ([c.get_text(strip=True) for c in r.find_all(["th", "td"])] for r in header_rows),
+                key=lambda cells: sum(1 for c in cells if c),
+            )
             body = table.find("tbody") or table
             rows = [[c.get_text(strip=True) for c in r.find_all(["th", "td"])] for r in body.find_all("tr")]
             rows = [r for r in rows if r and len(r) == len(columns) and r != columns]
@@ -117,36 +135,48 @@ class Scan:
 def scan_run(folder) -> Scan:
     "Scan an executed report.ipynb (outputs and records) and report.html in `folder`."
     from research_kit.runner.record import MIMETYPE
+
     scan = Scan()
     nb = nbformat.read(folder / "report.ipynb", as_version=4)
     for c, cell in enumerate(nb.cells):
         for output in cell.get("outputs", []):
             where = f"cell {c}"
-            if "text" in output: scan.text(where, output["text"])
+            if "text" in output:
+                scan.text(where, output["text"])
             data = output.get("data", {})
-            if "text/plain" in data: scan.text(where, data["text/plain"])
-            if "text/html" in data: scan.html(where, data["text/html"])
+            if "text/plain" in data:
+                scan.text(where, data["text/plain"])
+            if "text/html" in data:
+                scan.html(where, data["text/html"])
             if MIMETYPE in data:
                 entry = data[MIMETYPE] if isinstance(data[MIMETYPE], dict) else json.loads(data[MIMETYPE])
                 value = entry["value"]
                 scan.text(f"record {entry['name']}", json.dumps(value))
                 if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
                     columns = list(dict.fromkeys(k for r in value for k in r))
-                    scan.table(f"record {entry['name']}", columns, [[r.get(k) for k in columns] for r in value])
+                    scan.table(
+                        f"record {entry['name']}", columns, [[r.get(k) for k in columns] for r in value]
+                    )
     scan.html("report.html", (folder / "report.html").read_text(encoding="utf-8"))
     return scan
 
 
 def build_env(build):
     "No PDFs: nothing here reads one (test_documents and test_reader_languages do), and chromium would print every public run."
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")}, "RK_WORKSPACE_BUILD": str(build),
-            "RK_RUNNER_PDF": "off"}
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RK_")},
+        "RK_WORKSPACE_BUILD": str(build),
+        "RK_RUNNER_PDF": "off",
+    }
 
 
 def find(report, params, build):
     "The run folder of `report` with `params` in `build`, or None."
-    found = [m.parent for m in build.glob(f"{report}/*/manifest.json")
-             if all(p in m.parent.name.split(",") for p in params)]
+    found = [
+        m.parent
+        for m in build.glob(f"{report}/*/manifest.json")
+        if all(p in m.parent.name.split(",") for p in params)
+    ]
     return found[0] if found else None
 
 
@@ -155,13 +185,21 @@ def run_as_one_batch(wanted, build, reports):
     all): a batches.yaml of their own in `reports`, beside copies of their templates. {(report, params): run folder}."""
     import shutil
     import yaml
+
     reports.mkdir()
     entries = []
     for report, params in wanted:
         shutil.copy(ROOT / "reports" / f"{report}.ipynb", reports)
         entries.append({"report": report, "parameters": [dict(p.split("=", 1) for p in params)]})
     (reports / "batches.yaml").write_text(yaml.safe_dump({"missing": entries}))
-    run_rk("batch", "missing", "--force", cwd=ROOT, env={**build_env(build), "RK_WORKSPACE_REPORTS": str(reports)}, check=0)
+    run_rk(
+        "batch",
+        "missing",
+        "--force",
+        cwd=ROOT,
+        env={**build_env(build), "RK_WORKSPACE_REPORTS": str(reports)},
+        check=0,
+    )
     folders = {}
     for report, params in wanted:
         folders[report, tuple(params)] = folder = find(report, params, build)
@@ -182,7 +220,9 @@ def runs(public_batch, tmp_path_factory):
     _, build = public_batch
     out = {report: find(report, params, build) for report, params in PUBLIC_RUNS.items()}
     missing = [(report, params) for report, params in PUBLIC_RUNS.items() if out[report] is None]
-    made = run_as_one_batch([*missing, CONSORTIUM_RUN], build, tmp_path_factory.mktemp("public-more") / "reports")
+    made = run_as_one_batch(
+        [*missing, CONSORTIUM_RUN], build, tmp_path_factory.mktemp("public-more") / "reports"
+    )
     out.update({report: made[report, tuple(params)] for report, params in missing})
     out["consortium"] = made[CONSORTIUM_RUN[0], tuple(CONSORTIUM_RUN[1])]
     return out
@@ -192,10 +232,13 @@ def test_the_public_batch_passes_the_audit(public_batch):
     "Every run of `rk batch public` succeeds and is publishable, audited with the workspace's threshold."
     from research_kit.runner.batch import plan_batch
     from research_kit.settings import load_settings
+
     proc, build = public_batch
     assert proc.returncode == 0, proc.stdout + proc.stderr
     planned = plan_batch("public", load_settings(ROOT))
-    manifests = {r.name: json.loads((build / r.report / r.slug / "manifest.json").read_text()) for r in planned}
+    manifests = {
+        r.name: json.loads((build / r.report / r.slug / "manifest.json").read_text()) for r in planned
+    }
     assert len(manifests) == len(planned) >= 9
     for name, m in manifests.items():
         assert m["status"] == "succeeded" and m["parameters"]["audience"] == "public", name
@@ -208,22 +251,35 @@ def test_the_public_batch_passes_the_audit(public_batch):
 def test_public_outputs_with_numbers_are_vetted(public_batch):
     "In every public run, each table, figure and number-bearing output carries rk.show's or rk.record's mark."
     from research_kit.runner.record import VETTED, integers, output_digest
+
     _, build = public_batch
     checked = 0
     for folder in sorted(p.parent for p in build.glob("*/*/manifest.json")):
-        if "audience=public" not in folder.name: continue
+        if "audience=public" not in folder.name:
+            continue
         nb = nbformat.read(folder / "report.ipynb", as_version=4)
         for c, cell in enumerate(nb.cells):
             for output in cell.get("outputs", []):
                 if output["output_type"] == "stream":
                     assert not integers(output["text"]), (folder.name, c, output["text"][:200])
-                if output["output_type"] not in ("display_data", "execute_result"): continue
+                if output["output_type"] not in ("display_data", "execute_result"):
+                    continue
                 data = output["data"]
-                carries = any(k.startswith("image/") for k in data) or "<table" in data.get("text/html", "") or any(
-                    integers(v) for k, v in data.items() if k.startswith("text/") and isinstance(v, str))
-                if not carries: continue
+                carries = (
+                    any(k.startswith("image/") for k in data)
+                    or "<table" in data.get("text/html", "")
+                    or any(
+                        integers(v) for k, v in data.items() if k.startswith("text/") and isinstance(v, str)
+                    )
+                )
+                if not carries:
+                    continue
                 mark = output.get("metadata", {}).get(VETTED)
-                assert mark and mark["vetted"] is True and mark["threshold"] >= THRESHOLD, (folder.name, c, list(data))
+                assert mark and mark["vetted"] is True and mark["threshold"] >= THRESHOLD, (
+                    folder.name,
+                    c,
+                    list(data),
+                )
                 assert mark["sha256"] == output_digest(data), (folder.name, c)
                 checked += 1
     assert checked > 30, "no vetted output was checked"
@@ -240,12 +296,14 @@ def test_public_report_discloses_nothing(runs, report):
 def test_public_profile_did_suppress(runs):
     "The KITIG profile has small cells: public shows them masked, and records no masked count."
     from research_kit.runner.record import records
+
     nb = nbformat.read(runs["institution_profile"] / "report.ipynb", as_version=4)
     shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", []))
     assert "<10" in shown and "<NA>" not in shown  # masked cells, shown as readers see them
     rec = records(runs["institution_profile"] / "report.ipynb")
-    assert rec["students"] == 473 and all(r["students"] is None or r["students"] >= THRESHOLD
-                                          for r in rec["enrolment_by_programme"])
+    assert rec["students"] == 473 and all(
+        r["students"] is None or r["students"] >= THRESHOLD for r in rec["enrolment_by_programme"]
+    )
 
 
 def test_scan_finds_small_counts_in_a_consortium_report(runs):
@@ -260,15 +318,23 @@ def test_scan_detects_identifiers_and_small_counts_in_records(tmp_path):
     "The scanner on a hand-made run: a pseudonym in text, a small count in a record table and in HTML."
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("x")
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="student S-0A1B2C3D\n"),
-                    nbformat.v4.new_output("display_data", data={
-                        "application/vnd.research-kit.record+json": {"name": "t", "value": [{"group": "a", "n": 4}]},
-                        "text/plain": "t"})]
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="student S-0A1B2C3D\n"),
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "application/vnd.research-kit.record+json": {"name": "t", "value": [{"group": "a", "n": 4}]},
+                "text/plain": "t",
+            },
+        ),
+    ]
     nb.cells = [cell]
     nbformat.write(nb, tmp_path / "report.ipynb")
-    (tmp_path / "report.html").write_text("<table><thead><tr><th></th><th>events</th><th>rate</th></tr></thead>"
-                                          "<tbody><tr><th>0</th><td>3</td><td>0.3</td></tr>"
-                                          "<tr><th>1</th><td>&lt;NA&gt;</td><td>0</td></tr></tbody></table>")
+    (tmp_path / "report.html").write_text(
+        "<table><thead><tr><th></th><th>events</th><th>rate</th></tr></thead>"
+        "<tbody><tr><th>0</th><td>3</td><td>0.3</td></tr>"
+        "<tr><th>1</th><td>&lt;NA&gt;</td><td>0</td></tr></tbody></table>"
+    )
     scan = scan_run(tmp_path)
     assert [m for _, m in scan.identifiers] == ["S-0A1B2C3D"]
     assert sorted((col, v) for _, _, col, v in scan.small_counts) == [("events", 3.0), ("n", 4.0)]

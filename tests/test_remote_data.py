@@ -1,5 +1,6 @@
 """The data root may be a remote store: datasets/ served over HTTP on 127.0.0.1 loads exactly as
 from disk, and a cached resource is not downloaded again."""
+
 import functools
 import http.server
 import json
@@ -50,13 +51,16 @@ cat = rk.catalog()
 out["packages"] = sorted(set(cat.package))
 for pkg, res in [("star", None), ("college_distance", None), ("consortium", "institutions"), ("consortium", "programs")]:
     df = rk.load(pkg, res)
-    out[f"{pkg}/{res}"] = [len(df), pd.util.hash_pandas_object(df, index=False).sum().item(), {c: str(t) for c, t in df.dtypes.items()}]
+    digest = pd.util.hash_pandas_object(df, index=False).sum().item()
+    out[f"{pkg}/{res}"] = [len(df), digest, {c: str(t) for c, t in df.dtypes.items()}]
 print(json.dumps(out))
 """
 
 
 def load_summary(env):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -82,9 +86,13 @@ def test_remote_loads_equal_local(http_datasets, tmp_path):
 def test_changed_remote_file_is_downloaded_again(http_datasets, tmp_path):
     import hashlib
     import yaml
+
     url, requests, folder = http_datasets
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RK_")},
-           "RK_WORKSPACE_DATA": url, "RK_WORKSPACE_CACHE": str(tmp_path / "cache")}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RK_")},
+        "RK_WORKSPACE_DATA": url,
+        "RK_WORKSPACE_CACHE": str(tmp_path / "cache"),
+    }
     script = "import research_kit as rk; print(len(rk.load('college_distance')))"
     first = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert first.returncode == 0 and first.stdout.strip() == "4739", first.stderr
@@ -92,7 +100,9 @@ def test_changed_remote_file_is_downloaded_again(http_datasets, tmp_path):
     csv = folder / "college_distance" / "college_distance.csv"
     csv.write_bytes(b"".join(csv.read_bytes().splitlines(keepends=True)[:-1]))
     d = yaml.safe_load((folder / "college_distance" / "datapackage.yaml").read_text())
-    d["resources"][0].update(hash="sha256:" + hashlib.sha256(csv.read_bytes()).hexdigest(), bytes=csv.stat().st_size)
+    d["resources"][0].update(
+        hash="sha256:" + hashlib.sha256(csv.read_bytes()).hexdigest(), bytes=csv.stat().st_size
+    )
     (folder / "college_distance" / "datapackage.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
     requests.clear()
     second = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -106,11 +116,20 @@ def test_batch_on_remote_data_equals_local(http_datasets, tmp_path):
     rk = Path(sys.executable).parent / "rk"
     results = {}
     for name, extra in [("local", {}), ("remote", {"RK_WORKSPACE_DATA": url})]:
-        env = {**base, **extra, "RK_WORKSPACE_CACHE": str(tmp_path / f"cache-{name}"), "RK_WORKSPACE_BUILD": str(tmp_path / f"build-{name}")}
-        proc = subprocess.run([str(rk), "batch", "replication"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        env = {
+            **base,
+            **extra,
+            "RK_WORKSPACE_CACHE": str(tmp_path / f"cache-{name}"),
+            "RK_WORKSPACE_BUILD": str(tmp_path / f"build-{name}"),
+        }
+        proc = subprocess.run(
+            [str(rk), "batch", "replication"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        results[name] = {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
-                         for p in (tmp_path / f"build-{name}").glob("*/*/manifest.json")}
+        results[name] = {
+            f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+            for p in (tmp_path / f"build-{name}").glob("*/*/manifest.json")
+        }
     assert set(results["local"]) == set(results["remote"]) and len(results["local"]) == 2
     for run, m in results["local"].items():
         assert results["remote"][run]["records"] == m["records"], run

@@ -1,5 +1,6 @@
 """Report runs end to end through the real `rk` command: parameters, outputs, manifests, caching,
 failures, the index page, verification and the build lock."""
+
 import json
 import os
 import shutil
@@ -38,20 +39,32 @@ def test_run_writes_outputs_and_manifest_then_caches(report_workspace):
     proc = run_rk("run", "tiny", "-p", "n=7", "-p", "label=007", cwd=root, env=env, check=0)
     slug = "label=007,mode=a,n=7"
     folder = build(root) / "tiny" / slug
-    assert {p.name for p in folder.iterdir()} == {"report.ipynb", "report.html", "notebook.html", "manifest.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "report.ipynb",
+        "report.html",
+        "notebook.html",
+        "manifest.json",
+    }
     m = manifest(root, "tiny", slug)
     assert m["status"] == "succeeded" and m["parameters"] == {"n": 7, "label": "007", "mode": "a"}
     assert m["records"] == {"n_people": 3, "n": 7, "label": "007", "mean_age": 19.0}  # label stays text
-    assert [(i["package"], i["resource"]) for i in m["inputs"]] == [("mini", "people")]  # what the report loaded
+    assert [(i["package"], i["resource"]) for i in m["inputs"]] == [
+        ("mini", "people")
+    ]  # what the report loaded
     assert m["engine"] == "warm" and m["code"]["source_sha256"] and m["environment"]["packages_sha256"]
-    assert set(m["outputs"]) == {"report.ipynb", "report.html", "notebook.html"} and len(m["template"]["sha256"]) == 64
+    assert (
+        set(m["outputs"]) == {"report.ipynb", "report.html", "notebook.html"}
+        and len(m["template"]["sha256"]) == 64
+    )
     assert m["pdf"]["made"] is False and "not a public run" in m["pdf"]["reason"]  # [runner] pdf = auto
     nb = nbformat.read(folder / "report.ipynb", as_version=4)
     nbformat.validate(nb)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     html = (folder / "report.html").read_text()
     assert "http://" not in html and "https://" not in html and "n_people" in html
-    assert (build(root) / "index.html").exists() and slug.replace(",", "") in (build(root) / "index.html").read_text().replace(",", "")
+    assert (build(root) / "index.html").exists() and slug.replace(",", "") in (
+        build(root) / "index.html"
+    ).read_text().replace(",", "")
 
     again = run_rk("run", "tiny", "-p", "n=7", "-p", "label=007", cwd=root, env=env, check=0)
     assert "cached" in again.stdout
@@ -60,23 +73,27 @@ def test_run_writes_outputs_and_manifest_then_caches(report_workspace):
     assert "succeeded" in forced.stdout
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["run", "tiny", "-p", "nn=2"], ["unknown parameter 'nn'", "did you mean 'n'"]),
-    (["run", "tiny", "-p", "n=two"], ["n='two'", "whole number"]),
-    (["run", "tiny", "-p", "mode=c"], ["mode='c'", "one of a, b"]),
-    (["run", "tiny", "-p", "n"], ["name=value"]),
-    (["run", "tinny"], ["unknown report 'tinny'", "did you mean 'tiny'"]),
-    (["run", "../tiny"], ["invalid report name"]),
-    (["run", "tiny", "-p", "n=1.5"], ["n='1.5'", "whole number"]),
-    (["batch", "smal"], ["unknown batch 'smal'", "did you mean 'small'"]),
-    (["params", "/etc/passwd"], ["invalid report name"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["run", "tiny", "-p", "nn=2"], ["unknown parameter 'nn'", "did you mean 'n'"]),
+        (["run", "tiny", "-p", "n=two"], ["n='two'", "whole number"]),
+        (["run", "tiny", "-p", "mode=c"], ["mode='c'", "one of a, b"]),
+        (["run", "tiny", "-p", "n"], ["name=value"]),
+        (["run", "tinny"], ["unknown report 'tinny'", "did you mean 'tiny'"]),
+        (["run", "../tiny"], ["invalid report name"]),
+        (["run", "tiny", "-p", "n=1.5"], ["n='1.5'", "whole number"]),
+        (["batch", "smal"], ["unknown batch 'smal'", "did you mean 'small'"]),
+        (["params", "/etc/passwd"], ["invalid report name"]),
+    ],
+)
 def test_bad_run_requests_write_nothing(report_workspace, args, fragments, tally):
     root, _, env = report_workspace
     tally.bad_inputs += 1
     proc = run_rk(*args, cwd=root, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for f in fragments: assert f in proc.stderr, proc.stderr
+    for f in fragments:
+        assert f in proc.stderr, proc.stderr
     assert not build(root).exists()
 
 
@@ -85,17 +102,26 @@ def test_batch_failure_does_not_stop_others_and_cache_tracks_changes(report_work
     proc = run_rk("batch", "small", "--workers", "2", cwd=root, env=env)
     assert proc.returncode == 1 and "1 report failed" in proc.stderr
     failed = manifest(root, "flaky", "n=2")
-    assert failed["status"] == "failed" and failed["error"]["type"] == "ValueError" and "must not be 2" in failed["error"]["message"]
+    assert (
+        failed["status"] == "failed"
+        and failed["error"]["type"] == "ValueError"
+        and "must not be 2" in failed["error"]["message"]
+    )
     assert failed["error"]["cell"] is not None
     assert (build(root) / "flaky" / "n=2" / "report.ipynb").exists()
-    assert manifest(root, "flaky", "n=3")["status"] == "succeeded" and manifest(root, "other", "k=5")["records"] == {"k": 5}
+    assert manifest(root, "flaky", "n=3")["status"] == "succeeded" and manifest(root, "other", "k=5")[
+        "records"
+    ] == {"k": 5}
     index = (build(root) / "index.html").read_text()
     assert index.count('data-status="succeeded"') == 7 and index.count('data-status="failed"') == 1
 
     def will_run():
         out = run_rk("batch", "small", "--dry-run", cwd=root, env=env, check=0).stdout
-        return sorted(l.split("│")[1].strip() + "/" + l.split("│")[2].strip() for l in out.splitlines()
-                      if l.count("│") >= 3 and l.split("│")[3].strip() == "run")
+        return sorted(
+            l.split("│")[1].strip() + "/" + l.split("│")[2].strip()
+            for l in out.splitlines()
+            if l.count("│") >= 3 and l.split("│")[3].strip() == "run"
+        )
 
     assert will_run() == ["flaky/n=2"]  # only the failed run is redone
 
@@ -115,7 +141,9 @@ def test_batch_failure_does_not_stop_others_and_cache_tracks_changes(report_work
     pkg = root / "datasets" / "mini"
     write_resource(pkg, d, "people", PEOPLE + "P-004,ATK,30,paid,1.5,2021-09-01,true\n")
     save(pkg, d)
-    assert will_run() == ["flaky/n=2", "other/k=5"] + [f"tiny/label=x,mode={m},n={n}" for m in "ab" for n in (1, 2)]
+    assert will_run() == ["flaky/n=2", "other/k=5"] + [
+        f"tiny/label=x,mode={m},n={n}" for m in "ab" for n in (1, 2)
+    ]
     proc = run_rk("batch", "small", "--only", "tiny", cwd=root, env=env, check=0)
     assert manifest(root, "tiny", "label=x,mode=a,n=1")["records"]["n_people"] == 4
 
@@ -144,11 +172,13 @@ def test_verify_a_batch(report_workspace):
 
 def test_second_writer_is_refused_while_the_lock_is_held(report_workspace):
     import fcntl
+
     root, _, env = report_workspace
     build(root).mkdir(parents=True)
     with open(build(root) / ".lock", "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        f.write("pid 12345"); f.flush()
+        f.write("pid 12345")
+        f.flush()
         proc = run_rk("run", "other", cwd=root, env=env)
     assert proc.returncode == 1 and "is writing" in proc.stderr and "--wait" in proc.stderr
     assert not (build(root) / "other").exists()
@@ -185,6 +215,8 @@ def test_verify_says_which_template_cells_changed(report_workspace):
     proc = run_rk("verify", build(root) / "other" / "k=3", cwd=root, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     out = " ".join(proc.stdout.split())
-    assert "the template changed since this run" in out and "cell 4 edited" in out and "cell 5 added" in out, proc.stdout
+    assert (
+        "the template changed since this run" in out and "cell 4 edited" in out and "cell 5 added" in out
+    ), proc.stdout
     assert "record" in out and "k" in out, proc.stdout  # and the difference it explains
     assert out.index("the template changed") < out.index("record")

@@ -2,6 +2,7 @@
 signing key) and one store — a shared folder, and an S3-compatible server (moto) on 127.0.0.1
 through s3fs. What A pushes, B's batch restores without executing anything; a changed file or an
 unknown signer is refused and the run executed; killed and concurrent pushes leave only whole runs."""
+
 import json
 import os
 import random
@@ -18,16 +19,25 @@ import pytest
 
 from conftest import RK, build_report_workspace, make_template, run_rk, stop_process_group
 
-PROBE = ("import os\nimport research_kit as rk\npeople = rk.load('mini', 'people')\n"
-         "rk.record('n', n)\nrk.record('n_people', len(people))\nrk.record('mean_age', float(people.age.mean()))\n"
-         "marker = os.environ.get('SHARE_TEST_MARKER')\n"
-         "if marker: open(marker, 'a').write(f'probe n={n}\\n')  # proves this run was executed here")
-BATCHES = ("shared:\n  - report: probe\n    grid: {n: [1, 2, 3]}\n  - report: other\n    parameters: [{k: 5}]\n"
-           "flaky:\n  - report: flaky\n    parameters: [{n: 1}, {n: 2}]\n")
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+PROBE = (
+    "import os\nimport research_kit as rk\npeople = rk.load('mini', 'people')\n"
+    "rk.record('n', n)\nrk.record('n_people', len(people))\nrk.record('mean_age', float(people.age.mean()))\n"
+    "marker = os.environ.get('SHARE_TEST_MARKER')\n"
+    "if marker: open(marker, 'a').write(f'probe n={n}\\n')  # proves this run was executed here"
+)
+BATCHES = (
+    "shared:\n  - report: probe\n    grid: {n: [1, 2, 3]}\n  - report: other\n    parameters: [{k: 5}]\n"
+    "flaky:\n  - report: flaky\n    parameters: [{n: 1}, {n: 2}]\n"
+)
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 # ---- the store: a folder, or moto's S3 server on a free loopback port ----
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -40,8 +50,12 @@ def moto_endpoint():
     """moto's standalone S3 server on 127.0.0.1, owned by this module: started here, stopped here."""
     port = _free_port()
     server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -49,7 +63,8 @@ def moto_endpoint():
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline: raise RuntimeError("moto_server did not start")
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start")
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -58,8 +73,14 @@ def moto_endpoint():
 
 def s3(endpoint):
     import s3fs
-    return s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, skip_instance_cache=True,
-                             use_listings_cache=False)
+
+    return s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        endpoint_url=endpoint,
+        skip_instance_cache=True,
+        use_listings_cache=False,
+    )
 
 
 BOTH_STORES = pytest.mark.parametrize("store", ["folder", "s3"], indirect=True)
@@ -70,6 +91,7 @@ def store(request, tmp_path):
     """(share URL, env for rk, an fsspec file system and root to inspect the store with): a folder unless the test asks for s3."""
     if getattr(request, "param", "folder") == "folder":
         import fsspec
+
         folder = tmp_path / "shared-drive" / "runs-store"
         folder.mkdir(parents=True)
         return str(folder), {}, fsspec.filesystem("file"), str(folder)
@@ -82,9 +104,12 @@ def store(request, tmp_path):
 
 # ---- two workspaces with different institutions and keys ----
 
+
 def _configure(root: Path, institution: str, share: str, key: Path, extra: str = ""):
-    (root / "settings.ini").write_text(f"[workspace]\ndata = datasets\ncache = .cache\ninstitution = {institution}\n"
-                                       f"share = {share}\nsigning_key = {key}\n{extra}")
+    (root / "settings.ini").write_text(
+        f"[workspace]\ndata = datasets\ncache = .cache\ninstitution = {institution}\n"
+        f"share = {share}\nsigning_key = {key}\n{extra}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +147,26 @@ def pair(origin, store, tmp_path):
 
 
 def manifests(build: Path) -> dict:
-    return {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text()) for p in build.glob("*/*/manifest.json")}
+    return {
+        f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+        for p in build.glob("*/*/manifest.json")
+    }
 
 
 def whole_runs(fs, root) -> dict:
     """Every run the store shows (one with a manifest): each must verify and every file match its hash."""
     import hashlib
-    if hasattr(fs, "invalidate_cache"): fs.invalidate_cache()
+
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
     runs = {}
     for path in fs.glob(f"{root}/runs/*/*/manifest.json"):
         folder = path.rsplit("/", 1)[0]
         m = json.loads(fs.cat_file(path))["payload"]["manifest"]
         for name, digest in m["outputs"].items():
-            assert hashlib.sha256(fs.cat_file(f"{folder}/files/{digest}/{name}")).hexdigest() == digest, f"{folder}: {name}"
+            assert hashlib.sha256(fs.cat_file(f"{folder}/files/{digest}/{name}")).hexdigest() == digest, (
+                f"{folder}: {name}"
+            )
         assert folder.endswith(m["cache_key"])
         runs[folder] = m
     return runs
@@ -170,7 +202,16 @@ def test_no_share_runs_locally(pair, tmp_path):
     run_rk("batch", "shared", "--only", "probe/n=1", cwd=a, env=env, check=0)
     run_rk("push", cwd=a, env=env, check=0)
     marker = tmp_path / "b-executed.txt"
-    out = run_rk("batch", "shared", "--only", "probe/n=1", "--no-share", cwd=b, env={**env, "SHARE_TEST_MARKER": str(marker)}, check=0)
+    out = run_rk(
+        "batch",
+        "shared",
+        "--only",
+        "probe/n=1",
+        "--no-share",
+        cwd=b,
+        env={**env, "SHARE_TEST_MARKER": str(marker)},
+        check=0,
+    )
     assert "restored" not in out.stdout and marker.read_text() == "probe n=1\n"
 
 
@@ -211,13 +252,21 @@ def test_interrupted_pushes_leave_only_whole_runs(pair, tally):
     run_rk("batch", "shared", cwd=a, env=env, check=0)
     rng = random.Random(15)
     for _ in range(6):
-        proc = subprocess.Popen([str(RK), "push", "--batch", "shared"], cwd=a, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [str(RK), "push", "--batch", "shared"],
+            cwd=a,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.3, 2.5))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         tally.faults += 1
-        for m in whole_runs(fs, root).values(): tally.runs_checked += 1; assert m["status"] == "succeeded"
+        for m in whole_runs(fs, root).values():
+            tally.runs_checked += 1
+            assert m["status"] == "succeeded"
     run_rk("push", "--batch", "shared", cwd=a, env=env, check=0)
     assert len(whole_runs(fs, root)) == 4
     out = run_rk("pull", "--batch", "shared", cwd=b, env=env, check=0)
@@ -230,22 +279,38 @@ def test_concurrent_pushes_of_one_batch_leave_one_whole_copy_each(pair):
     run_rk("batch", "shared", cwd=a, env=env, check=0)
     shutil.copytree(a / "reports" / "_build", b / "reports" / "_build")  # B ran the same batch
     run_rk("batch", "shared", "--no-share", cwd=b, env=env, check=0)
-    procs = [subprocess.Popen([str(RK), "push", "--batch", "shared"], cwd=ws, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for ws in (a, b)]
-    for p in procs: assert p.wait(timeout=300) == 0, p.stderr.read()
+    procs = [
+        subprocess.Popen(
+            [str(RK), "push", "--batch", "shared"],
+            cwd=ws,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for ws in (a, b)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
     runs = whole_runs(fs, root)
-    assert sorted(m["cache_key"] for m in runs.values()) == sorted(m["cache_key"] for m in manifests(a / "reports" / "_build").values())
+    assert sorted(m["cache_key"] for m in runs.values()) == sorted(
+        m["cache_key"] for m in manifests(a / "reports" / "_build").values()
+    )
     assert len(runs) == 4
 
 
 # ---- who may push what ----
 
+
 def restrict_people_to_metu(workspace: Path) -> None:
     "Mark the mini package's `people` as restricted to METU in `workspace`."
     import yaml
+
     descriptor = workspace / "datasets" / "mini" / "datapackage.yaml"
     d = yaml.safe_load(descriptor.read_text())
-    next(r for r in d["resources"] if r["name"] == "people").update({"x-access": "restricted", "x-owner": "METU"})
+    next(r for r in d["resources"] if r["name"] == "people").update(
+        {"x-access": "restricted", "x-owner": "METU"}
+    )
     descriptor.write_text(yaml.safe_dump(d, sort_keys=False))
 
 
@@ -266,25 +331,34 @@ def test_public_run_that_passed_the_audit_is_pushed_though_it_read_restricted_da
     """The other way a run of restricted data may be shared: it is public and its disclosure audit passed."""
     a, b, env, fs, root = pair
     restrict_people_to_metu(a)
-    make_template(a / "reports" / "headcount.ipynb",
-                  'audience: Literal["consortium", "public"] = "public"  # who may read it',
-                  "import research_kit as rk\nfrom research_kit.analysis.privacy import suppress_count\n"
-                  "people = rk.load('mini', 'people')\nrk.record('people', suppress_count(len(people), 10))")
+    make_template(
+        a / "reports" / "headcount.ipynb",
+        'audience: Literal["consortium", "public"] = "public"  # who may read it',
+        "import research_kit as rk\nfrom research_kit.analysis.privacy import suppress_count\n"
+        "people = rk.load('mini', 'people')\nrk.record('people', suppress_count(len(people), 10))",
+    )
     for audience in ("public", "consortium"):
         run_rk("run", "headcount", "-p", f"audience={audience}", "--no-share", cwd=a, env=env, check=0)
     tally.bad_inputs += 1
     out = run_rk("push", cwd=a, env=env, check=0)
-    assert "skipped headcount/audience=consortium: it read mini/people (restricted to METU)" in out.stderr, out.stderr
+    assert "skipped headcount/audience=consortium: it read mini/people (restricted to METU)" in out.stderr, (
+        out.stderr
+    )
     assert "headcount/audience=public" not in out.stderr, out.stderr  # public and publishable: pushed
+
 
 def test_failed_runs_are_not_pushed(pair):
     a, b, env, fs, root = pair
     run_rk("batch", "flaky", cwd=a, env=env, check=1)
     out = run_rk("push", "--batch", "flaky", cwd=a, env=env, check=0)
-    assert "1 pushed" in out.stdout and "skipped flaky/n=2: it failed: only successful runs are shared" in out.stderr
+    assert (
+        "1 pushed" in out.stdout
+        and "skipped flaky/n=2: it failed: only successful runs are shared" in out.stderr
+    )
 
 
 # ---- mistakes: one line, exit 1 ----
+
 
 @pytest.fixture(scope="module")
 def one_run_origin(tmp_path_factory):
@@ -304,12 +378,19 @@ def one_run(one_run_origin, tmp_path):
     return root, env, tmp_path
 
 
-@pytest.mark.parametrize("case, env_add, expected", [
-    ("bad url", {"RK_WORKSPACE_SHARE": "nosuch://bucket/runs"}, "error: [workspace] share (RK_WORKSPACE_SHARE) = 'nosuch://bucket/runs' is not a usable fsspec URL"),
-    ("no share", {"RK_WORKSPACE_SHARE": ""}, "error: no shared run store: set [workspace] share"),
-    ("no institution", {"RK_WORKSPACE_INSTITUTION": ""}, "error: [workspace] institution is not set"),
-    ("missing key", {}, "error: no signing key at"),
-])
+@pytest.mark.parametrize(
+    "case, env_add, expected",
+    [
+        (
+            "bad url",
+            {"RK_WORKSPACE_SHARE": "nosuch://bucket/runs"},
+            "error: [workspace] share (RK_WORKSPACE_SHARE) = 'nosuch://bucket/runs' is not a usable fsspec URL",
+        ),
+        ("no share", {"RK_WORKSPACE_SHARE": ""}, "error: no shared run store: set [workspace] share"),
+        ("no institution", {"RK_WORKSPACE_INSTITUTION": ""}, "error: [workspace] institution is not set"),
+        ("missing key", {}, "error: no signing key at"),
+    ],
+)
 def test_push_mistakes(one_run, tally, case, env_add, expected):
     root, env, tmp_path = one_run
     out = run_rk("push", cwd=root, env={**env, **env_add}, check=1)
@@ -331,7 +412,15 @@ def test_push_of_a_folder_that_is_not_a_run(one_run, tally):
 def test_store_that_cannot_be_used_leaves_the_batch_to_run_locally(one_run, tally):
     root, env, tmp_path = one_run
     (tmp_path / "not-a-folder").write_text("a file where the store should be")
-    out = run_rk("run", "other", "-p", "k=2", cwd=root, env={**env, "RK_WORKSPACE_SHARE": str(tmp_path / "not-a-folder")}, check=0)
+    out = run_rk(
+        "run",
+        "other",
+        "-p",
+        "k=2",
+        cwd=root,
+        env={**env, "RK_WORKSPACE_SHARE": str(tmp_path / "not-a-folder")},
+        check=0,
+    )
     tally.faults += 1
     assert "is not a folder (is the shared drive mounted?); running the rest locally" in out.stderr
     assert "succeeded" in out.stdout
@@ -344,7 +433,13 @@ def test_keys_new_mistakes(one_run, tally):
     run_rk("keys", "new", cwd=root, env=env, check=0)
     out = run_rk("keys", "new", cwd=root, env=env, check=1)
     assert "already exists; a key is never overwritten" in out.stderr
-    out = run_rk("keys", "new", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": "ATK", "RK_WORKSPACE_SIGNING_KEY": str(root / "ATK.key")}, check=1)
+    out = run_rk(
+        "keys",
+        "new",
+        cwd=root,
+        env={**env, "RK_WORKSPACE_INSTITUTION": "ATK", "RK_WORKSPACE_SIGNING_KEY": str(root / "ATK.key")},
+        check=1,
+    )
     assert "is inside the workspace" in out.stderr and not (root / "ATK.key").exists()
     out = run_rk("keys", "new", cwd=root, env={**env, "RK_WORKSPACE_INSTITUTION": ""}, check=1)
     assert "[workspace] institution is not set" in out.stderr
@@ -355,11 +450,16 @@ def test_keys_new_mistakes(one_run, tally):
 
 # ---- the consortium index, and the public site ----
 
+
 def test_consortium_index_and_public_site(pair, tmp_path, tally):
     a, b, env, fs, root = pair
-    make_template(a / "reports" / "pub.ipynb", 'audience: Literal["consortium", "public"] = "consortium"',
-                  "import research_kit as rk\nrk.record('rate', 0.31)\nprint('done')")
-    with open(a / "reports" / "batches.yaml", "a") as f: f.write("site:\n  - report: pub\n    grid: {audience: [public, consortium]}\n")
+    make_template(
+        a / "reports" / "pub.ipynb",
+        'audience: Literal["consortium", "public"] = "consortium"',
+        "import research_kit as rk\nrk.record('rate', 0.31)\nprint('done')",
+    )
+    with open(a / "reports" / "batches.yaml", "a") as f:
+        f.write("site:\n  - report: pub\n    grid: {audience: [public, consortium]}\n")
     a_env = {**env, "RK_WORKSPACE_RESEARCHER": "Aigul Sadykova", "RK_RUNNER_PDF": "off"}
     run_rk("batch", "site", cwd=a, env=a_env, check=0)
     shutil.rmtree(a / "reports" / "_build" / "other")  # `other` is B's to share here
@@ -374,20 +474,37 @@ def test_consortium_index_and_public_site(pair, tmp_path, tally):
     assert "run by METU · Aigul Sadykova" in page and "run by KITIG" in page and 'data-facet="run_by"' in page
     assert page.count('class="notebook-link"') == 6
     only = run_rk("site", "--institution", "KITIG", cwd=a, env=env, check=0)
-    assert "1 runs from" in only.stdout and "probe" not in (a / "reports" / "_share" / "index.html").read_text()
+    assert (
+        "1 runs from" in only.stdout and "probe" not in (a / "reports" / "_share" / "index.html").read_text()
+    )
 
     public = tmp_path / "public-site"
     out = run_rk("site", "--public", public, cwd=a, env=env, check=0)
     assert "1 publishable runs" in out.stdout
     files = sorted(str(p.relative_to(public)) for p in public.rglob("*") if p.is_file())
-    assert files[:2] == [".rk-site", "index.html"] and all(f.endswith("/report.html") for f in files[2:]) and len(files) == 3
+    assert (
+        files[:2] == [".rk-site", "index.html"]
+        and all(f.endswith("/report.html") for f in files[2:])
+        and len(files) == 3
+    )
     for p in public.rglob("*"):
         if p.is_file():
             text = p.read_text(errors="replace")
-            for internal in ("audience=consortium", "probe", "Aigul", "notebook.html", "manifest.json", "report.ipynb", "other"):
+            for internal in (
+                "audience=consortium",
+                "probe",
+                "Aigul",
+                "notebook.html",
+                "manifest.json",
+                "report.ipynb",
+                "other",
+            ):
                 assert internal not in text, f"{internal!r} in {p}"
     run_rk("site", "--public", public, cwd=a, env=env, check=0)  # its own folder is replaced
-    (tmp_path / "elsewhere").mkdir(); (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
     out = run_rk("site", "--public", tmp_path / "elsewhere", cwd=a, env=env, check=1)
     tally.bad_inputs += 1
-    assert "exists and was not made by rk site" in out.stderr and (tmp_path / "elsewhere" / "notes.txt").exists()
+    assert (
+        "exists and was not made by rk site" in out.stderr and (tmp_path / "elsewhere" / "notes.txt").exists()
+    )

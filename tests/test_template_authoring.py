@@ -2,6 +2,7 @@
 papermill run as it is and that passes the notebook hygiene checks; `rk open` makes a personal,
 git-ignored copy with the parameters injected as a run injects them, and opens it in the running
 JupyterLab; the shared template never changes."""
+
 import filecmp
 import json
 import os
@@ -41,8 +42,15 @@ def workspace_env(cache: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RK_", "JUPYTER_"))}
     runtime = cache.parent / "jupyter-runtime"
     runtime.mkdir(exist_ok=True)
-    return {**env, "RK_WORKSPACE_CACHE": str(cache), "USER": USER, "LOGNAME": USER, "JUPYTER_RUNTIME_DIR": str(runtime),
-            "RK_RUNNER_PDF": "off", **extra}
+    return {
+        **env,
+        "RK_WORKSPACE_CACHE": str(cache),
+        "USER": USER,
+        "LOGNAME": USER,
+        "JUPYTER_RUNTIME_DIR": str(runtime),
+        "RK_RUNNER_PDF": "off",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +84,28 @@ def source(cell) -> str:
 
 # ---- the hygiene checks every template passes (tests/test_repo.py, tests/test_templates.py, tests/test_languages.py) ----
 
+
 def hygiene_problems(template: Path, workspace: Path, tmp_path: Path) -> list[str]:
     "What the repository's notebook checks would say about `template`: not clean, executed, tags, check cell, languages."
     from research_kit.i18n import language_cell_problems
+
     problems = []
     copy = tmp_path / f"clean-{template.name}"
     shutil.copy2(template, copy)
-    proc = subprocess.run([str(BIN / "nbdev-clean"), "--fname", str(copy)], cwd=workspace, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "nbdev-clean"), "--fname", str(copy)], cwd=workspace, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
-    if not filecmp.cmp(template, copy, shallow=False): problems.append("not clean: nbdev-clean changes it")
+    if not filecmp.cmp(template, copy, shallow=False):
+        problems.append("not clean: nbdev-clean changes it")
     cells = json.loads(template.read_text(encoding="utf-8"))["cells"]
     if any(c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count")) for c in cells):
         problems.append("executed outputs")
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(tagged) != 1: problems.append(f"{len(tagged)} cells tagged parameters")
-    elif "rk.check_parameters(globals())" not in source(cells[tagged[0] + 1]): problems.append("no check after the parameters cell")
+    if len(tagged) != 1:
+        problems.append(f"{len(tagged)} cells tagged parameters")
+    elif "rk.check_parameters(globals())" not in source(cells[tagged[0] + 1]):
+        problems.append("no check after the parameters cell")
     return problems + language_cell_problems(cells)
 
 
@@ -112,8 +127,10 @@ def test_hygiene_check_catches_what_it_is_for(tmp_path, tally):
 
 # ---- rk new ----
 
+
 def test_new_template_runs_with_rk_and_papermill_and_is_clean(ws, tmp_path):
     from research_kit.runner.record import records
+
     root, env = ws
     proc = run_rk_in(ws, "new", "enrolment", "--title", "Enrolment by institution", check=0)
     template = root / "reports" / "enrolment.ipynb"
@@ -129,27 +146,41 @@ def test_new_template_runs_with_rk_and_papermill_and_is_clean(ws, tmp_path):
     run_rk_in(ws, "run", "enrolment", "-p", "audience=public", "-p", "lang=kk", check=0)
     folder = root / "reports" / "_build" / "enrolment" / "audience=public,lang=kk,year=2024"
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["status"] == "succeeded" and manifest["publishable"] is True, manifest.get("audit_reasons")
+    assert manifest["status"] == "succeeded" and manifest["publishable"] is True, manifest.get(
+        "audit_reasons"
+    )
     assert manifest["records"]["students"] > 0
     assert "Enrolment by institution" in (folder / "report.html").read_text(encoding="utf-8")
 
     # plain papermill, with the defaults, from the workspace
     out = tmp_path / "out.ipynb"
-    proc = subprocess.run([str(BIN / "papermill"), str(template), str(out), "--no-progress-bar"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(BIN / "papermill"), str(template), str(out), "--no-progress-bar"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert records(out)["students"] == manifest["records"]["students"]  # everything is shown to the consortium
+    assert (
+        records(out)["students"] == manifest["records"]["students"]
+    )  # everything is shown to the consortium
     assert template.read_bytes() == made  # running it changed nothing
 
 
-@pytest.mark.parametrize("args,message", [
-    (["star_replication"], "report 'star_replication' exists already"),
-    (["Enrolment-2"], "invalid report name 'Enrolment-2'"),
-    (["2nd_report"], "invalid report name '2nd_report'"),
-    (["../outside"], "invalid report name '../outside'"),
-    (["fine_name", "--title", "  "], "invalid title '  '"),
-    (["fine_name", "--title", "two\nlines"], "invalid title 'two\\nlines'"),
-], ids=["existing", "capitals", "digit-first", "path", "empty-title", "two-line-title"])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["star_replication"], "report 'star_replication' exists already"),
+        (["Enrolment-2"], "invalid report name 'Enrolment-2'"),
+        (["2nd_report"], "invalid report name '2nd_report'"),
+        (["../outside"], "invalid report name '../outside'"),
+        (["fine_name", "--title", "  "], "invalid title '  '"),
+        (["fine_name", "--title", "two\nlines"], "invalid title 'two\\nlines'"),
+    ],
+    ids=["existing", "capitals", "digit-first", "path", "empty-title", "two-line-title"],
+)
 def test_new_refuses_an_existing_or_invalid_name(ws, args, message, tally):
     root, _ = ws
     before = sorted(p.name for p in (root / "reports").iterdir())
@@ -163,8 +194,10 @@ def test_new_refuses_an_existing_or_invalid_name(ws, args, message, tally):
 
 # ---- rk open ----
 
+
 def test_open_writes_a_git_ignored_copy_with_the_parameters_a_run_injects(ws, tmp_path, tally):
     from research_kit.runner.record import records
+
     root, env = ws
     template = root / "reports" / "star_replication.ipynb"
     shared = template.read_bytes()
@@ -175,16 +208,27 @@ def test_open_writes_a_git_ignored_copy_with_the_parameters_a_run_injects(ws, tm
 
     # the same injected cell as the run of the same parameters, after the same cells of the template
     run_rk_in(ws, "run", "star_replication", "-p", "grade=1", check=0)
-    executed = root / "reports" / "_build" / "star_replication" / "controls=false,grade=1,lang=en" / "report.ipynb"
+    executed = (
+        root / "reports" / "_build" / "star_replication" / "controls=false,grade=1,lang=en" / "report.ipynb"
+    )
     assert source(injected_cell(copy)) == source(injected_cell(executed))
     assert 'grade = "1"' in source(injected_cell(copy))
     template_cells = [source(c) for c in json.loads(shared)["cells"]]
-    assert [source(c) for c in json.loads(copy.read_text())["cells"]
-            if "injected-parameters" not in c["metadata"].get("tags", [])] == template_cells
+    assert [
+        source(c)
+        for c in json.loads(copy.read_text())["cells"]
+        if "injected-parameters" not in c["metadata"].get("tags", [])
+    ] == template_cells
     # ... and executed as it is, it gives the run's key figures
     out = tmp_path / "copy-out.ipynb"
-    proc = subprocess.run([str(BIN / "papermill"), str(copy), str(out), "--no-progress-bar"], cwd=copy.parent, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(BIN / "papermill"), str(copy), str(out), "--no-progress-bar"],
+        cwd=copy.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records(out) == records(executed) and records(out)["n"] > 0
 
@@ -192,8 +236,20 @@ def test_open_writes_a_git_ignored_copy_with_the_parameters_a_run_injects(ws, tm
     assert template.read_bytes() == shared
     ignored = subprocess.run(["git", "check-ignore", "-q", str(copy.relative_to(root))], cwd=root)
     assert ignored.returncode == 0
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "scratch", "reports/star_replication.ipynb"],
-                            cwd=root, capture_output=True, text=True)
+    status = subprocess.run(
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--",
+            "scratch",
+            "reports/star_replication.ipynb",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert status.returncode == 0 and status.stdout == "", status.stdout
 
     # an earlier copy is never overwritten without --replace; a bad value is refused as rk run refuses it
@@ -218,7 +274,8 @@ def wait_for(condition, seconds: float, what: str):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         found = condition()
-        if found: return found
+        if found:
+            return found
         time.sleep(0.5)
     raise AssertionError(f"gave up waiting for {what}")
 
@@ -232,8 +289,15 @@ def test_open_opens_the_copy_in_the_running_lab(ws, tmp_path):
     env = {**env, "BROWSER": f"{browser} %s"}
     port, token = free_port(), "lab-token-for-the-test"
     runtime = Path(env["JUPYTER_RUNTIME_DIR"])
-    lab = subprocess.Popen([str(BIN / "rk"), "lab", "--port", str(port), "--token", token], cwd=root, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lab = subprocess.Popen(
+        [str(BIN / "rk"), "lab", "--port", str(port), "--token", token],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: list(runtime.glob("jpserver-*.json")), 180, "JupyterLab to start")
         proc = run_rk("open", "college_distance", "-p", "region=all", cwd=root, env=env, check=0)
@@ -245,7 +309,9 @@ def test_open_opens_the_copy_in_the_running_lab(ws, tmp_path):
         with urllib.request.urlopen(api, timeout=30) as response:  # the lab serves that very file
             served = json.load(response)
         assert served["type"] == "notebook"
-        assert [source(c) for c in served["content"]["cells"]] == [source(c) for c in json.loads(copy.read_text())["cells"]]
+        assert [source(c) for c in served["content"]["cells"]] == [
+            source(c) for c in json.loads(copy.read_text())["cells"]
+        ]
         opened.unlink()
         proc = run_rk("open", "college_distance", "--replace", "--no-browser", cwd=root, env=env, check=0)
         assert f"JupyterLab: {url}" in proc.stdout and not opened.exists()

@@ -2,6 +2,7 @@
 `rk batch` in Kazakh and in Russian (both audiences where it has them), once with the warm and once with
 the kernel engine, it gives the same records with both, leaves nothing in English in its reader documents,
 and reproduces the published figures. The `annual` batch names every template."""
+
 import json
 import math
 import os
@@ -29,24 +30,33 @@ def test_templates_are_shipped():
 @pytest.mark.parametrize("report", TEMPLATES)
 def test_plain_papermill_runs_every_template(report, tmp_path):
     from research_kit.runner.record import records
+
     out = tmp_path / f"{report}.ipynb"
     papermill = Path(sys.executable).parent / "papermill"
-    proc = subprocess.run([str(papermill), str(ROOT / "reports" / f"{report}.ipynb"), str(out), "--no-progress-bar"],
-                          cwd=ROOT, env=clean_env(RK_WORKSPACE_CACHE=str(tmp_path / "cache")),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(papermill), str(ROOT / "reports" / f"{report}.ipynb"), str(out), "--no-progress-bar"],
+        cwd=ROOT,
+        env=clean_env(RK_WORKSPACE_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records(out), f"{report} recorded nothing"
 
 
 ENGINES = ("warm", "kernel")
 # The published figures are read from the Kazakh runs of these parameters: named in the batch, not left to the defaults.
-PUBLISHED = {"star_replication": {"grade": ["k"], "controls": [False]},
-             "college_distance": {"region": ["non_west"], "controls": [False]}}
+PUBLISHED = {
+    "star_replication": {"grade": ["k"], "controls": [False]},
+    "college_distance": {"region": ["non_west"], "controls": [False]},
+}
 
 
 def test_annual_covers_every_template():
     from research_kit.runner.batch import plan_batch
     from research_kit.settings import load_settings
+
     assert {run.report for run in plan_batch("annual", load_settings(ROOT))} == set(TEMPLATES)
 
 
@@ -55,14 +65,18 @@ def languages_batch(reports: Path) -> int:
     in Russian (the consortium's templates for both audiences); return how many runs it plans."""
     import nbformat
     import yaml
+
     reports.mkdir()
     entries, planned = [], 0
     for name in TEMPLATES:
         shutil.copy(ROOT / "reports" / f"{name}.ipynb", reports)
         nb = nbformat.read(ROOT / "reports" / f"{name}.ipynb", as_version=4)
         [parameters] = [c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        grid = {"lang": ["kk", "ru"], **({"audience": ["consortium", "public"]} if "audience:" in parameters else {}),
-                **PUBLISHED.get(name, {})}
+        grid = {
+            "lang": ["kk", "ru"],
+            **({"audience": ["consortium", "public"]} if "audience:" in parameters else {}),
+            **PUBLISHED.get(name, {}),
+        }
         entries.append({"report": name, "grid": grid})
         planned += math.prod(len(values) for values in grid.values())
     (reports / "batches.yaml").write_text(yaml.safe_dump({"languages": entries}))
@@ -78,13 +92,31 @@ def every_template(tmp_path_factory):
     builds = {}
     for engine in ENGINES:
         builds[engine] = root / f"build-{engine}"
-        env = clean_env(RK_WORKSPACE_REPORTS=str(root / "reports"), RK_WORKSPACE_BUILD=str(builds[engine]), RK_RUNNER_PDF="off")
-        run_rk("batch", "languages", "--engine", engine, "--workers", "2", cwd=ROOT, env=env, timeout=1800, check=0)
+        env = clean_env(
+            RK_WORKSPACE_REPORTS=str(root / "reports"),
+            RK_WORKSPACE_BUILD=str(builds[engine]),
+            RK_RUNNER_PDF="off",
+        )
+        run_rk(
+            "batch",
+            "languages",
+            "--engine",
+            engine,
+            "--workers",
+            "2",
+            cwd=ROOT,
+            env=env,
+            timeout=1800,
+            check=0,
+        )
     return builds, planned
 
 
 def manifests(build: Path) -> dict:
-    return {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text()) for p in build.glob("*/*/manifest.json")}
+    return {
+        f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+        for p in build.glob("*/*/manifest.json")
+    }
 
 
 def test_engines_record_identical_values(every_template):
@@ -106,7 +138,11 @@ def test_published_figures(every_template):
     assert (round(star["aide_effect"], 2), round(star["aide_se"], 2)) == (0.31, 2.27)
     assert round(star["intercept"], 2) == 918.04 and star["n"] == 5786
     rouse = runs["college_distance/controls=false,lang=kk,region=non_west"]["records"]
-    assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (-0.073, 0.013, 3796)
+    assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (
+        -0.073,
+        0.013,
+        3796,
+    )
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
@@ -123,6 +159,7 @@ def test_kazakh_and_russian_documents_leave_nothing_in_english(every_template, t
 
 # ---- plain papermill validates the values it injects, with rk run's rules ----
 
+
 def test_every_template_checks_its_parameters_right_after_the_parameters_cell():
     for report in TEMPLATES:
         cells = json.loads((ROOT / "reports" / f"{report}.ipynb").read_text())["cells"]
@@ -132,33 +169,80 @@ def test_every_template_checks_its_parameters_right_after_the_parameters_cell():
 
 def papermill_run(report, tmp_path, parameters):
     import papermill
-    return papermill.execute_notebook(str(ROOT / "reports" / f"{report}.ipynb"), str(tmp_path / "out.ipynb"),
-                                      parameters=parameters, kernel_name="research-kit", cwd=str(ROOT),
-                                      progress_bar=False)
+
+    return papermill.execute_notebook(
+        str(ROOT / "reports" / f"{report}.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters=parameters,
+        kernel_name="research-kit",
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
 
 
 BAD_VALUES = [  # report, parameters as papermill injects them, error type, message
-    ("institution_profile", {"institution": "XYZ"}, "UnknownNameError", "unknown institution 'XYZ' in parameter institution"),
-    ("institution_profile", {"year": "abc"}, "ParameterError", "parameter year='abc': expected a whole number"),
-    ("institution_profile", {"institution": "all"}, "UnknownNameError", "unknown institution 'all' in parameter institution"),
+    (
+        "institution_profile",
+        {"institution": "XYZ"},
+        "UnknownNameError",
+        "unknown institution 'XYZ' in parameter institution",
+    ),
+    (
+        "institution_profile",
+        {"year": "abc"},
+        "ParameterError",
+        "parameter year='abc': expected a whole number",
+    ),
+    (
+        "institution_profile",
+        {"institution": "all"},
+        "UnknownNameError",
+        "unknown institution 'all' in parameter institution",
+    ),
     ("internship_outcomes", {"institution": "KITG"}, "UnknownNameError", "did you mean 'KITIG'"),
-    ("dropout_risk", {"institution": "atk"}, "UnknownNameError", "unknown institution 'atk' in parameter institution"),
-    ("consortium_overview", {"audience": "press"}, "ParameterError", "parameter audience='press': expected one of consortium, public"),
+    (
+        "dropout_risk",
+        {"institution": "atk"},
+        "UnknownNameError",
+        "unknown institution 'atk' in parameter institution",
+    ),
+    (
+        "consortium_overview",
+        {"audience": "press"},
+        "ParameterError",
+        "parameter audience='press': expected one of consortium, public",
+    ),
     ("dropout_risk", {"seed": 1.5}, "ParameterError", "parameter seed='1.5': expected a whole number"),
     ("star_replication", {"grade": 5}, "ParameterError", "parameter grade='5': expected one of k, 1, 2, 3"),
-    ("college_distance", {"controls": "maybe"}, "ParameterError", "parameter controls='maybe': expected true or false"),
-    ("outreach_effect", {"method": "did"}, "ParameterError", "parameter method='did': expected one of callaway_santanna, twfe"),
+    (
+        "college_distance",
+        {"controls": "maybe"},
+        "ParameterError",
+        "parameter controls='maybe': expected true or false",
+    ),
+    (
+        "outreach_effect",
+        {"method": "did"},
+        "ParameterError",
+        "parameter method='did': expected one of callaway_santanna, twfe",
+    ),
     ("pathways", {"institution": "KITG"}, "UnknownNameError", "did you mean 'KITIG'"),
 ]
 
 
-@pytest.mark.parametrize("report,parameters,ename,message", BAD_VALUES, ids=[f"{c[0]}-{next(iter(c[1]))}" for c in BAD_VALUES])
+@pytest.mark.parametrize(
+    "report,parameters,ename,message", BAD_VALUES, ids=[f"{c[0]}-{next(iter(c[1]))}" for c in BAD_VALUES]
+)
 def test_plain_papermill_refuses_bad_values_like_rk_run(report, parameters, ename, message, tmp_path, tally):
     from papermill.exceptions import PapermillExecutionError
+
     tally.bad_inputs += 1
     with pytest.raises(PapermillExecutionError) as caught:
         papermill_run(report, tmp_path, parameters)
-    assert caught.value.ename == ename and message in caught.value.evalue, (caught.value.ename, caught.value.evalue)
+    assert caught.value.ename == ename and message in caught.value.evalue, (
+        caught.value.ename,
+        caught.value.evalue,
+    )
     assert caught.value.exec_count <= 4  # stopped in the check, right after the parameters
     name, value = next(iter(parameters.items()))
     proc = run_rk("run", report, "-p", f"{name}={value}", env=clean_env())
@@ -166,6 +250,7 @@ def test_plain_papermill_refuses_bad_values_like_rk_run(report, parameters, enam
 
 
 # ---- where a parameter's allowed values come from: its type, not its name ----
+
 
 def params_row(report, name):
     out = run_rk("params", report, env=clean_env(COLUMNS="300"), check=0).stdout
@@ -182,9 +267,13 @@ def test_params_lists_the_institutions_the_data_allows():
 def test_the_runner_knows_no_parameter_by_name(report_workspace):
     """A parameter named `institution` but declared `str` is any text, in a workspace without the consortium's data."""
     from conftest import make_template
+
     root, _, env = report_workspace
-    make_template(root / "reports" / "named.ipynb", 'institution: str = "anything"  # free text',
-                  "import research_kit as rk\nrk.check_parameters(globals())\nrk.record('institution', institution)")
+    make_template(
+        root / "reports" / "named.ipynb",
+        'institution: str = "anything"  # free text',
+        "import research_kit as rk\nrk.check_parameters(globals())\nrk.record('institution', institution)",
+    )
     run_rk("run", "named", "-p", "institution=XYZ", cwd=root, env=env, check=0)
     [manifest] = (root / "reports" / "_build" / "named").glob("*/manifest.json")
     assert json.loads(manifest.read_text())["records"]["institution"] == "XYZ"
@@ -192,6 +281,7 @@ def test_the_runner_knows_no_parameter_by_name(report_workspace):
 
 def test_plain_papermill_types_good_values_by_declaration(tmp_path):
     from research_kit.runner.record import records
+
     papermill_run("star_replication", tmp_path, {"grade": 1})  # `-p grade 1` injects a number
     assert records(tmp_path / "out.ipynb")["n"] > 0
     nb = papermill_run("consortium_overview", tmp_path, {"year": "2023"})  # `-r year 2023` injects text
@@ -200,10 +290,12 @@ def test_plain_papermill_types_good_values_by_declaration(tmp_path):
 
 # ---- the outreach report recovers the effect planted in the bundled data ----
 
+
 def test_outreach_effect_covers_the_planted_effect(tmp_path):
     "The bundled consortium data plants TRUTH['outreach_att_log']; the report's recorded 95% interval covers it."
     from research_kit.data.demo import TRUTH
     from research_kit.runner.record import records
+
     papermill_run("outreach_effect", tmp_path, {"audience": "public"})
     r = records(tmp_path / "out.ipynb")
     truth = TRUTH["outreach_att_log"]
