@@ -162,7 +162,8 @@ def print_against(other, workers, here, there):
     )
     ratio = statistics.median(here) / statistics.median(there)
     print(
-        f"{'this checkout':44} {' '.join(f'{t:.1f}' for t in here):>24} {statistics.median(here):8.2f} {ratio:7.3f}  target <= 1.5"
+        f"{'this checkout':44} {' '.join(f'{t:.1f}' for t in here):>24} {statistics.median(here):8.2f} "
+        f"{ratio:7.3f}  target <= 1.5"
     )
 
 
@@ -189,7 +190,8 @@ def cpu_seconds() -> float:
 
 
 def discovery_cost(workers, base, repeat) -> dict:
-    "Cold warm-engine `rk batch annual` with the discovery of reads off and on, alternating: {mode: [(wall, summed durations, cpu)]}."
+    """Cold warm-engine `rk batch annual` with the discovery of reads off and on, alternating: {mode: [(wall,
+    summed durations, cpu)]}."""
     import json
 
     work = Path(tempfile.mkdtemp(prefix="rk-bench-reads-"))

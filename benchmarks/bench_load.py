@@ -91,7 +91,8 @@ def main():
         ]
         rows_in_file = len(load("consortium", name))
         print(
-            f"\n{name}.csv: {rows_in_file:,} rows, {csv.stat().st_size / 1e6:.0f} MB; median of {args.repeat} runs (cached: {max(args.repeat, 21)})"
+            f"\n{name}.csv: {rows_in_file:,} rows, {csv.stat().st_size / 1e6:.0f} MB; "
+            f"median of {args.repeat} runs (cached: {max(args.repeat, 21)})"
         )
         print(f"{'':32} {'seconds':>8} {'ratio':>7}")
         for name, t, ratio, target in rows:

@@ -15,7 +15,7 @@ __all__ = ['app', 'datasets_app', 'ENGINE_HELP', 'SHARE_HELP', 'DAEMON_HELP', 'w
            'run', 'batch', 'workers', 'workers_stop', 'new_report', 'open_report', 'push', 'pull', 'site', 'keys_new',
            'verify', 'ingest', 'audit', 'doctor', 'lab', 'docs', 'main']
 
-# %% ../nbs/cli.ipynb #f921d409
+# %% ../nbs/cli.ipynb #53e7085d
 # Help as plain text (rich_markup_mode=None): Typer's Rich panels show a flag as `--force <bool>`
 # and `--help <bool>`, and read `[workspace]` in a help text as a style tag
 app = typer.Typer(
@@ -25,12 +25,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
 datasets_app = typer.Typer(
     help="List, show and validate the workspace's data packages.", no_args_is_help=True, rich_markup_mode=None
 )
+
 app.add_typer(datasets_app, name="datasets")
 
-
+# %% ../nbs/cli.ipynb #93981a3d
 def _console(stderr=False):
     import os
     from rich.console import Console
@@ -43,7 +45,7 @@ def _console(stderr=False):
     # such as `[a-z]+`, recorded values), and Rich would read its square brackets as style tags
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
 
-
+# %% ../nbs/cli.ipynb #690bc7b9
 def _table(title, columns, rows):
     from rich.table import Table
 
@@ -84,7 +86,7 @@ def _size(n):
         n /= 1000
     return f"{n:.1f} TB"
 
-
+# %% ../nbs/cli.ipynb #81b83165
 @datasets_app.command("list")
 def datasets_list():
     "One line per resource: package, resource, rows, size, licence, access."
@@ -99,7 +101,7 @@ def datasets_list():
         )
     )
 
-
+# %% ../nbs/cli.ipynb #87d7e0e1
 @datasets_app.command("show")
 def datasets_show(
     package: str = typer.Argument(..., help="package name"),
@@ -141,7 +143,7 @@ def datasets_show(
             )
         )
 
-
+# %% ../nbs/cli.ipynb #fed35fe6
 def _show_labels(p, lang: str, out):
     "The package's title, then each resource's fields with their titles and code labels in `lang` (descriptions are English)."
     from research_kit.data.labels import field_title, value_labels
@@ -216,7 +218,7 @@ def datasets_new(
     for item in made.todo:
         out.print(f"  - {item}")
 
-
+# %% ../nbs/cli.ipynb #414daf34
 @datasets_app.command("rehash")
 def datasets_rehash(
     package: str = typer.Argument(..., help="package name"),
@@ -278,7 +280,7 @@ def _given(pairs: list[str]) -> dict:
         out[name.strip()] = value
     return out
 
-
+# %% ../nbs/cli.ipynb #859f8c6d
 def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -291,7 +293,7 @@ def _key_figures(records: dict) -> str:
         f"{k}={_short(v)}" for k, v in list(records.items())[:3] if not isinstance(v, (list, dict))
     )
 
-
+# %% ../nbs/cli.ipynb #6b2f62a7
 def _cached_figures(run) -> str:
     "The key figures of a cached run, from the manifest of the run it reuses."
     from research_kit.runner.manifest import ManifestError, read_manifest
@@ -301,7 +303,7 @@ def _cached_figures(run) -> str:
     except ManifestError:
         return ""
 
-
+# %% ../nbs/cli.ipynb #b17699d9
 def _print_batch_results(results, settings):
     rows, failed = [], 0
     for run, m in results:
@@ -341,7 +343,7 @@ def _print_batch_results(results, settings):
     if failed or blocked:
         raise typer.Exit(1)
 
-
+# %% ../nbs/cli.ipynb #5881e992
 def _progress(total: int, cached: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -365,7 +367,7 @@ def _progress(total: int, cached: int):
 
     return bar, update
 
-
+# %% ../nbs/cli.ipynb #474f1b73
 def _share_notes():
     "A callback for run_runs' `on_share`, and the list of refusals it collects to print after the progress bar."
     notes = []
@@ -376,7 +378,7 @@ def _share_notes():
 
     return note, notes
 
-
+# %% ../nbs/cli.ipynb #cc4a10b2
 def _memory_note(settings, runs):
     "Say once, before reports run, that the memory limit is only watched on this OS."
     from research_kit.processes import memory_note
@@ -385,7 +387,7 @@ def _memory_note(settings, runs):
     if note:
         _console(stderr=True).print(f"note: {note}", markup=False)
 
-
+# %% ../nbs/cli.ipynb #053974cd
 def _run_and_report(runs, settings, dry_run=False, **options):
     from research_kit.runner.batch import run_runs
 
@@ -410,16 +412,18 @@ def _run_and_report(runs, settings, dry_run=False, **options):
         _console(stderr=True).print(f"warning: {n}", markup=False)
     _print_batch_results(results, settings)
 
-
+# %% ../nbs/cli.ipynb #e9e43b6b
 ENGINE_HELP = (
     "warm (long-lived workers) or kernel (a fresh Jupyter kernel per report); default from settings.ini"
 )
+
 SHARE_HELP = (
     "look in the shared run store ([workspace] share) before executing a run, and restore it from there"
 )
+
 DAEMON_HELP = (
-    "run in a pool of this command's own, as with [runner] daemon = off (default: hand the reports to the workspace's "
-    "long-lived warm workers, started if none run; see rk workers)"
+    "run in a pool of this command's own, as with [runner] daemon = off (default: hand the reports to the "
+    "workspace's long-lived warm workers, started if none run; see rk workers)"
 )
 
 
@@ -429,7 +433,7 @@ def _executor(settings, executor: str, no_daemon: bool) -> str:
 
     return "daemon" if executor == "local" and wanted(settings, no_daemon) else executor
 
-
+# %% ../nbs/cli.ipynb #52486d99
 @app.command()
 def run(
     report: str = typer.Argument(..., help="report template name, or its path"),
@@ -455,7 +459,7 @@ def run(
         executor=_executor(s, "local", no_daemon),
     )
 
-
+# %% ../nbs/cli.ipynb #7debe811
 @app.command()
 def batch(
     name: str = typer.Argument(..., help="batch name in reports/batches.yaml"),
@@ -493,7 +497,7 @@ def batch(
         share=share and not force,
     )
 
-
+# %% ../nbs/cli.ipynb #b12431f0
 workers_app = typer.Typer(
     help="The workspace's long-lived warm workers: rk workers shows them, rk workers stop ends them.",
     invoke_without_command=True,
@@ -508,10 +512,11 @@ def _describe_workers(state) -> list[str]:
         ", ".join(f"{w['pid']} ({w['engine']}{', busy' if w['busy'] else ''})" for w in state["workers"])
         or "none yet"
     )
+    idle = "busy" if busy else f"idle for {state['idle_for']:.0f} s"
     return [
         f"process {state['pid']}, started {state['started']}, listening at {state['address']}",
         f"workers: {pids}",
-        f"{'busy' if busy else 'idle for ' + format(state['idle_for'], '.0f') + ' s'}; stops after {state['idle']} s idle ([runner] idle)",
+        f"{idle}; stops after {state['idle']} s idle ([runner] idle)",
     ]
 
 
@@ -568,7 +573,7 @@ def new_report(
         markup=False,
     )
 
-
+# %% ../nbs/cli.ipynb #3eae6f44
 @app.command("open")
 def open_report(
     report: str = typer.Argument(..., help="report template name, or its path"),
@@ -633,7 +638,7 @@ def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str,
         raise RKError(f"no finished runs to {verb}; run them first")
     return folders
 
-
+# %% ../nbs/cli.ipynb #8a03b020
 @app.command()
 def push(
     run_dir: Optional[str] = typer.Argument(
@@ -661,7 +666,7 @@ def push(
         if r.outcome == "skipped":
             _console(stderr=True).print(f"skipped {r.run}: {r.reason}", markup=False)
 
-
+# %% ../nbs/cli.ipynb #da1fd14b
 def _all_runs(settings, batch):
     "The planned runs of `batch`, or of every batch (each run once)."
     from research_kit.runner.batch import load_batches, plan_batch
@@ -673,7 +678,7 @@ def _all_runs(settings, batch):
             runs.setdefault(r.name, r)
     return list(runs.values())
 
-
+# %% ../nbs/cli.ipynb #4d557030
 @app.command()
 def pull(
     batch: Optional[str] = typer.Option(
@@ -711,7 +716,7 @@ def pull(
         )
         raise typer.Exit(1)
 
-
+# %% ../nbs/cli.ipynb #ce7c47bf
 @app.command()
 def site(
     public: Optional[str] = typer.Option(
@@ -740,15 +745,16 @@ def site(
     what = "publishable runs" if public else "runs"
     _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
 
-
+# %% ../nbs/cli.ipynb #d9bfe90e
 keys_app = typer.Typer(
     help="The institution's signing keys for the shared run store.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
 app.add_typer(keys_app, name="keys")
 
-
+# %% ../nbs/cli.ipynb #dd18ff4c
 @keys_app.command("new")
 def keys_new():
     "Make your institution's signing key pair: private key in your own configuration, public key in keys/."
@@ -869,7 +875,7 @@ def audit(
     if any(r.audience == "public" and not r.publishable for r in results.values()):
         raise typer.Exit(1)
 
-# %% ../nbs/cli.ipynb #83d39fc1
+# %% ../nbs/cli.ipynb #22cd4423
 @app.command()
 def doctor():
     "Check the workspace's environment: kernel, package, settings, data; say how to fix what fails."
@@ -884,7 +890,7 @@ def doctor():
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 
-
+# %% ../nbs/cli.ipynb #eb1384b7
 @app.command()
 def lab(
     port: int = typer.Option(8888, help="port to listen on"),
@@ -901,7 +907,7 @@ def lab(
     sys.stdout.flush()
     replace_process(cmd)
 
-
+# %% ../nbs/cli.ipynb #04646de6
 @app.command()
 def docs(out: str = typer.Option("_docs", help="output folder, relative to the workspace root")):
     "Render the library's notebooks and the report templates to static HTML with an index page."
@@ -912,7 +918,7 @@ def docs(out: str = typer.Option("_docs", help="output folder, relative to the w
     index = build_docs(s.root, s.root / out)
     _console().print(f"docs: {index}")
 
-# %% ../nbs/cli.ipynb #22cd4423
+# %% ../nbs/cli.ipynb #26636c19
 def _utf8_streams():
     "Pipes and files get UTF-8 whatever the locale's code page (cp1251 has no place for ә, қ, ң, ө, ұ, ү, һ, і)."
     for stream in (sys.stdout, sys.stderr):
@@ -921,7 +927,7 @@ def _utf8_streams():
         # a terminal keeps its own encoding and shows what it cannot as '?': better than a crash mid-table
         stream.reconfigure(errors="replace") if stream.isatty() else stream.reconfigure(encoding="utf-8")
 
-
+# %% ../nbs/cli.ipynb #bf0e51a5
 def main(argv=None):
     "Run `rk`; user errors print their message and exit with 1."
     _utf8_streams()

@@ -26,6 +26,11 @@ atexit.register(shutil.rmtree, _CONFIG, ignore_errors=True)
 # As on a CI service, rk runs reports in a pool of its own command's rather than handing them to long-lived
 # workers that would outlive the test (research_kit.runner.daemon); tests/test_daemon.py clears it.
 os.environ["CI"] = "1"
+# A pytest-xdist worker starts with COLUMNS=80 and LINES=24 set, and `rk` then squeezes its tables to 80
+# columns and wraps the very lines the tests look for; the suite runs as it does without xdist (no terminal).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
 
 
 def run_rk(*args, cwd=ROOT, env=None, timeout=600, check=None):
@@ -199,7 +204,8 @@ def make_template(path: Path, params_source: str, *code_cells: str) -> Path:
 TINY_PARAMS = 'n: int = 1  # a number\nlabel: str = "x"  # a label\nmode: Literal["a", "b"] = "a"  # a mode'
 TINY_CODE = (
     "import research_kit as rk\npeople = rk.load('mini', 'people')\n"
-    "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\nrk.record('mean_age', float(people.age.mean()))\n"
+    "rk.record('n_people', len(people))\nrk.record('n', n)\nrk.record('label', label)\n"
+    "rk.record('mean_age', float(people.age.mean()))\n"
     "print('people:', len(people))"
 )
 
@@ -253,8 +259,43 @@ def tally():
     return TALLY
 
 
+def pytest_sessionfinish(session):
+    "Under pytest-xdist each worker counts its own tests: it hands its tally to the controller."
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["tally"] = vars(TALLY)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    "The controller adds up the tallies of its workers (pytest-xdist's hook: absent without it)."
+    for name, count in getattr(node, "workeroutput", {}).get("tally", {}).items():
+        setattr(TALLY, name, getattr(TALLY, name) + count)
+
+
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(TALLY.line())
+
+
+# ---- the order of the files: the longest first ----
+# pyproject runs the suite on two pytest-xdist workers, a whole file to a worker (`--dist loadfile`:
+# module fixtures such as a batch of reports run once), in the order of collection. Started last, a long
+# file would run alone while the other worker idles; so the files that take longest are handed out first.
+LONGEST_FIRST = [
+    "test_templates.py",
+    "test_public_outputs.py",
+    "test_portable.py",
+    "test_reader_languages.py",
+    "test_faults.py",
+    "test_guide.py",
+    "test_privacy_attack.py",
+]  # as measured, longest first
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(
+        key=lambda item: rank.get(item.path.name, len(rank))
+    )  # a stable sort: each file keeps its own order
 
 
 def check_build(build: Path, tally: Tally | None = None) -> dict:

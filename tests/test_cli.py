@@ -47,7 +47,9 @@ def test_cached_rows_of_the_summary_show_their_key_figures(report_workspace):
 
 
 def test_config_from_a_subfolder_with_override():
-    proc = run_rk("config", cwd=ROOT / "nbs" / "data", env=clean_env(RK_PRIVACY_THRESHOLD="7"), check=0)
+    proc = run_rk(
+        "config", cwd=ROOT / "nbs" / "data", env=clean_env(RK_PRIVACY_THRESHOLD="7", COLUMNS="200"), check=0
+    )  # wide: no name cut short
     assert f"workspace: {ROOT}" in proc.stdout
     line = next(l for l in proc.stdout.splitlines() if "threshold" in l)
     assert "7" in line and "RK_PRIVACY_THRESHOLD" in line

@@ -272,7 +272,8 @@ display(HTML("<script>window.__rk_xss = 1</script><b onclick='window.__rk_xss = 
 display(pd.DataFrame({"a": [1.5, 2.5]}).style.set_caption(caption).highlight_max(color="yellow"))
 display(Markdown("<img src=x onerror='window.__rk_xss = 4'> markdown-output"))
 display(Javascript("window.__rk_xss = 5"))
-display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>window.__rk_xss = 6</script><circle r="5"/></svg>'))
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+            '<script>window.__rk_xss = 6</script><circle r="5"/></svg>'))
 """
 
 

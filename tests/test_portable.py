@@ -144,7 +144,8 @@ def test_a_batch_and_the_build_lock_without_the_posix_only_modules(far_workspace
 
 @pytest.mark.parametrize("engine", ["warm", "kernel"])
 def test_the_memory_limit_is_watched_without_resource(far_workspace, windows_like, engine, tally):
-    "Without `resource` the parent watches each worker: the hog is stopped with a clear reason, the rest succeed, rk says so once."
+    """Without `resource` the parent watches each worker: the hog is stopped with a clear reason, the rest
+    succeed, rk says so once."""
     root = far_workspace
     make_template(
         root / "reports" / "hog.ipynb",

@@ -1,7 +1,9 @@
 """The shipped institution profile as a reader gets it, in Kazakh and in Russian, seen in a real browser
 (Debian's chromium through Playwright): the public reader document of KITIG shows no code and no
 parameter cell, no raw missing values and no long decimals, names programmes and columns in the
-reader's language, and says which language it is in; its PDF carries the Kazakh text."""
+reader's language, and says which language it is in; its PDF carries the Kazakh text. Here too the check
+that a Kazakh or Russian reader document leaves nothing in English (`untranslated`), shown to find what it
+looks for; test_templates applies it to every shipped template."""
 
 import json
 import re
@@ -114,9 +116,9 @@ def test_kazakh_pdf_carries_the_kazakh_words(profiles):
     assert "Қонақ үй қызметі" in text and "көрсеткіштер" in text
 
 
-# ---- every shipped template, in Kazakh and in Russian: nothing left in English, no raw code ----
+# ---- the check that a Kazakh or Russian document leaves nothing in English and shows no raw code ----
+# (test_templates runs it on every shipped template, from the batch that also compares the engines)
 
-TEMPLATES = sorted(p.stem for p in (ROOT / "reports").glob("*.ipynb"))
 PROPER_NAMES = ("High School and Beyond", "Rouse", "Stock & Watson")  # cited sources keep their own names
 PSEUDONYM = re.compile(r"\bS-[0-9A-F]{8}\b")  # research_kit.identifiers' student pseudonyms
 CODES = {  # what a reader must never see raw
@@ -207,7 +209,8 @@ def test_the_check_finds_english_and_codes_left_in_a_document():
         "<html><head><title>Оқу орнының профилі</title><style>body{font:sans-serif}</style></head><body>"
         "<table><tr><td>I</td><td>KITIG-01</td><td>female_kazakh_n</td><td>funding[paid]</td><td>wilson</td></tr></table>"
         "<p>Lower bound: 0,5; Intercept; under 20%</p><img alt='No description has been provided for this image'>"
-        "<p>Rouse (1995), High School and Beyond, ATK, ROC AUC</p><footer>consortium sha256 ab12 research_kit</footer></body></html>"
+        "<p>Rouse (1995), High School and Beyond, ATK, ROC AUC</p>"
+        "<footer>consortium sha256 ab12 research_kit</footer></body></html>"
     )
     problems = untranslated(page)
     for expected in (
@@ -227,42 +230,3 @@ def test_the_check_finds_english_and_codes_left_in_a_document():
         for p in problems
         if any(w in p for w in ("Rouse", "High", "ATK", "ROC", "consortium", "research_kit", "sans"))
     ], problems
-
-
-@pytest.fixture(scope="module")
-def every_template(tmp_path_factory):
-    """Every shipped template run by a real `rk batch` in Kazakh and in Russian (the consortium's templates for both
-    audiences): build folder."""
-    import nbformat
-
-    root = tmp_path_factory.mktemp("every-template")
-    reports, build = root / "reports", root / "build"
-    reports.mkdir()
-    runs = []
-    for name in TEMPLATES:
-        shutil.copy(ROOT / "reports" / f"{name}.ipynb", reports)
-        nb = nbformat.read(ROOT / "reports" / f"{name}.ipynb", as_version=4)
-        [parameters] = [c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        grid = {
-            "lang": ["kk", "ru"],
-            **({"audience": ["consortium", "public"]} if "audience:" in parameters else {}),
-        }
-        runs.append({"report": name, "grid": grid})
-    import yaml
-
-    (reports / "batches.yaml").write_text(yaml.safe_dump({"languages": runs}))
-    env = clean_env(RK_WORKSPACE_REPORTS=str(reports), RK_WORKSPACE_BUILD=str(build), RK_RUNNER_PDF="off")
-    run_rk("batch", "languages", "--workers", "2", cwd=ROOT, env=env, timeout=1800, check=0)
-    return build
-
-
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_kazakh_and_russian_documents_leave_nothing_in_english(every_template, template):
-    pages = sorted((every_template / template).glob("*/report.html"))
-    assert {p.parent.name.count("lang=kk") for p in pages} == {0, 1} and len(pages) in (2, 4), pages
-    for page in pages:
-        text = page.read_text(encoding="utf-8")
-        problems = untranslated(text)
-        assert problems == [], f"{page.parent.name}: {problems}"
-        lang = "kk" if "lang=kk" in page.parent.name else "ru"
-        assert f'<html lang="{lang}">' in text and "<img" in text

@@ -51,7 +51,8 @@ cat = rk.catalog()
 out["packages"] = sorted(set(cat.package))
 for pkg, res in [("star", None), ("college_distance", None), ("consortium", "institutions"), ("consortium", "programs")]:
     df = rk.load(pkg, res)
-    out[f"{pkg}/{res}"] = [len(df), pd.util.hash_pandas_object(df, index=False).sum().item(), {c: str(t) for c, t in df.dtypes.items()}]
+    digest = pd.util.hash_pandas_object(df, index=False).sum().item()
+    out[f"{pkg}/{res}"] = [len(df), digest, {c: str(t) for c, t in df.dtypes.items()}]
 print(json.dumps(out))
 """
 

@@ -3,6 +3,7 @@ templates) and the settings it reads are discovered while it runs and key its ca
 covers is never reused; `rk batch --dry-run` says what changed."""
 
 import json
+import shutil
 
 import pytest
 
@@ -52,7 +53,8 @@ def lookup_workspace(report_workspace):
     make_template(
         root / "reports" / "helped.ipynb",
         "n: int = 1",
-        "import sys\nsys.path.insert(0, 'reports')\nimport helpers\nimport research_kit as rk\nrk.record('scaled', helpers.scale(n))",
+        "import sys\nsys.path.insert(0, 'reports')\nimport helpers\n"
+        "import research_kit as rk\nrk.record('scaled', helpers.scale(n))",
     )
     (root / "reports" / "batches.yaml").write_text(
         "lookups:\n  - report: extra\n    parameters: [{n: 1}]\n  - report: helped\n    parameters: [{n: 1}, {n: 2}]\n"
@@ -144,6 +146,42 @@ def test_what_a_run_read_does_not_depend_on_the_data_cache(report_workspace):
         == [{"root": "data", "path": "mini/datapackage.yaml", "sha256": cold["files"][0]["sha256"]}]
     )
     assert cold["inputs"] == warm["inputs"]
+
+
+@pytest.mark.parametrize("engine", ["warm", "kernel"])
+def test_data_loaded_from_another_root_reruns_when_it_changes_there(report_workspace, tmp_path, engine):
+    # rk.load(..., root=) reads another data root: the run's lineage names that root, and the cache
+    # check hashes the file there, not the workspace's own copy of the same package
+    from conftest import PEOPLE, write_resource
+
+    root, d, env = report_workspace
+    env = {**env, "RK_RUNNER_ENGINE": engine}
+    other = tmp_path / "elsewhere"
+    shutil.copytree(root / "datasets", other)
+    make_template(
+        root / "reports" / "away.ipynb",
+        "n: int = 1",
+        f"import research_kit as rk\nrk.record('people', len(rk.load('mini', 'people', root={str(other)!r})))",
+    )
+    (root / "reports" / "batches.yaml").write_text("away:\n  - report: away\n    parameters: [{n: 1}]\n")
+    rk_batch(root, env, "away")
+    [m] = manifests(root).values()
+    assert m["records"]["people"] == 3 and [i.get("root") for i in m["inputs"]] == [str(other)], m["inputs"]
+    assert {"root": "workspace", "path": str(other / "mini" / "datapackage.yaml")} in [
+        {k: f[k] for k in ("root", "path")} for f in m["files"]
+    ], m["files"]
+    assert dry_run(root, env, "away") == {"away/n=1": ("cached", "")}
+
+    write_resource(
+        other / "mini", d, "people", "".join(PEOPLE.splitlines(keepends=True)[:-1])
+    )  # one person fewer
+    save(other / "mini", d)
+    assert (
+        dry_run(root, env, "away")["away/n=1"][0] == "run"
+    )  # the workspace's own mini/people did not change
+    rk_batch(root, env, "away")
+    [m] = manifests(root).values()
+    assert m["records"]["people"] == 2
 
 
 # ---- settings: the privacy threshold, the researcher's institution --------------------------------
@@ -339,7 +377,8 @@ def test_a_bad_discovery_setting_is_one_error_line(report_workspace, tally):
     tally.bad_inputs += 1
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {root / 'settings.ini'}:2: [runner] discovery = 'sometimes'; expected on (discover the files and settings each run reads) or off"
+        f"error: {root / 'settings.ini'}:2: [runner] discovery = 'sometimes'; "
+        "expected on (discover the files and settings each run reads) or off"
     ]
 
 

@@ -1,8 +1,12 @@
-"""Every shipped report template: runs unchanged with the plain papermill command line, gives the
-same records with the warm and the kernel engine, and reproduces the published figures."""
+"""Every shipped report template: runs unchanged with the plain papermill command line; run by one real
+`rk batch` in Kazakh and in Russian (both audiences where it has them), once with the warm and once with
+the kernel engine, it gives the same records with both, leaves nothing in English in its reader documents,
+and reproduces the published figures. The `annual` batch names every template."""
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_rk
+from test_reader_languages import untranslated
 
 TEMPLATES = sorted(p.stem for p in (ROOT / "reports").glob("*.ipynb"))
 
@@ -40,33 +45,85 @@ def test_plain_papermill_runs_every_template(report, tmp_path):
     assert records(out), f"{report} recorded nothing"
 
 
+ENGINES = ("warm", "kernel")
+# The published figures are read from the Kazakh runs of these parameters: named in the batch, not left to the defaults.
+PUBLISHED = {
+    "star_replication": {"grade": ["k"], "controls": [False]},
+    "college_distance": {"region": ["non_west"], "controls": [False]},
+}
+
+
+def test_annual_covers_every_template():
+    from research_kit.runner.batch import plan_batch
+    from research_kit.settings import load_settings
+
+    assert {run.report for run in plan_batch("annual", load_settings(ROOT))} == set(TEMPLATES)
+
+
+def languages_batch(reports: Path) -> int:
+    """Copy every shipped template into `reports` with a batches.yaml whose batch `languages` runs each in Kazakh and
+    in Russian (the consortium's templates for both audiences); return how many runs it plans."""
+    import nbformat
+    import yaml
+
+    reports.mkdir()
+    entries, planned = [], 0
+    for name in TEMPLATES:
+        shutil.copy(ROOT / "reports" / f"{name}.ipynb", reports)
+        nb = nbformat.read(ROOT / "reports" / f"{name}.ipynb", as_version=4)
+        [parameters] = [c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        grid = {
+            "lang": ["kk", "ru"],
+            **({"audience": ["consortium", "public"]} if "audience:" in parameters else {}),
+            **PUBLISHED.get(name, {}),
+        }
+        entries.append({"report": name, "grid": grid})
+        planned += math.prod(len(values) for values in grid.values())
+    (reports / "batches.yaml").write_text(yaml.safe_dump({"languages": entries}))
+    return planned
+
+
 @pytest.fixture(scope="module")
-def both_engines(tmp_path_factory):
-    """Run `annual` with each engine into its own build folder; return {engine: {run: records}}."""
-    results = {}
-    for engine in ("warm", "kernel"):
-        build = tmp_path_factory.mktemp(f"build-{engine}")
+def every_template(tmp_path_factory):
+    """Every shipped template run by a real `rk batch` in Kazakh and in Russian (the consortium's templates for both
+    audiences), PDFs off, once with each engine into its own build folder: ({engine: build folder}, runs planned)."""
+    root = tmp_path_factory.mktemp("every-template")
+    planned = languages_batch(root / "reports")
+    builds = {}
+    for engine in ENGINES:
+        builds[engine] = root / f"build-{engine}"
+        env = clean_env(
+            RK_WORKSPACE_REPORTS=str(root / "reports"),
+            RK_WORKSPACE_BUILD=str(builds[engine]),
+            RK_RUNNER_PDF="off",
+        )
         run_rk(
             "batch",
-            "annual",
+            "languages",
             "--engine",
             engine,
             "--workers",
             "2",
-            env=clean_env(RK_WORKSPACE_BUILD=str(build)),
+            cwd=ROOT,
+            env=env,
+            timeout=1800,
             check=0,
         )
-        results[engine] = {
-            f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
-            for p in build.glob("*/*/manifest.json")
-        }
-    return results
+    return builds, planned
 
 
-def test_engines_record_identical_values(both_engines):
-    warm, kernel = both_engines["warm"], both_engines["kernel"]
-    assert set(warm) == set(kernel) and len(warm) >= len(TEMPLATES)
-    assert {run.split("/")[0] for run in warm} == set(TEMPLATES)  # annual covers every template
+def manifests(build: Path) -> dict:
+    return {
+        f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
+        for p in build.glob("*/*/manifest.json")
+    }
+
+
+def test_engines_record_identical_values(every_template):
+    builds, planned = every_template
+    warm, kernel = manifests(builds["warm"]), manifests(builds["kernel"])
+    assert set(warm) == set(kernel) and len(warm) == planned
+    assert {run.split("/")[0] for run in warm} == set(TEMPLATES)
     for run in warm:
         assert warm[run]["status"] == kernel[run]["status"] == "succeeded", run
         assert warm[run]["engine"] == "warm" and kernel[run]["engine"] == "kernel"
@@ -74,18 +131,30 @@ def test_engines_record_identical_values(both_engines):
         assert warm[run]["inputs"] == kernel[run]["inputs"], run
 
 
-def test_published_figures(both_engines):
-    runs = both_engines["warm"]
-    star = runs["star_replication/controls=false,grade=k,lang=en"]["records"]
+def test_published_figures(every_template):
+    runs = manifests(every_template[0]["warm"])
+    star = runs["star_replication/controls=false,grade=k,lang=kk"]["records"]
     assert (round(star["small_class_effect"], 2), round(star["small_class_se"], 2)) == (13.90, 2.45)
     assert (round(star["aide_effect"], 2), round(star["aide_se"], 2)) == (0.31, 2.27)
     assert round(star["intercept"], 2) == 918.04 and star["n"] == 5786
-    rouse = runs["college_distance/controls=false,lang=en,region=non_west"]["records"]
+    rouse = runs["college_distance/controls=false,lang=kk,region=non_west"]["records"]
     assert (round(rouse["distance_effect"], 3), round(rouse["distance_se"], 3), rouse["n"]) == (
         -0.073,
         0.013,
         3796,
     )
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_kazakh_and_russian_documents_leave_nothing_in_english(every_template, template):
+    pages = sorted((every_template[0]["warm"] / template).glob("*/report.html"))
+    assert {p.parent.name.count("lang=kk") for p in pages} == {0, 1} and len(pages) in (2, 4), pages
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        problems = untranslated(text)
+        assert problems == [], f"{page.parent.name}: {problems}"
+        lang = "kk" if "lang=kk" in page.parent.name else "ru"
+        assert f'<html lang="{lang}">' in text and "<img" in text
 
 
 # ---- plain papermill validates the values it injects, with rk run's rules ----

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/analysis/flows.ipynb #71fcdf9d
 from __future__ import annotations
-from .stats import AnalysisError, _names, _check_columns, _alpha, rates
+from .stats import AnalysisError, _names, _require_columns, _alpha, rates
 
 # %% auto #0
 __all__ = ['STAGES', 'cohort_flow']
@@ -53,10 +53,10 @@ def cohort_flow(students, outcomes, *, by=None, terms=None, ci: float = 0.95):
     import numpy as np, pandas as pd
 
     by = _names(by)
-    _check_columns(students, ["student_id", "cohort", *by])
-    _check_columns(outcomes, ["student_id", "status", "exit_year", "employed_6m", "employed_in_field"])
+    _require_columns(students, ["student_id", "cohort", *by])
+    _require_columns(outcomes, ["student_id", "status", "exit_year", "employed_6m", "employed_in_field"])
     if terms is not None:
-        _check_columns(terms, ["student_id", "term"])
+        _require_columns(terms, ["student_id", "term"])
     _alpha(ci)
     if "cohort" in by:
         raise AnalysisError("by= must not include 'cohort': the flow is always per cohort")

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass
 from ..errors import UnknownNameError
-from .stats import AnalysisError, _binary, _check_columns, _names
+from .stats import AnalysisError, _binary, _require_columns, _names
 
 # %% auto #0
 __all__ = ['MODELS', 'METRICS', 'risk_model', 'Evaluation', 'evaluate']
@@ -89,7 +89,7 @@ def _design(df, target: str, features, model: str):
     features = _names(features)
     if not features:
         raise AnalysisError("features is empty: name at least one column to predict from")
-    _check_columns(df, [target, *features])
+    _require_columns(df, [target, *features])
     if target in features:
         raise AnalysisError(f"the target {target!r} is also among the features; leave it out")
     if len(set(features)) < len(features):

@@ -5,14 +5,9 @@
 # %% ../../nbs/analysis/plots.ipynb #ae514bd2
 from __future__ import annotations
 from ..i18n import N_, check_lang, translate
-from .stats import AnalysisError, _names, _check_columns
-from research_kit.analysis.presentation import (
-    apply_labels,
-    format_percent,
-    measure_labels,
-    stage_labels,
-    variable_label,
-)
+from .stats import AnalysisError, _names, _require_columns
+from .presentation import apply_labels, format_percent, measure_labels, stage_labels
+from .presentation import variable_label
 
 # %% auto #0
 __all__ = ['STYLE', 'COLOR', 'REFERENCE', 'plot_rates', 'plot_funnel', 'plot_calibration', 'plot_coefficients',
@@ -70,7 +65,7 @@ def _errors(est, lower, upper):
 # %% ../../nbs/analysis/plots.ipynb #e7b09682
 def _labels(table, label, lang: str = "en", labels: dict | None = None) -> list[str]:
     cols = _names(label)
-    _check_columns(table, cols)
+    _require_columns(table, cols)
     import textwrap
 
     named = apply_labels(
@@ -90,7 +85,7 @@ def plot_rates(table, label, *, title: str | None = None, lang: str = "en", labe
     import numpy as np, matplotlib
 
     lang = check_lang(lang)
-    _check_columns(table, ["rate", "lower", "upper"])
+    _require_columns(table, ["rate", "lower", "upper"])
     labels = _labels(table, label, lang, labels)
     rate, lower, upper = (_floats(table[c]) for c in ("rate", "lower", "upper"))
     y = np.arange(len(table))[::-1]
@@ -117,7 +112,7 @@ def plot_funnel(flow, *, title: str | None = None, lang: str = "en"):
     import numpy as np, matplotlib
 
     lang = check_lang(lang)
-    _check_columns(flow, list(_FLOW_COLUMNS))
+    _require_columns(flow, list(_FLOW_COLUMNS))
     for col in flow.columns:
         if col not in _FLOW_COLUMNS and flow[col].nunique(dropna=False) > 1:
             raise AnalysisError(
@@ -166,7 +161,7 @@ def plot_calibration(calibration, *, title: str | None = None, lang: str = "en")
     import numpy as np, matplotlib
 
     lang = check_lang(lang)
-    _check_columns(calibration, ["mean_predicted", "observed_rate"])
+    _require_columns(calibration, ["mean_predicted", "observed_rate"])
     x, y = _floats(calibration["mean_predicted"]), _floats(calibration["observed_rate"])
     has_ci = "lower" in calibration and "upper" in calibration
     yerr = _errors(y, _floats(calibration["lower"]), _floats(calibration["upper"])) if has_ci else None
@@ -201,7 +196,7 @@ def plot_coefficients(
     from research_kit.errors import UnknownNameError
 
     lang = check_lang(lang)
-    _check_columns(effects, ["term", "estimate", "lower", "upper"])
+    _require_columns(effects, ["term", "estimate", "lower", "upper"])
     if terms is None:
         rows = effects[effects["term"] != "Intercept"]
     else:
@@ -231,7 +226,7 @@ def plot_event_study(study, *, title: str | None = None, lang: str = "en", ylabe
     import numpy as np, matplotlib
 
     lang = check_lang(lang)
-    _check_columns(study, ["event_time", "estimate", "lower", "upper"])
+    _require_columns(study, ["event_time", "estimate", "lower", "upper"])
     rows = study.sort_values("event_time")
     t, est, lower, upper = (_floats(rows[c]) for c in ("event_time", "estimate", "lower", "upper"))
     with matplotlib.rc_context(STYLE):
@@ -273,7 +268,7 @@ def plot_network(
     import textwrap, matplotlib, numpy as np
 
     lang = check_lang(lang)
-    _check_columns(links, [source, target, *([weight] if weight else [])])
+    _require_columns(links, [source, target, *([weight] if weight else [])])
     data = links[[source, target]].astype(str).assign(w=_floats(links[weight]) if weight else 1.0)
     data = data[np.isfinite(data["w"])]
     if not directed:  # one line per pair, whichever way round it was written

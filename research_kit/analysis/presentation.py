@@ -28,7 +28,7 @@ def is_missing(x) -> bool:
         return True  # pandas.NA: its comparisons are NA, which has no truth value
 
 
-def _pattern(kind: str, lang: str, digits: int | None):
+def _number_pattern(kind: str, lang: str, digits: int | None):
     "The locale's own decimal or percent pattern, with a fixed number of decimals if asked."
     from babel import Locale
     from babel.numbers import parse_pattern
@@ -44,11 +44,12 @@ def _pattern(kind: str, lang: str, digits: int | None):
 
 
 def format_number(x, lang: str, digits: int | None = None, sign: bool = False) -> str:
-    "`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign` writes `+` before a positive one."
+    """`x` with the locale's decimal and group separators; `digits` fixes the number of decimals; `sign`
+    writes `+` before a positive one."""
     lang = check_lang(lang)
     if is_missing(x):
         return MISSING
-    pattern, locale = _pattern("decimal", lang, digits)
+    pattern, locale = _number_pattern("decimal", lang, digits)
     text = pattern.apply(x, locale)
     return "+" + text if sign and x > 0 else text
 
@@ -70,7 +71,7 @@ def format_percent(rate, lang: str, digits: int = 1) -> str:
     lang = check_lang(lang)
     if is_missing(rate):
         return MISSING
-    pattern, locale = _pattern("percent", lang, digits)
+    pattern, locale = _number_pattern("percent", lang, digits)
     return pattern.apply(rate, locale)
 
 
@@ -402,7 +403,8 @@ def _is_rate(column) -> bool:
 
 
 def _interval_groups(columns) -> list[tuple[str, str, str]]:
-    "(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or `x_estimate` with `x_lower, x_upper`."
+    """(value, lower, upper) column triples: `rate` or else `estimate` with `lower, upper`, and `x_rate` or
+    `x_estimate` with `x_lower, x_upper`."""
     names = [str(c) for c in columns]
     groups = [(v, "lower", "upper") for v in ("rate", "estimate") if {v, "lower", "upper"} <= set(names)][:1]
     for c in names:
@@ -499,7 +501,8 @@ def _format_column(s, name: str, lang: str, k: int | None):
 
 
 def _reset_index(frame):
-    "A named index as columns; an unnamed one dropped when it only numbers the rows (also after a concat), else shown without a header."
+    """A named index as columns; an unnamed one dropped when it only numbers the rows (also after a concat),
+    else shown without a header."""
     from pandas.api.types import is_integer_dtype
 
     if any(name is not None for name in frame.index.names):

@@ -5,7 +5,7 @@
 # %% ../../nbs/analysis/privacy.ipynb #701d3e33
 from __future__ import annotations
 from ..errors import UnknownNameError
-from .stats import AnalysisError, _names, _check_columns
+from .stats import AnalysisError, _names, _require_columns
 
 # %% auto #0
 __all__ = ['RATE_COLUMNS', 'SUPPRESSED', 'OBJECTIVES', 'ROUNDS', 'NODES', 'STRIKES', 'FLOW_VARIABLES', 'STALL', 'AUDIENCES',
@@ -507,7 +507,9 @@ def _choose_hidden(a, primary, never, net, k, p, weights, seconds):
             return hidden, optimal
         cuts += new
         strikes.update(cell for *_, cell in new)
-        if stalled:  # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole (they make the model large)
+        # the cuts alone no longer raise the cost: the most stubborn cells' flows go in whole
+        # (they make the model large)
+        if stalled:
             stubborn = sorted(
                 (c for c, n in strikes.items() if n >= STRIKES and c not in flows), key=lambda c: -strikes[c]
             )
@@ -564,7 +566,7 @@ def _table_shape(table, count_columns, total_row, total_column):
         counts.append(total_column)
     if not counts:
         raise AnalysisError("count_columns is empty: name the columns that hold counts")
-    _check_columns(table, counts)
+    _require_columns(table, counts)
     if not table.index.is_unique:
         raise AnalysisError("the table's index has repeated labels; reset_index() first")
     total_i = None
@@ -696,7 +698,8 @@ def check_protection(
     row_totals=None,
     column_totals=None,
 ):
-    "The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` and its range is narrower than `p`."
+    """The intervals of `feasible_intervals`, with `protected`: True unless the cell could be below `k` and
+    its range is narrower than `p`."""
     k = _check_threshold(k)
     p = _check_protection(p, k)
     out = feasible_intervals(
@@ -722,7 +725,8 @@ def _label(x):
 
 
 def _unprotectable(net, a, primary, never, p, rows, cols):
-    "The error for a table no pattern protects: the small cell that stays exposed with every other cell hidden, when there is one."
+    """The error for a table no pattern protects: the small cell that stays exposed with every other cell
+    hidden, when there is one."""
     import numpy as np
 
     for cell in np.flatnonzero(primary):
@@ -845,13 +849,14 @@ def suppress(
     objective: str = "value",
     time_limit: float = 30.0,
 ):
-    "Mask counts below `k` and the fewest, smallest cells that keep them protected: returns `(shown, masked)`, proof in `shown.attrs['protection']`."
+    """Mask counts below `k` and the fewest, smallest cells that keep them protected: returns `(shown,
+    masked)`, proof in `shown.attrs['protection']`."""
     import numpy as np, pandas as pd
 
     counts, total_i, total_j = _table_shape(table, count_columns, total_row, total_column)
     k, p = _check_threshold(k), _check_protection(p, _check_threshold(k))
     rates = [c for c in RATE_COLUMNS if c in table.columns] if rate_columns is None else _names(rate_columns)
-    _check_columns(table, rates)
+    _require_columns(table, rates)
     if overlap := set(rates) & set(counts):
         raise AnalysisError(f"column {sorted(overlap)[0]!r} is both a count and a rate column")
     values = _count_values(table, counts)
@@ -962,7 +967,7 @@ def rates_table(table, k: int, *, audience: str):
     "A `rates()` table as this audience may see it: `n`, `events` and the non-events protected together when public."
     if check_audience(audience) == "consortium":
         return table
-    _check_columns(table, ["n", "events"])
+    _require_columns(table, ["n", "events"])
     parts = table.assign(non_events=table["n"] - table["events"])
     return suppress(parts, ["events", "non_events"], k, total_column="n")[0].drop(columns="non_events")
 
@@ -1001,7 +1006,8 @@ def _rows_shown(labels, index):
 
 
 def published_pattern(shown) -> dict | None:
-    "What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), as plain JSON for `check_published`; None without a proof."
+    """What a reader sees of a table `suppress` made (counts shown, cells masked, totals assumed known), as
+    plain JSON for `check_published`; None without a proof."""
     import pandas as pd
 
     proof, k = getattr(shown, "attrs", {}).get("protection"), suppressed_at(shown)
@@ -1033,7 +1039,8 @@ def published_pattern(shown) -> dict | None:
 
 
 def check_published(pattern, *, k: int | None = None, p: int | None = None):
-    "`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` given): one row per masked cell, named by the labels a reader sees."
+    """`check_protection` on a `published_pattern` (at its own k and p, or at least the `k` and `p` given):
+    one row per masked cell, named by the labels a reader sees."""
     import numpy as np, pandas as pd
 
     try:

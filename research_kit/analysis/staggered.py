@@ -134,7 +134,8 @@ def _within_ols(data, X, names: list):
 
 # %% ../../nbs/analysis/staggered.ipynb #8c518409
 def _cells(data):
-    "ATT(g, t) for every estimable cell: a list of (g, t, estimate, n_treated, n_control, influence, treated, control), the units."
+    """ATT(g, t) for every estimable cell: a list of (g, t, estimate, n_treated, n_control, influence,
+    treated, control), the units."""
     import numpy as np
 
     wide = data.pivot(index="unit", columns="time", values="y")
@@ -175,7 +176,8 @@ def _clusters(data, units):
 
 
 def _terms_by_period(members, weight):
-    "The average of the cells as a linear map of the outcomes, period by period: {period: [(mask, n, influence coefficient, estimate coefficient)]}."
+    """The average of the cells as a linear map of the outcomes, period by period: {period: [(mask, n,
+    influence coefficient, estimate coefficient)]}."""
     import numpy as np
 
     terms = {}

@@ -23,7 +23,7 @@ def _names(cols) -> list[str]:
     return list(cols)
 
 
-def _check_columns(df, names) -> None:
+def _require_columns(df, names) -> None:
     columns = [str(c) for c in df.columns]
     for name in names:
         if name not in df.columns:
@@ -77,7 +77,7 @@ def rates(
     from statsmodels.stats.proportion import proportion_confint
 
     by = _names(by)
-    _check_columns(df, [outcome, *by])
+    _require_columns(df, [outcome, *by])
     alpha = _alpha(ci)
     if method not in CI_METHODS:
         raise UnknownNameError("interval method", method, CI_METHODS)
@@ -178,7 +178,7 @@ def compare(df, outcome: str, group: str, *, reference=None, ci: float = 0.95):
     import numpy as np, pandas as pd
     from pandas.api.types import is_numeric_dtype
 
-    _check_columns(df, [outcome, group])
+    _require_columns(df, [outcome, group])
     alpha = _alpha(ci)
     y = _binary(df[outcome], outcome, required=False)
     binary = y is not None
@@ -331,7 +331,7 @@ def effect(
     import numpy as np, pandas as pd
 
     controls = _names(controls)
-    _check_columns(df, [outcome, treatment, *controls, *([cluster] if cluster else [])])
+    _require_columns(df, [outcome, treatment, *controls, *([cluster] if cluster else [])])
     alpha = _alpha(ci)
     if kind not in _KINDS:
         raise UnknownNameError("model kind", kind, _KINDS)

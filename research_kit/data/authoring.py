@@ -220,7 +220,7 @@ def _as_resource(package: dict, folder: str):
     return Resource(package["name"], r["name"], r, f"{folder}/{r['path']}", f"{folder}/{DESCRIPTOR}", package)
 
 
-def _validated(package: dict, data: bytes, folder: str, path: Path):
+def _validate_demoting_types(package: dict, data: bytes, folder: str, path: Path):
     "(typed Arrow table, the fields declared text because their inferred type failed) after the loader's validation passes."
     from research_kit.data.load import validate_bytes
 
@@ -283,7 +283,8 @@ def _cache(res, table) -> None:
 
 
 def _referenced_hashes(res) -> list:
-    "(resource, sha256) of every other resource of the package that a foreign key of `res` points to, as the loader keys its cache."
+    """(resource, sha256) of every other resource of the package that a foreign key of `res` points to, as the
+    loader keys its cache."""
     from research_kit.data.load import resource_sha256
 
     refs = sorted(
@@ -336,7 +337,7 @@ def new_package(name: str, source, *, title: str | None = None) -> NewPackage:
     package = _descriptor(
         name, title, source.name, _resource(name, fields, encoding, delimiter, data, table.num_rows), []
     )
-    typed, demoted = _validated(package, data, os.path.join(root, name), source)
+    typed, demoted = _validate_demoting_types(package, data, os.path.join(root, name), source)
     package["x-todo"] = checklist(fields, key_candidates(text, fields), kept_as_text + demoted, bool(title))
     folder = _place(Path(root), name, data, package)
     _cache(_as_resource(package, str(folder)), typed)
@@ -375,7 +376,8 @@ def _row_hashes(df):
 
 
 def compare_rows(old, new, key=()) -> Changes:
-    "The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the `key` fields or as whole rows."
+    """The rows added, removed and changed from DataFrame `old` to `new` (same columns), matched by the `key`
+    fields or as whole rows."""
     import pandas as pd
 
     key = list(key)
@@ -465,10 +467,16 @@ class Rehashed:
 
         short = lambda h: None if h is None else str(h)[: 7 + 12] + "..."
         lines = [
-            f"{head}: rows {pair('x-rows')}, bytes {pair('bytes')}, hash {short(self.before.get('hash'))} -> {short(self.after['hash'])}",
+            (
+                f"{head}: rows {pair('x-rows')}, bytes {pair('bytes')}, hash "
+                f"{short(self.before.get('hash'))} -> {short(self.after['hash'])}"
+            ),
             f"  {self.changes}"
             if self.changes is not None
-            else "  what changed is not known: the previous content is neither cached under the current schema nor committed in git",
+            else (
+                "  what changed is not known: the previous content is neither cached under the current "
+                "schema nor committed in git"
+            ),
         ]
         return "\n".join(lines)
 

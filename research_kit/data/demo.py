@@ -848,7 +848,8 @@ _COLLEGES = [i[0] for i in INSTITUTIONS if i[2] == "college"]
 
 
 def _partners(rng, home: np.ndarray, to_metu: float) -> np.ndarray:
-    "For each institution in `home`, another one: a college for METU; METU (with chance `to_metu`) or another college for a college."
+    """For each institution in `home`, another one: a college for METU; METU (with chance `to_metu`) or
+    another college for a college."""
     colleges = np.array(_COLLEGES)
     u, k, j = (
         rng.random(len(home)),
@@ -1163,8 +1164,14 @@ OKED_SECTIONS = {
     ),
     "T": _l(
         "Үй қызметшілерін жалдайтын және өз тұтынуы үшін тауарлар мен қызметтер өндіретін үй шаруашылықтарының қызметі",
-        "Деятельность домашних хозяйств, нанимающих домашнюю прислугу и производящих товары и услуги для собственного потребления",
-        "Activities of households as employers; undifferentiated goods- and services-producing activities of households for own use",
+        (
+            "Деятельность домашних хозяйств, нанимающих домашнюю прислугу и производящих товары и услуги "
+            "для собственного потребления"
+        ),
+        (
+            "Activities of households as employers; undifferentiated goods- and services-producing "
+            "activities of households for own use"
+        ),
     ),
     "U": _l(
         "Экстерриториялық ұйымдар мен органдардың қызметі",
@@ -1700,7 +1707,10 @@ _SCHEMAS = {
     },
     "outcomes": {
         "title": "Outcomes",
-        "description": "Each student's status after the 2024/2025 academic year and, for graduates, employment six months after graduation.",
+        "description": (
+            "Each student's status after the 2024/2025 academic year and, for graduates, employment six "
+            "months after graduation."
+        ),
         "fields": [
             _field(
                 "student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID
@@ -1774,7 +1784,10 @@ _SCHEMAS = {
     },
     "joint_enrolments": {
         "title": "Joint-track students",
-        "description": "One row per college student selected for the joint track of a joint programme, at the start of the second year.",
+        "description": (
+            "One row per college student selected for the joint track of a joint programme, at the start of "
+            "the second year."
+        ),
         "fields": [
             _field(
                 "student_id", "string", "Student", "Pseudonymous student code.", unique=True, **_STUDENT_ID
@@ -1795,7 +1808,10 @@ _SCHEMAS = {
     },
     "pathways": {
         "title": "Pathways to METU",
-        "description": "One row per college graduate who continued at METU: programme, year, credits recognised and the first year there.",
+        "description": (
+            "One row per college graduate who continued at METU: programme, year, credits recognised and "
+            "the first year there."
+        ),
         "fields": [
             _field(
                 "student_id",
@@ -1884,7 +1900,10 @@ _SCHEMAS = {
     },
     "outreach_events": {
         "title": "Outreach events",
-        "description": "Events that present working professions to school pupils: the programme targeted (empty for a field-wide event), date and reach.",
+        "description": (
+            "Events that present working professions to school pupils: the programme targeted (empty for a "
+            "field-wide event), date and reach."
+        ),
         "fields": [
             _field(
                 "event_id",

@@ -51,8 +51,8 @@ def _categorical(col, dtype):
     import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
 
     declared = list(dtype.categories)
-    as_declared = all(c.dictionary.to_pylist() == declared for c in col.chunks)
-    if not (pa.types.is_dictionary(col.type) and as_declared):
+    coded = pa.types.is_dictionary(col.type) and all(c.dictionary.to_pylist() == declared for c in col.chunks)
+    if not coded:  # plain text, or a dictionary of other categories: convert by value
         return pd.Categorical(to_pandas(col, None), dtype=dtype)
     codes = pa.chunked_array([c.indices for c in col.chunks], col.type.index_type)
     if codes.null_count:
@@ -89,7 +89,7 @@ def to_pandas(
         return pd.arrays.BooleanArray(values, _writable(col.is_null().to_numpy()))
     return _numpy(col, private)  # int64, float64, datetime64[us]
 
-
+# %% ../../nbs/data/frames.ipynb #7a665dee
 def to_frame(
     table,  # a typed Arrow table (parsed, or read from the cache)
     schema: dict,  # its Table Schema

@@ -183,12 +183,12 @@ class Mapping:
     source: str = "mapping"
 
 
-def _text(v) -> str:
+def _scalar_text(v) -> str:
     "A YAML scalar as text (YAML reads `yes` as True and `9` as 9)."
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
 
-def _table(d, where: str, what: str) -> dict:
+def _mapping_section(d, where: str, what: str) -> dict:
     if d is None:
         return {}
     if not isinstance(d, dict):
@@ -224,19 +224,23 @@ def read_mapping(mapping) -> Mapping:
     if isinstance(drop, str) or not isinstance(drop, list):
         raise IngestError(f"{where}: 'drop' must be a list of column names")
     values = {
-        _text(f): {_norm(_text(k)): _text(v) for k, v in _table(vs, where, f"values of {f}").items()}
-        for f, vs in _table(mapping.get("values"), where, "values").items()
+        _scalar_text(f): {
+            _norm(_scalar_text(k)): _scalar_text(v)
+            for k, v in _mapping_section(vs, where, f"values of {f}").items()
+        }
+        for f, vs in _mapping_section(mapping.get("values"), where, "values").items()
     }
     return Mapping(
         identifier=mapping["identifier"].strip(),
         columns={
-            _text(k).strip(): _text(v).strip()
-            for k, v in _table(mapping.get("columns"), where, "columns").items()
+            _scalar_text(k).strip(): _scalar_text(v).strip()
+            for k, v in _mapping_section(mapping.get("columns"), where, "columns").items()
         },
         values=values,
-        drop=tuple(_text(c).strip() for c in drop),
+        drop=tuple(_scalar_text(c).strip() for c in drop),
         constants={
-            _text(k): _text(v) for k, v in _table(mapping.get("constants"), where, "constants").items()
+            _scalar_text(k): _scalar_text(v)
+            for k, v in _mapping_section(mapping.get("constants"), where, "constants").items()
         },
         source=where,
     )

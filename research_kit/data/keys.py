@@ -40,7 +40,7 @@ def fixed_width_keys(
         keys.append(halves[:, 0] * np.uint64(_MIX) ^ halves[:, 1])
     return np.concatenate(keys) if keys else None
 
-# %% ../../nbs/data/keys.ipynb #05a13dce
+# %% ../../nbs/data/keys.ipynb #40ec8cf5
 def has_duplicates(
     col,  # a column (Arrow, one or more chunks); missing values are ignored
 ) -> bool:
@@ -59,7 +59,7 @@ def has_duplicates(
     ordered = col.take(pc.sort_indices(col))
     return pc.any(pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py()
 
-
+# %% ../../nbs/data/keys.ipynb #05a13dce
 def unique_failures(
     col,  # the column of a `unique` field (Arrow)
     name: str,  # its name
@@ -77,7 +77,7 @@ def unique_failures(
     values = [s.iloc[r] for r in rows[: where.listed]]
     return where.failures(name, rows, values, "unique: value occurs more than once")
 
-# %% ../../nbs/data/keys.ipynb #429ab073
+# %% ../../nbs/data/keys.ipynb #eeb8d2d9
 def column_keys(
     col,  # a column (Arrow, one or more chunks)
 ):
@@ -94,7 +94,7 @@ def column_keys(
     codes = pc.dictionary_encode(col).combine_chunks().indices
     return pc.fill_null(codes, -1).to_numpy().astype(np.int64).view(np.uint64)
 
-
+# %% ../../nbs/data/keys.ipynb #429ab073
 def key_may_repeat(
     table,  # a typed Arrow table
     schema: dict,  # its Table Schema

@@ -65,7 +65,8 @@ def resource_labels(
 
 
 def package_labels(package: str, lang: str, root: str | None = None) -> dict[str, dict[str, str]]:
-    "Every labelled field of every resource of a package, field → code → label in `lang` (a field named alike in two resources: their labels merged)."
+    """Every labelled field of every resource of a package, field → code → label in `lang` (a field named
+    alike in two resources: their labels merged)."""
     from research_kit.data.catalog import open_package
 
     lang = check_lang(lang)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
 from . import lineage
-from .catalog import Resource, get_resource, open_package, read_bytes
+from .catalog import Resource, data_root, get_resource, open_package, read_bytes
 from ..files import atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
@@ -56,7 +56,8 @@ class HashMemo:
             return None
 
     def put(self, path: str, sha256: str, stamp: list) -> None:
-        "Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not changed since and has settled."
+        """Remember `sha256` of the file as it was at `stamp` (taken before reading it), if it has not changed
+        since and has settled."""
         import time
 
         if stamp != self.stamp(path) or time.time_ns() - stamp[-1] < self.settle_ns:
@@ -78,12 +79,13 @@ class HashMemo:
 def resource_sha256(
     package: str,  # a data package's name
     resource: str,  # one of its resources
+    root: str | None = None,  # the data root it is in; None for the workspace's
 ) -> str | None:
     "The sha256 of a resource's current content, or None if it no longer exists."
     from research_kit.errors import RKError
 
     try:
-        res = get_resource(package, resource)
+        res = get_resource(package, resource, root)
     except RKError:
         return None
     return _current_sha256(res, HashMemo(load_settings().cache_dir))
@@ -95,7 +97,7 @@ def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:
     return res.sha256 if is_url(res.url) else memo.sha256(res.url)
 
 # %% ../../nbs/data/load.ipynb #4408d5a5
-def _fail(where: Where, rule: str, value=None, column=None, line=None):
+def _raise_failure(where: Where, rule: str, value=None, column=None, line=None):
     from research_kit.errors import Failure
 
     raise DataValidationError([Failure(where.package, where.resource, where.file, column, line, value, rule)])
@@ -106,14 +108,14 @@ def _check_encoding(data: bytes, encoding: str, where: Where) -> None:
         data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        _fail(
+        _raise_failure(
             where,
             f"not valid {encoding} text (byte 0x{data[e.start]:02x}); is the file in another "
             f"encoding, e.g. cp1251? Declare it as the resource's 'encoding'",
             line=line,
         )
     except LookupError:
-        _fail(where, f"unknown encoding {encoding!r} in the descriptor")
+        _raise_failure(where, f"unknown encoding {encoding!r} in the descriptor")
 
 
 def _line_of(data: bytes, row) -> int | None:
@@ -134,7 +136,7 @@ def read_table(
     import pyarrow as pa, pyarrow.csv as pcsv
 
     if not data[:4096].strip() and not data.strip():
-        _fail(where, "the file is empty")
+        _raise_failure(where, "the file is empty")
     bad_rows = []
 
     def on_bad_row(row):
@@ -162,7 +164,7 @@ def read_table(
         _check_encoding(data, res.encoding, where)  # names the line of a bad byte, if that is the cause
         if not as_text and "conversion error" in str(e):
             return None  # a value not of its type: read as text
-        _fail(where, f"cannot be read as CSV: {e}")
+        _raise_failure(where, f"cannot be read as CSV: {e}")
     if bad_rows:
         from research_kit.errors import Failure
 
@@ -276,7 +278,7 @@ def _foreign_key_failures(table, res: Resource, where: Where) -> list:
     return failures
 
 # %% ../../nbs/data/load.ipynb #09a6077e
-def _validated(data: bytes, res: Resource):
+def _read_validated(data: bytes, res: Resource):
     "(typed Arrow table, DataFrame) of a resource's bytes, fully validated, or DataValidationError."
     where = Where(res.package, res.name, res.file)
     table = read_table(data, res, where)
@@ -297,9 +299,10 @@ def validate_bytes(
     data: bytes,  # content to check as the file of `res`
     res: Resource,  # the resource whose schema and foreign keys it must satisfy
 ):
-    "(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and foreign keys (not its hash)."
+    """(typed Arrow table, DataFrame) of `data` read as the file of `res`, validated against its schema and
+    foreign keys (not its hash)."""
     check_schema(res.schema, res.descriptor_url)
-    return _validated(data, res)
+    return _read_validated(data, res)
 
 # %% ../../nbs/data/load.ipynb #044c8cf5
 def cache_key(
@@ -307,7 +310,8 @@ def cache_key(
     schema: dict,  # its Table Schema
     references=(),  # (resource, sha256) of each resource its foreign keys point to
 ) -> str:
-    "The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the resources its foreign keys point to."
+    """The cache key of a resource: its content hash, its schema, the loader version, and the hashes of the
+    resources its foreign keys point to."""
     blob = json.dumps([sha256, schema, LOADER_VERSION, list(references)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -475,7 +479,7 @@ class _NoBar:
         pass
 
 
-def _progress(name: str):
+def _load_progress_bar(name: str):
     "A progress bar that appears only if the load takes more than a second, where someone watches it."
     if not show_progress():
         return _NoBar()
@@ -487,7 +491,7 @@ def _progress(name: str):
     return tqdm(total=2, desc=f"loading {name}", delay=1.0, leave=False, unit="step")
 
 # %% ../../nbs/data/load.ipynb #340799be
-def _check_columns(res: Resource, columns):
+def _selected_columns(res: Resource, columns):
     if columns is None:
         return None
     columns = [columns] if isinstance(columns, str) else list(columns)
@@ -499,7 +503,7 @@ def _check_columns(res: Resource, columns):
 
 # %% ../../nbs/data/load.ipynb #41c977f9
 def _hash_mismatch(res: Resource, actual: str):
-    _fail(
+    _raise_failure(
         Where(res.package, res.name, res.file),
         f"hash: the file's sha256 differs from the descriptor's "
         f"sha256:{res.sha256} (was the file changed without updating {res.descriptor_url}?)",
@@ -535,16 +539,18 @@ def _fetch_and_validate(res: Resource, bar):
     try:
         data = _read_whole(res.url)
     except FileNotFoundError:
-        _fail(where, f"the resource's file {res.url} does not exist")
+        _raise_failure(where, f"the resource's file {res.url} does not exist")
     if data is None:
-        _fail(where, f"the file {res.url} kept changing while it was read; load it again when it is written")
+        _raise_failure(
+            where, f"the file {res.url} kept changing while it was read; load it again when it is written"
+        )
     bar.update(1)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while Arrow parses
         hashing = pool.submit(lambda: hashlib.sha256(data).hexdigest())
         try:
-            table, df = _validated(data, res)
+            table, df = _read_validated(data, res)
         except DataValidationError:  # a changed file is reported as that, before what changed in it
             if res.sha256 and hashing.result() != res.sha256:
                 _hash_mismatch(res, hashing.result())
@@ -556,6 +562,18 @@ def _fetch_and_validate(res: Resource, bar):
     return df, table, sha
 
 # %% ../../nbs/data/load.ipynb #5f506f7c
+def _other_root(root: str | None) -> str | None:
+    "The data root a load named when it is not the workspace's (a local one made absolute), else None."
+    if not root:
+        return None
+
+    def where(r):
+        return r if is_url(r) else os.path.abspath(r)
+
+    given = where(data_root(root))
+    return None if given == where(data_root()) else given
+
+
 def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None):
     """`load`; `as_input=False` for the loads checks make (only what a caller asked for is lineage);
     `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
@@ -567,11 +585,13 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
     # read restricted data are keyed on it (a run's cache key holds the settings it read)
     check_access(res, settings.institution if res.access == "restricted" else "")
     check_schema(res.schema, res.descriptor_url)
-    columns = _check_columns(res, columns)
+    columns = _selected_columns(res, columns)
     cache_dir = settings.cache_dir
     cache, memo, local = ParquetCache(cache_dir), HashMemo(cache_dir, trust=not rehash), not is_url(res.url)
     if local and not os.path.isfile(res.url):
-        _fail(Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist")
+        _raise_failure(
+            Where(res.package, res.name, res.file), f"the resource's file {res.url} does not exist"
+        )
     sha = memo.get(res.url) if local else res.sha256
     if sha is None and local and cache.holds_any(res):
         sha = memo.sha256(
@@ -585,18 +605,18 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
         )
         if df is not None:
             if as_input:
-                lineage.note_read(res.package, res.name, sha)
+                lineage.note_read(res.package, res.name, sha, _other_root(root))
             return df
     stamp = (
         memo.stamp(res.url) if local else None
     )  # before reading: a change while it is read is not remembered
-    with _progress(f"{res.package}/{res.name}") as bar:
+    with _load_progress_bar(f"{res.package}/{res.name}") as bar:
         df, table, sha = _fetch_and_validate(res, bar)
     if local:
         memo.put(res.url, sha, stamp)
     _write_in_background(cache, res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), table)
     if as_input:
-        lineage.note_read(res.package, res.name, sha)
+        lineage.note_read(res.package, res.name, sha, _other_root(root))
     if as_table:
         return table.select(columns) if columns else table
     return df[columns] if columns else df

@@ -22,7 +22,7 @@ def _plain(values):
     return values.cast(pa.int64()) if pa.types.is_boolean(values.type) else values
 
 
-def _text(values):
+def _text_only(values):
     "`values`, refusing anything that is not text: a length or pattern means nothing for other types."
     import pyarrow as pa
 
@@ -39,7 +39,7 @@ def _extremes(values):
     values = _plain(values)
     return pa.array([v.as_py() for v in pc.min_max(values).values()], type=values.type)
 
-
+# %% ../../nbs/data/rules.ipynb #18fd99d1
 def _below(values, limit):
     import pyarrow.compute as pc
 
@@ -56,21 +56,21 @@ def _unmatched(values, pattern):
     "Table Schema patterns match the whole value."
     import pyarrow.compute as pc
 
-    return pc.invert(pc.match_substring_regex(_text(values), f"^(?:{pattern})$"))
+    return pc.invert(pc.match_substring_regex(_text_only(values), f"^(?:{pattern})$"))
 
 
 def _shorter(values, limit):
     import pyarrow.compute as pc
 
-    return pc.less(pc.utf8_length(_text(values)), limit)
+    return pc.less(pc.utf8_length(_text_only(values)), limit)
 
 
 def _longer(values, limit):
     import pyarrow.compute as pc
 
-    return pc.greater(pc.utf8_length(_text(values)), limit)
+    return pc.greater(pc.utf8_length(_text_only(values)), limit)
 
-# %% ../../nbs/data/rules.ipynb #aeb2071a
+# %% ../../nbs/data/rules.ipynb #38e67121
 @dataclass(frozen=True)
 class Rule:
     "One value rule of Table Schema, defined by which values break it."
@@ -126,7 +126,7 @@ class Rule:
         ok = pc.fill_null(pc.invert(self.breaks(values, limit)), True)
         return pd.Series(ok.to_numpy(zero_copy_only=False), index=s.index)
 
-
+# %% ../../nbs/data/rules.ipynb #540aa265
 RULES = (
     Rule("minimum", _below, ordered=True),
     Rule("maximum", _above, ordered=True),
@@ -190,7 +190,7 @@ def constraint_schema(
     cols = {f["name"]: column(f) for f in schema["fields"] if columns is None or f["name"] in columns}
     return pa.DataFrameSchema(cols, unique=pk if len(pk) > 1 and key else None, strict=False)
 
-# %% ../../nbs/data/rules.ipynb #66c026f2
+# %% ../../nbs/data/rules.ipynb #c0d1c220
 _PANDERA_WORDS = {  # pandera's names of its own checks, as a reader says them
     "not_nullable": "required: value is missing",
     "multiple_fields_uniqueness": "primary key: combination occurs more than once",
@@ -204,7 +204,7 @@ def _key_failures(cases, df, schema, where) -> list:
     rule = _PANDERA_WORDS["multiple_fields_uniqueness"]
     return [where.failure(", ".join(pk), i, tuple(df.loc[i, pk]), rule) for i in rows]
 
-
+# %% ../../nbs/data/rules.ipynb #280fd273
 def check(
     df,  # a DataFrame as made by `data.frames.to_frame`
     schema: dict,  # its Table Schema

@@ -30,7 +30,7 @@ def primary_key(
     "The primary key's field names (a Table Schema may give one name or a list)."
     return as_list(schema.get("primaryKey"))
 
-
+# %% ../../nbs/data/schema.ipynb #d707d997
 def constraints(
     f: dict,  # a field of a Table Schema
 ) -> dict:
@@ -73,7 +73,7 @@ def _constraint_problem(name: str, value, typ: str) -> str | None:
             return f"is not a valid regular expression ({e})"
     return None
 
-
+# %% ../../nbs/data/schema.ipynb #fd457574
 def _check_field(f, where: str) -> str:
     "The field's name, after checking its type and constraints."
     if not isinstance(f, dict) or "name" not in f:
@@ -93,7 +93,7 @@ def _check_field(f, where: str) -> str:
             raise DescriptorError(f"{where}: field {name!r} constraint {c}: {value!r} {problem}")
     return name
 
-
+# %% ../../nbs/data/schema.ipynb #8b9b4a8b
 def check_schema(
     schema: dict,  # a resource's Table Schema
     where: str,  # the descriptor it is in, for messages

@@ -22,7 +22,7 @@ def _pool():
 
 os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of its parent's threads
 
-
+# %% ../../nbs/data/threads.ipynb #faf064fa
 def each(
     fn,  # called with each item, on one of the pool's threads
     items,  # the items (an iterable)

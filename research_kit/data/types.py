@@ -4,6 +4,7 @@
 
 # %% ../../nbs/data/types.ipynb #1eb63de7
 from __future__ import annotations
+import functools
 from .schema import DEFAULT_FALSE, DEFAULT_TRUE, constraints, is_required, primary_key
 
 # %% auto #0
@@ -44,20 +45,35 @@ def _make_dtypes(schema: dict) -> dict:
             out[f["name"]] = pd.StringDtype(na_value=float("nan"))
     return out
 
+# %% ../../nbs/data/types.ipynb #ac49f1f2
+class _Keyed:
+    "A schema that functools can cache on: hashed and compared by the JSON text of its fields and key."
 
-_dtypes_made: dict[str, dict] = {}  # schema as JSON -> its dtypes
+    def __init__(self, schema: dict):
+        import json
+
+        self.schema = schema
+        self.key = json.dumps([schema["fields"], primary_key(schema)], sort_keys=True, default=str)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Keyed) and other.key == self.key
+
+# %% ../../nbs/data/types.ipynb #fc2b4062
+@functools.lru_cache(
+    maxsize=256
+)  # a process reads a few dozen schemas; the bound only guards against many more
+def _dtypes_made(schema: _Keyed) -> dict:
+    return _make_dtypes(schema.schema)
 
 
 def dtypes(
     schema: dict,  # a Table Schema
 ) -> dict:
     "Field name → the pandas dtype `load` returns for it."
-    import json
-
-    key = json.dumps([schema["fields"], primary_key(schema)], sort_keys=True, default=str)
-    if key not in _dtypes_made:
-        _dtypes_made[key] = _make_dtypes(schema)
-    return dict(_dtypes_made[key])
+    return dict(_dtypes_made(_Keyed(schema)))
 
 # %% ../../nbs/data/types.ipynb #6b0d1f92
 def csv_types(
@@ -95,7 +111,7 @@ def _numbers(col, typ):
     clean = pc.if_else(bad, None, col) if pc.any(bad).as_py() else col
     return pc.cast(clean, target), bad
 
-
+# %% ../../nbs/data/types.ipynb #539a1ca0
 def _booleans(col, f):
     import pyarrow as pa, pyarrow.compute as pc
 
@@ -104,7 +120,7 @@ def _booleans(col, f):
     bad = pc.and_(pc.is_valid(col), pc.invert(pc.or_(is_true, is_false)))
     return pc.if_else(is_true, True, pc.if_else(is_false, False, None)), bad
 
-
+# %% ../../nbs/data/types.ipynb #7d623300
 def _dates(col, f):
     "Parsed by pandas, because Arrow's strptime turns 2024-02-30 into March 1st."
     import pandas as pd, pyarrow as pa, pyarrow.compute as pc
@@ -115,7 +131,7 @@ def _dates(col, f):
     parsed = pa.array(parsed, type=pa.timestamp("us"))
     return parsed, pc.and_(pc.is_valid(col), pc.is_null(parsed))
 
-
+# %% ../../nbs/data/types.ipynb #70b23b30
 def typed_column(
     col,  # one column as read by the CSV reader (Arrow)
     f: dict,  # its field

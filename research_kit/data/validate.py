@@ -24,7 +24,7 @@ def _bad_rows(bad, raw, column, rule, where) -> list:
     rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False) == True)
     return where.failures(column, rows, raw.take(pa.array(rows[: where.listed])).to_pylist(), rule)
 
-
+# %% ../../nbs/data/validate.ipynb #3af2211d
 def _few_distinct(col, sample: int = 4096) -> bool:
     "Whether a text column repeats its values a lot, judged on an evenly spread sample."
     import numpy as np, pyarrow as pa, pyarrow.compute as pc
@@ -40,7 +40,7 @@ def _enum_rule(f) -> str:
     values = constraints(f)["enum"]
     return "enum: not one of " + ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
 
-
+# %% ../../nbs/data/validate.ipynb #a44d19e9
 def parse_column(
     raw,  # one column as read by the CSV reader (Arrow)
     f: dict,  # its field
@@ -86,7 +86,7 @@ def _column(raw, f: dict, schema: dict, where: Where, dtype):
     # text may have been dictionary-encoded for the checks; pandas wants it plain, as it was read
     return typed, failures, may_fail(typed, f, schema), to_pandas(raw if text else typed, dtype)
 
-
+# %% ../../nbs/data/validate.ipynb #b9e1ed0d
 def validate_table(
     table,  # a table as read by the CSV reader (Arrow)
     schema: dict,  # its Table Schema

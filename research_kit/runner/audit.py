@@ -339,7 +339,8 @@ def _check_threshold(value, what: str) -> int:
 def audit_run(
     folder, *, threshold: int, policy: int | None = None, pseudonym_pattern: str | None = None
 ) -> AuditResult:
-    "Scan a run folder for identifiers and (public runs) anything shown or recorded without suppression; decide whether it is publishable."
+    """Scan a run folder for identifiers and (public runs) anything shown or recorded without suppression;
+    decide whether it is publishable."""
     threshold = _check_threshold(threshold, "threshold")
     policy = threshold if policy is None else _check_threshold(policy, "threshold policy")
     folder = Path(folder)
@@ -405,7 +406,8 @@ def _stamp(folder: Path, threshold: int, policy: int | None) -> list:
 
 
 def mark_publishable(folder, result: AuditResult) -> Manifest:
-    "Write `result` into the run's manifest (`publishable`, `audit`, `audit_reasons`, `audit_threshold`, `threshold_policy`, `audit_stamp`), atomically; return the manifest."
+    """Write `result` into the run's manifest (`publishable`, `audit`, `audit_reasons`, `audit_threshold`,
+    `threshold_policy`, `audit_stamp`), atomically; return the manifest."""
     folder = Path(folder)
     manifest = read_manifest(folder).with_(
         publishable=bool(result.publishable),
@@ -420,7 +422,8 @@ def mark_publishable(folder, result: AuditResult) -> Manifest:
 
 
 def audit_unless_current(folder, *, threshold: int, policy: int | None = None) -> Manifest:
-    "The run's manifest with a verdict: the one it holds if the rules, threshold, policy and outputs are unchanged since, else a new one."
+    """The run's manifest with a verdict: the one it holds if the rules, threshold, policy and outputs are
+    unchanged since, else a new one."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest.audited and manifest.data.get("audit_stamp") == _stamp(folder, threshold, policy):

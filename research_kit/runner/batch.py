@@ -133,7 +133,8 @@ def run_runs(
     share: bool = True,
     on_share=None,
 ) -> list[tuple[Run, Manifest | None]]:
-    "Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run, manifest or None) pairs."
+    """Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run,
+    manifest or None) pairs."""
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
 

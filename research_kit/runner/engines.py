@@ -537,7 +537,7 @@ def execute_report(
         recs = records(nb_path) if nb_path.exists() else {}
         if nb_path.exists():
             error = _exit_error(nb_path) or error
-        inputs = [vars(i) for i in lineage.read_file(str(lineage_path))]
+        inputs = [i.as_dict() for i in lineage.read_file(str(lineage_path))]
         found = reads.collect(task, inputs)
         if nb_path.exists():
             pdf = write_documents(nb_path, out, _document_context(task, started, inputs, error is None))[

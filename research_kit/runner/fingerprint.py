@@ -133,7 +133,8 @@ def keyed_packages(dists: dict | None = None) -> dict[str, str]:
 
 @functools.cache  # once per process: the environment does not change under a running rk
 def environment() -> dict:
-    "What a manifest records of the environment; `packages_sha256` (Python major.minor and the requirement closure) enters the cache key."
+    """What a manifest records of the environment; `packages_sha256` (Python major.minor and the requirement
+    closure) enters the cache key."""
     import platform
 
     dists = installed()

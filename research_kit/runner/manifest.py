@@ -35,12 +35,10 @@ class Task:
     reads: dict | None = (
         None  # where to discover the files and settings the run reads; None: `[runner] discovery = off`
     )
-    keyed: dict | None = (
-        None  # what the command keys the run on that the worker's process holds: `code`, `environment` sha256
-    )
-    environ: dict | None = (
-        None  # the command's environment variables, for a worker that did not inherit them (long-lived workers)
-    )
+    # what the command keys the run on that the worker's process holds: `code`, `environment` sha256
+    keyed: dict | None = None
+    # the command's environment variables, for a worker that did not inherit them (long-lived workers)
+    environ: dict | None = None
     path: list | None = None  # the command's sys.path, likewise
 
     @property
@@ -347,7 +345,8 @@ def read_run(
 def run_folders(
     build_dir,  # the build folder, `reports/_build`
 ) -> list[Path]:
-    "Every run folder under `build_dir` (`<report>/<slug>/manifest.json`), sorted; folders still being written (`.tmp-…`) left out."
+    """Every run folder under `build_dir` (`<report>/<slug>/manifest.json`), sorted; folders still being
+    written (`.tmp-…`) left out."""
     return sorted(
         p.parent
         for p in Path(build_dir).glob(f"*/*/{MANIFEST}")

@@ -64,7 +64,8 @@ def find_template(name: str, reports_dir: Path) -> Path:
 # %% ../../nbs/runner/params.ipynb #55113a7f
 @dataclass(frozen=True)
 class Param:
-    "One declared parameter: name, type (`int`, `list[str]`, `Literal`, `Institution`, ...), default, choices, help, where its values come from."
+    """One declared parameter: name, type (`int`, `list[str]`, `Literal`, `Institution`, ...), default,
+    choices, help, where its values come from."""
 
     name: str
     type: str
@@ -131,7 +132,8 @@ def _union(node, where, resolve) -> tuple[str, None, ColumnValues]:
 
 
 def _annotation(node, where, resolve=_no_names) -> tuple[str, tuple | None, ColumnValues | None]:
-    "(type name, Literal choices, where the data lists its values) of an annotation node; `resolve` gives the object a name is bound to."
+    """(type name, Literal choices, where the data lists its values) of an annotation node; `resolve` gives
+    the object a name is bound to."""
     if isinstance(node, ast.Name) and node.id in _SCALARS:
         return node.id, None, None
     if isinstance(node, ast.Name) and column_source(resolve(node.id)) is not None:

@@ -54,7 +54,8 @@ def _host_addresses(url: str) -> list[str]:
 
 
 def discovery_config(settings) -> dict | None:
-    "What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts; None when `[runner] discovery = off`."
+    """What a run's process needs to discover its reads: the roots, what to leave out, the data root's hosts;
+    None when `[runner] discovery = off`."""
     from research_kit.i18n import locales_dir
 
     if settings.discovery == "off":
@@ -375,10 +376,13 @@ def collect(
     from research_kit.data.catalog import DESCRIPTOR
 
     sha256 = _hasher(config.get("cache"))
-    descriptors = (
-        [os.path.join(config["data"], p, DESCRIPTOR) for p in dict.fromkeys(i["package"] for i in inputs)]
-        if config.get("data")
-        else []
+    roots = {
+        (i.get("root") or config.get("data"), i["package"]) for i in inputs
+    }  # the root it was loaded from
+    descriptors = sorted(
+        os.path.join(root, package, DESCRIPTOR)
+        for root, package in roots
+        if root and not _settings.is_url(root)
     )
     read = list(
         dict.fromkeys(log["read"] + descriptors)
@@ -400,7 +404,7 @@ def current(m: Manifest, settings) -> tuple[list, list, dict]:
     "(data inputs, files, settings) that the run of manifest `m` read, with their sha256 and values as they are now."
     from research_kit.data.load import resource_sha256
 
-    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"])) for i in m.inputs]
+    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"], i.get("root"))) for i in m.inputs]
     bases = {
         "workspace": str(settings.root),
         "data": None if _settings.is_url(settings.data) else settings.data,
@@ -419,7 +423,8 @@ def _gone(name: str, then, now) -> str:
 
 
 def changes(run: Run, m: Manifest, settings) -> list[str]:
-    "What differs between the run of manifest `m` and the planned `run` now: template cells, parameters, code, environment, data, files, settings."
+    """What differs between the run of manifest `m` and the planned `run` now: template cells, parameters,
+    code, environment, data, files, settings."""
     from research_kit.runner.runs import code_sha256, environment
     from research_kit.runner.verify import template_changes
 

@@ -79,7 +79,8 @@ def _is_int(v) -> bool:
 
 
 def _interval_columns(columns) -> set[str]:
-    "Columns of complete intervals: `estimate` or `rate` with `lower`, `upper`; `x_estimate` or `x_rate` with `x_lower`, `x_upper`."
+    """Columns of complete intervals: `estimate` or `rate` with `lower`, `upper`; `x_estimate` or `x_rate`
+    with `x_lower`, `x_upper`."""
     names = {str(c) for c in columns}
     found = set()
     for name in names:
@@ -193,7 +194,10 @@ def _html(name, value) -> str:
             "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
             for r in value[:50]
         )
-        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b><table><tr>{head}</tr>{body}</table></div>'
+        return (
+            f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b>'
+            f"<table><tr>{head}</tr>{body}</table></div>"
+        )
     return (
         f'<div class="rk-record" data-name="{html.escape(name)}"><b>{html.escape(name)}</b> = '
         f"<code>{html.escape(json.dumps(value, ensure_ascii=False))}</code></div>"

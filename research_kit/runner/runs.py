@@ -12,19 +12,8 @@ from ..settings import Settings, load_settings
 from .fingerprint import environment  # what of the environment enters the key
 from ..files import sha256_file, swap_into_place
 from . import params as P
-from research_kit.runner.manifest import (
-    IRREPRODUCIBLE,
-    MANIFEST,
-    UNKEYED,
-    Manifest,
-    ManifestError,
-    Outcome,
-    Run,
-    RunFailure,
-    Task,
-    read_manifest,
-    write_manifest,
-)
+from .manifest import IRREPRODUCIBLE, MANIFEST, UNKEYED, Manifest, ManifestError, Outcome
+from .manifest import Run, RunFailure, Task, read_manifest, write_manifest
 
 # %% auto #0
 __all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha256', 'code_sha256_now', 'git_state', 'run_key',

@@ -262,13 +262,15 @@ h1{font-size:1.4rem;margin:0 0 .3rem}
 .summary .n-succeeded{color:#1a7f37}.summary .n-failed{color:#b42318}.summary .n-unreadable{color:#9a6700}
 .filters{display:flex;flex-wrap:wrap;gap:.5rem 1.5rem;margin:0 0 1rem;padding:0;border:0}
 .filters fieldset{border:1px solid #ddd;border-radius:4px;padding:.2rem .6rem .4rem;margin:0}
-.filters legend{font-weight:600;font-size:.9em;padding:0 .2rem}.filters label{white-space:nowrap;margin-right:.6rem;font-size:.9em}
+.filters legend{font-weight:600;font-size:.9em;padding:0 .2rem}\
+.filters label{white-space:nowrap;margin-right:.6rem;font-size:.9em}
 .table-wrap{overflow-x:auto}
 table.runs{border-collapse:collapse;width:100%}
 .runs th,.runs td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
 .runs th{background:#f4f4f5;position:sticky;top:0}
 .slug{color:#666;font-size:.85em;word-break:break-all}
-.param{display:inline-block;background:#f1f1f3;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-family:ui-monospace,monospace;font-size:.9em}
+.param{display:inline-block;background:#f1f1f3;border-radius:3px;padding:0 .3rem;\
+margin:0 .2rem .2rem 0;font-family:ui-monospace,monospace;font-size:.9em}
 .audit-threshold{font-size:.85em;color:#555;white-space:nowrap}
 .not-publishable{font-size:.85em;border:1px solid #9a6700;color:#9a6700;border-radius:3px;padding:0 .3rem;white-space:nowrap}
 .state-label{font-weight:600;border-radius:3px;padding:.05rem .4rem;white-space:nowrap}
@@ -387,7 +389,8 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
         f"{_index_summary_html(runs, generated)}\n{form}{empty}"
-        f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>\n'
+        f'<div class="table-wrap"><table class="runs">\n<thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody>\n</table></div>\n"
         "</body>\n</html>\n"
     )
 

@@ -17,8 +17,8 @@ from .manifest import MANIFEST, Manifest, ManifestError, Run, read_manifest, wri
 from .runs import OUTPUTS, code_sha256, current_key, environment, run_key
 
 # %% auto #0
-__all__ = ['SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share', 'reaching',
-           'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
+__all__ = ['KEYED_FIELDS', 'SITE_MARK', 'ShareError', 'lookup_key', 'lookup_of_manifest', 'lookup_of_run', 'Share', 'open_share',
+           'reaching', 'access_problem', 'Pushed', 'push', 'Restored', 'restore', 'restored_line', 'pull', 'build_site']
 
 # %% ../../nbs/runner/store.ipynb #25bc253d
 class ShareError(RKError):
@@ -150,7 +150,7 @@ def access_problem(manifest: Manifest, settings: Settings) -> str | None:
     for i in manifest.inputs:
         name = f"{i['package']}/{i['resource']}"
         try:
-            res = get_resource(i["package"], i["resource"])
+            res = get_resource(i["package"], i["resource"], i.get("root"))
         except RKError:
             return f"it read {name}, which this workspace no longer has, so its access level is unknown"
         if res.access == "restricted":
@@ -177,9 +177,17 @@ class Pushed:
     reason: str = ""
 
 
+KEYED_FIELDS = (("template", "sha256"), ("code", "source_sha256"), ("environment", "packages_sha256"))
+
+
 def _local_problem(folder: Path, m: Manifest) -> str | None:
     if m.status != "succeeded":
         return f"it {m.status}: only successful runs are shared"
+    missing = [
+        f"{part}.{key}" for part, key in KEYED_FIELDS if not isinstance(getattr(m, part).get(key), str)
+    ]
+    if missing:
+        return f"its manifest has no {', '.join(missing)}, so its lookup key cannot be worked out"
     # no other workspace may reuse it (restore refuses it), so it would only take room in the store
     if m.unkeyed:
         return f"no cache key covers what it read ({'; '.join(m.unkeyed)}), so no one else could reuse it"
@@ -429,7 +437,8 @@ def build_site(
     report: str | None = None,
     state: str | None = None,
 ) -> tuple[Path, int]:
-    "Write the consortium index of the store (or, `public`, the static site of its publishable runs) to `out`: (index path, runs)."
+    """Write the consortium index of the store (or, `public`, the static site of its publishable runs) to
+    `out`: (index path, runs)."""
     import shutil
     from research_kit.runner.site import render_index
 

@@ -11,15 +11,8 @@ from ..errors import RKError
 from ..settings import Settings, load_settings
 from .record import MIMETYPE, records
 from . import params as P
-from research_kit.runner.manifest import (
-    IRREPRODUCIBLE,
-    Manifest,
-    ManifestError,
-    Outcome,
-    Run,
-    read_manifest,
-    write_manifest,
-)
+from .manifest import IRREPRODUCIBLE, Manifest, ManifestError, Outcome, Run, read_manifest
+from .manifest import write_manifest
 from .runs import build_lock, cell_sha256s, make_task, plan, run_key, template_sha256
 
 # %% auto #0
@@ -175,7 +168,8 @@ def run_of(
     folder: Path,  # a finished run's folder: its manifest.json and report.ipynb
     settings: Settings,  # the workspace's settings
 ) -> tuple[Run, Manifest, list[Difference]]:
-    "The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and how the template changed."
+    """The planned re-run of the finished run in `folder` (compared against that folder), its manifest, and
+    how the template changed."""
     folder = Path(folder)
     m = read_manifest(folder)
     if not (folder / "report.ipynb").is_file():
