@@ -21,8 +21,8 @@ parameters) list as the `annual` batch.
   `rk batch annual` (warm engine) with `[runner] discovery = on` vs the same batch with it off,
   alternating (off-on, on-off, ...), medians of --repeat pairs: target <= 1.05
 
-Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--documents-only] [--discovery-only] [--baselines-only] [--repeat N]
-       [--against DIR [--rounds N]]
+Usage: python benchmarks/bench_batch.py [--workers N] [--empty N] [--repeat N]
+       [--documents-only | --discovery-only | --baselines-only] [--against DIR [--rounds N]]
 """
 
 import argparse
@@ -253,7 +253,8 @@ def has_daemon(env) -> bool:
 
 
 def baselines(runs, workers, base, repeat) -> dict:
-    "Wall times of each round: cold `rk batch annual`, its unchanged rerun, papermill two at a time, the papermill loop; and the dropout_risk manifests."
+    """Wall times of each round: cold `rk batch annual`, its unchanged rerun, papermill two at a time, the
+    papermill loop; and the dropout_risk manifests."""
     import json
 
     work = Path(tempfile.mkdtemp(prefix="rk-bench-baselines-"))

@@ -283,7 +283,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     if rows:
         print(
-            f"rk run {args.report} {' '.join(p_args)}: whole process, median of {args.repeat}, each paired with one plain papermill call"
+            f"rk run {args.report} {' '.join(p_args)}: whole process, median of {args.repeat}, "
+            "each paired with one plain papermill call"
         )
         print(f"{'':48} {'seconds':>8} {'papermill':>9} {'ratio':>7}")
         for label, mine, pm, target in rows:

@@ -59,7 +59,8 @@ def _table(title, columns, rows):
 # %% ../nbs/cli.ipynb #0b59cdae
 @app.command()
 def config():
-    "Print the effective settings, the layer each value came from (default, user, workspace, environment) and its file or variable."
+    """Print the effective settings, the layer each value came from (default, user, workspace, environment)
+    and its file or variable."""
     from research_kit.settings import load_settings
     from research_kit.data.codes import check_institution_setting
 
@@ -172,7 +173,8 @@ def datasets_validate(
     package: Optional[str] = typer.Argument(None, help="package name (default: all)"),
     resource: Optional[str] = typer.Argument(None, help="resource name (default: all)"),
 ):
-    "Check every resource's hash, types, constraints and keys (another institution's restricted ones are skipped); exit 1 on any failure."
+    """Check every resource's hash, types, constraints and keys (another institution's restricted ones are
+    skipped); exit 1 on any failure."""
     from research_kit.data.load import validate
 
     results = validate(package, resource)
@@ -558,7 +560,8 @@ def new_report(
     ),
     title: Optional[str] = typer.Option(None, help="its title (default: made from the name)"),
 ):
-    "A new report template, reports/NAME.ipynb, from the skeleton. It has every part of a template, around an example that runs as it is."
+    """A new report template, reports/NAME.ipynb, from the skeleton. It has every part of a template, around
+    an example that runs as it is."""
     from research_kit.settings import load_settings
     from research_kit.runner.scaffold import new_template
 
@@ -587,7 +590,8 @@ def open_report(
         help="open the copy in the browser when a JupyterLab serves this workspace",
     ),
 ):
-    "Try a template in a copy of your own, parameters injected. The copy is scratch/<you>/REPORT.ipynb, ignored by git; the template stays as it was."
+    """Try a template in a copy of your own, parameters injected. The copy is scratch/<you>/REPORT.ipynb,
+    ignored by git; the template stays as it was."""
     from research_kit.settings import load_settings
     from research_kit.runner.scratch import lab_url, open_copy, running_lab
 
@@ -611,7 +615,8 @@ def open_report(
 
 # %% ../nbs/cli.ipynb #114b8ad5
 def _run_folders(settings, run_dir: str | None, batch: str | None, *, verb: str, every: bool = False) -> list:
-    "The finished run folders a command acts on: the run folder given, the finished runs of --batch NAME, or (`every`) all of them."
+    """The finished run folders a command acts on: the run folder given, the finished runs of --batch NAME, or
+    (`every`) all of them."""
     from pathlib import Path
     from research_kit.runner.manifest import MANIFEST, run_folders
 

@@ -134,7 +134,8 @@ def config_dir(
     environ=os.environ,  # the environment variables to read
     windows: bool = os.name == "nt",  # Windows keeps a user's configuration under %APPDATA%
 ) -> Path:
-    "research_kit's folder in the researcher's configuration: %APPDATA%\\research_kit on Windows, else $XDG_CONFIG_HOME/research_kit or ~/.config/research_kit."
+    """research_kit's folder in the researcher's configuration: %APPDATA%\\research_kit on Windows, else
+    $XDG_CONFIG_HOME/research_kit or ~/.config/research_kit."""
     if windows and environ.get("APPDATA"):
         return Path(environ["APPDATA"]) / "research_kit"
     return Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "research_kit"
@@ -218,7 +219,8 @@ class Settings:
 
     @property
     def signing_key(self) -> Path:
-        "The researcher's private signing key: the setting, else <config>/research_kit/keys/<institution>.key (outside the workspace)."
+        """The researcher's private signing key: the setting, else
+        <config>/research_kit/keys/<institution>.key (outside the workspace)."""
         v = self.get("workspace", "signing_key").strip()
         if v:
             return Path(v).expanduser().resolve()

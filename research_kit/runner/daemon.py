@@ -298,8 +298,12 @@ def _start(settings: Settings, ident: str) -> dict:
     from research_kit.processes import detached
 
     folder = runtime_dir(settings)
-    # the command's search path, not `python -c`'s (which puts the workspace first): the workers import what a pool of the command's would
-    code = f"import sys; sys.path[:] = {sys.path!r}\nfrom research_kit.runner.daemon import serve; serve({str(settings.root)!r}, {ident!r})"
+    # the command's search path, not `python -c`'s (which puts the workspace first): the workers import
+    # what a pool of the command's would
+    code = (
+        f"import sys; sys.path[:] = {sys.path!r}\n"
+        f"from research_kit.runner.daemon import serve; serve({str(settings.root)!r}, {ident!r})"
+    )
     with open(folder / LOG, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", code],

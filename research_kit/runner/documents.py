@@ -264,8 +264,10 @@ def _safe_exporter(**options):
 # %% ../../nbs/runner/documents.ipynb #4685507e
 READER_CSS = """@page{size:A4;margin:16mm 15mm 18mm}
 html{-webkit-text-size-adjust:100%}
-body{font:16px/1.5 "DejaVu Sans","Noto Sans","Liberation Sans",system-ui,sans-serif;color:#1d1d1f;max-width:52rem;margin:0 auto;padding:0 1rem}
-.rk-masthead{display:flex;flex-wrap:wrap;gap:.2rem 1rem;align-items:baseline;justify-content:space-between;border-bottom:1px solid #ddd;padding:.6rem 0;font-size:.9rem;color:#555}
+body{font:16px/1.5 "DejaVu Sans","Noto Sans","Liberation Sans",system-ui,sans-serif;color:#1d1d1f;\
+max-width:52rem;margin:0 auto;padding:0 1rem}
+.rk-masthead{display:flex;flex-wrap:wrap;gap:.2rem 1rem;align-items:baseline;justify-content:space-between;\
+border-bottom:1px solid #ddd;padding:.6rem 0;font-size:.9rem;color:#555}
 .rk-doc-title{margin:0;font-weight:600;order:-1}
 h1{font-size:1.6rem;line-height:1.25;margin:1.2rem 0 .6rem}h2{font-size:1.25rem;margin-top:2rem}h3{font-size:1.05rem}
 .prompt,a.anchor-link{display:none}
@@ -281,7 +283,8 @@ pre{white-space:pre-wrap;word-break:break-word;font:.85rem/1.4 "DejaVu Sans Mono
 .rk-provenance h2{font-size:1rem;margin:.5rem 0}
 .rk-provenance dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}
 .rk-provenance dd{margin:0}.rk-inputs{margin:0;padding:0;list-style:none}.rk-sha256,.rk-commit{font-size:.9em}
-@media (max-width:600px){body{font-size:15px;padding:0 .6rem}.rk-provenance dl{grid-template-columns:1fr}.rk-provenance dt{font-weight:600;margin-top:.4rem}}
+@media (max-width:600px){body{font-size:15px;padding:0 .6rem}.rk-provenance dl{grid-template-columns:1fr}\
+.rk-provenance dt{font-weight:600;margin-top:.4rem}}
 @media print{body{max-width:none;padding:0;font-size:10.5pt}.rk-masthead a,.rk-provenance p{display:none}
  h1,h2,h3{break-after:avoid}table,img,svg,.rk-record{break-inside:avoid}a{color:inherit;text-decoration:none}
  .output_html,.output_text{overflow:visible}}"""
@@ -330,14 +333,17 @@ def _figure_html(name: str, value, lang: str, labels: dict | None, columns=None)
         table = pd.DataFrame(value)
         if isinstance(columns, list) and set(columns) == set(table.columns):
             table = table[columns]  # the order rk.record saw
-        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{present_html(table, lang, labels=labels)}</div>'
+        shown = present_html(table, lang, labels=labels)
+        return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>{shown}</div>'
     if isinstance(value, (dict, list)):
         return None
-    return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>: {html.escape(format_figure(value, lang, name=name))}</div>'
+    shown = html.escape(format_figure(value, lang, name=name))
+    return f'<div class="rk-record" data-name="{html.escape(name)}"><b>{title}</b>: {shown}</div>'
 
 
 def present_records(nb, lang: str, labels: dict | None = None):
-    "A copy of `nb` whose `rk.record` outputs show their key figures formatted for readers in `lang` (the data keeps full precision)."
+    """A copy of `nb` whose `rk.record` outputs show their key figures formatted for readers in `lang` (the
+    data keeps full precision)."""
     import copy
     from research_kit.runner.record import MIMETYPE
 
@@ -384,9 +390,11 @@ def write_reader(
 
 # %% ../../nbs/runner/documents.ipynb #6f75c148
 PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-pre,code{font-family:ui-monospace,monospace;font-size:.9em}div.input_area pre,div.highlight pre{background:#f6f8fa;padding:.6em;overflow-x:auto}
+pre,code{font-family:ui-monospace,monospace;font-size:.9em}\
+div.input_area pre,div.highlight pre{background:#f6f8fa;padding:.6em;overflow-x:auto}
 .prompt{display:none}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:right}
-.output_error pre,.output_stderr pre{background:#fdecea}.rk-record{background:#eef6ee;padding:.3em .6em;margin:.3em 0;border-left:3px solid #3a7}
+.output_error pre,.output_stderr pre{background:#fdecea}\
+.rk-record{background:#eef6ee;padding:.3em .6em;margin:.3em 0;border-left:3px solid #3a7}
 img{max-width:100%}"""
 
 

@@ -43,7 +43,8 @@ class Engine:
     )
 
     def warm_up(self) -> None:
-        "What a worker process does once, before its first report: hash the code it runs, import papermill, warm up the documents' renderers."
+        """What a worker process does once, before its first report: hash the code it runs, import papermill,
+        warm up the documents' renderers."""
         from research_kit.runner.documents import warm_up_documents
 
         keyed_here()  # before the imports: the code the worker holds is the code hashed now
@@ -496,7 +497,8 @@ def _keyed_otherwise(task: Task) -> list[str]:
 def execute_report(
     task: Task,  # what to run, where, and what its documents show
 ) -> Outcome:
-    "Run one report task into its `output_dir` and write its documents; return what became of it (never raises for a failing report)."
+    """Run one report task into its `output_dir` and write its documents; return what became of it (never
+    raises for a failing report)."""
     from research_kit.data import lineage
     from research_kit.runner.documents import write_documents
     from research_kit.runner.record import records

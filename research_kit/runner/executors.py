@@ -74,7 +74,8 @@ class _Worker:
 
 
 class LocalExecutor:
-    "Runs tasks in `workers` local processes, replacing any that die or hang; with `keep`, the processes outlive `run` (`close` ends them)."
+    """Runs tasks in `workers` local processes, replacing any that die or hang; with `keep`, the processes
+    outlive `run` (`close` ends them)."""
 
     def __init__(self, workers: int = 1, memory: int = 0, keep: bool = False, **_):
         self.workers, self.memory, self.keep = max(1, int(workers)), int(memory or 0), keep
@@ -84,7 +85,8 @@ class LocalExecutor:
         self.pool, self.engine = [], None  # the workers, and the engine they warmed up for
 
     def run(self, tasks: list[Task], cancel=None):
-        "Yield (task, outcome) for every task, in the order they finish; stop early when `cancel` (a connection) becomes readable."
+        """Yield (task, outcome) for every task, in the order they finish; stop early when `cancel` (a
+        connection) becomes readable."""
         import multiprocessing as mp
         from multiprocessing.connection import wait
 

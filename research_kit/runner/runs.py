@@ -40,7 +40,8 @@ def cell_sha256s(
 
 # %% ../../nbs/runner/runs.ipynb #fd5cc97c
 def code_files() -> list[Path]:
-    "What a run's code is: research_kit's source files, its document templates, and the message catalogs (a translation changes the documents)."
+    """What a run's code is: research_kit's source files, its document templates, and the message catalogs (a
+    translation changes the documents)."""
     from research_kit.i18n import locales_dir
     import research_kit
 
@@ -105,7 +106,8 @@ def run_key(
     files: list[dict] = (),  # the other files read: root, path, sha256 each
     settings: dict | None = None,  # the settings read: name -> value
 ) -> str:
-    "The cache key: template cell sources, validated parameters, code, environment, data hashes, and the files and settings the run read."
+    """The cache key: template cell sources, validated parameters, code, environment, data hashes, and the
+    files and settings the run read."""
     key = {
         "template": template_hash,
         "parameters": parameters,
@@ -113,7 +115,8 @@ def run_key(
         "environment": environment()["packages_sha256"],
         "inputs": sorted((i["package"], i["resource"], i["sha256"] or "") for i in inputs),
     }
-    # the files and settings it read (`research_kit.runner.reads`) enter only when there are any: a run that read neither keeps its key
+    # the files and settings it read (`research_kit.runner.reads`) enter only when there are any: a run
+    # that read neither keeps its key
     if files:
         key["files"] = sorted((f["root"], f["path"], f["sha256"] or "") for f in files)
     if settings:
