@@ -77,3 +77,14 @@ def test_report_templates_are_clean_and_unexecuted(tmp_path):
         )
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters'"
+
+
+def test_one_code_style():
+    "The notebooks' code, the templates, the benchmarks and the tests keep ruff's format (pyproject [tool.ruff])."
+    ruff = Path(sys.executable).parent / "ruff"
+    folders = ["nbs", "reports", "benchmarks", "tests"]
+    for command in (["format", "--check"], ["check", "--output-format", "concise"]):
+        proc = subprocess.run([str(ruff), *command, *folders], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, (
+            f"ruff {' '.join(command)}: run it and commit\n{proc.stdout[-3000:]}{proc.stderr}"
+        )
