@@ -1076,6 +1076,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                             'research_kit.runner.daemon._ask': ('runner/daemon.html#_ask', 'research_kit/runner/daemon.py'),
                                             'research_kit.runner.daemon._connect': ( 'runner/daemon.html#_connect',
                                                                                      'research_kit/runner/daemon.py'),
+                                            'research_kit.runner.daemon._created': ( 'runner/daemon.html#_created',
+                                                                                     'research_kit/runner/daemon.py'),
                                             'research_kit.runner.daemon._daemon': ( 'runner/daemon.html#_daemon',
                                                                                     'research_kit/runner/daemon.py'),
                                             'research_kit.runner.daemon._end': ('runner/daemon.html#_end', 'research_kit/runner/daemon.py'),

@@ -25,10 +25,15 @@ def state(root: Path) -> dict:
 
 
 def workers_of(pid: int) -> set[int]:
-    "The worker processes of the daemon `pid` (its children)."
-    return {
-        p.pid for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())
-    }  # not the resource tracker
+    "The worker processes of the daemon `pid` (its children; not the resource tracker, nor one that just ended)."
+
+    def is_worker(p) -> bool:
+        try:
+            return "spawn_main" in " ".join(p.cmdline())
+        except psutil.Error:  # a replaced worker between its end and its parent reaping it
+            return False
+
+    return {p.pid for p in psutil.Process(pid).children() if is_worker(p)}
 
 
 def wait_for(condition, timeout=120, what="the condition"):
@@ -244,3 +249,37 @@ def test_workers_that_cannot_start_say_so(daemon_workspace, tally):
     assert not (root / "reports" / "_build" / "other" / "k=0").exists()
     run_rk("run", "other", "--no-daemon", cwd=root, env=env, check=0)  # and without them it runs
     shutil.rmtree(address, ignore_errors=True)  # the blocker may sit in the temp folder
+
+
+@pytest.mark.parametrize("created", ["another", "unrecorded"])
+def test_a_stale_state_never_kills_the_process_that_has_its_pid_now(daemon_workspace, created, tally):
+    # the daemon died (kill -9, a reboot) and its pid went to another process: rk workers stop (and the
+    # next rk run, which replaces the workers) removes the stale state and leaves that process alone
+    import sys
+
+    root, env = daemon_workspace
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        folder = root / ".cache" / "workers"
+        folder.mkdir(parents=True, exist_ok=True)
+        stale = {
+            "pid": other.pid,
+            "address": str(folder / "gone.sock"),
+            "family": "AF_UNIX",
+            "authkey": "00" * 32,
+            "identity": "old",
+            "root": str(root),
+            "started": "2026-11-30T08:00:00+00:00",
+            "idle": 900,
+        }
+        if created == "another":
+            stale["created"] = psutil.Process(other.pid).create_time() - 3600  # the dead daemon's start
+        (folder / "daemon.json").write_text(json.dumps(stale))
+        tally.faults += 1
+        proc = run_rk("workers", "stop", cwd=root, env=env)
+        assert proc.stdout.strip() == "no long-lived workers were running for this workspace"
+        assert other.poll() is None, "rk killed a process it did not start"
+        assert not (folder / "daemon.json").exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -244,6 +244,7 @@ def serve(
         "identity": identity,
         "root": str(settings.root),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": _created(os.getpid()),  # with the pid, names this process and no later one given its pid
         "idle": settings.idle,
     }
     _write_state(folder, state)
@@ -276,18 +277,31 @@ def _ask(state: dict, request: tuple):
         conn.close()
 
 
+def _created(pid: int) -> float | None:
+    "When process `pid` started (psutil's create_time), or None if there is none."
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def _end(folder: Path, state: dict) -> None:
-    "Stop the daemon `state` describes: ask it, then kill it and its workers if it does not go; remove its files."
+    """Stop the daemon `state` describes: ask it, then kill it and its workers if it does not go; remove its
+    files. A process that only has its pid (the daemon died, the pid was given again) is left alone."""
     import psutil
     from research_kit.processes import end_tree
 
     _ask(state, ("stop",))
-    try:
-        psutil.Process(state["pid"]).wait(STOP_TIMEOUT)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        end_tree(state["pid"])
+    # gone, or another process given the pid since: not ours to wait for or kill
+    if state.get("created") is not None and _created(state["pid"]) == state["created"]:
+        try:
+            psutil.Process(state["pid"]).wait(STOP_TIMEOUT)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            end_tree(state["pid"])
     (folder / STATE).unlink(missing_ok=True)
     if state["family"] == "AF_UNIX":
         Path(state["address"]).unlink(missing_ok=True)
