@@ -278,6 +278,50 @@ def _importance_table(features, per_fold):
     return out.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
 
 
+def _encoded_columns(preprocess, columns) -> list:
+    "For each of `columns`, the positions of the encoded columns a fitted `preprocess` makes from it."
+    import numpy as np
+
+    made_from = []  # the original column of each encoded column, in the order of the output
+    for name, steps, _ in preprocess.transformers_:
+        part = preprocess.output_indices_.get(name, slice(0, 0))
+        if part.stop == part.start:  # no columns of this kind (or the remainder, dropped)
+            continue
+        last = steps[-1]  # its input: the columns its imputer kept (an all-missing one is dropped)
+        widths = (
+            [len(c) for c in last.categories_] if hasattr(last, "categories_") else [1] * last.n_features_in_
+        )
+        made_from += [column for column, width in zip(last.feature_names_in_, widths) for _ in range(width)]
+    made_from = np.array(made_from, dtype=object)
+    return [np.flatnonzero(made_from == column) for column in columns]
+
+
+def _permutation_importance(classifier, design, y, blocks, *, seed: int, n_repeats: int = 5):
+    """The drop in ROC AUC when the rows of one block of `design`'s columns are shuffled: features x repeats.
+
+    scikit-learn's `permutation_importance` of the whole pipeline shuffles one original column at a
+    time and encodes the table again for every shuffle. Every preprocessing step works column by
+    column, so shuffling a column and then encoding it is the same as shuffling the rows of its
+    encoded columns: this encodes once and shuffles blocks. The shuffles are scikit-learn's too
+    (one seed drawn from `seed` for every column; each column shuffled `n_repeats` times in turn),
+    and so is the scorer: the numbers are identical to `permutation_importance`'s, only faster.
+    """
+    import numpy as np
+    from sklearn.metrics import check_scoring
+
+    scorer = check_scoring(classifier, scoring="roc_auc")
+    baseline = scorer(classifier, design, y)
+    column_seed = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
+    drops = np.empty((len(blocks), n_repeats))
+    for j, block in enumerate(blocks):
+        shuffles, shuffled, order = np.random.RandomState(column_seed), design.copy(), np.arange(len(design))
+        for r in range(n_repeats):
+            shuffles.shuffle(order)
+            shuffled[:, block] = shuffled[np.ix_(order, block)]
+            drops[j, r] = baseline - scorer(classifier, shuffled, y)
+    return drops
+
+
 def evaluate(
     df,
     target: str,
@@ -293,7 +337,6 @@ def evaluate(
     "Cross-validated metrics, calibration, fairness by group and permutation importance of `risk_model`."
     import numpy as np, pandas as pd
     from sklearn.base import clone
-    from sklearn.inspection import permutation_importance
     from sklearn.model_selection import StratifiedKFold
 
     X, y = _design(df, target, features, model)
@@ -304,13 +347,16 @@ def evaluate(
     splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y)
     with _one_thread():
         for k, (train, test) in enumerate(splits):
-            fitted = clone(unfitted).fit(X.iloc[train], y[train])
-            predicted[test], fold_of[test] = fitted.predict_proba(X.iloc[test])[:, 1], k
+            # the pipeline's two steps fitted one after the other, as Pipeline.fit does, so that the
+            # held-out fold is encoded once (not once per shuffle) and the classifier scores arrays
+            preprocess = clone(unfitted["preprocess"])
+            train_design = preprocess.fit_transform(X.iloc[train]).to_numpy()
+            held_out = preprocess.transform(X.iloc[test]).to_numpy()
+            classifier = clone(unfitted["classifier"]).fit(train_design, y[train])
+            predicted[test], fold_of[test] = classifier.predict_proba(held_out)[:, 1], k
             scores.append(_fold_metrics(y[test], predicted[test]))
-            shuffled = permutation_importance(
-                fitted, X.iloc[test], y[test], scoring="roc_auc", n_repeats=5, random_state=seed
-            )
-            importances.append(shuffled.importances)
+            blocks = _encoded_columns(preprocess, list(X.columns))
+            importances.append(_permutation_importance(classifier, held_out, y[test], blocks, seed=seed))
     return Evaluation(
         metrics=_metrics_table(scores),
         calibration=_calibration_table(y, predicted, bins),
