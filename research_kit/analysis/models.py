@@ -24,9 +24,12 @@ def _as_text(X):
 
 def _text_values(s):
     import numpy as np, pandas as pd
+    from pandas.api.types import is_string_dtype
 
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        # the categories converted rather than every row (the same text): scoring calls this often
+    if isinstance(s.dtype, pd.CategoricalDtype) and is_string_dtype(s.cat.categories):
+        # text categories converted rather than every row, the same text at a fraction of the cost
+        # (other categories, e.g. numbers, are converted row by row: 2020 becomes "2020.0" there
+        # when a value is missing, and a model's one-hot columns are named by that text)
         levels = s.cat.categories.astype("string").to_numpy(dtype=object, na_value=np.nan)
         codes = s.cat.codes.to_numpy()
         return np.where(codes < 0, np.nan, levels[codes])
