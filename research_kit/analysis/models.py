@@ -327,7 +327,9 @@ def _roc_auc(y, score) -> float:
     return float((rankdata(score)[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def _permutation_importance(classifier, design, y, blocks, *, seed: int, n_repeats: int = 5):
+def _permutation_importance(
+    classifier, design, y, blocks, *, seed: int, n_repeats: int = 5, memory=100_000_000
+):
     """The drop in ROC AUC when the rows of one block of `design`'s columns are shuffled: features x repeats.
 
     scikit-learn's `permutation_importance` of the whole pipeline shuffles one original column at a
@@ -345,14 +347,16 @@ def _permutation_importance(classifier, design, y, blocks, *, seed: int, n_repea
     drops = np.empty((len(blocks), n_repeats))
     for j, block in enumerate(blocks):
         shuffles, shuffled, order = np.random.RandomState(column_seed), design.copy(), np.arange(len(design))
-        repeats = []
-        for _ in range(n_repeats):
+        batch = []  # shuffled tables scored in one call (a call of gradient boosting walks its 100
+        # trees, whatever the rows), as many as fit in `memory` bytes
+        for r in range(n_repeats):
             shuffles.shuffle(order)
             shuffled[:, block] = shuffled[np.ix_(order, block)]
-            repeats.append(shuffled.copy())
-        # one call for the repeats: gradient boosting's per-call cost is that of its 100 trees
-        scores = classifier.decision_function(np.concatenate(repeats)).reshape(n_repeats, len(design))
-        drops[j] = [baseline - _roc_auc(y, score) for score in scores]
+            batch.append(shuffled.copy())
+            if r == n_repeats - 1 or (len(batch) + 1) * design.nbytes > memory:
+                scores = classifier.decision_function(np.concatenate(batch)).reshape(len(batch), len(design))
+                drops[j, r + 1 - len(batch) : r + 1] = [baseline - _roc_auc(y, score) for score in scores]
+                batch = []
     return drops
 
 
