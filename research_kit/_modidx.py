@@ -1105,6 +1105,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'research_kit/runner/daemon.py')},
             'research_kit.runner.documents': { 'research_kit.runner.documents.PdfError': ( 'runner/documents.html#pdferror',
                                                                                            'research_kit/runner/documents.py'),
+                                               'research_kit.runner.documents._clean_html': ( 'runner/documents.html#_clean_html',
+                                                                                              'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._code_labels': ( 'runner/documents.html#_code_labels',
                                                                                                'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents._describe': ( 'runner/documents.html#_describe',
