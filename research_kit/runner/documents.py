@@ -271,7 +271,8 @@ def _safe_exporter(**options):
             yield from super().default_filters()
             yield ("clean_html", _clean_html)
 
-    return SafeHTMLExporter(**options)
+    # the notebook validated once, after all preprocessors, rather than after each (a dozen times a page)
+    return SafeHTMLExporter(optimistic_validation=True, **options)
 
 # %% ../../nbs/runner/documents.ipynb #4685507e
 READER_CSS = """@page{size:A4;margin:16mm 15mm 18mm}
