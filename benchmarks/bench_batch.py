@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import user_environ  # noqa: E402
+
 BIN = Path(sys.executable).parent
 
 
@@ -358,7 +361,7 @@ def main():
 
     runs = plan_batch("annual", force=True)
     work = Path(tempfile.mkdtemp(prefix="rk-bench-batch-"))
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    base = user_environ()
     base["RK_WORKSPACE_CACHE"] = str(work / "cache")
     if args.against:
         print_against(args.against, args.workers, *against(args.against, args.workers, args.rounds, base))

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import timed, wall  # noqa: E402
+from timing import timed, user_environ, wall  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -238,7 +238,7 @@ def main():
 
     r = plan(args.report, given, force=True)
     work = Path(tempfile.mkdtemp(prefix="rk-bench-run-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    env = user_environ()
     env.update(RK_WORKSPACE_CACHE=str(work / "cache"), RK_WORKSPACE_BUILD=str(work / "build"))
     p_args = sum((["-p", f"{k}={v}"] for k, v in given.items()), [])
     base = papermill_cmd(r.template, r.parameters, work / "out.ipynb")

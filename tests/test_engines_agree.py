@@ -212,6 +212,29 @@ def test_numpy_options_set_in_one_cell_hold_in_the_next_in_both_engines(report_w
     assert results["warm"][2] == {"np_array": "[0.33]", "divide": "raise"}
 
 
+def test_a_module_beside_settings_imports_in_both_engines_and_keys_both_runs(report_workspace):
+    """A kernel has its working folder (the workspace root) on its search path, after the standard library: the
+    warm engine's reports could not import a module there that the kernel's did."""
+    root, _, env = report_workspace
+    (root / "shared_code.py").write_text("FACTOR = 3\n")
+    make_template(
+        root / "reports" / "probe.ipynb",
+        "n: int = 1",
+        "import sys\nimport research_kit as rk\nimport shared_code\n"
+        "rk.record('scaled', shared_code.FACTOR * n)\n"
+        "rk.record('before_site', sys.path.index('') < min(i for i, p in enumerate(sys.path) if 'site-packages' in p))",
+    )
+    runs = {}
+    for engine in ("kernel", "warm"):
+        run_rk("run", "probe", "--engine", engine, "--force", cwd=root, env=env)
+        runs[engine] = manifest(root, "probe", "n=1")
+    kernel, warm = runs["kernel"], runs["warm"]
+    assert warm["status"] == kernel["status"] == "succeeded", warm.get("error")
+    assert warm["records"]["scaled"] == kernel["records"]["scaled"] == 3
+    assert warm["files"] == kernel["files"] and [f["path"] for f in warm["files"]] == ["shared_code.py"]
+    assert warm["records"]["before_site"] is kernel["records"]["before_site"] is True
+
+
 # ---- processes a report starts ---------------------------------------------------------------------
 
 CHILDREN = """import subprocess

@@ -71,9 +71,11 @@ def package_labels(package: str, lang: str, root: str | None = None) -> dict[str
 
     lang = check_lang(lang)
     out: dict[str, dict[str, str]] = {}
-    for resource in open_package(package, root).resources:
-        for name, mapping in resource_labels(package, resource, lang, root).items():
-            out.setdefault(name, {}).update(mapping)
+    p = open_package(package, root)  # read once: every run's reader document asks for these
+    for resource in p.resources:
+        for f in p.resource(resource).fields:
+            if mapping := value_labels(f, lang):
+                out.setdefault(f["name"], {}).update(mapping)
     return out
 
 

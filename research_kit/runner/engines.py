@@ -11,9 +11,9 @@ from . import reads
 from .manifest import Outcome, RunFailure, Task
 
 # %% auto #0
-__all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'RUN_ENV', 'KERNEL_START_RETRIES', 'ENGINES', 'Engine', 'WorkerSpent',
-           'warm_shell', 'preload', 'WarmEngine', 'KernelEngine', 'papermill_name', 'adopt_orphans', 'descendants',
-           'end_descendants', 'keyed_here', 'execute_report']
+__all__ = ['SEED_CODE', 'EXIT_CODE', 'SETUP_CODE', 'RUN_ENV', 'KERNEL_START_RETRIES', 'ENGINES', 'Engine', 'with_working_folder',
+           'WorkerSpent', 'warm_shell', 'preload', 'WarmEngine', 'KernelEngine', 'papermill_name', 'adopt_orphans',
+           'descendants', 'end_descendants', 'keyed_here', 'execute_report']
 
 # %% ../../nbs/runner/engines.ipynb #0bc5b842
 SEED_CODE = "import random as _r; _r.seed(0)\ntry:\n    import numpy as _np; _np.random.seed(0)\nexcept ImportError: pass\ndel _r"
@@ -69,6 +69,15 @@ def _pandas_options(node=None, prefix="") -> dict:
         else:
             out[prefix + name] = value
     return out
+
+
+def with_working_folder(path: list[str]) -> list[str]:
+    """`path` with the working folder ('') where a Jupyter kernel puts it: before the first site-packages, after
+    the standard library (IPython's `InteractiveShellApp.init_path`, which the warm shell does not run)."""
+    if "" in path:
+        return list(path)
+    at = next((i for i, p in enumerate(path) if os.path.basename(p) in ("site-packages", "dist-packages")), 0)
+    return [*path[:at], "", *path[at:]]
 
 
 class _WarmState:
@@ -157,7 +166,7 @@ class _WarmState:
         os.environ.update({**(self.env if environ is None else environ), **run_env})
         time.tzset()  # TZ may have changed
         locale.setlocale(locale.LC_ALL, self.locale)
-        sys.path[:] = self.path if path is None else path
+        sys.path[:] = with_working_folder(self.path if path is None else path)
         sys.setrecursionlimit(self.recursion)
         # resetwarnings() also invalidates every module's registry of warnings already shown once,
         # so a library warning shows in this report even if the last report saw it

@@ -40,11 +40,14 @@ def lookup_key(template_sha256: str, parameters: dict, code_sha256: str, environ
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# the manifest's fields that a lookup key holds besides the parameters: template, code, environment
+KEYED_FIELDS = (("template", "sha256"), ("code", "source_sha256"), ("environment", "packages_sha256"))
+
+
 def lookup_of_manifest(m: Manifest) -> str:
     "The lookup key of a finished run, from its manifest."
-    return lookup_key(
-        m.template["sha256"], m.parameters, m.code["source_sha256"], m.environment["packages_sha256"]
-    )
+    template, code, environment_ = (getattr(m, part)[key] for part, key in KEYED_FIELDS)
+    return lookup_key(template, m.parameters, code, environment_)
 
 
 def lookup_of_run(run: Run) -> str:
@@ -175,9 +178,6 @@ class Pushed:
     run: str
     outcome: str
     reason: str = ""
-
-
-KEYED_FIELDS = (("template", "sha256"), ("code", "source_sha256"), ("environment", "packages_sha256"))
 
 
 def _local_problem(folder: Path, m: Manifest) -> str | None:
