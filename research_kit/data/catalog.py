@@ -4,15 +4,15 @@
 
 # %% ../../nbs/data/catalog.ipynb #497058f6
 from __future__ import annotations
-import functools, re
+import functools, os, re
 from dataclasses import dataclass, field
 from ..errors import DescriptorError, UnknownNameError, quoted
 from ..settings import is_url, load_settings
 
 # %% auto #0
-__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'check_name', 'read_text', 'read_bytes', 'one_line', 'load_yaml',
-           'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package', 'get_resource',
-           'catalog']
+__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'SETTLE_NS', 'check_name', 'read_text', 'read_bytes', 'one_line',
+           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package',
+           'get_resource', 'resource_file', 'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -294,6 +294,19 @@ def _read_descriptor(durl: str) -> dict:
     return pickle.loads(_parsed(durl, text))  # a fresh copy: callers may change theirs
 
 
+def _package(name: str, root: str, d: dict) -> Package:
+    "The package `name` of data root `root` whose descriptor is `d`."
+    url = _join(root, name)
+    durl = _join(url, DESCRIPTOR)
+    resources = {
+        r["name"]: Resource(
+            name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root
+        )
+        for r in d["resources"]
+    }
+    return Package(name, url, d, resources)
+
+
 def open_package(name: str, root: str | None = None) -> Package:
     "Read package `name`'s descriptor from the data root."
     root = data_root(root)
@@ -310,18 +323,63 @@ def open_package(name: str, root: str | None = None) -> Package:
         raise UnknownNameError("package", name, package_names(root), where=root) from None
     except UnicodeDecodeError as e:
         raise DescriptorError(f"{durl}: not UTF-8 text ({e})") from None
-    resources = {
-        r["name"]: Resource(
-            name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root
-        )
-        for r in d["resources"]
-    }
-    return Package(name, url, d, resources)
+    return _package(name, root, d)
 
 
 def get_resource(package: str, resource: str | None = None, root: str | None = None) -> Resource:
     "Resource `resource` of `package` (the name may be omitted for one-resource packages)."
     return open_package(package, root).resource(resource)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_package(name: str, root: str, text: str) -> Package:
+    "The package whose local descriptor reads `text`, made once per version: only `resource_file` reads it, and changes nothing."
+    import pickle
+
+    return _package(name, root, pickle.loads(_parsed(_join(root, name, DESCRIPTOR), text)))
+
+
+SETTLE_NS = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
+_settled: dict[str, tuple[tuple, Package]] = {}  # descriptor path -> (its identity on disk, its package)
+
+
+def _identity(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _local_package(name: str, root: str) -> Package:
+    """`_shared_package` of a local descriptor; an unchanged file (same inode, size and times, as the hash memo
+    tells files apart) that has settled is not read again."""
+    import time
+
+    path = _join(root, name, DESCRIPTOR)
+    identity = _identity(path)  # before reading: a change while it is read is not remembered
+    known = _settled.get(path)
+    if known and known[0] == identity:
+        return known[1]
+    pkg = _shared_package(name, root, read_text(path))
+    if time.time_ns() - max(identity[3:]) >= SETTLE_NS:
+        _settled[path] = (identity, pkg)
+    return pkg
+
+
+def resource_file(
+    package: str,  # a data package's name
+    resource: str | None = None,  # one of its resources (may be omitted for one-resource packages)
+    root: str | None = None,  # the data root; None for the workspace's
+) -> tuple[str, str | None]:
+    """(where the resource's file is: a local path or a URL, the sha256 its descriptor declares for a URL) as the
+    descriptor says now. The descriptor is read on every call, but each version of it becomes a package only once:
+    every run's cache key asks this of each of its inputs."""
+    root = data_root(root)
+    check_name("package", package)
+    try:
+        pkg = None if is_url(root) else _local_package(package, root)
+    except (OSError, UnicodeDecodeError):
+        pkg = None  # `get_resource` says what is wrong
+    res = get_resource(package, resource, root) if pkg is None else pkg.resource(resource)
+    return res.url, (res.sha256 if is_url(res.url) else None)
 
 # %% ../../nbs/data/catalog.ipynb #38877e49
 def _licence(d: dict) -> str:

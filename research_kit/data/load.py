@@ -10,6 +10,7 @@ from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, data_root, get_resource, open_package, read_bytes
+from .catalog import resource_file
 from ..files import atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
@@ -80,15 +81,20 @@ def resource_sha256(
     package: str,  # a data package's name
     resource: str,  # one of its resources
     root: str | None = None,  # the data root it is in; None for the workspace's
+    memo: HashMemo | None = None,  # the workspace's hash memo, when the caller has it at hand
 ) -> str | None:
     "The sha256 of a resource's current content, or None if it no longer exists."
     from research_kit.errors import RKError
 
     try:
-        res = get_resource(package, resource, root)
+        url, declared = resource_file(package, resource, root)
     except RKError:
         return None
-    return _current_sha256(res, HashMemo(load_settings().cache_dir))
+    if is_url(url):
+        return declared
+    if not os.path.isfile(url):
+        return None
+    return (memo or HashMemo(load_settings().cache_dir)).sha256(url)
 
 
 def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:

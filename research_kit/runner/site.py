@@ -4,17 +4,17 @@
 
 # %% ../../nbs/runner/site.ipynb #ea3cedb4
 from __future__ import annotations
-import html, json
+import hashlib, html, json, os, time
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
 from ..files import write_text_atomic
-from .manifest import Manifest, Run, read_run, run_folders
+from .manifest import MANIFEST, Manifest, Run, read_run, run_folders
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'read_runs', 'format_started',
-           'key_records', 'facets', 'render_index', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'STAMP_META', 'SETTLE_NS',
+           'read_runs', 'format_started', 'key_records', 'facets', 'render_index', 'index_stamp', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
@@ -376,16 +376,20 @@ _COLUMNS = (
 )
 
 
-def render_index(runs: list[Run], generated: datetime | None = None, *, lang: str = "en") -> str:
-    "The index page for `runs` as one self-contained HTML document, in language `lang` (its `<html lang>`)."
+def render_index(
+    runs: list[Run], generated: datetime | None = None, *, lang: str = "en", stamp: str | None = None
+) -> str:
+    """The index page for `runs` as one self-contained HTML document, in language `lang` (its `<html lang>`);
+    `stamp` (`index_stamp`) says in its head which state of the build folder it shows."""
     generated = generated or datetime.now(timezone.utc)
     head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
     values = _facet_values(runs)
     form, rules = _filters(runs, values)
     body = "\n".join(_safe_row(r, _facet_classes(r, values)) for r in runs)
     empty = '<p class="empty">No runs yet.</p>\n' if not runs else ""
+    shows = f'<meta name="{STAMP_META}" content="{stamp}">\n' if stamp else ""
     return (
-        f'<!DOCTYPE html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n'
+        f'<!DOCTYPE html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n{shows}'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
         f"{_index_summary_html(runs, generated)}\n{form}{empty}"
@@ -395,11 +399,73 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
     )
 
 
-def build_index(build_dir, *, lang: str = "en") -> Path:
+STAMP_META = "rk-index-stamp"  # the page's <meta> that holds its `index_stamp`
+SETTLE_NS = (
+    2 * 10**9
+)  # as the hash memo's: a file changed this recently may change again within the same timestamp tick
+
+
+def index_stamp(
+    build_dir,  # the build folder
+    lang: str = "en",  # the page's language
+) -> str | None:
+    """What the index of `build_dir` shows, identified without reading a manifest: each run folder's name, its
+    manifest's identity (device, inode, size, modification and change times) and which outputs it has, the page's
+    language, and the code and packages that render it. None while a manifest changed too recently to be told apart
+    from a next change within the same timestamp tick."""
+    from research_kit.runner.runs import code_sha256, environment
+
+    now, facts = time.time_ns(), []
+    for folder in run_folders(build_dir):
+        try:
+            st = os.stat(folder / MANIFEST)
+        except OSError:
+            return None  # removed while we looked
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLE_NS:
+            return None
+        outputs = [name for name, _, _ in OUTPUT_LINKS if (folder / name).is_file()]
+        facts.append(
+            [
+                folder.parent.name,
+                folder.name,
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                outputs,
+            ]
+        )
+    blob = json.dumps([lang, code_sha256(), environment()["packages_sha256"], facts])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _shown_stamp(index: Path) -> str | None:
+    "The `index_stamp` an index page says it shows (None for a page without one, or no page)."
+    try:
+        with open(index, "rb") as f:
+            head = f.read(1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    at = head.find(f'<meta name="{STAMP_META}" content="')
+    return head[at:].split('"')[3] if at >= 0 else None
+
+
+def build_index(
+    build_dir,  # the build folder
+    *,
+    lang: str = "en",  # the page's language
+    if_changed: bool = False,  # leave the page as it is when it shows the build folder as it is now
+) -> Path:
     "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
-    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang))
+    stamp = index_stamp(
+        build_dir, lang
+    )  # before the manifests are read: a change meanwhile changes the next stamp
+    if if_changed and stamp is not None and _shown_stamp(index) == stamp:
+        return index
+    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang, stamp=stamp))
     return index
