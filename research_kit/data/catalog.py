@@ -4,10 +4,10 @@
 
 # %% ../../nbs/data/catalog.ipynb #497058f6
 from __future__ import annotations
-import functools, os, re
+import functools, json, os, re
 from dataclasses import dataclass, field
 from ..errors import DescriptorError, UnknownNameError, quoted
-from ..settings import is_url, load_settings
+from ..settings import is_url, load_settings, user_cache_dir
 
 # %% auto #0
 __all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'SETTLE_NS', 'check_name', 'read_text', 'read_bytes', 'one_line',
@@ -277,12 +277,58 @@ def package_names(root: str | None = None) -> list[str]:
         raise DescriptorError(f"data root {root} does not exist ({ROOT_HINT})") from None
 
 
+@functools.cache
+def _parser() -> str:
+    "What a descriptor's parse depends on besides its text: this module's code and PyYAML's."
+    import hashlib, importlib.util, sys
+
+    yaml = importlib.util.find_spec("yaml").origin  # not imported: a kept parse needs no YAML
+    st = os.stat(yaml)
+    with open(importlib.util.find_spec("research_kit.data.catalog").origin, "rb") as f:
+        code = hashlib.sha256(f.read()).hexdigest()
+    return json.dumps([code, yaml, st.st_size, st.st_mtime_ns, sys.version])
+
+
+def _kept_parse(text: str):
+    """Where the parse of descriptor `text` is kept: the researcher's cache, by the hash of the text and the parser
+    (the same for every workspace; a command that refuses its input leaves the workspace as it was)."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([_parser(), text]).encode()).hexdigest()
+    return user_cache_dir() / "descriptors" / f"{key}.json"
+
+
+def _parse_once(text: str, durl: str) -> dict:
+    """`parse_descriptor`, kept as JSON in the researcher's cache (`_kept_parse`): YAML takes 10-30 ms a descriptor,
+    and every rk command that decides whether a run is cached needs the data's."""
+    from research_kit.files import atomic_path
+
+    kept = _kept_parse(text)
+    try:
+        d = json.loads(kept.read_text(encoding="utf-8"))
+        if isinstance(d, dict):
+            return d
+    except (OSError, ValueError):
+        pass  # not kept yet (or damaged): parse it
+    d = parse_descriptor(text, durl)
+    try:
+        blob = json.dumps(d)
+        # not kept when JSON would give back something else (dates, numbers as keys)
+        if json.loads(blob) == d:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as tmp:
+                tmp.write_text(blob, encoding="utf-8")
+    except (OSError, TypeError, ValueError):
+        pass  # a cache that cannot be written only costs speed
+    return d
+
+
 @functools.lru_cache(maxsize=256)  # parse each version of a local descriptor once
 def _parsed(durl: str, text: str) -> bytes:
     "The descriptor `text` read from `durl`, parsed and pickled."
     import pickle
 
-    return pickle.dumps(parse_descriptor(text, durl))
+    return pickle.dumps(_parse_once(text, durl))
 
 
 def _read_descriptor(durl: str) -> dict:

@@ -404,15 +404,12 @@ def current(m: Manifest, settings) -> tuple[list, list, dict]:
     "(data inputs, files, settings) that the run of manifest `m` read, with their sha256 and values as they are now."
     from research_kit.data.load import HashMemo, resource_sha256
 
-    memo = HashMemo(settings.cache_dir)
+    memo, data = HashMemo(settings.cache_dir), settings.data
     inputs = [
-        dict(i, sha256=resource_sha256(i["package"], i["resource"], i.get("root") or settings.data, memo))
+        dict(i, sha256=resource_sha256(i["package"], i["resource"], i.get("root") or data, memo))
         for i in m.inputs
     ]
-    bases = {
-        "workspace": str(settings.root),
-        "data": None if _settings.is_url(settings.data) else settings.data,
-    }
+    bases = {"workspace": str(settings.root), "data": None if _settings.is_url(data) else data}
     sha256 = _hasher(str(settings.cache_dir))
 
     def now(f):
