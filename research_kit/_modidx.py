@@ -454,6 +454,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'research_kit/data/catalog.py'),
                                            'research_kit.data.catalog._expanded_size': ( 'data/catalog.html#_expanded_size',
                                                                                          'research_kit/data/catalog.py'),
+                                           'research_kit.data.catalog._forget_old_parses': ( 'data/catalog.html#_forget_old_parses',
+                                                                                             'research_kit/data/catalog.py'),
                                            'research_kit.data.catalog._fs': ('data/catalog.html#_fs', 'research_kit/data/catalog.py'),
                                            'research_kit.data.catalog._identity': ( 'data/catalog.html#_identity',
                                                                                     'research_kit/data/catalog.py'),

@@ -10,9 +10,9 @@ from ..errors import DescriptorError, UnknownNameError, quoted
 from ..settings import is_url, load_settings, user_cache_dir
 
 # %% auto #0
-__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'SETTLE_NS', 'check_name', 'read_text', 'read_bytes', 'one_line',
-           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package',
-           'get_resource', 'resource_file', 'catalog']
+__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'SETTLE_NS', 'check_name', 'read_text', 'read_bytes',
+           'one_line', 'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names',
+           'open_package', 'get_resource', 'resource_file', 'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -318,9 +318,28 @@ def _parse_once(text: str, durl: str) -> dict:
             kept.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(kept) as tmp:
                 tmp.write_text(blob, encoding="utf-8")
+            _forget_old_parses(kept.parent)
     except (OSError, TypeError, ValueError):
         pass  # a cache that cannot be written only costs speed
     return d
+
+
+KEPT_PARSES = 256  # descriptor versions kept in the researcher's cache; the oldest go first
+
+
+def _forget_old_parses(folder) -> None:
+    "Remove all but the newest `KEPT_PARSES` kept parses (each version of each descriptor ever read leaves one)."
+    entries = []
+    for entry in os.scandir(folder):
+        try:
+            entries.append((entry.stat().st_mtime_ns, entry.path))
+        except OSError:
+            pass  # removed meanwhile by another rk
+    for _, path in sorted(entries)[:-KEPT_PARSES]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 @functools.lru_cache(maxsize=256)  # parse each version of a local descriptor once
