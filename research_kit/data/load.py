@@ -630,7 +630,8 @@ def _other_root(root: str | None) -> str | None:
 def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None, as_values=False):
     """`load`; `as_input=False` for the loads checks make (only what a caller asked for is lineage);
     `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
-    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`); `root`: the data root."""
+    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`); `root`: the data root;
+    `as_values`: the one column asked for as a list (`column_values`)."""
     pkg = open_package(package, root)
     res = pkg.resource(resource)
     settings = load_settings()
