@@ -406,7 +406,12 @@ def _run_and_report(runs, settings, dry_run=False, **options):
         )
         return
     _memory_note(settings, runs)
-    bar, update = _progress(len(runs), sum(r.cached for r in runs))
+    if all(r.cached for r in runs):  # nothing to wait for: no bar (and no import of it)
+        from contextlib import nullcontext
+
+        bar, update = nullcontext(), None
+    else:
+        bar, update = _progress(len(runs), sum(r.cached for r in runs))
     on_share, notes = _share_notes()
     with bar:
         results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)

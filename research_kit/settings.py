@@ -11,7 +11,8 @@ from .errors import SettingsError, UnknownNameError, quoted
 
 # %% auto #0
 __all__ = ['WEEK', 'MAX_MEMORY_MB', 'DEFAULTS', 'SETTINGS_FILE', 'LAYERS', 'POLICY', 'USER_SETTINGS_ENV', 'OWN_FOLDERS',
-           'find_root', 'on_read', 'Setting', 'is_url', 'config_dir', 'user_settings_path', 'Settings', 'load_settings']
+           'find_root', 'on_read', 'Setting', 'is_url', 'config_dir', 'user_cache_dir', 'user_settings_path',
+           'Settings', 'load_settings']
 
 # %% ../nbs/settings.ipynb #e5d48712
 WEEK = 7 * 24 * 3600
@@ -139,6 +140,17 @@ def config_dir(
     if windows and environ.get("APPDATA"):
         return Path(environ["APPDATA"]) / "research_kit"
     return Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "research_kit"
+
+
+def user_cache_dir(
+    environ=os.environ,  # the environment variables to read
+    windows: bool = os.name == "nt",  # Windows keeps a user's caches under %LOCALAPPDATA%
+) -> Path:
+    """research_kit's folder in the researcher's cache, for what can always be worked out again: %LOCALAPPDATA% on
+    Windows, else $XDG_CACHE_HOME or ~/.cache."""
+    if windows and environ.get("LOCALAPPDATA"):
+        return Path(environ["LOCALAPPDATA"]) / "research_kit"
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "research_kit"
 
 
 def user_settings_path() -> Path:

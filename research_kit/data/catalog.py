@@ -4,15 +4,15 @@
 
 # %% ../../nbs/data/catalog.ipynb #497058f6
 from __future__ import annotations
-import functools, re
+import functools, json, os, re
 from dataclasses import dataclass, field
 from ..errors import DescriptorError, UnknownNameError, quoted
-from ..settings import is_url, load_settings
+from ..settings import is_url, load_settings, user_cache_dir
 
 # %% auto #0
-__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'check_name', 'read_text', 'read_bytes', 'one_line', 'load_yaml',
-           'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package', 'get_resource',
-           'catalog']
+__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'SETTLE_NS', 'check_name', 'read_text', 'read_bytes',
+           'one_line', 'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names',
+           'open_package', 'get_resource', 'resource_file', 'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -277,12 +277,77 @@ def package_names(root: str | None = None) -> list[str]:
         raise DescriptorError(f"data root {root} does not exist ({ROOT_HINT})") from None
 
 
+@functools.cache
+def _parser() -> str:
+    "What a descriptor's parse depends on besides its text: this module's code and PyYAML's."
+    import hashlib, importlib.util, sys
+
+    yaml = importlib.util.find_spec("yaml").origin  # not imported: a kept parse needs no YAML
+    st = os.stat(yaml)
+    with open(importlib.util.find_spec("research_kit.data.catalog").origin, "rb") as f:
+        code = hashlib.sha256(f.read()).hexdigest()
+    return json.dumps([code, yaml, st.st_size, st.st_mtime_ns, sys.version])
+
+
+def _kept_parse(text: str):
+    """Where the parse of descriptor `text` is kept: the researcher's cache, by the hash of the text and the parser
+    (the same for every workspace; a command that refuses its input leaves the workspace as it was)."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([_parser(), text]).encode()).hexdigest()
+    return user_cache_dir() / "descriptors" / f"{key}.json"
+
+
+def _parse_once(text: str, durl: str) -> dict:
+    """`parse_descriptor`, kept as JSON in the researcher's cache (`_kept_parse`): YAML takes 10-30 ms a descriptor,
+    and every rk command that decides whether a run is cached needs the data's."""
+    from research_kit.files import atomic_path
+
+    kept = _kept_parse(text)
+    try:
+        d = json.loads(kept.read_text(encoding="utf-8"))
+        if isinstance(d, dict):
+            return d
+    except (OSError, ValueError):
+        pass  # not kept yet (or damaged): parse it
+    d = parse_descriptor(text, durl)
+    try:
+        blob = json.dumps(d)
+        # not kept when JSON would give back something else (dates, numbers as keys)
+        if json.loads(blob) == d:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as tmp:
+                tmp.write_text(blob, encoding="utf-8")
+            _forget_old_parses(kept.parent)
+    except (OSError, TypeError, ValueError):
+        pass  # a cache that cannot be written only costs speed
+    return d
+
+
+KEPT_PARSES = 256  # descriptor versions kept in the researcher's cache; the oldest go first
+
+
+def _forget_old_parses(folder) -> None:
+    "Remove all but the newest `KEPT_PARSES` kept parses (each version of each descriptor ever read leaves one)."
+    entries = []
+    for entry in os.scandir(folder):
+        try:
+            entries.append((entry.stat().st_mtime_ns, entry.path))
+        except OSError:
+            pass  # removed meanwhile by another rk
+    for _, path in sorted(entries)[:-KEPT_PARSES]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 @functools.lru_cache(maxsize=256)  # parse each version of a local descriptor once
 def _parsed(durl: str, text: str) -> bytes:
     "The descriptor `text` read from `durl`, parsed and pickled."
     import pickle
 
-    return pickle.dumps(parse_descriptor(text, durl))
+    return pickle.dumps(_parse_once(text, durl))
 
 
 def _read_descriptor(durl: str) -> dict:
@@ -292,6 +357,19 @@ def _read_descriptor(durl: str) -> dict:
     if is_url(durl):
         return parse_descriptor(text, durl)
     return pickle.loads(_parsed(durl, text))  # a fresh copy: callers may change theirs
+
+
+def _package(name: str, root: str, d: dict) -> Package:
+    "The package `name` of data root `root` whose descriptor is `d`."
+    url = _join(root, name)
+    durl = _join(url, DESCRIPTOR)
+    resources = {
+        r["name"]: Resource(
+            name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root
+        )
+        for r in d["resources"]
+    }
+    return Package(name, url, d, resources)
 
 
 def open_package(name: str, root: str | None = None) -> Package:
@@ -310,18 +388,63 @@ def open_package(name: str, root: str | None = None) -> Package:
         raise UnknownNameError("package", name, package_names(root), where=root) from None
     except UnicodeDecodeError as e:
         raise DescriptorError(f"{durl}: not UTF-8 text ({e})") from None
-    resources = {
-        r["name"]: Resource(
-            name, r["name"], r, r["path"] if is_url(r["path"]) else _join(url, r["path"]), durl, d, root
-        )
-        for r in d["resources"]
-    }
-    return Package(name, url, d, resources)
+    return _package(name, root, d)
 
 
 def get_resource(package: str, resource: str | None = None, root: str | None = None) -> Resource:
     "Resource `resource` of `package` (the name may be omitted for one-resource packages)."
     return open_package(package, root).resource(resource)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_package(name: str, root: str, text: str) -> Package:
+    "The package whose local descriptor reads `text`, made once per version: only `resource_file` reads it, and changes nothing."
+    import pickle
+
+    return _package(name, root, pickle.loads(_parsed(_join(root, name, DESCRIPTOR), text)))
+
+
+SETTLE_NS = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
+_settled: dict[str, tuple[tuple, Package]] = {}  # descriptor path -> (its identity on disk, its package)
+
+
+def _identity(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _local_package(name: str, root: str) -> Package:
+    """`_shared_package` of a local descriptor; an unchanged file (same inode, size and times, as the hash memo
+    tells files apart) that has settled is not read again."""
+    import time
+
+    path = _join(root, name, DESCRIPTOR)
+    identity = _identity(path)  # before reading: a change while it is read is not remembered
+    known = _settled.get(path)
+    if known and known[0] == identity:
+        return known[1]
+    pkg = _shared_package(name, root, read_text(path))
+    if time.time_ns() - max(identity[3:]) >= SETTLE_NS:
+        _settled[path] = (identity, pkg)
+    return pkg
+
+
+def resource_file(
+    package: str,  # a data package's name
+    resource: str | None = None,  # one of its resources (may be omitted for one-resource packages)
+    root: str | None = None,  # the data root; None for the workspace's
+) -> tuple[str, str | None]:
+    """(where the resource's file is: a local path or a URL, the sha256 its descriptor declares for a URL) as the
+    descriptor says now. The descriptor is read on every call, but each version of it becomes a package only once:
+    every run's cache key asks this of each of its inputs."""
+    root = data_root(root)
+    check_name("package", package)
+    try:
+        pkg = None if is_url(root) else _local_package(package, root)
+    except (OSError, UnicodeDecodeError):
+        pkg = None  # `get_resource` says what is wrong
+    res = get_resource(package, resource, root) if pkg is None else pkg.resource(resource)
+    return res.url, (res.sha256 if is_url(res.url) else None)
 
 # %% ../../nbs/data/catalog.ipynb #38877e49
 def _licence(d: dict) -> str:

@@ -10,6 +10,7 @@ from ..errors import DataValidationError, UnknownNameError
 from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, data_root, get_resource, open_package, read_bytes
+from .catalog import resource_file
 from ..files import atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
@@ -80,15 +81,20 @@ def resource_sha256(
     package: str,  # a data package's name
     resource: str,  # one of its resources
     root: str | None = None,  # the data root it is in; None for the workspace's
+    memo: HashMemo | None = None,  # the workspace's hash memo, when the caller has it at hand
 ) -> str | None:
     "The sha256 of a resource's current content, or None if it no longer exists."
     from research_kit.errors import RKError
 
     try:
-        res = get_resource(package, resource, root)
+        url, declared = resource_file(package, resource, root)
     except RKError:
         return None
-    return _current_sha256(res, HashMemo(load_settings().cache_dir))
+    if is_url(url):
+        return declared
+    if not os.path.isfile(url):
+        return None
+    return (memo or HashMemo(load_settings().cache_dir)).sha256(url)
 
 
 def _current_sha256(res: Resource | None, memo: HashMemo) -> str | None:
@@ -340,6 +346,18 @@ def _fast_to_read(table, schema: dict):
     return pa.table(columns, schema=pa.schema(fields)), encoded
 
 # %% ../../nbs/data/load.ipynb #156494a3
+def _column_list(col) -> list:
+    "An Arrow column of the cache's internal form as a list of Python values (text as `str`)."
+    import pyarrow as pa
+
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t):
+        col = _as_large_text(col)
+    elif pa.types.is_dictionary(col.type):
+        col = col.cast(t)
+    return col.to_pylist()
+
+
 class ParquetCache:
     "Validated tables as Parquet files under `<cache>/data/<package>/<resource>-<key>.parquet`."
 
@@ -391,6 +409,41 @@ class ParquetCache:
         for old in path.parent.glob(f"{res.name}-*.parquet"):
             if old != path and old.name[len(res.name) + 1 : -8].isalnum():
                 old.unlink(missing_ok=True)
+        for old in path.parent.glob(f"{res.name}-*.json"):  # the text columns of superseded versions
+            version = old.name[len(res.name) + 1 :].split(".")[0]
+            if version.isalnum() and version != key[:24]:
+                old.unlink(missing_ok=True)
+
+    def values_path(self, res: Resource, key: str, column: str) -> Path:
+        return (
+            self.folder
+            / res.package
+            / f"{res.name}-{key[:24]}.{hashlib.sha256(column.encode()).hexdigest()[:16]}.json"
+        )
+
+    def read_values(self, res: Resource, key: str, column: str) -> list | None:
+        """The cached values of one column, or None when the table is not cached. A text column is kept beside the
+        table as JSON, keyed like it, so that checking a code against the data (`column_values`) needs no pyarrow."""
+        path = self.values_path(res, key, column)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if entry["key"] == key and entry["column"] == column and isinstance(entry["values"], list):
+                return entry["values"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or damaged: from the table
+        table = self.read(res, key, [column], as_table=True)
+        if table is None:
+            return None
+        values = _column_list(table.column(0))
+        if all(v is None or isinstance(v, str) for v in values):  # what JSON gives back exactly
+            try:
+                with atomic_path(path) as tmp:
+                    tmp.write_text(
+                        json.dumps({"key": key, "column": column, "values": values}), encoding="utf-8"
+                    )
+            except OSError:
+                pass  # a cache that cannot be written only costs speed
+        return values
 
 # %% ../../nbs/data/load.ipynb #f7513048
 import threading
@@ -574,10 +627,11 @@ def _other_root(root: str | None) -> str | None:
     return None if given == where(data_root()) else given
 
 
-def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None):
+def _load(package, resource, columns, as_input, as_table=False, rehash=False, root=None, as_values=False):
     """`load`; `as_input=False` for the loads checks make (only what a caller asked for is lineage);
     `as_table`: the validated Arrow table in its internal form (see `to_frame`), which needs no pandas when cached;
-    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`); `root`: the data root."""
+    `rehash`: hash every local file read, whatever the hash memo remembers (`validate`); `root`: the data root;
+    `as_values`: the one column asked for as a list (`column_values`)."""
     pkg = open_package(package, root)
     res = pkg.resource(resource)
     settings = load_settings()
@@ -600,9 +654,8 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
     if sha is not None:
         if res.sha256 and sha != res.sha256:
             _hash_mismatch(res, sha)
-        df = cache.read(
-            res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), columns, as_table
-        )
+        key = cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo))
+        df = cache.read_values(res, key, columns[0]) if as_values else cache.read(res, key, columns, as_table)
         if df is not None:
             if as_input:
                 lineage.note_read(res.package, res.name, sha, _other_root(root))
@@ -617,6 +670,8 @@ def _load(package, resource, columns, as_input, as_table=False, rehash=False, ro
     _write_in_background(cache, res, cache_key(sha, res.schema, _referenced_hashes(res, pkg, memo)), table)
     if as_input:
         lineage.note_read(res.package, res.name, sha, _other_root(root))
+    if as_values:
+        return _column_list(table.select(columns).column(0))
     if as_table:
         return table.select(columns) if columns else table
     return df[columns] if columns else df
@@ -641,16 +696,9 @@ def column_values(
     root: str | None = None,  # the data root to read from; None for the workspace's
     as_input: bool = True,  # False for a check's read, which is not an input of the work: not noted in the lineage
 ) -> list:
-    "The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it is there."
-    import pyarrow as pa
-
-    col = _load(package, resource, [column], as_input=as_input, as_table=True, root=root).column(0)
-    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_fixed_size_binary(t):
-        col = _as_large_text(col)
-    elif pa.types.is_dictionary(col.type):
-        col = col.cast(t)
-    return col.to_pylist()
+    """The values of one column of a resource, validated like `load`'s; read from the cache without pandas when it
+    is there (and a text column without pyarrow)."""
+    return _load(package, resource, [column], as_input=as_input, root=root, as_values=True)
 
 # %% ../../nbs/data/load.ipynb #cfec925a
 from typing import NamedTuple

@@ -175,7 +175,7 @@ def run_runs(
                 )
                 if r.name in done:
                     done[r.name] = manifest
-        build_index(settings.build_dir)
+        build_index(settings.build_dir, if_changed=True)  # an unchanged build folder keeps its page
     return [(r, done.get(r.name)) for r in runs]
 
 

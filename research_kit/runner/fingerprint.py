@@ -101,9 +101,9 @@ KEY_PACKAGES = (
 
 def cache_dir() -> Path:
     "research_kit's folder in the researcher's cache: %LOCALAPPDATA% on Windows, else $XDG_CACHE_HOME or ~/.cache."
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "research_kit"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "research_kit"
+    from research_kit.settings import user_cache_dir
+
+    return user_cache_dir()
 
 
 def _python() -> str:

@@ -402,13 +402,14 @@ def collect(
 # %% ../../nbs/runner/reads.ipynb #67f6096b
 def current(m: Manifest, settings) -> tuple[list, list, dict]:
     "(data inputs, files, settings) that the run of manifest `m` read, with their sha256 and values as they are now."
-    from research_kit.data.load import resource_sha256
+    from research_kit.data.load import HashMemo, resource_sha256
 
-    inputs = [dict(i, sha256=resource_sha256(i["package"], i["resource"], i.get("root"))) for i in m.inputs]
-    bases = {
-        "workspace": str(settings.root),
-        "data": None if _settings.is_url(settings.data) else settings.data,
-    }
+    memo, data = HashMemo(settings.cache_dir), settings.data
+    inputs = [
+        dict(i, sha256=resource_sha256(i["package"], i["resource"], i.get("root") or data, memo))
+        for i in m.inputs
+    ]
+    bases = {"workspace": str(settings.root), "data": None if _settings.is_url(data) else data}
     sha256 = _hasher(str(settings.cache_dir))
 
     def now(f):

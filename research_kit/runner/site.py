@@ -4,17 +4,17 @@
 
 # %% ../../nbs/runner/site.ipynb #ea3cedb4
 from __future__ import annotations
-import html, json
+import hashlib, html, json, os, re, time
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
 from ..files import write_text_atomic
-from .manifest import Manifest, Run, read_run, run_folders
+from .manifest import MANIFEST, Manifest, Run, read_run, run_folders
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'read_runs', 'format_started',
-           'key_records', 'facets', 'render_index', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'STAMP_META', 'SETTLE_NS',
+           'read_runs', 'format_started', 'key_records', 'facets', 'render_index', 'index_stamp', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
@@ -376,16 +376,26 @@ _COLUMNS = (
 )
 
 
-def render_index(runs: list[Run], generated: datetime | None = None, *, lang: str = "en") -> str:
-    "The index page for `runs` as one self-contained HTML document, in language `lang` (its `<html lang>`)."
+def render_index(
+    runs: list[Run],
+    generated: datetime | None = None,
+    *,
+    lang: str = "en",
+    stamp: str | None = None,
+    row=None,
+) -> str:
+    """The index page for `runs` as one self-contained HTML document, in language `lang` (its `<html lang>`);
+    `stamp` (`index_stamp`) says in its head which state of the build folder it shows; `row(run, classes)` renders
+    a run's row (`build_index` keeps unchanged rows)."""
     generated = generated or datetime.now(timezone.utc)
     head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
     values = _facet_values(runs)
     form, rules = _filters(runs, values)
-    body = "\n".join(_safe_row(r, _facet_classes(r, values)) for r in runs)
+    body = "\n".join((row or _safe_row)(r, _facet_classes(r, values)) for r in runs)
     empty = '<p class="empty">No runs yet.</p>\n' if not runs else ""
+    shows = f'<meta name="{STAMP_META}" content="{stamp}">\n' if stamp else ""
     return (
-        f'<!DOCTYPE html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n'
+        f'<!DOCTYPE html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n{shows}'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>Report runs</title>\n<style>{_CSS}{rules}</style>\n</head>\n<body>\n<h1>Report runs</h1>\n"
         f"{_index_summary_html(runs, generated)}\n{form}{empty}"
@@ -395,11 +405,110 @@ def render_index(runs: list[Run], generated: datetime | None = None, *, lang: st
     )
 
 
-def build_index(build_dir, *, lang: str = "en") -> Path:
-    "Write `<build_dir>/index.html` listing every run under `build_dir`; return its path."
+STAMP_META = "rk-index-stamp"  # the page's <meta> that holds its `index_stamp`
+# as the hash memo's: a file changed this recently may change again within the same timestamp tick
+SETTLE_NS = 2 * 10**9
+
+
+def _identities(build_dir) -> dict[Path, list | None]:
+    """{run folder: its name, its manifest's identity (device, inode, size, modification and change times) and
+    the outputs it has}; None for a manifest changed too recently to be told apart from a next change within the
+    same timestamp tick, or gone."""
+    now, out = time.time_ns(), {}
+    for folder in run_folders(build_dir):
+        try:
+            st = os.stat(folder / MANIFEST)
+        except OSError:
+            out[folder] = None  # removed while we looked
+            continue
+        settled = now - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLE_NS
+        outputs = [name for name, _, _ in OUTPUT_LINKS if (folder / name).is_file()]
+        identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        out[folder] = [folder.parent.name, folder.name, *identity, outputs] if settled else None
+    return out
+
+
+def _renderer() -> list:
+    "What renders a page besides the runs: research_kit's code and the installed packages (Babel's locale data)."
+    from research_kit.runner.runs import code_sha256, environment
+
+    return [code_sha256(), environment()["packages_sha256"]]
+
+
+def _sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+def index_stamp(
+    build_dir,  # the build folder
+    lang: str = "en",  # the page's language
+    identities: dict | None = None,  # `_identities(build_dir)`, when taken already
+) -> str | None:
+    """What the index of `build_dir` shows, identified without reading a manifest: each run folder's name, its
+    manifest's identity on disk and the outputs it has, the page's language, and the code and packages that
+    render it. None while a manifest changed too recently to be told apart from its next change."""
+    identities = _identities(build_dir) if identities is None else identities
+    if any(i is None for i in identities.values()):
+        return None
+    return _sha256([lang, *_renderer(), list(identities.values())])
+
+
+def _shown_stamp(index: Path) -> str | None:
+    "The `index_stamp` an index page says it shows (None for a page without one, or no page)."
+    try:
+        with open(index, "rb") as f:
+            head = f.read(1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    at = head.find(f'<meta name="{STAMP_META}" content="')
+    return head[at:].split('"')[3] if at >= 0 else None
+
+
+_STAMPED_ROW = re.compile(r'<tr data-row="([0-9a-f]{64})" .*?</tr>', re.S)
+
+
+def _shown_rows(index: Path) -> dict[str, str]:
+    """{row stamp: row} of the rows an index page shows with their stamp (user data in a row is escaped: no
+    `</tr>` inside one)."""
+    try:
+        page = index.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return {m.group(1): m.group(0) for m in _STAMPED_ROW.finditer(page)}
+
+
+def _rows_kept_from(index: Path, identities: dict):
+    """A row renderer for `render_index` that takes a run's row from the page as it is when the row's stamp (the
+    run folder's identity, its filter classes, the renderer) is the same, and stamps the rows it renders."""
+    shown, renderer = _shown_rows(index), _renderer()
+
+    def row(run: Run, classes: str) -> str:
+        identity = identities.get(run.folder)
+        if identity is None:  # a new run, or one changed a moment ago: rendered, and not stamped
+            return _safe_row(run, classes)
+        stamp = _sha256([identity, classes, *renderer])
+        return shown.get(stamp) or f'<tr data-row="{stamp}" ' + _safe_row(run, classes).removeprefix("<tr ")
+
+    return row
+
+
+def build_index(
+    build_dir,  # the build folder
+    *,
+    lang: str = "en",  # the page's language
+    if_changed: bool = False,  # leave the page as it is when it shows the build folder as it is now
+) -> Path:
+    """Write `<build_dir>/index.html` listing every run under `build_dir`; return its path. A row that shows its
+    run as it is now is kept from the page as it was (its numbers are not formatted again)."""
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise RKError(f"build folder {build_dir} does not exist; run a report first (rk run / rk batch)")
     index = build_dir / "index.html"
-    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang))
+    # taken before the manifests are read: a change meanwhile makes the next stamps differ
+    identities = _identities(build_dir)
+    stamp = index_stamp(build_dir, lang, identities)
+    if if_changed and stamp is not None and _shown_stamp(index) == stamp:
+        return index
+    rows = _rows_kept_from(index, identities)
+    write_text_atomic(index, render_index(read_runs(build_dir), lang=lang, stamp=stamp, row=rows))
     return index
