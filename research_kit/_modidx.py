@@ -1587,6 +1587,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'research_kit/runner/record.py')},
             'research_kit.runner.runs': { 'research_kit.runner.runs.BuildLocked': ( 'runner/runs.html#buildlocked',
                                                                                     'research_kit/runner/runs.py'),
+                                          'research_kit.runner.runs._code_name': ( 'runner/runs.html#_code_name',
+                                                                                   'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs._files_sha256': ( 'runner/runs.html#_files_sha256',
                                                                                       'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs._irreproducible': ( 'runner/runs.html#_irreproducible',

@@ -52,11 +52,25 @@ def code_files() -> list[Path]:
     return sorted(files) + sorted(locales_dir().glob("*/LC_MESSAGES/*.po"))
 
 
-def _files_sha256(files) -> str:
+def _code_name(path: Path, package: Path) -> str:
+    """A code file's name as every copy of the code has it: its path within the package (analysis/stats.py, cli.py),
+    or a message catalog's kk/LC_MESSAGES/research_kit.po. Never the folder the copy is in: runs keyed in two
+    checkouts of the same code must have the same key (the shared run store relies on it)."""
+    try:
+        return path.relative_to(package).as_posix()
+    except ValueError:
+        return "/".join(path.parts[-3:])
+
+
+def _files_sha256(files, package: Path | None = None) -> str:
+    "sha256 of the files' names (`_code_name`) and bytes; `package`: the package's folder (research_kit's own by default)."
+    import research_kit
+
+    package = package or Path(research_kit.__file__).parent
     h = hashlib.sha256()
     for p in files:
-        h.update("/".join(p.parts[-3:]).encode())
-        h.update(p.read_bytes())  # kk/LC_MESSAGES/research_kit.po, analysis/stats.py
+        h.update(_code_name(p, package).encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 
