@@ -164,12 +164,18 @@ def _compare_means(x, x0, alpha):
 def _holm(p):
     "Holm-adjusted p-values; comparisons without a p-value keep NaN and are not counted."
     import numpy as np
-    from statsmodels.stats.multitest import multipletests
 
     p = np.asarray(p, dtype=float)
     out, ok = np.full(p.shape, np.nan), np.isfinite(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        # statsmodels' multipletests(method="holm") computes exactly this, but ends with a full
+        # gc.collect(): 0.2-0.4 s per call on a report's heap (pandas, statsmodels, matplotlib loaded)
+        q = p[ok]
+        order = np.argsort(q)
+        stepped = np.maximum.accumulate(q[order] * np.arange(len(q), 0, -1))
+        adjusted = np.empty_like(stepped)
+        adjusted[order] = np.minimum(stepped, 1)
+        out[ok] = adjusted
     return out
 
 
