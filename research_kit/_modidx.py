@@ -700,6 +700,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'research_kit.data.labels._in': ('data/labels.html#_in', 'research_kit/data/labels.py'),
                                           'research_kit.data.labels._missing_languages': ( 'data/labels.html#_missing_languages',
                                                                                            'research_kit/data/labels.py'),
+                                          'research_kit.data.labels._resource_labels': ( 'data/labels.html#_resource_labels',
+                                                                                         'research_kit/data/labels.py'),
                                           'research_kit.data.labels.field_title': ( 'data/labels.html#field_title',
                                                                                     'research_kit/data/labels.py'),
                                           'research_kit.data.labels.label_problems': ( 'data/labels.html#label_problems',

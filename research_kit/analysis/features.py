@@ -40,7 +40,8 @@ def _term_summaries(terms, ids):
     "Per student in `ids`: terms on record, term-1 GPA and attendance, mean GPA and attendance."
     import pandas as pd
 
-    terms = terms[terms["student_id"].isin(ids)]
+    # every student's terms are summarised and the joins keep those in `ids`: selecting them first
+    # with isin took longer than the rest (pandas turns each id into an Arrow scalar, 0.3 s for 20,000)
     per_student = terms.groupby("student_id", sort=False).agg(
         terms_attended=("term", "size"), gpa=("gpa", "mean"), attendance=("attendance", "mean")
     )
@@ -56,7 +57,7 @@ def _term_summaries(terms, ids):
 def _internship_counts(internships, ids):
     import pandas as pd
 
-    counts = internships.loc[internships["student_id"].isin(ids), "student_id"].value_counts(sort=False)
+    counts = internships["student_id"].value_counts(sort=False)  # reindexed to `ids` below
     out = pd.DataFrame(index=pd.Index(ids, name="student_id"))
     out["internships"] = counts.reindex(out.index, fill_value=0).astype("int64")
     out["had_internship"] = out["internships"] > 0

@@ -59,8 +59,11 @@ def resource_labels(
     package: str, resource: str | None, lang: str, root: str | None = None
 ) -> dict[str, dict[str, str]]:
     "For every field of a resource that has labelled codes, its code → label mapping in `lang`."
-    lang = check_lang(lang)
-    out = {f["name"]: value_labels(f, lang) for f in get_resource(package, resource, root).fields}
+    return _resource_labels(get_resource(package, resource, root), check_lang(lang))
+
+
+def _resource_labels(r, lang: str) -> dict[str, dict[str, str]]:
+    out = {f["name"]: value_labels(f, lang) for f in r.fields}
     return {name: mapping for name, mapping in out.items() if mapping}
 
 
@@ -71,11 +74,10 @@ def package_labels(package: str, lang: str, root: str | None = None) -> dict[str
 
     lang = check_lang(lang)
     out: dict[str, dict[str, str]] = {}
-    p = open_package(package, root)  # read once: every run's reader document asks for these
-    for resource in p.resources:
-        for f in p.resource(resource).fields:
-            if mapping := value_labels(f, lang):
-                out.setdefault(f["name"], {}).update(mapping)
+    # the package's own resources, not each looked up again: a descriptor is read afresh every time
+    for r in open_package(package, root).resources.values():
+        for name, mapping in _resource_labels(r, lang).items():
+            out.setdefault(name, {}).update(mapping)
     return out
 
 
@@ -85,8 +87,8 @@ def package_titles(package: str, lang: str, root: str | None = None) -> dict[str
 
     lang = check_lang(lang)
     out: dict[str, str] = {}
-    for resource in open_package(package, root).resources:
-        for f in get_resource(package, resource, root).fields:
+    for r in open_package(package, root).resources.values():
+        for f in r.fields:
             out.setdefault(f["name"], field_title(f, lang))
     return out
 
