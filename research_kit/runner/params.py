@@ -271,11 +271,11 @@ def _resolver(imports: dict):
     return resolve
 
 
-def template_parameters(path: str | Path) -> dict[str, Param]:
-    "The declared parameters of the template notebook at `path`."
+def template_parameters(path: str | Path, cells: list[dict] | None = None) -> dict[str, Param]:
+    "The declared parameters of the template notebook at `path` (`cells`: its `read_cells`, when already read)."
     from types import SimpleNamespace
 
-    cells = read_cells(path)
+    cells = read_cells(path) if cells is None else cells
     index, cell = parameters_cell(SimpleNamespace(cells=cells), str(path))
     return parse_parameters(
         cell["source"], f"{Path(path).name} parameters cell", _resolver(_imports(cells[:index]))

@@ -23,19 +23,22 @@ __all__ = ['OUTPUTS', 'template_sha256', 'cell_sha256s', 'code_files', 'code_sha
 # %% ../../nbs/runner/runs.ipynb #c30e164b
 def template_sha256(
     path: str | Path,  # a report template (.ipynb)
+    cells: list[dict] | None = None,  # its `read_cells`, when already read
 ) -> str:
     "sha256 of a template's cell types and sources only: outputs and metadata do not count."
-    blob = json.dumps([[c["cell_type"], c["source"]] for c in P.read_cells(path)], ensure_ascii=False)
+    cells = P.read_cells(path) if cells is None else cells
+    blob = json.dumps([[c["cell_type"], c["source"]] for c in cells], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def cell_sha256s(
     path: str | Path,  # a report template (.ipynb)
+    cells: list[dict] | None = None,  # its `read_cells`, when already read
 ) -> list[str]:
     "sha256 of each cell's type and source, in order: which cells changed, when the template did."
     return [
         hashlib.sha256(json.dumps([c["cell_type"], c["source"]], ensure_ascii=False).encode()).hexdigest()
-        for c in P.read_cells(path)
+        for c in (P.read_cells(path) if cells is None else cells)
     ]
 
 # %% ../../nbs/runner/runs.ipynb #fd5cc97c
@@ -185,7 +188,10 @@ def plan(
     s = settings or load_settings()
     template = P.find_template(report, s.reports_dir)
     report = template.stem  # the template may have been named by its path
-    declared = P.template_parameters(template)
+    cells = P.read_cells(
+        template
+    )  # read once: the parameters, the template's hash and its cells' come from it
+    declared = P.template_parameters(template, cells)
     parameters = P.validate(declared, dict(given or {}), report=report)
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
@@ -195,8 +201,8 @@ def plan(
         folder,
         parameters,
         template=template,
-        template_hash=template_sha256(template),
-        cells=tuple(cell_sha256s(template)),
+        template_hash=template_sha256(template, cells),
+        cells=tuple(cell_sha256s(template, cells)),
         forced=force,
     )
     run.cached = still_cached(run, s)
