@@ -9,8 +9,8 @@ from pathlib import Path
 from .errors import RKError
 
 # %% auto #0
-__all__ = ['atomic_path', 'write_text_atomic', 'write_json_atomic', 'swap_into_place', 'sha256_file', 'LockHeld',
-           'exclusive_lock']
+__all__ = ['SETTLE_NS', 'atomic_path', 'write_text_atomic', 'write_json_atomic', 'swap_into_place', 'sha256_file',
+           'file_identity', 'LockHeld', 'exclusive_lock']
 
 # %% ../nbs/files.ipynb #2b05934e
 @contextlib.contextmanager
@@ -77,6 +77,17 @@ def sha256_file(
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+# %% ../nbs/files.ipynb #dfb51cd9
+SETTLE_NS = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
+
+
+def file_identity(
+    path,  # the file
+) -> tuple:
+    "(device, inode, size, modification time, change time) of the file at `path`, in nanoseconds."
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 # %% ../nbs/files.ipynb #a9e6dc43
 class LockHeld(RKError):

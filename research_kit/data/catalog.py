@@ -8,11 +8,12 @@ import functools, json, os, re
 from dataclasses import dataclass, field
 from ..errors import DescriptorError, UnknownNameError, quoted
 from ..settings import is_url, load_settings, user_cache_dir
+from ..files import SETTLE_NS, file_identity
 
 # %% auto #0
-__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'SETTLE_NS', 'check_name', 'read_text', 'read_bytes',
-           'one_line', 'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names',
-           'open_package', 'get_resource', 'resource_file', 'catalog']
+__all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'check_name', 'read_text', 'read_bytes', 'one_line',
+           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package',
+           'get_resource', 'resource_file', 'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -404,13 +405,7 @@ def _shared_package(name: str, root: str, text: str) -> Package:
     return _package(name, root, pickle.loads(_parsed(_join(root, name, DESCRIPTOR), text)))
 
 
-SETTLE_NS = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
 _settled: dict[str, tuple[tuple, Package]] = {}  # descriptor path -> (its identity on disk, its package)
-
-
-def _identity(path: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _local_package(name: str, root: str) -> Package:
@@ -419,7 +414,7 @@ def _local_package(name: str, root: str) -> Package:
     import time
 
     path = _join(root, name, DESCRIPTOR)
-    identity = _identity(path)  # before reading: a change while it is read is not remembered
+    identity = file_identity(path)  # before reading: a change while it is read is not remembered
     known = _settled.get(path)
     if known and known[0] == identity:
         return known[1]

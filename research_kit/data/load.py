@@ -11,7 +11,7 @@ from ..settings import is_url, load_settings
 from . import lineage
 from .catalog import Resource, data_root, get_resource, open_package, read_bytes
 from .catalog import resource_file
-from ..files import atomic_path, sha256_file
+from ..files import SETTLE_NS, atomic_path, sha256_file
 from .schema import Where, check_schema, as_list as _as_list
 from .types import csv_types
 from .frames import to_frame, as_large_text as _as_large_text
@@ -29,7 +29,7 @@ LOADER_VERSION = "2"  # bump when parsing or validation changes, so every cache 
 class HashMemo:
     "Remembers the sha256 of local files per (path, inode, size, mtime, ctime), in the cache folder."
 
-    settle_ns = 2 * 10**9  # a file changed this recently may change again within the same timestamp tick
+    settle_ns = SETTLE_NS  # a file changed this recently may change again within the same timestamp tick
 
     def __init__(
         self,

@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
-from ..files import write_text_atomic
+from ..files import SETTLE_NS, file_identity, write_text_atomic
 from .manifest import MANIFEST, Manifest, Run, read_run, run_folders
 
 # %% auto #0
-__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'STAMP_META', 'SETTLE_NS',
-           'read_runs', 'format_started', 'key_records', 'facets', 'render_index', 'index_stamp', 'build_index']
+__all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'STAMP_META', 'read_runs',
+           'format_started', 'key_records', 'facets', 'render_index', 'index_stamp', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
@@ -406,8 +406,6 @@ def render_index(
 
 
 STAMP_META = "rk-index-stamp"  # the page's <meta> that holds its `index_stamp`
-# as the hash memo's: a file changed this recently may change again within the same timestamp tick
-SETTLE_NS = 2 * 10**9
 
 
 def _identities(build_dir) -> dict[Path, list | None]:
@@ -417,13 +415,12 @@ def _identities(build_dir) -> dict[Path, list | None]:
     now, out = time.time_ns(), {}
     for folder in run_folders(build_dir):
         try:
-            st = os.stat(folder / MANIFEST)
+            identity = list(file_identity(folder / MANIFEST))
         except OSError:
             out[folder] = None  # removed while we looked
             continue
-        settled = now - max(st.st_mtime_ns, st.st_ctime_ns) >= SETTLE_NS
+        settled = now - max(identity[3:]) >= SETTLE_NS
         outputs = [name for name, _, _ in OUTPUT_LINKS if (folder / name).is_file()]
-        identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         out[folder] = [folder.parent.name, folder.name, *identity, outputs] if settled else None
     return out
 
