@@ -42,20 +42,10 @@ def main():
 
         import statsmodels.formula.api as smf
         from statsmodels.stats.proportion import proportion_confint
-        from research_kit.data.load import load
-        from research_kit.analysis import effect, rates, student_features
+        from research_kit.analysis import effect, rates
 
-        tables = {
-            r: load("consortium", r) for r in ("students", "terms", "internships", "outcomes", "programs")
-        }
+        tables, features = consortium_features()
         students = tables["students"].assign(state_grant=lambda d: d["funding"] == "state_grant")
-        features = student_features(
-            tables["students"],
-            tables["terms"],
-            tables["internships"],
-            tables["outcomes"],
-            programs=tables["programs"],
-        )
         features = features[features["status"] != "enrolled"].assign(
             dropped=lambda d: d["dropped"].astype(float)
         )
@@ -112,26 +102,33 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def model_rows(work, repeat):
-    "evaluate of each model on the consortium package at its default size vs the plain scikit-learn way."
-    import numpy as np
-    from research_kit.data.demo import generate
+def consortium_features(root=None):
+    "The consortium package's tables (from data root `root`; None: the workspace's) and its students' features."
     from research_kit.data.load import load
     from research_kit.analysis import student_features
-    from research_kit.analysis.models import MODELS, evaluate
 
-    generate(work / "models" / "consortium")
     tables = {
-        r: load("consortium", r, root=str(work / "models"))
+        r: load("consortium", r, root=root)
         for r in ("students", "terms", "internships", "outcomes", "programs")
     }
-    students = student_features(
+    features = student_features(
         tables["students"],
         tables["terms"],
         tables["internships"],
         tables["outcomes"],
         programs=tables["programs"],
     )
+    return tables, features
+
+
+def model_rows(work, repeat):
+    "evaluate of each model on the consortium package at its default size vs the plain scikit-learn way."
+    import numpy as np
+    from research_kit.data.demo import generate
+    from research_kit.analysis.models import MODELS, evaluate
+
+    generate(work / "models" / "consortium")
+    _, students = consortium_features(root=str(work / "models"))
     known = students[students["status"] != "enrolled"]
     early = ["first_term_attendance", "first_term_gpa", "funding", "entry_basis", "gender", "language"]
     early.append("institution_id")
