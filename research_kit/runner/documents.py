@@ -12,11 +12,11 @@ from ..processes import end_group, own_group
 from ..i18n import N_, REPORT_TITLES, translate
 
 # %% auto #0
-__all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'TITLE_SKIP', 'LANGUAGES', 'READER_CSS',
-           'PARAMETER_TAGS', 'PAGE_CSS', 'CHROMIUM_NAMES', 'PDF_MODES', 'reader_words', 'parameter_words',
+__all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'TITLE_SKIP', 'LANGUAGES', 'NO_ALT_TEXT',
+           'READER_CSS', 'PARAMETER_TAGS', 'PAGE_CSS', 'CHROMIUM_NAMES', 'PDF_MODES', 'reader_words', 'parameter_words',
            'parameter_labels', 'document_title', 'first_heading', 'provenance', 'sanitize_html', 'sanitize_outputs',
-           'template_dir', 'present_records', 'write_reader', 'write_notebook_html', 'write_html', 'PdfError',
-           'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents', 'warm_up_documents']
+           'with_alt_text', 'template_dir', 'present_records', 'write_reader', 'write_notebook_html', 'write_html',
+           'PdfError', 'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents', 'warm_up_documents']
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
@@ -254,13 +254,56 @@ def _clean_html(element) -> str:
     return sanitize_html(element.decode() if isinstance(element, bytes) else str(element))
 
 
+NO_ALT_TEXT = "No description has been provided for this image"  # nbconvert's words for an image without one
+_IMG_WITHOUT_ALT = re.compile(r"<img\b(?![^>]*\balt=)", re.IGNORECASE)
+
+
+def with_alt_text(page: str) -> str:
+    "`page` with every `<img>` that has no alt text given nbconvert's words for it (screen readers read them)."
+    return _IMG_WITHOUT_ALT.sub(f'<img alt="{NO_ALT_TEXT}"', page)
+
+
+@functools.lru_cache(maxsize=4096)  # a batch shows the same template's cells once for each of its runs
+def _highlighted(source: str, language: str | None, magics_language: str | None) -> str:
+    from nbconvert.filters.highlight import Highlight2HTML
+
+    metadata = {"magics_language": magics_language} if magics_language else None
+    return Highlight2HTML(pygments_lexer=language)(source, metadata=metadata)
+
+
+def _highlight_filter(lexer: str | None):
+    "nbconvert's `highlight_code` filter for a notebook whose language is `lexer`, each distinct cell highlighted once."
+
+    def highlight_code(source, language=None, metadata=None):
+        return _highlighted(source, language or lexer, (metadata or {}).get("magics_language"))
+
+    return highlight_code
+
+
 def _safe_exporter(**options):
     """An nbconvert HTMLExporter whose rendered markdown cells pass through `sanitize_html` too, and whose
     templates' `clean_html` filter is `sanitize_html`."""
     import jinja2
-    from nbconvert import HTMLExporter
+    from nbconvert import HTMLExporter, TemplateExporter
+    from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
 
     class SafeHTMLExporter(HTMLExporter):
+        def from_notebook_node(self, nb, resources=None, **kw):
+            # HTMLExporter's own parses the whole rendered page again with BeautifulSoup (pure Python) to
+            # give images alt text and JupyterLab cells a tabindex: two thirds of a page's rendering time.
+            # The package's templates are classic ones (no JupyterLab cells); with_alt_text adds the alt text.
+            info = nb.metadata.get("language_info", {})
+            resources = self._init_resources(resources)
+            self.register_filter(
+                "highlight_code", _highlight_filter(info.get("pygments_lexer", info.get("name")))
+            )
+            self.register_filter(
+                "filter_data_type",
+                WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources),
+            )
+            page, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+            return with_alt_text(page), resources
+
         @jinja2.pass_context  # as nbconvert's own filter: Jinja hands it the cell's context
         def markdown2html(self, context, source):
             return sanitize_html(super().markdown2html(context, source))
