@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib, sys
 
 # %% auto #0
-__all__ = ['lazy_exports']
+__all__ = ['DEFERRED', 'lazy_exports', 'defer_functions', 'defer_costly_imports']
 
 # %% ../nbs/lazy.ipynb #70863c21
 def lazy_exports(
@@ -26,3 +26,52 @@ def lazy_exports(
         return sorted({*vars(sys.modules[package]), *origins})
 
     return __getattr__, __dir__
+
+# %% ../nbs/lazy.ipynb #86a9f286
+DEFERRED = {
+    "rfc3987_syntax": ("is_valid_syntax",)
+}  # module -> the names other libraries take from it when imported
+
+
+def defer_functions(
+    module: str,  # the module whose import is put off
+    names: tuple[str, ...],  # its functions that other modules bind when they are imported
+) -> bool:
+    "Put off importing `module` until one of its `names` is called or another attribute is used; False if it is imported already or not installed."
+    import importlib.util, types
+
+    if module in sys.modules or importlib.util.find_spec(module) is None:
+        return False
+    stand_in = types.ModuleType(module, f"stands in for {module} until it is first used")
+
+    def real():
+        if sys.modules.get(module) is stand_in:
+            del sys.modules[module]
+        return importlib.import_module(module)
+
+    def deferred(name):
+        def call(*args, **kwargs):
+            return getattr(real(), name)(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    for name in names:
+        setattr(stand_in, name, deferred(name))
+
+    def __getattr__(name: str):
+        if name.startswith(
+            "__"
+        ):  # the import system's own questions (`__path__`...): a plain module's answers
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    stand_in.__getattr__ = __getattr__
+    sys.modules[module] = stand_in
+    return True
+
+
+def defer_costly_imports() -> None:
+    "Put off the imports of `DEFERRED` (where installed) in this process."
+    for module, names in DEFERRED.items():
+        defer_functions(module, names)

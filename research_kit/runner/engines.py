@@ -45,9 +45,11 @@ class Engine:
     def warm_up(self) -> None:
         """What a worker process does once, before its first report: hash the code it runs, import papermill,
         warm up the documents' renderers."""
+        from research_kit.lazy import defer_costly_imports
         from research_kit.runner.documents import warm_up_documents
 
         keyed_here()  # before the imports: the code the worker holds is the code hashed now
+        defer_costly_imports()  # rfc3987_syntax's grammars, which nbformat's jsonschema would compile (0.9 s)
         import papermill  # noqa: F401  (two seconds, paid once per worker rather than in its first report's duration)
 
         warm_up_documents()  # a second, likewise
