@@ -37,7 +37,7 @@ def defer_functions(
     module: str,  # the module whose import is put off
     names: tuple[str, ...],  # its functions that other modules bind when they are imported
 ) -> bool:
-    "Put off importing `module` until one of its `names` is called or another attribute is used; False if it is imported already or not installed."
+    "Put off importing `module` until one of its `names` is called or another attribute used; False if imported or absent."
     import importlib.util, types
 
     if module in sys.modules or importlib.util.find_spec(module) is None:
