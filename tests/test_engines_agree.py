@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -233,6 +234,51 @@ def test_a_module_beside_settings_imports_in_both_engines_and_keys_both_runs(rep
     assert warm["records"]["scaled"] == kernel["records"]["scaled"] == 3
     assert warm["files"] == kernel["files"] and [f["path"] for f in warm["files"]] == ["shared_code.py"]
     assert warm["records"]["before_site"] is kernel["records"]["before_site"] is True
+
+
+# ---- library threads of reports side by side -------------------------------------------------------
+
+THREADS_PROBE = (
+    "import os\nimport numpy\nimport research_kit as rk\nfrom threadpoolctl import threadpool_info\n"
+    "rk.record('variable', os.environ.get('OMP_NUM_THREADS', 'unset'))\n"
+    "rk.record('blas', max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'))"
+)
+
+
+def default_blas_threads(env) -> int:
+    "The BLAS threads numpy starts with in a fresh process of this environment."
+    code = "import numpy\nfrom threadpoolctl import threadpool_info\n"
+    code += "print(max(p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'))"
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_reports_side_by_side_share_the_cores_in_both_engines(report_workspace):
+    """Two workers on a two-core machine ran reports whose numerical libraries each started a thread per core:
+    four busy threads on two cores. Reports running at once get their share; a report alone, the libraries' own
+    default; a user who set the variable, their setting."""
+    from research_kit.processes import usable_cores
+
+    root, _, env = report_workspace
+    make_template(root / "reports" / "threads.ipynb", "n: int = 0", THREADS_PROBE)
+    (root / "reports" / "batches.yaml").write_text("side:\n  - report: threads\n    grid: {n: [0, 1]}\n")
+    share, default = max(1, usable_cores() // 2), default_blas_threads(env)
+    for engine in ("warm", "kernel"):
+        run_rk("batch", "side", "--engine", engine, "--workers", "2", "--force", cwd=root, env=env)
+        for n in (0, 1):
+            records = manifest(root, "threads", f"n={n}")["records"]
+            assert records == {"variable": str(share), "blas": share}, (engine, records)
+        run_rk(
+            "run", "threads", "--engine", engine, "--force", cwd=root, env=env
+        )  # alone: as the libraries start
+        records = manifest(root, "threads", "n=0")["records"]
+        assert records == {"variable": "unset", "blas": default}, (engine, records)
+        own = {**env, "OMP_NUM_THREADS": "3"}
+        run_rk("batch", "side", "--engine", engine, "--workers", "2", "--force", cwd=root, env=own)
+        assert manifest(root, "threads", "n=1")["records"]["variable"] == "3", engine
 
 
 # ---- processes a report starts ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools, os, sys, tempfile, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from ..processes import THREAD_VARIABLES, limited_threads, thread_environment
 from . import reads
 from .manifest import Outcome, RunFailure, Task
 
@@ -30,6 +31,7 @@ RUN_ENV = (
     "MPLBACKEND",
     "RK_PROGRESS",
     reads.READS_ENV,
+    *THREAD_VARIABLES,
 )  # environment a report runs with
 
 # %% ../../nbs/runner/engines.ipynb #a5f2070a
@@ -522,12 +524,14 @@ def execute_report(
         os.environ.clear()
         os.environ.update(task.environ)  # the command's, not this process's
     _state.given = (task.environ, task.path)
+    threads = thread_environment(task.threads, os.environ)  # none where the user set their own
     os.environ.update(
         {
             "RK_LINEAGE_FILE": str(lineage_path),
             "PYTHONHASHSEED": "0",
             "RK_PROGRESS": "0",
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            **threads,
             **reads.run_environment(task),
         }
     )
@@ -535,7 +539,8 @@ def execute_report(
     before = descendants()
     started, t0, error = datetime.now(timezone.utc), time.perf_counter(), None
     try:
-        _run_papermill(task, nb_path)
+        with limited_threads(task.threads if threads else None):  # a kernel reads the variables instead
+            _run_papermill(task, nb_path)
     except Exception as e:
         error = _failure(e)
     finally:

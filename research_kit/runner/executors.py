@@ -16,6 +16,7 @@ from research_kit.processes import (
     largest_memory,
     limit_memory,
     memory_enforced,
+    report_threads,
 )
 
 # %% auto #0
@@ -98,6 +99,7 @@ class LocalExecutor:
             self.close()
         self.engine, pool, pending = engine, self.pool, deque(tasks)
         busy = min(self.workers, len(tasks))  # a kept pool may hold more workers than this run may use
+        threads = report_threads(busy)  # the cores shared among the reports running at once
         while len(pool) < busy:
             pool.append(_Worker(ctx, engine, self.memory))
         finished = False
@@ -109,7 +111,7 @@ class LocalExecutor:
                         w.deadline = (
                             time.monotonic() + (600 if w.task.timeout is None else w.task.timeout) + GRACE
                         )
-                        w.conn.send(w.task)
+                        w.conn.send(replace(w.task, threads=threads) if threads else w.task)
                 deadlines = [w.deadline for w in pool if w.task]
                 timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
                 if self.watch and deadlines:

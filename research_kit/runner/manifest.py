@@ -40,6 +40,9 @@ class Task:
     # the command's environment variables, for a worker that did not inherit them (long-lived workers)
     environ: dict | None = None
     path: list | None = None  # the command's sys.path, likewise
+    threads: int | None = (
+        None  # library threads the report may use (`processes.report_threads`); None: no limit
+    )
 
     @property
     def report(self) -> str:
