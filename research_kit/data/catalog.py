@@ -12,8 +12,8 @@ from ..files import SETTLE_NS, file_identity
 
 # %% auto #0
 __all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'check_name', 'read_text', 'read_bytes', 'one_line',
-           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'open_package',
-           'get_resource', 'resource_file', 'catalog']
+           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'load_yaml_kept',
+           'open_package', 'get_resource', 'resource_file', 'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -290,32 +290,32 @@ def _parser() -> str:
     return json.dumps([code, yaml, st.st_size, st.st_mtime_ns, sys.version])
 
 
-def _kept_parse(text: str):
-    """Where the parse of descriptor `text` is kept: the researcher's cache, by the hash of the text and the parser
-    (the same for every workspace; a command that refuses its input leaves the workspace as it was)."""
+def _kept_parse(text: str, kind: str = "descriptor"):
+    """Where the parse of `text` (a descriptor, or other `kind` of YAML) is kept: the researcher's cache, by the
+    hash of the text and the parser (the same for every workspace; a command that refuses its input leaves the
+    workspace as it was)."""
     import hashlib
 
-    key = hashlib.sha256(json.dumps([_parser(), text]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([_parser(), kind, text]).encode()).hexdigest()
     return user_cache_dir() / "descriptors" / f"{key}.json"
 
 
-def _parse_once(text: str, durl: str) -> dict:
-    """`parse_descriptor`, kept as JSON in the researcher's cache (`_kept_parse`): YAML takes 10-30 ms a descriptor,
-    and every rk command that decides whether a run is cached needs the data's."""
+def _parse_kept(text: str, kind: str, parse) -> dict:
+    "`parse()` of `text`, a mapping, kept as JSON in the researcher's cache (`_kept_parse`) and read back next time."
     from research_kit.files import atomic_path
 
-    kept = _kept_parse(text)
+    kept = _kept_parse(text, kind)
     try:
         d = json.loads(kept.read_text(encoding="utf-8"))
         if isinstance(d, dict):
             return d
     except (OSError, ValueError):
         pass  # not kept yet (or damaged): parse it
-    d = parse_descriptor(text, durl)
+    d = parse()
     try:
         blob = json.dumps(d)
         # not kept when JSON would give back something else (dates, numbers as keys)
-        if json.loads(blob) == d:
+        if isinstance(d, dict) and json.loads(blob) == d:
             kept.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(kept) as tmp:
                 tmp.write_text(blob, encoding="utf-8")
@@ -323,6 +323,18 @@ def _parse_once(text: str, durl: str) -> dict:
     except (OSError, TypeError, ValueError):
         pass  # a cache that cannot be written only costs speed
     return d
+
+
+def _parse_once(text: str, durl: str) -> dict:
+    """`parse_descriptor`, kept as JSON in the researcher's cache: YAML takes 10-30 ms a descriptor, and every rk
+    command that decides whether a run is cached needs the data's."""
+    return _parse_kept(text, "descriptor", lambda: parse_descriptor(text, durl))
+
+
+def load_yaml_kept(text: str, where: str, error=DescriptorError):
+    """`load_yaml`, its parse kept like a descriptor's: for YAML files every command reads (`reports/batches.yaml`),
+    which then costs neither PyYAML's import nor its parse."""
+    return _parse_kept(text, "yaml", lambda: load_yaml(text, where, error=error))
 
 
 KEPT_PARSES = 256  # descriptor versions kept in the researcher's cache; the oldest go first

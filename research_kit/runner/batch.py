@@ -26,12 +26,12 @@ class BatchError(RKError):
 
 def load_batches(reports_dir: Path) -> dict:
     "The batches defined in `reports_dir/batches.yaml`."
-    from research_kit.data.catalog import load_yaml
+    from research_kit.data.catalog import load_yaml_kept
 
     path = Path(reports_dir) / BATCHES_FILE
     if not path.is_file():
         raise BatchError(f"{path} does not exist; define batches there")
-    batches = load_yaml(path.read_text(encoding="utf-8"), str(path), error=BatchError)
+    batches = load_yaml_kept(path.read_text(encoding="utf-8"), str(path), error=BatchError)
     if not isinstance(batches, dict) or not all(isinstance(v, list) for v in batches.values()):
         raise BatchError(f"{path}: expected a mapping of batch names to lists of entries")
     return batches
