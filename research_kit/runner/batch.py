@@ -138,10 +138,12 @@ def run_runs(
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
 
-    with build_lock(settings.build_dir, wait=wait):
-        # what is cached is decided only now: the rk process we waited for may have run these same reports
+    with build_lock(settings.build_dir, wait=wait) as lock:
+        # what runs is decided only now: another rk process may have run these same reports since they were planned,
+        # and the one this waited for may have changed anything
         for r in runs:
-            r.cached = still_cached(r, settings)
+            if lock.waited or not r.cached:
+                r.cached = still_cached(r, settings)
         todo = [r for r in runs if not r.cached]
         clean_stale(settings.build_dir)
         # the shared store first (`[workspace] share`): a run another institution already made is restored, not repeated

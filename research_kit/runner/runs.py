@@ -374,18 +374,25 @@ class build_lock:
         wait: bool = False,  # wait for the holder to finish, instead of raising `BuildLocked`
     ):
         self.path, self.wait = Path(build_dir) / ".lock", wait
+        self.waited = (
+            False  # did another process hold the lock first (`wait`)? Then anything may have changed
+        )
 
     def __enter__(self):
         from research_kit.files import LockHeld, exclusive_lock
 
-        self.lock = exclusive_lock(self.path, wait=self.wait, holder=f"pid {os.getpid()}")
+        holder = f"pid {os.getpid()}"
+        self.lock = exclusive_lock(self.path, holder=holder)
         try:
             self.lock.__enter__()
         except LockHeld as e:
-            raise BuildLocked(
-                f"another rk run or batch ({e.holder or 'unknown process'}) is writing {self.path.parent}; "
-                "wait for it to finish, or pass --wait"
-            ) from None
+            if not self.wait:
+                raise BuildLocked(
+                    f"another rk run or batch ({e.holder or 'unknown process'}) is writing {self.path.parent}; "
+                    "wait for it to finish, or pass --wait"
+                ) from None
+            self.lock, self.waited = exclusive_lock(self.path, wait=True, holder=holder), True
+            self.lock.__enter__()
         return self
 
     def __exit__(self, *exc):
