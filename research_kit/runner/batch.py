@@ -153,6 +153,14 @@ def run_runs(
             else {}
         )
         todo = [r for r in todo if r.name not in restored]
+
+        def audited(run, manifest):  # each run as it is in place, while the workers go on with the others
+            manifest = audit_unless_current(
+                run.folder, threshold=settings.threshold, policy=settings.threshold_policy
+            )
+            if on_result:
+                on_result(run, manifest)
+
         done = (
             dict(
                 (r.name, m)
@@ -163,14 +171,14 @@ def run_runs(
                     executor=executor,
                     workers=workers,
                     scheduler=scheduler,
-                    on_result=on_result,
+                    on_result=audited,
                 )
             )
             if todo
             else {}
         )
         done.update(restored)
-        for r in runs:  # cached runs too: the threshold may have changed since they ran
+        for r in runs:  # cached and restored runs too: the threshold may have changed since they ran
             if (r.folder / MANIFEST).is_file():
                 manifest = audit_unless_current(
                     r.folder, threshold=settings.threshold, policy=settings.threshold_policy

@@ -354,5 +354,5 @@ def records(notebook) -> dict:
                 entry = data[MIMETYPE]
                 if isinstance(entry, str):
                     entry = json.loads(entry)
-                out[entry["name"]] = entry["value"]
+                out[entry["name"]] = json.loads(json.dumps(entry["value"]))  # no NotebookNode inside
     return out
