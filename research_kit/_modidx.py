@@ -1191,6 +1191,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                              'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.present_records': ( 'runner/documents.html#present_records',
                                                                                                   'research_kit/runner/documents.py'),
+                                               'research_kit.runner.documents.print_later': ( 'runner/documents.html#print_later',
+                                                                                              'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.print_pdf': ( 'runner/documents.html#print_pdf',
                                                                                             'research_kit/runner/documents.py'),
                                                'research_kit.runner.documents.provenance': ( 'runner/documents.html#provenance',

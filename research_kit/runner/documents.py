@@ -16,7 +16,8 @@ __all__ = ['WORDS', 'PARAMETER_WORDS', 'PARAMETER_FIELDS', 'LEAD_PARAMETERS', 'T
            'READER_CSS', 'PARAMETER_TAGS', 'PAGE_CSS', 'CHROMIUM_NAMES', 'PDF_MODES', 'reader_words', 'parameter_words',
            'parameter_labels', 'document_title', 'first_heading', 'provenance', 'sanitize_html', 'sanitize_outputs',
            'with_alt_text', 'template_dir', 'present_records', 'write_reader', 'write_notebook_html', 'write_html',
-           'PdfError', 'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents', 'warm_up_documents']
+           'PdfError', 'find_chromium', 'print_pdf', 'pdf_wanted', 'write_documents', 'print_later',
+           'warm_up_documents']
 
 # %% ../../nbs/runner/documents.ipynb #1e30e7fd
 WORDS = {
@@ -619,12 +620,22 @@ def write_documents(
     )
     if not wanted:
         return {"pdf": {"made": False, "reason": why_not}}
+    if c.get("pdf_later"):
+        return {"pdf": {"later": True}}  # whoever asked prints it (`print_later`)
+    return {"pdf": print_later(out, chromium)}
+
+
+def print_later(
+    out,  # a run's folder, holding its report.html
+    chromium: str | None = None,  # the browser; None to look for one
+) -> dict:
+    "Print the run's report.html to report.pdf; what the manifest records about it (made, seconds or the reason)."
     t0 = time.perf_counter()
     try:
-        print_pdf(out / "report.html", out / "report.pdf", chromium=chromium)
-    except PdfError as e:
-        return {"pdf": {"made": False, "reason": str(e)}}
-    return {"pdf": {"made": True, "seconds": round(time.perf_counter() - t0, 3)}}
+        print_pdf(Path(out) / "report.html", Path(out) / "report.pdf", chromium=chromium)
+    except (PdfError, OSError) as e:
+        return {"made": False, "reason": str(e)}
+    return {"made": True, "seconds": round(time.perf_counter() - t0, 3)}
 
 # %% ../../nbs/runner/documents.ipynb #fb7a044f
 def warm_up_documents() -> None:

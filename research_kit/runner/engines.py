@@ -444,6 +444,7 @@ def _document_context(task: Task, started, inputs: list, succeeded: bool) -> dic
     return {
         "reader": task.reader,
         "pdf": task.pdf,
+        "pdf_later": task.pdf_later,
         "threshold": task.threshold,
         "data": task.data,
         "git": task.git,

@@ -43,6 +43,7 @@ class Task:
     threads: int | None = (
         None  # library threads the report may use (`processes.report_threads`); None: no limit
     )
+    pdf_later: bool = False  # leave a wanted PDF to the command, which prints it while the worker goes on
 
     @property
     def report(self) -> str:

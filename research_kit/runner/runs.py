@@ -225,6 +225,7 @@ def make_task(
     *,
     git: dict | None = None,  # the workspace's git state, for the documents' footer
     output_dir: Path | None = None,  # where the run writes; default: a temporary folder beside its own
+    pdf_later: bool = False,  # leave a wanted PDF to the command (`documents.print_later`)
 ) -> Task:
     "What a worker needs to run `run` and write its documents (`research_kit.runner.documents`), and what the command keys it on."
     from research_kit.runner.reads import discovery_config
@@ -245,6 +246,7 @@ def make_task(
         git=git,
         reads=discovery_config(settings),
         keyed={"code": code_sha256(), "environment": environment()["packages_sha256"]},
+        pdf_later=pdf_later,
     )
 
 # %% ../../nbs/runner/runs.ipynb #c0fa0f08
@@ -339,6 +341,8 @@ def execute(
     on_result=None,  # called with (run, manifest) as each run is in place
 ) -> list[tuple[Run, Manifest]]:
     "Run every run; return (run, manifest) pairs in the order they finished."
+    from concurrent.futures import ThreadPoolExecutor
+    from research_kit.runner.documents import print_later
     from research_kit.runner.engines import ENGINES
     from research_kit.runner.executors import EXECUTORS
 
@@ -351,13 +355,29 @@ def execute(
     )
     git = git_state(settings.root)
     by_name = {r.name: r for r in runs}
-    done = []
-    for task, outcome in runner.run([make_task(r, settings, engine, git=git) for r in runs]):
-        run = by_name[task.run]
+    later = executor != "dask"  # a dask worker may be another machine: it prints its own runs' PDFs
+    tasks = [make_task(r, settings, engine, git=git, pdf_later=later) for r in runs]
+    done, printing = [], []
+
+    def place(run, task, outcome):
         manifest = finish(run, task, outcome, git)
         done.append((run, manifest))
         if on_result:
             on_result(run, manifest)
+
+    # chromium prints a run's PDF here, about a second a page, while its worker goes on with the next report
+    with ThreadPoolExecutor(1, thread_name_prefix="rk-pdf") as printer:
+        for task, outcome in runner.run(tasks):
+            run = by_name[task.run]
+            if (outcome.pdf or {}).get("later"):
+                printing.append((run, task, outcome, printer.submit(print_later, task.output_dir)))
+            else:
+                place(run, task, outcome)
+            for item in [p for p in printing if p[3].done()]:
+                printing.remove(item)
+                place(item[0], item[1], replace(item[2], pdf=item[3].result()))
+        for run, task, outcome, future in printing:
+            place(run, task, replace(outcome, pdf=future.result()))
     return done
 
 # %% ../../nbs/runner/runs.ipynb #28340b8f
