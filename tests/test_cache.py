@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,39 @@ def test_rk_datasets_validate_sees_a_same_size_edit(workspace):
     assert proc.returncode == 1 and "hash: the file's sha256 differs" in proc.stderr, (
         proc.stdout + proc.stderr
     )
+
+
+OTHER_USE = """
+from research_kit.data.load import column_values, load, wait_for_cache_writes
+load("consortium", "institutions")
+wait_for_cache_writes()
+column_values("consortium", "institutions", "name")  # kept as JSON beside the cached table
+"""
+
+
+def cache_contents(cache):
+    return {p.relative_to(cache): p.read_bytes() for p in sorted(cache.rglob("*")) if p.is_file()}
+
+
+def test_load_notebook_keeps_to_its_own_cache(tmp_path):
+    # nbdev-test runs notebooks two at a time, and a researcher's rk commands use the workspace's cache too: the
+    # load notebook's tests count and damage cache files, so they must do it in a cache of their own, whatever
+    # another process keeps in the workspace's (here: another column of the same table, kept as JSON)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "settings.ini").write_text(f"[workspace]\ndata = {ROOT / 'datasets'}\ncache = .cache\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")} | {"RK_ROOT": str(ws)}
+    seeded = subprocess.run([sys.executable, "-c", OTHER_USE], env=env, capture_output=True, text=True)
+    assert seeded.returncode == 0, seeded.stderr
+    before = cache_contents(ws / ".cache")
+    nbdev_test = Path(sys.executable).parent / "nbdev-test"
+    proc = subprocess.run(
+        [str(nbdev_test), "nbs/data/load.ipynb"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert cache_contents(ws / ".cache") == before  # the workspace's cache: neither written nor damaged
