@@ -1616,6 +1616,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs._irreproducible': ( 'runner/runs.html#_irreproducible',
                                                                                         'research_kit/runner/runs.py'),
+                                          'research_kit.runner.runs._template_facts': ( 'runner/runs.html#_template_facts',
+                                                                                        'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs.build_lock': ( 'runner/runs.html#build_lock',
                                                                                    'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs.build_lock.__enter__': ( 'runner/runs.html#build_lock.__enter__',

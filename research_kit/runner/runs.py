@@ -177,6 +177,31 @@ def stale_reasons(
     return changes(run, m, s) or ["its cache key differs"]
 
 # %% ../../nbs/runner/runs.ipynb #27fceea4
+_templates: dict[str, tuple] = {}  # template path -> (its identity on disk, its facts)
+
+
+def _template_facts(template: Path) -> tuple:
+    """(declared parameters, template hash, its cells' hashes) of a template, from one read; kept in this process
+    while the file is unchanged and settled (as the hash memo tells files apart): a batch plans a template's runs
+    one after another."""
+    import time
+    from research_kit.files import SETTLE_NS, file_identity
+
+    identity = file_identity(template)  # before reading: a change while it is read is not kept
+    known = _templates.get(str(template))
+    if known and known[0] == identity:
+        return known[1]
+    cells = P.read_cells(template)
+    facts = (
+        P.template_parameters(template, cells),
+        template_sha256(template, cells),
+        tuple(cell_sha256s(template, cells)),
+    )
+    if time.time_ns() - max(identity[3:]) >= SETTLE_NS:
+        _templates[str(template)] = (identity, facts)
+    return facts
+
+
 def plan(
     report: str,  # a template's name (or path) in the workspace's reports folder
     given: dict | None = None,  # parameter values, as text (from the command line) or typed
@@ -188,10 +213,7 @@ def plan(
     s = settings or load_settings()
     template = P.find_template(report, s.reports_dir)
     report = template.stem  # the template may have been named by its path
-    cells = P.read_cells(
-        template
-    )  # read once: the parameters, the template's hash and its cells' come from it
-    declared = P.template_parameters(template, cells)
+    declared, template_hash, cells = _template_facts(template)
     parameters = P.validate(declared, dict(given or {}), report=report)
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
@@ -201,8 +223,8 @@ def plan(
         folder,
         parameters,
         template=template,
-        template_hash=template_sha256(template, cells),
-        cells=tuple(cell_sha256s(template, cells)),
+        template_hash=template_hash,
+        cells=cells,
         forced=force,
     )
     run.cached = still_cached(run, s)
