@@ -951,6 +951,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'research_kit.files.exclusive_lock._holder': ( 'files.html#exclusive_lock._holder',
                                                                                    'research_kit/files.py'),
                                     'research_kit.files.file_identity': ('files.html#file_identity', 'research_kit/files.py'),
+                                    'research_kit.files.read_once': ('files.html#read_once', 'research_kit/files.py'),
                                     'research_kit.files.sha256_file': ('files.html#sha256_file', 'research_kit/files.py'),
                                     'research_kit.files.swap_into_place': ('files.html#swap_into_place', 'research_kit/files.py'),
                                     'research_kit.files.write_json_atomic': ('files.html#write_json_atomic', 'research_kit/files.py'),

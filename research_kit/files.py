@@ -10,7 +10,7 @@ from .errors import RKError
 
 # %% auto #0
 __all__ = ['SETTLE_NS', 'atomic_path', 'write_text_atomic', 'write_json_atomic', 'swap_into_place', 'sha256_file',
-           'file_identity', 'LockHeld', 'exclusive_lock']
+           'file_identity', 'read_once', 'LockHeld', 'exclusive_lock']
 
 # %% ../nbs/files.ipynb #2b05934e
 @contextlib.contextmanager
@@ -88,6 +88,25 @@ def file_identity(
     "(device, inode, size, modification time, change time) of the file at `path`, in nanoseconds."
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_once(
+    path,  # the file
+    kept: dict,  # the caller's memo: path -> (identity, value)
+    read,  # makes the value from the path
+    settle_ns: int = SETTLE_NS,  # how long ago the file must have changed to be kept
+):
+    "`read(path)`, kept in `kept` while the file is unchanged and settled: an unchanged file is not read again."
+    import time
+
+    identity = file_identity(path)  # before reading: a change while it is read is not kept
+    known = kept.get(str(path))
+    if known and known[0] == identity:
+        return known[1]
+    value = read(path)
+    if time.time_ns() - max(identity[3:]) >= settle_ns:
+        kept[str(path)] = (identity, value)
+    return value
 
 # %% ../nbs/files.ipynb #a9e6dc43
 class LockHeld(RKError):

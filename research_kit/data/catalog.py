@@ -8,7 +8,7 @@ import functools, json, os, re
 from dataclasses import dataclass, field
 from ..errors import DescriptorError, UnknownNameError, quoted
 from ..settings import is_url, load_settings, user_cache_dir
-from ..files import SETTLE_NS, file_identity
+from ..files import SETTLE_NS, read_once
 
 # %% auto #0
 __all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'check_name', 'read_text', 'read_bytes', 'one_line',
@@ -423,17 +423,9 @@ _settled: dict[str, tuple[tuple, Package]] = {}  # descriptor path -> (its ident
 def _local_package(name: str, root: str) -> Package:
     """`_shared_package` of a local descriptor; an unchanged file (same inode, size and times, as the hash memo
     tells files apart) that has settled is not read again."""
-    import time
-
-    path = _join(root, name, DESCRIPTOR)
-    identity = file_identity(path)  # before reading: a change while it is read is not remembered
-    known = _settled.get(path)
-    if known and known[0] == identity:
-        return known[1]
-    pkg = _shared_package(name, root, read_text(path))
-    if time.time_ns() - max(identity[3:]) >= SETTLE_NS:
-        _settled[path] = (identity, pkg)
-    return pkg
+    path, read = _join(root, name, DESCRIPTOR), lambda p: _shared_package(name, root, read_text(p))
+    # this module's SETTLE_NS: its examples take fresh copies as settled
+    return read_once(path, _settled, read, settle_ns=SETTLE_NS)
 
 
 def resource_file(

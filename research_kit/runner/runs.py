@@ -182,24 +182,18 @@ _templates: dict[str, tuple] = {}  # template path -> (its identity on disk, its
 
 def _template_facts(template: Path) -> tuple:
     """(declared parameters, template hash, its cells' hashes) of a template, from one read; kept in this process
-    while the file is unchanged and settled (as the hash memo tells files apart): a batch plans a template's runs
-    one after another."""
-    import time
-    from research_kit.files import SETTLE_NS, file_identity
+    while the file is unchanged and settled (`files.read_once`): a batch plans a template's runs one after another."""
+    from research_kit.files import read_once
 
-    identity = file_identity(template)  # before reading: a change while it is read is not kept
-    known = _templates.get(str(template))
-    if known and known[0] == identity:
-        return known[1]
-    cells = P.read_cells(template)
-    facts = (
-        P.template_parameters(template, cells),
-        template_sha256(template, cells),
-        tuple(cell_sha256s(template, cells)),
-    )
-    if time.time_ns() - max(identity[3:]) >= SETTLE_NS:
-        _templates[str(template)] = (identity, facts)
-    return facts
+    def read(path):
+        cells = P.read_cells(path)
+        return (
+            P.template_parameters(path, cells),
+            template_sha256(path, cells),
+            tuple(cell_sha256s(path, cells)),
+        )
+
+    return read_once(template, _templates, read)
 
 
 def plan(
