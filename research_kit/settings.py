@@ -173,6 +173,9 @@ class Settings:
 
     def __init__(self, root: Path, values: dict[tuple[str, str], Setting], policy: dict | None = None):
         self.root, self.values, self.policy = root, values, values if policy is None else policy
+        self._resolved: dict[
+            tuple, Path
+        ] = {}  # (root, value) -> the folder: a batch asks for the same ones often
 
     def get(self, section: str, key: str) -> str:
         value = self.values[section, key].value
@@ -187,7 +190,10 @@ class Settings:
         return values[section, key].value if (section, key) in values else None
 
     def _path(self, key) -> Path:
-        return (self.root / self.get("workspace", key)).resolve()
+        at = (self.root, self.get("workspace", key))
+        if at not in self._resolved:
+            self._resolved[at] = (self.root / at[1]).resolve()
+        return self._resolved[at]
 
     @property
     def data(self) -> str:

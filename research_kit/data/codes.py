@@ -26,14 +26,16 @@ class ColumnValues:
     def source(self) -> str:
         return f"{self.package}/{self.resource}.{self.column}"
 
-    def allowed(self) -> tuple[str, ...]:
-        "The column's values as text, in the table's order, then the extra ones; the read is noted in the lineage."
+    def allowed(self, settings=None) -> tuple[str, ...]:
+        """The column's values as text, in the table's order, then the extra ones; the read is noted in the lineage.
+        `settings`: the workspace's settings when the caller has them at hand (a batch checks many runs)."""
         from research_kit.data import lineage
-        from research_kit.data.load import resource_sha256
+        from research_kit.data.load import HashMemo, resource_sha256
         from research_kit.settings import load_settings
 
-        sha = resource_sha256(self.package, self.resource)
-        values = _column_text(load_settings().data, self.package, self.resource, self.column, sha)
+        s = settings or load_settings()
+        sha = resource_sha256(self.package, self.resource, s.data, HashMemo(s.cache_dir))
+        values = _column_text(s.data, self.package, self.resource, self.column, sha)
         lineage.note_read(self.package, self.resource, sha)
         return tuple(dict.fromkeys(values + self.extra))
 

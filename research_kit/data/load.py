@@ -46,14 +46,24 @@ class HashMemo:
         st = os.stat(path)
         return [os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
+    _seen: dict[str, tuple[list, str]] = {}  # memo file -> (stamp, sha256) as read or written by this process
+
     def get(self, path: str) -> str | None:
         "The remembered sha256 of the file as it is now, or None."
         if not self.trust:
             return None
         try:
-            entry = json.loads(self._entry(path).read_text(encoding="utf-8"))
-            return entry["sha256"] if entry["stamp"] == self.stamp(path) else None
-        except (OSError, ValueError, KeyError):
+            stamp, entry = self.stamp(path), self._entry(path)
+            # a batch asks for the same few files' hashes hundreds of times: each memo file is read once per process
+            seen = self._seen.get(str(entry))
+            if seen and seen[0] == stamp:
+                return seen[1]
+            known = json.loads(entry.read_text(encoding="utf-8"))
+            if known["stamp"] != stamp:
+                return None
+            self._seen[str(entry)] = (stamp, known["sha256"])
+            return known["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def put(self, path: str, sha256: str, stamp: list) -> None:
@@ -66,6 +76,7 @@ class HashMemo:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._entry(path)) as tmp:
             tmp.write_text(json.dumps({"stamp": stamp, "sha256": sha256}), encoding="utf-8")
+        self._seen[str(self._entry(path))] = (stamp, sha256)
 
     def sha256(self, path: str) -> str:
         "The file's sha256, from memory when the file is unchanged."

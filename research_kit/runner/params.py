@@ -365,16 +365,17 @@ def check_value(p: Param, value, where=None):
     return float(value) if p.kind == "float" else value
 
 # %% ../../nbs/runner/params.ipynb #a0a034a2
-def _check_listed(p: Param, value, of: str) -> None:
+def _check_listed(p: Param, value, of: str, settings=None) -> None:
     "Refuse a value (or an item of a list) that the data does not list for `p`'s type."
-    known = p.values.allowed()
+    known = p.values.allowed(settings)
     for v in value if isinstance(value, list) else [value]:
         if v not in known:
             raise UnknownNameError(p.values.noun, v, known, where=f"parameter {p.name}{of}")
 
 
-def validate(params: dict[str, Param], given: dict, *, report: str | None = None) -> dict:
-    "The full, typed parameter set for a run: given values parsed and checked, defaults filled in."
+def validate(params: dict[str, Param], given: dict, *, report: str | None = None, settings=None) -> dict:
+    """The full, typed parameter set for a run: given values parsed and checked, defaults filled in. `settings`: the
+    workspace's settings, where the data lists a type's values (None to read them)."""
     of = f" of report {quoted(report)}" if report else ""
     for name in given:
         if name not in params:
@@ -386,7 +387,7 @@ def validate(params: dict[str, Param], given: dict, *, report: str | None = None
         out[name] = parse_value(p, given[name]) if name in given else p.default
     for name, p in params.items():
         if p.values is not None:
-            _check_listed(p, out[name], of)
+            _check_listed(p, out[name], of, settings)
     return out
 
 # %% ../../nbs/runner/params.ipynb #1acd4ae8
