@@ -4,17 +4,17 @@
 
 # %% ../../nbs/runner/site.ipynb #ea3cedb4
 from __future__ import annotations
-import hashlib, html, json, os, re, time
+import hashlib, html, json, os, re
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 from ..errors import RKError
-from ..files import SETTLE_NS, file_identity, write_text_atomic
+from ..files import write_text_atomic
 from .manifest import MANIFEST, Manifest, Run, read_run, run_folders
 
 # %% auto #0
 __all__ = ['MAX_RECORDS', 'OUTPUT_LINKS', 'STATE_LABELS', 'MAX_FINDINGS', 'FACETS', 'FACET_NAMES', 'STAMP_META', 'read_runs',
-           'format_started', 'key_records', 'facets', 'render_index', 'index_stamp', 'build_index']
+           'format_started', 'key_records', 'facets', 'render_index', 'index_stamp', 'index_is_current', 'build_index']
 
 # %% ../../nbs/runner/site.ipynb #a0bc3d5c
 MAX_RECORDS = 4  # key figures shown per row; the full set is in the manifest and the report
@@ -409,19 +409,18 @@ STAMP_META = "rk-index-stamp"  # the page's <meta> that holds its `index_stamp`
 
 
 def _identities(build_dir) -> dict[Path, list | None]:
-    """{run folder: its name, its manifest's identity (device, inode, size, modification and change times) and
-    the outputs it has}; None for a manifest changed too recently to be told apart from a next change within the
-    same timestamp tick, or gone."""
-    now, out = time.time_ns(), {}
+    """{run folder: its name, its manifest's sha256 and the outputs it has}; None for a run whose manifest is gone.
+    The manifests' content, not their times on disk: a manifest written a moment ago is identified as surely as an
+    old one (hashing a batch's manifests takes about a millisecond)."""
+    out = {}
     for folder in run_folders(build_dir):
         try:
-            identity = list(file_identity(folder / MANIFEST))
+            content = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
         except OSError:
             out[folder] = None  # removed while we looked
             continue
-        settled = now - max(identity[3:]) >= SETTLE_NS
         outputs = [name for name, _, _ in OUTPUT_LINKS if (folder / name).is_file()]
-        out[folder] = [folder.parent.name, folder.name, *identity, outputs] if settled else None
+        out[folder] = [folder.parent.name, folder.name, content, outputs]
     return out
 
 
@@ -441,9 +440,9 @@ def index_stamp(
     lang: str = "en",  # the page's language
     identities: dict | None = None,  # `_identities(build_dir)`, when taken already
 ) -> str | None:
-    """What the index of `build_dir` shows, identified without reading a manifest: each run folder's name, its
-    manifest's identity on disk and the outputs it has, the page's language, and the code and packages that
-    render it. None while a manifest changed too recently to be told apart from its next change."""
+    """What the index of `build_dir` shows, identified without parsing a manifest: each run folder's name, its
+    manifest's sha256 and the outputs it has, the page's language, and the code and packages that render it. None
+    while a run folder is being removed."""
     identities = _identities(build_dir) if identities is None else identities
     if any(i is None for i in identities.values()):
         return None
@@ -481,12 +480,21 @@ def _rows_kept_from(index: Path, identities: dict):
 
     def row(run: Run, classes: str) -> str:
         identity = identities.get(run.folder)
-        if identity is None:  # a new run, or one changed a moment ago: rendered, and not stamped
+        if identity is None:  # a run removed while the page is rendered: rendered, and not stamped
             return _safe_row(run, classes)
         stamp = _sha256([identity, classes, *renderer])
         return shown.get(stamp) or f'<tr data-row="{stamp}" ' + _safe_row(run, classes).removeprefix("<tr ")
 
     return row
+
+
+def index_is_current(
+    build_dir,  # the build folder
+    lang: str = "en",  # the page's language
+) -> bool:
+    "Does the index page of `build_dir` show the build folder as it is now? (Reads no manifest but to hash it.)"
+    stamp = index_stamp(build_dir, lang)
+    return stamp is not None and _shown_stamp(Path(build_dir) / "index.html") == stamp
 
 
 def build_index(
