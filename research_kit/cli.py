@@ -301,7 +301,7 @@ def _cached_figures(run) -> str:
     from research_kit.runner.manifest import ManifestError, read_manifest
 
     try:
-        return _key_figures(read_manifest(run.folder).records)
+        return _key_figures((run.manifest or read_manifest(run.folder)).records)
     except ManifestError:
         return ""
 

@@ -17,7 +17,7 @@ from .manifest import Manifest, read_manifest, write_manifest
 
 # %% auto #0
 __all__ = ['AUDIT_RULES', 'KINDS', 'MANIFEST_FIELDS', 'mask', 'Finding', 'AuditResult', 'audit_run', 'audit_runs',
-           'mark_publishable', 'audit_unless_current']
+           'mark_publishable', 'verdict_is_current', 'audit_unless_current']
 
 # %% ../../nbs/runner/audit.ipynb #2b646632
 AUDIT_RULES = 3  # raised whenever the rules change, so verdicts made under older rules are made again
@@ -421,11 +421,16 @@ def mark_publishable(folder, result: AuditResult) -> Manifest:
     return manifest
 
 
+def verdict_is_current(folder, manifest: Manifest, *, threshold: int, policy: int | None = None) -> bool:
+    "Does `manifest` (the run in `folder`'s) hold a verdict on its outputs as they are, under these rules, threshold and policy?"
+    return manifest.audited and manifest.data.get("audit_stamp") == _stamp(Path(folder), threshold, policy)
+
+
 def audit_unless_current(folder, *, threshold: int, policy: int | None = None) -> Manifest:
     """The run's manifest with a verdict: the one it holds if the rules, threshold, policy and outputs are
     unchanged since, else a new one."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.audited and manifest.data.get("audit_stamp") == _stamp(folder, threshold, policy):
+    if verdict_is_current(folder, manifest, threshold=threshold, policy=policy):
         return manifest
     return mark_publishable(folder, audit_run(folder, threshold=threshold, policy=policy))

@@ -134,10 +134,12 @@ def run_runs(
     on_share=None,
 ) -> list[tuple[Run, Manifest | None]]:
     """Execute the runs that are not cached (under the build lock), audit every run, rebuild the index; (run,
-    manifest or None) pairs."""
+    manifest or None) pairs. A cached run's manifest is `run.manifest`."""
     from research_kit.runner.audit import audit_unless_current
     from research_kit.runner.site import build_index
 
+    if _nothing_to_write(runs, settings):
+        return [(r, None) for r in runs]
     with build_lock(settings.build_dir, wait=wait) as lock:
         # what runs is decided only now: another rk process may have run these same reports since they were planned,
         # and the one this waited for may have changed anything
@@ -185,17 +187,40 @@ def run_runs(
                 )
                 if r.name in done:
                     done[r.name] = manifest
+                elif r.cached:
+                    r.manifest = manifest
         build_index(settings.build_dir, if_changed=True)  # an unchanged build folder keeps its page
     return [(r, done.get(r.name)) for r in runs]
+
+
+def _nothing_to_write(runs: list[Run], settings: Settings) -> bool:
+    """Is every run cached, with a current verdict, and does the index show the build folder as it is? Then an
+    unchanged rerun writes nothing, and takes no build lock: it only read what another rk process replaces whole
+    (manifests, pages), so it never waits for one nor makes one wait."""
+    from research_kit.runner.audit import verdict_is_current
+    from research_kit.runner.site import index_is_current
+
+    return (
+        bool(runs)
+        and all(
+            r.cached
+            and r.manifest is not None
+            and verdict_is_current(
+                r.folder, r.manifest, threshold=settings.threshold, policy=settings.threshold_policy
+            )
+            for r in runs
+        )
+        and index_is_current(settings.build_dir)
+    )
 
 
 def unpublishable(results: list[tuple[Run, Manifest | None]]) -> list[tuple[Run, Manifest]]:
     "The public-audience runs whose outputs failed the audit."
     out = []
     for run, m in results:
-        if m is None:  # cached: its manifest is on disk
+        if m is None:  # cached: the manifest it reuses, as planned or audited, else the one on disk
             try:
-                m = read_manifest(run.folder)
+                m = run.manifest or read_manifest(run.folder)
             except ManifestError:
                 continue
         if run.parameters.get("audience") == "public" and m.publishable is False:

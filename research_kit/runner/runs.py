@@ -156,9 +156,10 @@ def stale_reasons(
     run: Run,  # a planned run
     settings: Settings | None = None,  # the workspace's settings now; None to read them
 ) -> list[str]:
-    "Why `run` cannot be served from its folder's earlier run; [] when it can."
+    "Why `run` cannot be served from its folder's earlier run; [] when it can, and then `run.manifest` is that run's."
     from research_kit.runner.reads import changes
 
+    run.manifest = None
     try:
         m = read_manifest(run.folder)
     except ManifestError as e:  # never run, or a manifest damaged since: run it
@@ -173,6 +174,7 @@ def stale_reasons(
         return [UNKEYED + u for u in m.unkeyed]
     s = settings or load_settings()
     if m.cache_key == current_key(run, m, s):
+        run.manifest = m
         return []
     return changes(run, m, s) or ["its cache key differs"]
 
@@ -208,7 +210,7 @@ def plan(
     template = P.find_template(report, s.reports_dir)
     report = template.stem  # the template may have been named by its path
     declared, template_hash, cells = _template_facts(template)
-    parameters = P.validate(declared, dict(given or {}), report=report)
+    parameters = P.validate(declared, dict(given or {}), report=report, settings=s)
     slug = P.slug(parameters)
     folder = s.build_dir / report / slug
     run = Run(
