@@ -383,14 +383,16 @@ def _share_notes():
 # %% ../nbs/cli.ipynb #cc4a10b2
 def _memory_note(settings, runs):
     "Say once, before reports run, that the memory limit is only watched on this OS."
+    if all(r.cached for r in runs):
+        return
     from research_kit.processes import memory_note
 
-    note = memory_note(settings.memory) if any(not r.cached for r in runs) else None
+    note = memory_note(settings.memory)
     if note:
         _console(stderr=True).print(f"note: {note}", markup=False)
 
 # %% ../nbs/cli.ipynb #053974cd
-def _run_and_report(runs, settings, dry_run=False, **options):
+def _run_and_report(runs, settings, dry_run=False, executor="local", no_daemon=False, **options):
     from research_kit.runner.batch import run_runs
 
     if dry_run:
@@ -413,8 +415,10 @@ def _run_and_report(runs, settings, dry_run=False, **options):
     else:
         bar, update = _progress(len(runs), sum(r.cached for r in runs))
     on_share, notes = _share_notes()
+    if not all(r.cached for r in runs):  # (which workers would run them is not asked of an unchanged rerun)
+        executor = _executor(settings, executor, no_daemon)
     with bar:
-        results = run_runs(runs, settings, on_result=update, on_share=on_share, **options)
+        results = run_runs(runs, settings, executor=executor, on_result=update, on_share=on_share, **options)
     for n in notes:
         _console(stderr=True).print(f"warning: {n}", markup=False)
     _print_batch_results(results, settings)
@@ -463,7 +467,7 @@ def run(
         workers=1,
         wait=wait,
         share=share and not force,
-        executor=_executor(s, "local", no_daemon),
+        no_daemon=no_daemon,
     )
 
 # %% ../nbs/cli.ipynb #7debe811
@@ -497,7 +501,8 @@ def batch(
         s,
         dry_run=dry_run,
         engine=engine,
-        executor=_executor(s, executor, no_daemon),
+        executor=executor,
+        no_daemon=no_daemon,
         workers=workers,
         scheduler=scheduler,
         wait=wait,
