@@ -184,6 +184,26 @@ def test_second_writer_is_refused_while_the_lock_is_held(report_workspace):
     assert not (build(root) / "other").exists()
 
 
+def test_an_unchanged_rerun_needs_no_build_lock(report_workspace):
+    """A rerun with nothing to write (every run cached, its verdict current, the index showing the build folder as it
+    is) reads only, so another writer's lock does not stop it; one that must write something is still refused."""
+    import fcntl
+
+    root, _, env = report_workspace
+    run_rk("run", "other", cwd=root, env=env, check=0)
+    index = build(root) / "index.html"
+    with open(build(root) / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        cached = run_rk("run", "other", cwd=root, env=env)
+        index.unlink()  # the index no longer shows the build folder: this rerun has to write it
+        refused = run_rk("run", "other", cwd=root, env=env)
+    assert cached.returncode == 0 and "cached" in cached.stdout, cached.stdout + cached.stderr
+    assert refused.returncode == 1 and "is writing" in refused.stderr, refused.stdout + refused.stderr
+    assert not index.exists()  # nothing was written while the other held the lock
+    run_rk("run", "other", cwd=root, env=env, check=0)
+    assert "other" in index.read_text(encoding="utf-8")  # and once it is free, the page is written again
+
+
 def edit_template(path, index, source):
     nb = nbformat.read(path, as_version=4)
     nb.cells[index].source = source
