@@ -208,10 +208,11 @@ def parse_parameters(
     return params
 
 
-def read_cells(path: str | Path) -> list[dict]:
-    "A notebook's cells as plain dicts with `source` as one string (plain JSON: `import nbformat` alone takes most of a second)."
+def read_cells(path: str | Path, text: str | None = None) -> list[dict]:
+    """A notebook's cells as plain dicts with `source` as one string (plain JSON: `import nbformat` alone takes most of
+    a second); `text`: the file's text, when already read."""
     try:
-        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        nb = json.loads(Path(path).read_text(encoding="utf-8") if text is None else text)
         cells = nb["cells"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise TemplateError(f"{path}: not a readable notebook ({e})") from None

@@ -187,15 +187,47 @@ def _template_facts(template: Path) -> tuple:
     while the file is unchanged and settled (`files.read_once`): a batch plans a template's runs one after another."""
     from research_kit.files import read_once
 
-    def read(path):
-        cells = P.read_cells(path)
-        return (
-            P.template_parameters(path, cells),
-            template_sha256(path, cells),
-            tuple(cell_sha256s(path, cells)),
-        )
+    return read_once(template, _templates, _facts_kept)
 
-    return read_once(template, _templates, read)
+
+def _facts_file(text: str) -> Path:
+    "Where the facts of a template whose text is `text` are kept (`_facts_kept`)."
+    from research_kit.settings import user_cache_dir
+
+    key = json.dumps([text, code_sha256(), environment()["packages_sha256"]])
+    return user_cache_dir() / "templates" / f"{hashlib.sha256(key.encode()).hexdigest()}.pickle"
+
+
+def _facts_kept(path: Path) -> tuple:
+    """A template's facts, kept in the researcher's cache by the hash of its text, research_kit's code and the
+    installed packages (what reading its parameters may import): every command that plans a run needs them, and
+    working them out (the cells, the parameters' comments and annotations) costs more than reading them back."""
+    import pickle
+    from research_kit.data.catalog import _forget_old_parses
+    from research_kit.files import atomic_path
+
+    text = Path(path).read_text(encoding="utf-8")
+    kept = _facts_file(text)
+    try:
+        return pickle.loads(kept.read_bytes())
+    except Exception:  # not kept yet, or damaged: worked out again
+        pass
+    cells = P.read_cells(
+        path, text
+    )  # a template that cannot be read or declares bad parameters raises: not kept
+    facts = (
+        P.template_parameters(path, cells),
+        template_sha256(path, cells),
+        tuple(cell_sha256s(path, cells)),
+    )
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(kept) as tmp:
+            tmp.write_bytes(pickle.dumps(facts))
+        _forget_old_parses(kept.parent)
+    except OSError:
+        pass  # a cache that cannot be written only costs speed
+    return facts
 
 
 def plan(
