@@ -1908,4 +1908,17 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'research_kit.signing.load_public_key': ('signing.html#load_public_key', 'research_kit/signing.py'),
                                       'research_kit.signing.new_keys': ('signing.html#new_keys', 'research_kit/signing.py'),
                                       'research_kit.signing.sign': ('signing.html#sign', 'research_kit/signing.py'),
-                                      'research_kit.signing.verify': ('signing.html#verify', 'research_kit/signing.py')}}}
+                                      'research_kit.signing.verify': ('signing.html#verify', 'research_kit/signing.py')},
+            'research_kit.tables': { 'research_kit.tables._break_points': ('tables.html#_break_points', 'research_kit/tables.py'),
+                                     'research_kit.tables._cell': ('tables.html#_cell', 'research_kit/tables.py'),
+                                     'research_kit.tables._cells': ('tables.html#_cells', 'research_kit/tables.py'),
+                                     'research_kit.tables._char_cells': ('tables.html#_char_cells', 'research_kit/tables.py'),
+                                     'research_kit.tables._collapse': ('tables.html#_collapse', 'research_kit/tables.py'),
+                                     'research_kit.tables._column_widths': ('tables.html#_column_widths', 'research_kit/tables.py'),
+                                     'research_kit.tables._crop': ('tables.html#_crop', 'research_kit/tables.py'),
+                                     'research_kit.tables._expand_tabs': ('tables.html#_expand_tabs', 'research_kit/tables.py'),
+                                     'research_kit.tables._measure': ('tables.html#_measure', 'research_kit/tables.py'),
+                                     'research_kit.tables._ratio_reduce': ('tables.html#_ratio_reduce', 'research_kit/tables.py'),
+                                     'research_kit.tables._text': ('tables.html#_text', 'research_kit/tables.py'),
+                                     'research_kit.tables._wrap': ('tables.html#_wrap', 'research_kit/tables.py'),
+                                     'research_kit.tables.render_table': ('tables.html#render_table', 'research_kit/tables.py')}}}
