@@ -124,6 +124,7 @@ def _break_points(line: str, width: int) -> list[int]:
 
 
 def _expand_tabs(line: str) -> str:
+    "Each tab as spaces to the next multiple of 8 cells (measuring a cell, Rich counts a tab as nothing)."
     parts, out = line.split("\t"), ""
     for part in parts[:-1]:
         out += part + " "
@@ -139,8 +140,9 @@ def _wrap(text: str, width: int, right: bool) -> list[str]:
         points = _break_points(line, width)
         for start, end in zip([0, *points], [*points, len(line)]):
             piece = line[start:end]
-            if len(piece) > width:  # spaces past the edge go
-                piece = piece[: len(piece) - min(len(piece) - width, len(piece) - len(piece.rstrip()))]
+            excess, trailing = len(piece) - width, len(piece) - len(piece.rstrip())
+            if excess > 0:  # the spaces that stick out go
+                piece = piece[: len(piece) - min(excess, trailing)]
             if right:
                 piece = piece.rstrip()
             if _cells(piece) > width:
@@ -183,9 +185,8 @@ def render_table(
         height = max(1, *map(len, cells))
         for lines, w in zip(cells, widths):
             blank = [" " * w] * (height - len(lines))
-            lines[:] = (
-                blank + lines if index == 0 else lines + blank
-            )  # the header sits on its line, cells hang
+            # a header sits on the line below it, a row's cells hang from the line above
+            lines[:] = blank + lines if index == 0 else lines + blank
         bar = "┃" if index == 0 else "│"
         out += [bar + bar.join(lines[n] for lines in cells) + bar for n in range(height)]
         if index == 0:
