@@ -33,28 +33,45 @@ datasets_app = typer.Typer(
 app.add_typer(datasets_app, name="datasets")
 
 # %% ../nbs/cli.ipynb #93981a3d
-def _console(stderr=False):
+class _Printer:
+    "Writes each message as it is and a newline, and flushes, so that standard output and error keep their order."
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def print(self, message=""):
+        self.stream.write(f"{message}\n")
+        self.stream.flush()
+
+
+def _console(stderr=False) -> _Printer:
+    return _Printer(sys.stderr if stderr else sys.stdout)
+
+
+def _width() -> int:
     import os
+
+    if sys.stdout.isatty():
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return int(os.environ.get("COLUMNS", 160))  # logs and pipes: don't squeeze tables
+
+
+def _rich_console(stderr=False):
+    "Rich's console, for the progress bar and styled text: no markup, no highlighting, as wide as `_width` says."
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    width = (
-        None if stream.isatty() else int(os.environ.get("COLUMNS", 160))
-    )  # logs and pipes: don't squeeze tables
-    # no markup: what rk prints is mostly the user's own text (help comments, descriptions, patterns
-    # such as `[a-z]+`, recorded values), and Rich would read its square brackets as style tags
+    width = None if stream.isatty() else _width()
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, markup=False)
 
 # %% ../nbs/cli.ipynb #690bc7b9
-def _table(title, columns, rows):
-    from rich.table import Table
+def _table(title, columns, rows) -> str:
+    from research_kit.tables import render_table
 
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="right" if c in ("rows", "size", "bytes") else "left")
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
-    return t
+    right = [c for c in columns if c in ("rows", "size", "bytes")]
+    return render_table(title, columns, rows, width=_width(), right=right)
 
 # %% ../nbs/cli.ipynb #0b59cdae
 @app.command()
@@ -103,6 +120,13 @@ def datasets_list():
     )
 
 # %% ../nbs/cli.ipynb #87d7e0e1
+def _print_name(name: str, rest: str):
+    "A package's name, in bold on a terminal, and `rest` after it, on one line."
+    from rich.text import Text  # Rich's console reads no markup here: style by Text, never by [bold] tags
+
+    _rich_console().print(Text.assemble((name, "bold"), rest))
+
+
 @datasets_app.command("show")
 def datasets_show(
     package: str = typer.Argument(..., help="package name"),
@@ -119,9 +143,7 @@ def datasets_show(
     d, out = p.descriptor, _console()
     if lang is not None:
         return _show_labels(p, lang, out)
-    from rich.text import Text
-
-    out.print(Text.assemble((str(d["name"]), "bold"), f" {d.get('version', '')}: {d.get('title', '')}"))
+    _print_name(str(d["name"]), f" {d.get('version', '')}: {d.get('title', '')}")
     out.print(str(d.get("description", "")).strip())
     for key in ("licenses", "sources"):
         for item in d.get(key, []):
@@ -150,9 +172,7 @@ def _show_labels(p, lang: str, out):
     from research_kit.data.labels import field_title, value_labels
 
     d = p.descriptor
-    from rich.text import Text  # the console reads no markup: style by Text, never by [bold] tags
-
-    out.print(Text.assemble((str(d["name"]), "bold"), f" {d.get('version', '')}: {field_title(d, lang)}"))
+    _print_name(str(d["name"]), f" {d.get('version', '')}: {field_title(d, lang)}")
     for r in p.resources.values():
         rows = [
             (
@@ -191,10 +211,10 @@ def datasets_validate(
     )
     for c in results:
         if c.skipped:
-            _console().print(f"{c.package}/{c.resource} skipped: {c.skipped}", markup=False)
+            _console().print(f"{c.package}/{c.resource} skipped: {c.skipped}")
     failed = [c.error for c in results if c.error is not None]
     for e in failed:
-        _console(stderr=True).print(f"error: {e}", markup=False)
+        _console(stderr=True).print(f"error: {e}")
     if failed:
         raise typer.Exit(1)
 
@@ -232,7 +252,7 @@ def datasets_rehash(
     from research_kit.data.authoring import rehash
 
     for result in rehash(package, resource):
-        _console().print(str(result), markup=False)
+        _console().print(str(result))
 
 # %% ../nbs/cli.ipynb #6b76364b
 @app.command()
@@ -327,15 +347,13 @@ def _print_batch_results(results, settings):
     _console().print(_table("runs", ["report", "parameters", "status", "duration", "records / error"], rows))
     for run, m in results:  # a run that read what no cache key covers is never reused silently
         if m is not None and not m.shared and run.unkeyed:
-            _console().print(f"ran again: {run.name}: {'; '.join(run.unkeyed)}", markup=False)
+            _console().print(f"ran again: {run.name}: {'; '.join(run.unkeyed)}")
     _console().print(f"index: {settings.build_dir / 'index.html'}")
     from research_kit.runner.batch import unpublishable
 
     blocked = unpublishable(results)
     for run, m in blocked:
-        _console(stderr=True).print(
-            f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}", markup=False
-        )
+        _console(stderr=True).print(f"not publishable: {run.name}: {'; '.join(m.audit_reasons)}")
     if failed:
         _console(stderr=True).print(f"error: {failed} report{'s' if failed != 1 else ''} failed")
     if blocked:
@@ -349,7 +367,7 @@ def _print_batch_results(results, settings):
 def _progress(total: int, cached: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    console = _console(stderr=True)
+    console = _rich_console(stderr=True)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -389,7 +407,7 @@ def _memory_note(settings, runs):
 
     note = memory_note(settings.memory)
     if note:
-        _console(stderr=True).print(f"note: {note}", markup=False)
+        _console(stderr=True).print(f"note: {note}")
 
 # %% ../nbs/cli.ipynb #053974cd
 def _run_and_report(runs, settings, dry_run=False, executor="local", no_daemon=False, **options):
@@ -420,7 +438,7 @@ def _run_and_report(runs, settings, dry_run=False, executor="local", no_daemon=F
     with bar:
         results = run_runs(runs, settings, executor=executor, on_result=update, on_share=on_share, **options)
     for n in notes:
-        _console(stderr=True).print(f"warning: {n}", markup=False)
+        _console(stderr=True).print(f"warning: {n}")
     _print_batch_results(results, settings)
 
 # %% ../nbs/cli.ipynb #e9e43b6b
@@ -547,7 +565,7 @@ def workers(ctx: typer.Context):
         )
         return
     for line in _describe_workers(state):
-        _console().print(line, markup=False)
+        _console().print(line)
 
 
 @workers_app.command("stop")
@@ -560,7 +578,7 @@ def workers_stop():
     if state is None:
         _console().print("no long-lived workers were running for this workspace")
     else:
-        _console().print(f"stopped the long-lived workers (process {state['pid']})", markup=False)
+        _console().print(f"stopped the long-lived workers (process {state['pid']})")
 
 # %% ../nbs/cli.ipynb #f63b8810
 @app.command("new")
@@ -578,12 +596,11 @@ def new_report(
     s = load_settings()
     path = new_template(name, s.reports_dir, title=title)
     out = _console()
-    out.print(f"created {path}", markup=False)
-    out.print(f"try it: rk params {name}; rk run {name}", markup=False)
+    out.print(f"created {path}")
+    out.print(f"try it: rk params {name}; rk run {name}")
     out.print(
         "then open it in JupyterLab (rk lab), put your analysis in place of the example, and translate the title and "
-        "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md",
-        markup=False,
+        "prose of the cells tagged lang-kk and lang-ru; the guide: docs/templates.md"
     )
 
 # %% ../nbs/cli.ipynb #3eae6f44
@@ -608,16 +625,15 @@ def open_report(
     s = load_settings()
     path = open_copy(report, _given(param), s, replace=replace)
     out = _console()
-    out.print(f"your copy: {path}", markup=False)
+    out.print(f"your copy: {path}")
     server = running_lab(s.root)
     if server is None:
         out.print(
-            f"no JupyterLab serves this workspace: start one with `rk lab` and open {path.relative_to(s.root)} in it",
-            markup=False,
+            f"no JupyterLab serves this workspace: start one with `rk lab` and open {path.relative_to(s.root)} in it"
         )
         return
     url = lab_url(server, path)
-    out.print(f"JupyterLab: {url}", markup=False)
+    out.print(f"JupyterLab: {url}")
     if browser:
         import webbrowser
 
@@ -679,7 +695,7 @@ def push(
     )
     for r in results:
         if r.outcome == "skipped":
-            _console(stderr=True).print(f"skipped {r.run}: {r.reason}", markup=False)
+            _console(stderr=True).print(f"skipped {r.run}: {r.reason}")
 
 # %% ../nbs/cli.ipynb #da1fd14b
 def _all_runs(settings, batch):
@@ -723,7 +739,7 @@ def pull(
     )
     refused = [r for r in results if r.refused]
     for r in refused:
-        _console(stderr=True).print(f"refused: {r.refused}", markup=False)
+        _console(stderr=True).print(f"refused: {r.refused}")
     if refused:
         _console(stderr=True).print(
             f"error: {len(refused)} shared run{'s' if len(refused) != 1 else ''} refused; "
@@ -758,7 +774,7 @@ def site(
         folder, s, public=bool(public), institution=institution, report=report, state=status
     )
     what = "publishable runs" if public else "runs"
-    _console().print(f"{n} {what} from {s.share}: {index}", markup=False)
+    _console().print(f"{n} {what} from {s.share}: {index}")
 
 # %% ../nbs/cli.ipynb #d9bfe90e
 keys_app = typer.Typer(
@@ -779,12 +795,8 @@ def keys_new():
     s = load_settings()
     private, public = new_keys(s.institution, s.signing_key, s.root / KEYS_DIR, workspace=s.root)
     out = _console()
-    out.print(
-        f"private key: {private} (yours alone: never copy it into the workspace or share it)", markup=False
-    )
-    out.print(
-        f"public key: {public} (commit it, so every workspace can check the runs you push)", markup=False
-    )
+    out.print(f"private key: {private} (yours alone: never copy it into the workspace or share it)")
+    out.print(f"public key: {public} (commit it, so every workspace can check the runs you push)")
 
 # %% ../nbs/cli.ipynb #a8e5035f
 @app.command()
@@ -825,8 +837,7 @@ def verify(
         if d.kind == "cache":
             _console().print(
                 f"never reused: {d.run}: {d.actual.removeprefix(IRREPRODUCIBLE)}; every batch runs it again "
-                "until its inputs change",
-                markup=False,
+                "until its inputs change"
             )
     raise typer.Exit(1)
 
@@ -857,7 +868,7 @@ def ingest(
         mode=mode,
         skip_invalid=skip_invalid,
     )
-    _console().print(str(result), markup=False)
+    _console().print(str(result))
 
 # %% ../nbs/cli.ipynb #771f2976
 @app.command()
@@ -882,11 +893,10 @@ def audit(
     out = _console()
     for folder, r in results.items():
         out.print(
-            f"{folder}: " + ("publishable" if r.publishable else "not publishable: " + "; ".join(r.reasons)),
-            markup=False,
+            f"{folder}: " + ("publishable" if r.publishable else "not publishable: " + "; ".join(r.reasons))
         )
         for f in r.findings:
-            out.print("  " + f.describe(), markup=False)
+            out.print("  " + f.describe())
     if any(r.audience == "public" and not r.publishable for r in results.values()):
         raise typer.Exit(1)
 
@@ -899,9 +909,9 @@ def doctor():
     checks = run_checks()
     out = _console()
     for c in checks:
-        out.print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}", markup=False)
+        out.print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
         if not c.ok:
-            out.print(f"     fix: {c.fix}", markup=False)
+            out.print(f"     fix: {c.fix}")
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 
@@ -949,7 +959,7 @@ def main(argv=None):
     try:
         app(args=argv, prog_name="rk", standalone_mode=True)
     except RKError as e:
-        _console(stderr=True).print(f"error: {e}", markup=False)
+        _console(stderr=True).print(f"error: {e}")
         sys.exit(1)
 
 # %% ../nbs/cli.ipynb #416cdd16
