@@ -483,7 +483,8 @@ def test_a_cached_batch_renders_the_index_again_whenever_what_it_shows_changed(l
     rk_batch(root, env, "lookups")
     kept = index.stat().st_ino
     rk_batch(root, env, "lookups")
-    assert index.stat().st_ino == kept  # nothing changed: left as it is, though its manifests were written just now
+    # nothing changed: left as it is, though its manifests were written just now
+    assert index.stat().st_ino == kept
 
     run = build / "extra" / "n=1"
     manifest = json.loads((run / "manifest.json").read_text())
