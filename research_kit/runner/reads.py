@@ -163,8 +163,8 @@ class Recorder:
         if wanted and not writing and self.by_the_loader():
             return  # not remembered: the report may read the file itself too
         self.seen.add((path, writing))
-        if not wanted:
-            return
+        if not wanted or (writing and f"{os.sep}__pycache__{os.sep}" in full):
+            return  # (importing a helper writes its bytecode cache: the import system's file, not the report's)
         if not writing and full.endswith(".pyc") and f"{os.sep}__pycache__{os.sep}" in full:
             from importlib.util import source_from_cache
 
