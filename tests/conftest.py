@@ -281,14 +281,25 @@ def pytest_terminal_summary(terminalreporter):
 # module fixtures such as a batch of reports run once), in the order of collection. Started last, a long
 # file would run alone while the other worker idles; so the files that take longest are handed out first.
 LONGEST_FIRST = [
-    "test_templates.py",
-    "test_public_outputs.py",
     "test_portable.py",
-    "test_reader_languages.py",
+    "test_templates.py",
     "test_faults.py",
-    "test_guide.py",
+    "test_share.py",
+    "test_stale.py",
+    "test_runner.py",
+    "test_engines_agree.py",
+    "test_kill.py",
+    "test_load_fidelity.py",
+    "test_daemon.py",
     "test_privacy_attack.py",
-]  # as measured, longest first
+    "test_template_authoring.py",
+    "test_guide.py",
+    "test_planted_effects.py",
+    "test_public_outputs.py",
+    "test_bad_input.py",
+    "test_dask.py",
+    "test_documents.py",
+]  # as measured (the sum of a file's test times on two workers), longest first; the rest are shorter
 
 
 def pytest_collection_modifyitems(items):

@@ -5,6 +5,7 @@ reader's language, and says which language it is in; its PDF carries the Kazakh 
 that a Kazakh or Russian reader document leaves nothing in English (`untranslated`), shown to find what it
 looks for; test_templates applies it to every shipped template."""
 
+import functools
 import json
 import re
 import shutil
@@ -166,6 +167,7 @@ class ReaderText:
         self.text = " ".join(self.parts)
 
 
+@functools.cache
 def english_messages() -> list[tuple[str, re.Pattern]]:
     "Each catalog message whose Kazakh and Russian differ from the English, as a pattern (placeholders match anything)."
     from babel.messages.pofile import read_po
@@ -179,7 +181,13 @@ def english_messages() -> list[tuple[str, re.Pattern]]:
         if any(message in catalogs[lang].get(message, "") for lang in catalogs):
             continue  # "ROC AUC" stays inside its translation
         parts = [re.escape(p) for p in re.split(r"\{\w*\}", message)]
-        out.append((message, re.compile(r"(?<![\w-])" + r".+?".join(parts) + r"(?![\w-])")))
+        # A message that opens with a placeholder: any character before the rest, which is what a leading `.+?`
+        # after the word boundary matches (the text has no newlines); that pattern was tried at every position of
+        # a page, each try scanning on to its end (seconds a page).
+        start, parts = (
+            (r"(?<=.)" + parts[1], parts[2:]) if parts[0] == "" else (r"(?<![\w-])" + parts[0], parts[1:])
+        )
+        out.append((message, re.compile(start + "".join(r".+?" + p for p in parts) + r"(?![\w-])")))
     return out
 
 
