@@ -1623,6 +1623,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs._code_name': ( 'runner/runs.html#_code_name',
                                                                                    'research_kit/runner/runs.py'),
+                                          'research_kit.runner.runs._cut_short': ( 'runner/runs.html#_cut_short',
+                                                                                   'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs._facts_file': ( 'runner/runs.html#_facts_file',
                                                                                     'research_kit/runner/runs.py'),
                                           'research_kit.runner.runs._facts_kept': ( 'runner/runs.html#_facts_kept',

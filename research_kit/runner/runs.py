@@ -317,6 +317,17 @@ def _irreproducible(folder: Path, key: str) -> list[str]:
     return [u for u in earlier.unkeyed if u.startswith(IRREPRODUCIBLE)] if earlier.cache_key == key else []
 
 
+def _cut_short(notebook: Path) -> bool:
+    "Is `notebook` there but not a whole JSON document (a process stopped while writing it)?"
+    try:
+        json.loads(notebook.read_bytes())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+        return True
+    return False
+
+
 def finish(
     run: Run,  # the planned run
     task: Task,  # the task it was given to a worker as
@@ -328,6 +339,12 @@ def finish(
     tmp.mkdir(parents=True, exist_ok=True)  # again: the build folder may have been deleted meanwhile
     for log in ("lineage.jsonl", "reads.jsonl"):
         (tmp / log).unlink(missing_ok=True)  # left by a run whose worker died
+    if not outcome.succeeded and _cut_short(tmp / "report.ipynb"):
+        # a worker stopped while it saved the notebook (the memory limit, a crash): no half-written file in place
+        (tmp / "report.ipynb").unlink()
+        cut = "its notebook, cut short as the worker stopped while saving it, was removed"
+        error = outcome.error or RunFailure("RunFailed", "the run failed")
+        outcome = replace(outcome, error=replace(error, message=f"{error.message} ({cut})"))
     if outcome.succeeded and not (tmp / "report.ipynb").is_file():
         outcome = replace(
             outcome,
