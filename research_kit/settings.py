@@ -173,9 +173,8 @@ class Settings:
 
     def __init__(self, root: Path, values: dict[tuple[str, str], Setting], policy: dict | None = None):
         self.root, self.values, self.policy = root, values, values if policy is None else policy
-        self._resolved: dict[
-            tuple, Path
-        ] = {}  # (root, value) -> the folder: a batch asks for the same ones often
+        # (root, value) -> the folder: a batch asks for the same ones often
+        self._resolved: dict[tuple, Path] = {}
 
     def get(self, section: str, key: str) -> str:
         value = self.values[section, key].value

@@ -12,8 +12,8 @@ from ..files import SETTLE_NS, read_once
 
 # %% auto #0
 __all__ = ['DESCRIPTOR', 'ROOT_HINT', 'MAX_YAML_NODES', 'KEPT_PARSES', 'check_name', 'read_text', 'read_bytes', 'one_line',
-           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'load_yaml_kept',
-           'open_package', 'get_resource', 'resource_file', 'catalog']
+           'load_yaml', 'parse_descriptor', 'Resource', 'Package', 'data_root', 'package_names', 'kept_or_made',
+           'load_yaml_kept', 'open_package', 'get_resource', 'resource_file', 'catalog']
 
 # %% ../../nbs/data/catalog.ipynb #be38626a
 DESCRIPTOR = "datapackage.yaml"
@@ -300,29 +300,51 @@ def _kept_parse(text: str, kind: str = "descriptor"):
     return user_cache_dir() / "descriptors" / f"{key}.json"
 
 
-def _parse_kept(text: str, kind: str, parse) -> dict:
-    "`parse()` of `text`, a mapping, kept as JSON in the researcher's cache (`_kept_parse`) and read back next time."
+def kept_or_made(
+    kept: Path,  # the file in the researcher's cache that keeps the value, named by a hash of all it depends on
+    make,  # works the value out
+    dump,  # the bytes that keep a value; None when they would not give it back as it is
+    load,  # the value from those bytes; raises when they are not a kept value
+):
+    """The value kept in `kept`, else `make()`, kept there for next time; an entry that cannot be read back is made
+    again, a cache that cannot be written only costs speed, and the folder keeps its newest `KEPT_PARSES` entries."""
     from research_kit.files import atomic_path
 
-    kept = _kept_parse(text, kind)
     try:
-        d = json.loads(kept.read_text(encoding="utf-8"))
-        if isinstance(d, dict):
-            return d
-    except (OSError, ValueError):
-        pass  # not kept yet (or damaged): parse it
-    d = parse()
+        return load(kept.read_bytes())
+    except (
+        Exception
+    ):  # not kept yet, or damaged (unpickling damaged bytes can raise almost anything): made again
+        pass
+    value = make()
     try:
-        blob = json.dumps(d)
-        # not kept when JSON would give back something else (dates, numbers as keys)
-        if isinstance(d, dict) and json.loads(blob) == d:
+        blob = dump(value)
+        if blob is not None:
             kept.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(kept) as tmp:
-                tmp.write_text(blob, encoding="utf-8")
+                tmp.write_bytes(blob)
             _forget_old_parses(kept.parent)
     except (OSError, TypeError, ValueError):
         pass  # a cache that cannot be written only costs speed
+    return value
+
+
+def _mapping(blob: bytes) -> dict:
+    d = json.loads(blob)
+    if not isinstance(d, dict):
+        raise ValueError("not a kept parse")
     return d
+
+
+def _as_json(d) -> bytes | None:
+    blob = json.dumps(d)
+    # not kept when JSON would give back something else (dates, numbers as keys)
+    return blob.encode() if isinstance(d, dict) and json.loads(blob) == d else None
+
+
+def _parse_kept(text: str, kind: str, parse) -> dict:
+    "`parse()` of `text`, a mapping, kept as JSON in the researcher's cache (`_kept_parse`) and read back next time."
+    return kept_or_made(_kept_parse(text, kind), parse, _as_json, _mapping)
 
 
 def _parse_once(text: str, durl: str) -> dict:

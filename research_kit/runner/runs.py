@@ -203,31 +203,19 @@ def _facts_kept(path: Path) -> tuple:
     installed packages (what reading its parameters may import): every command that plans a run needs them, and
     working them out (the cells, the parameters' comments and annotations) costs more than reading them back."""
     import pickle
-    from research_kit.data.catalog import _forget_old_parses
-    from research_kit.files import atomic_path
+    from research_kit.data.catalog import kept_or_made
 
     text = Path(path).read_text(encoding="utf-8")
-    kept = _facts_file(text)
-    try:
-        return pickle.loads(kept.read_bytes())
-    except Exception:  # not kept yet, or damaged: worked out again
-        pass
-    cells = P.read_cells(
-        path, text
-    )  # a template that cannot be read or declares bad parameters raises: not kept
-    facts = (
-        P.template_parameters(path, cells),
-        template_sha256(path, cells),
-        tuple(cell_sha256s(path, cells)),
-    )
-    try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(kept) as tmp:
-            tmp.write_bytes(pickle.dumps(facts))
-        _forget_old_parses(kept.parent)
-    except OSError:
-        pass  # a cache that cannot be written only costs speed
-    return facts
+
+    def facts():  # a template that cannot be read or declares bad parameters raises: nothing kept
+        cells = P.read_cells(path, text)
+        return (
+            P.template_parameters(path, cells),
+            template_sha256(path, cells),
+            tuple(cell_sha256s(path, cells)),
+        )
+
+    return kept_or_made(_facts_file(text), facts, pickle.dumps, pickle.loads)
 
 
 def plan(
