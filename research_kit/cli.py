@@ -426,7 +426,9 @@ def _run_and_report(runs, settings, dry_run=False, executor="local", no_daemon=F
         )
         return
     _memory_note(settings, runs)
-    if all(r.cached for r in runs):  # nothing to wait for: no bar (and no import of it)
+    if (
+        sum(not r.cached for r in runs) < 2
+    ):  # nothing to wait for, or one report: no bar (and no import of it)
         from contextlib import nullcontext
 
         bar, update = nullcontext(), None

@@ -10,7 +10,7 @@ from .stats import AnalysisError
 
 # %% auto #0
 __all__ = ['MISSING', 'RATE_SUFFIXES', 'HEADERS', 'VALUES', 'INTERCEPT', 'KEY_FIGURES', 'MEASURES', 'STAGES', 'RATE_COLUMNS',
-           'VARIABLE_COLUMNS', 'INTERVAL', 'YEAR_COLUMNS', 'is_missing', 'format_number', 'format_count',
+           'VARIABLE_COLUMNS', 'INTERVAL', 'YEAR_COLUMNS', 'is_missing', 'format_number', 'format_count', 'load_locale',
            'format_percent', 'format_rate_interval', 'format_date', 'format_figure', 'stage_labels', 'measure_labels',
            'value_labels', 'header', 'variable_label', 'apply_labels', 'present', 'present_html']
 
@@ -64,6 +64,12 @@ def format_count(n, lang: str) -> str:
             f"format_count: {n!r} is not a whole number; counts are formatted without decimals"
         )
     return format_number(int(n), lang, digits=0)
+
+
+def load_locale(lang: str) -> None:
+    """Read `lang`'s number formats now. Babel reads a locale's data the first time it is used (~50 ms): a command
+    that formats numbers after waiting for something else (workers running reports) reads it while it waits."""
+    _number_pattern("decimal", check_lang(lang), None)
 
 # %% ../../nbs/analysis/presentation.ipynb #2f7f410c
 def format_percent(rate, lang: str, digits: int = 1) -> str:

@@ -120,6 +120,17 @@ def _restore_from_share(
     return restored
 
 
+def _read_locales_meanwhile(runs: list[Run]) -> None:
+    """Read the number formats of the runs' languages in a thread while the workers run the reports: the index row of
+    each finished run needs them, and Babel's first read (~50 ms) would otherwise follow the last report."""
+    import threading
+    from research_kit.analysis.presentation import load_locale
+    from research_kit.i18n import LANGUAGES
+
+    langs = {lang for r in runs if (lang := r.parameters.get("lang", "en")) in LANGUAGES}
+    threading.Thread(target=lambda: [load_locale(lang) for lang in sorted(langs)], daemon=True).start()
+
+
 def run_runs(
     runs: list[Run],
     settings: Settings,
@@ -155,6 +166,8 @@ def run_runs(
             else {}
         )
         todo = [r for r in todo if r.name not in restored]
+        if todo:
+            _read_locales_meanwhile(todo)
 
         def audited(run, manifest):  # each run as it is in place, while the workers go on with the others
             manifest = audit_unless_current(
