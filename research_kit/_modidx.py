@@ -1346,6 +1346,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                    'research_kit/runner/executors.py'),
                                                'research_kit.runner.executors._Worker.kill': ( 'runner/executors.html#_worker.kill',
                                                                                                'research_kit/runner/executors.py'),
+                                               'research_kit.runner.executors._refused': ( 'runner/executors.html#_refused',
+                                                                                           'research_kit/runner/executors.py'),
                                                'research_kit.runner.executors._worker_main': ( 'runner/executors.html#_worker_main',
                                                                                                'research_kit/runner/executors.py')},
             'research_kit.runner.fingerprint': { 'research_kit.runner.fingerprint._python': ( 'runner/fingerprint.html#_python',

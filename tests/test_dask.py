@@ -116,5 +116,6 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     assert (
         proc.returncode == 1
         and "cannot reach the Dask scheduler" in proc.stderr
+        and "nothing listens there" in proc.stderr  # at once, not after Dask's 30 s of retries
         and "Traceback" not in proc.stderr
-    )
+    ), proc.stderr

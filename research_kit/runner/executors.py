@@ -220,6 +220,29 @@ class LocalExecutor:
         )
 
 # %% ../../nbs/runner/executors.ipynb #0ee51a1d
+def _refused(address: str) -> str | None:
+    """Why a `tcp://` scheduler address refuses connections, or None (it accepts one, or is not a TCP address, or
+    the network does not answer). Dask's Client retries a refused connection for its whole timeout (30 s)."""
+    import socket
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme != "tcp":
+            return None
+        host, port = parse_host_port(location)
+    except ValueError:
+        return None  # Dask says what is wrong with it
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError as e:
+        return f"nothing listens there ({e.strerror})"
+    except OSError:
+        return None  # (a slow or filtered network: Dask waits for its timeout)
+    return None
+
+
 class DaskExecutor:
     "Runs each task as a task on the dask.distributed cluster at `scheduler`."
 
@@ -236,6 +259,9 @@ class DaskExecutor:
             raise RKError(
                 "the dask executor needs the 'dask' extra: pip install 'research_kit[dask]'"
             ) from None
+        refused = _refused(self.scheduler)
+        if refused:
+            raise RKError(f"cannot reach the Dask scheduler at {self.scheduler}: {refused}")
         try:
             client = Client(self.scheduler, timeout=30)
         except (OSError, TimeoutError) as e:
