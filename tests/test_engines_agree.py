@@ -5,6 +5,7 @@ prints around a run (a load's progress bar) never mixes into an error message.""
 import functools
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -96,8 +97,15 @@ def test_a_report_that_exits_early_fails_and_is_not_cached(report_workspace, eng
     )  # one worker: one after another
     assert proc.returncode == 1 and f"{len(EXITS)} reports failed" in proc.stderr, proc.stdout + proc.stderr
     # the kernels' own log lines reach stderr unfiltered (the TCP warning at every start, "KeyboardInterrupt caught
-    # in kernel" when a loaded machine delivers the stop of a finished kernel late): they are not rk's output
-    lines = [l for l in proc.stderr.splitlines() if not l.startswith("[IPKernelApp]")]
+    # in kernel" when a loaded machine delivers the stop of a finished kernel late, and now and then libzmq's
+    # "Assertion failed: pfd.revents & POLLIN (src/signaler.cpp:238)" from a kernel that aborts as it exits, its
+    # peer already gone): they are not rk's output. A worker that died instead would show in the manifests below.
+    lines = [
+        l
+        for l in proc.stderr.splitlines()
+        if not l.startswith("[IPKernelApp]")
+        and not re.fullmatch(r"Assertion failed: .+ \(src/\w+\.cpp:\d+\)", l)
+    ]
     assert lines == [f"error: {len(EXITS)} reports failed"], proc.stderr  # no progress bar on a pipe
     for how in EXITS:
         m = manifest(root, "leave", f"how={how}")
