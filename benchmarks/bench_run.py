@@ -248,18 +248,22 @@ def main():
     base = papermill_cmd(r.template, r.parameters, work / "out.ipynb")
     rows = []
     daemon = daemon_available(env)
+    overheads = []  # each warm run's wall time less its own report's execution time (its manifest's duration)
+
+    def note_overhead(seconds):
+        overheads.append(seconds - last_duration(work / "build", args.report))
+
     try:
         run(rk_cmd("run", args.report, *p_args, "--force"), env)  # a warm data cache for every contender
         if not args.breakdown_only:
             if daemon:
                 run(rk_cmd("run", args.report, *p_args, "--force"), env)  # the workers are warm
-                overheads = []  # each run's wall time less its own report's execution time (its manifest's duration)
                 warm, pm = paired(
                     rk_cmd("run", args.report, *p_args, "--force"),
                     base,
                     args.repeat,
                     env,
-                    after=lambda t: overheads.append(t - last_duration(work / "build", args.report)),
+                    after=note_overhead,
                 )
                 rows.append(("rk run --force, warm workers running", warm, pm, "target <= 0.1"))
                 cold, pm = paired(
@@ -271,16 +275,12 @@ def main():
                 )
                 rows.append(("rk run --force, cold (no workers running)", cold, pm, "target <= 1.0"))
             own = ("--no-daemon",) if daemon else ()
-            if not daemon:
-                overheads = []
             mine, pm = paired(
                 rk_cmd("run", args.report, *p_args, "--force", *own),
                 base,
                 args.repeat,
                 env,
-                after=None
-                if daemon
-                else lambda t: overheads.append(t - last_duration(work / "build", args.report)),
+                after=None if daemon else note_overhead,
             )
             rows.append(
                 (f"rk run --force{' --no-daemon' if daemon else ''}, a pool of its own", mine, pm, "")

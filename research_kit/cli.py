@@ -426,9 +426,8 @@ def _run_and_report(runs, settings, dry_run=False, executor="local", no_daemon=F
         )
         return
     _memory_note(settings, runs)
-    if (
-        sum(not r.cached for r in runs) < 2
-    ):  # nothing to wait for, or one report: no bar (and no import of it)
+    # nothing to wait for, or one report: no bar (and no import of it)
+    if sum(not r.cached for r in runs) < 2:
         from contextlib import nullcontext
 
         bar, update = nullcontext(), None

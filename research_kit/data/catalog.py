@@ -312,9 +312,7 @@ def kept_or_made(
 
     try:
         return load(kept.read_bytes())
-    except (
-        Exception
-    ):  # not kept yet, or damaged (unpickling damaged bytes can raise almost anything): made again
+    except Exception:  # not kept yet, or damaged (unpickling bad bytes can raise anything): made again
         pass
     value = make()
     try:
